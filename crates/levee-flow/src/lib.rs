@@ -1,0 +1,1 @@
+//! levee-flow (under construction).
