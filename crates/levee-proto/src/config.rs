@@ -1,0 +1,557 @@
+//! Queue configuration: [`QueueConfig`] and its parts, their defaults, validation and wire encoding.
+//!
+//! Owns the rules for queue names ([`validate_queue_name`]) and config ranges
+//! ([`QueueConfig::validate`]), and the field-by-field comparison used to explain why a redeclare
+//! with a different config is refused ([`QueueConfig::differences`]). The decoder only checks a config
+//! structurally (known enum tags); the broker calls `validate` so that a bad value is answered with a
+//! per-request `InvalidConfig` error instead of closing the connection.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::{BufMut, BytesMut};
+
+use crate::error::ProtoError;
+use crate::wire::{Reader, put_bytes8, put_option};
+
+type Result<T> = std::result::Result<T, ProtoError>;
+
+/// Longest queue name, in bytes.
+pub const MAX_QUEUE_NAME_LEN: usize = 255;
+/// Longest accepted `ack_timeout_ms` (24 h).
+pub const MAX_ACK_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+/// Longest accepted `message_ttl_ms` (365 days).
+pub const MAX_MESSAGE_TTL_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+/// Longest accepted fsync interval (60 s).
+pub const MAX_FSYNC_INTERVAL_MS: u32 = 60_000;
+
+/// Checks that `name` is 1..=255 bytes of `[A-Za-z0-9._-]`.
+pub fn validate_queue_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(ProtoError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("must not be empty");
+    }
+    if name.len() > MAX_QUEUE_NAME_LEN {
+        return bad("longer than 255 bytes");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return bad("only A-Z, a-z, 0-9, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// What a queue does with a publish when it is full (`max_messages` or `max_bytes` reached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Overflow {
+    /// The producer may only publish within the publish credit the broker grants; no credit is granted
+    /// while the queue is full. Nothing is dropped. Wire value 0. The default.
+    #[default]
+    Block,
+    /// The new message is refused with `Rejected { code: QueueFull }`. Wire value 1.
+    Reject,
+    /// The new message is accepted and dropped (`Dropped { OverflowNewest }`). Wire value 2.
+    DropNewest,
+    /// The oldest ready message is evicted to make room (counted as `EvictedOldest`). Wire value 3.
+    DropOldest,
+    /// A ready message with the same key is replaced (counted as `Conflated`); messages without a key,
+    /// or with a key not yet queued, fall back to `DropOldest`. Wire value 4.
+    ConflateByKey,
+    /// The lowest-priority ready message is dropped if it has lower priority than the new one,
+    /// otherwise the new one is dropped (both counted as `ShedPriority`). Wire value 5.
+    ShedPriority,
+}
+
+impl Overflow {
+    /// All policies, in wire order.
+    pub const ALL: [Overflow; 6] = [
+        Overflow::Block,
+        Overflow::Reject,
+        Overflow::DropNewest,
+        Overflow::DropOldest,
+        Overflow::ConflateByKey,
+        Overflow::ShedPriority,
+    ];
+
+    /// Stable name, e.g. `"drop-oldest"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Overflow::Block => "block",
+            Overflow::Reject => "reject",
+            Overflow::DropNewest => "drop-newest",
+            Overflow::DropOldest => "drop-oldest",
+            Overflow::ConflateByKey => "conflate-by-key",
+            Overflow::ShedPriority => "shed-priority",
+        }
+    }
+
+    const fn wire(self) -> u8 {
+        match self {
+            Overflow::Block => 0,
+            Overflow::Reject => 1,
+            Overflow::DropNewest => 2,
+            Overflow::DropOldest => 3,
+            Overflow::ConflateByKey => 4,
+            Overflow::ShedPriority => 5,
+        }
+    }
+}
+
+impl fmt::Display for Overflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Overflow {
+    type Err = ProtoError;
+    fn from_str(s: &str) -> Result<Self> {
+        Overflow::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| ProtoError::InvalidConfig {
+                field: "overflow",
+                reason: format!("unknown policy {s:?}"),
+            })
+    }
+}
+
+/// Order in which ready messages are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Order {
+    /// Publish order. Wire value 0. The default.
+    #[default]
+    Fifo,
+    /// Highest `priority` first, publish order within a priority. Wire value 1.
+    Priority,
+}
+
+impl Order {
+    /// Stable name: `"fifo"` or `"priority"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Order::Fifo => "fifo",
+            Order::Priority => "priority",
+        }
+    }
+}
+
+impl fmt::Display for Order {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Order {
+    type Err = ProtoError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fifo" => Ok(Order::Fifo),
+            "priority" => Ok(Order::Priority),
+            _ => Err(ProtoError::InvalidConfig {
+                field: "order",
+                reason: format!("unknown order {s:?}"),
+            }),
+        }
+    }
+}
+
+/// When a disk queue fsyncs appended messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Fsync {
+    /// Before a publish is confirmed as stored. Wire value 0. The default.
+    #[default]
+    Always,
+    /// At most every `n` milliseconds (1..=60 000); a crash may lose that window. Wire value 1 + `u32`.
+    Interval(u32),
+    /// Left to the OS. Wire value 2.
+    Never,
+}
+
+/// Where a queue keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Durability {
+    /// In memory only; lost on restart. Wire value 0.
+    Memory,
+    /// On disk with the given fsync policy. Wire value 1 + fsync.
+    Disk(Fsync),
+}
+
+impl Default for Durability {
+    /// `Disk(Fsync::Always)`: a confirmed message survives a crash.
+    fn default() -> Self {
+        Durability::Disk(Fsync::Always)
+    }
+}
+
+/// Publish rate limit of a queue (token buckets). `None` rates are unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct RateLimit {
+    /// Sustained messages per second (`Some(0)` is invalid).
+    pub msgs_per_sec: Option<u32>,
+    /// Sustained payload bytes per second (`Some(0)` is invalid).
+    pub bytes_per_sec: Option<u64>,
+    /// Message bucket size: messages admitted at once above the rate (>= 1 when `msgs_per_sec` is set).
+    pub burst_msgs: u32,
+    /// Byte bucket size (>= 1 when `bytes_per_sec` is set); a message larger than this never passes.
+    pub burst_bytes: u64,
+}
+
+impl RateLimit {
+    /// A limit of `msgs_per_sec` with a burst of one second's worth.
+    pub fn msgs(msgs_per_sec: u32) -> Self {
+        RateLimit {
+            msgs_per_sec: Some(msgs_per_sec),
+            burst_msgs: msgs_per_sec,
+            ..RateLimit::default()
+        }
+    }
+
+    /// A limit of `bytes_per_sec` with a burst of one second's worth.
+    pub fn bytes(bytes_per_sec: u64) -> Self {
+        RateLimit {
+            bytes_per_sec: Some(bytes_per_sec),
+            burst_bytes: bytes_per_sec,
+            ..RateLimit::default()
+        }
+    }
+}
+
+/// A queue's declared configuration. See each field for its default and valid range.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QueueConfig {
+    /// Hard limit on stored messages (ready + unacked). Default 100 000; must be >= 1.
+    pub max_messages: u64,
+    /// Hard limit on stored payload bytes (ready + unacked). Default 64 MiB; must be >= 1.
+    pub max_bytes: u64,
+    /// What happens when a limit is reached. Default [`Overflow::Block`].
+    pub overflow: Overflow,
+    /// Delivery order. Default [`Order::Fifo`].
+    pub order: Order,
+    /// Storage. Default `Disk(Always)`.
+    pub durability: Durability,
+    /// An unacked delivery is requeued after this many ms. Default 30 000; 1..=86 400 000.
+    pub ack_timeout_ms: u64,
+    /// After this many deliveries a message is dead-lettered (or dropped as `MaxDeliveries` without a
+    /// dead-letter queue). `None` = unlimited. Default `Some(20)`; `Some(0)` is invalid.
+    pub max_deliveries: Option<u32>,
+    /// Queue receiving rejected, expired and over-delivered messages. Default `None`; must be a valid
+    /// name different from the queue's own.
+    pub dead_letter: Option<String>,
+    /// Default time-to-live of messages without their own. Default `None`; 1..=365 days in ms.
+    pub message_ttl_ms: Option<u64>,
+    /// Publish rate limit. Default `None` (unlimited).
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_messages: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+            overflow: Overflow::Block,
+            order: Order::Fifo,
+            durability: Durability::default(),
+            ack_timeout_ms: 30_000,
+            max_deliveries: Some(20),
+            dead_letter: None,
+            message_ttl_ms: None,
+            rate_limit: None,
+        }
+    }
+}
+
+/// One field that differs between an existing queue's config and a redeclare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigDifference {
+    /// Field name, e.g. `"max_messages"`.
+    pub field: &'static str,
+    /// The existing value, formatted.
+    pub existing: String,
+    /// The requested value, formatted.
+    pub requested: String,
+}
+
+impl fmt::Display for ConfigDifference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: existing {}, requested {}",
+            self.field, self.existing, self.requested
+        )
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Result<()> {
+    Err(ProtoError::InvalidConfig {
+        field,
+        reason: reason.into(),
+    })
+}
+
+impl QueueConfig {
+    /// Checks every range and cross-field rule for a queue called `queue` (the name itself included).
+    pub fn validate(&self, queue: &str) -> Result<()> {
+        validate_queue_name(queue)?;
+        if self.max_messages == 0 {
+            return invalid("max_messages", "must be at least 1");
+        }
+        if self.max_bytes == 0 {
+            return invalid("max_bytes", "must be at least 1");
+        }
+        if let Durability::Disk(Fsync::Interval(ms)) = self.durability
+            && !(1..=MAX_FSYNC_INTERVAL_MS).contains(&ms)
+        {
+            return invalid(
+                "durability",
+                format!("fsync interval {ms} ms is outside 1..={MAX_FSYNC_INTERVAL_MS}"),
+            );
+        }
+        if !(1..=MAX_ACK_TIMEOUT_MS).contains(&self.ack_timeout_ms) {
+            return invalid(
+                "ack_timeout_ms",
+                format!(
+                    "{} is outside 1..={MAX_ACK_TIMEOUT_MS}",
+                    self.ack_timeout_ms
+                ),
+            );
+        }
+        if self.max_deliveries == Some(0) {
+            return invalid("max_deliveries", "must be at least 1 (or unset)");
+        }
+        if let Some(dl) = &self.dead_letter {
+            if let Err(ProtoError::InvalidName { reason, .. }) = validate_queue_name(dl) {
+                return invalid("dead_letter", format!("{dl:?}: {reason}"));
+            }
+            if dl == queue {
+                return invalid("dead_letter", "a queue cannot dead-letter into itself");
+            }
+        }
+        if let Some(ttl) = self.message_ttl_ms
+            && !(1..=MAX_MESSAGE_TTL_MS).contains(&ttl)
+        {
+            return invalid(
+                "message_ttl_ms",
+                format!("{ttl} is outside 1..={MAX_MESSAGE_TTL_MS}"),
+            );
+        }
+        if let Some(rl) = &self.rate_limit {
+            match rl.msgs_per_sec {
+                Some(0) => return invalid("rate_limit.msgs_per_sec", "must be at least 1"),
+                Some(_) if rl.burst_msgs == 0 => {
+                    return invalid("rate_limit.burst_msgs", "must be at least 1");
+                }
+                _ => {}
+            }
+            match rl.bytes_per_sec {
+                Some(0) => return invalid("rate_limit.bytes_per_sec", "must be at least 1"),
+                Some(_) if rl.burst_bytes == 0 => {
+                    return invalid("rate_limit.burst_bytes", "must be at least 1");
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Every field whose value differs between `self` (the existing config) and `requested`, in
+    /// declaration order. Empty when the configs are equal.
+    pub fn differences(&self, requested: &QueueConfig) -> Vec<ConfigDifference> {
+        let mut out = Vec::new();
+        let mut cmp = |field: &'static str, a: String, b: String| {
+            if a != b {
+                out.push(ConfigDifference {
+                    field,
+                    existing: a,
+                    requested: b,
+                });
+            }
+        };
+        let r = requested;
+        cmp(
+            "max_messages",
+            self.max_messages.to_string(),
+            r.max_messages.to_string(),
+        );
+        cmp(
+            "max_bytes",
+            self.max_bytes.to_string(),
+            r.max_bytes.to_string(),
+        );
+        cmp(
+            "overflow",
+            self.overflow.to_string(),
+            r.overflow.to_string(),
+        );
+        cmp("order", self.order.to_string(), r.order.to_string());
+        cmp(
+            "durability",
+            format!("{:?}", self.durability),
+            format!("{:?}", r.durability),
+        );
+        cmp(
+            "ack_timeout_ms",
+            self.ack_timeout_ms.to_string(),
+            r.ack_timeout_ms.to_string(),
+        );
+        cmp(
+            "max_deliveries",
+            format!("{:?}", self.max_deliveries),
+            format!("{:?}", r.max_deliveries),
+        );
+        cmp(
+            "dead_letter",
+            format!("{:?}", self.dead_letter),
+            format!("{:?}", r.dead_letter),
+        );
+        cmp(
+            "message_ttl_ms",
+            format!("{:?}", self.message_ttl_ms),
+            format!("{:?}", r.message_ttl_ms),
+        );
+        cmp(
+            "rate_limit",
+            format!("{:?}", self.rate_limit),
+            format!("{:?}", r.rate_limit),
+        );
+        out
+    }
+
+    /// One-line explanation of [`QueueConfig::differences`], e.g. for a `QueueConfigMismatch` error:
+    /// `"max_messages: existing 10, requested 20; overflow: existing block, requested reject"`.
+    pub fn describe_differences(&self, requested: &QueueConfig) -> String {
+        self.differences(requested)
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+pub(crate) fn encode_config(dst: &mut BytesMut, c: &QueueConfig) -> Result<()> {
+    dst.put_u64_le(c.max_messages);
+    dst.put_u64_le(c.max_bytes);
+    dst.put_u8(c.overflow.wire());
+    dst.put_u8(match c.order {
+        Order::Fifo => 0,
+        Order::Priority => 1,
+    });
+    match c.durability {
+        Durability::Memory => dst.put_u8(0),
+        Durability::Disk(fsync) => {
+            dst.put_u8(1);
+            match fsync {
+                Fsync::Always => dst.put_u8(0),
+                Fsync::Interval(ms) => {
+                    dst.put_u8(1);
+                    dst.put_u32_le(ms);
+                }
+                Fsync::Never => dst.put_u8(2),
+            }
+        }
+    }
+    dst.put_u64_le(c.ack_timeout_ms);
+    put_option(dst, c.max_deliveries.as_ref(), |d, v| {
+        d.put_u32_le(*v);
+        Ok(())
+    })?;
+    put_option(dst, c.dead_letter.as_ref(), |d, v| {
+        put_bytes8(d, v.as_bytes(), "dead_letter")
+    })?;
+    put_option(dst, c.message_ttl_ms.as_ref(), |d, v| {
+        d.put_u64_le(*v);
+        Ok(())
+    })?;
+    put_option(dst, c.rate_limit.as_ref(), |d, rl| {
+        put_option(d, rl.msgs_per_sec.as_ref(), |d, v| {
+            d.put_u32_le(*v);
+            Ok(())
+        })?;
+        put_option(d, rl.bytes_per_sec.as_ref(), |d, v| {
+            d.put_u64_le(*v);
+            Ok(())
+        })?;
+        d.put_u32_le(rl.burst_msgs);
+        d.put_u64_le(rl.burst_bytes);
+        Ok(())
+    })
+}
+
+pub(crate) fn decode_config(r: &mut Reader) -> Result<QueueConfig> {
+    let max_messages = r.u64("max_messages")?;
+    let max_bytes = r.u64("max_bytes")?;
+    let overflow = match r.u8("overflow")? {
+        v if usize::from(v) < Overflow::ALL.len() => Overflow::ALL[usize::from(v)],
+        v => {
+            return Err(ProtoError::InvalidValue {
+                what: "overflow",
+                value: v.into(),
+            });
+        }
+    };
+    let order = match r.u8("order")? {
+        0 => Order::Fifo,
+        1 => Order::Priority,
+        v => {
+            return Err(ProtoError::InvalidValue {
+                what: "order",
+                value: v.into(),
+            });
+        }
+    };
+    let durability = match r.u8("durability")? {
+        0 => Durability::Memory,
+        1 => Durability::Disk(match r.u8("fsync")? {
+            0 => Fsync::Always,
+            1 => Fsync::Interval(r.u32("fsync interval")?),
+            2 => Fsync::Never,
+            v => {
+                return Err(ProtoError::InvalidValue {
+                    what: "fsync",
+                    value: v.into(),
+                });
+            }
+        }),
+        v => {
+            return Err(ProtoError::InvalidValue {
+                what: "durability",
+                value: v.into(),
+            });
+        }
+    };
+    let ack_timeout_ms = r.u64("ack_timeout_ms")?;
+    let max_deliveries = r.option("max_deliveries", |r| r.u32("max_deliveries"))?;
+    let dead_letter = r.option("dead_letter", |r| r.str8("dead_letter"))?;
+    let message_ttl_ms = r.option("message_ttl_ms", |r| r.u64("message_ttl_ms"))?;
+    let rate_limit = r.option("rate_limit", |r| {
+        Ok(RateLimit {
+            msgs_per_sec: r.option("msgs_per_sec", |r| r.u32("msgs_per_sec"))?,
+            bytes_per_sec: r.option("bytes_per_sec", |r| r.u64("bytes_per_sec"))?,
+            burst_msgs: r.u32("burst_msgs")?,
+            burst_bytes: r.u64("burst_bytes")?,
+        })
+    })?;
+    Ok(QueueConfig {
+        max_messages,
+        max_bytes,
+        overflow,
+        order,
+        durability,
+        ack_timeout_ms,
+        max_deliveries,
+        dead_letter,
+        message_ttl_ms,
+        rate_limit,
+    })
+}
