@@ -1,0 +1,861 @@
+//! The in-process MPMC channel: [`channel`] builds a ([`Sender`], [`Receiver`]) pair from a
+//! [`Config`]; both halves are `Clone`.
+//!
+//! It owns a [`PolicyQueue`] behind a `parking_lot::Mutex` (never held across an `.await`, never
+//! held while user hooks run) plus two `tokio::sync::Notify` queues: one for receivers waiting
+//! for a message, one for `Block`-policy senders waiting for room. A queued message wakes one
+//! receiver; a dequeued message wakes one waiting sender; a woken waiter that is cancelled
+//! passes its wake-up on (tokio `Notify` semantics), so wake-ups are precise and none is lost.
+//!
+//! # Invariants
+//! - Stats snapshots are taken under the mutating lock, so `sent == received + dropped + len`
+//!   holds exactly in every snapshot (see [`crate::stats`] for the definitions).
+//! - Every dropped message (drop policies, conflation, shedding, receivers gone) reaches the
+//!   `on_drop` hook with its reason, outside the lock, exactly once.
+//! - Closing: once every sender is dropped or `close()` is called, sends fail with
+//!   [`SendError::Closed`], receivers drain what is queued and then get `None`. Once every
+//!   receiver is dropped, the queued messages are dropped as [`DropReason::Disconnected`].
+//!
+//! # Memory bound
+//! The queue holds at most `max_messages` messages and `max_bytes` bytes (by the weigher), plus
+//! per-message overhead; an unbounded channel (only by [`Config::unbounded`]) has no bound.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::error::{ConfigError, RecvError, SendError};
+use crate::policy::{DropReason, Limits, Meta, Offer, Order, Overflow, PolicyQueue};
+use crate::stats::{Counters, RateWindow, Stats};
+
+/// How many bytes a message weighs, for `max_bytes`.
+pub trait Weigh {
+    /// The message's size in bytes.
+    fn weigh(&self) -> u64;
+}
+
+impl Weigh for Bytes {
+    fn weigh(&self) -> u64 {
+        self.len() as u64
+    }
+}
+impl Weigh for Vec<u8> {
+    fn weigh(&self) -> u64 {
+        self.len() as u64
+    }
+}
+impl Weigh for String {
+    fn weigh(&self) -> u64 {
+        self.len() as u64
+    }
+}
+impl Weigh for Box<[u8]> {
+    fn weigh(&self) -> u64 {
+        self.len() as u64
+    }
+}
+impl Weigh for &'static str {
+    fn weigh(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+type WeighFn<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
+type PrioFn<T> = Arc<dyn Fn(&T) -> u8 + Send + Sync>;
+type KeyFn<T> = Arc<dyn Fn(&T) -> Bytes + Send + Sync>;
+type DropFn<T> = Arc<dyn Fn(T, DropReason) + Send + Sync>;
+
+/// Channel configuration: limits, overflow policy, delivery order, and how to read a message's
+/// weight, priority and conflation key. Build with [`Config::bounded`], [`Config::bytes`] or
+/// [`Config::unbounded`], then chain setters.
+pub struct Config<T> {
+    limits: Limits,
+    unbounded: bool,
+    overflow: Overflow,
+    order: Order,
+    weigher: Option<WeighFn<T>>,
+    priority: Option<PrioFn<T>>,
+    key: Option<KeyFn<T>>,
+    on_drop: Option<DropFn<T>>,
+    rate_window: Duration,
+}
+
+impl<T> Clone for Config<T> {
+    fn clone(&self) -> Self {
+        Config {
+            limits: self.limits,
+            unbounded: self.unbounded,
+            overflow: self.overflow,
+            order: self.order,
+            weigher: self.weigher.clone(),
+            priority: self.priority.clone(),
+            key: self.key.clone(),
+            on_drop: self.on_drop.clone(),
+            rate_window: self.rate_window,
+        }
+    }
+}
+
+impl<T> Config<T> {
+    fn base(limits: Limits, unbounded: bool) -> Self {
+        Config {
+            limits,
+            unbounded,
+            overflow: Overflow::Block,
+            order: Order::Fifo,
+            weigher: None,
+            priority: None,
+            key: None,
+            on_drop: None,
+            rate_window: Duration::from_secs(5),
+        }
+    }
+    /// At most `max_messages` queued; `Block` policy, FIFO.
+    pub fn bounded(max_messages: usize) -> Self {
+        Self::base(Limits::messages(max_messages), false)
+    }
+    /// No limit at all. Memory is unbounded: use only when the producer is known to be slower.
+    pub fn unbounded() -> Self {
+        Self::base(Limits::unbounded(), true)
+    }
+    /// Sets `max_messages`.
+    pub fn max_messages(mut self, n: usize) -> Self {
+        self.limits.max_messages = Some(n);
+        self
+    }
+    /// Sets `max_bytes` (needs a weigher: [`Config::weigh`] or [`Config::weigh_with`]).
+    pub fn max_bytes(mut self, n: u64) -> Self {
+        self.limits.max_bytes = Some(n);
+        self
+    }
+    /// Sets the overflow policy (default `Block`).
+    pub fn overflow(mut self, o: Overflow) -> Self {
+        self.overflow = o;
+        self
+    }
+    /// Sets the delivery order (default FIFO).
+    pub fn order(mut self, o: Order) -> Self {
+        self.order = o;
+        self
+    }
+    /// Weighs messages with their [`Weigh`] impl.
+    pub fn weigh(self) -> Self
+    where
+        T: Weigh,
+    {
+        self.weigh_with(|m: &T| m.weigh())
+    }
+    /// Weighs messages with a closure.
+    pub fn weigh_with(mut self, f: impl Fn(&T) -> u64 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Arc::new(f));
+        self
+    }
+    /// Reads a message's priority (higher is more important; default 0).
+    pub fn priority_by(mut self, f: impl Fn(&T) -> u8 + Send + Sync + 'static) -> Self {
+        self.priority = Some(Arc::new(f));
+        self
+    }
+    /// Conflates per key: sets the `Conflate` policy and the key extractor.
+    pub fn conflate_by<K: Into<Bytes>>(
+        mut self,
+        f: impl Fn(&T) -> K + Send + Sync + 'static,
+    ) -> Self {
+        self.overflow = Overflow::Conflate;
+        self.key = Some(Arc::new(move |m: &T| f(m).into()));
+        self
+    }
+    /// Called with every message the channel drops, and why (outside the channel lock).
+    pub fn on_drop(mut self, f: impl Fn(T, DropReason) + Send + Sync + 'static) -> Self {
+        self.on_drop = Some(Arc::new(f));
+        self
+    }
+    /// Width of the sliding window for the rates in [`Stats`] (default 5 s).
+    pub fn rate_window(mut self, d: Duration) -> Self {
+        self.rate_window = d;
+        self
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_limits(self.limits, self.unbounded)?;
+        if self.limits.max_bytes.is_some() && self.weigher.is_none() {
+            return Err(ConfigError::NoWeigher);
+        }
+        if self.rate_window.is_zero() {
+            return Err(ConfigError::Zero("rate_window"));
+        }
+        Ok(())
+    }
+}
+
+fn validate_limits(l: Limits, unbounded_ok: bool) -> Result<(), ConfigError> {
+    if l.max_messages == Some(0) {
+        return Err(ConfigError::Zero("max_messages"));
+    }
+    if l.max_bytes == Some(0) {
+        return Err(ConfigError::Zero("max_bytes"));
+    }
+    if !unbounded_ok && l.max_messages.is_none() && l.max_bytes.is_none() {
+        return Err(ConfigError::NoLimit);
+    }
+    Ok(())
+}
+
+/// What happened to a message that a send accepted into the accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Sent {
+    /// Queued; `evicted` queued messages were dropped to make room (0 usually).
+    Queued {
+        /// How many queued messages were evicted (each went to `on_drop`).
+        evicted: usize,
+    },
+    /// Accepted then discarded at once (`DropNewest`, or `ShedPriority` when it did not outrank).
+    Dropped(DropReason),
+}
+
+struct State<T> {
+    q: PolicyQueue<T, Bytes>,
+    next_seq: u64,
+    closed: bool,
+    c: Counters,
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    recv_wait: Notify,
+    send_wait: Notify,
+    senders: AtomicUsize,
+    receivers: AtomicUsize,
+    weigher: Option<WeighFn<T>>,
+    priority: Option<PrioFn<T>>,
+    key: Option<KeyFn<T>>,
+    on_drop: Option<DropFn<T>>,
+    overflow: Overflow,
+    unbounded_ok: bool,
+    rates: Mutex<RateWindow>,
+    created: Instant,
+}
+
+/// Dropped messages collected under the lock, delivered to the hook after it is released.
+type Dropped<T> = Vec<(T, DropReason)>;
+
+enum Attempt<T> {
+    Done(Result<Sent, SendError<T>>),
+    Full(T, Meta<Bytes>),
+}
+
+impl<T> Shared<T> {
+    fn meta(&self, m: &T) -> Meta<Bytes> {
+        Meta {
+            weight: self.weigher.as_ref().map_or(0, |f| f(m)),
+            priority: self.priority.as_ref().map_or(0, |f| f(m)),
+            key: self.key.as_ref().map(|f| f(m)),
+        }
+    }
+
+    fn deliver_drops(&self, dropped: Dropped<T>) {
+        if let Some(h) = &self.on_drop {
+            for (m, r) in dropped {
+                h(m, r);
+            }
+        }
+    }
+
+    /// One offer under the lock. `Full` is returned only for the Block policy.
+    fn offer_locked(
+        &self,
+        st: &mut State<T>,
+        msg: T,
+        meta: Meta<Bytes>,
+        dropped: &mut Dropped<T>,
+    ) -> Attempt<T> {
+        if st.closed {
+            return Attempt::Done(Err(SendError::Closed(msg)));
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        match st.q.offer(seq, msg, meta) {
+            Offer::Accepted { evicted } => {
+                st.c.sent += 1;
+                let n = evicted.len();
+                for e in evicted {
+                    st.c.dropped.add(e.reason, 1);
+                    dropped.push((e.entry.item, e.reason));
+                }
+                let (len, bytes) = (st.q.len(), st.q.bytes());
+                if len > st.c.high_water_len {
+                    st.c.high_water_len = len;
+                }
+                if bytes > st.c.high_water_bytes {
+                    st.c.high_water_bytes = bytes;
+                }
+                Attempt::Done(Ok(Sent::Queued { evicted: n }))
+            }
+            Offer::Dropped { entry, reason } => {
+                st.c.sent += 1;
+                st.c.dropped.add(reason, 1);
+                dropped.push((entry.item, reason));
+                Attempt::Done(Ok(Sent::Dropped(reason)))
+            }
+            Offer::Full(i) => Attempt::Full(i.item, i.meta),
+            Offer::Rejected(i) => {
+                st.c.rejected += 1;
+                Attempt::Done(Err(SendError::Rejected(i.item)))
+            }
+            Offer::TooLarge(i) => {
+                st.c.rejected += 1;
+                Attempt::Done(Err(SendError::TooLarge(i.item)))
+            }
+        }
+    }
+
+    fn try_offer(&self, msg: T, meta: Meta<Bytes>) -> Attempt<T> {
+        if self.receivers.load(Ordering::Acquire) == 0 {
+            return Attempt::Done(Err(SendError::Closed(msg)));
+        }
+        let mut dropped = Vec::new();
+        let r = {
+            let mut st = self.state.lock();
+            self.offer_locked(&mut st, msg, meta, &mut dropped)
+        };
+        if matches!(r, Attempt::Done(Ok(Sent::Queued { .. }))) {
+            self.recv_wait.notify_one();
+        }
+        if !dropped.is_empty() {
+            self.deliver_drops(dropped);
+        }
+        r
+    }
+
+    fn count_rejected(&self) {
+        self.state.lock().c.rejected += 1;
+    }
+
+    async fn send(
+        &self,
+        msg: T,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Sent, SendError<T>> {
+        let meta = self.meta(&msg);
+        let (mut msg, mut meta) = match self.try_offer(msg, meta) {
+            Attempt::Done(r) => return r,
+            Attempt::Full(m, mt) => (m, mt),
+        };
+        loop {
+            let notified = self.send_wait.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.try_offer(msg, meta) {
+                Attempt::Done(r) => {
+                    // We may have consumed a wake-up meant to signal more room: pass it on.
+                    if r.is_ok() && self.has_room() {
+                        self.send_wait.notify_one();
+                    }
+                    return r;
+                }
+                Attempt::Full(m, mt) => {
+                    msg = m;
+                    meta = mt;
+                }
+            }
+            match deadline {
+                None => notified.await,
+                Some(d) => {
+                    if tokio::time::timeout_at(d, notified).await.is_err() {
+                        self.count_rejected();
+                        return Err(SendError::Timeout(msg));
+                    }
+                }
+            }
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.state.lock().q.fits(0)
+    }
+
+    fn pop_locked(&self, st: &mut State<T>) -> Option<T> {
+        let i = st.q.pop()?;
+        st.c.received += 1;
+        Some(i.item)
+    }
+
+    fn is_done(&self, st: &State<T>) -> bool {
+        st.closed && st.q.is_empty()
+    }
+
+    fn try_recv(&self) -> Result<T, RecvError> {
+        let r = {
+            let mut st = self.state.lock();
+            match self.pop_locked(&mut st) {
+                Some(m) => Ok(m),
+                None if st.closed => Err(RecvError::Closed),
+                None => Err(RecvError::Empty),
+            }
+        };
+        if r.is_ok() && self.overflow == Overflow::Block {
+            self.send_wait.notify_one();
+        }
+        r
+    }
+
+    async fn recv(&self, deadline: Option<tokio::time::Instant>) -> Result<T, RecvError> {
+        match self.try_recv() {
+            Err(RecvError::Empty) => {}
+            r => return r,
+        }
+        loop {
+            let notified = self.recv_wait.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.try_recv() {
+                Err(RecvError::Empty) => {}
+                r => return r,
+            }
+            match deadline {
+                None => notified.await,
+                Some(d) => {
+                    if tokio::time::timeout_at(d, notified).await.is_err() {
+                        return match self.try_recv() {
+                            Err(RecvError::Empty) => Err(RecvError::Timeout),
+                            r => r,
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pops up to `max - out.len()` into `out`; returns whether the channel is finished.
+    fn pop_many(&self, out: &mut Vec<T>, max: usize) -> bool {
+        let (n, done) = {
+            let mut st = self.state.lock();
+            let before = out.len();
+            while out.len() < max {
+                match self.pop_locked(&mut st) {
+                    Some(m) => out.push(m),
+                    None => break,
+                }
+            }
+            (out.len() - before, self.is_done(&st))
+        };
+        if self.overflow == Overflow::Block {
+            for _ in 0..n {
+                self.send_wait.notify_one();
+            }
+        }
+        done
+    }
+
+    async fn recv_batch(&self, max: usize, timeout: Duration) -> Option<Vec<T>> {
+        let max = max.max(1);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            let notified = self.recv_wait.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let done = self.pop_many(&mut out, max);
+            if out.len() >= max {
+                return Some(out);
+            }
+            if done {
+                return if out.is_empty() { None } else { Some(out) };
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                self.pop_many(&mut out, max);
+                return Some(out);
+            }
+        }
+    }
+
+    fn close(&self) {
+        let was = {
+            let mut st = self.state.lock();
+            std::mem::replace(&mut st.closed, true)
+        };
+        if !was {
+            self.recv_wait.notify_waiters();
+            self.send_wait.notify_waiters();
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let (c, len, bytes, limits, closed) = {
+            let st = self.state.lock();
+            (
+                st.c.clone(),
+                st.q.len(),
+                st.q.bytes(),
+                st.q.limits(),
+                st.closed,
+            )
+        };
+        let now = Instant::now();
+        let dropped = c.dropped.total();
+        let [send_rate, recv_rate, drop_rate] =
+            self.rates.lock().observe(now, c.sent, c.received, dropped);
+        Stats {
+            sent: c.sent,
+            received: c.received,
+            dropped,
+            dropped_by: c.dropped,
+            rejected: c.rejected,
+            len,
+            bytes,
+            max_messages: limits.max_messages,
+            max_bytes: limits.max_bytes,
+            high_water_len: c.high_water_len,
+            high_water_bytes: c.high_water_bytes,
+            resizes: c.resizes,
+            closed,
+            send_rate,
+            recv_rate,
+            drop_rate,
+            loss_pct: if c.sent == 0 {
+                0.0
+            } else {
+                dropped as f64 * 100.0 / c.sent as f64
+            },
+            uptime: now.duration_since(self.created),
+        }
+    }
+
+    fn set_limits(&self, limits: Limits) -> Result<(), ConfigError> {
+        validate_limits(limits, self.unbounded_ok)?;
+        if limits.max_bytes.is_some() && self.weigher.is_none() {
+            return Err(ConfigError::NoWeigher);
+        }
+        {
+            let mut st = self.state.lock();
+            if st.q.limits() != limits {
+                st.q.set_limits(limits);
+                st.c.resizes += 1;
+            }
+        }
+        self.send_wait.notify_waiters();
+        Ok(())
+    }
+}
+
+/// Builds a channel from `config`. Fails on an invalid configuration (zero limit, no limit
+/// without [`Config::unbounded`], `max_bytes` without a weigher).
+pub fn channel<T>(config: Config<T>) -> Result<(Sender<T>, Receiver<T>), ConfigError> {
+    config.validate()?;
+    let now = Instant::now();
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            q: PolicyQueue::new(config.limits, config.overflow, config.order),
+            next_seq: 0,
+            closed: false,
+            c: Counters::default(),
+        }),
+        recv_wait: Notify::new(),
+        send_wait: Notify::new(),
+        senders: AtomicUsize::new(1),
+        receivers: AtomicUsize::new(1),
+        weigher: config.weigher,
+        priority: config.priority,
+        key: config.key,
+        on_drop: config.on_drop,
+        overflow: config.overflow,
+        unbounded_ok: config.unbounded,
+        rates: Mutex::new(RateWindow::new(config.rate_window, now)),
+        created: now,
+    });
+    Ok((
+        Sender {
+            shared: shared.clone(),
+        },
+        Receiver { shared },
+    ))
+}
+
+/// A `Block`-policy FIFO channel holding at most `max_messages` (error if 0).
+pub fn bounded<T>(max_messages: usize) -> Result<(Sender<T>, Receiver<T>), ConfigError> {
+    channel(Config::bounded(max_messages))
+}
+
+/// An explicitly unbounded FIFO channel: memory grows without limit if receivers fall behind.
+pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
+    channel(Config::unbounded()).expect("the unbounded configuration is always valid")
+}
+
+/// The sending half. Cloning adds a sender; the channel closes when the last one is dropped.
+pub struct Sender<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Sender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.close();
+        }
+    }
+}
+
+impl<T> Sender<T> {
+    /// Sends a message, waiting for room under the `Block` policy; other policies never wait.
+    ///
+    /// `Ok` says the message was accepted into the accounting ([`Sent`] tells whether it was
+    /// queued or dropped by the policy). `Err` hands it back: `Rejected`, `TooLarge`, `Closed`.
+    ///
+    /// Cancel safety: if the future is dropped before completing, the message was not sent
+    /// (and is dropped with the future); no other message is affected and no wake-up is lost.
+    pub async fn send(&self, msg: T) -> Result<Sent, SendError<T>> {
+        self.shared.send(msg, None).await
+    }
+
+    /// Like [`Sender::send`] but gives up after `timeout`, handing the message back as
+    /// [`SendError::Timeout`]. Needs a tokio runtime with time enabled. Cancel-safe as `send`.
+    pub async fn send_timeout(&self, msg: T, timeout: Duration) -> Result<Sent, SendError<T>> {
+        self.shared
+            .send(msg, Some(tokio::time::Instant::now() + timeout))
+            .await
+    }
+
+    /// Sends without waiting: under `Block`, a full channel hands the message back as
+    /// [`SendError::Full`].
+    pub fn try_send(&self, msg: T) -> Result<Sent, SendError<T>> {
+        let meta = self.shared.meta(&msg);
+        match self.shared.try_offer(msg, meta) {
+            Attempt::Done(r) => r,
+            Attempt::Full(m, _) => {
+                self.shared.count_rejected();
+                Err(SendError::Full(m))
+            }
+        }
+    }
+
+    /// Sends every message in order (each waits for room as [`Sender::send`] does). Returns how
+    /// many were accepted; on the first failure, returns the error for that message and the
+    /// messages after it are handed back unsent in the `Vec`.
+    ///
+    /// Cancel safety: not cancel-safe as a whole: if dropped midway, the messages before the
+    /// current one were sent and the rest are dropped unsent.
+    pub async fn send_batch(
+        &self,
+        msgs: impl IntoIterator<Item = T>,
+    ) -> Result<usize, (SendError<T>, Vec<T>)> {
+        let mut it = msgs.into_iter();
+        let mut n = 0;
+        while let Some(m) = it.next() {
+            match self.send(m).await {
+                Ok(_) => n += 1,
+                Err(e) => return Err((e, it.collect())),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Blocking send for synchronous code. Do not call it from inside an async task.
+    pub fn blocking_send(&self, msg: T) -> Result<Sent, SendError<T>> {
+        futures::executor::block_on(self.send(msg))
+    }
+
+    /// Closes the channel for sending (for every sender); receivers drain then get `None`.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Whether the channel is closed (explicitly, all senders gone, or all receivers gone).
+    pub fn is_closed(&self) -> bool {
+        self.shared.state.lock().closed || self.shared.receivers.load(Ordering::Acquire) == 0
+    }
+
+    /// A consistent snapshot of the counters (see [`Stats`]).
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Changes the limits at run time (adaptive sizing). Never drops or reorders anything.
+    pub fn set_limits(&self, limits: Limits) -> Result<(), ConfigError> {
+        self.shared.set_limits(limits)
+    }
+
+    /// The weight the channel's weigher gives `msg` (0 without a weigher).
+    pub fn weigh(&self, msg: &T) -> u64 {
+        self.shared.weigher.as_ref().map_or(0, |f| f(msg))
+    }
+
+    /// Resolves when the channel is closed for sending. Cancel-safe.
+    pub async fn closed(&self) {
+        loop {
+            let n = self.shared.send_wait.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
+/// The receiving half. Cloning adds a competing receiver (each message goes to one receiver).
+pub struct Receiver<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for Receiver<T> {
+    fn clone(&self) -> Self {
+        self.shared.receivers.fetch_add(1, Ordering::Relaxed);
+        Receiver {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        if self.shared.receivers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let drained = {
+                let mut st = self.shared.state.lock();
+                st.closed = true;
+                let items = st.q.drain();
+                st.c.dropped
+                    .add(DropReason::Disconnected, items.len() as u64);
+                items
+            };
+            self.shared.send_wait.notify_waiters();
+            self.shared.recv_wait.notify_waiters();
+            self.shared.deliver_drops(
+                drained
+                    .into_iter()
+                    .map(|i| (i.item, DropReason::Disconnected))
+                    .collect(),
+            );
+        }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Receives the next message; `None` once the channel is closed and drained.
+    ///
+    /// Cancel safety: cancel-safe. If the future is dropped, no message was taken, and a
+    /// wake-up it had received is passed to another waiting receiver.
+    pub async fn recv(&self) -> Option<T> {
+        self.shared.recv(None).await.ok()
+    }
+
+    /// Receives without waiting: [`RecvError::Empty`] or [`RecvError::Closed`].
+    pub fn try_recv(&self) -> Result<T, RecvError> {
+        self.shared.try_recv()
+    }
+
+    /// Receives, waiting at most `timeout`: [`RecvError::Timeout`] or [`RecvError::Closed`].
+    /// Cancel-safe like [`Receiver::recv`].
+    pub async fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvError> {
+        self.shared
+            .recv(Some(tokio::time::Instant::now() + timeout))
+            .await
+    }
+
+    /// Receives up to `max` messages: returns as soon as `max` are collected, or with whatever
+    /// arrived when `timeout` expires (possibly an empty `Vec`). Returns `None` only when the
+    /// channel is closed and drained and nothing was collected; a final partial batch is
+    /// returned before that. `max = 0` is treated as 1.
+    ///
+    /// Cancel safety: not cancel-safe: messages collected before cancellation are lost
+    /// (counted as received). Use it as the only branch, or use `recv` in `select!`.
+    pub async fn recv_batch(&self, max: usize, timeout: Duration) -> Option<Vec<T>> {
+        self.shared.recv_batch(max, timeout).await
+    }
+
+    /// Blocking receive for synchronous code. Do not call it from inside an async task.
+    pub fn blocking_recv(&self) -> Option<T> {
+        futures::executor::block_on(self.recv())
+    }
+
+    /// Closes the channel for sending; what is queued can still be received.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// A consistent snapshot of the counters (see [`Stats`]).
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Changes the limits at run time (adaptive sizing). Never drops or reorders anything.
+    pub fn set_limits(&self, limits: Limits) -> Result<(), ConfigError> {
+        self.shared.set_limits(limits)
+    }
+
+    /// Whether the channel is closed for sending (messages may remain queued).
+    pub fn is_closed(&self) -> bool {
+        self.shared.state.lock().closed
+    }
+}
+
+/// A handle that observes and resizes a channel without being a sender or a receiver: it does
+/// not keep the channel open (for monitors and the adaptive controller).
+pub struct Monitor<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for Monitor<T> {
+    fn clone(&self) -> Self {
+        Monitor {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Monitor<T> {
+    /// A consistent snapshot of the counters (see [`Stats`]).
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+    /// Changes the limits at run time. Never drops or reorders anything.
+    pub fn set_limits(&self, limits: Limits) -> Result<(), ConfigError> {
+        self.shared.set_limits(limits)
+    }
+    /// Whether the channel is closed for sending.
+    pub fn is_closed(&self) -> bool {
+        self.shared.state.lock().closed
+    }
+    /// Resolves when the channel is closed for sending. Cancel-safe.
+    pub async fn closed(&self) {
+        loop {
+            let n = self.shared.send_wait.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
+impl<T> Sender<T> {
+    /// A [`Monitor`] for this channel.
+    pub fn monitor(&self) -> Monitor<T> {
+        Monitor {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// A [`Monitor`] for this channel.
+    pub fn monitor(&self) -> Monitor<T> {
+        Monitor {
+            shared: self.shared.clone(),
+        }
+    }
+}

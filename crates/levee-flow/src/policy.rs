@@ -1,0 +1,878 @@
+//! The policy core: a pure, synchronous container that owns queued items and makes every
+//! overflow decision (what to accept, evict, drop, reject or hold back).
+//!
+//! Nothing in this module is async, takes a lock, reads a clock or knows about wakers, so the
+//! broker reuses it unchanged for its queues' ready sets (with `T` a small index entry and `K` a
+//! byte-string key), and the in-process channel wraps it in a mutex.
+//!
+//! # Invariants
+//! - `len()` / `bytes()` are exactly the count and summed weight of the items held.
+//! - Every item that leaves the container leaves through exactly one of: [`PolicyQueue::pop`],
+//!   [`PolicyQueue::remove`], an eviction reported in [`Offer::Accepted`], or the reinsertion
+//!   supersession returned by [`PolicyQueue::reinsert`]. Nothing is discarded silently.
+//! - An offer never makes the container exceed its limits (counting the external load set with
+//!   [`PolicyQueue::set_external`]). If the limits were lowered below the current content, an
+//!   eviction policy only *swaps* (the container never grows) and the other policies refuse; the
+//!   content shrinks as items are popped. Lowering limits never drops anything by itself.
+//! - Within one priority level (and in FIFO order overall) items are kept in ascending sequence
+//!   number order. Sequence numbers are supplied by the caller: offers must use increasing
+//!   numbers; [`PolicyQueue::reinsert`] puts an older number back at the position it gives.
+//!
+//! # Memory bound
+//! With `max_messages = n` and `max_bytes = b` the container holds at most `n` items and at most
+//! `b` bytes of declared weight, plus a fixed per-item overhead (`Entry`: sequence number, weight,
+//! priority and key) and, for [`Order::Priority`] or [`Overflow::ShedPriority`], 256 empty deque
+//! headers (about 8 KiB). An unbounded limit (`None`) has no bound: ask for it explicitly.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+
+/// What to do with an incoming message when the container is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Overflow {
+    /// Hand the message back as [`Offer::Full`] so the caller can wait for room.
+    Block,
+    /// Hand the message back as [`Offer::Rejected`]: the caller gets an error holding it.
+    Reject,
+    /// Discard the incoming message (counted, reported with [`DropReason::Newest`]).
+    DropNewest,
+    /// Evict the oldest queued message(s) to make room ([`DropReason::Oldest`]).
+    DropOldest,
+    /// One slot per key: a newer message replaces the queued one with the same key
+    /// ([`DropReason::Conflated`]); capacity counts keys. A message without a key uses the single
+    /// "no key" slot, so with no keys at all this is a latest-value-wins slot (Kotlin's CONFLATED
+    /// when `max_messages = 1`). A new key that does not fit evicts the oldest ([`DropReason::Oldest`]).
+    Conflate,
+    /// When full, the lowest-priority, oldest message is evicted ([`DropReason::Shed`]) if the
+    /// incoming one outranks it; otherwise the incoming one is dropped ([`DropReason::Outranked`]).
+    ShedPriority,
+}
+
+/// The order in which [`PolicyQueue::pop`] hands out items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Order {
+    /// First in, first out (by sequence number).
+    #[default]
+    Fifo,
+    /// Highest priority first, FIFO within a priority.
+    Priority,
+}
+
+/// Why a message was discarded after it was accepted into the accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The incoming message was discarded because there was no room (`DropNewest`, or an
+    /// eviction policy that could not make room because the load is held outside the container).
+    Newest,
+    /// The oldest queued message was evicted to make room (`DropOldest`, or a new key under `Conflate`).
+    Oldest,
+    /// A queued message was replaced by a newer one with the same key (`Conflate`).
+    Conflated,
+    /// A queued message was evicted for a higher-priority incoming one (`ShedPriority`).
+    Shed,
+    /// The incoming message was discarded because it did not outrank anything queued (`ShedPriority`).
+    Outranked,
+    /// The message was still queued when every receiver went away.
+    Disconnected,
+}
+
+impl DropReason {
+    /// Every reason, in the order used by [`DropReason::index`].
+    pub const ALL: [DropReason; 6] = [
+        DropReason::Newest,
+        DropReason::Oldest,
+        DropReason::Conflated,
+        DropReason::Shed,
+        DropReason::Outranked,
+        DropReason::Disconnected,
+    ];
+
+    /// A dense index (0..6) for per-reason counters.
+    pub fn index(self) -> usize {
+        match self {
+            DropReason::Newest => 0,
+            DropReason::Oldest => 1,
+            DropReason::Conflated => 2,
+            DropReason::Shed => 3,
+            DropReason::Outranked => 4,
+            DropReason::Disconnected => 5,
+        }
+    }
+
+    /// A short stable name (`"newest"`, `"oldest"`, ...), for metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Newest => "newest",
+            DropReason::Oldest => "oldest",
+            DropReason::Conflated => "conflated",
+            DropReason::Shed => "shed",
+            DropReason::Outranked => "outranked",
+            DropReason::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// Hard limits. `None` means unbounded in that dimension.
+///
+/// Memory bound: at most `max_messages` items and `max_bytes` bytes of declared weight are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// Maximum number of messages (for `Conflate`: of keys, which is the same thing since each
+    /// key holds one message). `Some(0)` is invalid.
+    pub max_messages: Option<usize>,
+    /// Maximum summed weight in bytes. `Some(0)` is invalid.
+    pub max_bytes: Option<u64>,
+}
+
+impl Limits {
+    /// Limits on both dimensions.
+    pub fn new(max_messages: usize, max_bytes: u64) -> Self {
+        Limits {
+            max_messages: Some(max_messages),
+            max_bytes: Some(max_bytes),
+        }
+    }
+    /// A message-count limit only.
+    pub fn messages(max_messages: usize) -> Self {
+        Limits {
+            max_messages: Some(max_messages),
+            max_bytes: None,
+        }
+    }
+    /// No limit at all (explicitly unbounded).
+    pub fn unbounded() -> Self {
+        Limits::default()
+    }
+}
+
+/// Per-message metadata the policies use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta<K> {
+    /// Size in bytes counted against `max_bytes`.
+    pub weight: u64,
+    /// Priority, higher is more important (used by [`Order::Priority`] and `ShedPriority`).
+    pub priority: u8,
+    /// Key for `Conflate` (`None` = the single "no key" slot).
+    pub key: Option<K>,
+}
+
+impl<K> Meta<K> {
+    /// Metadata with a weight only (priority 0, no key).
+    pub fn weight(weight: u64) -> Self {
+        Meta {
+            weight,
+            priority: 0,
+            key: None,
+        }
+    }
+}
+
+impl<K> Default for Meta<K> {
+    fn default() -> Self {
+        Meta::weight(0)
+    }
+}
+
+/// An item leaving the container, with its sequence number and metadata.
+#[derive(Debug)]
+pub struct Item<T, K> {
+    /// The caller-supplied sequence number.
+    pub seq: u64,
+    /// The item.
+    pub item: T,
+    /// Its metadata.
+    pub meta: Meta<K>,
+}
+
+/// A queued item discarded to make room (or superseded), with the reason.
+#[derive(Debug)]
+pub struct Evicted<T, K> {
+    /// The discarded item.
+    pub entry: Item<T, K>,
+    /// Why it was discarded.
+    pub reason: DropReason,
+}
+
+/// The outcome of [`PolicyQueue::offer`]: exactly what happened to the incoming item and to
+/// anything that was queued.
+#[derive(Debug)]
+#[must_use]
+pub enum Offer<T, K> {
+    /// The item is queued; `evicted` lists queued items discarded to make room (usually empty,
+    /// and then not allocated).
+    Accepted {
+        /// Items evicted, oldest first, each with its reason.
+        evicted: Vec<Evicted<T, K>>,
+    },
+    /// The incoming item was accepted into the accounting and discarded at once.
+    Dropped {
+        /// The discarded item.
+        entry: Item<T, K>,
+        /// `Newest` or `Outranked`.
+        reason: DropReason,
+    },
+    /// `Reject` policy and no room: the item is handed back (not accounted as sent).
+    Rejected(Item<T, K>),
+    /// `Block` policy and no room: the item is handed back so the caller can wait and retry.
+    Full(Item<T, K>),
+    /// The item weighs more than `max_bytes`: it could never fit, whatever the policy.
+    TooLarge(Item<T, K>),
+}
+
+struct Entry<T, K> {
+    seq: u64,
+    item: T,
+    weight: u64,
+    priority: u8,
+    key: Option<K>,
+}
+
+impl<T, K> Entry<T, K> {
+    fn into_item(self) -> Item<T, K> {
+        Item {
+            seq: self.seq,
+            item: self.item,
+            meta: Meta {
+                weight: self.weight,
+                priority: self.priority,
+                key: self.key,
+            },
+        }
+    }
+}
+
+/// Storage: one deque in sequence order, or one deque per priority level plus a bitmap of the
+/// non-empty levels.
+enum Store<T, K> {
+    Fifo(VecDeque<Entry<T, K>>),
+    Levels {
+        levels: Vec<VecDeque<Entry<T, K>>>,
+        bitmap: [u64; 4],
+        /// Pop order: highest priority first (true) or oldest first (false).
+        by_priority: bool,
+    },
+}
+
+fn insert_sorted<T, K>(dq: &mut VecDeque<Entry<T, K>>, e: Entry<T, K>) {
+    if dq.back().is_none_or(|b| b.seq < e.seq) {
+        dq.push_back(e);
+    } else {
+        let pos = dq.partition_point(|x| x.seq < e.seq);
+        dq.insert(pos, e);
+    }
+}
+
+impl<T, K> Store<T, K> {
+    fn new(order: Order, overflow: Overflow) -> Self {
+        if order == Order::Priority || overflow == Overflow::ShedPriority {
+            Store::Levels {
+                levels: (0..256).map(|_| VecDeque::new()).collect(),
+                bitmap: [0; 4],
+                by_priority: order == Order::Priority,
+            }
+        } else {
+            Store::Fifo(VecDeque::new())
+        }
+    }
+
+    fn push(&mut self, e: Entry<T, K>) {
+        match self {
+            Store::Fifo(dq) => insert_sorted(dq, e),
+            Store::Levels { levels, bitmap, .. } => {
+                let p = e.priority as usize;
+                bitmap[p / 64] |= 1 << (p % 64);
+                insert_sorted(&mut levels[p], e);
+            }
+        }
+    }
+
+    fn highest_level(bitmap: &[u64; 4]) -> Option<usize> {
+        (0..4)
+            .rev()
+            .find(|&w| bitmap[w] != 0)
+            .map(|w| w * 64 + 63 - bitmap[w].leading_zeros() as usize)
+    }
+
+    fn lowest_level(bitmap: &[u64; 4]) -> Option<usize> {
+        (0..4)
+            .find(|&w| bitmap[w] != 0)
+            .map(|w| w * 64 + bitmap[w].trailing_zeros() as usize)
+    }
+
+    fn levels_iter(bitmap: &[u64; 4]) -> impl Iterator<Item = usize> + '_ {
+        (0..4).flat_map(move |w| {
+            let mut bits = bitmap[w];
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                Some(w * 64 + b)
+            })
+        })
+    }
+
+    /// Level holding the oldest item (smallest front seq).
+    fn oldest_level(levels: &[VecDeque<Entry<T, K>>], bitmap: &[u64; 4]) -> Option<usize> {
+        Self::levels_iter(bitmap).min_by_key(|&l| levels[l].front().map_or(u64::MAX, |e| e.seq))
+    }
+
+    fn take_front(
+        levels: &mut [VecDeque<Entry<T, K>>],
+        bitmap: &mut [u64; 4],
+        l: usize,
+    ) -> Option<Entry<T, K>> {
+        let e = levels[l].pop_front();
+        if levels[l].is_empty() {
+            bitmap[l / 64] &= !(1 << (l % 64));
+        }
+        e
+    }
+
+    fn pop(&mut self) -> Option<Entry<T, K>> {
+        match self {
+            Store::Fifo(dq) => dq.pop_front(),
+            Store::Levels {
+                levels,
+                bitmap,
+                by_priority,
+            } => {
+                let l = if *by_priority {
+                    Self::highest_level(bitmap)?
+                } else {
+                    Self::oldest_level(levels, bitmap)?
+                };
+                Self::take_front(levels, bitmap, l)
+            }
+        }
+    }
+
+    fn pop_oldest(&mut self) -> Option<Entry<T, K>> {
+        match self {
+            Store::Fifo(dq) => dq.pop_front(),
+            Store::Levels { levels, bitmap, .. } => {
+                let l = Self::oldest_level(levels, bitmap)?;
+                Self::take_front(levels, bitmap, l)
+            }
+        }
+    }
+
+    /// Priority of the lowest-priority, oldest item.
+    fn lowest_priority(&self) -> Option<u8> {
+        match self {
+            Store::Fifo(dq) => dq.iter().map(|e| e.priority).min(),
+            Store::Levels { bitmap, .. } => Self::lowest_level(bitmap).map(|l| l as u8),
+        }
+    }
+
+    fn pop_lowest(&mut self) -> Option<Entry<T, K>> {
+        match self {
+            Store::Fifo(dq) => {
+                let min = dq.iter().map(|e| e.priority).min()?;
+                let i = dq.iter().position(|e| e.priority == min)?;
+                dq.remove(i)
+            }
+            Store::Levels { levels, bitmap, .. } => {
+                let l = Self::lowest_level(bitmap)?;
+                Self::take_front(levels, bitmap, l)
+            }
+        }
+    }
+
+    /// Weight of the `n` lowest-priority (oldest first) items with priority below `below`,
+    /// walking until `need` bytes and `need_n` items are covered. Returns whether enough exist.
+    fn can_shed(&self, below: u8, need_n: usize, need_bytes: u64) -> bool {
+        let mut n = 0usize;
+        let mut b = 0u64;
+        let enough = |n: usize, b: u64| n >= need_n && b >= need_bytes;
+        if enough(n, b) {
+            return true;
+        }
+        match self {
+            Store::Fifo(dq) => {
+                let mut v: Vec<(u8, u64)> = dq
+                    .iter()
+                    .filter(|e| e.priority < below)
+                    .map(|e| (e.priority, e.weight))
+                    .collect();
+                v.sort_by_key(|x| x.0);
+                for (_, w) in v {
+                    n += 1;
+                    b += w;
+                    if enough(n, b) {
+                        return true;
+                    }
+                }
+            }
+            Store::Levels { levels, bitmap, .. } => {
+                for l in Self::levels_iter(bitmap) {
+                    if l >= below as usize {
+                        break;
+                    }
+                    for e in &levels[l] {
+                        n += 1;
+                        b += e.weight;
+                        if enough(n, b) {
+                            return true;
+                        }
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    fn remove(&mut self, seq: u64, priority: Option<u8>) -> Option<Entry<T, K>> {
+        fn rm<T, K>(dq: &mut VecDeque<Entry<T, K>>, seq: u64) -> Option<Entry<T, K>> {
+            let i = dq.binary_search_by_key(&seq, |e| e.seq).ok()?;
+            dq.remove(i)
+        }
+        match self {
+            Store::Fifo(dq) => rm(dq, seq),
+            Store::Levels { levels, bitmap, .. } => {
+                let l = match priority {
+                    Some(p) => p as usize,
+                    None => Self::levels_iter(bitmap)
+                        .find(|&l| levels[l].binary_search_by_key(&seq, |e| e.seq).is_ok())?,
+                };
+                let e = rm(&mut levels[l], seq)?;
+                if levels[l].is_empty() {
+                    bitmap[l / 64] &= !(1 << (l % 64));
+                }
+                Some(e)
+            }
+        }
+    }
+}
+
+/// A bounded container with a declared overflow policy and delivery order.
+///
+/// `K` is the conflation key type (use `()` if unused). See the module docs for the invariants.
+pub struct PolicyQueue<T, K = ()> {
+    store: Store<T, K>,
+    /// For `Conflate`: key -> (seq, priority) of the queued message holding that key.
+    keys: HashMap<Option<K>, (u64, u8)>,
+    overflow: Overflow,
+    order: Order,
+    limits: Limits,
+    len: usize,
+    bytes: u64,
+    ext_count: usize,
+    ext_bytes: u64,
+}
+
+impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
+    /// An empty container. Limits are validated by the caller (see `Config`); a zero limit
+    /// simply never accepts anything.
+    pub fn new(limits: Limits, overflow: Overflow, order: Order) -> Self {
+        PolicyQueue {
+            store: Store::new(order, overflow),
+            keys: HashMap::new(),
+            overflow,
+            order,
+            limits,
+            len: 0,
+            bytes: 0,
+            ext_count: 0,
+            ext_bytes: 0,
+        }
+    }
+
+    /// Number of items held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether no item is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Summed weight of the items held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    /// Current limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+    /// The overflow policy.
+    pub fn overflow(&self) -> Overflow {
+        self.overflow
+    }
+    /// The delivery order.
+    pub fn order(&self) -> Order {
+        self.order
+    }
+
+    /// Changes the limits (adaptive resizing). Never drops anything: if the content exceeds the
+    /// new limits, offers are refused (or only swap, for eviction policies) until it is drained.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Declares load held outside the container that the limits must include (for the broker:
+    /// messages delivered but not yet acknowledged). Replaces the previous value.
+    pub fn set_external(&mut self, count: usize, bytes: u64) {
+        self.ext_count = count;
+        self.ext_bytes = bytes;
+    }
+
+    /// Whether an item of `weight` bytes would be accepted without evicting anything.
+    pub fn fits(&self, weight: u64) -> bool {
+        self.fits_with(self.len, self.bytes, weight)
+    }
+
+    fn fits_with(&self, len: usize, bytes: u64, weight: u64) -> bool {
+        self.limits
+            .max_messages
+            .is_none_or(|m| len + self.ext_count < m)
+            && self
+                .limits
+                .max_bytes
+                .is_none_or(|m| bytes.saturating_add(self.ext_bytes).saturating_add(weight) <= m)
+    }
+
+    /// Whether an item of `weight` could ever fit (it is not heavier than `max_bytes`).
+    pub fn could_ever_fit(&self, weight: u64) -> bool {
+        self.limits.max_bytes.is_none_or(|m| weight <= m)
+            && self.limits.max_messages.is_none_or(|m| m > 0)
+    }
+
+    fn push_entry(&mut self, e: Entry<T, K>) {
+        self.len += 1;
+        self.bytes += e.weight;
+        if self.overflow == Overflow::Conflate {
+            self.keys.insert(e.key.clone(), (e.seq, e.priority));
+        }
+        self.store.push(e);
+    }
+
+    fn account_out(&mut self, e: &Entry<T, K>) {
+        self.len -= 1;
+        self.bytes -= e.weight;
+        if self.overflow == Overflow::Conflate
+            && self.keys.get(&e.key).is_some_and(|&(s, _)| s == e.seq)
+        {
+            self.keys.remove(&e.key);
+        }
+    }
+
+    /// Offers an item with sequence number `seq` (greater than any offered before). See
+    /// [`Offer`] for the possible outcomes; the container decides everything here.
+    pub fn offer(&mut self, seq: u64, item: T, meta: Meta<K>) -> Offer<T, K> {
+        let entry = Entry {
+            seq,
+            item,
+            weight: meta.weight,
+            priority: meta.priority,
+            key: meta.key,
+        };
+        if !self.could_ever_fit(entry.weight) {
+            return Offer::TooLarge(entry.into_item());
+        }
+        if self.fits(entry.weight) && self.overflow != Overflow::Conflate {
+            self.push_entry(entry);
+            return Offer::Accepted {
+                evicted: Vec::new(),
+            };
+        }
+        match self.overflow {
+            Overflow::Block => Offer::Full(entry.into_item()),
+            Overflow::Reject => Offer::Rejected(entry.into_item()),
+            Overflow::DropNewest => Offer::Dropped {
+                entry: entry.into_item(),
+                reason: DropReason::Newest,
+            },
+            Overflow::DropOldest => self.evict_then_push(entry, Vec::new(), DropReason::Oldest),
+            Overflow::Conflate => {
+                let mut evicted = Vec::new();
+                if let Some(&(old_seq, old_prio)) = self.keys.get(&entry.key)
+                    && let Some(old) = self.store.remove(old_seq, Some(old_prio))
+                {
+                    self.account_out(&old);
+                    evicted.push(Evicted {
+                        entry: old.into_item(),
+                        reason: DropReason::Conflated,
+                    });
+                }
+                self.evict_then_push(entry, evicted, DropReason::Oldest)
+            }
+            Overflow::ShedPriority => {
+                let (len0, bytes0) = (self.len, self.bytes);
+                // How much must go: enough to fit, or (over shrunk limits) enough not to grow.
+                // At least one item must go, since the incoming one does not fit.
+                let need_n = 1;
+                let need_bytes = match self.limits.max_bytes {
+                    Some(m) => (bytes0 + self.ext_bytes + entry.weight)
+                        .saturating_sub(m)
+                        .min(entry.weight),
+                    None => 0,
+                };
+                if need_n > len0 || !self.store.can_shed(entry.priority, need_n, need_bytes) {
+                    let reason = if self.store.lowest_priority().is_some() {
+                        DropReason::Outranked
+                    } else {
+                        DropReason::Newest
+                    };
+                    return Offer::Dropped {
+                        entry: entry.into_item(),
+                        reason,
+                    };
+                }
+                let mut evicted = Vec::new();
+                while !self.room_after_evictions(len0, bytes0, entry.weight) {
+                    if self
+                        .store
+                        .lowest_priority()
+                        .is_none_or(|p| p >= entry.priority)
+                    {
+                        break;
+                    }
+                    let Some(e) = self.store.pop_lowest() else {
+                        break;
+                    };
+                    self.account_out(&e);
+                    evicted.push(Evicted {
+                        entry: e.into_item(),
+                        reason: DropReason::Shed,
+                    });
+                }
+                self.push_entry(entry);
+                Offer::Accepted { evicted }
+            }
+        }
+    }
+
+    /// Room for `weight` now: it fits the limits, or the container will not grow past what it
+    /// held before this offer (over-limit after a shrink: swap only).
+    fn room_after_evictions(&self, len0: usize, bytes0: u64, weight: u64) -> bool {
+        self.fits(weight) || (self.len < len0 && self.bytes + weight <= bytes0)
+    }
+
+    fn evict_then_push(
+        &mut self,
+        entry: Entry<T, K>,
+        mut evicted: Vec<Evicted<T, K>>,
+        reason: DropReason,
+    ) -> Offer<T, K> {
+        let len0 = self.len + evicted.len();
+        let bytes0 = self.bytes + evicted.iter().map(|e| e.entry.meta.weight).sum::<u64>();
+        // If even an empty container has no room (the load is held outside it) and swapping is
+        // impossible, evicting would only lose more: drop the incoming message instead. A
+        // conflated predecessor (already removed above) stays reported as replaced.
+        if !(self.fits_with(0, 0, entry.weight) || (len0 > 0 && entry.weight <= bytes0)) {
+            if evicted.is_empty() {
+                return Offer::Dropped {
+                    entry: entry.into_item(),
+                    reason: DropReason::Newest,
+                };
+            }
+            // Only a same-key predecessor was removed: the newer value takes its place if that
+            // does not grow the content; otherwise the predecessor goes back and the newer drops.
+            if entry.weight <= bytes0 - self.bytes {
+                self.push_entry(entry);
+                return Offer::Accepted { evicted };
+            }
+            for b in evicted.into_iter().rev() {
+                let e = b.entry;
+                self.push_entry(Entry {
+                    seq: e.seq,
+                    item: e.item,
+                    weight: e.meta.weight,
+                    priority: e.meta.priority,
+                    key: e.meta.key,
+                });
+            }
+            return Offer::Dropped {
+                entry: entry.into_item(),
+                reason: DropReason::Newest,
+            };
+        }
+        while !self.room_after_evictions(len0, bytes0, entry.weight) {
+            match self.store.pop_oldest() {
+                Some(e) => {
+                    self.account_out(&e);
+                    evicted.push(Evicted {
+                        entry: e.into_item(),
+                        reason,
+                    });
+                }
+                // Unreachable after the pre-check above; stop rather than loop.
+                None => break,
+            }
+        }
+        self.push_entry(entry);
+        Offer::Accepted { evicted }
+    }
+
+    /// Takes the next item in delivery order.
+    pub fn pop(&mut self) -> Option<Item<T, K>> {
+        let e = self.store.pop()?;
+        self.account_out(&e);
+        Some(e.into_item())
+    }
+
+    /// Removes the item with sequence number `seq` (TTL expiry, purge). `None` if absent.
+    pub fn remove(&mut self, seq: u64) -> Option<Item<T, K>> {
+        let prio = if self.overflow == Overflow::Conflate {
+            self.keys.values().find(|(s, _)| *s == seq).map(|&(_, p)| p)
+        } else {
+            None
+        };
+        let e = self.store.remove(seq, prio)?;
+        self.account_out(&e);
+        Some(e.into_item())
+    }
+
+    /// Puts back an item that was already admitted (nacked or timed out) at the position its
+    /// sequence number gives, without applying the overflow policy or limits. Under `Conflate`,
+    /// if another message with the same key is queued, the older of the two (by sequence number)
+    /// is returned as superseded ([`DropReason::Conflated`]); the caller must account for it.
+    pub fn reinsert(&mut self, seq: u64, item: T, meta: Meta<K>) -> Option<Evicted<T, K>> {
+        let entry = Entry {
+            seq,
+            item,
+            weight: meta.weight,
+            priority: meta.priority,
+            key: meta.key,
+        };
+        if self.overflow == Overflow::Conflate
+            && let Some(&(other_seq, other_prio)) = self.keys.get(&entry.key)
+        {
+            if other_seq > seq {
+                return Some(Evicted {
+                    entry: entry.into_item(),
+                    reason: DropReason::Conflated,
+                });
+            }
+            if let Some(old) = self.store.remove(other_seq, Some(other_prio)) {
+                self.account_out(&old);
+                self.push_entry(entry);
+                return Some(Evicted {
+                    entry: old.into_item(),
+                    reason: DropReason::Conflated,
+                });
+            }
+        }
+        self.push_entry(entry);
+        None
+    }
+
+    /// Removes and returns every item, in delivery order.
+    pub fn drain(&mut self) -> Vec<Item<T, K>> {
+        let mut out = Vec::with_capacity(self.len);
+        while let Some(i) = self.pop() {
+            out.push(i);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(limits: Limits, o: Overflow, ord: Order) -> PolicyQueue<u32, u32> {
+        PolicyQueue::new(limits, o, ord)
+    }
+
+    fn m(p: u8) -> Meta<u32> {
+        Meta {
+            weight: 1,
+            priority: p,
+            key: None,
+        }
+    }
+
+    #[test]
+    fn fifo_block_hands_back_when_full() {
+        let mut c = q(Limits::messages(2), Overflow::Block, Order::Fifo);
+        assert!(matches!(c.offer(1, 1, m(0)), Offer::Accepted { .. }));
+        assert!(matches!(c.offer(2, 2, m(0)), Offer::Accepted { .. }));
+        assert!(matches!(c.offer(3, 3, m(0)), Offer::Full(i) if i.item == 3));
+        assert_eq!(c.pop().unwrap().item, 1);
+    }
+
+    #[test]
+    fn priority_order_highest_first_fifo_within() {
+        let mut c = q(Limits::unbounded(), Overflow::Block, Order::Priority);
+        for (s, p) in [(1, 1), (2, 5), (3, 1), (4, 5), (5, 3)] {
+            let _ = c.offer(s, s as u32, m(p));
+        }
+        let order: Vec<u32> = std::iter::from_fn(|| c.pop().map(|i| i.item)).collect();
+        assert_eq!(order, vec![2, 4, 5, 1, 3]);
+    }
+
+    #[test]
+    fn reinsert_goes_back_to_its_position() {
+        let mut c = q(Limits::messages(3), Overflow::Block, Order::Fifo);
+        for s in 1..=3 {
+            let _ = c.offer(s, s as u32, m(0));
+        }
+        let first = c.pop().unwrap();
+        let _ = c.offer(4, 4, m(0));
+        assert!(c.reinsert(first.seq, first.item, first.meta).is_none());
+        assert_eq!(c.len(), 4, "reinsert bypasses limits");
+        let order: Vec<u32> = std::iter::from_fn(|| c.pop().map(|i| i.item)).collect();
+        assert_eq!(order, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn remove_by_seq() {
+        let mut c = q(Limits::unbounded(), Overflow::Block, Order::Priority);
+        let _ = c.offer(1, 10, m(2));
+        let _ = c.offer(2, 20, m(7));
+        assert_eq!(c.remove(1).unwrap().item, 10);
+        assert!(c.remove(1).is_none());
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn external_load_counts_against_limits() {
+        let mut c = q(Limits::new(3, 100), Overflow::Block, Order::Fifo);
+        c.set_external(2, 0);
+        assert!(matches!(c.offer(1, 1, m(0)), Offer::Accepted { .. }));
+        assert!(matches!(c.offer(2, 2, m(0)), Offer::Full(_)));
+        let mut d = q(Limits::new(3, 100), Overflow::DropOldest, Order::Fifo);
+        d.set_external(3, 0);
+        assert!(
+            matches!(
+                d.offer(1, 1, m(0)),
+                Offer::Dropped {
+                    reason: DropReason::Newest,
+                    ..
+                }
+            ),
+            "nothing to evict inside: the incoming one is dropped"
+        );
+    }
+
+    #[test]
+    fn shrink_never_drops_and_eviction_only_swaps() {
+        let mut c = q(Limits::messages(4), Overflow::DropOldest, Order::Fifo);
+        for s in 1..=4 {
+            let _ = c.offer(s, s as u32, m(0));
+        }
+        c.set_limits(Limits::messages(2));
+        assert_eq!(c.len(), 4);
+        match c.offer(5, 5, m(0)) {
+            Offer::Accepted { evicted } => assert_eq!(evicted.len(), 1),
+            o => panic!("unexpected {o:?}"),
+        }
+        assert_eq!(c.len(), 4);
+    }
+
+    #[test]
+    fn too_large_is_handed_back() {
+        let mut c = q(Limits::new(10, 5), Overflow::DropOldest, Order::Fifo);
+        let meta = Meta {
+            weight: 6,
+            priority: 0,
+            key: None,
+        };
+        assert!(matches!(c.offer(1, 1, meta), Offer::TooLarge(_)));
+    }
+}
