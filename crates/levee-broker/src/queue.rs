@@ -1,0 +1,977 @@
+//! The queue state machine: every decision the broker makes about one queue, with no I/O, no
+//! clock and no async.
+//!
+//! [`QueueState`] owns a queue's ready set (a [`levee_flow::policy::PolicyQueue`], so overflow
+//! decisions are exactly levee-flow's), its unacknowledged deliveries, its consumers with their
+//! credit, its producers with their publish credit, and its counters. Time is always an argument
+//! (`now`, milliseconds since the Unix epoch), so ack deadlines, TTL and delayed requeues are
+//! tested deterministically without sleeping. What must happen outside (append a settlement to the
+//! log, move a message to the dead-letter queue, grant credit, send a delivery) is returned as
+//! [`Effect`]s and [`Outgoing`] deliveries for the caller (the queue actor) to carry out.
+//!
+//! # Invariants
+//! - Accounting is exact at every step: `published = stored + rejected` and
+//!   `stored = acked + Σ dropped + expired + dead_lettered + ready + unacked`, where `ready`
+//!   includes messages waiting for a requeue delay and `unacked` counts deliveries not yet
+//!   settled ([`QueueState::stats`] reports them; [`levee_proto::QueueStats::is_balanced`] checks).
+//! - A consumer is never sent more messages than the credit it requested: every delivery consumes
+//!   one unit, and credit only grows through [`QueueState::add_credit`].
+//! - A message is delivered to at most one consumer at a time: it is either in the ready set, in
+//!   the delay set, or in exactly one unacked slot.
+//! - The limits (`max_messages`, `max_bytes`) bound ready + delayed + unacked together, plus, on a
+//!   `block` queue, the publish credit granted and not yet used (a reservation), so a producer
+//!   holding credit always finds room.
+//! - Only messages at or below the durability watermark ([`QueueState::set_durable`]) are
+//!   delivered: a consumer never sees a message that a crash could still take back.
+//!
+//! # Memory bound
+//! Per queued message: the policy entry (about 64 bytes plus the key), the [`Queued`] record and,
+//! when the body is kept in memory, the message itself; the body bytes are bounded by `max_bytes`.
+//! Per unacked delivery: about 120 bytes plus its body. Per consumer and producer: a few words.
+
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::cmp::Reverse;
+
+use bytes::Bytes;
+use levee_flow::policy::{self, Evicted, Item, Limits, Meta, Offer, PolicyQueue};
+use levee_proto::{
+    ConsumerStats, DropReason, ErrorCode, Message, Order, Overflow, PublishOutcome, QueueConfig,
+    QueueStats,
+};
+
+/// A subscription id (broker-unique).
+pub type ConsumerId = u64;
+/// A producer: one connection's publishing to this queue (the connection id).
+pub type ProducerId = u64;
+
+/// How many messages of publish credit a producer is given at most (its window).
+pub const PUBLISH_WINDOW: u32 = 1024;
+
+/// A message held by the queue (ready, delayed or unacked).
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The message, when its body is held in memory; `None` when it must be read back from the
+    /// queue's log by sequence number (a disk queue after a restart).
+    pub message: Option<Message>,
+    /// When it was published (ms since the epoch).
+    pub timestamp_ms: u64,
+    /// When it expires (ms since the epoch), if it has a TTL.
+    pub expires_at: Option<u64>,
+    /// How many times it has been delivered so far.
+    pub deliveries: u32,
+}
+
+/// A message recovered from durable storage, to rebuild a queue after a restart.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    /// Its sequence number in the log.
+    pub seq: u64,
+    /// Weight counted against `max_bytes` (payload length).
+    pub weight: u64,
+    /// Priority.
+    pub priority: u8,
+    /// Conflation key.
+    pub key: Option<Bytes>,
+    /// The queued record (usually without a body).
+    pub queued: Queued,
+}
+
+/// How a message left the queue, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// A consumer acknowledged it (or it was sent to an auto-ack consumer).
+    Acked,
+    /// It was dropped for this reason.
+    Dropped(DropReason),
+    /// Its TTL ran out.
+    Expired,
+    /// It was moved to the dead-letter queue.
+    DeadLettered,
+}
+
+/// Why a message goes to the dead-letter queue (sent in the `x-death-reason` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// A consumer rejected it.
+    Rejected,
+    /// It was delivered `max_deliveries` times without being acked.
+    MaxDeliveries,
+    /// Its TTL ran out.
+    Expired,
+}
+
+impl DeadLetterReason {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::Rejected => "rejected",
+            DeadLetterReason::MaxDeliveries => "max-deliveries",
+            DeadLetterReason::Expired => "expired",
+        }
+    }
+}
+
+/// Something the queue actor must do on the state machine's behalf.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Record in the log that `seq` left the queue.
+    Settle {
+        /// The message.
+        seq: u64,
+        /// How.
+        how: Settlement,
+    },
+    /// Record in the log that `seq` has now been delivered `count` times (it came back unacked).
+    DeliveryCount {
+        /// The message.
+        seq: u64,
+        /// Deliveries so far.
+        count: u32,
+    },
+    /// Publish this message to the dead-letter queue (then it is settled here as dead-lettered;
+    /// a `Settle` effect follows).
+    DeadLetter {
+        /// The message's sequence number here.
+        seq: u64,
+        /// The target queue.
+        target: String,
+        /// The message (or `None`: read it from the log by `seq` first).
+        message: Option<Message>,
+        /// Why.
+        reason: DeadLetterReason,
+        /// How many times it was delivered.
+        deliveries: u32,
+    },
+    /// A publish that was held for room (a `block` queue full by bytes) has its outcome now.
+    Confirm {
+        /// The token the caller passed to [`QueueState::publish`].
+        token: u64,
+        /// The outcome.
+        outcome: PublishOutcome,
+    },
+    /// Grant a producer more publish credit.
+    Credit {
+        /// The producer.
+        producer: ProducerId,
+        /// Additional messages.
+        n: u32,
+    },
+}
+
+/// A delivery to send to a consumer.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The consumer.
+    pub consumer: ConsumerId,
+    /// Delivery tag, unique within the queue.
+    pub tag: u64,
+    /// The message's sequence number.
+    pub seq: u64,
+    /// Deliveries including this one.
+    pub deliveries: u32,
+    /// Publish time.
+    pub timestamp_ms: u64,
+    /// The message (or `None`: read it from the log by `seq`).
+    pub message: Option<Message>,
+}
+
+/// Why a settlement request (ack, nack, reject) for a tag was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettleError {
+    /// The tag is not an unacked delivery of this consumer (never sent, already settled, or
+    /// returned to the queue after its ack deadline).
+    #[error("delivery tag {0} is not outstanding for this consumer")]
+    UnknownTag(u64),
+}
+
+#[derive(Debug)]
+struct Unacked {
+    seq: u64,
+    consumer: ConsumerId,
+    deadline: Option<u64>,
+    queued: Queued,
+    meta: Meta<Bytes>,
+}
+
+#[derive(Debug, Default)]
+struct Consumer {
+    credit: u64,
+    unacked: u64,
+    auto_ack: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Producer {
+    /// Publish credit granted and not used yet (block queues).
+    outstanding: u32,
+}
+
+/// Counters behind [`QueueStats`].
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Messages offered.
+    pub published: u64,
+    /// Messages accepted into the accounting.
+    pub stored: u64,
+    /// Messages refused.
+    pub rejected: u64,
+    /// Messages acked.
+    pub acked: u64,
+    /// Messages dropped, indexed like [`DropReason::ALL`].
+    pub dropped: [u64; DropReason::ALL.len()],
+    /// Messages expired (and discarded).
+    pub expired: u64,
+    /// Messages moved to the dead-letter queue.
+    pub dead_lettered: u64,
+    /// Deliveries sent (including redeliveries).
+    pub delivered: u64,
+    /// Deliveries of messages delivered before.
+    pub redelivered: u64,
+}
+
+fn reason_index(r: DropReason) -> usize {
+    DropReason::ALL
+        .iter()
+        .position(|x| *x == r)
+        .expect("every reason is in ALL")
+}
+
+fn flow_reason(r: policy::DropReason) -> DropReason {
+    match r {
+        policy::DropReason::Newest => DropReason::OverflowNewest,
+        policy::DropReason::Conflated => DropReason::Conflated,
+        policy::DropReason::Shed | policy::DropReason::Outranked => DropReason::ShedPriority,
+        // Oldest, and anything levee-flow adds later that evicts a queued message.
+        _ => DropReason::EvictedOldest,
+    }
+}
+
+fn flow_overflow(o: Overflow) -> policy::Overflow {
+    match o {
+        Overflow::Block => policy::Overflow::Block,
+        Overflow::Reject => policy::Overflow::Reject,
+        Overflow::DropNewest => policy::Overflow::DropNewest,
+        Overflow::DropOldest => policy::Overflow::DropOldest,
+        Overflow::ConflateByKey => policy::Overflow::Conflate,
+        _ => policy::Overflow::ShedPriority,
+    }
+}
+
+/// The state of one queue. See the module documentation.
+pub struct QueueState {
+    config: QueueConfig,
+    ready: PolicyQueue<Queued, Bytes>,
+    /// Messages nacked with a delay: due time -> seq, and seq -> entry.
+    delayed_due: BTreeSet<(u64, u64)>,
+    delayed: HashMap<u64, (Queued, Meta<Bytes>)>,
+    delayed_bytes: u64,
+    unacked: HashMap<u64, Unacked>,
+    unacked_bytes: u64,
+    /// Ack deadlines: (deadline, tag). Entries of settled tags are removed eagerly.
+    deadlines: BTreeSet<(u64, u64)>,
+    /// TTL expiries of ready messages: (expires_at, seq); lazily pruned.
+    expiries: BinaryHeap<Reverse<(u64, u64)>>,
+    consumers: BTreeMap<ConsumerId, Consumer>,
+    /// Round-robin cursor: the consumer served last.
+    cursor: Option<ConsumerId>,
+    producers: BTreeMap<ProducerId, Producer>,
+    credit_outstanding: u64,
+    /// The producer served first by the last credit grant (round-robin start).
+    grant_cursor: ProducerId,
+    /// Publishes on a `block` queue that had credit but did not fit by bytes: (token, message),
+    /// admitted in order as room frees. Bounded by the producers' credit windows.
+    held: std::collections::VecDeque<(u64, Message)>,
+    next_seq: u64,
+    next_tag: u64,
+    durable_upto: u64,
+    counters: Counters,
+    effects: Vec<Effect>,
+}
+
+impl QueueState {
+    /// A new, empty queue. `next_seq` is the first sequence number to assign (1 for a new queue,
+    /// the log's next sequence number for a recovered one).
+    pub fn new(config: QueueConfig, next_seq: u64) -> Self {
+        let limits = Limits {
+            max_messages: usize::try_from(config.max_messages).ok(),
+            max_bytes: Some(config.max_bytes),
+        };
+        let order = match config.order {
+            Order::Priority => policy::Order::Priority,
+            _ => policy::Order::Fifo,
+        };
+        QueueState {
+            ready: PolicyQueue::new(limits, flow_overflow(config.overflow), order),
+            config,
+            delayed_due: BTreeSet::new(),
+            delayed: HashMap::new(),
+            delayed_bytes: 0,
+            unacked: HashMap::new(),
+            unacked_bytes: 0,
+            deadlines: BTreeSet::new(),
+            expiries: BinaryHeap::new(),
+            consumers: BTreeMap::new(),
+            cursor: None,
+            producers: BTreeMap::new(),
+            credit_outstanding: 0,
+            grant_cursor: 0,
+            held: std::collections::VecDeque::new(),
+            next_seq: next_seq.max(1),
+            next_tag: 1,
+            durable_upto: u64::MAX,
+            counters: Counters::default(),
+            effects: Vec::new(),
+        }
+    }
+
+    /// The queue's configuration.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// The sequence number the next stored message gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Puts back a message recovered from the log (in sequence order), counting it as stored.
+    /// Recovered messages bypass the overflow policy: they were admitted before the restart.
+    pub fn restore(&mut self, r: Recovered) {
+        let meta = Meta {
+            weight: r.weight,
+            priority: r.priority,
+            key: r.key,
+        };
+        if let Some(at) = r.queued.expires_at {
+            self.expiries.push(Reverse((at, r.seq)));
+        }
+        self.next_seq = self.next_seq.max(r.seq + 1);
+        self.counters.published += 1;
+        self.counters.stored += 1;
+        if let Some(superseded) = self.ready.reinsert(r.seq, r.queued, meta) {
+            self.account_evicted(superseded);
+        }
+    }
+
+    /// Sets the durability watermark: messages with `seq <= upto` are safely stored and may be
+    /// delivered. Memory queues leave it at `u64::MAX`.
+    pub fn set_durable(&mut self, upto: u64) {
+        self.durable_upto = upto;
+    }
+
+    fn sync_external(&mut self) {
+        let reserved = if self.config.overflow == Overflow::Block {
+            self.credit_outstanding
+        } else {
+            0
+        };
+        let count = self.unacked.len() + self.delayed.len() + reserved as usize;
+        self.ready
+            .set_external(count, self.unacked_bytes + self.delayed_bytes);
+    }
+
+    fn expiry_for(&self, now: u64, msg: &Message) -> Option<u64> {
+        let ttl = match (msg.ttl_ms, self.config.message_ttl_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ttl.map(|t| now.saturating_add(t))
+    }
+
+    /// Whether `producer` may publish `n` messages now: on a `block` queue it must hold that much
+    /// publish credit; other policies take any publish (their window only bounds what is in flight).
+    pub fn has_credit(&self, producer: ProducerId, n: u32) -> bool {
+        if self.config.overflow != Overflow::Block {
+            return true;
+        }
+        self.producers
+            .get(&producer)
+            .is_some_and(|p| p.outstanding >= n)
+    }
+
+    /// Publishes one message. On a `block` queue the caller first checked [`has_credit`] (the
+    /// message uses one unit of the producer's credit). Returns the outcome, or `None` when the
+    /// message is held until there is room by bytes: its outcome then comes later as
+    /// [`Effect::Confirm`] with this `token`.
+    ///
+    /// [`has_credit`]: QueueState::has_credit
+    pub fn publish(
+        &mut self,
+        now: u64,
+        producer: ProducerId,
+        token: u64,
+        msg: Message,
+    ) -> Option<PublishOutcome> {
+        if self.config.overflow == Overflow::Block
+            && let Some(p) = self.producers.get_mut(&producer)
+            && p.outstanding > 0
+        {
+            p.outstanding -= 1;
+            self.credit_outstanding -= 1;
+        }
+        if !self.held.is_empty() {
+            // Keep publish order: nothing overtakes a held message.
+            self.held.push_back((token, msg));
+            return None;
+        }
+        match self.admit(now, msg) {
+            Ok(outcome) => Some(outcome),
+            Err(msg) => {
+                self.held.push_back((token, msg));
+                None
+            }
+        }
+    }
+
+    /// Offers a message to the ready set; `Err` hands it back when a `block` queue has no room
+    /// by bytes (to be held).
+    fn admit(&mut self, now: u64, msg: Message) -> Result<PublishOutcome, Message> {
+        self.counters.published += 1;
+        self.sync_external();
+        let weight = msg.payload.len() as u64;
+        let meta = Meta {
+            weight,
+            priority: msg.priority,
+            key: if self.config.overflow == Overflow::ConflateByKey {
+                msg.key.clone()
+            } else {
+                None
+            },
+        };
+        let expires_at = self.expiry_for(now, &msg);
+        let seq = self.next_seq;
+        let queued = Queued {
+            message: Some(msg),
+            timestamp_ms: now,
+            expires_at,
+            deliveries: 0,
+        };
+        Ok(match self.ready.offer(seq, queued, meta) {
+            Offer::Accepted { evicted } => {
+                self.next_seq += 1;
+                self.counters.stored += 1;
+                if let Some(at) = expires_at {
+                    self.expiries.push(Reverse((at, seq)));
+                }
+                for e in evicted {
+                    self.account_evicted(e);
+                }
+                PublishOutcome::Stored { seq }
+            }
+            Offer::Dropped { reason, .. } => {
+                // Accepted into the accounting and discarded at once: no log record is needed.
+                self.counters.stored += 1;
+                let reason = flow_reason(reason);
+                self.counters.dropped[reason_index(reason)] += 1;
+                PublishOutcome::Dropped { reason }
+            }
+            Offer::TooLarge(_) => self.refuse(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "message of {weight} bytes exceeds the queue's max_bytes {}",
+                    self.config.max_bytes
+                ),
+            ),
+            Offer::Full(item) => {
+                // Not counted: it is published when it is finally admitted.
+                self.counters.published -= 1;
+                let Queued { message, .. } = item.item;
+                return Err(message.expect("a published message has its body"));
+            }
+            Offer::Rejected(_) => self.refuse(ErrorCode::QueueFull, "queue is full".into()),
+            // levee-flow may add outcomes; treat any other refusal as full.
+            #[allow(unreachable_patterns)]
+            _ => self.refuse(ErrorCode::QueueFull, "queue is full".into()),
+        })
+    }
+
+    /// Admits held publishes while they fit, then tops up producers' credit. Called after
+    /// anything that frees room.
+    fn make_room(&mut self, now: u64) {
+        while let Some((token, msg)) = self.held.pop_front() {
+            match self.admit(now, msg) {
+                Ok(outcome) => self.effects.push(Effect::Confirm { token, outcome }),
+                Err(msg) => {
+                    self.held.push_front((token, msg));
+                    break;
+                }
+            }
+        }
+        self.grant_credit();
+    }
+
+    /// Refuses a publish before it reaches the ready set (no credit, rate limit under `reject`,
+    /// invalid message), counting it as published and rejected.
+    pub fn refuse_publish(&mut self, code: ErrorCode, reason: String) -> PublishOutcome {
+        self.counters.published += 1;
+        self.refuse(code, reason)
+    }
+
+    fn refuse(&mut self, code: ErrorCode, reason: String) -> PublishOutcome {
+        self.counters.rejected += 1;
+        PublishOutcome::Rejected { code, reason }
+    }
+
+    /// Counts a message evicted from the ready set and records its settlement.
+    fn account_evicted(&mut self, e: Evicted<Queued, Bytes>) {
+        let reason = flow_reason(e.reason);
+        self.counters.dropped[reason_index(reason)] += 1;
+        self.effects.push(Effect::Settle {
+            seq: e.entry.seq,
+            how: Settlement::Dropped(reason),
+        });
+    }
+
+    /// Registers a producer (a connection that publishes here) and grants it credit if there is
+    /// room. Idempotent.
+    pub fn add_producer(&mut self, producer: ProducerId) {
+        self.producers.entry(producer).or_default();
+        self.grant_credit();
+    }
+
+    /// Forgets a producer; its unused credit is released.
+    pub fn remove_producer(&mut self, producer: ProducerId) {
+        if let Some(p) = self.producers.remove(&producer) {
+            self.credit_outstanding -= u64::from(p.outstanding);
+        }
+        self.grant_credit();
+    }
+
+    /// Room left for new messages on a `block` queue, after the reservations of outstanding credit.
+    fn room(&self) -> u64 {
+        let held = (self.ready.len() + self.unacked.len() + self.delayed.len()) as u64
+            + self.credit_outstanding;
+        self.config.max_messages.saturating_sub(held)
+    }
+
+    /// Tops producers' credit up to their window. On a `block` queue the total credit never
+    /// exceeds the room left; producers are served round-robin so none starves. Other policies
+    /// always accept publishes and get no credit frames.
+    fn grant_credit(&mut self) {
+        if self.config.overflow != Overflow::Block
+            || self.producers.is_empty()
+            || !self.held.is_empty()
+        {
+            return;
+        }
+        let mut room = self.room();
+        let bytes_left = self
+            .config
+            .max_bytes
+            .saturating_sub(self.ready.bytes() + self.unacked_bytes + self.delayed_bytes);
+        if bytes_left == 0 {
+            return;
+        }
+        // Refill a producer only when it has used at least half its window (fewer credit frames).
+        // Start after the producer served first last time, so a scarce room rotates fairly.
+        let mut ids: Vec<ProducerId> = self.producers.keys().copied().collect();
+        let start = ids.partition_point(|id| *id <= self.grant_cursor);
+        ids.rotate_left(start);
+        if let Some(first) = ids.first() {
+            self.grant_cursor = *first;
+        }
+        let share = (room / ids.len() as u64).max(1);
+        for id in ids {
+            if room == 0 {
+                break;
+            }
+            let p = self.producers.get_mut(&id).expect("listed");
+            let want = PUBLISH_WINDOW - p.outstanding;
+            if want < PUBLISH_WINDOW / 2 && p.outstanding > 0 {
+                continue;
+            }
+            let n = u64::from(want).min(room).min(share.max(1)) as u32;
+            if n == 0 {
+                continue;
+            }
+            p.outstanding += n;
+            self.credit_outstanding += u64::from(n);
+            room -= u64::from(n);
+            self.effects.push(Effect::Credit { producer: id, n });
+        }
+    }
+
+    /// Adds a consumer with no credit yet.
+    pub fn subscribe(&mut self, consumer: ConsumerId, auto_ack: bool) {
+        self.consumers.insert(
+            consumer,
+            Consumer {
+                auto_ack,
+                ..Consumer::default()
+            },
+        );
+    }
+
+    /// `request(n)`: the consumer can take `n` more messages.
+    pub fn add_credit(&mut self, consumer: ConsumerId, n: u32) {
+        if let Some(c) = self.consumers.get_mut(&consumer) {
+            c.credit = c.credit.saturating_add(u64::from(n));
+        }
+    }
+
+    /// Removes a consumer (unsubscribe, or its connection died): its unacked deliveries go back
+    /// to the queue with their delivery count kept (or to the dead-letter queue past
+    /// `max_deliveries`).
+    pub fn unsubscribe(&mut self, now: u64, consumer: ConsumerId) {
+        self.consumers.remove(&consumer);
+        let tags: Vec<u64> = self
+            .unacked
+            .iter()
+            .filter(|(_, u)| u.consumer == consumer)
+            .map(|(t, _)| *t)
+            .collect();
+        for tag in tags {
+            if let Some(u) = self.take_unacked(tag) {
+                self.requeue(now, u, 0);
+            }
+        }
+    }
+
+    fn take_unacked(&mut self, tag: u64) -> Option<Unacked> {
+        let u = self.unacked.remove(&tag)?;
+        self.unacked_bytes -= u.meta.weight;
+        if let Some(d) = u.deadline {
+            self.deadlines.remove(&(d, tag));
+        }
+        if let Some(c) = self.consumers.get_mut(&u.consumer) {
+            c.unacked -= 1;
+        }
+        Some(u)
+    }
+
+    fn take_owned(&mut self, consumer: ConsumerId, tag: u64) -> Result<Unacked, SettleError> {
+        match self.unacked.get(&tag) {
+            Some(u) if u.consumer == consumer => {
+                Ok(self.take_unacked(tag).expect("present"))
+            }
+            _ => Err(SettleError::UnknownTag(tag)),
+        }
+    }
+
+    /// Acknowledges deliveries. Unknown tags are reported, the rest are settled.
+    pub fn ack(&mut self, now: u64, consumer: ConsumerId, tags: &[u64]) -> Vec<SettleError> {
+        let mut errors = Vec::new();
+        for &tag in tags {
+            match self.take_owned(consumer, tag) {
+                Ok(u) => {
+                    self.counters.acked += 1;
+                    self.effects.push(Effect::Settle {
+                        seq: u.seq,
+                        how: Settlement::Acked,
+                    });
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        self.make_room(now);
+        errors
+    }
+
+    /// Returns deliveries to the queue, at once (`delay_ms = 0`) or after a delay.
+    pub fn nack(
+        &mut self,
+        now: u64,
+        consumer: ConsumerId,
+        tags: &[u64],
+        delay_ms: u64,
+    ) -> Vec<SettleError> {
+        let mut errors = Vec::new();
+        for &tag in tags {
+            match self.take_owned(consumer, tag) {
+                Ok(u) => self.requeue(now, u, delay_ms),
+                Err(e) => errors.push(e),
+            }
+        }
+        errors
+    }
+
+    /// Sends deliveries to the dead-letter queue (dropped, counted, if there is none).
+    pub fn reject(&mut self, now: u64, consumer: ConsumerId, tags: &[u64]) -> Vec<SettleError> {
+        let mut errors = Vec::new();
+        for &tag in tags {
+            match self.take_owned(consumer, tag) {
+                Ok(u) => self.dead_letter(u.seq, u.queued, DeadLetterReason::Rejected),
+                Err(e) => errors.push(e),
+            }
+        }
+        self.make_room(now);
+        errors
+    }
+
+    /// A delivery came back unacked: to the dead-letter queue if it reached `max_deliveries`,
+    /// otherwise back to the ready set (at its original position) or the delay set.
+    fn requeue(&mut self, now: u64, u: Unacked, delay_ms: u64) {
+        let Unacked {
+            seq, queued, meta, ..
+        } = u;
+        if self
+            .config
+            .max_deliveries
+            .is_some_and(|max| queued.deliveries >= max)
+        {
+            self.dead_letter(seq, queued, DeadLetterReason::MaxDeliveries);
+            self.make_room(now);
+            return;
+        }
+        self.effects.push(Effect::DeliveryCount {
+            seq,
+            count: queued.deliveries,
+        });
+        if delay_ms > 0 {
+            let due = now.saturating_add(delay_ms);
+            self.delayed_bytes += meta.weight;
+            self.delayed_due.insert((due, seq));
+            self.delayed.insert(seq, (queued, meta));
+        } else {
+            self.put_back(seq, queued, meta);
+        }
+    }
+
+    fn put_back(&mut self, seq: u64, queued: Queued, meta: Meta<Bytes>) {
+        if let Some(at) = queued.expires_at {
+            self.expiries.push(Reverse((at, seq)));
+        }
+        if let Some(superseded) = self.ready.reinsert(seq, queued, meta) {
+            self.account_evicted(superseded);
+        }
+    }
+
+    /// Settles `seq` as dead-lettered (emitting the move) or, with no dead-letter queue, as
+    /// dropped (rejected, max deliveries) or expired.
+    fn dead_letter(&mut self, seq: u64, queued: Queued, reason: DeadLetterReason) {
+        if let Some(target) = self.config.dead_letter.clone() {
+            self.counters.dead_lettered += 1;
+            self.effects.push(Effect::DeadLetter {
+                seq,
+                target,
+                message: queued.message,
+                reason,
+                deliveries: queued.deliveries,
+            });
+            self.effects.push(Effect::Settle {
+                seq,
+                how: Settlement::DeadLettered,
+            });
+            return;
+        }
+        let how = match reason {
+            DeadLetterReason::Expired => {
+                self.counters.expired += 1;
+                Settlement::Expired
+            }
+            DeadLetterReason::MaxDeliveries => {
+                self.counters.dropped[reason_index(DropReason::MaxDeliveries)] += 1;
+                Settlement::Dropped(DropReason::MaxDeliveries)
+            }
+            DeadLetterReason::Rejected => {
+                self.counters.dropped[reason_index(DropReason::DeadLetterRefused)] += 1;
+                Settlement::Dropped(DropReason::DeadLetterRefused)
+            }
+        };
+        self.effects.push(Effect::Settle { seq, how });
+    }
+
+    /// Advances time: expired ack deadlines return their messages, due delayed messages become
+    /// ready, expired ready messages are settled (or dead-lettered).
+    pub fn tick(&mut self, now: u64) {
+        while let Some(&(deadline, tag)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            if let Some(u) = self.take_unacked(tag) {
+                self.requeue(now, u, 0);
+            }
+        }
+        while let Some(&(due, seq)) = self.delayed_due.first() {
+            if due > now {
+                break;
+            }
+            self.delayed_due.pop_first();
+            if let Some((queued, meta)) = self.delayed.remove(&seq) {
+                self.delayed_bytes -= meta.weight;
+                self.put_back(seq, queued, meta);
+            }
+        }
+        while let Some(&Reverse((at, seq))) = self.expiries.peek() {
+            if at > now {
+                break;
+            }
+            self.expiries.pop();
+            if let Some(item) = self.ready.remove(seq) {
+                self.dead_letter(item.seq, item.item, DeadLetterReason::Expired);
+            }
+        }
+        self.make_room(now);
+    }
+
+    /// The earliest time at which [`tick`](QueueState::tick) has something to do.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let a = self.deadlines.first().map(|d| d.0);
+        let b = self.delayed_due.first().map(|d| d.0);
+        let c = self.expiries.peek().map(|Reverse(e)| e.0);
+        [a, b, c].into_iter().flatten().min()
+    }
+
+    /// Picks the next consumer with credit, round-robin after the one served last.
+    fn next_consumer(&self) -> Option<ConsumerId> {
+        let after = self.cursor.unwrap_or(0);
+        let with_credit = |(id, c): (&ConsumerId, &Consumer)| (c.credit > 0).then_some(*id);
+        self.consumers
+            .range(after.saturating_add(1)..)
+            .find_map(with_credit)
+            .or_else(|| self.consumers.range(..=after).find_map(with_credit))
+    }
+
+    /// Hands ready messages to consumers with credit, round-robin, each within its credit, never
+    /// past the durability watermark. Expired messages met on the way are settled instead.
+    pub fn dispatch(&mut self, now: u64, out: &mut Vec<Outgoing>) {
+        while !self.ready.is_empty() {
+            let Some(consumer) = self.next_consumer() else {
+                break;
+            };
+            let Some(Item { seq, item, meta }) = self.ready.pop() else {
+                break;
+            };
+            if seq > self.durable_upto {
+                // Not yet on disk: put it back and wait for the watermark to move.
+                if let Some(superseded) = self.ready.reinsert(seq, item, meta) {
+                    self.account_evicted(superseded);
+                }
+                break;
+            }
+            let mut queued = item;
+            if queued.expires_at.is_some_and(|at| at <= now) {
+                self.dead_letter(seq, queued, DeadLetterReason::Expired);
+                continue;
+            }
+            queued.deliveries += 1;
+            self.counters.delivered += 1;
+            if queued.deliveries > 1 {
+                self.counters.redelivered += 1;
+            }
+            let tag = self.next_tag;
+            self.next_tag += 1;
+            self.cursor = Some(consumer);
+            let c = self.consumers.get_mut(&consumer).expect("chosen");
+            c.credit -= 1;
+            let outgoing = Outgoing {
+                consumer,
+                tag,
+                seq,
+                deliveries: queued.deliveries,
+                timestamp_ms: queued.timestamp_ms,
+                message: queued.message.clone(),
+            };
+            if c.auto_ack {
+                self.counters.acked += 1;
+                self.effects.push(Effect::Settle {
+                    seq,
+                    how: Settlement::Acked,
+                });
+            } else {
+                c.unacked += 1;
+                let deadline =
+                    (self.config.ack_timeout_ms > 0).then(|| now + self.config.ack_timeout_ms);
+                if let Some(d) = deadline {
+                    self.deadlines.insert((d, tag));
+                }
+                self.unacked_bytes += meta.weight;
+                self.unacked.insert(
+                    tag,
+                    Unacked {
+                        seq,
+                        consumer,
+                        deadline,
+                        queued,
+                        meta,
+                    },
+                );
+            }
+            out.push(outgoing);
+        }
+        self.make_room(now);
+    }
+
+    /// Drops every ready and delayed message (reason `purged`); returns how many.
+    pub fn purge(&mut self, now: u64) -> u64 {
+        let mut n = 0;
+        for item in self.ready.drain() {
+            self.settle_purged(item.seq);
+            n += 1;
+        }
+        for (seq, (_, meta)) in std::mem::take(&mut self.delayed) {
+            self.delayed_bytes -= meta.weight;
+            self.settle_purged(seq);
+            n += 1;
+        }
+        self.delayed_due.clear();
+        self.make_room(now);
+        n
+    }
+
+    fn settle_purged(&mut self, seq: u64) {
+        self.counters.dropped[reason_index(DropReason::Purged)] += 1;
+        self.effects.push(Effect::Settle {
+            seq,
+            how: Settlement::Dropped(DropReason::Purged),
+        });
+    }
+
+    /// Takes the effects produced since the last call.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// Ready messages (including delayed ones).
+    pub fn ready_len(&self) -> u64 {
+        (self.ready.len() + self.delayed.len()) as u64
+    }
+
+    /// Whether any consumer has credit.
+    pub fn has_demand(&self) -> bool {
+        self.consumers.values().any(|c| c.credit > 0)
+    }
+
+    /// The raw counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// A stats snapshot (rates are filled in by the caller, which owns the clock).
+    pub fn stats(&self) -> QueueStats {
+        QueueStats {
+            published: self.counters.published,
+            stored: self.counters.stored,
+            rejected: self.counters.rejected,
+            acked: self.counters.acked,
+            dropped: DropReason::ALL
+                .iter()
+                .zip(self.counters.dropped)
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| (*r, n))
+                .collect(),
+            expired: self.counters.expired,
+            dead_lettered: self.counters.dead_lettered,
+            ready: self.ready_len(),
+            unacked: self.unacked.len() as u64,
+            bytes: self.ready.bytes() + self.unacked_bytes + self.delayed_bytes,
+            publish_credit_outstanding: self.credit_outstanding,
+            consumers: self
+                .consumers
+                .iter()
+                .map(|(id, c)| ConsumerStats {
+                    subscription: *id,
+                    credit: c.credit,
+                    unacked: c.unacked,
+                })
+                .collect(),
+            publish_rate: 0,
+            deliver_rate: 0,
+            ack_rate: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

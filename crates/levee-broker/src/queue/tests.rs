@@ -1,0 +1,556 @@
+//! Deterministic tests of the queue state machine: time is a number, nothing sleeps.
+
+use super::*;
+use proptest::prelude::*;
+
+fn cfg() -> QueueConfig {
+    QueueConfig {
+        durability: levee_proto::Durability::Memory,
+        ..QueueConfig::default()
+    }
+}
+
+fn msg(n: u32) -> Message {
+    Message::new(n.to_le_bytes().to_vec())
+}
+
+fn body(o: &Outgoing) -> u32 {
+    let p = &o.message.as_ref().unwrap().payload;
+    u32::from_le_bytes(p[..4].try_into().unwrap())
+}
+
+/// Publishes on a non-block queue (or with credit) and expects an immediate outcome.
+fn publish(q: &mut QueueState, now: u64, n: u32) -> PublishOutcome {
+    q.publish(now, 1, u64::from(n), msg(n)).expect("not held")
+}
+
+fn dispatch(q: &mut QueueState, now: u64) -> Vec<Outgoing> {
+    let mut out = Vec::new();
+    q.dispatch(now, &mut out);
+    out
+}
+
+#[test]
+fn consumer_never_receives_more_than_its_credit() {
+    let mut q = QueueState::new(cfg(), 1);
+    for i in 0..10 {
+        publish(&mut q, 0, i);
+    }
+    q.subscribe(7, false);
+    assert!(dispatch(&mut q, 0).is_empty(), "no credit, no delivery");
+    q.add_credit(7, 3);
+    let got = dispatch(&mut q, 0);
+    assert_eq!(got.iter().map(body).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert!(dispatch(&mut q, 0).is_empty(), "credit used up");
+    assert_eq!(q.stats().consumers[0].credit, 0);
+    q.add_credit(7, 2);
+    assert_eq!(dispatch(&mut q, 0).len(), 2);
+    assert!(q.stats().is_balanced());
+}
+
+#[test]
+fn busy_consumer_is_skipped_and_work_flows_to_idle_ones() {
+    // Scenario 13: every encoder has credit 1; a busy one (no credit) takes no new job.
+    let mut q = QueueState::new(cfg(), 1);
+    q.subscribe(1, false);
+    q.subscribe(2, false);
+    q.add_credit(1, 1);
+    q.add_credit(2, 1);
+    for i in 0..4 {
+        publish(&mut q, 0, i);
+    }
+    let first = dispatch(&mut q, 0);
+    assert_eq!(first.len(), 2);
+    assert_ne!(first[0].consumer, first[1].consumer, "one job each");
+    // Consumer 1 finishes and asks for another; consumer 2 is still busy.
+    let t1 = first.iter().find(|o| o.consumer == 1).unwrap().tag;
+    assert!(q.ack(0, 1, &[t1]).is_empty());
+    q.add_credit(1, 1);
+    let next = dispatch(&mut q, 0);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].consumer, 1, "the busy consumer got nothing");
+}
+
+#[test]
+fn competing_consumers_share_round_robin_and_never_get_the_same_message() {
+    let mut q = QueueState::new(cfg(), 1);
+    for c in 1..=3 {
+        q.subscribe(c, true);
+        q.add_credit(c, 100);
+    }
+    for i in 0..90 {
+        publish(&mut q, 0, i);
+    }
+    let got = dispatch(&mut q, 0);
+    assert_eq!(got.len(), 90);
+    let mut seen: Vec<u32> = got.iter().map(body).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 90, "no duplicates");
+    for c in 1..=3 {
+        assert_eq!(got.iter().filter(|o| o.consumer == c).count(), 30);
+    }
+    assert_eq!(q.stats().acked, 90, "auto-ack settles on delivery");
+    assert!(q.stats().is_balanced());
+}
+
+#[test]
+fn ack_timeout_redelivers_to_another_consumer_with_a_raised_count() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            ack_timeout_ms: 1_000,
+            ..cfg()
+        },
+        1,
+    );
+    q.subscribe(1, false);
+    q.add_credit(1, 1);
+    publish(&mut q, 0, 42);
+    let d = dispatch(&mut q, 0);
+    assert_eq!(d[0].deliveries, 1);
+    q.subscribe(2, false);
+    q.add_credit(2, 1);
+    assert_eq!(q.next_deadline(), Some(1_000));
+    q.tick(999);
+    assert!(dispatch(&mut q, 999).is_empty(), "deadline not reached");
+    q.tick(1_000);
+    let again = dispatch(&mut q, 1_000);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].consumer, 2);
+    assert_eq!(again[0].deliveries, 2);
+    assert_eq!(body(&again[0]), 42);
+    // The late ack of the first delivery is refused: the message is someone else's now.
+    assert_eq!(q.ack(1_001, 1, &[d[0].tag]), vec![SettleError::UnknownTag(d[0].tag)]);
+    assert!(
+        q.take_effects()
+            .iter()
+            .any(|e| matches!(e, Effect::DeliveryCount { count: 1, .. }))
+    );
+}
+
+#[test]
+fn consumer_death_returns_its_messages_in_original_order() {
+    let mut q = QueueState::new(cfg(), 1);
+    q.subscribe(1, false);
+    q.add_credit(1, 2);
+    for i in 0..4 {
+        publish(&mut q, 0, i);
+    }
+    assert_eq!(dispatch(&mut q, 0).len(), 2);
+    q.unsubscribe(5, 1);
+    q.subscribe(2, false);
+    q.add_credit(2, 10);
+    let got = dispatch(&mut q, 5);
+    assert_eq!(got.iter().map(body).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+    assert_eq!(got[0].deliveries, 2);
+    assert_eq!(got[2].deliveries, 1);
+}
+
+#[test]
+fn max_deliveries_sends_to_the_dead_letter_queue_with_the_reason() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            max_deliveries: Some(2),
+            dead_letter: Some("dlq".into()),
+            ..cfg()
+        },
+        1,
+    );
+    q.subscribe(1, false);
+    q.add_credit(1, 10);
+    publish(&mut q, 0, 9);
+    for round in 0..2 {
+        let d = dispatch(&mut q, 0);
+        assert_eq!(d.len(), 1, "round {round}");
+        assert!(q.nack(0, 1, &[d[0].tag], 0).is_empty());
+    }
+    assert!(dispatch(&mut q, 0).is_empty());
+    let effects = q.take_effects();
+    assert!(effects.iter().any(|e| matches!(e,
+        Effect::DeadLetter { target, reason: DeadLetterReason::MaxDeliveries, deliveries: 2, .. } if target == "dlq")));
+    let s = q.stats();
+    assert_eq!(s.dead_lettered, 1);
+    assert!(s.is_balanced());
+}
+
+#[test]
+fn without_dead_letter_queue_max_deliveries_and_rejects_are_counted_drops() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            max_deliveries: Some(1),
+            ..cfg()
+        },
+        1,
+    );
+    q.subscribe(1, false);
+    q.add_credit(1, 10);
+    publish(&mut q, 0, 1);
+    publish(&mut q, 0, 2);
+    let d = dispatch(&mut q, 0);
+    q.nack(0, 1, &[d[0].tag], 0);
+    q.reject(0, 1, &[d[1].tag]);
+    let s = q.stats();
+    assert_eq!(s.dropped(DropReason::MaxDeliveries), 1);
+    assert_eq!(s.dropped(DropReason::DeadLetterRefused), 1);
+    assert!(s.is_balanced());
+}
+
+#[test]
+fn nack_with_delay_holds_the_message_until_due() {
+    let mut q = QueueState::new(cfg(), 1);
+    q.subscribe(1, false);
+    q.add_credit(1, 10);
+    publish(&mut q, 0, 5);
+    let d = dispatch(&mut q, 0);
+    q.nack(100, 1, &[d[0].tag], 500);
+    assert_eq!(q.stats().ready, 1, "a delayed message counts as ready");
+    q.tick(599);
+    assert!(dispatch(&mut q, 599).is_empty());
+    assert_eq!(q.next_deadline(), Some(600));
+    q.tick(600);
+    assert_eq!(dispatch(&mut q, 600).len(), 1);
+}
+
+#[test]
+fn ttl_expires_ready_messages_and_counts_them() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            message_ttl_ms: Some(1_000),
+            ..cfg()
+        },
+        1,
+    );
+    publish(&mut q, 0, 1);
+    q.publish(0, 1, 2, msg(2).with_ttl_ms(100)).unwrap();
+    publish(&mut q, 500, 3);
+    q.tick(100);
+    assert_eq!(q.stats().expired, 1, "per-message ttl is shorter");
+    q.tick(1_000);
+    assert_eq!(q.stats().expired, 2);
+    q.subscribe(1, true);
+    q.add_credit(1, 10);
+    let d = dispatch(&mut q, 1_499);
+    assert_eq!(d.iter().map(body).collect::<Vec<_>>(), vec![3]);
+    assert!(q.stats().is_balanced());
+}
+
+#[test]
+fn block_queue_grants_credit_only_within_room() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            max_messages: 10,
+            ..cfg()
+        },
+        1,
+    );
+    q.add_producer(1);
+    q.add_producer(2);
+    let granted: u32 = q
+        .take_effects()
+        .iter()
+        .map(|e| match e {
+            Effect::Credit { n, .. } => *n,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(granted, 10, "credit never exceeds the room");
+    assert!(q.has_credit(1, 10) && !q.has_credit(2, 1), "the first producer took the room");
+    for i in 0..10 {
+        assert!(matches!(q.publish(0, 1, u64::from(i), msg(i)), Some(PublishOutcome::Stored { .. })));
+    }
+    assert!(!q.has_credit(1, 1), "credit used up: the client must wait");
+    // A consumer takes and acks two: room for two more is granted.
+    q.subscribe(9, false);
+    q.add_credit(9, 2);
+    let d = dispatch(&mut q, 0);
+    q.take_effects();
+    q.ack(0, 9, &[d[0].tag, d[1].tag]);
+    let more: u32 = q
+        .take_effects()
+        .iter()
+        .map(|e| match e {
+            Effect::Credit { n, .. } => *n,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(more, 2);
+    assert!(q.has_credit(2, 1), "freed room is shared: the waiting producer gets some");
+    assert!(q.has_credit(1, 1));
+    assert_eq!(q.stats().publish_credit_outstanding, 2);
+}
+
+#[test]
+fn block_queue_holds_a_publish_that_does_not_fit_by_bytes_until_room_frees() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            max_messages: 100,
+            max_bytes: 10,
+            ..cfg()
+        },
+        1,
+    );
+    q.add_producer(1);
+    q.take_effects();
+    let six = Message::new(vec![0u8; 6]);
+    assert!(matches!(q.publish(0, 1, 1, six.clone()), Some(PublishOutcome::Stored { .. })));
+    assert!(q.publish(0, 1, 2, six.clone()).is_none(), "held, not refused");
+    assert!(q.publish(0, 1, 3, Message::new(vec![0u8; 1])).is_none(), "order kept");
+    assert_eq!(q.stats().bytes, 6);
+    assert!(q.stats().is_balanced(), "held messages are not yet published");
+    q.subscribe(9, false);
+    q.add_credit(9, 1);
+    let d = dispatch(&mut q, 0);
+    q.take_effects();
+    q.ack(0, 9, &[d[0].tag]);
+    let confirms: Vec<u64> = q
+        .take_effects()
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Confirm { token, outcome: PublishOutcome::Stored { .. } } => Some(*token),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(confirms, vec![2, 3]);
+    assert_eq!(q.stats().bytes, 7);
+}
+
+#[test]
+fn messages_past_the_durability_watermark_are_not_delivered() {
+    let mut q = QueueState::new(cfg(), 1);
+    q.set_durable(0);
+    q.subscribe(1, true);
+    q.add_credit(1, 10);
+    publish(&mut q, 0, 1);
+    publish(&mut q, 0, 2);
+    assert!(dispatch(&mut q, 0).is_empty());
+    q.set_durable(1);
+    assert_eq!(dispatch(&mut q, 0).len(), 1);
+    q.set_durable(2);
+    assert_eq!(dispatch(&mut q, 0).len(), 1);
+}
+
+#[test]
+fn drop_policies_count_every_message() {
+    for (overflow, reason) in [
+        (Overflow::DropNewest, DropReason::OverflowNewest),
+        (Overflow::DropOldest, DropReason::EvictedOldest),
+    ] {
+        let mut q = QueueState::new(
+            QueueConfig {
+                max_messages: 5,
+                overflow,
+                ..cfg()
+            },
+            1,
+        );
+        for i in 0..20 {
+            publish(&mut q, 0, i);
+        }
+        let s = q.stats();
+        assert_eq!(s.ready, 5);
+        assert_eq!(s.dropped(reason), 15, "{overflow}");
+        assert!(s.is_balanced());
+        q.subscribe(1, true);
+        q.add_credit(1, 10);
+        let got: Vec<u32> = dispatch(&mut q, 0).iter().map(body).collect();
+        let want: Vec<u32> = if overflow == Overflow::DropNewest {
+            (0..5).collect()
+        } else {
+            (15..20).collect()
+        };
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn reject_policy_refuses_when_full() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            max_messages: 2,
+            overflow: Overflow::Reject,
+            ..cfg()
+        },
+        1,
+    );
+    publish(&mut q, 0, 1);
+    publish(&mut q, 0, 2);
+    assert!(matches!(
+        publish(&mut q, 0, 3),
+        PublishOutcome::Rejected { code: ErrorCode::QueueFull, .. }
+    ));
+    let s = q.stats();
+    assert_eq!((s.published, s.stored, s.rejected), (3, 2, 1));
+}
+
+#[test]
+fn conflate_by_key_keeps_the_latest_per_key() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            max_messages: 10,
+            overflow: Overflow::ConflateByKey,
+            ..cfg()
+        },
+        1,
+    );
+    for round in 0..5u32 {
+        for sensor in ["a", "b", "c"] {
+            q.publish(0, 1, 0, msg(round).with_key(sensor)).unwrap();
+        }
+    }
+    let s = q.stats();
+    assert_eq!(s.ready, 3);
+    assert_eq!(s.dropped(DropReason::Conflated), 12);
+    q.subscribe(1, true);
+    q.add_credit(1, 10);
+    let got = dispatch(&mut q, 0);
+    assert!(got.iter().all(|o| body(o) == 4), "latest reading of every sensor");
+}
+
+#[test]
+fn shed_priority_never_drops_high_while_low_is_queued() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            max_messages: 5,
+            overflow: Overflow::ShedPriority,
+            order: Order::Priority,
+            ..cfg()
+        },
+        1,
+    );
+    for i in 0..20u32 {
+        let p = if i % 5 == 0 { 9 } else { 1 };
+        q.publish(0, 1, 0, msg(i).with_priority(p)).unwrap();
+    }
+    q.subscribe(1, true);
+    q.add_credit(1, 10);
+    let got: Vec<u32> = dispatch(&mut q, 0).iter().map(body).collect();
+    for high in [0, 5, 10, 15] {
+        assert!(got.contains(&high), "high-priority {high} kept: {got:?}");
+    }
+    assert_eq!(&got[..4], &[0, 5, 10, 15], "priority order");
+    assert!(q.stats().is_balanced());
+}
+
+#[test]
+fn purge_drops_ready_messages_with_their_reason() {
+    let mut q = QueueState::new(cfg(), 1);
+    for i in 0..4 {
+        publish(&mut q, 0, i);
+    }
+    assert_eq!(q.purge(0), 4);
+    assert_eq!(q.stats().dropped(DropReason::Purged), 4);
+    assert_eq!(q.take_effects().len(), 4, "one settlement each");
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Publish(u8, u8),
+    Credit(u8, u8),
+    Ack(u8),
+    Nack(u8, u16),
+    Reject(u8),
+    Unsubscribe(u8),
+    Tick(u16),
+    Purge,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (any::<u8>(), 0u8..4).prop_map(|(s, p)| Op::Publish(s, p)),
+        2 => (0u8..3, 0u8..5).prop_map(|(c, n)| Op::Credit(c, n)),
+        2 => any::<u8>().prop_map(Op::Ack),
+        1 => (any::<u8>(), 0u16..300).prop_map(|(t, d)| Op::Nack(t, d)),
+        1 => any::<u8>().prop_map(Op::Reject),
+        1 => (0u8..3).prop_map(Op::Unsubscribe),
+        1 => (0u16..500).prop_map(Op::Tick),
+        1 => Just(Op::Purge),
+    ]
+}
+
+fn overflow() -> impl Strategy<Value = Overflow> {
+    prop::sample::select(Overflow::ALL.to_vec())
+}
+
+proptest! {
+    /// Under any sequence of operations and any policy, the accounting balances, no consumer
+    /// holds more than its credit allowed, and limits hold.
+    #[test]
+    fn accounting_balances_and_credit_is_respected(
+        overflow in overflow(),
+        ops in prop::collection::vec(op(), 1..200),
+        max_messages in 1u64..8,
+        ttl in prop::option::of(50u64..400),
+        max_deliveries in prop::option::of(1u32..4),
+    ) {
+        let mut q = QueueState::new(QueueConfig {
+            max_messages,
+            max_bytes: 64,
+            overflow,
+            order: if overflow == Overflow::ShedPriority { Order::Priority } else { Order::Fifo },
+            ack_timeout_ms: 250,
+            message_ttl_ms: ttl,
+            max_deliveries,
+            ..cfg()
+        }, 1);
+        q.add_producer(1);
+        let mut now = 0u64;
+        let mut granted: HashMap<ConsumerId, u64> = HashMap::new();
+        let mut received: HashMap<ConsumerId, u64> = HashMap::new();
+        let mut outstanding: Vec<(ConsumerId, u64)> = Vec::new();
+        let mut subscribed = [false; 3];
+        for (i, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Publish(size, prio) => {
+                    let m = Message::new(vec![0u8; usize::from(size % 20)])
+                        .with_priority(prio)
+                        .with_key(vec![size % 3]);
+                    if q.has_credit(1, 1) {
+                        let _ = q.publish(now, 1, i as u64, m);
+                    }
+                }
+                Op::Credit(c, n) => {
+                    let c = u64::from(c);
+                    if !subscribed[c as usize] {
+                        q.subscribe(c, false);
+                        subscribed[c as usize] = true;
+                    }
+                    q.add_credit(c, n.into());
+                    *granted.entry(c).or_default() += u64::from(n);
+                }
+                Op::Ack(t) | Op::Nack(t, _) | Op::Reject(t) if !outstanding.is_empty() => {
+                    let (c, tag) = outstanding.remove(usize::from(t) % outstanding.len());
+                    match op {
+                        Op::Ack(_) => { q.ack(now, c, &[tag]); }
+                        Op::Nack(_, d) => { q.nack(now, c, &[tag], d.into()); }
+                        _ => { q.reject(now, c, &[tag]); }
+                    }
+                }
+                Op::Unsubscribe(c) => {
+                    let c = u64::from(c);
+                    q.unsubscribe(now, c);
+                    subscribed[c as usize] = false;
+                    outstanding.retain(|(o, _)| *o != c);
+                    granted.insert(c, 0);
+                    received.insert(c, 0);
+                }
+                Op::Tick(d) => { now += u64::from(d); q.tick(now); }
+                Op::Purge => { q.purge(now); }
+                _ => {}
+            }
+            let mut out = Vec::new();
+            q.dispatch(now, &mut out);
+            for o in out {
+                *received.entry(o.consumer).or_default() += 1;
+                outstanding.push((o.consumer, o.tag));
+            }
+            q.take_effects();
+            let s = q.stats();
+            prop_assert!(s.is_balanced(), "{s:?}");
+            for (c, r) in &received {
+                prop_assert!(*r <= granted.get(c).copied().unwrap_or(0), "consumer {c} over credit");
+            }
+            prop_assert!(s.ready + s.unacked <= max_messages, "{s:?}");
+            prop_assert!(s.bytes <= 64, "{s:?}");
+        }
+    }
+}
