@@ -1,0 +1,271 @@
+//! Queue names and config validation, documented defaults, and the redeclare difference report.
+
+use levee_proto::*;
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let c = QueueConfig::default();
+    assert_eq!(c.max_messages, 100_000);
+    assert_eq!(c.max_bytes, 64 * 1024 * 1024);
+    assert_eq!(c.overflow, Overflow::Block);
+    assert_eq!(c.order, Order::Fifo);
+    assert_eq!(c.durability, Durability::Disk(Fsync::Always));
+    assert_eq!(c.ack_timeout_ms, 30_000);
+    assert_eq!(c.max_deliveries, Some(20));
+    assert_eq!(c.dead_letter, None);
+    assert_eq!(c.message_ttl_ms, None);
+    assert_eq!(c.rate_limit, None);
+    assert_eq!(c.validate("orders"), Ok(()));
+}
+
+#[test]
+fn queue_names_follow_the_charset_and_length_rules() {
+    for ok in ["a", "orders.eu-1_x", "A9", &"z".repeat(255)] {
+        assert_eq!(validate_queue_name(ok), Ok(()), "{ok}");
+    }
+    for bad in [
+        "",
+        &"z".repeat(256),
+        "with space",
+        "slash/",
+        "ümlaut",
+        "star*",
+    ] {
+        let err = validate_queue_name(bad).unwrap_err();
+        assert!(matches!(err, ProtoError::InvalidName { .. }), "{bad}");
+        assert_eq!(err.code(), ErrorCode::InvalidName);
+        assert!(!err.is_fatal());
+    }
+}
+
+fn field_of(c: &QueueConfig, queue: &str) -> &'static str {
+    match c.validate(queue) {
+        Err(ProtoError::InvalidConfig { field, .. }) => field,
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+}
+
+#[test]
+fn out_of_range_fields_are_named() {
+    let base = QueueConfig::default();
+    let cases: Vec<(QueueConfig, &str)> = vec![
+        (
+            QueueConfig {
+                max_messages: 0,
+                ..base.clone()
+            },
+            "max_messages",
+        ),
+        (
+            QueueConfig {
+                max_bytes: 0,
+                ..base.clone()
+            },
+            "max_bytes",
+        ),
+        (
+            QueueConfig {
+                durability: Durability::Disk(Fsync::Interval(0)),
+                ..base.clone()
+            },
+            "durability",
+        ),
+        (
+            QueueConfig {
+                durability: Durability::Disk(Fsync::Interval(MAX_FSYNC_INTERVAL_MS + 1)),
+                ..base.clone()
+            },
+            "durability",
+        ),
+        (
+            QueueConfig {
+                ack_timeout_ms: 0,
+                ..base.clone()
+            },
+            "ack_timeout_ms",
+        ),
+        (
+            QueueConfig {
+                ack_timeout_ms: MAX_ACK_TIMEOUT_MS + 1,
+                ..base.clone()
+            },
+            "ack_timeout_ms",
+        ),
+        (
+            QueueConfig {
+                max_deliveries: Some(0),
+                ..base.clone()
+            },
+            "max_deliveries",
+        ),
+        (
+            QueueConfig {
+                dead_letter: Some("bad name".into()),
+                ..base.clone()
+            },
+            "dead_letter",
+        ),
+        (
+            QueueConfig {
+                dead_letter: Some("q".into()),
+                ..base.clone()
+            },
+            "dead_letter",
+        ),
+        (
+            QueueConfig {
+                message_ttl_ms: Some(0),
+                ..base.clone()
+            },
+            "message_ttl_ms",
+        ),
+        (
+            QueueConfig {
+                message_ttl_ms: Some(MAX_MESSAGE_TTL_MS + 1),
+                ..base.clone()
+            },
+            "message_ttl_ms",
+        ),
+        (
+            QueueConfig {
+                rate_limit: Some(RateLimit::msgs(0)),
+                ..base.clone()
+            },
+            "rate_limit.msgs_per_sec",
+        ),
+        (
+            QueueConfig {
+                rate_limit: Some(RateLimit {
+                    burst_msgs: 0,
+                    ..RateLimit::msgs(10)
+                }),
+                ..base.clone()
+            },
+            "rate_limit.burst_msgs",
+        ),
+        (
+            QueueConfig {
+                rate_limit: Some(RateLimit::bytes(0)),
+                ..base.clone()
+            },
+            "rate_limit.bytes_per_sec",
+        ),
+        (
+            QueueConfig {
+                rate_limit: Some(RateLimit {
+                    burst_bytes: 0,
+                    ..RateLimit::bytes(10)
+                }),
+                ..base.clone()
+            },
+            "rate_limit.burst_bytes",
+        ),
+    ];
+    for (config, field) in cases {
+        assert_eq!(field_of(&config, "q"), field, "{config:?}");
+        assert_eq!(
+            config.validate("q").unwrap_err().code(),
+            ErrorCode::InvalidConfig
+        );
+    }
+    assert!(matches!(
+        base.validate("bad name"),
+        Err(ProtoError::InvalidName { .. })
+    ));
+}
+
+#[test]
+fn valid_edge_values_pass() {
+    let c = QueueConfig {
+        max_messages: 1,
+        max_bytes: 1,
+        overflow: Overflow::ShedPriority,
+        order: Order::Priority,
+        durability: Durability::Disk(Fsync::Interval(MAX_FSYNC_INTERVAL_MS)),
+        ack_timeout_ms: MAX_ACK_TIMEOUT_MS,
+        max_deliveries: None,
+        dead_letter: Some("q.dlq".into()),
+        message_ttl_ms: Some(1),
+        rate_limit: Some(RateLimit {
+            msgs_per_sec: Some(1),
+            bytes_per_sec: Some(1),
+            burst_msgs: 1,
+            burst_bytes: 1,
+        }),
+    };
+    assert_eq!(c.validate("q"), Ok(()));
+    let memory = QueueConfig {
+        durability: Durability::Memory,
+        ..c
+    };
+    assert_eq!(memory.validate("q"), Ok(()));
+}
+
+#[test]
+fn differences_say_what_differs() {
+    let a = QueueConfig::default();
+    assert!(a.differences(&a.clone()).is_empty());
+    let b = QueueConfig {
+        max_messages: 10,
+        overflow: Overflow::DropOldest,
+        dead_letter: Some("dlq".into()),
+        ..a.clone()
+    };
+    let diffs = a.differences(&b);
+    let fields: Vec<_> = diffs.iter().map(|d| d.field).collect();
+    assert_eq!(fields, ["max_messages", "overflow", "dead_letter"]);
+    assert_eq!(
+        a.describe_differences(&b),
+        "max_messages: existing 100000, requested 10; \
+         overflow: existing block, requested drop-oldest; \
+         dead_letter: existing None, requested Some(\"dlq\")"
+    );
+}
+
+#[test]
+fn policy_names_parse_back() {
+    for o in Overflow::ALL {
+        assert_eq!(o.as_str().parse::<Overflow>(), Ok(o));
+    }
+    assert_eq!("priority".parse::<Order>(), Ok(Order::Priority));
+    assert_eq!("fifo".parse::<Order>(), Ok(Order::Fifo));
+    assert!(matches!(
+        "drop-everything".parse::<Overflow>(),
+        Err(ProtoError::InvalidConfig {
+            field: "overflow",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn stats_balance_checks_both_accounting_identities() {
+    let mut s = QueueStats {
+        published: 10,
+        stored: 8,
+        rejected: 2,
+        acked: 3,
+        dropped: vec![(DropReason::EvictedOldest, 1), (DropReason::Conflated, 1)],
+        expired: 1,
+        dead_lettered: 0,
+        ready: 1,
+        unacked: 1,
+        ..QueueStats::default()
+    };
+    assert!(s.is_balanced());
+    assert_eq!(s.dropped_total(), 2);
+    assert_eq!(s.dropped(DropReason::Conflated), 1);
+    assert_eq!(s.dropped(DropReason::Purged), 0);
+    s.ready += 1;
+    assert!(!s.is_balanced(), "stored identity broken");
+    s.ready -= 1;
+    s.rejected += 1;
+    assert!(!s.is_balanced(), "published identity broken");
+    let huge = QueueStats {
+        published: u64::MAX,
+        stored: u64::MAX,
+        ready: u64::MAX,
+        ..QueueStats::default()
+    };
+    assert!(huge.is_balanced(), "no overflow in the check");
+}
