@@ -96,7 +96,7 @@ fn settled_and_unknown_sequence_numbers_are_typed_errors() {
     let b = FaultyBackend::new();
     let (log, _) = open(&b, LogConfig::default());
     let a = log.append(&msg("x")).unwrap();
-    let _ = log.settle(a.first_seq, Settlement::Acked).unwrap();
+    drop(log.settle(a.first_seq, Settlement::Acked).unwrap());
     assert!(matches!(
         log.read(a.first_seq),
         Err(StoreError::Settled { seq: 0 })
@@ -411,7 +411,7 @@ fn an_unsettled_old_message_pins_later_segments_until_settled() {
     let payload = "p".repeat(500);
     for _ in 0..100 {
         let s = log.append(&msg(&payload)).unwrap().first_seq;
-        let _ = log.settle(s, Settlement::Acked).unwrap();
+        drop(log.settle(s, Settlement::Acked).unwrap());
     }
     log.sync().wait().unwrap();
     assert!(
