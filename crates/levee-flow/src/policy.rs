@@ -603,8 +603,12 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
             Overflow::ShedPriority => {
                 let (len0, bytes0) = (self.len, self.bytes);
                 // How much must go: enough to fit, or (over shrunk limits) enough not to grow.
-                // At least one item must go, since the incoming one does not fit.
-                let need_n = 1;
+                // Per dimension, what must go: one message if the count is at its limit; enough
+                // bytes to fit, or (over a lowered limit) to not grow.
+                let need_n = match self.limits.max_messages {
+                    Some(m) if len0 + self.ext_count >= m => 1,
+                    _ => 0,
+                };
                 let need_bytes = match self.limits.max_bytes {
                     Some(m) => (bytes0 + self.ext_bytes + entry.weight)
                         .saturating_sub(m)
@@ -640,6 +644,14 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
                         reason: DropReason::Shed,
                     });
                 }
+                if !self.room_after_evictions(len0, bytes0, entry.weight) {
+                    // Not reachable when can_shed said yes; never exceed the limits regardless.
+                    self.restore(evicted);
+                    return Offer::Dropped {
+                        entry: entry.into_item(),
+                        reason: DropReason::Outranked,
+                    };
+                }
                 self.push_entry(entry);
                 Offer::Accepted { evicted }
             }
@@ -649,7 +661,35 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
     /// Room for `weight` now: it fits the limits, or the container will not grow past what it
     /// held before this offer (over-limit after a shrink: swap only).
     fn room_after_evictions(&self, len0: usize, bytes0: u64, weight: u64) -> bool {
-        self.fits(weight) || (self.len < len0 && self.bytes + weight <= bytes0)
+        self.room_at(self.len, self.bytes, len0, bytes0, weight)
+    }
+
+    /// Per dimension: adding `weight` to (`len`, `bytes`) stays within the limit, or does not
+    /// grow beyond what was held before the offer (`len0`, `bytes0`).
+    fn room_at(&self, len: usize, bytes: u64, len0: usize, bytes0: u64, weight: u64) -> bool {
+        let msgs = self
+            .limits
+            .max_messages
+            .is_none_or(|m| len + self.ext_count < m || len < len0);
+        let by = self.limits.max_bytes.is_none_or(|m| {
+            bytes.saturating_add(self.ext_bytes).saturating_add(weight) <= m
+                || bytes + weight <= bytes0
+        });
+        msgs && by
+    }
+
+    /// Puts evicted items back (an offer that turned out impossible must not lose them).
+    fn restore(&mut self, evicted: Vec<Evicted<T, K>>) {
+        for b in evicted.into_iter().rev() {
+            let e = b.entry;
+            self.push_entry(Entry {
+                seq: e.seq,
+                item: e.item,
+                weight: e.meta.weight,
+                priority: e.meta.priority,
+                key: e.meta.key,
+            });
+        }
     }
 
     fn evict_then_push(
@@ -663,7 +703,7 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
         // If even an empty container has no room (the load is held outside it) and swapping is
         // impossible, evicting would only lose more: drop the incoming message instead. A
         // conflated predecessor (already removed above) stays reported as replaced.
-        if !(self.fits_with(0, 0, entry.weight) || (len0 > 0 && entry.weight <= bytes0)) {
+        if !self.room_at(0, 0, len0, bytes0, entry.weight) {
             if evicted.is_empty() {
                 return Offer::Dropped {
                     entry: entry.into_item(),
@@ -676,16 +716,7 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
                 self.push_entry(entry);
                 return Offer::Accepted { evicted };
             }
-            for b in evicted.into_iter().rev() {
-                let e = b.entry;
-                self.push_entry(Entry {
-                    seq: e.seq,
-                    item: e.item,
-                    weight: e.meta.weight,
-                    priority: e.meta.priority,
-                    key: e.meta.key,
-                });
-            }
+            self.restore(evicted);
             return Offer::Dropped {
                 entry: entry.into_item(),
                 reason: DropReason::Newest,

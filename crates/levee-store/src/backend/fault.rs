@@ -85,13 +85,39 @@ struct State {
     write_budget: Option<u64>,
     fail_syncs: Option<io::ErrorKind>,
     fail_all: Option<io::ErrorKind>,
+    hold_syncs: bool,
+    sync_delay: Option<std::time::Duration>,
     syncs: u64,
 }
 
+/// Blocks while syncs are held, then applies the configured sync delay (outside the lock, so other
+/// operations proceed meanwhile, as with a slow real fsync).
+fn sync_gate(state: &Mutex<State>) {
+    loop {
+        let (hold, delay) = {
+            let st = state.lock();
+            (st.hold_syncs, st.sync_delay)
+        };
+        if !hold {
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// The fault-injecting in-memory backend. Cloning shares the same simulated disk.
+///
+/// [`FaultyBackend::shared`] hands out a handle bound to the current "process incarnation": after
+/// [`FaultyBackend::crash`], every operation through it (and every file opened through it) fails, as if
+/// the process had died with the machine. The `FaultyBackend` itself always acts on the current one.
 #[derive(Debug, Clone, Default)]
 pub struct FaultyBackend {
     state: Arc<Mutex<State>>,
+    /// `Some(epoch)`: a handle that dies at the next crash.
+    epoch: Option<u64>,
 }
 
 fn injected(kind: io::ErrorKind) -> io::Error {
@@ -117,9 +143,14 @@ impl FaultyBackend {
         Self::default()
     }
 
-    /// This backend as the shareable trait object [`crate::QueueLog::open`] takes.
+    /// A handle for one process incarnation, as the trait object [`crate::QueueLog::open`] takes; it
+    /// dies at the next [`FaultyBackend::crash`].
     pub fn shared(&self) -> Arc<dyn Backend> {
-        Arc::new(self.clone())
+        let epoch = self.state.lock().epoch;
+        Arc::new(FaultyBackend {
+            state: self.state.clone(),
+            epoch: Some(epoch),
+        })
     }
 
     /// Simulates power loss now (see the module docs). Handles opened before become dead.
@@ -160,7 +191,7 @@ impl FaultyBackend {
                         let extra = (f.current.len() - common) as u64;
                         let keep = common + (r1 % (extra + 1)) as usize;
                         let mut img = f.current[..keep].to_vec();
-                        if keep < f.current.len() && r2 % 3 == 0 {
+                        if keep < f.current.len() && r2.is_multiple_of(3) {
                             let zeros = ((r2 >> 8) % 64) as usize;
                             img.extend(std::iter::repeat_n(0u8, zeros.min(f.current.len() - keep)));
                         }
@@ -188,6 +219,16 @@ impl FaultyBackend {
     /// Makes every operation fail with `kind` (`None` to stop).
     pub fn fail_all(&self, kind: Option<io::ErrorKind>) {
         self.state.lock().fail_all = kind;
+    }
+
+    /// While `true`, every file and directory sync blocks (a stalled disk); `false` releases them.
+    pub fn hold_syncs(&self, hold: bool) {
+        self.state.lock().hold_syncs = hold;
+    }
+
+    /// Makes every file and directory sync take at least `delay` (a slow disk), `None` to stop.
+    pub fn set_sync_delay(&self, delay: Option<std::time::Duration>) {
+        self.state.lock().sync_delay = delay;
     }
 
     /// Number of successful file and directory syncs so far.
@@ -278,6 +319,7 @@ impl StorageFile for FaultyFile {
     }
 
     fn sync(&self) -> io::Result<()> {
+        sync_gate(&self.state);
         self.with(|st| {
             if let Some(kind) = st.fail_syncs {
                 return Err(injected(kind));
@@ -304,6 +346,9 @@ impl StorageFile for FaultyFile {
 
 impl FaultyBackend {
     fn check(&self, st: &State) -> io::Result<()> {
+        if self.epoch.is_some_and(|e| e != st.epoch) {
+            return Err(dead());
+        }
         match st.fail_all {
             Some(kind) => Err(injected(kind)),
             None => Ok(()),
@@ -366,7 +411,7 @@ impl Backend for FaultyBackend {
         Ok(Arc::new(FaultyFile {
             state: self.state.clone(),
             ino,
-            epoch: st.epoch,
+            epoch: self.epoch.unwrap_or(st.epoch),
         }))
     }
 
@@ -395,6 +440,7 @@ impl Backend for FaultyBackend {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        sync_gate(&self.state);
         let mut st = self.state.lock();
         self.check(&st)?;
         if let Some(kind) = st.fail_syncs {
