@@ -1,5 +1,19 @@
-//! The Levee broker.
+//! The Levee broker: queues with hard limits and declared overflow policies, consumer credit,
+//! producer publish credit, acknowledgements, redelivery, dead letters, TTL and durability.
 //!
-//! - [`queue`]: the per-queue state machine (pure: time is an argument, effects are returned).
+//! Layers, from the inside out:
+//! - [`queue`]: the per-queue state machine (pure: time is an argument, effects are returned),
+//!   built on levee-flow's policy core;
+//! - `actor`: one task per queue carrying out the state machine's effects against its
+//!   levee-store log;
+//! - `conn`: one task pair per client connection speaking the levee-proto wire protocol;
+//! - [`Broker`]: the registry of queues, the durable catalog, recovery, the accept loop.
 
+mod actor;
+mod broker;
+mod conn;
+mod error;
 pub mod queue;
+
+pub use broker::{Broker, BrokerConfig};
+pub use error::BrokerError;

@@ -29,8 +29,8 @@
 //! when the body is kept in memory, the message itself; the body bytes are bounded by `max_bytes`.
 //! Per unacked delivery: about 120 bytes plus its body. Per consumer and producer: a few words.
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use bytes::Bytes;
 use levee_flow::policy::{self, Evicted, Item, Limits, Meta, Offer, PolicyQueue};
@@ -148,6 +148,8 @@ pub enum Effect {
         token: u64,
         /// The outcome.
         outcome: PublishOutcome,
+        /// When stored: the message, to append to the log before anything published later.
+        stored: Option<Message>,
     },
     /// Grant a producer more publish credit.
     Credit {
@@ -490,8 +492,16 @@ impl QueueState {
     /// anything that frees room.
     fn make_room(&mut self, now: u64) {
         while let Some((token, msg)) = self.held.pop_front() {
+            let copy = msg.clone();
             match self.admit(now, msg) {
-                Ok(outcome) => self.effects.push(Effect::Confirm { token, outcome }),
+                Ok(outcome) => {
+                    let stored = matches!(outcome, PublishOutcome::Stored { .. }).then_some(copy);
+                    self.effects.push(Effect::Confirm {
+                        token,
+                        outcome,
+                        stored,
+                    });
+                }
                 Err(msg) => {
                     self.held.push_front((token, msg));
                     break;
@@ -499,6 +509,26 @@ impl QueueState {
             }
         }
         self.grant_credit();
+    }
+
+    /// Whether `msg` would be stored now without waiting (a `block` queue with room for it).
+    pub fn would_fit(&mut self, msg: &Message) -> bool {
+        self.sync_external();
+        self.held.is_empty() && self.ready.fits(msg.payload.len() as u64)
+    }
+
+    /// Takes back messages just stored whose log append failed: they leave the ready set and
+    /// count as rejected instead of stored. `seqs` are the last ones assigned, in order.
+    pub fn abort_publish(&mut self, seqs: &[u64]) {
+        for &seq in seqs {
+            if self.ready.remove(seq).is_some() {
+                self.counters.stored -= 1;
+                self.counters.rejected += 1;
+            }
+        }
+        if let Some(&first) = seqs.first() {
+            self.next_seq = self.next_seq.min(first);
+        }
     }
 
     /// Refuses a publish before it reaches the ready set (no credit, rate limit under `reject`,
@@ -642,9 +672,7 @@ impl QueueState {
 
     fn take_owned(&mut self, consumer: ConsumerId, tag: u64) -> Result<Unacked, SettleError> {
         match self.unacked.get(&tag) {
-            Some(u) if u.consumer == consumer => {
-                Ok(self.take_unacked(tag).expect("present"))
-            }
+            Some(u) if u.consumer == consumer => Ok(self.take_unacked(tag).expect("present")),
             _ => Err(SettleError::UnknownTag(tag)),
         }
     }

@@ -60,6 +60,8 @@ pub mod frame_type {
     pub const LIST_QUEUES: u8 = 0x14;
     /// Client `Publish`.
     pub const PUBLISH: u8 = 0x20;
+    /// Client `Produce`.
+    pub const PRODUCE: u8 = 0x21;
     /// Client `Subscribe`.
     pub const SUBSCRIBE: u8 = 0x30;
     /// Client `Unsubscribe`.
@@ -259,6 +261,14 @@ pub enum ClientFrame {
         /// The messages.
         messages: Vec<Message>,
     },
+    /// Register this connection as a producer of a queue. Reply `QueueOk`; on a `block` queue the
+    /// broker then grants publish credit with `PublishCredit` frames (none before this).
+    Produce {
+        /// Request id.
+        req: u64,
+        /// Queue name.
+        queue: String,
+    },
     /// Start consuming. Reply `Subscribed`.
     Subscribe {
         /// Request id.
@@ -267,6 +277,8 @@ pub enum ClientFrame {
         queue: String,
         /// Initial credit (same as a `Credit` right after subscribing; 0 = none yet).
         credit: u32,
+        /// Settle each message as acked when it is sent (no `Ack` needed; at-most-once).
+        auto_ack: bool,
     },
     /// Stop consuming; unacked deliveries are requeued. Reply `Unsubscribed`.
     Unsubscribe {
@@ -531,6 +543,7 @@ impl ClientFrame {
             ClientFrame::Inspect { .. } => ft::INSPECT,
             ClientFrame::ListQueues { .. } => ft::LIST_QUEUES,
             ClientFrame::Publish { .. } => ft::PUBLISH,
+            ClientFrame::Produce { .. } => ft::PRODUCE,
             ClientFrame::Subscribe { .. } => ft::SUBSCRIBE,
             ClientFrame::Unsubscribe { .. } => ft::UNSUBSCRIBE,
             ClientFrame::Credit { .. } => ft::CREDIT,
@@ -549,6 +562,7 @@ impl ClientFrame {
             | ClientFrame::Inspect { req, .. }
             | ClientFrame::ListQueues { req }
             | ClientFrame::Publish { req, .. }
+            | ClientFrame::Produce { req, .. }
             | ClientFrame::Subscribe { req, .. }
             | ClientFrame::Unsubscribe { req, .. } => Some(*req),
             _ => None,
@@ -606,10 +620,20 @@ impl ClientFrame {
                 put_count32(d, messages.len(), MAX_BATCH, "publish batch")?;
                 messages.iter().try_for_each(|m| encode_message(d, m))
             }
-            ClientFrame::Subscribe { req, queue, credit } => {
+            ClientFrame::Produce { req, queue } => {
+                d.put_u64_le(*req);
+                put_queue(d, queue)
+            }
+            ClientFrame::Subscribe {
+                req,
+                queue,
+                credit,
+                auto_ack,
+            } => {
                 d.put_u64_le(*req);
                 put_queue(d, queue)?;
                 d.put_u32_le(*credit);
+                d.put_u8(u8::from(*auto_ack));
                 Ok(())
             }
             ClientFrame::Unsubscribe { req, subscription } => {
@@ -703,10 +727,24 @@ impl ClientFrame {
                 queue: r.str8("queue name")?,
                 messages: r.vec32("publish batch", MAX_BATCH, MESSAGE_MIN_LEN, decode_message)?,
             },
+            ft::PRODUCE => ClientFrame::Produce {
+                req: r.u64("request id")?,
+                queue: r.str8("queue name")?,
+            },
             ft::SUBSCRIBE => ClientFrame::Subscribe {
                 req: r.u64("request id")?,
                 queue: r.str8("queue name")?,
                 credit: r.u32("credit")?,
+                auto_ack: match r.u8("auto_ack")? {
+                    0 => false,
+                    1 => true,
+                    v => {
+                        return Err(ProtoError::InvalidValue {
+                            what: "auto_ack",
+                            value: v.into(),
+                        });
+                    }
+                },
             },
             ft::UNSUBSCRIBE => ClientFrame::Unsubscribe {
                 req: r.u64("request id")?,

@@ -257,6 +257,7 @@ fn client_and_server_frame_types_do_not_overlap() {
         frame_type::INSPECT,
         frame_type::LIST_QUEUES,
         frame_type::PUBLISH,
+        frame_type::PRODUCE,
         frame_type::SUBSCRIBE,
         frame_type::UNSUBSCRIBE,
         frame_type::CREDIT,

@@ -120,7 +120,10 @@ fn ack_timeout_redelivers_to_another_consumer_with_a_raised_count() {
     assert_eq!(again[0].deliveries, 2);
     assert_eq!(body(&again[0]), 42);
     // The late ack of the first delivery is refused: the message is someone else's now.
-    assert_eq!(q.ack(1_001, 1, &[d[0].tag]), vec![SettleError::UnknownTag(d[0].tag)]);
+    assert_eq!(
+        q.ack(1_001, 1, &[d[0].tag]),
+        vec![SettleError::UnknownTag(d[0].tag)]
+    );
     assert!(
         q.take_effects()
             .iter()
@@ -254,9 +257,15 @@ fn block_queue_grants_credit_only_within_room() {
         })
         .sum();
     assert_eq!(granted, 10, "credit never exceeds the room");
-    assert!(q.has_credit(1, 10) && !q.has_credit(2, 1), "the first producer took the room");
+    assert!(
+        q.has_credit(1, 10) && !q.has_credit(2, 1),
+        "the first producer took the room"
+    );
     for i in 0..10 {
-        assert!(matches!(q.publish(0, 1, u64::from(i), msg(i)), Some(PublishOutcome::Stored { .. })));
+        assert!(matches!(
+            q.publish(0, 1, u64::from(i), msg(i)),
+            Some(PublishOutcome::Stored { .. })
+        ));
     }
     assert!(!q.has_credit(1, 1), "credit used up: the client must wait");
     // A consumer takes and acks two: room for two more is granted.
@@ -274,7 +283,10 @@ fn block_queue_grants_credit_only_within_room() {
         })
         .sum();
     assert_eq!(more, 2);
-    assert!(q.has_credit(2, 1), "freed room is shared: the waiting producer gets some");
+    assert!(
+        q.has_credit(2, 1),
+        "freed room is shared: the waiting producer gets some"
+    );
     assert!(q.has_credit(1, 1));
     assert_eq!(q.stats().publish_credit_outstanding, 2);
 }
@@ -292,11 +304,23 @@ fn block_queue_holds_a_publish_that_does_not_fit_by_bytes_until_room_frees() {
     q.add_producer(1);
     q.take_effects();
     let six = Message::new(vec![0u8; 6]);
-    assert!(matches!(q.publish(0, 1, 1, six.clone()), Some(PublishOutcome::Stored { .. })));
-    assert!(q.publish(0, 1, 2, six.clone()).is_none(), "held, not refused");
-    assert!(q.publish(0, 1, 3, Message::new(vec![0u8; 1])).is_none(), "order kept");
+    assert!(matches!(
+        q.publish(0, 1, 1, six.clone()),
+        Some(PublishOutcome::Stored { .. })
+    ));
+    assert!(
+        q.publish(0, 1, 2, six.clone()).is_none(),
+        "held, not refused"
+    );
+    assert!(
+        q.publish(0, 1, 3, Message::new(vec![0u8; 1])).is_none(),
+        "order kept"
+    );
     assert_eq!(q.stats().bytes, 6);
-    assert!(q.stats().is_balanced(), "held messages are not yet published");
+    assert!(
+        q.stats().is_balanced(),
+        "held messages are not yet published"
+    );
     q.subscribe(9, false);
     q.add_credit(9, 1);
     let d = dispatch(&mut q, 0);
@@ -306,7 +330,11 @@ fn block_queue_holds_a_publish_that_does_not_fit_by_bytes_until_room_frees() {
         .take_effects()
         .iter()
         .filter_map(|e| match e {
-            Effect::Confirm { token, outcome: PublishOutcome::Stored { .. } } => Some(*token),
+            Effect::Confirm {
+                token,
+                outcome: PublishOutcome::Stored { .. },
+                stored: Some(_),
+            } => Some(*token),
             _ => None,
         })
         .collect();
@@ -376,7 +404,10 @@ fn reject_policy_refuses_when_full() {
     publish(&mut q, 0, 2);
     assert!(matches!(
         publish(&mut q, 0, 3),
-        PublishOutcome::Rejected { code: ErrorCode::QueueFull, .. }
+        PublishOutcome::Rejected {
+            code: ErrorCode::QueueFull,
+            ..
+        }
     ));
     let s = q.stats();
     assert_eq!((s.published, s.stored, s.rejected), (3, 2, 1));
@@ -403,7 +434,10 @@ fn conflate_by_key_keeps_the_latest_per_key() {
     q.subscribe(1, true);
     q.add_credit(1, 10);
     let got = dispatch(&mut q, 0);
-    assert!(got.iter().all(|o| body(o) == 4), "latest reading of every sensor");
+    assert!(
+        got.iter().all(|o| body(o) == 4),
+        "latest reading of every sensor"
+    );
 }
 
 #[test]

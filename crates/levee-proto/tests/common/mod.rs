@@ -195,6 +195,7 @@ pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (any::<u64>(), name()).prop_map(|(req, queue)| ClientFrame::Purge { req, queue }),
         (any::<u64>(), name()).prop_map(|(req, queue)| ClientFrame::Inspect { req, queue }),
         any::<u64>().prop_map(|req| ClientFrame::ListQueues { req }),
+        (any::<u64>(), name()).prop_map(|(req, queue)| ClientFrame::Produce { req, queue }),
         (any::<u64>(), name(), vec(message(), 0..5)).prop_map(|(req, queue, messages)| {
             ClientFrame::Publish {
                 req,
@@ -202,8 +203,14 @@ pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 messages,
             }
         }),
-        (any::<u64>(), name(), any::<u32>())
-            .prop_map(|(req, queue, credit)| ClientFrame::Subscribe { req, queue, credit }),
+        (any::<u64>(), name(), any::<u32>()).prop_map(|(req, queue, credit)| {
+            ClientFrame::Subscribe {
+                req,
+                queue,
+                credit,
+                auto_ack: credit % 2 == 0,
+            }
+        }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(req, subscription)| ClientFrame::Unsubscribe { req, subscription }),
         (any::<u64>(), any::<u32>())

@@ -1,0 +1,781 @@
+//! The queue actor: one tokio task per queue that owns its [`QueueState`] and, for a disk queue,
+//! its [`QueueLog`], and carries out the state machine's effects.
+//!
+//! Connections talk to it through an unbounded command channel whose content is bounded by the
+//! protocol: publishes by each connection's in-flight limit and publish credit, deliveries by
+//! consumer credit, settlements by the deliveries outstanding. The actor never blocks on a
+//! connection: frames for clients go to each connection's writer channel.
+//!
+//! # Invariants
+//! - A publish is confirmed (`Stored`) only after the log reports it durable under the queue's
+//!   fsync policy (after an fsync under `always`), and a message is delivered only once durable.
+//! - Messages accepted by the state machine are appended in sequence order, so the log's sequence
+//!   numbers and the state machine's agree (the actor is the log's only appender).
+//! - Settlement records are appended after the messages they settle.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use levee_proto::{
+    Delivery, ErrorCode, MAX_BATCH, Message, Overflow, PublishOutcome, QueueConfig, QueueInfo,
+    QueueStats, ServerFrame,
+};
+use levee_store::{Durability, NewMessage, QueueLog, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::queue::{ConsumerId, Effect, Outgoing, ProducerId, QueueState, Settlement};
+
+/// Where frames for one connection go (its writer task).
+pub(crate) type ConnTx = mpsc::UnboundedSender<ServerFrame>;
+
+/// Milliseconds since the Unix epoch: the clock the state machine is driven by.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Unconfirmed publishes of one connection, released as confirms are sent.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    pub(crate) messages: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+}
+
+impl InFlight {
+    fn release(&self, messages: u64, bytes: u64) {
+        self.messages.fetch_sub(messages, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// A command for a queue actor.
+pub(crate) enum Cmd {
+    Publish {
+        producer: ProducerId,
+        req: u64,
+        messages: Vec<Message>,
+        conn: ConnTx,
+        in_flight: Arc<InFlight>,
+    },
+    /// A message moved here from another queue's dead-lettering.
+    DeadLetter(Message),
+    AddProducer {
+        producer: ProducerId,
+        conn: ConnTx,
+    },
+    RemoveProducer(ProducerId),
+    Subscribe {
+        consumer: ConsumerId,
+        auto_ack: bool,
+        credit: u32,
+        conn: ConnTx,
+    },
+    Unsubscribe(ConsumerId),
+    Credit(ConsumerId, u32),
+    Ack(ConsumerId, Vec<u64>),
+    Nack(ConsumerId, Vec<u64>, u64),
+    Reject(ConsumerId, Vec<u64>),
+    Inspect(oneshot::Sender<QueueInfo>),
+    Purge(oneshot::Sender<u64>),
+    /// Stop: drop everything; replies with the number of messages that were held.
+    Delete(oneshot::Sender<u64>),
+}
+
+/// Resolves dead-letter targets: the broker's queue registry.
+pub(crate) trait Router: Send + Sync + 'static {
+    /// The command channel of `queue`, if it exists.
+    fn route(&self, queue: &str) -> Option<mpsc::UnboundedSender<Cmd>>;
+}
+
+struct PendingConfirm {
+    conn: ConnTx,
+    req: u64,
+    outcomes: Vec<Option<PublishOutcome>>,
+    missing: usize,
+    /// Highest sequence number stored by this request: it must be durable before confirming.
+    needs_seq: u64,
+    in_flight: Arc<InFlight>,
+    messages: u64,
+    bytes: u64,
+}
+
+/// A token for a held publish: request slot and index within it.
+fn token(slot: u64, index: usize) -> u64 {
+    slot * MAX_BATCH as u64 + index as u64
+}
+
+/// Counter samples for rates over a sliding window.
+struct Rates {
+    samples: VecDeque<(u64, [u64; 3])>,
+}
+
+impl Rates {
+    const WINDOW_MS: u64 = 5_000;
+
+    fn sample(&mut self, now: u64, c: [u64; 3]) -> [u64; 3] {
+        if self.samples.back().is_none_or(|(t, _)| now >= t + 1_000) {
+            self.samples.push_back((now, c));
+        }
+        while self.samples.len() > 2
+            && self
+                .samples
+                .front()
+                .is_some_and(|(t, _)| now.saturating_sub(*t) > Self::WINDOW_MS)
+        {
+            self.samples.pop_front();
+        }
+        let (t0, c0) = self.samples.front().copied().unwrap_or((now, c));
+        let dt = now.saturating_sub(t0);
+        if dt == 0 {
+            return [0; 3];
+        }
+        std::array::from_fn(|i| (c[i] - c0[i]) * 1_000 / dt)
+    }
+}
+
+pub(crate) struct QueueActor {
+    name: String,
+    state: QueueState,
+    log: Option<Arc<QueueLog>>,
+    fsync_waits: bool,
+    /// Appends not yet durable: (last seq, handle), in append order.
+    syncing: VecDeque<(u64, Durability)>,
+    durable: u64,
+    pending: HashMap<u64, PendingConfirm>,
+    next_slot: u64,
+    consumers: HashMap<ConsumerId, ConnTx>,
+    producers: HashMap<ProducerId, ConnTx>,
+    router: Arc<dyn Router>,
+    rates: Rates,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+}
+
+impl QueueActor {
+    pub(crate) fn new(
+        name: String,
+        state: QueueState,
+        log: Option<Arc<QueueLog>>,
+        router: Arc<dyn Router>,
+        rx: mpsc::UnboundedReceiver<Cmd>,
+    ) -> Self {
+        let fsync_waits = log
+            .as_ref()
+            .is_some_and(|l| l.config().fsync == levee_store::FsyncPolicy::Always);
+        let durable = state.next_seq().saturating_sub(1);
+        let mut state = state;
+        if log.is_some() {
+            state.set_durable(durable);
+        }
+        QueueActor {
+            name,
+            state,
+            log,
+            fsync_waits,
+            syncing: VecDeque::new(),
+            durable,
+            pending: HashMap::new(),
+            next_slot: 1,
+            consumers: HashMap::new(),
+            producers: HashMap::new(),
+            router,
+            rates: Rates {
+                samples: VecDeque::new(),
+            },
+            rx,
+        }
+    }
+
+    /// Runs until the queue is deleted or every handle to it is gone.
+    pub(crate) async fn run(mut self) {
+        loop {
+            let deadline = self.state.next_deadline();
+            let sleep = async {
+                match deadline {
+                    Some(at) => {
+                        let wait = at.saturating_sub(now_ms());
+                        tokio::time::sleep(Duration::from_millis(wait)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                cmd = self.rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if self.handle(cmd) {
+                        break;
+                    }
+                    self.apply_effects(now_ms());
+                    // Take everything already queued before doing the I/O, so one group commit
+                    // and one dispatch serve many commands.
+                    let mut stop = false;
+                    while let Ok(cmd) = self.rx.try_recv() {
+                        if self.handle(cmd) {
+                            stop = true;
+                            break;
+                        }
+                        self.apply_effects(now_ms());
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+                res = Self::front_durable(&mut self.syncing) => {
+                    self.on_durable(res);
+                }
+                () = sleep => {
+                    let now = now_ms();
+                    self.state.tick(now);
+                    self.apply_effects(now);
+                }
+            }
+            self.flush();
+        }
+        self.shutdown();
+    }
+
+    /// Waits for the oldest outstanding append to become durable (cancel-safe: the handle stays
+    /// in the queue if this future is dropped).
+    async fn front_durable(
+        syncing: &mut VecDeque<(u64, Durability)>,
+    ) -> (u64, Result<(), StoreError>) {
+        match syncing.front_mut() {
+            Some((seq, d)) => {
+                let res = d.await.map(|_| ());
+                (*seq, res)
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    fn on_durable(&mut self, (seq, res): (u64, Result<(), StoreError>)) {
+        self.syncing.pop_front();
+        match res {
+            Ok(()) => {
+                self.durable = self.durable.max(seq);
+                self.state.set_durable(self.durable);
+            }
+            Err(e) => {
+                // The log could not make these messages durable: fail their confirms. They stay
+                // in the queue (they are written) but the producers know they were not confirmed.
+                tracing::error!(queue = %self.name, error = %e, "fsync failed");
+                self.fail_pending_up_to(seq, &e);
+                self.durable = self.durable.max(seq);
+                self.state.set_durable(self.durable);
+            }
+        }
+        self.complete_confirms();
+    }
+
+    /// Handles one command; `true` means stop.
+    fn handle(&mut self, cmd: Cmd) -> bool {
+        let now = now_ms();
+        match cmd {
+            Cmd::Publish {
+                producer,
+                req,
+                messages,
+                conn,
+                in_flight,
+            } => self.publish(now, producer, req, messages, conn, in_flight),
+            Cmd::DeadLetter(message) => self.dead_letter_in(now, message),
+            Cmd::AddProducer { producer, conn } => {
+                self.producers.insert(producer, conn);
+                self.state.add_producer(producer);
+            }
+            Cmd::RemoveProducer(producer) => {
+                self.producers.remove(&producer);
+                self.state.remove_producer(producer);
+            }
+            Cmd::Subscribe {
+                consumer,
+                auto_ack,
+                credit,
+                conn,
+            } => {
+                self.consumers.insert(consumer, conn);
+                self.state.subscribe(consumer, auto_ack);
+                self.state.add_credit(consumer, credit);
+            }
+            Cmd::Unsubscribe(consumer) => {
+                self.consumers.remove(&consumer);
+                self.state.unsubscribe(now, consumer);
+            }
+            Cmd::Credit(consumer, n) => self.state.add_credit(consumer, n),
+            Cmd::Ack(consumer, tags) => {
+                let errors = self.state.ack(now, consumer, &tags);
+                self.report(consumer, errors)
+            }
+            Cmd::Nack(consumer, tags, delay) => {
+                let errors = self.state.nack(now, consumer, &tags, delay);
+                self.report(consumer, errors)
+            }
+            Cmd::Reject(consumer, tags) => {
+                let errors = self.state.reject(now, consumer, &tags);
+                self.report(consumer, errors)
+            }
+            Cmd::Inspect(reply) => {
+                let _ = reply.send(self.info(now));
+            }
+            Cmd::Purge(reply) => {
+                let _ = reply.send(self.state.purge(now));
+            }
+            Cmd::Delete(reply) => {
+                let s = self.state.stats();
+                let _ = reply.send(s.ready + s.unacked);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn report(&self, consumer: ConsumerId, errors: Vec<crate::queue::SettleError>) {
+        if errors.is_empty() {
+            return;
+        }
+        if let Some(conn) = self.consumers.get(&consumer) {
+            let tags: Vec<String> = errors
+                .iter()
+                .map(|crate::queue::SettleError::UnknownTag(t)| t.to_string())
+                .collect();
+            let _ = conn.send(ServerFrame::Error {
+                req: 0,
+                code: ErrorCode::UnknownDeliveryTag,
+                message: format!(
+                    "queue {}: subscription {consumer}: delivery tags not outstanding: {}",
+                    self.name,
+                    tags.join(",")
+                ),
+            });
+        }
+    }
+
+    fn publish(
+        &mut self,
+        now: u64,
+        producer: ProducerId,
+        req: u64,
+        messages: Vec<Message>,
+        conn: ConnTx,
+        in_flight: Arc<InFlight>,
+    ) {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        let n = messages.len();
+        let bytes: u64 = messages.iter().map(|m| m.payload.len() as u64).sum();
+        let mut outcomes = Vec::with_capacity(n);
+        let mut missing = 0;
+        let mut stored: Vec<(u64, Message)> = Vec::new();
+        let credit_ok = self.state.has_credit(producer, n as u32);
+        for (i, m) in messages.into_iter().enumerate() {
+            if !credit_ok {
+                outcomes.push(Some(self.state.refuse_publish(
+                    ErrorCode::NoPublishCredit,
+                    format!(
+                        "queue {}: publish without publish credit on a block queue",
+                        self.name
+                    ),
+                )));
+                continue;
+            }
+            let copy = self.log.is_some().then(|| m.clone());
+            match self.state.publish(now, producer, token(slot, i), m) {
+                Some(outcome) => {
+                    if let (PublishOutcome::Stored { seq }, Some(m)) = (&outcome, copy) {
+                        stored.push((*seq, m));
+                    }
+                    outcomes.push(Some(outcome));
+                }
+                None => {
+                    missing += 1;
+                    outcomes.push(None);
+                }
+            }
+        }
+        let needs_seq = self.append(now, stored, &mut outcomes);
+        self.pending.insert(
+            slot,
+            PendingConfirm {
+                conn,
+                req,
+                outcomes,
+                missing,
+                needs_seq,
+                in_flight,
+                messages: n as u64,
+                bytes,
+            },
+        );
+    }
+
+    /// A message dead-lettered into this queue. It needs no credit; on a full `block` queue it is
+    /// refused (counted as rejected here) rather than held, so dead-lettering cannot pile up.
+    fn dead_letter_in(&mut self, now: u64, message: Message) {
+        if self.state.config().overflow == Overflow::Block && !self.state.would_fit(&message) {
+            let _ = self
+                .state
+                .refuse_publish(ErrorCode::QueueFull, "dead-letter queue is full".into());
+            return;
+        }
+        let copy = self.log.is_some().then(|| message.clone());
+        let outcome = self.state.publish(now, 0, 0, message);
+        if let (Some(PublishOutcome::Stored { seq }), Some(m)) = (outcome, copy) {
+            let mut none: Vec<Option<PublishOutcome>> = Vec::new();
+            self.append(now, vec![(seq, m)], &mut none);
+        }
+    }
+
+    /// Appends stored messages to the log (disk queues); returns the highest sequence number the
+    /// confirm must wait for. On an append error, the messages are taken back out of the queue
+    /// and their outcomes become `Rejected` with the storage error.
+    fn append(
+        &mut self,
+        now: u64,
+        stored: Vec<(u64, Message)>,
+        outcomes: &mut [Option<PublishOutcome>],
+    ) -> u64 {
+        let Some(log) = &self.log else {
+            return 0;
+        };
+        let Some(&(last, _)) = stored.last() else {
+            return 0;
+        };
+        let records: Vec<NewMessage> = stored
+            .iter()
+            .map(|(_, m)| to_record(now, m, self.state.config()))
+            .collect();
+        match log.append_batch(&records) {
+            Ok(appended) => {
+                debug_assert_eq!(appended.first_seq, stored[0].0, "log and state agree");
+                if self.fsync_waits {
+                    self.syncing
+                        .push_back((appended.last_seq, appended.durability));
+                    last
+                } else {
+                    self.durable = appended.last_seq;
+                    self.state.set_durable(self.durable);
+                    0
+                }
+            }
+            Err(e) => {
+                tracing::error!(queue = %self.name, error = %e, "append failed");
+                let seqs: Vec<u64> = stored.iter().map(|(s, _)| *s).collect();
+                self.state.abort_publish(&seqs);
+                let code = storage_code(&e);
+                for o in outcomes.iter_mut() {
+                    if let Some(PublishOutcome::Stored { seq }) = o
+                        && seqs.contains(seq)
+                    {
+                        *o = Some(PublishOutcome::Rejected {
+                            code,
+                            reason: format!("queue {}: storage error: {e}", self.name),
+                        });
+                    }
+                }
+                0
+            }
+        }
+    }
+
+    fn fail_pending_up_to(&mut self, seq: u64, e: &StoreError) {
+        for p in self.pending.values_mut() {
+            if p.needs_seq != 0 && p.needs_seq <= seq {
+                for o in p.outcomes.iter_mut() {
+                    if matches!(o, Some(PublishOutcome::Stored { .. })) {
+                        *o = Some(PublishOutcome::Rejected {
+                            code: storage_code(e),
+                            reason: format!("storage error: {e}"),
+                        });
+                    }
+                }
+                p.needs_seq = 0;
+            }
+        }
+    }
+
+    /// Sends every confirm whose outcomes are all known and durable.
+    fn complete_confirms(&mut self) {
+        let durable = self.durable;
+        let ready: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.missing == 0 && p.needs_seq <= durable)
+            .map(|(slot, _)| *slot)
+            .collect();
+        let mut ready = ready;
+        ready.sort_unstable();
+        for slot in ready {
+            let p = self.pending.remove(&slot).expect("listed");
+            p.in_flight.release(p.messages, p.bytes);
+            let outcomes = p
+                .outcomes
+                .into_iter()
+                .map(|o| o.expect("complete"))
+                .collect();
+            let _ = p.conn.send(ServerFrame::PublishConfirm {
+                req: p.req,
+                outcomes,
+            });
+        }
+    }
+
+    /// Carries out effects, dispatches, and sends confirms: run after every wake-up.
+    fn flush(&mut self) {
+        let now = now_ms();
+        let mut out = Vec::new();
+        self.state.dispatch(now, &mut out);
+        self.apply_effects(now);
+        self.deliver(out);
+        self.complete_confirms();
+    }
+
+    fn apply_effects(&mut self, now: u64) {
+        let effects = self.state.take_effects();
+        if effects.is_empty() {
+            return;
+        }
+        let mut settles: Vec<(u64, levee_store::Settlement)> = Vec::new();
+        let mut counts: Vec<(u64, u32)> = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Settle { seq, how } => {
+                    settles.push((seq, to_settlement(how, self.state.config())))
+                }
+                Effect::DeliveryCount { seq, count } => counts.push((seq, count)),
+                Effect::DeadLetter {
+                    seq,
+                    target,
+                    message,
+                    reason,
+                    deliveries,
+                } => {
+                    let Some(mut m) = message.or_else(|| self.read(seq)) else {
+                        continue;
+                    };
+                    m.headers
+                        .push(("x-death-reason".into(), reason.as_str().into()));
+                    m.headers
+                        .push(("x-death-queue".into(), Bytes::from(self.name.clone())));
+                    m.headers.push((
+                        "x-delivery-count".into(),
+                        Bytes::from(deliveries.to_string()),
+                    ));
+                    match self.router.route(&target) {
+                        Some(tx) if target != self.name => {
+                            let _ = tx.send(Cmd::DeadLetter(m));
+                        }
+                        _ => tracing::warn!(queue = %self.name, %target,
+                            "dead-letter queue missing: message dropped"),
+                    }
+                }
+                Effect::Credit { producer, n } => {
+                    if let Some(conn) = self.producers.get(&producer) {
+                        let _ = conn.send(ServerFrame::PublishCredit {
+                            queue: self.name.clone(),
+                            n,
+                        });
+                    }
+                }
+                Effect::Confirm {
+                    token,
+                    outcome,
+                    stored,
+                } => {
+                    let slot = token / MAX_BATCH as u64;
+                    let index = (token % MAX_BATCH as u64) as usize;
+                    let mut outcome = Some(outcome);
+                    if let (Some(PublishOutcome::Stored { seq }), Some(m)) =
+                        (outcome.clone(), stored)
+                    {
+                        // Appended now: nothing published later may reach the log first.
+                        let mut one = [outcome.take()];
+                        let needs = self.append(now, vec![(seq, m)], &mut one);
+                        outcome = one[0].take();
+                        if let Some(p) = self.pending.get_mut(&slot) {
+                            p.needs_seq = p.needs_seq.max(needs);
+                        }
+                    }
+                    if let Some(p) = self.pending.get_mut(&slot) {
+                        p.outcomes[index] = outcome;
+                        p.missing -= 1;
+                    }
+                }
+            }
+        }
+        if let Some(log) = &self.log {
+            if !counts.is_empty()
+                && let Err(e) = log.record_deliveries(&counts)
+            {
+                tracing::error!(queue = %self.name, error = %e, "recording delivery counts failed");
+            }
+            if !settles.is_empty() && log.settle_batch(&settles).is_err() {
+                // A batch is all-or-nothing: settle one by one so one bad entry (a message whose
+                // append failed) does not keep the others unsettled.
+                for item in settles {
+                    if let Err(e) = log.settle(item.0, item.1) {
+                        tracing::warn!(queue = %self.name, seq = item.0, error = %e, "settlement failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn read(&self, seq: u64) -> Option<Message> {
+        let log = self.log.as_ref()?;
+        match log.read(seq) {
+            Ok(stored) => Some(from_record(stored.message)),
+            Err(e) => {
+                tracing::error!(queue = %self.name, seq, error = %e, "reading a message failed");
+                None
+            }
+        }
+    }
+
+    fn deliver(&mut self, out: Vec<Outgoing>) {
+        if out.is_empty() {
+            return;
+        }
+        let mut by_consumer: HashMap<ConsumerId, Vec<Delivery>> = HashMap::new();
+        for o in out {
+            let Some(message) = o.message.or_else(|| self.read(o.seq)) else {
+                continue;
+            };
+            by_consumer.entry(o.consumer).or_default().push(Delivery {
+                subscription: o.consumer,
+                tag: o.tag,
+                seq: o.seq,
+                delivery_count: o.deliveries,
+                timestamp_ms: o.timestamp_ms,
+                message,
+            });
+        }
+        for (consumer, deliveries) in by_consumer {
+            if let Some(conn) = self.consumers.get(&consumer) {
+                for chunk in chunk_deliveries(deliveries) {
+                    let _ = conn.send(ServerFrame::Deliver { deliveries: chunk });
+                }
+            }
+        }
+    }
+
+    fn info(&mut self, now: u64) -> QueueInfo {
+        let mut stats: QueueStats = self.state.stats();
+        let c = self.state.counters();
+        let [p, d, a] = self.rates.sample(now, [c.published, c.delivered, c.acked]);
+        stats.publish_rate = p;
+        stats.deliver_rate = d;
+        stats.ack_rate = a;
+        QueueInfo {
+            queue: self.name.clone(),
+            config: self.state.config().clone(),
+            stats,
+        }
+    }
+
+    fn shutdown(&mut self) {
+        // Pending confirms of a deleted queue fail; their connections learn why.
+        for (_, p) in self.pending.drain() {
+            p.in_flight.release(p.messages, p.bytes);
+            let _ = p.conn.send(ServerFrame::Error {
+                req: p.req,
+                code: ErrorCode::UnknownQueue,
+                message: format!("queue {} was deleted", self.name),
+            });
+        }
+    }
+}
+
+/// Splits deliveries into `Deliver` frames of at most [`MAX_BATCH`] messages and about 4 MiB.
+fn chunk_deliveries(deliveries: Vec<Delivery>) -> Vec<Vec<Delivery>> {
+    const FRAME_BUDGET: usize = 4 * 1024 * 1024;
+    let mut chunks = Vec::new();
+    let mut cur = Vec::new();
+    let mut size = 0;
+    for d in deliveries {
+        let len = d.message.wire_len() + 64;
+        if !cur.is_empty() && (cur.len() == MAX_BATCH || size + len > FRAME_BUDGET) {
+            chunks.push(std::mem::take(&mut cur));
+            size = 0;
+        }
+        size += len;
+        cur.push(d);
+    }
+    if !cur.is_empty() {
+        chunks.push(cur);
+    }
+    chunks
+}
+
+fn storage_code(e: &StoreError) -> ErrorCode {
+    if matches!(e, StoreError::DiskFull { .. }) {
+        ErrorCode::StorageFull
+    } else {
+        ErrorCode::Internal
+    }
+}
+
+fn to_settlement(how: Settlement, config: &QueueConfig) -> levee_store::Settlement {
+    match how {
+        Settlement::Acked => levee_store::Settlement::Acked,
+        Settlement::Dropped(r) => levee_store::Settlement::Dropped(r.as_str().into()),
+        Settlement::Expired => levee_store::Settlement::Expired,
+        Settlement::DeadLettered => {
+            levee_store::Settlement::DeadLettered(config.dead_letter.clone().unwrap_or_default())
+        }
+    }
+}
+
+/// The log record for a message stored at `now` (TTL made absolute from `now`, as the state
+/// machine did).
+fn to_record(now: u64, m: &Message, config: &QueueConfig) -> NewMessage {
+    let ttl = match (m.ttl_ms, config.message_ttl_ms) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let mut headers = m.headers.clone();
+    if let Some(id) = m.producer_id {
+        headers.push((
+            PRODUCER_ID_HEADER.into(),
+            Bytes::copy_from_slice(&id.to_le_bytes()),
+        ));
+    }
+    NewMessage {
+        timestamp_ms: now,
+        key: m.key.clone(),
+        priority: m.priority,
+        ttl_ms: ttl,
+        headers,
+        payload: m.payload.clone(),
+    }
+}
+
+/// The producer message id is kept in the log as a reserved header.
+const PRODUCER_ID_HEADER: &str = "\0levee-producer-id";
+
+pub(crate) fn from_record(r: NewMessage) -> Message {
+    let mut producer_id = None;
+    let headers = r
+        .headers
+        .into_iter()
+        .filter(|(name, value)| {
+            if name == PRODUCER_ID_HEADER {
+                producer_id = value[..].try_into().ok().map(u64::from_le_bytes);
+                false
+            } else {
+                true
+            }
+        })
+        .collect();
+    Message {
+        key: r.key,
+        priority: r.priority,
+        ttl_ms: r.ttl_ms,
+        headers,
+        producer_id,
+        payload: r.payload,
+    }
+}

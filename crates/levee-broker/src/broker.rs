@@ -1,0 +1,422 @@
+//! The broker: the registry of queues, their durable catalog, recovery at start, and the TCP
+//! accept loop.
+//!
+//! On disk (`data_dir`): `queues/q-<name>/queue.meta` holds a durable queue's name and config (an
+//! atomically replaced file, encoded as a `Declare` frame of the wire protocol) and
+//! `queues/q-<name>/log/` its [`QueueLog`]. Memory queues have no files and do not survive a
+//! restart (like RabbitMQ's transient queues).
+//!
+//! # Invariants
+//! - A queue is in the registry only while its actor runs; declare and delete are serialised, so
+//!   a name never maps to two actors and a deleted queue's files are removed only after its actor
+//!   stopped.
+//! - A durable queue's catalog entry is written (and fsynced) before it is announced to the client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::BytesMut;
+use levee_proto::{
+    ClientFrame, DEFAULT_MAX_FRAME, Durability, Fsync, Overflow, QueueConfig, QueueInfo,
+    validate_queue_name,
+};
+use levee_store::{Backend, FsBackend, FsyncPolicy, LogConfig, QueueLog};
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::actor::{Cmd, QueueActor, Router};
+use crate::error::BrokerError;
+use crate::queue::{QueueState, Queued, Recovered};
+
+/// Broker settings. Every field has a zero-config default.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where durable queues live (default `./levee-data`).
+    pub data_dir: PathBuf,
+    /// Largest frame accepted from a client (default 16 MiB). Memory bound: one frame of this
+    /// size is buffered per connection while it arrives.
+    pub max_frame: usize,
+    /// Heartbeat interval announced to clients; a connection silent for 3 intervals is closed.
+    pub heartbeat_ms: u32,
+    /// Most unconfirmed publish payload bytes per connection (default 64 MiB); publishes past
+    /// it are refused. Memory bound: together with `max_frame`, what one connection can make the
+    /// broker hold beyond the queues' own limits.
+    pub max_in_flight_bytes: u64,
+    /// Most unconfirmed published messages per connection (default 65 536).
+    pub max_in_flight_messages: u64,
+    /// Segment file size of queue logs (default 64 MiB).
+    pub segment_bytes: u64,
+    /// Name announced in the handshake.
+    pub server_name: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            data_dir: PathBuf::from("levee-data"),
+            max_frame: DEFAULT_MAX_FRAME,
+            heartbeat_ms: 10_000,
+            max_in_flight_bytes: 64 * 1024 * 1024,
+            max_in_flight_messages: 65_536,
+            segment_bytes: 64 * 1024 * 1024,
+            server_name: format!("levee {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+struct QueueEntry {
+    config: QueueConfig,
+    tx: mpsc::UnboundedSender<Cmd>,
+    log: Option<Arc<QueueLog>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: BrokerConfig,
+    backend: Arc<dyn Backend>,
+    queues: RwLock<HashMap<String, QueueEntry>>,
+    /// Serialises declare and delete.
+    catalog: Mutex<()>,
+    next_id: AtomicU64,
+}
+
+impl Router for Inner {
+    fn route(&self, queue: &str) -> Option<mpsc::UnboundedSender<Cmd>> {
+        self.queues.read().get(queue).map(|q| q.tx.clone())
+    }
+}
+
+/// A running broker (cheap to clone).
+#[derive(Clone)]
+pub struct Broker {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn queue_dir(data: &Path, name: &str) -> PathBuf {
+    data.join("queues").join(format!("q-{name}"))
+}
+
+fn log_config(broker: &BrokerConfig, fsync: Fsync) -> LogConfig {
+    let fsync = match fsync {
+        Fsync::Always => FsyncPolicy::Always,
+        Fsync::Interval(ms) => FsyncPolicy::Interval(std::time::Duration::from_millis(ms.into())),
+        _ => FsyncPolicy::Never,
+    };
+    LogConfig {
+        fsync,
+        segment_bytes: broker.segment_bytes,
+        ..LogConfig::default()
+    }
+}
+
+/// The catalog entry: the queue's declaration, in the wire encoding.
+fn encode_meta(name: &str, config: &QueueConfig) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    ClientFrame::Declare {
+        req: 0,
+        queue: name.to_string(),
+        config: config.clone(),
+    }
+    .encode(&mut buf)
+    .expect("a validated config encodes");
+    buf.to_vec()
+}
+
+fn decode_meta(path: &Path, bytes: &[u8]) -> Result<(String, QueueConfig), BrokerError> {
+    let mut buf = BytesMut::from(bytes);
+    match ClientFrame::decode(&mut buf, DEFAULT_MAX_FRAME) {
+        Ok(Some(ClientFrame::Declare { queue, config, .. })) => Ok((queue, config)),
+        other => Err(BrokerError::Catalog {
+            path: path.to_path_buf(),
+            reason: format!("not a queue declaration: {other:?}"),
+        }),
+    }
+}
+
+impl Broker {
+    /// Opens the broker: recovers every durable queue in `config.data_dir`.
+    pub async fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        let backend: Arc<dyn Backend> = FsBackend::shared();
+        let inner = Arc::new(Inner {
+            config,
+            backend,
+            queues: RwLock::new(HashMap::new()),
+            catalog: Mutex::new(()),
+            next_id: AtomicU64::new(1),
+        });
+        let broker = Broker { inner };
+        broker.recover().await?;
+        Ok(broker)
+    }
+
+    async fn recover(&self) -> Result<(), BrokerError> {
+        let root = self.inner.config.data_dir.join("queues");
+        let backend = self.inner.backend.clone();
+        let names = {
+            let root = root.clone();
+            let backend = backend.clone();
+            tokio::task::spawn_blocking(move || -> Result<Vec<String>, BrokerError> {
+                backend
+                    .create_dir_all(&root)
+                    .map_err(|e| BrokerError::io("create data dir", &root, e))?;
+                backend
+                    .list_dir(&root)
+                    .map_err(|e| BrokerError::io("list data dir", &root, e))
+            })
+            .await
+            .map_err(BrokerError::join)??
+        };
+        let mut recovered = Vec::new();
+        for dir_name in names {
+            if !dir_name.starts_with("q-") {
+                continue;
+            }
+            let dir = root.join(&dir_name);
+            let meta_path = dir.join("queue.meta");
+            let backend = backend.clone();
+            let mp = meta_path.clone();
+            let bytes = tokio::task::spawn_blocking(move || {
+                levee_store::meta::read_meta(backend.as_ref(), &mp)
+            })
+            .await
+            .map_err(BrokerError::join)??;
+            let Some(bytes) = bytes else {
+                // A directory without a catalog entry: a declare that crashed half-way.
+                tracing::warn!(dir = %dir.display(), "queue directory without queue.meta: ignored");
+                continue;
+            };
+            recovered.push(decode_meta(&meta_path, &bytes)?);
+        }
+        // Open every log before starting any actor, so dead-letter targets exist.
+        for (name, config) in recovered {
+            self.start_queue(name, config).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the log (for a disk queue), rebuilds the state and starts the actor.
+    async fn start_queue(&self, name: String, config: QueueConfig) -> Result<u64, BrokerError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (state, log) = match config.durability {
+            Durability::Disk(fsync) => {
+                let dir = queue_dir(&self.inner.config.data_dir, &name).join("log");
+                let backend = self.inner.backend.clone();
+                let lc = log_config(&self.inner.config, fsync);
+                let conflate = config.overflow == Overflow::ConflateByKey;
+                let cfg = config.clone();
+                let (state, log) = tokio::task::spawn_blocking(
+                    move || -> Result<(QueueState, QueueLog), BrokerError> {
+                        let (log, rec) = QueueLog::open(backend, &dir, lc)?;
+                        if let Some(t) = &rec.report.truncated {
+                            tracing::warn!(path = %t.path.display(), offset = t.offset,
+                                bytes = t.bytes, reason = %t.reason, "truncated a torn log tail");
+                        }
+                        let mut state = QueueState::new(cfg, log.stats().next_seq);
+                        for m in rec.unsettled {
+                            // Conflation needs the key bytes; other policies need no payload.
+                            let key = if conflate && m.key_hash.is_some() {
+                                log.read(m.seq)?.message.key
+                            } else {
+                                None
+                            };
+                            state.restore(Recovered {
+                                seq: m.seq,
+                                weight: u64::from(m.payload_len),
+                                priority: m.priority,
+                                key,
+                                queued: Queued {
+                                    message: None,
+                                    timestamp_ms: 0,
+                                    expires_at: m.expires_at_ms,
+                                    deliveries: m.delivery_count,
+                                },
+                            });
+                        }
+                        Ok((state, log))
+                    },
+                )
+                .await
+                .map_err(BrokerError::join)??;
+                (state, Some(Arc::new(log)))
+            }
+            _ => (QueueState::new(config.clone(), 1), None),
+        };
+        let messages = state.stats().ready;
+        let router: Arc<dyn Router> = self.inner.clone();
+        let actor = QueueActor::new(name.clone(), state, log.clone(), router, rx);
+        let task = tokio::spawn(actor.run());
+        self.inner.queues.write().insert(
+            name,
+            QueueEntry {
+                config,
+                tx,
+                log,
+                task,
+            },
+        );
+        Ok(messages)
+    }
+
+    /// Creates a queue, or checks that an existing one has this config. Returns whether it was
+    /// created and how many messages it holds.
+    pub async fn declare(
+        &self,
+        name: &str,
+        config: QueueConfig,
+    ) -> Result<(bool, u64), BrokerError> {
+        validate_queue_name(name)?;
+        config.validate(name)?;
+        let _guard = self.inner.catalog.lock().await;
+        if let Some(existing) = self.inner.queues.read().get(name) {
+            if existing.config != config {
+                return Err(BrokerError::ConfigMismatch {
+                    queue: name.to_string(),
+                    differences: existing.config.describe_differences(&config),
+                });
+            }
+            return Ok((false, 0));
+        }
+        if let Some(dlq) = &config.dead_letter
+            && dlq != name
+            && !self.inner.queues.read().contains_key(dlq)
+        {
+            return Err(BrokerError::UnknownQueue(format!(
+                "{dlq} (the dead-letter queue of {name}: declare it first)"
+            )));
+        }
+        if matches!(config.durability, Durability::Disk(_)) {
+            let dir = queue_dir(&self.inner.config.data_dir, name);
+            let backend = self.inner.backend.clone();
+            let meta = encode_meta(name, &config);
+            tokio::task::spawn_blocking(move || {
+                backend
+                    .create_dir_all(&dir)
+                    .map_err(|e| BrokerError::io("create queue dir", &dir, e))?;
+                levee_store::meta::write_meta_atomic(
+                    backend.as_ref(),
+                    &dir.join("queue.meta"),
+                    &meta,
+                )
+                .map_err(BrokerError::from)
+            })
+            .await
+            .map_err(BrokerError::join)??;
+        }
+        let messages = self.start_queue(name.to_string(), config).await?;
+        Ok((true, messages))
+    }
+
+    /// Deletes a queue with its messages; returns how many messages it held.
+    pub async fn delete(&self, name: &str) -> Result<u64, BrokerError> {
+        let _guard = self.inner.catalog.lock().await;
+        let Some(entry) = self.inner.queues.write().remove(name) else {
+            return Err(BrokerError::UnknownQueue(name.to_string()));
+        };
+        let (reply, rx) = oneshot::channel();
+        let _ = entry.tx.send(Cmd::Delete(reply));
+        let dropped = rx.await.unwrap_or(0);
+        let _ = entry.task.await;
+        if let Some(log) = entry.log {
+            let dir = queue_dir(&self.inner.config.data_dir, name);
+            let backend = self.inner.backend.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), BrokerError> {
+                if let Ok(log) = Arc::try_unwrap(log) {
+                    log.close()?;
+                }
+                levee_store::meta::remove_queue_dir(backend.as_ref(), &dir)?;
+                Ok(())
+            })
+            .await
+            .map_err(BrokerError::join)??;
+        }
+        Ok(dropped)
+    }
+
+    /// Drops every ready message of a queue; returns how many.
+    pub async fn purge(&self, name: &str) -> Result<u64, BrokerError> {
+        let tx = self.sender(name)?;
+        let (reply, rx) = oneshot::channel();
+        let _ = tx.send(Cmd::Purge(reply));
+        rx.await
+            .map_err(|_| BrokerError::UnknownQueue(name.to_string()))
+    }
+
+    /// A queue's config and counters.
+    pub async fn inspect(&self, name: &str) -> Result<QueueInfo, BrokerError> {
+        let tx = self.sender(name)?;
+        let (reply, rx) = oneshot::channel();
+        let _ = tx.send(Cmd::Inspect(reply));
+        rx.await
+            .map_err(|_| BrokerError::UnknownQueue(name.to_string()))
+    }
+
+    /// Every queue's name, sorted.
+    pub fn list(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.queues.read().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Storage figures of a disk queue's log.
+    pub fn log_stats(&self, name: &str) -> Option<levee_store::LogStats> {
+        let queues = self.inner.queues.read();
+        queues.get(name)?.log.as_ref().map(|l| l.stats())
+    }
+
+    pub(crate) fn sender(&self, name: &str) -> Result<mpsc::UnboundedSender<Cmd>, BrokerError> {
+        self.inner
+            .route(name)
+            .ok_or_else(|| BrokerError::UnknownQueue(name.to_string()))
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The broker's settings.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.config
+    }
+
+    /// Accepts connections on `listener` until the task is dropped.
+    ///
+    /// Cancel-safe: dropping the future stops accepting; connections already accepted go on.
+    pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let broker = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::conn::serve(broker, stream).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    }
+
+    /// Binds `addr` and serves on it; returns the bound address (useful with port 0) and the
+    /// serving task.
+    pub async fn bind(
+        &self,
+        addr: SocketAddr,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let broker = self.clone();
+        Ok((
+            local,
+            tokio::spawn(async move { broker.serve(listener).await }),
+        ))
+    }
+}

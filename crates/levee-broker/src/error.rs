@@ -1,0 +1,75 @@
+//! [`BrokerError`]: everything the broker layer can fail with, and its wire error code.
+
+use std::path::{Path, PathBuf};
+
+use levee_proto::{ErrorCode, ProtoError};
+use levee_store::StoreError;
+
+/// An error of the broker layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// No queue has this name.
+    #[error("unknown queue {0}")]
+    UnknownQueue(String),
+    /// The queue exists with another config; the message lists every difference.
+    #[error("queue {queue} exists with a different config: {differences}")]
+    ConfigMismatch {
+        /// The queue.
+        queue: String,
+        /// What differs, field by field.
+        differences: String,
+    },
+    /// A name, config or frame was invalid.
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    /// The storage layer failed (I/O error, full disk, corruption).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A catalog entry (`queue.meta`) could not be understood.
+    #[error("catalog entry {path}: {reason}")]
+    Catalog {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A file-system operation outside the queue logs failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An internal task failed (a bug: it panicked or was cancelled).
+    #[error("internal task failed: {0}")]
+    Internal(String),
+}
+
+impl BrokerError {
+    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        BrokerError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn join(e: tokio::task::JoinError) -> Self {
+        BrokerError::Internal(e.to_string())
+    }
+
+    /// The stable wire code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BrokerError::UnknownQueue(_) => ErrorCode::UnknownQueue,
+            BrokerError::ConfigMismatch { .. } => ErrorCode::QueueConfigMismatch,
+            BrokerError::Proto(e) => e.code(),
+            BrokerError::Store(StoreError::DiskFull { .. }) => ErrorCode::StorageFull,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
