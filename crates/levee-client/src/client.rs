@@ -1,0 +1,520 @@
+//! [`Client`]: one connection to a broker shared by every producer and consumer made from it,
+//! with request / reply operations and the reconnection supervisor.
+//!
+//! # Reconnection (exactly what happens)
+//! With `ClientOptions::reconnect = Some(backoff)`, when the connection drops (socket error, EOF,
+//! three silent heartbeat intervals, or a `Close` from the broker):
+//! 1. every request waiting for a reply fails with [`ClientError::ConnectionLost`]; so does every
+//!    unconfirmed publish (its confirm future resolves to `ConnectionLost`), including messages
+//!    still in an open batch. The message may or may not have been stored: publishing it again
+//!    is at-least-once delivery;
+//! 2. deliveries received on the old connection can no longer be settled: `ack` / `nack` /
+//!    `reject` return `ConnectionLost` (the broker requeued them when the connection ended, with
+//!    their delivery count kept); deliveries still buffered in a consumer are discarded;
+//! 3. the supervisor reconnects after `initial` (then x`multiplier` up to `max`, each delay
+//!    scaled by a random factor in [0.5, 1]); on success it redeclares nothing, but registers
+//!    every live producer again (`Produce`, so publish credit flows again) and subscribes every
+//!    live consumer again with its current credit target; only then do waiting operations go on;
+//! 4. operations started while disconnected wait for the new connection, at most
+//!    `request_timeout` ([`ClientError::Timeout`]).
+//!
+//! With `reconnect = None`, a lost connection ends the client: operations fail with
+//! `ConnectionLost` and consumer streams yield one `Err(ConnectionLost)` and end.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use levee_proto::{ClientFrame, Overflow, QueueConfig, QueueInfo, ServerFrame};
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::net::ToSocketAddrs;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::conn::{self, Conn, Counters, unexpected};
+use crate::consumer::{Consumer, ConsumerShared};
+use crate::error::{ClientError, Result};
+use crate::options::{ClientOptions, ConsumerOptions, ProducerOptions};
+use crate::producer::{Producer, ProducerShared};
+
+/// Reply to [`Client::declare`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeclareOk {
+    /// Whether the queue was created (false: it existed with the same config).
+    pub created: bool,
+    /// Messages it holds.
+    pub messages: u64,
+}
+
+/// Counters of a client's traffic since it was created (all connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// Frames sent, of every type.
+    pub frames_sent: u64,
+    /// `Publish` frames sent.
+    pub publish_frames: u64,
+    /// Messages sent in `Publish` frames.
+    pub messages_published: u64,
+    /// `Ack`, `Nack` and `Reject` frames sent.
+    pub settle_frames: u64,
+    /// `Credit` frames sent.
+    pub credit_frames: u64,
+    /// `Heartbeat` frames sent.
+    pub heartbeats: u64,
+    /// Socket writes (each carries one or more frames).
+    pub writes: u64,
+    /// Bytes written.
+    pub bytes_sent: u64,
+    /// Successful reconnections.
+    pub reconnects: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum State {
+    Connected(Arc<Conn>),
+    Reconnecting,
+    Lost,
+    Closed,
+}
+
+/// An in-flight window (messages and payload bytes) made of two semaphores.
+#[derive(Debug)]
+pub(crate) struct Window {
+    msgs: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_bytes: u32,
+}
+
+impl Window {
+    pub fn new(msgs: u32, bytes: u32) -> Self {
+        Window {
+            msgs: Arc::new(Semaphore::new(msgs as usize)),
+            bytes: Arc::new(Semaphore::new(bytes as usize)),
+            max_bytes: bytes,
+        }
+    }
+
+    /// A message larger than the whole byte window takes all of it (it then travels alone).
+    fn weight(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes).unwrap_or(u32::MAX).min(self.max_bytes)
+    }
+
+    /// Waits for room. Cancel-safe: a cancelled wait holds nothing.
+    pub async fn acquire(&self, bytes: usize) -> [OwnedSemaphorePermit; 2] {
+        // The semaphores are never closed.
+        let m = self.msgs.clone().acquire_many_owned(1).await.expect("open");
+        let b = self
+            .bytes
+            .clone()
+            .acquire_many_owned(self.weight(bytes))
+            .await
+            .expect("open");
+        [m, b]
+    }
+
+    pub fn try_acquire(&self, bytes: usize) -> Option<[OwnedSemaphorePermit; 2]> {
+        let m = self.msgs.clone().try_acquire_many_owned(1).ok()?;
+        let b = self
+            .bytes
+            .clone()
+            .try_acquire_many_owned(self.weight(bytes))
+            .ok()?;
+        Some([m, b])
+    }
+}
+
+pub(crate) struct Inner {
+    addrs: Vec<SocketAddr>,
+    pub opts: ClientOptions,
+    state: watch::Sender<State>,
+    epoch: AtomicU64,
+    pub counters: Arc<Counters>,
+    pub window: Window,
+    producers: Mutex<Vec<Weak<ProducerShared>>>,
+    consumers: Mutex<Vec<Weak<ConsumerShared>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let State::Connected(c) = &*self.state.borrow() {
+            let _ = c.send(ClientFrame::Close {
+                code: None,
+                reason: "client dropped".into(),
+            });
+        }
+    }
+}
+
+impl Inner {
+    /// The live connection, waiting (at most `request_timeout`) while reconnecting.
+    pub async fn conn(&self) -> Result<Arc<Conn>> {
+        let mut rx = self.state.subscribe();
+        let wait = async {
+            loop {
+                match &*rx.borrow_and_update() {
+                    State::Connected(c) if !c.is_dead() => return Ok(c.clone()),
+                    State::Lost => return Err(ClientError::ConnectionLost),
+                    State::Closed => return Err(ClientError::Closed),
+                    _ => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ClientError::Closed);
+                }
+            }
+        };
+        tokio::time::timeout(self.opts.request_timeout, wait)
+            .await
+            .map_err(|_| ClientError::Timeout(self.opts.request_timeout))?
+    }
+
+    /// The live connection if there is one now.
+    pub fn conn_now(&self) -> Result<Arc<Conn>> {
+        match &*self.state.borrow() {
+            State::Connected(c) if !c.is_dead() => Ok(c.clone()),
+            State::Closed => Err(ClientError::Closed),
+            _ => Err(ClientError::ConnectionLost),
+        }
+    }
+
+    pub async fn request(&self, make: impl FnOnce(u64) -> ClientFrame) -> Result<ServerFrame> {
+        self.conn().await?.request(make).await
+    }
+
+    fn live_producers(&self) -> Vec<Arc<ProducerShared>> {
+        let mut ps = self.producers.lock();
+        ps.retain(|w| w.strong_count() > 0);
+        ps.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    fn live_consumers(&self) -> Vec<Arc<ConsumerShared>> {
+        let mut cs = self.consumers.lock();
+        cs.retain(|w| w.upgrade().is_some_and(|c| !c.is_closed()));
+        cs.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Registers producers and consumers on a fresh connection.
+    async fn reregister(&self, c: &Arc<Conn>) -> Result<()> {
+        let mut queues = HashSet::new();
+        for p in self.live_producers() {
+            if queues.insert(p.queue().to_string()) {
+                match register_producer(c, p.queue()).await {
+                    Ok(()) => {}
+                    Err(e @ ClientError::Server { .. }) => {
+                        tracing::warn!(queue = p.queue(), error = %e, "producer not re-registered");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        for s in self.live_consumers() {
+            match s.resubscribe(c).await {
+                Ok(()) => {}
+                Err(e @ ClientError::Server { .. }) => {
+                    tracing::warn!(queue = s.queue(), error = %e, "consumer not resubscribed");
+                    s.finish(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn disconnected(&self, c: &Conn) {
+        for p in self.live_producers() {
+            p.on_disconnect(c.epoch);
+        }
+    }
+
+    fn finish(&self, e: ClientError) {
+        for s in self.live_consumers() {
+            s.finish(e.clone());
+        }
+    }
+}
+
+async fn register_producer(c: &Conn, queue: &str) -> Result<()> {
+    c.credit(queue);
+    match c
+        .request(|req| ClientFrame::Produce {
+            req,
+            queue: queue.to_string(),
+        })
+        .await?
+    {
+        ServerFrame::QueueOk { .. } => Ok(()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+async fn supervise(weak: Weak<Inner>, mut conn: Arc<Conn>, mut reader: JoinHandle<()>) {
+    loop {
+        let _ = (&mut reader).await;
+        let Some(inner) = weak.upgrade() else { return };
+        inner.disconnected(&conn);
+        let closed = matches!(*inner.state.borrow(), State::Closed);
+        let backoff = match inner.opts.reconnect {
+            Some(b) if !closed => b,
+            _ => {
+                if !closed {
+                    inner.state.send_replace(State::Lost);
+                }
+                inner.finish(if closed {
+                    ClientError::Closed
+                } else {
+                    ClientError::ConnectionLost
+                });
+                return;
+            }
+        };
+        inner.state.send_replace(State::Reconnecting);
+        tracing::info!(epoch = conn.epoch, "connection lost; reconnecting");
+        drop(inner);
+        let mut delay = backoff.initial;
+        loop {
+            tokio::time::sleep(jitter(delay)).await;
+            delay = backoff.next(delay);
+            let Some(inner) = weak.upgrade() else { return };
+            if matches!(*inner.state.borrow(), State::Closed) {
+                inner.finish(ClientError::Closed);
+                return;
+            }
+            let epoch = inner.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+            let (c, r) =
+                match conn::connect(&inner.addrs, &inner.opts, epoch, inner.counters.clone()).await
+                {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reconnect attempt failed");
+                        continue;
+                    }
+                };
+            if let Err(e) = inner.reregister(&c).await {
+                tracing::debug!(error = %e, "connection lost while re-registering");
+                c.kill(e);
+                continue;
+            }
+            let installed = inner.state.send_if_modified(|s| {
+                if matches!(s, State::Closed) {
+                    false
+                } else {
+                    *s = State::Connected(c.clone());
+                    true
+                }
+            });
+            if !installed {
+                let _ = c.send(ClientFrame::Close {
+                    code: None,
+                    reason: "client closed".into(),
+                });
+                inner.finish(ClientError::Closed);
+                return;
+            }
+            inner.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(epoch, "reconnected");
+            conn = c;
+            reader = r;
+            break;
+        }
+    }
+}
+
+/// A connection to a Levee broker; cheap to clone, usable from many tasks at once.
+///
+/// Dropping the last clone (producers and consumers hold one) closes the connection.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addrs", &self.inner.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects and runs the handshake. Fails if the first connection cannot be made (no retry
+    /// here: reconnection starts once a connection has existed).
+    ///
+    /// Cancel-safe: a cancelled connect leaves nothing behind.
+    pub async fn connect(addr: impl ToSocketAddrs, opts: ClientOptions) -> Result<Client> {
+        opts.validate()?;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+        if addrs.is_empty() {
+            return Err(ClientError::InvalidOption(
+                "the address resolves to nothing".into(),
+            ));
+        }
+        let counters = Arc::new(Counters::default());
+        let (conn, reader) = conn::connect(&addrs, &opts, 1, counters.clone()).await?;
+        let window = Window::new(opts.max_in_flight_messages, opts.max_in_flight_bytes);
+        let inner = Arc::new(Inner {
+            addrs,
+            opts,
+            state: watch::Sender::new(State::Connected(conn.clone())),
+            epoch: AtomicU64::new(1),
+            counters,
+            window,
+            producers: Mutex::new(Vec::new()),
+            consumers: Mutex::new(Vec::new()),
+        });
+        tokio::spawn(supervise(Arc::downgrade(&inner), conn, reader));
+        Ok(Client { inner })
+    }
+
+    /// Creates a queue, or checks that the existing one has this config (a different config is
+    /// a [`ClientError::Server`] with code `queue-config-mismatch` listing the differences).
+    ///
+    /// Cancel-safe (the reply is discarded; the queue may or may not have been created).
+    pub async fn declare(&self, queue: &str, config: QueueConfig) -> Result<DeclareOk> {
+        match self
+            .inner
+            .request(|req| ClientFrame::Declare {
+                req,
+                queue: queue.to_string(),
+                config,
+            })
+            .await?
+        {
+            ServerFrame::QueueOk {
+                created, messages, ..
+            } => Ok(DeclareOk { created, messages }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn queue_ok(&self, make: impl FnOnce(u64) -> ClientFrame) -> Result<u64> {
+        match self.inner.request(make).await? {
+            ServerFrame::QueueOk { messages, .. } => Ok(messages),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Deletes a queue with its messages; returns how many it held. Cancel-safe like `declare`.
+    pub async fn delete(&self, queue: &str) -> Result<u64> {
+        let queue = queue.to_string();
+        self.queue_ok(|req| ClientFrame::Delete { req, queue })
+            .await
+    }
+
+    /// Drops every ready message of a queue; returns how many. Cancel-safe like `declare`.
+    pub async fn purge(&self, queue: &str) -> Result<u64> {
+        let queue = queue.to_string();
+        self.queue_ok(|req| ClientFrame::Purge { req, queue }).await
+    }
+
+    /// A queue's config and counters. Cancel-safe.
+    pub async fn inspect(&self, queue: &str) -> Result<QueueInfo> {
+        match self
+            .inner
+            .request(|req| ClientFrame::Inspect {
+                req,
+                queue: queue.to_string(),
+            })
+            .await?
+        {
+            ServerFrame::QueueStats { info, .. } => Ok(*info),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Every queue's name. Cancel-safe.
+    pub async fn list_queues(&self) -> Result<Vec<String>> {
+        match self
+            .inner
+            .request(|req| ClientFrame::ListQueues { req })
+            .await?
+        {
+            ServerFrame::QueueList { queues, .. } => Ok(queues),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A producer of `queue` (which must exist). It learns the queue's overflow policy (on a
+    /// `block` queue it waits for publish credit) and registers with `Produce`.
+    ///
+    /// Cancel-safe.
+    pub async fn producer(&self, queue: &str, opts: ProducerOptions) -> Result<Producer> {
+        opts.validate()?;
+        let info = self.inspect(queue).await?;
+        let block = info.config.overflow == Overflow::Block;
+        let shared = ProducerShared::new(self.clone(), queue, opts, block)?;
+        self.inner.producers.lock().push(Arc::downgrade(&shared));
+        let conn = self.inner.conn().await?;
+        register_producer(&conn, queue).await?;
+        Ok(Producer::new(shared))
+    }
+
+    /// A consumer of `queue`: subscribes with the initial credit of `opts.credit`.
+    ///
+    /// Cancel-safe (a cancelled subscribe is undone when its reply arrives and the consumer is
+    /// dropped).
+    pub async fn consumer(&self, queue: &str, opts: ConsumerOptions) -> Result<Consumer> {
+        opts.validate()?;
+        let (consumer, shared) = Consumer::new(self, queue, opts);
+        self.inner.consumers.lock().push(Arc::downgrade(&shared));
+        loop {
+            let conn = self.inner.conn().await?;
+            match shared.resubscribe(&conn).await {
+                Ok(()) => return Ok(consumer),
+                // The supervisor may have subscribed it on a newer connection already.
+                Err(ClientError::ConnectionLost) if shared.is_subscribed() => {
+                    return Ok(consumer);
+                }
+                Err(ClientError::ConnectionLost) if self.inner.opts.reconnect.is_some() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Traffic counters (frames, writes, reconnects).
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.inner.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ClientStats {
+            frames_sent: l(&c.frames),
+            publish_frames: l(&c.publish_frames),
+            messages_published: l(&c.published),
+            settle_frames: l(&c.settle_frames),
+            credit_frames: l(&c.credit_frames),
+            heartbeats: l(&c.heartbeats),
+            writes: l(&c.writes),
+            bytes_sent: l(&c.bytes),
+            reconnects: l(&c.reconnects),
+        }
+    }
+
+    /// Whether a connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.conn_now().is_ok()
+    }
+
+    /// Closes the connection (sending `Close`) and stops reconnecting. Unconfirmed publishes fail
+    /// with `ConnectionLost`; consumers end; later operations fail with [`ClientError::Closed`].
+    ///
+    /// Cancel-safe: once called, the client is closed even if the wait for the socket to close is
+    /// cancelled.
+    pub async fn close(&self) -> Result<()> {
+        let prev = self.inner.state.send_replace(State::Closed);
+        if let State::Connected(c) = prev {
+            let _ = c.send(ClientFrame::Close {
+                code: None,
+                reason: "client closed".into(),
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.dead()).await;
+            c.kill(ClientError::Closed);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,99 @@
+//! The client's error types: [`ClientError`] for every fallible operation and
+//! [`TryPublishError`] for [`crate::Producer::try_publish`], which hands the message back.
+//!
+//! Invariant: an error never hides whether a message may have reached the broker. `Rejected`,
+//! `Server` and `CircuitOpen` mean it was not stored; `ConnectionLost` and `Timeout` on a publish
+//! mean "unknown" (at-least-once: the caller may publish it again and may then store it twice).
+
+use levee_proto::{ErrorCode, Message, ProtoError};
+
+/// Everything that can go wrong in the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// A socket operation failed (connect, read, write). The text is the `std::io::Error`.
+    #[error("i/o error: {0}")]
+    Io(String),
+    /// The broker sent bytes that do not decode, or a message could not be encoded.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtoError),
+    /// The broker answered a request (or the handshake) with an `Error` frame or closed the
+    /// connection with this code.
+    #[error("server error {code}: {message}")]
+    Server {
+        /// The wire error code.
+        code: ErrorCode,
+        /// The broker's explanation.
+        message: String,
+    },
+    /// The connection dropped while this operation was in flight, or the delivery being settled
+    /// belongs to a connection that no longer exists (the broker has already requeued it). A
+    /// publish that fails this way may or may not have been stored.
+    #[error("connection lost")]
+    ConnectionLost,
+    /// The client (or this consumer / producer) was closed by the application.
+    #[error("client closed")]
+    Closed,
+    /// The broker refused a published message (outcome `Rejected`): it was not stored.
+    #[error("message rejected ({code}): {reason}")]
+    Rejected {
+        /// Why, as a wire code (e.g. `queue-full`, `message-too-large`).
+        code: ErrorCode,
+        /// The broker's explanation.
+        reason: String,
+    },
+    /// The producer's circuit breaker is open: the message was not sent.
+    #[error("circuit breaker open: publishing paused after repeated failures")]
+    CircuitOpen,
+    /// No reply within the configured request timeout (or no connection within it while
+    /// reconnecting).
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// A message is larger than the largest frame the broker accepts.
+    #[error("message of {size} bytes does not fit in a frame of at most {max} bytes")]
+    MessageTooLarge {
+        /// Encoded size of the message.
+        size: usize,
+        /// Largest message that fits in one `Publish` frame on this connection.
+        max: usize,
+    },
+    /// `nack` or `reject` on a delivery received with `auto_ack`: the broker already settled it.
+    #[error("the delivery was auto-acked; it cannot be nacked or rejected")]
+    AutoAcked,
+    /// An option is out of range; the text says which.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e.to_string())
+    }
+}
+
+/// The error of [`crate::Producer::try_publish`]: the message is handed back (boxed, so the
+/// `Result` stays small).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryPublishError {
+    /// No room right now: the in-flight window is full or (on a `block` queue) there is no
+    /// publish credit. Retry later or use [`crate::Producer::publish`], which waits.
+    #[error("no publish credit or in-flight window room")]
+    Full(Box<Message>),
+    /// The publish cannot succeed now whatever the wait (circuit open, closed, disconnected,
+    /// message too large); the error says why.
+    #[error("publish failed: {1}")]
+    Failed(Box<Message>, ClientError),
+}
+
+impl TryPublishError {
+    /// The message that was not published.
+    pub fn into_inner(self) -> Message {
+        match self {
+            TryPublishError::Full(m) | TryPublishError::Failed(m, _) => *m,
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
