@@ -39,7 +39,8 @@ pub use consumer::{Consumer, CreditStats, Delivery};
 pub use error::{ClientError, Result, TryPublishError};
 pub use levee_flow::{BreakerConfig, BreakerState, BreakerStats};
 pub use levee_proto::{
-    DropReason, ErrorCode, Message, Overflow, PublishOutcome, QueueConfig, QueueInfo, QueueStats,
+    ConsumerStats, DropReason, Durability, ErrorCode, Fsync, Message, Order, Overflow,
+    PublishOutcome, QueueConfig, QueueInfo, QueueStats,
 };
 pub use options::{Backoff, ClientOptions, ConsumerOptions, Credit, ProducerOptions};
 pub use producer::{ConfirmFuture, Producer};

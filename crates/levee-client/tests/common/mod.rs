@@ -1,0 +1,131 @@
+//! Test helpers: a real broker on a temporary directory, and a TCP proxy between client and
+//! broker whose connections can be cut (to exercise reconnection without touching the broker).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use levee_broker::{Broker, BrokerConfig};
+use levee_client::{Client, ClientOptions, Durability, Overflow, QueueConfig};
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+pub struct TestBroker {
+    pub broker: Broker,
+    pub addr: SocketAddr,
+    pub task: JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn broker() -> TestBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (addr, task) = broker.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    TestBroker {
+        broker,
+        addr,
+        task,
+        _dir: dir,
+    }
+}
+
+pub async fn client(addr: SocketAddr) -> Client {
+    Client::connect(addr, ClientOptions::default())
+        .await
+        .unwrap()
+}
+
+/// An in-memory queue with the given overflow policy and message limit.
+pub fn memory(overflow: Overflow, max_messages: u64) -> QueueConfig {
+    QueueConfig {
+        overflow,
+        max_messages,
+        durability: Durability::Memory,
+        ..QueueConfig::default()
+    }
+}
+
+/// Polls `f` until it returns true (at most 10 s).
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A TCP proxy: forwards connections to `target` until [`Proxy::cut`] closes them all.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    refuse: Arc<AtomicBool>,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let refuse = Arc::new(AtomicBool::new(false));
+        let (c, r) = (conns.clone(), refuse.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if r.load(Ordering::Acquire) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                c.lock().push(task);
+            }
+        });
+        Proxy {
+            addr,
+            conns,
+            refuse,
+            accept,
+        }
+    }
+
+    /// Closes every proxied connection (both sides see the socket close).
+    pub fn cut(&self) {
+        for t in self.conns.lock().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// While set, new connections are accepted and closed at once (the broker looks down).
+    pub fn refuse(&self, on: bool) {
+        self.refuse.store(on, Ordering::Release);
+    }
+}
