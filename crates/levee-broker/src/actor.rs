@@ -83,6 +83,8 @@ pub(crate) enum Cmd {
     Purge(oneshot::Sender<u64>),
     /// Stop: drop everything; replies with the number of messages that were held.
     Delete(oneshot::Sender<u64>),
+    /// Stop because the broker shuts down (the log keeps everything).
+    Stop,
 }
 
 /// Resolves dead-letter targets: the broker's queue registry.
@@ -96,7 +98,8 @@ struct PendingConfirm {
     req: u64,
     outcomes: Vec<Option<PublishOutcome>>,
     missing: usize,
-    /// Highest sequence number stored by this request: it must be durable before confirming.
+    /// One past the highest sequence number stored by this request: the durability watermark
+    /// must reach it before confirming (0: nothing to wait for).
     needs_seq: u64,
     in_flight: Arc<InFlight>,
     messages: u64,
@@ -142,8 +145,9 @@ pub(crate) struct QueueActor {
     state: QueueState,
     log: Option<Arc<QueueLog>>,
     fsync_waits: bool,
-    /// Appends not yet durable: (last seq, handle), in append order.
+    /// Appends not yet durable: (last seq + 1, handle), in append order.
     syncing: VecDeque<(u64, Durability)>,
+    /// Messages with a sequence number below this are durable.
     durable: u64,
     pending: HashMap<u64, PendingConfirm>,
     next_slot: u64,
@@ -152,6 +156,7 @@ pub(crate) struct QueueActor {
     router: Arc<dyn Router>,
     rates: Rates,
     rx: mpsc::UnboundedReceiver<Cmd>,
+    stop_reason: Option<(ErrorCode, &'static str)>,
 }
 
 impl QueueActor {
@@ -165,7 +170,7 @@ impl QueueActor {
         let fsync_waits = log
             .as_ref()
             .is_some_and(|l| l.config().fsync == levee_store::FsyncPolicy::Always);
-        let durable = state.next_seq().saturating_sub(1);
+        let durable = state.next_seq();
         let mut state = state;
         if log.is_some() {
             state.set_durable(durable);
@@ -186,6 +191,7 @@ impl QueueActor {
                 samples: VecDeque::new(),
             },
             rx,
+            stop_reason: None,
         }
     }
 
@@ -327,6 +333,11 @@ impl QueueActor {
             Cmd::Delete(reply) => {
                 let s = self.state.stats();
                 let _ = reply.send(s.ready + s.unacked);
+                self.stop_reason = Some((ErrorCode::UnknownQueue, "was deleted"));
+                return true;
+            }
+            Cmd::Stop => {
+                self.stop_reason = Some((ErrorCode::ShuttingDown, "is shutting down"));
                 return true;
             }
         }
@@ -450,13 +461,18 @@ impl QueueActor {
             .collect();
         match log.append_batch(&records) {
             Ok(appended) => {
-                debug_assert_eq!(appended.first_seq, stored[0].0, "log and state agree");
+                if appended.first_seq != stored[0].0 {
+                    // A bug: the confirms would name the wrong sequence numbers.
+                    tracing::error!(queue = %self.name, log = appended.first_seq,
+                        state = stored[0].0, "log and state machine disagree on sequence numbers");
+                    debug_assert!(false, "log and state agree");
+                }
                 if self.fsync_waits {
                     self.syncing
-                        .push_back((appended.last_seq, appended.durability));
-                    last
+                        .push_back((appended.last_seq + 1, appended.durability));
+                    last + 1
                 } else {
-                    self.durable = appended.last_seq;
+                    self.durable = appended.last_seq + 1;
                     self.state.set_durable(self.durable);
                     0
                 }
@@ -484,6 +500,7 @@ impl QueueActor {
     fn fail_pending_up_to(&mut self, seq: u64, e: &StoreError) {
         for p in self.pending.values_mut() {
             if p.needs_seq != 0 && p.needs_seq <= seq {
+                // both exclusive bounds
                 for o in p.outcomes.iter_mut() {
                     if matches!(o, Some(PublishOutcome::Stored { .. })) {
                         *o = Some(PublishOutcome::Rejected {
@@ -677,13 +694,16 @@ impl QueueActor {
     }
 
     fn shutdown(&mut self) {
-        // Pending confirms of a deleted queue fail; their connections learn why.
+        // Pending confirms of a deleted or stopping queue fail; their connections learn why.
+        let (code, why) = self
+            .stop_reason
+            .unwrap_or((ErrorCode::ShuttingDown, "stopped"));
         for (_, p) in self.pending.drain() {
             p.in_flight.release(p.messages, p.bytes);
             let _ = p.conn.send(ServerFrame::Error {
                 req: p.req,
-                code: ErrorCode::UnknownQueue,
-                message: format!("queue {} was deleted", self.name),
+                code,
+                message: format!("queue {} {why}", self.name),
             });
         }
     }

@@ -336,6 +336,27 @@ impl Broker {
         Ok(dropped)
     }
 
+    /// Stops every queue and closes its log (syncing what is written). Connections still open get
+    /// `shutting-down` errors for what they send next.
+    pub async fn shutdown(&self) {
+        let _guard = self.inner.catalog.lock().await;
+        let entries: Vec<(String, QueueEntry)> = self.inner.queues.write().drain().collect();
+        for (name, entry) in entries {
+            let _ = entry.tx.send(Cmd::Stop);
+            let _ = entry.task.await;
+            if let Some(log) = entry.log {
+                let closed = tokio::task::spawn_blocking(move || match Arc::try_unwrap(log) {
+                    Ok(log) => log.close().map_err(BrokerError::from),
+                    Err(log) => log.sync().wait().map(|_| ()).map_err(BrokerError::from),
+                })
+                .await;
+                if let Ok(Err(e)) = closed {
+                    tracing::error!(queue = %name, error = %e, "closing the log failed");
+                }
+            }
+        }
+    }
+
     /// Drops every ready message of a queue; returns how many.
     pub async fn purge(&self, name: &str) -> Result<u64, BrokerError> {
         let tx = self.sender(name)?;

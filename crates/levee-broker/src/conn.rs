@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use levee_proto::{
     ClientFrame, ErrorCode, FrameHeader, HANDSHAKE_MAX_FRAME, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION, ProtoError, PublishOutcome, ServerFrame, Welcome,
@@ -274,6 +274,8 @@ impl Conn {
     }
 
     fn publish(&mut self, req: u64, queue: String, messages: Vec<levee_proto::Message>) {
+        // Decoded fields are slices of the read buffer; a queued message must not pin it.
+        let messages: Vec<levee_proto::Message> = messages.into_iter().map(detach).collect();
         let n = messages.len() as u64;
         let bytes: u64 = messages.iter().map(|m| m.payload.len() as u64).sum();
         let cfg = self.broker.config();
@@ -330,6 +332,19 @@ impl Conn {
             let _ = tx.send(Cmd::RemoveProducer(self.id));
         }
     }
+}
+
+/// Copies a message's byte fields into their own allocations, so a message kept in a queue holds
+/// only its own bytes, not the connection's read buffer it was decoded from.
+fn detach(mut m: levee_proto::Message) -> levee_proto::Message {
+    m.payload = Bytes::copy_from_slice(&m.payload);
+    if let Some(k) = &mut m.key {
+        *k = Bytes::copy_from_slice(k);
+    }
+    for (_, v) in &mut m.headers {
+        *v = Bytes::copy_from_slice(v);
+    }
+    m
 }
 
 fn error_frame(req: u64, e: &BrokerError) -> ServerFrame {

@@ -13,7 +13,9 @@ mod actor;
 mod broker;
 mod conn;
 mod error;
+pub mod http;
 pub mod queue;
 
 pub use broker::{Broker, BrokerConfig};
 pub use error::BrokerError;
+pub use http::{HttpError, router, serve_http};

@@ -286,14 +286,15 @@ pub struct QueueState {
     held: std::collections::VecDeque<(u64, Message)>,
     next_seq: u64,
     next_tag: u64,
-    durable_upto: u64,
+    /// Messages with a sequence number below this are durable (exclusive bound).
+    durable_below: u64,
     counters: Counters,
     effects: Vec<Effect>,
 }
 
 impl QueueState {
-    /// A new, empty queue. `next_seq` is the first sequence number to assign (1 for a new queue,
-    /// the log's next sequence number for a recovered one).
+    /// A new, empty queue. `next_seq` is the first sequence number to assign (the log's next
+    /// sequence number for a disk queue).
     pub fn new(config: QueueConfig, next_seq: u64) -> Self {
         let limits = Limits {
             max_messages: usize::try_from(config.max_messages).ok(),
@@ -319,9 +320,9 @@ impl QueueState {
             credit_outstanding: 0,
             grant_cursor: 0,
             held: std::collections::VecDeque::new(),
-            next_seq: next_seq.max(1),
+            next_seq,
             next_tag: 1,
-            durable_upto: u64::MAX,
+            durable_below: u64::MAX,
             counters: Counters::default(),
             effects: Vec::new(),
         }
@@ -356,10 +357,10 @@ impl QueueState {
         }
     }
 
-    /// Sets the durability watermark: messages with `seq <= upto` are safely stored and may be
+    /// Sets the durability watermark: messages with `seq < below` are safely stored and may be
     /// delivered. Memory queues leave it at `u64::MAX`.
-    pub fn set_durable(&mut self, upto: u64) {
-        self.durable_upto = upto;
+    pub fn set_durable(&mut self, below: u64) {
+        self.durable_below = below;
     }
 
     fn sync_external(&mut self) {
@@ -861,7 +862,7 @@ impl QueueState {
             let Some(Item { seq, item, meta }) = self.ready.pop() else {
                 break;
             };
-            if seq > self.durable_upto {
+            if seq >= self.durable_below {
                 // Not yet on disk: put it back and wait for the watermark to move.
                 if let Some(superseded) = self.ready.reinsert(seq, item, meta) {
                     self.account_evicted(superseded);

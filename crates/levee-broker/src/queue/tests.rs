@@ -345,15 +345,15 @@ fn block_queue_holds_a_publish_that_does_not_fit_by_bytes_until_room_frees() {
 #[test]
 fn messages_past_the_durability_watermark_are_not_delivered() {
     let mut q = QueueState::new(cfg(), 1);
-    q.set_durable(0);
+    q.set_durable(1);
     q.subscribe(1, true);
     q.add_credit(1, 10);
     publish(&mut q, 0, 1);
     publish(&mut q, 0, 2);
     assert!(dispatch(&mut q, 0).is_empty());
-    q.set_durable(1);
-    assert_eq!(dispatch(&mut q, 0).len(), 1);
     q.set_durable(2);
+    assert_eq!(dispatch(&mut q, 0).len(), 1);
+    q.set_durable(3);
     assert_eq!(dispatch(&mut q, 0).len(), 1);
 }
 

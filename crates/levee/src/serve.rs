@@ -1,0 +1,152 @@
+//! `levee serve`: settings from defaults, then a TOML config file, then `LEVEE_*` environment
+//! variables, then flags (each overriding the one before); runs until SIGINT / SIGTERM.
+//!
+//! On start it prints one line per listener to stdout, `levee: wire listening on ADDR` and
+//! `levee: http listening on ADDR`, with the bound addresses (so port 0 can be used in tests).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use levee_broker::{Broker, BrokerConfig};
+use serde::Deserialize;
+
+/// Flags of `levee serve`.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML config file (keys as the flags, with underscores: `listen`, `http`, `data_dir`, ...).
+    #[arg(long, env = "LEVEE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the wire protocol listener [default: 127.0.0.1:5680].
+    #[arg(long, env = "LEVEE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address of the HTTP API, metrics and dashboard [default: 127.0.0.1:5681].
+    #[arg(long, env = "LEVEE_HTTP")]
+    http: Option<SocketAddr>,
+    /// Directory of durable queues [default: ./levee-data].
+    #[arg(long, env = "LEVEE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Largest frame accepted from a client, in bytes [default: 16 MiB].
+    #[arg(long, env = "LEVEE_MAX_FRAME")]
+    max_frame: Option<usize>,
+    /// Heartbeat interval in ms [default: 10000].
+    #[arg(long, env = "LEVEE_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u32>,
+    /// Most unconfirmed publish bytes per connection [default: 64 MiB].
+    #[arg(long, env = "LEVEE_MAX_IN_FLIGHT_BYTES")]
+    max_in_flight_bytes: Option<u64>,
+    /// Segment file size of queue logs in bytes [default: 64 MiB].
+    #[arg(long, env = "LEVEE_SEGMENT_BYTES")]
+    segment_bytes: Option<u64>,
+}
+
+/// The config file: every key optional.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    max_frame: Option<usize>,
+    heartbeat_ms: Option<u32>,
+    max_in_flight_bytes: Option<u64>,
+    segment_bytes: Option<u64>,
+}
+
+/// Final settings.
+struct Settings {
+    listen: SocketAddr,
+    http: SocketAddr,
+    broker: BrokerConfig,
+}
+
+fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("invalid config file {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let mut broker = BrokerConfig::default();
+    if let Some(v) = args.data_dir.or(file.data_dir) {
+        broker.data_dir = v;
+    }
+    if let Some(v) = args.max_frame.or(file.max_frame) {
+        anyhow::ensure!(
+            (1024..=256 << 20).contains(&v),
+            "max_frame must be between 1 KiB and 256 MiB, got {v}"
+        );
+        broker.max_frame = v;
+    }
+    if let Some(v) = args.heartbeat_ms.or(file.heartbeat_ms) {
+        anyhow::ensure!(v >= 100, "heartbeat_ms must be at least 100, got {v}");
+        broker.heartbeat_ms = v;
+    }
+    if let Some(v) = args.max_in_flight_bytes.or(file.max_in_flight_bytes) {
+        broker.max_in_flight_bytes = v;
+    }
+    if let Some(v) = args.segment_bytes.or(file.segment_bytes) {
+        broker.segment_bytes = v;
+    }
+    Ok(Settings {
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:5680".parse().expect("valid")),
+        http: args
+            .http
+            .or(file.http)
+            .unwrap_or_else(|| "127.0.0.1:5681".parse().expect("valid")),
+        broker,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Runs the broker until a shutdown signal.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let s = settings(args)?;
+    let data_dir = s.broker.data_dir.clone();
+    let broker = Broker::open(s.broker)
+        .await
+        .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let (wire_addr, wire) = broker
+        .bind(s.listen)
+        .await
+        .with_context(|| format!("listening on {}", s.listen))?;
+    let http_listener = tokio::net::TcpListener::bind(s.http)
+        .await
+        .with_context(|| format!("listening on {}", s.http))?;
+    let http_addr = http_listener.local_addr()?;
+    let http = tokio::spawn(levee_broker::http::serve_http(
+        broker.clone(),
+        http_listener,
+    ));
+    println!("levee: wire listening on {wire_addr}");
+    println!("levee: http listening on {http_addr}");
+    println!("levee: data in {}", data_dir.display());
+    tracing::info!(%wire_addr, %http_addr, data = %data_dir.display(), "levee serving");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    wire.abort();
+    http.abort();
+    broker.shutdown().await;
+    Ok(())
+}

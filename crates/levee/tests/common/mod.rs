@@ -1,0 +1,182 @@
+//! Test harness: starts the real `levee` binary on ephemeral ports with its own data directory,
+//! and speaks the wire protocol over a plain blocking TCP socket where a test needs raw frames.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use levee_proto::{ClientFrame, DEFAULT_MAX_FRAME, Hello, ServerFrame};
+
+/// A running `levee serve` child process.
+pub struct Server {
+    child: Option<Child>,
+    pub wire: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server on a fresh temporary data directory.
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra flags.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut s = Self::spawn(&dir, None, extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    fn spawn(data_dir: &Path, wire: Option<SocketAddr>, extra: &[&str]) -> Server {
+        let listen = wire.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
+            .args([
+                "serve",
+                "--listen",
+                &listen,
+                "--http",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .env("LEVEE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning levee");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut wire_addr = None;
+        let mut http_addr = None;
+        while wire_addr.is_none() || http_addr.is_none() {
+            let line = lines
+                .next()
+                .expect("levee exited before listening")
+                .expect("reading levee's stdout");
+            if let Some(a) = line.strip_prefix("levee: wire listening on ") {
+                wire_addr = Some(a.parse().expect("wire address"));
+            } else if let Some(a) = line.strip_prefix("levee: http listening on ") {
+                http_addr = Some(a.parse().expect("http address"));
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child: Some(child),
+            wire: wire_addr.unwrap(),
+            http: http_addr.unwrap(),
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    /// `kill -9`: the process gets no chance to flush or sync anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reaping");
+        }
+    }
+
+    /// SIGKILLs the server and starts a new one on the same data directory and wire port.
+    pub fn restart_after_kill9(&mut self) {
+        self.kill9();
+        let tmp = self._tmp.take();
+        let mut s = Self::spawn(&self.data_dir, Some(self.wire), &[]);
+        s._tmp = tmp;
+        std::mem::swap(self, &mut s);
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("try_wait").is_none())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A raw protocol connection over a blocking socket.
+pub struct Raw {
+    pub sock: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    /// Connects without a handshake.
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Raw {
+            sock,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Connects and completes the handshake.
+    pub fn handshake(addr: SocketAddr) -> Raw {
+        let mut raw = Raw::connect(addr);
+        raw.send(&ClientFrame::Hello(Hello::new("raw-test")));
+        match raw.recv() {
+            Some(ServerFrame::Welcome(_)) => raw,
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    pub fn send(&mut self, f: &ClientFrame) {
+        let mut b = BytesMut::new();
+        f.encode(&mut b).expect("encode");
+        self.sock.write_all(&b).expect("write");
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).expect("write");
+    }
+
+    /// The next frame other than a heartbeat, or `None` when the server closed the socket.
+    pub fn recv(&mut self) -> Option<ServerFrame> {
+        loop {
+            match ServerFrame::decode(&mut self.buf, DEFAULT_MAX_FRAME).expect("server frame") {
+                Some(ServerFrame::Heartbeat) => continue,
+                Some(f) => return Some(f),
+                None => {}
+            }
+            let mut chunk = [0u8; 65536];
+            let n = match self.sock.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+                Err(e) => panic!("read: {e}"),
+            };
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Whether the server closed the connection (reads until EOF, skipping frames).
+    pub fn closed_by_server(&mut self) -> bool {
+        loop {
+            match self.recv() {
+                None => return true,
+                Some(ServerFrame::Close { .. }) => {}
+                Some(_) => {}
+            }
+        }
+    }
+}
