@@ -482,6 +482,8 @@ impl<'a> Family<'a> {
 }
 
 type Getter = fn(&QueueSnapshot) -> u64;
+type ConsumerGetter = fn(&levee_proto::ConsumerStats) -> u64;
+type StorageGetter = fn(&LogStats) -> u64;
 
 /// Renders snapshots in the Prometheus text exposition format 0.0.4: every family once, with
 /// `HELP` and `TYPE` lines, its samples grouped under them. `unavailable` names the queues that
@@ -638,7 +640,7 @@ pub fn render_metrics(queues: &[QueueSnapshot], unavailable: &[String]) -> Strin
         f.sample(name, &[("queue", &q.info.queue)], q.loss_pct() / 100.0);
     }
 
-    let consumer: [(&str, &str, fn(&levee_proto::ConsumerStats) -> u64); 2] = [
+    let consumer: [(&str, &str, ConsumerGetter); 2] = [
         (
             "levee_consumer_credit",
             "Credit a subscription still has: messages it may be sent without asking again.",
@@ -664,7 +666,7 @@ pub fn render_metrics(queues: &[QueueSnapshot], unavailable: &[String]) -> Strin
         }
     }
 
-    let storage: [(&str, &str, &str, fn(&LogStats) -> u64); 3] = [
+    let storage: [(&str, &str, &str, StorageGetter); 3] = [
         (
             "levee_queue_disk_bytes",
             "gauge",
