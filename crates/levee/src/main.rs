@@ -2,7 +2,10 @@
 //!
 //! - `levee serve`: runs the broker (zero-config: data in `./levee-data`, wire protocol on
 //!   127.0.0.1:5680, HTTP API / metrics / dashboard on 127.0.0.1:5681).
+//! - `levee queue declare|list|inspect|purge|delete`, `levee publish`, `levee consume`,
+//!   `levee stats`: client commands against `--addr` (or `LEVEE_ADDR`).
 
+mod cli;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -13,15 +16,36 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    conn: cli::Conn,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the broker.
     Serve(serve::ServeArgs),
+    /// Administer queues.
+    #[command(subcommand)]
+    Queue(cli::QueueCmd),
+    /// Publish messages (from arguments, standard input or generated).
+    Publish(cli::PublishArgs),
+    /// Consume messages, printing or counting them.
+    Consume(cli::ConsumeArgs),
+    /// Show queue statistics.
+    Stats(cli::StatsArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("levee: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -36,6 +60,10 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Queue(cmd) => cli::queue(&cli.conn, cmd).await,
+            Command::Publish(args) => cli::publish(&cli.conn, args).await,
+            Command::Consume(args) => cli::consume(&cli.conn, args).await,
+            Command::Stats(args) => cli::stats(&cli.conn, args).await,
         }
     })
 }

@@ -180,3 +180,41 @@ impl Raw {
         }
     }
 }
+
+/// A client connected to `server` (no reconnection: a lost connection is a test failure).
+pub async fn client(server: &Server) -> levee_client::Client {
+    let opts = levee_client::ClientOptions {
+        reconnect: None,
+        ..levee_client::ClientOptions::default()
+    };
+    levee_client::Client::connect(server.wire, opts)
+        .await
+        .expect("connecting to levee")
+}
+
+/// A memory queue config with this policy and limits (other fields default).
+pub fn memory_queue(
+    overflow: levee_proto::Overflow,
+    max_messages: u64,
+    max_bytes: u64,
+) -> levee_proto::QueueConfig {
+    levee_proto::QueueConfig {
+        overflow,
+        max_messages,
+        max_bytes,
+        durability: levee_proto::Durability::Memory,
+        ..levee_proto::QueueConfig::default()
+    }
+}
+
+/// The message's id: its first 4 payload bytes, little-endian.
+pub fn id_of(payload: &[u8]) -> u32 {
+    u32::from_le_bytes(payload[..4].try_into().expect("4-byte id"))
+}
+
+/// A message whose payload starts with `id` and is `size` bytes long (at least 4).
+pub fn numbered(id: u32, size: usize) -> levee_proto::Message {
+    let mut p = vec![0u8; size.max(4)];
+    p[..4].copy_from_slice(&id.to_le_bytes());
+    levee_proto::Message::new(p)
+}
