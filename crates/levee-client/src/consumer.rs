@@ -324,6 +324,9 @@ impl ConsumerShared {
         };
         self.send_settles(st);
         let Some(conn) = &st.conn else { return };
+        // Taken before sending: a delivery can only make the sample longer than the truth, never
+        // shorter (the reader may be waiting for this lock while we finish).
+        let sent_at = Instant::now();
         if conn
             .send(ClientFrame::Credit {
                 subscription: st.subscription,
@@ -333,7 +336,7 @@ impl ConsumerShared {
         {
             st.ledger = ledger;
             if starved && st.probe.is_none() {
-                st.probe = Some(Instant::now());
+                st.probe = Some(sent_at);
             }
         }
     }

@@ -68,7 +68,10 @@ async fn slow_consumer_holds_at_most_its_minimum() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_consumer_target_grows() {
     let b = common::broker().await;
-    let client = common::client(b.addr).await;
+    // 5 ms of network latency: processing (an immediate ack) is far shorter than the round trip
+    // even on a loaded machine, so the target must grow well past its minimum.
+    let proxy = common::Proxy::with_latency(b.addr, Duration::from_millis(5)).await;
+    let client = common::client(proxy.addr).await;
     client
         .declare("q", common::memory(Overflow::Block, 10_000))
         .await
@@ -94,7 +97,20 @@ async fn fast_consumer_target_grows() {
         max_held_over_target = max_held_over_target.max(cs.held() as i64 - 512);
     }
     let cs = c.credit();
+    eprintln!("fast consumer: {cs:?}");
+    assert!(cs.rtt.unwrap() >= Duration::from_millis(5), "{cs:?}");
     assert!(cs.target >= 8, "a fast consumer's target must grow: {cs:?}");
+    // The target follows the formula from the measured figures (within the smoothing).
+    let raw = (cs.rtt.unwrap().as_secs_f64() / cs.processing_time.unwrap().as_secs_f64()).ceil()
+        as u32
+        + 1;
+    let expected = raw.clamp(1, 512);
+    assert!(
+        cs.target as f64 >= expected as f64 * 0.5
+            && cs.target as f64 <= expected as f64 * 1.5 + 2.0,
+        "target {} vs ceil(rtt / processing) + 1 = {expected}: {cs:?}",
+        cs.target
+    );
     assert!(cs.processing_time.unwrap() < cs.rtt.unwrap(), "{cs:?}");
     assert!(max_held_over_target <= 0, "held more than max");
 }

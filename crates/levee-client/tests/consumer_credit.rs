@@ -84,7 +84,7 @@ async fn fixed_credit_is_never_exceeded() {
     while seen.len() < 100 {
         let d = c.next().await.unwrap().unwrap();
         assert!(c.credit().held() <= 8, "{:?}", c.credit());
-        if seen.len() % 10 == 0 {
+        if seen.len().is_multiple_of(10) {
             let s = client.inspect("q").await.unwrap().stats;
             let server_held = s.consumers[0].unacked + s.consumers[0].credit;
             assert!(

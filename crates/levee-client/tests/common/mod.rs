@@ -86,6 +86,11 @@ impl Drop for Proxy {
 
 impl Proxy {
     pub async fn start(target: SocketAddr) -> Proxy {
+        Self::with_latency(target, Duration::ZERO).await
+    }
+
+    /// A proxy adding `latency` to everything the broker sends (a longer round trip).
+    pub async fn with_latency(target: SocketAddr, latency: Duration) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
@@ -104,7 +109,11 @@ impl Proxy {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
                     };
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if latency.is_zero() {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    } else {
+                        delayed(inbound, outbound, latency).await;
+                    }
                 });
                 c.lock().push(task);
             }
@@ -128,4 +137,35 @@ impl Proxy {
     pub fn refuse(&self, on: bool) {
         self.refuse.store(on, Ordering::Release);
     }
+}
+
+/// Client -> broker as is; broker -> client delayed by `latency` (pipelined, not throttled).
+async fn delayed(inbound: TcpStream, outbound: TcpStream, latency: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut ci, mut co) = inbound.into_split();
+    let (mut bi, mut bo) = outbound.into_split();
+    let up = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut ci, &mut bo).await;
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let down = tokio::spawn(async move {
+        while let Some((at, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if co.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match bi.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let _ = tx.send((tokio::time::Instant::now() + latency, buf[..n].to_vec()));
+            }
+        }
+    }
+    drop(tx);
+    let _ = down.await;
+    up.abort();
 }
