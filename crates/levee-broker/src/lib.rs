@@ -15,6 +15,7 @@ mod conn;
 mod error;
 pub mod http;
 pub mod queue;
+mod rate;
 
 pub use broker::{Broker, BrokerConfig};
 pub use error::BrokerError;

@@ -288,6 +288,10 @@ pub struct QueueState {
     next_tag: u64,
     /// Messages with a sequence number below this are durable (exclusive bound).
     durable_below: u64,
+    /// The publish rate limit, if the config sets one.
+    rate: Option<crate::rate::RateGate>,
+    /// When a publish held by the rate limit may be retried.
+    rate_retry_at: Option<u64>,
     counters: Counters,
     effects: Vec<Effect>,
 }
@@ -304,6 +308,10 @@ impl QueueState {
             Order::Priority => policy::Order::Priority,
             _ => policy::Order::Fifo,
         };
+        let rate = config
+            .rate_limit
+            .as_ref()
+            .and_then(crate::rate::RateGate::new);
         QueueState {
             ready: PolicyQueue::new(limits, flow_overflow(config.overflow), order),
             config,
@@ -323,6 +331,8 @@ impl QueueState {
             next_seq,
             next_tag: 1,
             durable_below: u64::MAX,
+            rate,
+            rate_retry_at: None,
             counters: Counters::default(),
             effects: Vec::new(),
         }
@@ -430,9 +440,33 @@ impl QueueState {
     /// Offers a message to the ready set; `Err` hands it back when a `block` queue has no room
     /// by bytes (to be held).
     fn admit(&mut self, now: u64, msg: Message) -> Result<PublishOutcome, Message> {
+        let weight = msg.payload.len() as u64;
+        if let Some(gate) = &mut self.rate {
+            match gate.check(now, weight) {
+                crate::rate::Gate::Pass => self.rate_retry_at = None,
+                crate::rate::Gate::Wait(ms) if self.config.overflow == Overflow::Reject => {
+                    self.counters.published += 1;
+                    self.counters.rejected += 1;
+                    return Ok(PublishOutcome::Throttled {
+                        retry_after_ms: ms.min(u64::from(u32::MAX)) as u32,
+                    });
+                }
+                crate::rate::Gate::Wait(ms) => {
+                    // Slowed, not failed: held until the rate allows it.
+                    self.rate_retry_at = Some(now + ms);
+                    return Err(msg);
+                }
+                crate::rate::Gate::Never => {
+                    self.counters.published += 1;
+                    return Ok(self.refuse(
+                        ErrorCode::MessageTooLarge,
+                        format!("message of {weight} bytes exceeds the queue's rate-limit burst"),
+                    ));
+                }
+            }
+        }
         self.counters.published += 1;
         self.sync_external();
-        let weight = msg.payload.len() as u64;
         let meta = Meta {
             weight,
             priority: msg.priority,
@@ -839,7 +873,8 @@ impl QueueState {
         let a = self.deadlines.first().map(|d| d.0);
         let b = self.delayed_due.first().map(|d| d.0);
         let c = self.expiries.peek().map(|Reverse(e)| e.0);
-        [a, b, c].into_iter().flatten().min()
+        let d = self.rate_retry_at.filter(|_| !self.held.is_empty());
+        [a, b, c, d].into_iter().flatten().min()
     }
 
     /// Picks the next consumer with credit, round-robin after the one served last.

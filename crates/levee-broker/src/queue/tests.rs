@@ -476,6 +476,64 @@ fn purge_drops_ready_messages_with_their_reason() {
     assert_eq!(q.take_effects().len(), 4, "one settlement each");
 }
 
+#[test]
+fn rate_limit_slows_publishers_and_throttles_under_reject() {
+    let limited = |overflow| {
+        QueueState::new(
+            QueueConfig {
+                overflow,
+                rate_limit: Some(levee_proto::RateLimit::msgs(10)),
+                ..cfg()
+            },
+            1,
+        )
+    };
+    // drop-newest (never blocks): over the rate, messages are held, not failed.
+    let mut q = limited(Overflow::DropNewest);
+    let mut immediate = 0;
+    for i in 0..15u32 {
+        if q.publish(0, 1, u64::from(i), msg(i)).is_some() {
+            immediate += 1;
+        }
+    }
+    assert_eq!(immediate, 10, "the burst of 10 passes at once");
+    let wake = q.next_deadline().expect("a retry is scheduled");
+    assert!(wake > 0 && wake <= 100, "one message per 100 ms: {wake}");
+    q.tick(250);
+    let confirmed = q
+        .take_effects()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Effect::Confirm {
+                    outcome: PublishOutcome::Stored { .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(confirmed, 2, "two more by 250 ms (10/s)");
+    q.tick(1_000);
+    assert_eq!(q.stats().published, 15, "all admitted within a second");
+    assert!(q.stats().is_balanced());
+    // reject: over the rate the producer is told to retry later.
+    let mut q = limited(Overflow::Reject);
+    for i in 0..10u32 {
+        assert!(matches!(
+            q.publish(0, 1, 0, msg(i)),
+            Some(PublishOutcome::Stored { .. })
+        ));
+    }
+    match q.publish(0, 1, 0, msg(10)) {
+        Some(PublishOutcome::Throttled { retry_after_ms }) => {
+            assert!((1..=100).contains(&retry_after_ms), "{retry_after_ms}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(q.stats().is_balanced());
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Publish(u8, u8),
