@@ -114,9 +114,11 @@ impl Waiter {
                 _ => p.failure(),
             }
         }
-        let _ = self.tx.send(r);
+        // Window room and the tracker slot are released before the confirm is visible, so a
+        // caller that saw its confirm also sees the room.
         drop(self.permits);
         drop(self.guard);
+        let _ = self.tx.send(r);
     }
 }
 
@@ -354,9 +356,11 @@ impl Conn {
                 return;
             }
             r.dead = true;
+            // Inside the lock: whoever registers a credit counter or pending entry after this
+            // sees `is_dead()`, whoever registered before is drained below.
+            self.dead_tx.send_replace(true);
             std::mem::take(&mut *r)
         };
-        self.dead_tx.send_replace(true);
         tracing::debug!(epoch = self.epoch, error = %why, "connection ended");
         for (_, p) in routes.pending {
             p.fail(ClientError::ConnectionLost);

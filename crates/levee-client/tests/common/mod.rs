@@ -21,13 +21,17 @@ pub struct TestBroker {
 }
 
 pub async fn broker() -> TestBroker {
+    broker_with(|_| {}).await
+}
+
+pub async fn broker_with(tweak: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::open(BrokerConfig {
+    let mut config = BrokerConfig {
         data_dir: dir.path().to_path_buf(),
         ..Default::default()
-    })
-    .await
-    .unwrap();
+    };
+    tweak(&mut config);
+    let broker = Broker::open(config).await.unwrap();
     let (addr, task) = broker.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     TestBroker {
         broker,
