@@ -5,6 +5,7 @@
 //! - `levee queue declare|list|inspect|purge|delete`, `levee publish`, `levee consume`,
 //!   `levee stats`: client commands against `--addr` (or `LEVEE_ADDR`).
 
+mod bench;
 mod cli;
 mod serve;
 
@@ -33,6 +34,8 @@ enum Command {
     Consume(cli::ConsumeArgs),
     /// Show queue statistics.
     Stats(cli::StatsArgs),
+    /// Benchmark a broker (levee, rabbitmq, nats) end to end: throughput, latency, server RSS.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,6 +67,7 @@ fn run() -> anyhow::Result<()> {
             Command::Publish(args) => cli::publish(&cli.conn, args).await,
             Command::Consume(args) => cli::consume(&cli.conn, args).await,
             Command::Stats(args) => cli::stats(&cli.conn, args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     })
 }

@@ -1,0 +1,424 @@
+//! The flags of `levee bench` and their parsing: sizes (`1KiB`, `256`, `64MiB`), durations
+//! (`10s`, `500ms`, `2`), fsync policies, and the queue config every target is given.
+//!
+//! Invariant: a [`BenchArgs`] that passed [`BenchArgs::validate`] describes a run every target can
+//! carry out (payload large enough for the send-time stamp, windows and credit > 0, peer-only
+//! options only where the peer supports them).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use clap::{Args, ValueEnum};
+use levee_client::{Durability, Fsync, Overflow, QueueConfig};
+use serde::Serialize;
+
+/// Bytes at the start of every payload holding its send time (nanoseconds since the run's epoch).
+pub const STAMP_BYTES: usize = 8;
+
+/// The system under test.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// The Levee broker (started by the tool on a temporary data dir unless `--server` is given).
+    Levee,
+    /// RabbitMQ over AMQP 0-9-1 (`lapin`), quorum or classic queue (`--rabbit-queue`).
+    Rabbitmq,
+    /// NATS JetStream (`async-nats`): file storage, work-queue retention, explicit acks.
+    Nats,
+}
+
+impl TargetKind {
+    /// Lower-case name, as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Levee => "levee",
+            TargetKind::Rabbitmq => "rabbitmq",
+            TargetKind::Nats => "nats",
+        }
+    }
+}
+
+/// RabbitMQ queue type.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RabbitQueue {
+    /// Raft-replicated queue; fsyncs before confirming.
+    Quorum,
+    /// Classic durable queue (persistent messages).
+    Classic,
+}
+
+/// Flags of `levee bench`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// System under test.
+    #[arg(long, value_enum, default_value_t = TargetKind::Levee)]
+    pub target: TargetKind,
+    /// Address of the system under test. levee: HOST:PORT (default: start a broker on a temporary
+    /// data dir); rabbitmq: AMQP URI (default amqp://127.0.0.1:5672/%2f); nats: HOST:PORT (default
+    /// 127.0.0.1:4222).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// PID of the server process, for RSS sampling (its descendants are included). Automatic
+    /// for a Levee broker the tool started.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Producer connections.
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// Consumer connections.
+    #[arg(long, default_value_t = 1)]
+    pub consumers: usize,
+    /// Payload size (bytes, or with a unit: 256, 1KiB, 1MiB, 1kB); at least 8 (the send time).
+    #[arg(long, default_value = "1KiB", value_parser = parse_size)]
+    pub size: u64,
+    /// Measured time, after the warm-up (10s, 500ms, 2m; a bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Warm-up before measuring (not counted).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Fixed aggregate publish rate in messages/s (split evenly over producers); unthrottled if
+    /// absent. Latency is measured from each message's scheduled send time (no coordinated
+    /// omission).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Each consumer acks at most this many messages/s (a slow consumer; overload runs).
+    #[arg(long)]
+    pub consumer_rate: Option<u64>,
+    /// Most messages in one publish frame (levee; the peers' clients pipeline on their own).
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Unconfirmed publishes per producer (the publisher-confirm window, all targets).
+    #[arg(long, default_value_t = 1000)]
+    pub inflight: u32,
+    /// Consumer credit / prefetch per consumer (levee `Credit::Fixed`, RabbitMQ basic.qos, NATS
+    /// pull batch and max_ack_pending).
+    #[arg(long, default_value_t = 1000)]
+    pub credit: u32,
+    /// Queue storage: disk | memory (levee; peers are always on disk).
+    #[arg(long, default_value = "disk")]
+    pub durability: String,
+    /// Fsync policy of a levee disk queue: always | never | interval:MS.
+    #[arg(long, default_value = "always", value_parser = parse_fsync)]
+    pub fsync: Fsync,
+    /// Overflow policy: block | reject | drop-newest | drop-oldest (peers: block and reject map to
+    /// reject-publish / discard-new, drop-oldest to drop-head / discard-old).
+    #[arg(long, default_value = "block")]
+    pub overflow: Overflow,
+    /// Queue limit on messages (levee default 100 000; peers unlimited unless given).
+    #[arg(long)]
+    pub max_messages: Option<u64>,
+    /// Queue limit on payload bytes (levee default 64 MiB; peers unlimited unless given).
+    #[arg(long, value_parser = parse_size)]
+    pub max_bytes: Option<u64>,
+    /// RabbitMQ queue type.
+    #[arg(long, value_enum, default_value_t = RabbitQueue::Quorum)]
+    pub rabbit_queue: RabbitQueue,
+    /// Queue / stream name (default: a fresh `bench-<pid>-<millis>`); deleted after the run.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Free-text label copied into the JSON line and table (e.g. a matrix case name).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Print one JSON line per run instead of the table (no progress bar).
+    #[arg(long)]
+    pub json: bool,
+    /// Write a chart of throughput, latency and server RSS over time (.svg, or .html for a
+    /// self-contained page).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    /// Checks the flags together; a clear error for anything no target can run.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        ensure!(self.producers >= 1, "--producers must be at least 1");
+        ensure!(self.consumers >= 1, "--consumers must be at least 1");
+        ensure!(
+            self.size >= STAMP_BYTES as u64,
+            "--size must be at least {STAMP_BYTES} bytes (the send time), got {}",
+            self.size
+        );
+        ensure!(
+            self.size <= 16 << 20,
+            "--size must be at most 16 MiB, got {}",
+            self.size
+        );
+        ensure!(!self.duration.is_zero(), "--duration must be > 0");
+        ensure!(
+            self.duration + self.warmup <= Duration::from_secs(24 * 3600),
+            "--duration plus --warmup must be at most 24 h"
+        );
+        ensure!(
+            (1..=levee_proto::MAX_BATCH).contains(&self.batch),
+            "--batch must be in 1..={}",
+            levee_proto::MAX_BATCH
+        );
+        ensure!(self.inflight >= 1, "--inflight must be at least 1");
+        ensure!(self.credit >= 1, "--credit must be at least 1");
+        if let Some(r) = self.rate {
+            ensure!(r >= 1, "--rate must be at least 1 msg/s");
+        }
+        if let Some(r) = self.consumer_rate {
+            ensure!(r >= 1, "--consumer-rate must be at least 1 msg/s");
+        }
+        if self.target != TargetKind::Levee {
+            ensure!(
+                self.durability == "disk",
+                "--durability memory is a levee option; {} queues are always on disk here",
+                self.target.as_str()
+            );
+            ensure!(
+                matches!(
+                    self.overflow,
+                    Overflow::Block | Overflow::Reject | Overflow::DropOldest
+                ),
+                "--overflow {} has no {} equivalent (use block, reject or drop-oldest)",
+                self.overflow,
+                self.target.as_str()
+            );
+        }
+        if self.target == TargetKind::Rabbitmq {
+            ensure!(
+                self.credit <= u32::from(u16::MAX),
+                "--credit must be at most 65535 for rabbitmq (basic.qos prefetch is 16 bits)"
+            );
+        }
+        self.levee_config().map(drop)
+    }
+
+    /// The Levee queue config these flags describe.
+    pub fn levee_config(&self) -> anyhow::Result<QueueConfig> {
+        let mut c = QueueConfig {
+            overflow: self.overflow,
+            ..QueueConfig::default()
+        };
+        if let Some(v) = self.max_messages {
+            c.max_messages = v;
+        }
+        if let Some(v) = self.max_bytes {
+            c.max_bytes = v;
+        }
+        c.durability = match self.durability.as_str() {
+            "disk" => Durability::Disk(self.fsync),
+            "memory" => Durability::Memory,
+            s => bail!("--durability must be disk or memory, not {s:?}"),
+        };
+        // A slow consumer must not see its deliveries requeued while they wait for their turn.
+        c.ack_timeout_ms = 600_000;
+        c.max_deliveries = None;
+        c.validate("bench")
+            .context("the queue flags do not form a valid levee queue config")?;
+        Ok(c)
+    }
+
+    /// Short description of the storage guarantee, for the table (e.g. `fsync=always`).
+    pub fn variant(&self) -> String {
+        match self.target {
+            TargetKind::Levee => match (self.durability.as_str(), self.fsync) {
+                ("memory", _) => "memory".into(),
+                (_, Fsync::Always) => "fsync=always".into(),
+                (_, Fsync::Never) => "fsync=never".into(),
+                (_, Fsync::Interval(ms)) => format!("fsync={ms}ms"),
+                (_, other) => format!("fsync={other:?}"),
+            },
+            TargetKind::Rabbitmq => match self.rabbit_queue {
+                RabbitQueue::Quorum => "quorum".into(),
+                RabbitQueue::Classic => "classic".into(),
+            },
+            TargetKind::Nats => "jetstream-file".into(),
+        }
+    }
+}
+
+/// Parses a byte size: a plain number, or a number with `B`, `k`/`kB` (1000), `KiB` (1024), `MB`,
+/// `MiB`, `GB`, `GiB` (case-insensitive units, fractions allowed: `1.5KiB`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 256, 1KiB, 64MiB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("invalid size unit {u:?} in {s:?}")),
+    };
+    let v = n * mult;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 || v.fract() != 0.0 {
+        return Err(format!("invalid size {s:?}: not a whole number of bytes"));
+    }
+    Ok(v as u64)
+}
+
+/// Parses a duration: `10s`, `500ms`, `2m`, `1h`, `250us`, or a bare number of seconds (`1.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 10s, 500ms, 2m"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "us" | "µs" => n / 1e6,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("invalid duration unit {u:?} in {s:?}")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}"))
+}
+
+/// Parses an fsync policy: `always`, `never` or `interval:MS`.
+pub fn parse_fsync(s: &str) -> Result<Fsync, String> {
+    match s {
+        "always" => Ok(Fsync::Always),
+        "never" => Ok(Fsync::Never),
+        _ => match s.strip_prefix("interval:").map(str::parse::<u32>) {
+            Some(Ok(ms)) if ms >= 1 => Ok(Fsync::Interval(ms)),
+            _ => Err(format!(
+                "--fsync must be always, never or interval:MS (MS >= 1), not {s:?}"
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Wrap {
+        #[command(flatten)]
+        b: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        Wrap::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).map(|w| w.b)
+    }
+
+    #[test]
+    fn sizes_with_units() {
+        assert_eq!(parse_size("256"), Ok(256));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert_eq!(parse_size("1kb"), Ok(1000));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1.5KiB"), Ok(1536));
+        assert_eq!(parse_size(" 2 GiB "), Ok(2 << 30));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("KiB").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("1.3").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn durations_with_units() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn fsync_policies() {
+        assert_eq!(parse_fsync("always"), Ok(Fsync::Always));
+        assert_eq!(parse_fsync("never"), Ok(Fsync::Never));
+        assert_eq!(parse_fsync("interval:100"), Ok(Fsync::Interval(100)));
+        assert!(parse_fsync("interval:0").is_err());
+        assert!(parse_fsync("interval:x").is_err());
+        assert!(parse_fsync("sometimes").is_err());
+    }
+
+    #[test]
+    fn defaults_are_a_valid_levee_run() {
+        let a = parse(&[]).unwrap();
+        a.validate().unwrap();
+        assert_eq!(a.target, TargetKind::Levee);
+        assert_eq!(a.size, 1024);
+        assert_eq!(a.duration, Duration::from_secs(10));
+        assert_eq!(a.warmup, Duration::from_secs(2));
+        assert_eq!(a.fsync, Fsync::Always);
+        let c = a.levee_config().unwrap();
+        assert_eq!(c.durability, Durability::Disk(Fsync::Always));
+        assert_eq!(c.overflow, Overflow::Block);
+        assert_eq!(a.variant(), "fsync=always");
+    }
+
+    #[test]
+    fn full_command_line() {
+        let a = parse(&[
+            "--target",
+            "rabbitmq",
+            "--producers",
+            "4",
+            "--consumers",
+            "4",
+            "--size",
+            "256",
+            "--duration",
+            "3s",
+            "--rate",
+            "5000",
+            "--rabbit-queue",
+            "classic",
+            "--max-bytes",
+            "64MiB",
+            "--overflow",
+            "reject",
+            "--json",
+        ])
+        .unwrap();
+        a.validate().unwrap();
+        assert_eq!(a.target, TargetKind::Rabbitmq);
+        assert_eq!((a.producers, a.consumers, a.size), (4, 4, 256));
+        assert_eq!(a.rate, Some(5000));
+        assert_eq!(a.max_bytes, Some(64 << 20));
+        assert_eq!(a.variant(), "classic");
+        assert!(a.json);
+    }
+
+    #[test]
+    fn bad_flags_are_clear_errors() {
+        assert!(parse(&["--target", "kafka"]).is_err());
+        assert!(parse(&["--fsync", "sometimes"]).is_err());
+        assert!(parse(&["--size", "lots"]).is_err());
+        let err = |args: &[&str]| parse(args).unwrap().validate().unwrap_err().to_string();
+        assert!(err(&["--size", "4"]).contains("at least 8"));
+        assert!(err(&["--producers", "0"]).contains("--producers"));
+        assert!(err(&["--credit", "0"]).contains("--credit"));
+        assert!(err(&["--duration", "0s"]).contains("--duration"));
+        assert!(err(&["--target", "nats", "--overflow", "conflate-by-key"]).contains("no nats"));
+        assert!(err(&["--target", "rabbitmq", "--credit", "70000"]).contains("65535"));
+        assert!(err(&["--target", "nats", "--durability", "memory"]).contains("levee option"));
+        assert!(err(&["--durability", "tape"]).contains("disk or memory"));
+        assert!(err(&["--fsync", "interval:99999999"]).contains("valid levee queue config"));
+    }
+
+    #[test]
+    fn variants_name_the_durability() {
+        let v = |args: &[&str]| parse(args).unwrap().variant();
+        assert_eq!(v(&["--fsync", "interval:200"]), "fsync=200ms");
+        assert_eq!(v(&["--durability", "memory"]), "memory");
+        assert_eq!(v(&["--target", "rabbitmq"]), "quorum");
+        assert_eq!(v(&["--target", "nats"]), "jetstream-file");
+    }
+}

@@ -1,0 +1,29 @@
+//! `levee bench`: a load generator measuring a message broker end to end, the same way for
+//! Levee, RabbitMQ (quorum / classic queues, via `lapin`) and NATS JetStream (via `async-nats`),
+//! in the spirit of `nats bench` and RabbitMQ's PerfTest.
+//!
+//! Every run uses the same semantics on every target: a fresh durable queue, persistent
+//! messages, publisher confirms with a bounded in-flight window (`--inflight` per producer),
+//! manual acks with a prefetch / credit (`--credit` per consumer). Each payload carries its send
+//! time, so end-to-end latency lands in an HDR histogram. Output: a table, or one JSON line per
+//! run with `--json`; `--plot FILE` draws throughput, latency and server RSS over time.
+//!
+//! Modules: [`args`] (flags and their parsing), [`driver`] (the run: warm-up, window, stop,
+//! progress), [`stats`] (histograms, counters, the summary), [`report`] (table), [`plot`] (SVG /
+//! HTML), [`rss`] (server memory from `/proc`), [`targets`] (one module per system under test;
+//! the peers' client crates are behind the `peers` cargo feature).
+
+pub mod args;
+pub mod driver;
+pub mod plot;
+pub mod report;
+pub mod rss;
+pub mod stats;
+pub mod targets;
+
+pub use args::BenchArgs;
+
+/// Runs `levee bench` with these flags.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    driver::run(args).await
+}

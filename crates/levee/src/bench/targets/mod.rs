@@ -1,0 +1,41 @@
+//! The systems under test. Each module turns the flags into a [`Prepared`] run: a fresh queue,
+//! consumer and producer workers following the common protocol (see [`crate::bench::driver`]),
+//! and a cleanup that deletes the queue (and stops a server the tool started).
+//!
+//! Producer workers share one shape: publish, then hand the confirm future to a confirm task
+//! through a channel of `--inflight` slots, so at most that many publishes are unconfirmed.
+
+pub mod levee;
+#[cfg(feature = "peers")]
+pub mod nats;
+#[cfg(feature = "peers")]
+pub mod rabbitmq;
+
+use super::args::{BenchArgs, TargetKind};
+use super::driver::Prepared;
+
+/// Prepares the target `args.target`.
+pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
+    match args.target {
+        TargetKind::Levee => levee::prepare(args).await,
+        #[cfg(feature = "peers")]
+        TargetKind::Rabbitmq => rabbitmq::prepare(args).await,
+        #[cfg(feature = "peers")]
+        TargetKind::Nats => nats::prepare(args).await,
+        #[cfg(not(feature = "peers"))]
+        TargetKind::Rabbitmq | TargetKind::Nats => anyhow::bail!(
+            "--target {} needs the peer client crates: build with `cargo build --release -p levee --features peers`",
+            args.target.as_str()
+        ),
+    }
+}
+
+/// The queue name of this run: `--queue`, or a fresh `bench-<pid>-<millis>`.
+pub fn queue_name(args: &BenchArgs) -> String {
+    args.queue.clone().unwrap_or_else(|| {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        format!("bench-{}-{ms}", std::process::id())
+    })
+}
