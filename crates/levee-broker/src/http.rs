@@ -37,10 +37,10 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use levee_proto::{
     DropReason, Durability, ErrorCode, Fsync, Order, Overflow, ProtoError, QueueConfig, QueueInfo,
-    RateLimit,
+    QueueStats, RateLimit,
 };
 use levee_store::LogStats;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -132,6 +132,10 @@ impl IntoResponse for HttpError {
 fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut text = serde_json::to_string(body).unwrap_or_else(|_| "null".into());
     text.push('\n');
+    json_text_response(status, text)
+}
+
+fn json_text_response(status: StatusCode, text: String) -> Response {
     let mut resp = (status, text).into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -278,30 +282,174 @@ pub fn config_from_json(body: &[u8]) -> Result<QueueConfig, HttpError> {
 /// The JSON form of a config: every field present (`null` = none), accepted back by
 /// [`config_from_json`].
 pub fn config_to_json(c: &QueueConfig) -> Value {
-    let (durability, fsync) = match c.durability {
-        Durability::Disk(Fsync::Always) => ("disk", json!("always")),
-        Durability::Disk(Fsync::Interval(ms)) => ("disk", json!({ "interval_ms": ms })),
-        Durability::Disk(_) => ("disk", json!("never")),
-        _ => ("memory", Value::Null),
-    };
-    json!({
-        "max_messages": c.max_messages,
-        "max_bytes": c.max_bytes,
-        "overflow": c.overflow.as_str(),
-        "order": c.order.as_str(),
-        "durability": durability,
-        "fsync": fsync,
-        "ack_timeout_ms": c.ack_timeout_ms,
-        "max_deliveries": c.max_deliveries,
-        "dead_letter": c.dead_letter,
-        "message_ttl_ms": c.message_ttl_ms,
-        "rate_limit": c.rate_limit.map(|r| json!({
-            "msgs_per_sec": r.msgs_per_sec,
-            "bytes_per_sec": r.bytes_per_sec,
-            "burst_msgs": r.burst_msgs,
-            "burst_bytes": r.burst_bytes,
-        })),
-    })
+    serde_json::to_value(ConfigView::from(c)).unwrap_or(Value::Null)
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum FsyncView {
+    Named(&'static str),
+    Interval { interval_ms: u32 },
+}
+
+#[derive(Serialize)]
+struct RateLimitView {
+    msgs_per_sec: Option<u32>,
+    bytes_per_sec: Option<u64>,
+    burst_msgs: u32,
+    burst_bytes: u64,
+}
+
+/// Field order and names of the config JSON (see [`config_from_json`] for the input side).
+#[derive(Serialize)]
+struct ConfigView<'a> {
+    max_messages: u64,
+    max_bytes: u64,
+    overflow: &'static str,
+    order: &'static str,
+    durability: &'static str,
+    fsync: Option<FsyncView>,
+    ack_timeout_ms: u64,
+    max_deliveries: Option<u32>,
+    dead_letter: Option<&'a str>,
+    message_ttl_ms: Option<u64>,
+    rate_limit: Option<RateLimitView>,
+}
+
+impl<'a> From<&'a QueueConfig> for ConfigView<'a> {
+    fn from(c: &'a QueueConfig) -> Self {
+        let (durability, fsync) = match c.durability {
+            Durability::Disk(Fsync::Always) => ("disk", Some(FsyncView::Named("always"))),
+            Durability::Disk(Fsync::Interval(ms)) => {
+                ("disk", Some(FsyncView::Interval { interval_ms: ms }))
+            }
+            Durability::Disk(_) => ("disk", Some(FsyncView::Named("never"))),
+            _ => ("memory", None),
+        };
+        ConfigView {
+            max_messages: c.max_messages,
+            max_bytes: c.max_bytes,
+            overflow: c.overflow.as_str(),
+            order: c.order.as_str(),
+            durability,
+            fsync,
+            ack_timeout_ms: c.ack_timeout_ms,
+            max_deliveries: c.max_deliveries,
+            dead_letter: c.dead_letter.as_deref(),
+            message_ttl_ms: c.message_ttl_ms,
+            rate_limit: c.rate_limit.map(|r| RateLimitView {
+                msgs_per_sec: r.msgs_per_sec,
+                bytes_per_sec: r.bytes_per_sec,
+                burst_msgs: r.burst_msgs,
+                burst_bytes: r.burst_bytes,
+            }),
+        }
+    }
+}
+
+/// `{reason: count}` for every reason but expiry (which has its own counter), zeros included.
+struct DroppedView<'a>(&'a QueueStats);
+
+impl Serialize for DroppedView<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_map(
+            DropReason::ALL
+                .into_iter()
+                .filter(|r| *r != DropReason::Expired)
+                .map(|r| (r.as_str(), self.0.dropped(r))),
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct ConsumerView {
+    subscription: u64,
+    credit: u64,
+    unacked: u64,
+}
+
+#[derive(Serialize)]
+struct StatsView<'a> {
+    published: u64,
+    stored: u64,
+    rejected: u64,
+    acked: u64,
+    dropped: DroppedView<'a>,
+    dropped_total: u64,
+    expired: u64,
+    dead_lettered: u64,
+    ready: u64,
+    unacked: u64,
+    bytes: u64,
+    publish_credit_outstanding: u64,
+    consumers: Vec<ConsumerView>,
+    publish_rate: u64,
+    deliver_rate: u64,
+    ack_rate: u64,
+    balanced: bool,
+}
+
+#[derive(Serialize)]
+struct StorageView {
+    bytes_on_disk: u64,
+    segments: usize,
+    unsettled: u64,
+    unsettled_bytes: u64,
+    appended: u64,
+    settled: u64,
+    fsyncs: u64,
+    last_fsync_us: Option<u64>,
+    reclaimed_segments: u64,
+}
+
+#[derive(Serialize)]
+struct QueueView<'a> {
+    name: &'a str,
+    config: ConfigView<'a>,
+    stats: StatsView<'a>,
+    loss_pct: f64,
+    storage: Option<StorageView>,
+}
+
+#[derive(Serialize)]
+struct UnavailableView<'a> {
+    name: &'a str,
+    error: String,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EntryView<'a> {
+    Queue(Box<QueueView<'a>>),
+    Unavailable(UnavailableView<'a>),
+}
+
+impl EntryView<'_> {
+    fn name(&self) -> &str {
+        match self {
+            EntryView::Queue(q) => q.name,
+            EntryView::Unavailable(u) => u.name,
+        }
+    }
+}
+
+/// The body of `GET /api/queues`: the queues and, as `{"name", "error"}`, the unavailable ones,
+/// sorted by name.
+pub fn render_queues_json(queues: &[QueueSnapshot], unavailable: &[(String, HttpError)]) -> String {
+    let mut list: Vec<EntryView<'_>> = queues
+        .iter()
+        .map(|q| EntryView::Queue(Box::new(q.view())))
+        .chain(unavailable.iter().map(|(name, e)| {
+            EntryView::Unavailable(UnavailableView {
+                name,
+                error: e.to_string(),
+            })
+        }))
+        .collect();
+    list.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut text = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+    text.push('\n');
+    text
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -329,53 +477,56 @@ impl QueueSnapshot {
         }
     }
 
-    /// The JSON form served by `/api/queues`.
+    /// The JSON form served by `/api/queues/{name}` (one element of `/api/queues`).
     pub fn to_json(&self) -> Value {
+        serde_json::to_value(self.view()).unwrap_or(Value::Null)
+    }
+
+    fn view(&self) -> QueueView<'_> {
         let s = &self.info.stats;
-        let dropped: serde_json::Map<String, Value> = DropReason::ALL
-            .into_iter()
-            .filter(|r| *r != DropReason::Expired)
-            .map(|r| (r.as_str().to_string(), json!(s.dropped(r))))
-            .collect();
-        json!({
-            "name": self.info.queue,
-            "config": config_to_json(&self.info.config),
-            "stats": {
-                "published": s.published,
-                "stored": s.stored,
-                "rejected": s.rejected,
-                "acked": s.acked,
-                "dropped": dropped,
-                "dropped_total": s.dropped_total(),
-                "expired": s.expired,
-                "dead_lettered": s.dead_lettered,
-                "ready": s.ready,
-                "unacked": s.unacked,
-                "bytes": s.bytes,
-                "publish_credit_outstanding": s.publish_credit_outstanding,
-                "consumers": s.consumers.iter().map(|c| json!({
-                    "subscription": c.subscription,
-                    "credit": c.credit,
-                    "unacked": c.unacked,
-                })).collect::<Vec<_>>(),
-                "publish_rate": s.publish_rate,
-                "deliver_rate": s.deliver_rate,
-                "ack_rate": s.ack_rate,
-                "balanced": s.is_balanced(),
+        QueueView {
+            name: &self.info.queue,
+            config: ConfigView::from(&self.info.config),
+            stats: StatsView {
+                published: s.published,
+                stored: s.stored,
+                rejected: s.rejected,
+                acked: s.acked,
+                dropped: DroppedView(s),
+                dropped_total: s.dropped_total(),
+                expired: s.expired,
+                dead_lettered: s.dead_lettered,
+                ready: s.ready,
+                unacked: s.unacked,
+                bytes: s.bytes,
+                publish_credit_outstanding: s.publish_credit_outstanding,
+                consumers: s
+                    .consumers
+                    .iter()
+                    .map(|c| ConsumerView {
+                        subscription: c.subscription,
+                        credit: c.credit,
+                        unacked: c.unacked,
+                    })
+                    .collect(),
+                publish_rate: s.publish_rate,
+                deliver_rate: s.deliver_rate,
+                ack_rate: s.ack_rate,
+                balanced: s.is_balanced(),
             },
-            "loss_pct": self.loss_pct(),
-            "storage": self.storage.as_ref().map(|l| json!({
-                "bytes_on_disk": l.bytes_on_disk,
-                "segments": l.segments,
-                "unsettled": l.unsettled,
-                "unsettled_bytes": l.unsettled_bytes,
-                "appended": l.appended,
-                "settled": l.settled,
-                "fsyncs": l.fsyncs,
-                "last_fsync_us": l.last_fsync.map(|d| d.as_micros() as u64),
-                "reclaimed_segments": l.reclaimed_segments,
-            })),
-        })
+            loss_pct: self.loss_pct(),
+            storage: self.storage.as_ref().map(|l| StorageView {
+                bytes_on_disk: l.bytes_on_disk,
+                segments: l.segments,
+                unsettled: l.unsettled,
+                unsettled_bytes: l.unsettled_bytes,
+                appended: l.appended,
+                settled: l.settled,
+                fsyncs: l.fsyncs,
+                last_fsync_us: l.last_fsync.map(|d| d.as_micros() as u64),
+                reclaimed_segments: l.reclaimed_segments,
+            }),
+        }
     }
 }
 
@@ -439,9 +590,8 @@ pub async fn snapshot_all(broker: &Broker) -> (Vec<QueueSnapshot>, Vec<(String, 
 // Prometheus
 // ---------------------------------------------------------------------------------------------
 
-/// Escapes a label value: backslash, double quote and line feed.
-fn escape_label(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
+/// Appends a label value to `out`, escaping backslash, double quote and line feed.
+fn push_label_value(out: &mut String, v: &str) {
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -450,7 +600,6 @@ fn escape_label(v: &str) -> String {
             c => out.push(c),
         }
     }
-    out
 }
 
 struct Family<'a> {
@@ -473,7 +622,10 @@ impl<'a> Family<'a> {
                 if i > 0 {
                     self.out.push(',');
                 }
-                let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
+                self.out.push_str(k);
+                self.out.push_str("=\"");
+                push_label_value(self.out, v);
+                self.out.push('"');
             }
             self.out.push('}');
         }
@@ -703,12 +855,7 @@ pub fn render_metrics(queues: &[QueueSnapshot], unavailable: &[String]) -> Strin
 
 async fn list_queues(State(broker): State<Broker>) -> Response {
     let (ok, failed) = snapshot_all(&broker).await;
-    let mut list: Vec<Value> = ok.iter().map(QueueSnapshot::to_json).collect();
-    for (name, e) in failed {
-        list.push(json!({ "name": name, "error": e.to_string() }));
-    }
-    list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    json_response(StatusCode::OK, &Value::Array(list))
+    json_text_response(StatusCode::OK, render_queues_json(&ok, &failed))
 }
 
 async fn get_queue(State(broker): State<Broker>, Path(name): Path<String>) -> Response {

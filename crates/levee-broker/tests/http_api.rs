@@ -536,6 +536,8 @@ async fn metrics_are_prometheus_text_with_every_queue_counter() {
         .declare(
             "disk",
             QueueConfig {
+                // Not `block`: a block queue only takes publishes within granted credit.
+                overflow: Overflow::Reject,
                 durability: Durability::Disk(Fsync::Always),
                 ..QueueConfig::default()
             },
@@ -543,8 +545,18 @@ async fn metrics_are_prometheus_text_with_every_queue_counter() {
         .await
         .unwrap();
     let mut p = Proto::connect(&srv.broker).await;
-    p.publish("mem", 8, b"abcd").await;
-    p.publish("disk", 4, b"abcdefgh").await;
+    let o = p.publish("mem", 8, b"abcd").await;
+    assert_eq!(
+        o.iter()
+            .filter(|o| matches!(o, PublishOutcome::Stored { .. }))
+            .count(),
+        5
+    );
+    let o = p.publish("disk", 4, b"abcdefgh").await;
+    assert!(
+        o.iter().all(|o| matches!(o, PublishOutcome::Stored { .. })),
+        "{o:?}"
+    );
     let sub = p.subscribe("mem", 2).await.to_string();
     wait_for(srv.http, "mem", |q| q["stats"]["unacked"] == json!(2)).await;
 
@@ -609,7 +621,7 @@ async fn metrics_are_prometheus_text_with_every_queue_counter() {
         Some(2.0)
     );
     // Storage gauges exist for the disk queue only.
-    assert_eq!(q("levee_queue_published_total", "disk"), Some(4.0));
+    assert_eq!(q("levee_queue_stored_total", "disk"), Some(4.0));
     assert!(q("levee_queue_disk_bytes", "disk").unwrap() >= 32.0);
     assert!(q("levee_queue_segments", "disk").unwrap() >= 1.0);
     assert!(q("levee_queue_fsyncs_total", "disk").unwrap() >= 1.0);
