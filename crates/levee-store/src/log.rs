@@ -33,8 +33,8 @@ use crate::backend::{Backend, OpenMode, StorageFile};
 use crate::durability::{Durability, DurabilityLevel, SyncShared};
 use crate::error::{Result, StoreError};
 use crate::format::{
-    self, FrameError, NewMessage, Record, SEGMENT_HEADER_LEN, SegmentHeader, Settlement,
-    StoredMessage,
+    self, FrameError, NewMessage, Record, SEAL_FRAME_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
+    Settlement, StoredMessage,
 };
 
 /// When appended bytes are fsynced.
@@ -103,8 +103,9 @@ impl LogConfig {
         }
         Ok(())
     }
+    /// Bytes of records a segment holds (header and seal record excluded).
     fn capacity(&self) -> u64 {
-        self.segment_bytes - SEGMENT_HEADER_LEN as u64
+        self.segment_bytes - SEGMENT_HEADER_LEN as u64 - SEAL_FRAME_LEN as u64
     }
 }
 
@@ -274,6 +275,8 @@ struct Segment {
     live: u64,
     /// Renamed to `.seg` (fully synced, immutable).
     sealed: bool,
+    /// Ends with a seal record: no more writes.
+    complete: bool,
 }
 
 #[derive(Debug)]
@@ -452,6 +455,18 @@ impl QueueLog {
             match scan_segment(&path, index, sealed, &data, &mut st, &mut report)? {
                 None => {
                     files.push(file);
+                    let seg = st.segments.back().expect("scanned segment");
+                    if !seg.complete && pos + 1 < names.len() {
+                        // Later segments exist, so this one was rolled: its seal record (and maybe
+                        // more) was lost. Nothing after it was ever reported fsynced.
+                        torn = Some((
+                            pos,
+                            seg.len,
+                            "unsealed segment lacks its seal record but later segments exist"
+                                .into(),
+                        ));
+                        break;
+                    }
                 }
                 Some((offset, reason)) => {
                     files.push(file);
@@ -513,11 +528,10 @@ impl QueueLog {
             seg.file = file;
         }
 
-        // Seal complete unsealed segments that are not the last one.
-        let last = st.segments.len().saturating_sub(1);
+        // Seal complete unsealed segments (every one but the last is complete by now).
         let mut renamed = false;
-        for (i, seg) in st.segments.iter_mut().enumerate() {
-            if i < last && !seg.sealed {
+        for seg in st.segments.iter_mut() {
+            if seg.complete && !seg.sealed {
                 let from = dir.join(seg_name(seg.index, false));
                 let to = dir.join(seg_name(seg.index, true));
                 seg.file
@@ -1043,12 +1057,43 @@ fn scan_segment(
                     }
                 }
             }
+            format::TYPE_SEAL => {
+                let (at, next_seq) = format::parse_seal(frame.body).map_err(bad)?;
+                if at != off as u64 || next_seq < st.next_seq {
+                    return Err(bad(FrameError::Malformed(
+                        "seal record does not match its position",
+                    )));
+                }
+                st.next_seq = next_seq;
+                let seg = st.segments.back_mut().expect("pushed");
+                seg.complete = true;
+                seg.len = (off + frame.total_len) as u64;
+                report.records += 1;
+                st.written += frame.total_len as u64;
+                let end = off + frame.total_len;
+                if end < data.len() {
+                    // A segment is trimmed before its seal is written, so no crash leaves bytes here.
+                    return Err(StoreError::corruption(
+                        path,
+                        end as u64,
+                        "bytes after the seal record",
+                    ));
+                }
+                return Ok(None);
+            }
             other => return Err(bad(FrameError::UnknownType(other))),
         }
         report.records += 1;
         off += frame.total_len;
         st.written += frame.total_len as u64;
         st.segments.back_mut().expect("pushed").len = off as u64;
+    }
+    if sealed {
+        return Err(StoreError::corruption(
+            path,
+            data.len() as u64,
+            "sealed segment does not end with a seal record (truncated)",
+        ));
     }
     Ok(None)
 }
@@ -1082,6 +1127,7 @@ fn placeholder_segment(index: u64, len: u64) -> Segment {
         len,
         live: 0,
         sealed: false,
+        complete: false,
     }
 }
 
@@ -1106,6 +1152,7 @@ fn create_segment(inner: &Inner, st: &mut State, index: u64) -> Result<()> {
         len: SEGMENT_HEADER_LEN as u64,
         live: 0,
         sealed: false,
+        complete: false,
     });
     st.written += SEGMENT_HEADER_LEN as u64;
     st.dir_dirty = true;
@@ -1124,16 +1171,27 @@ fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<(u64, u64)>
     }
     let active = st
         .segments
-        .back()
+        .back_mut()
         .expect("a log always has an active segment");
-    if active.len + len > inner.config.segment_bytes {
-        // Trim whatever a failed write may have left past the write position, then roll.
-        let path = inner.path(active.index, false);
-        active
-            .file
-            .set_len(active.len)
-            .map_err(|e| StoreError::io("truncate", &path, e))?;
-        let next = active.index + 1;
+    if active.complete || active.len + len > inner.config.segment_bytes - SEAL_FRAME_LEN as u64 {
+        if !active.complete {
+            // Trim whatever a failed write may have left past the write position, then seal.
+            let path = inner.path(active.index, false);
+            active
+                .file
+                .set_len(active.len)
+                .map_err(|e| StoreError::io("truncate", &path, e))?;
+            let mut seal = Vec::with_capacity(SEAL_FRAME_LEN);
+            format::encode_seal(&mut seal, active.len, st.next_seq);
+            if let Err(e) = active.file.write_at(&seal, active.len) {
+                let _ = active.file.set_len(active.len);
+                return Err(StoreError::io("write", &path, e));
+            }
+            active.len += SEAL_FRAME_LEN as u64;
+            active.complete = true;
+            st.written += SEAL_FRAME_LEN as u64;
+        }
+        let next = st.segments.back().expect("active").index + 1;
         create_segment(inner, st, next)?;
         let mut s = inner.sync.state.lock();
         s.maintenance = true;
