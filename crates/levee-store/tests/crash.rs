@@ -52,7 +52,7 @@ fn run_once(dir: &Path, seen: &mut Seen, kill_after: Duration) {
                 let seq: u64 = seq.parse().unwrap();
                 let i: usize = i.parse().unwrap();
                 let payload = format!("crash-{who}-{i}-").repeat(1 + i % 20);
-                let will_settle = i % 3 == 0;
+                let will_settle = i.is_multiple_of(3);
                 assert!(
                     seen.appended.insert(seq, (payload, will_settle)).is_none(),
                     "seq {seq} assigned twice"

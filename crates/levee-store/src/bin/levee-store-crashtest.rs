@@ -57,7 +57,7 @@ fn main() {
                         writeln!(o, "A {} {pid}-{t} {i}", a.first_seq).unwrap();
                         o.flush().unwrap();
                     }
-                    if i % 3 == 0 {
+                    if i.is_multiple_of(3) {
                         let d = log.settle(a.first_seq, Settlement::Acked).expect("settle");
                         d.wait().expect("fsync settlement");
                         let mut o = out.lock().unwrap();
