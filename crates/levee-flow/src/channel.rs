@@ -859,3 +859,30 @@ impl<T> Receiver<T> {
         }
     }
 }
+
+impl<T: Send + 'static> Monitor<T> {
+    /// Live stats: prints `[label] <stats>` every `every` (see [`Stats`]'s `Display`) on a tokio
+    /// task, until the channel is closed and drained (then prints once more and ends). Abort the
+    /// handle to stop earlier.
+    pub fn spawn_printer(
+        &self,
+        label: impl Into<String>,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let mon = self.clone();
+        let label = label.into();
+        let every = every.max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let s = mon.stats();
+                println!("[{label}] {s}");
+                if s.closed && s.len == 0 {
+                    return;
+                }
+            }
+        })
+    }
+}
