@@ -158,6 +158,20 @@ impl Entry {
             key_hash: (self.key_hash != 0).then_some(self.key_hash),
         }
     }
+    fn from_message(segment: u64, offset: u64, len: u64, m: &NewMessage) -> Self {
+        Entry {
+            segment,
+            offset: offset as u32,
+            len: len as u32,
+            payload_len: m.payload.len() as u32,
+            delivery_count: 0,
+            priority: m.priority,
+            expires_at_ms: m.ttl_ms.map_or(u64::MAX, |t| {
+                m.timestamp_ms.saturating_add(t).min(u64::MAX - 1)
+            }),
+            key_hash: m.key.as_deref().map_or(0, format::key_hash),
+        }
+    }
     fn new(segment: u64, offset: u64, len: u64, p: &format::MessageParts<'_>) -> Self {
         Entry {
             segment,
@@ -666,16 +680,16 @@ impl QueueLog {
         };
         let mut off = 0usize;
         let mut bytes = 0u64;
-        for i in 0..messages.len() {
-            let frame = format::decode_frame(&buf[off..]).expect("just encoded");
-            let parts = format::parse_message(frame.body).expect("just encoded");
-            bytes += parts.payload.len() as u64;
+        for (i, m) in messages.iter().enumerate() {
+            let len = format::message_frame_len(m).expect("validated above") as usize;
+            bytes += m.payload.len() as u64;
             st.index.insert(
                 first + i as u64,
-                Entry::new(segment, pos + off as u64, frame.total_len as u64, &parts),
+                Entry::from_message(segment, pos + off as u64, len as u64, m),
             );
-            off += frame.total_len;
+            off += len;
         }
+        debug_assert_eq!(off, buf.len());
         let n = messages.len() as u64;
         st.segments.back_mut().expect("active segment").live += n;
         st.next_seq += n;
@@ -694,19 +708,19 @@ impl QueueLog {
 
     fn durability_for(&self, written: u64, eager: bool) -> Durability {
         let sync = &self.inner.sync;
+        let always = self.inner.config.fsync == FsyncPolicy::Always;
         {
             let mut s = sync.state.lock();
             if written > s.written {
                 s.written = written;
             }
+            if always && eager && written > s.requested {
+                s.requested = written;
+                sync.work.notify_one();
+            }
         }
         match self.inner.config.fsync {
-            FsyncPolicy::Always => {
-                if eager {
-                    sync.request(written);
-                }
-                Durability::pending(sync.clone(), written, eager)
-            }
+            FsyncPolicy::Always => Durability::pending(sync.clone(), written, eager),
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
                 Durability::ready(DurabilityLevel::Written, written)
             }
