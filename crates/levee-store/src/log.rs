@@ -309,6 +309,21 @@ struct State {
     fsyncs: u64,
     last_fsync: Option<Duration>,
     reclaimed: u64,
+    /// Encoded messages appended but not yet written (always destined for the end of the active
+    /// segment, whose `len` already counts them). Bounded by what concurrent appenders queue during
+    /// one `pwrite`.
+    pending: Vec<u8>,
+    /// Index entries of `pending`, inserted into the index once their bytes are written.
+    pending_entries: Vec<(u64, Entry)>,
+    /// `written` + `pending.len()`: the position the next appended byte gets.
+    logical: u64,
+    /// Incremented each time a combined write fails and its pending records are discarded.
+    generation: u64,
+    /// Failed generations that still have appenders in flight: (generation, `written` when it
+    /// failed, error). Bounded by the number of concurrent appenders.
+    failures: Vec<(u64, u64, StoreError)>,
+    /// Appenders between encoding and the end of their flush, per generation.
+    inflight: BTreeMap<u64, usize>,
 }
 
 impl State {
@@ -349,6 +364,9 @@ impl State {
 
 #[derive(Debug)]
 struct Inner {
+    /// Held by whoever writes to the active segment (combined flushes, settlements, rolls); never
+    /// taken while holding `state`.
+    write_lock: Mutex<()>,
     backend: Arc<dyn Backend>,
     dir: PathBuf,
     config: LogConfig,
@@ -446,6 +464,12 @@ impl QueueLog {
             closed: false,
             failed: None,
             buf: Vec::new(),
+            pending: Vec::new(),
+            pending_entries: Vec::new(),
+            logical: 0,
+            generation: 0,
+            failures: Vec::new(),
+            inflight: BTreeMap::new(),
             appended: 0,
             settled: 0,
             fsyncs: 0,
@@ -574,6 +598,7 @@ impl QueueLog {
             config,
             state: Mutex::new(st),
             sync: Arc::new(SyncShared::default()),
+            write_lock: Mutex::new(()),
         });
         {
             let mut st = inner.state.lock();
@@ -591,6 +616,7 @@ impl QueueLog {
                 st.dir_dirty = false;
             }
             let written = st.written;
+            st.logical = written;
             let mut s = inner.sync.state.lock();
             s.synced = written;
             s.requested = written;
@@ -665,6 +691,115 @@ impl QueueLog {
         }
         let mut st = inner.state.lock();
         st.usable()?;
+        let active = st.segments.back().expect("active segment");
+        if active.complete
+            || active.len + total > inner.config.segment_bytes - SEAL_FRAME_LEN as u64
+        {
+            drop(st);
+            return self.append_direct(messages);
+        }
+        // Fast path: encode into the pending buffer; whoever writes next writes it (write
+        // combining: one `pwrite` for every append queued meanwhile).
+        let first = st.next_seq;
+        let generation = st.generation;
+        let segment = active.index;
+        let mut pos = active.len;
+        *st.inflight.entry(generation).or_insert(0) += 1;
+        let mut pending = std::mem::take(&mut st.pending);
+        for (i, m) in messages.iter().enumerate() {
+            let seq = first + i as u64;
+            let len = format::encode_message(&mut pending, seq, m) as u64;
+            st.pending_entries
+                .push((seq, Entry::from_message(segment, pos, len, m)));
+            pos += len;
+        }
+        st.pending = pending;
+        st.segments.back_mut().expect("active segment").len = pos;
+        let n = messages.len() as u64;
+        st.next_seq += n;
+        st.logical += total;
+        let target = st.logical;
+        drop(st);
+        self.flush_until(target, generation)?;
+        let durability = self.durability_for(target, true);
+        Ok(Appended {
+            first_seq: first,
+            last_seq: first + n - 1,
+            durability,
+        })
+    }
+
+    /// Makes sure the bytes up to `target` (queued in generation `generation`) are written: returns at once
+    /// if another appender's combined write covered them, else writes everything pending.
+    fn flush_until(&self, target: u64, generation: u64) -> Result<()> {
+        let result = self.flush_inner(target, generation);
+        let mut st = self.inner.state.lock();
+        if let Some(n) = st.inflight.get_mut(&generation) {
+            *n -= 1;
+            if *n == 0 {
+                st.inflight.remove(&generation);
+            }
+        }
+        // A failure record is kept only while appenders of its generation are still in flight.
+        let State {
+            failures, inflight, ..
+        } = &mut *st;
+        failures.retain(|f| inflight.contains_key(&f.0));
+        result
+    }
+
+    fn flush_inner(&self, target: u64, generation: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let _w = inner.write_lock.lock();
+        let mut st = inner.state.lock();
+        if st.generation != generation {
+            return match st.failures.iter().find(|f| f.0 == generation) {
+                Some((_, at, _)) if target <= *at => Ok(()),
+                Some((_, _, e)) => Err(e.clone()),
+                // Unreachable: a failure is kept while appenders of its generation are in flight.
+                None => Err(StoreError::InvalidInput {
+                    reason: format!("write generation {generation} lost its failure record"),
+                }),
+            };
+        }
+        if st.written >= target {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut st.pending);
+        let entries = std::mem::take(&mut st.pending_entries);
+        let active = st.segments.back().expect("active segment");
+        let (file, index) = (active.file.clone(), active.index);
+        let pos = active.len - buf.len() as u64;
+        drop(st);
+        let res = file.write_at(&buf, pos);
+        let mut st = inner.state.lock();
+        match res {
+            Ok(()) => {
+                apply_flushed(&mut st, entries, buf.len() as u64);
+                if st.pending.capacity() == 0 {
+                    let mut buf = buf;
+                    buf.clear();
+                    if buf.capacity() <= 1 << 20 {
+                        st.pending = buf;
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let err = StoreError::io("write", &inner.path(index, false), e);
+                discard_pending(&mut st, &file, pos, entries[0].0, err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    /// The slow path for a batch that needs a new segment: written directly under the write lock.
+    fn append_direct(&self, messages: &[NewMessage]) -> Result<Appended> {
+        let inner = &*self.inner;
+        let _w = inner.write_lock.lock();
+        let mut st = inner.state.lock();
+        st.usable()?;
+        flush_pending_locked(inner, &mut st)?;
         let first = st.next_seq;
         let mut buf = std::mem::take(&mut st.buf);
         buf.clear();
@@ -678,23 +813,20 @@ impl QueueLog {
                 return Err(e);
             }
         };
-        let mut off = 0usize;
-        let mut bytes = 0u64;
+        let mut off = 0u64;
+        let mut entries = Vec::with_capacity(messages.len());
         for (i, m) in messages.iter().enumerate() {
-            let len = format::message_frame_len(m).expect("validated above") as usize;
-            bytes += m.payload.len() as u64;
-            st.index.insert(
+            let len = format::message_frame_len(m).expect("validated by append_batch");
+            entries.push((
                 first + i as u64,
-                Entry::from_message(segment, pos + off as u64, len as u64, m),
-            );
+                Entry::from_message(segment, pos + off, len, m),
+            ));
             off += len;
         }
-        debug_assert_eq!(off, buf.len());
+        debug_assert_eq!(off, buf.len() as u64);
         let n = messages.len() as u64;
-        st.segments.back_mut().expect("active segment").live += n;
         st.next_seq += n;
-        st.appended += n;
-        st.unsettled_bytes += bytes;
+        apply_flushed(&mut st, entries, 0);
         let written = st.written;
         st.recycle(buf);
         drop(st);
@@ -750,8 +882,10 @@ impl QueueLog {
             format::check_settlement(s).map_err(|reason| StoreError::InvalidInput { reason })?;
         }
         let inner = &*self.inner;
+        let _w = inner.write_lock.lock();
         let mut st = inner.state.lock();
         st.usable()?;
+        flush_pending_locked(inner, &mut st)?;
         let mut seen = HashSet::with_capacity(if items.len() > 1 { items.len() } else { 0 });
         for (seq, _) in items {
             if !st.index.contains_key(seq) || (items.len() > 1 && !seen.insert(*seq)) {
@@ -801,8 +935,10 @@ impl QueueLog {
             });
         }
         let inner = &*self.inner;
+        let _w = inner.write_lock.lock();
         let mut st = inner.state.lock();
         st.usable()?;
+        flush_pending_locked(inner, &mut st)?;
         for (seq, _) in items {
             if !st.index.contains_key(seq) {
                 return Err(st.missing(*seq));
@@ -1169,8 +1305,68 @@ fn create_segment(inner: &Inner, st: &mut State, index: u64) -> Result<()> {
         complete: false,
     });
     st.written += SEGMENT_HEADER_LEN as u64;
+    st.logical += SEGMENT_HEADER_LEN as u64;
     st.dir_dirty = true;
     Ok(())
+}
+
+/// Inserts the index entries of records whose bytes (`bytes` of them, counted as written unless 0 is
+/// passed because the caller already advanced `written`) are now in the file.
+fn apply_flushed(st: &mut State, entries: Vec<(u64, Entry)>, bytes: u64) {
+    st.written += bytes;
+    let n = entries.len() as u64;
+    for (seq, e) in entries {
+        st.unsettled_bytes += e.payload_len as u64;
+        let seg = e.segment;
+        st.index.insert(seq, e);
+        if let Some(s) = st.segment_mut(seg) {
+            s.live += 1;
+        }
+    }
+    st.appended += n;
+}
+
+/// A combined write failed: forget every pending record (their appenders get `err`), give their
+/// sequence numbers back and cut the partial bytes.
+fn discard_pending(
+    st: &mut State,
+    file: &Arc<dyn StorageFile>,
+    pos: u64,
+    first_seq: u64,
+    err: StoreError,
+) {
+    let _ = file.set_len(pos);
+    st.pending.clear();
+    st.pending_entries.clear();
+    st.segments.back_mut().expect("active segment").len = pos;
+    st.next_seq = first_seq;
+    st.logical = st.written;
+    let (generation, written) = (st.generation, st.written);
+    st.failures.push((generation, written, err));
+    st.generation += 1;
+}
+
+/// Writes the pending records now (caller holds the write lock and the state).
+fn flush_pending_locked(inner: &Inner, st: &mut State) -> Result<()> {
+    if st.pending.is_empty() {
+        return Ok(());
+    }
+    let buf = std::mem::take(&mut st.pending);
+    let entries = std::mem::take(&mut st.pending_entries);
+    let active = st.segments.back().expect("active segment");
+    let (file, index) = (active.file.clone(), active.index);
+    let pos = active.len - buf.len() as u64;
+    match file.write_at(&buf, pos) {
+        Ok(()) => {
+            apply_flushed(st, entries, buf.len() as u64);
+            Ok(())
+        }
+        Err(e) => {
+            let err = StoreError::io("write", &inner.path(index, false), e);
+            discard_pending(st, &file, pos, entries[0].0, err.clone());
+            Err(err)
+        }
+    }
 }
 
 /// Writes one encoded record (or batch) at the end of the active segment, rolling to a new segment
@@ -1204,6 +1400,7 @@ fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<(u64, u64)>
             active.len += SEAL_FRAME_LEN as u64;
             active.complete = true;
             st.written += SEAL_FRAME_LEN as u64;
+            st.logical += SEAL_FRAME_LEN as u64;
         }
         let next = st.segments.back().expect("active").index + 1;
         create_segment(inner, st, next)?;
@@ -1221,6 +1418,7 @@ fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<(u64, u64)>
     active.len += len;
     let index = active.index;
     st.written += len;
+    st.logical += len;
     Ok((index, pos))
 }
 
