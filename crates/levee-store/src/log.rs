@@ -323,7 +323,8 @@ struct State {
     /// failed, error). Bounded by the number of concurrent appenders.
     failures: Vec<(u64, u64, StoreError)>,
     /// Appenders between encoding and the end of their flush, per generation.
-    inflight: BTreeMap<u64, usize>,
+    /// (A vector, not a map: almost always one entry, and it must not allocate per append.)
+    inflight: Vec<(u64, usize)>,
 }
 
 impl State {
@@ -469,7 +470,7 @@ impl QueueLog {
             logical: 0,
             generation: 0,
             failures: Vec::new(),
-            inflight: BTreeMap::new(),
+            inflight: Vec::new(),
             appended: 0,
             settled: 0,
             fsyncs: 0,
@@ -704,7 +705,10 @@ impl QueueLog {
         let generation = st.generation;
         let segment = active.index;
         let mut pos = active.len;
-        *st.inflight.entry(generation).or_insert(0) += 1;
+        match st.inflight.iter_mut().find(|(g, _)| *g == generation) {
+            Some((_, n)) => *n += 1,
+            None => st.inflight.push((generation, 1)),
+        }
         let mut pending = std::mem::take(&mut st.pending);
         for (i, m) in messages.iter().enumerate() {
             let seq = first + i as u64;
@@ -734,17 +738,19 @@ impl QueueLog {
     fn flush_until(&self, target: u64, generation: u64) -> Result<()> {
         let result = self.flush_inner(target, generation);
         let mut st = self.inner.state.lock();
-        if let Some(n) = st.inflight.get_mut(&generation) {
-            *n -= 1;
-            if *n == 0 {
-                st.inflight.remove(&generation);
+        if let Some(i) = st.inflight.iter().position(|(g, _)| *g == generation) {
+            st.inflight[i].1 -= 1;
+            if st.inflight[i].1 == 0 {
+                st.inflight.swap_remove(i);
             }
         }
         // A failure record is kept only while appenders of its generation are still in flight.
-        let State {
-            failures, inflight, ..
-        } = &mut *st;
-        failures.retain(|f| inflight.contains_key(&f.0));
+        if !st.failures.is_empty() {
+            let State {
+                failures, inflight, ..
+            } = &mut *st;
+            failures.retain(|f| inflight.iter().any(|(g, _)| *g == f.0));
+        }
         result
     }
 
