@@ -14,10 +14,13 @@
 //!    and holds no unsettled message; after each deletion the directory is synced before the next. So a
 //!    settlement record is never deleted while the message it settles still exists on disk.
 //! 5. A settlement or delivery record always follows the message it refers to in log order.
+//! 6. An index entry exists only for a written record; appends queued for a combined write that
+//!    failed are discarded as a whole (their appenders get the error, their seqs are reused).
 //!
 //! Memory: the index holds one 48-byte `Entry` per unsettled message in a `BTreeMap<u64, Entry>`
 //! (measured total including map overhead: see `docs/design.md`); payloads stay on disk. One reusable
-//! encode buffer per log (shrunk back to 1 MiB after a larger batch).
+//! encode buffer per log (shrunk back to 1 MiB after a larger batch); the pending (combining) buffer
+//! holds at most what concurrent appenders queue during one `pwrite`.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io;
@@ -375,9 +378,10 @@ struct Inner {
     sync: Arc<SyncShared>,
 }
 
-/// One queue's durable log. `Send + Sync`: share it behind an `Arc`. Every method is synchronous and
-/// short (a `pwrite` into the page cache under a mutex, or a `pread`); fsyncs happen only on the log's
-/// own sync thread.
+/// One queue's durable log. `Send + Sync`: share it behind an `Arc`. Every method except `open` and
+/// `close` is synchronous and short: at most one `pwrite` into the page cache (an append may instead
+/// wait, on the write lock, for a concurrent append's combined `pwrite` that covers it) or one `pread`.
+/// Fsyncs happen only on the log's own sync thread. Dropping the log syncs and joins that thread.
 #[derive(Debug)]
 pub struct QueueLog {
     inner: Arc<Inner>,
@@ -661,7 +665,8 @@ impl QueueLog {
     /// Appends messages atomically with respect to errors (all are written or none; a crash may keep
     /// a prefix of an unsynced batch) and returns their consecutive sequence numbers at once.
     ///
-    /// The bytes are written (`pwrite`, page cache) before this returns; under
+    /// The bytes are written (`pwrite`, page cache; concurrent appends are combined into one
+    /// `pwrite`) before this returns; under
     /// [`FsyncPolicy::Always`] the returned handle resolves after the sync thread's next fsync covers
     /// them. The whole batch must fit in one segment ([`StoreError::RecordTooLarge`] otherwise). A full
     /// disk returns [`StoreError::DiskFull`] and leaves the log as it was.
