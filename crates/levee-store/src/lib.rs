@@ -30,6 +30,8 @@
 //! log.close().unwrap();
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod backend;
 mod durability;
 mod error;
