@@ -101,7 +101,7 @@ fn rounds(n: usize) {
     let dir = tmp.path().join("q");
     let mut seen = Seen::default();
     for _ in 0..n {
-        let delay = Duration::from_millis(rand::random_range(20..250));
+        let delay = Duration::from_millis(rand::random_range(100..400));
         run_once(&dir, &mut seen, delay);
         verify(&dir, &seen);
     }
