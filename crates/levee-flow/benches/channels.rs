@@ -8,7 +8,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use levee_flow::{Config, Overflow, channel};
 use tokio::runtime::Runtime;
 
@@ -109,6 +111,7 @@ fn topologies(cr: &mut Criterion) {
     let rt = rt();
     let mut g = cr.benchmark_group("channels");
     g.sample_size(10);
+    g.sampling_mode(SamplingMode::Flat);
     g.throughput(Throughput::Elements(n));
     for (name, p, c) in [
         ("spsc", 1u64, 1u64),
@@ -202,6 +205,7 @@ fn overload(cr: &mut Criterion) {
     let rt = rt();
     let mut g = cr.benchmark_group("overload");
     g.sample_size(10);
+    g.sampling_mode(SamplingMode::Flat);
     g.throughput(Throughput::Elements(n));
     let policies: [(&str, Overflow); 6] = [
         ("block", Overflow::Block),

@@ -29,6 +29,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::error::{ConfigError, RecvError, SendError};
+
+const SPINS: u32 = 1;
 use crate::policy::{DropReason, Limits, Meta, Offer, Order, Overflow, PolicyQueue};
 use crate::stats::{Counters, RateWindow, Stats};
 
@@ -512,7 +514,7 @@ impl<T> Shared<T> {
                 match self.pop_locked(&mut st) {
                     Some(m) => (Ok(m), st.send_waiting > 0),
                     None if st.closed => (Err(RecvError::Closed), false),
-                    None if spins < 1 => (Err(RecvError::Empty), false),
+                    None if spins < SPINS => (Err(RecvError::Empty), false),
                     None => {
                         notified.as_mut().enable();
                         reg.register(&mut st);
@@ -524,7 +526,7 @@ impl<T> Shared<T> {
                 self.send_wait.notify_one();
             }
             match r {
-                Err(RecvError::Empty) if spins < 1 => {
+                Err(RecvError::Empty) if spins < SPINS => {
                     spins += 1;
                     tokio::task::yield_now().await;
                     continue;
