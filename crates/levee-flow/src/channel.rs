@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 
 use crate::error::{ConfigError, RecvError, SendError};
 
+/// How many times an empty receiver yields to the scheduler before it parks.
 const SPINS: u32 = 1;
 use crate::policy::{DropReason, Limits, Meta, Offer, Order, Overflow, PolicyQueue};
 use crate::stats::{Counters, RateWindow, Stats};
