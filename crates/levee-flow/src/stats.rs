@@ -205,3 +205,22 @@ impl RateWindow {
         rates
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_cover_the_sliding_window_only() {
+        let t0 = Instant::now();
+        let mut w = RateWindow::new(Duration::from_secs(2), t0);
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        assert_eq!(w.observe(s(1), 100, 50, 10), [100.0, 50.0, 10.0]);
+        assert_eq!(w.observe(s(2), 200, 100, 20), [100.0, 50.0, 10.0]);
+        // Rate changes: only the last ~2 s count.
+        let r = w.observe(s(3), 1200, 100, 20);
+        assert_eq!(r, [550.0, 25.0, 5.0], "window starts at the 1 s sample");
+        let r = w.observe(s(4), 2200, 100, 20);
+        assert_eq!(r, [1000.0, 0.0, 0.0]);
+    }
+}

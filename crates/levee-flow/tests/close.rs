@@ -103,3 +103,47 @@ fn blocking_variants_work_from_threads() {
     p.join().unwrap();
     assert_eq!(got, (0..100).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn cancelled_waiting_sender_does_not_strand_the_others() {
+    let (tx, rx) = channel(Config::<u32>::bounded(1)).unwrap();
+    tx.send(0).await.unwrap();
+    // A sender that gives up while waiting for room.
+    assert!(matches!(
+        tx.send_timeout(99, Duration::from_millis(5)).await,
+        Err(SendError::Timeout(99))
+    ));
+    let t2 = tx.clone();
+    let waiting = tokio::spawn(async move { t2.send(1).await });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(rx.recv().await, Some(0));
+    tokio::time::timeout(Duration::from_secs(2), waiting)
+        .await
+        .expect("the remaining sender must be woken")
+        .unwrap()
+        .unwrap();
+    assert_eq!(rx.recv().await, Some(1));
+}
+
+#[tokio::test]
+async fn closed_watchers_do_not_steal_sender_wakeups() {
+    let (tx, rx) = channel(Config::<u32>::bounded(1)).unwrap();
+    let mon = tx.monitor();
+    let watcher = tokio::spawn(async move { mon.closed().await });
+    tx.send(0).await.unwrap();
+    let t2 = tx.clone();
+    let waiting = tokio::spawn(async move { t2.send(1).await });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(rx.recv().await, Some(0));
+    tokio::time::timeout(Duration::from_secs(2), waiting)
+        .await
+        .expect("sender woken, not the closed() watcher")
+        .unwrap()
+        .unwrap();
+    assert!(!watcher.is_finished());
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(2), watcher)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -31,6 +31,10 @@ pub const TYPE_MESSAGE: u8 = 1;
 pub const TYPE_SETTLE: u8 = 2;
 /// Record type byte of a delivery-count batch.
 pub const TYPE_DELIVERY: u8 = 3;
+/// Record type byte of the seal record, the last record of every complete (rolled) segment.
+pub const TYPE_SEAL: u8 = 4;
+/// Size of a seal frame (prefix + type + offset u64 + next seq u64).
+pub const SEAL_FRAME_LEN: usize = FRAME_PREFIX_LEN + 1 + 16;
 
 const FLAG_KEY: u8 = 1;
 const FLAG_TTL: u8 = 2;
@@ -132,6 +136,13 @@ pub enum Record {
     Settle(Vec<(u64, Settlement)>),
     /// Delivery counts (absolute values) of earlier messages.
     Delivery(Vec<(u64, u32)>),
+    /// End of a complete segment.
+    Seal {
+        /// Offset of this record in its segment (= bytes of data before it).
+        offset: u64,
+        /// The next sequence number when the segment was sealed.
+        next_seq: u64,
+    },
 }
 
 /// A frame located in a buffer.
@@ -277,6 +288,10 @@ pub fn decode_record(frame: &Frame<'_>, owner: &Bytes) -> Result<Record, FrameEr
             let mut out = Vec::new();
             for_each_delivery(frame.body, |seq, n| out.push((seq, n)))?;
             Ok(Record::Delivery(out))
+        }
+        TYPE_SEAL => {
+            let (offset, next_seq) = parse_seal(frame.body)?;
+            Ok(Record::Seal { offset, next_seq })
         }
         other => Err(FrameError::UnknownType(other)),
     }
@@ -431,6 +446,24 @@ pub(crate) fn for_each_delivery(
     Ok(())
 }
 
+pub(crate) fn parse_seal(body: &[u8]) -> Result<(u64, u64), FrameError> {
+    let mut c = Cursor(body);
+    let offset = c.u64()?;
+    let next_seq = c.u64()?;
+    if !c.0.is_empty() {
+        return Err(FrameError::Malformed("trailing bytes after seal"));
+    }
+    Ok((offset, next_seq))
+}
+
+/// Encodes a seal frame.
+pub(crate) fn encode_seal(out: &mut Vec<u8>, offset: u64, next_seq: u64) -> usize {
+    frame_into(out, TYPE_SEAL, |b| {
+        b.extend_from_slice(&offset.to_le_bytes());
+        b.extend_from_slice(&next_seq.to_le_bytes());
+    })
+}
+
 /// Appends one frame to `out`: reserves the prefix, lets `body` write type + body, then fills in the
 /// length and CRC. Returns the frame's size.
 fn frame_into(out: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec<u8>)) -> usize {
@@ -577,7 +610,15 @@ mod tests {
             ],
         );
         encode_deliveries(&mut buf, &[(42, 3)]);
+        assert_eq!(encode_seal(&mut buf, 9, 43), SEAL_FRAME_LEN);
         let recs = decode_all(&buf).unwrap();
+        assert_eq!(
+            recs[3],
+            Record::Seal {
+                offset: 9,
+                next_seq: 43
+            }
+        );
         assert_eq!(
             recs[0],
             Record::Message {

@@ -26,9 +26,11 @@
 //! let proof = appended.durability.wait().unwrap(); // after the fsync
 //! assert_eq!(proof.level(), levee_store::DurabilityLevel::Fsynced);
 //! assert_eq!(&log.read(appended.first_seq).unwrap().message.payload[..], b"hello");
-//! let _ = log.settle(appended.first_seq, Settlement::Acked).unwrap();
+//! drop(log.settle(appended.first_seq, Settlement::Acked).unwrap()); // the ack rides along
 //! log.close().unwrap();
 //! ```
+
+#![warn(missing_docs)]
 
 pub mod backend;
 mod durability;

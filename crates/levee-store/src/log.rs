@@ -14,10 +14,13 @@
 //!    and holds no unsettled message; after each deletion the directory is synced before the next. So a
 //!    settlement record is never deleted while the message it settles still exists on disk.
 //! 5. A settlement or delivery record always follows the message it refers to in log order.
+//! 6. An index entry exists only for a written record; appends queued for a combined write that
+//!    failed are discarded as a whole (their appenders get the error, their seqs are reused).
 //!
 //! Memory: the index holds one 48-byte `Entry` per unsettled message in a `BTreeMap<u64, Entry>`
 //! (measured total including map overhead: see `docs/design.md`); payloads stay on disk. One reusable
-//! encode buffer per log (shrunk back to 1 MiB after a larger batch).
+//! encode buffer per log (shrunk back to 1 MiB after a larger batch); the pending (combining) buffer
+//! holds at most what concurrent appenders queue during one `pwrite`.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io;
@@ -33,8 +36,8 @@ use crate::backend::{Backend, OpenMode, StorageFile};
 use crate::durability::{Durability, DurabilityLevel, SyncShared};
 use crate::error::{Result, StoreError};
 use crate::format::{
-    self, FrameError, NewMessage, Record, SEGMENT_HEADER_LEN, SegmentHeader, Settlement,
-    StoredMessage,
+    self, FrameError, NewMessage, Record, SEAL_FRAME_LEN, SEGMENT_HEADER_LEN, SegmentHeader,
+    Settlement, StoredMessage,
 };
 
 /// When appended bytes are fsynced.
@@ -103,8 +106,9 @@ impl LogConfig {
         }
         Ok(())
     }
+    /// Bytes of records a segment holds (header and seal record excluded).
     fn capacity(&self) -> u64 {
-        self.segment_bytes - SEGMENT_HEADER_LEN as u64
+        self.segment_bytes - SEGMENT_HEADER_LEN as u64 - SEAL_FRAME_LEN as u64
     }
 }
 
@@ -155,6 +159,20 @@ impl Entry {
             delivery_count: self.delivery_count,
             expires_at_ms: (self.expires_at_ms != u64::MAX).then_some(self.expires_at_ms),
             key_hash: (self.key_hash != 0).then_some(self.key_hash),
+        }
+    }
+    fn from_message(segment: u64, offset: u64, len: u64, m: &NewMessage) -> Self {
+        Entry {
+            segment,
+            offset: offset as u32,
+            len: len as u32,
+            payload_len: m.payload.len() as u32,
+            delivery_count: 0,
+            priority: m.priority,
+            expires_at_ms: m.ttl_ms.map_or(u64::MAX, |t| {
+                m.timestamp_ms.saturating_add(t).min(u64::MAX - 1)
+            }),
+            key_hash: m.key.as_deref().map_or(0, format::key_hash),
         }
     }
     fn new(segment: u64, offset: u64, len: u64, p: &format::MessageParts<'_>) -> Self {
@@ -274,6 +292,8 @@ struct Segment {
     live: u64,
     /// Renamed to `.seg` (fully synced, immutable).
     sealed: bool,
+    /// Ends with a seal record: no more writes.
+    complete: bool,
 }
 
 #[derive(Debug)]
@@ -292,6 +312,22 @@ struct State {
     fsyncs: u64,
     last_fsync: Option<Duration>,
     reclaimed: u64,
+    /// Encoded messages appended but not yet written (always destined for the end of the active
+    /// segment, whose `len` already counts them). Bounded by what concurrent appenders queue during
+    /// one `pwrite`.
+    pending: Vec<u8>,
+    /// Index entries of `pending`, inserted into the index once their bytes are written.
+    pending_entries: Vec<(u64, Entry)>,
+    /// `written` + `pending.len()`: the position the next appended byte gets.
+    logical: u64,
+    /// Incremented each time a combined write fails and its pending records are discarded.
+    generation: u64,
+    /// Failed generations that still have appenders in flight: (generation, `written` when it
+    /// failed, error). Bounded by the number of concurrent appenders.
+    failures: Vec<(u64, u64, StoreError)>,
+    /// Appenders between encoding and the end of their flush, per generation.
+    /// (A vector, not a map: almost always one entry, and it must not allocate per append.)
+    inflight: Vec<(u64, usize)>,
 }
 
 impl State {
@@ -332,6 +368,9 @@ impl State {
 
 #[derive(Debug)]
 struct Inner {
+    /// Held by whoever writes to the active segment (combined flushes, settlements, rolls); never
+    /// taken while holding `state`.
+    write_lock: Mutex<()>,
     backend: Arc<dyn Backend>,
     dir: PathBuf,
     config: LogConfig,
@@ -339,9 +378,10 @@ struct Inner {
     sync: Arc<SyncShared>,
 }
 
-/// One queue's durable log. `Send + Sync`: share it behind an `Arc`. Every method is synchronous and
-/// short (a `pwrite` into the page cache under a mutex, or a `pread`); fsyncs happen only on the log's
-/// own sync thread.
+/// One queue's durable log. `Send + Sync`: share it behind an `Arc`. Every method except `open` and
+/// `close` is synchronous and short: at most one `pwrite` into the page cache (an append may instead
+/// wait, on the write lock, for a concurrent append's combined `pwrite` that covers it) or one `pread`.
+/// Fsyncs happen only on the log's own sync thread. Dropping the log syncs and joins that thread.
 #[derive(Debug)]
 pub struct QueueLog {
     inner: Arc<Inner>,
@@ -429,6 +469,12 @@ impl QueueLog {
             closed: false,
             failed: None,
             buf: Vec::new(),
+            pending: Vec::new(),
+            pending_entries: Vec::new(),
+            logical: 0,
+            generation: 0,
+            failures: Vec::new(),
+            inflight: Vec::new(),
             appended: 0,
             settled: 0,
             fsyncs: 0,
@@ -452,6 +498,18 @@ impl QueueLog {
             match scan_segment(&path, index, sealed, &data, &mut st, &mut report)? {
                 None => {
                     files.push(file);
+                    let seg = st.segments.back().expect("scanned segment");
+                    if !seg.complete && pos + 1 < names.len() {
+                        // Later segments exist, so this one was rolled: its seal record (and maybe
+                        // more) was lost. Nothing after it was ever reported fsynced.
+                        torn = Some((
+                            pos,
+                            seg.len,
+                            "unsealed segment lacks its seal record but later segments exist"
+                                .into(),
+                        ));
+                        break;
+                    }
                 }
                 Some((offset, reason)) => {
                     files.push(file);
@@ -513,11 +571,10 @@ impl QueueLog {
             seg.file = file;
         }
 
-        // Seal complete unsealed segments that are not the last one.
-        let last = st.segments.len().saturating_sub(1);
+        // Seal complete unsealed segments (every one but the last is complete by now).
         let mut renamed = false;
-        for (i, seg) in st.segments.iter_mut().enumerate() {
-            if i < last && !seg.sealed {
+        for seg in st.segments.iter_mut() {
+            if seg.complete && !seg.sealed {
                 let from = dir.join(seg_name(seg.index, false));
                 let to = dir.join(seg_name(seg.index, true));
                 seg.file
@@ -546,6 +603,7 @@ impl QueueLog {
             config,
             state: Mutex::new(st),
             sync: Arc::new(SyncShared::default()),
+            write_lock: Mutex::new(()),
         });
         {
             let mut st = inner.state.lock();
@@ -563,6 +621,7 @@ impl QueueLog {
                 st.dir_dirty = false;
             }
             let written = st.written;
+            st.logical = written;
             let mut s = inner.sync.state.lock();
             s.synced = written;
             s.requested = written;
@@ -606,7 +665,8 @@ impl QueueLog {
     /// Appends messages atomically with respect to errors (all are written or none; a crash may keep
     /// a prefix of an unsynced batch) and returns their consecutive sequence numbers at once.
     ///
-    /// The bytes are written (`pwrite`, page cache) before this returns; under
+    /// The bytes are written (`pwrite`, page cache; concurrent appends are combined into one
+    /// `pwrite`) before this returns; under
     /// [`FsyncPolicy::Always`] the returned handle resolves after the sync thread's next fsync covers
     /// them. The whole batch must fit in one segment ([`StoreError::RecordTooLarge`] otherwise). A full
     /// disk returns [`StoreError::DiskFull`] and leaves the log as it was.
@@ -637,6 +697,120 @@ impl QueueLog {
         }
         let mut st = inner.state.lock();
         st.usable()?;
+        let active = st.segments.back().expect("active segment");
+        if active.complete
+            || active.len + total > inner.config.segment_bytes - SEAL_FRAME_LEN as u64
+        {
+            drop(st);
+            return self.append_direct(messages);
+        }
+        // Fast path: encode into the pending buffer; whoever writes next writes it (write
+        // combining: one `pwrite` for every append queued meanwhile).
+        let first = st.next_seq;
+        let generation = st.generation;
+        let segment = active.index;
+        let mut pos = active.len;
+        match st.inflight.iter_mut().find(|(g, _)| *g == generation) {
+            Some((_, n)) => *n += 1,
+            None => st.inflight.push((generation, 1)),
+        }
+        let mut pending = std::mem::take(&mut st.pending);
+        for (i, m) in messages.iter().enumerate() {
+            let seq = first + i as u64;
+            let len = format::encode_message(&mut pending, seq, m) as u64;
+            st.pending_entries
+                .push((seq, Entry::from_message(segment, pos, len, m)));
+            pos += len;
+        }
+        st.pending = pending;
+        st.segments.back_mut().expect("active segment").len = pos;
+        let n = messages.len() as u64;
+        st.next_seq += n;
+        st.logical += total;
+        let target = st.logical;
+        drop(st);
+        self.flush_until(target, generation)?;
+        let durability = self.durability_for(target, true);
+        Ok(Appended {
+            first_seq: first,
+            last_seq: first + n - 1,
+            durability,
+        })
+    }
+
+    /// Makes sure the bytes up to `target` (queued in generation `generation`) are written: returns at once
+    /// if another appender's combined write covered them, else writes everything pending.
+    fn flush_until(&self, target: u64, generation: u64) -> Result<()> {
+        let result = self.flush_inner(target, generation);
+        let mut st = self.inner.state.lock();
+        if let Some(i) = st.inflight.iter().position(|(g, _)| *g == generation) {
+            st.inflight[i].1 -= 1;
+            if st.inflight[i].1 == 0 {
+                st.inflight.swap_remove(i);
+            }
+        }
+        // A failure record is kept only while appenders of its generation are still in flight.
+        if !st.failures.is_empty() {
+            let State {
+                failures, inflight, ..
+            } = &mut *st;
+            failures.retain(|f| inflight.iter().any(|(g, _)| *g == f.0));
+        }
+        result
+    }
+
+    fn flush_inner(&self, target: u64, generation: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let _w = inner.write_lock.lock();
+        let mut st = inner.state.lock();
+        if st.generation != generation {
+            return match st.failures.iter().find(|f| f.0 == generation) {
+                Some((_, at, _)) if target <= *at => Ok(()),
+                Some((_, _, e)) => Err(e.clone()),
+                // Unreachable: a failure is kept while appenders of its generation are in flight.
+                None => Err(StoreError::InvalidInput {
+                    reason: format!("write generation {generation} lost its failure record"),
+                }),
+            };
+        }
+        if st.written >= target {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut st.pending);
+        let entries = std::mem::take(&mut st.pending_entries);
+        let active = st.segments.back().expect("active segment");
+        let (file, index) = (active.file.clone(), active.index);
+        let pos = active.len - buf.len() as u64;
+        drop(st);
+        let res = file.write_at(&buf, pos);
+        let mut st = inner.state.lock();
+        match res {
+            Ok(()) => {
+                apply_flushed(&mut st, entries, buf.len() as u64);
+                if st.pending.capacity() == 0 {
+                    let mut buf = buf;
+                    buf.clear();
+                    if buf.capacity() <= 1 << 20 {
+                        st.pending = buf;
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let err = StoreError::io("write", &inner.path(index, false), e);
+                discard_pending(&mut st, &file, pos, entries[0].0, err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    /// The slow path for a batch that needs a new segment: written directly under the write lock.
+    fn append_direct(&self, messages: &[NewMessage]) -> Result<Appended> {
+        let inner = &*self.inner;
+        let _w = inner.write_lock.lock();
+        let mut st = inner.state.lock();
+        st.usable()?;
+        flush_pending_locked(inner, &mut st)?;
         let first = st.next_seq;
         let mut buf = std::mem::take(&mut st.buf);
         buf.clear();
@@ -650,23 +824,20 @@ impl QueueLog {
                 return Err(e);
             }
         };
-        let mut off = 0usize;
-        let mut bytes = 0u64;
-        for i in 0..messages.len() {
-            let frame = format::decode_frame(&buf[off..]).expect("just encoded");
-            let parts = format::parse_message(frame.body).expect("just encoded");
-            bytes += parts.payload.len() as u64;
-            st.index.insert(
+        let mut off = 0u64;
+        let mut entries = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            let len = format::message_frame_len(m).expect("validated by append_batch");
+            entries.push((
                 first + i as u64,
-                Entry::new(segment, pos + off as u64, frame.total_len as u64, &parts),
-            );
-            off += frame.total_len;
+                Entry::from_message(segment, pos + off, len, m),
+            ));
+            off += len;
         }
+        debug_assert_eq!(off, buf.len() as u64);
         let n = messages.len() as u64;
-        st.segments.back_mut().expect("active segment").live += n;
         st.next_seq += n;
-        st.appended += n;
-        st.unsettled_bytes += bytes;
+        apply_flushed(&mut st, entries, 0);
         let written = st.written;
         st.recycle(buf);
         drop(st);
@@ -680,19 +851,19 @@ impl QueueLog {
 
     fn durability_for(&self, written: u64, eager: bool) -> Durability {
         let sync = &self.inner.sync;
+        let always = self.inner.config.fsync == FsyncPolicy::Always;
         {
             let mut s = sync.state.lock();
             if written > s.written {
                 s.written = written;
             }
+            if always && eager && written > s.requested {
+                s.requested = written;
+                sync.work.notify_one();
+            }
         }
         match self.inner.config.fsync {
-            FsyncPolicy::Always => {
-                if eager {
-                    sync.request(written);
-                }
-                Durability::pending(sync.clone(), written, eager)
-            }
+            FsyncPolicy::Always => Durability::pending(sync.clone(), written, eager),
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
                 Durability::ready(DurabilityLevel::Written, written)
             }
@@ -722,8 +893,10 @@ impl QueueLog {
             format::check_settlement(s).map_err(|reason| StoreError::InvalidInput { reason })?;
         }
         let inner = &*self.inner;
+        let _w = inner.write_lock.lock();
         let mut st = inner.state.lock();
         st.usable()?;
+        flush_pending_locked(inner, &mut st)?;
         let mut seen = HashSet::with_capacity(if items.len() > 1 { items.len() } else { 0 });
         for (seq, _) in items {
             if !st.index.contains_key(seq) || (items.len() > 1 && !seen.insert(*seq)) {
@@ -773,8 +946,10 @@ impl QueueLog {
             });
         }
         let inner = &*self.inner;
+        let _w = inner.write_lock.lock();
         let mut st = inner.state.lock();
         st.usable()?;
+        flush_pending_locked(inner, &mut st)?;
         for (seq, _) in items {
             if !st.index.contains_key(seq) {
                 return Err(st.missing(*seq));
@@ -1043,12 +1218,43 @@ fn scan_segment(
                     }
                 }
             }
+            format::TYPE_SEAL => {
+                let (at, next_seq) = format::parse_seal(frame.body).map_err(bad)?;
+                if at != off as u64 || next_seq < st.next_seq {
+                    return Err(bad(FrameError::Malformed(
+                        "seal record does not match its position",
+                    )));
+                }
+                st.next_seq = next_seq;
+                let seg = st.segments.back_mut().expect("pushed");
+                seg.complete = true;
+                seg.len = (off + frame.total_len) as u64;
+                report.records += 1;
+                st.written += frame.total_len as u64;
+                let end = off + frame.total_len;
+                if end < data.len() {
+                    // A segment is trimmed before its seal is written, so no crash leaves bytes here.
+                    return Err(StoreError::corruption(
+                        path,
+                        end as u64,
+                        "bytes after the seal record",
+                    ));
+                }
+                return Ok(None);
+            }
             other => return Err(bad(FrameError::UnknownType(other))),
         }
         report.records += 1;
         off += frame.total_len;
         st.written += frame.total_len as u64;
         st.segments.back_mut().expect("pushed").len = off as u64;
+    }
+    if sealed {
+        return Err(StoreError::corruption(
+            path,
+            data.len() as u64,
+            "sealed segment does not end with a seal record (truncated)",
+        ));
     }
     Ok(None)
 }
@@ -1082,6 +1288,7 @@ fn placeholder_segment(index: u64, len: u64) -> Segment {
         len,
         live: 0,
         sealed: false,
+        complete: false,
     }
 }
 
@@ -1106,10 +1313,71 @@ fn create_segment(inner: &Inner, st: &mut State, index: u64) -> Result<()> {
         len: SEGMENT_HEADER_LEN as u64,
         live: 0,
         sealed: false,
+        complete: false,
     });
     st.written += SEGMENT_HEADER_LEN as u64;
+    st.logical += SEGMENT_HEADER_LEN as u64;
     st.dir_dirty = true;
     Ok(())
+}
+
+/// Inserts the index entries of records whose bytes (`bytes` of them, counted as written unless 0 is
+/// passed because the caller already advanced `written`) are now in the file.
+fn apply_flushed(st: &mut State, entries: Vec<(u64, Entry)>, bytes: u64) {
+    st.written += bytes;
+    let n = entries.len() as u64;
+    for (seq, e) in entries {
+        st.unsettled_bytes += e.payload_len as u64;
+        let seg = e.segment;
+        st.index.insert(seq, e);
+        if let Some(s) = st.segment_mut(seg) {
+            s.live += 1;
+        }
+    }
+    st.appended += n;
+}
+
+/// A combined write failed: forget every pending record (their appenders get `err`), give their
+/// sequence numbers back and cut the partial bytes.
+fn discard_pending(
+    st: &mut State,
+    file: &Arc<dyn StorageFile>,
+    pos: u64,
+    first_seq: u64,
+    err: StoreError,
+) {
+    let _ = file.set_len(pos);
+    st.pending.clear();
+    st.pending_entries.clear();
+    st.segments.back_mut().expect("active segment").len = pos;
+    st.next_seq = first_seq;
+    st.logical = st.written;
+    let (generation, written) = (st.generation, st.written);
+    st.failures.push((generation, written, err));
+    st.generation += 1;
+}
+
+/// Writes the pending records now (caller holds the write lock and the state).
+fn flush_pending_locked(inner: &Inner, st: &mut State) -> Result<()> {
+    if st.pending.is_empty() {
+        return Ok(());
+    }
+    let buf = std::mem::take(&mut st.pending);
+    let entries = std::mem::take(&mut st.pending_entries);
+    let active = st.segments.back().expect("active segment");
+    let (file, index) = (active.file.clone(), active.index);
+    let pos = active.len - buf.len() as u64;
+    match file.write_at(&buf, pos) {
+        Ok(()) => {
+            apply_flushed(st, entries, buf.len() as u64);
+            Ok(())
+        }
+        Err(e) => {
+            let err = StoreError::io("write", &inner.path(index, false), e);
+            discard_pending(st, &file, pos, entries[0].0, err.clone());
+            Err(err)
+        }
+    }
 }
 
 /// Writes one encoded record (or batch) at the end of the active segment, rolling to a new segment
@@ -1124,16 +1392,28 @@ fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<(u64, u64)>
     }
     let active = st
         .segments
-        .back()
+        .back_mut()
         .expect("a log always has an active segment");
-    if active.len + len > inner.config.segment_bytes {
-        // Trim whatever a failed write may have left past the write position, then roll.
-        let path = inner.path(active.index, false);
-        active
-            .file
-            .set_len(active.len)
-            .map_err(|e| StoreError::io("truncate", &path, e))?;
-        let next = active.index + 1;
+    if active.complete || active.len + len > inner.config.segment_bytes - SEAL_FRAME_LEN as u64 {
+        if !active.complete {
+            // Trim whatever a failed write may have left past the write position, then seal.
+            let path = inner.path(active.index, false);
+            active
+                .file
+                .set_len(active.len)
+                .map_err(|e| StoreError::io("truncate", &path, e))?;
+            let mut seal = Vec::with_capacity(SEAL_FRAME_LEN);
+            format::encode_seal(&mut seal, active.len, st.next_seq);
+            if let Err(e) = active.file.write_at(&seal, active.len) {
+                let _ = active.file.set_len(active.len);
+                return Err(StoreError::io("write", &path, e));
+            }
+            active.len += SEAL_FRAME_LEN as u64;
+            active.complete = true;
+            st.written += SEAL_FRAME_LEN as u64;
+            st.logical += SEAL_FRAME_LEN as u64;
+        }
+        let next = st.segments.back().expect("active").index + 1;
         create_segment(inner, st, next)?;
         let mut s = inner.sync.state.lock();
         s.maintenance = true;
@@ -1149,6 +1429,7 @@ fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<(u64, u64)>
     active.len += len;
     let index = active.index;
     st.written += len;
+    st.logical += len;
     Ok((index, pos))
 }
 
