@@ -349,6 +349,18 @@ impl Producer {
         self.shared.publish(message).await
     }
 
+    /// [`Producer::publish`] waiting at most `timeout` for window room and publish credit;
+    /// [`ClientError::Timeout`] after that (the message was not published). Cancel-safe.
+    pub async fn publish_timeout(
+        &self,
+        message: Message,
+        timeout: Duration,
+    ) -> Result<ConfirmFuture> {
+        tokio::time::timeout(timeout, self.shared.publish(message))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+
     /// Like [`Producer::publish`] but never waits: [`TryPublishError::Full`] (with the message)
     /// when the window is full or there is no publish credit, [`TryPublishError::Failed`] when it
     /// cannot be published now (circuit open, disconnected, closed, too large).

@@ -45,6 +45,15 @@ async fn full_block_queue_makes_the_producer_wait_and_loses_nothing() {
     )
     .await;
     assert!(waiting.is_err(), "publish must wait on a full block queue");
+    assert_eq!(
+        producer
+            .publish_timeout(Message::new("y"), Duration::from_millis(50))
+            .await
+            .map(|_| ()),
+        Err(levee_client::ClientError::Timeout(Duration::from_millis(
+            50
+        )))
+    );
     match producer.try_publish(Message::new("x")) {
         Err(TryPublishError::Full(m)) => assert_eq!(&m.payload[..], b"x"),
         r => panic!("expected Full, got {:?}", r.map(|_| ())),
