@@ -431,15 +431,15 @@ impl QueueState {
         match self.admit(now, msg) {
             Ok(outcome) => Some(outcome),
             Err(msg) => {
-                self.held.push_back((token, msg));
+                self.held.push_back((token, *msg));
                 None
             }
         }
     }
 
-    /// Offers a message to the ready set; `Err` hands it back when a `block` queue has no room
-    /// by bytes (to be held).
-    fn admit(&mut self, now: u64, msg: Message) -> Result<PublishOutcome, Message> {
+    /// Offers a message to the ready set; `Err` hands it back when it must be held (a `block`
+    /// queue without room by bytes, or over the rate limit).
+    fn admit(&mut self, now: u64, msg: Message) -> Result<PublishOutcome, Box<Message>> {
         let weight = msg.payload.len() as u64;
         if let Some(gate) = &mut self.rate {
             match gate.check(now, weight) {
@@ -454,7 +454,7 @@ impl QueueState {
                 crate::rate::Gate::Wait(ms) => {
                     // Slowed, not failed: held until the rate allows it.
                     self.rate_retry_at = Some(now + ms);
-                    return Err(msg);
+                    return Err(Box::new(msg));
                 }
                 crate::rate::Gate::Never => {
                     self.counters.published += 1;
@@ -514,7 +514,7 @@ impl QueueState {
                 // Not counted: it is published when it is finally admitted.
                 self.counters.published -= 1;
                 let Queued { message, .. } = item.item;
-                return Err(message.expect("a published message has its body"));
+                return Err(Box::new(message.expect("a published message has its body")));
             }
             Offer::Rejected(_) => self.refuse(ErrorCode::QueueFull, "queue is full".into()),
             // levee-flow may add outcomes; treat any other refusal as full.
@@ -538,7 +538,7 @@ impl QueueState {
                     });
                 }
                 Err(msg) => {
-                    self.held.push_front((token, msg));
+                    self.held.push_front((token, *msg));
                     break;
                 }
             }

@@ -57,7 +57,7 @@ impl RateGate {
         let bytes = limit
             .bytes_per_sec
             .map(|r| make(r, limit.burst_bytes.max(r)));
-        (msgs.is_some() || bytes.is_some()).then(|| RateGate {
+        (msgs.is_some() || bytes.is_some()).then_some(RateGate {
             msgs,
             bytes,
             clock,

@@ -151,7 +151,7 @@ async fn a_slow_adaptive_consumer_does_not_hoard_messages() {
         .await
         .unwrap();
     for i in 0..400u32 {
-        let _ = p.publish(numbered(i, 8)).await.unwrap();
+        drop(p.publish(numbered(i, 8)).await.unwrap());
     }
     p.flush().await;
     let slow_client = client(&server).await;

@@ -38,7 +38,7 @@ async fn unbounded_grows_bounded_holds_its_limit_and_slows_the_producer() {
             let started = Instant::now();
             let mut n = 0u32;
             while started.elapsed() < Duration::from_millis(1_000) {
-                let _ = p.publish(numbered(n, 8)).await.unwrap();
+                drop(p.publish(numbered(n, 8)).await.unwrap());
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
