@@ -372,7 +372,8 @@ impl ConsumerShared {
 /// dropping the consumer unsubscribes too, without waiting for the reply.
 pub struct Consumer {
     shared: Arc<ConsumerShared>,
-    client: Client,
+    /// Keeps the connection (and its reconnection supervisor) alive while the consumer lives.
+    _client: Client,
     rx: mpsc::UnboundedReceiver<Event>,
 }
 
@@ -422,7 +423,7 @@ impl Consumer {
         (
             Consumer {
                 shared: shared.clone(),
-                client: client.clone(),
+                _client: client.clone(),
                 rx,
             },
             shared,
@@ -496,7 +497,6 @@ impl Drop for Consumer {
             });
             conn.remove_route(sub);
         }
-        let _ = &self.client;
     }
 }
 

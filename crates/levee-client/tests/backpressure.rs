@@ -155,3 +155,66 @@ async fn in_flight_window_bounds_unconfirmed_messages() {
     assert_eq!(producer.in_flight(), 0);
     assert!(producer.try_publish(Message::new("6")).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_sharing_a_connection_share_its_publish_credit() {
+    let b = common::broker().await;
+    let client = common::client(b.addr).await;
+    client
+        .declare("q", common::memory(Overflow::Block, 50))
+        .await
+        .unwrap();
+    // Two producers (and two tasks on a clone of one) on one connection, one consumer.
+    let p1 = client
+        .producer("q", ProducerOptions::default())
+        .await
+        .unwrap();
+    let p2 = client
+        .producer("q", ProducerOptions::default())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for (k, p) in [(0u32, p1.clone()), (1, p1), (2, p2)] {
+        tasks.push(tokio::spawn(async move {
+            let mut confirms = Vec::new();
+            for i in 0..300u32 {
+                let v = k * 1000 + i;
+                confirms.push(
+                    p.publish(Message::new(v.to_be_bytes().to_vec()))
+                        .await
+                        .unwrap(),
+                );
+            }
+            let mut out = Vec::new();
+            for c in confirms {
+                out.push(c.await);
+            }
+            out
+        }));
+    }
+    let mut consumer = client
+        .consumer("q", ConsumerOptions::default())
+        .await
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    while seen.len() < 900 {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("producers keep going as the consumer acks")
+            .unwrap()
+            .unwrap();
+        assert!(seen.insert(u32::from_be_bytes(d.payload()[..].try_into().unwrap())));
+        d.ack().unwrap();
+    }
+    for t in tasks {
+        for o in t.await.unwrap() {
+            assert!(matches!(o, Ok(PublishOutcome::Stored { .. })), "{o:?}");
+        }
+    }
+    let s = client.inspect("q").await.unwrap().stats;
+    assert_eq!(
+        (s.stored, s.rejected),
+        (900, 0),
+        "no publish beyond credit: {s:?}"
+    );
+}
