@@ -277,3 +277,29 @@ async fn close_unsubscribes_and_requeues_unsettled() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_client_ends_consumer_streams() {
+    let b = common::broker().await;
+    let client = common::client(b.addr).await;
+    client
+        .declare("q", common::memory(Overflow::Block, 100))
+        .await
+        .unwrap();
+    fill(&client, "q", 1).await;
+    let mut c = consumer(&client, "q", Credit::Fixed(4), false).await;
+    let d = c.next().await.unwrap().unwrap();
+    client.close().await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), c.next())
+        .await
+        .unwrap();
+    assert!(end.is_none(), "{end:?}");
+    assert!(d.ack().is_err());
+    // The broker requeued the unsettled delivery when the connection closed.
+    let other = common::client(b.addr).await;
+    common::eventually("requeued", || async {
+        let s = other.inspect("q").await.unwrap().stats;
+        s.ready == 1 && s.unacked == 0 && s.consumers.is_empty()
+    })
+    .await;
+}
