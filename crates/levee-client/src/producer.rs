@@ -338,6 +338,10 @@ impl Producer {
     /// (the broker's backpressure: a full queue stops granting it). The returned future resolves
     /// to the message's outcome.
     ///
+    /// While the client is reconnecting it waits for the new connection (at most the client's
+    /// `request_timeout`, then [`ClientError::Timeout`]); without reconnection a lost connection
+    /// is [`ClientError::ConnectionLost`].
+    ///
     /// Fails at once with [`ClientError::CircuitOpen`] when the breaker is open and with
     /// [`ClientError::MessageTooLarge`] when the message cannot fit in a frame. A failed publish
     /// drops the message (clone it first if you want to retry; payloads are `Bytes`, so clones are
