@@ -20,18 +20,20 @@ DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
 OVERLOAD="${OVERLOAD:-60s}"
 WRITE_DOCS=1
+export LEVEE_LOG="${LEVEE_LOG:-warn}"
 [ "${1:-}" = "--no-docs" ] && WRITE_DOCS=0
 
 cargo build --release -p levee --features peers
-BIN=target/release/levee
+BIN="${CARGO_TARGET_DIR:-target}/release/levee"
 OUT="$(mktemp -d "${TMPDIR:-/tmp}/levee-bench-compare.XXXXXX")"
 RESULTS="$OUT/results.jsonl"
 COMMANDS="$OUT/commands.txt"
 : > "$RESULTS"
 : > "$COMMANDS"
 
-scripts/peers.sh start
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 trap 'scripts/peers.sh stop' EXIT
+scripts/peers.sh start
 STATE="${LEVEE_PEERS_DIR:-${TMPDIR:-/tmp}/levee-peers}"
 RABBIT_PID="$(cat "$STATE/rabbitmq.pid")"
 NATS_PID="$(cat "$STATE/nats.pid")"
@@ -68,10 +70,11 @@ run "overload" "${RQ[@]}" "${OV[@]}" --overflow reject --rabbit-queue quorum
 run "overload" "${NJ[@]}" "${OV[@]}" --overflow reject
 
 VERSIONS="$(scripts/peers.sh versions)"
+LOAD="before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo '+dirty')"
-python3 - "$RESULTS" "$COMMANDS" "$VERSIONS" "$COMMIT" > "$OUT/section.md" <<'PY'
+python3 - "$RESULTS" "$COMMANDS" "$VERSIONS" "$COMMIT" "$LOAD" > "$OUT/section.md" <<'PY'
 import json, sys, platform, subprocess, os
-results, commands, versions, commit = sys.argv[1:5]
+results, commands, versions, commit, load = sys.argv[1:6]
 runs = [json.loads(l) for l in open(results) if l.strip()]
 def sh(c):
     try: return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
@@ -87,7 +90,8 @@ w = out.append
 w("## Broker vs RabbitMQ and NATS JetStream\n")
 w(f"Measured with `scripts/bench-compare.sh` (`levee bench`, release build, levee commit `{commit}`) on "
   f"{os.cpu_count()} cores ({cpu}), {mem} RAM, Linux {platform.release()}, data directories on {fs}. "
-  f"Peers: {versions.replace(chr(10), '; ')}, started by `scripts/peers.sh` on loopback with fresh data directories.\n")
+  f"Peers: {versions.replace(chr(10), '; ')}, started by `scripts/peers.sh` on loopback with fresh data directories. "
+  f"Load average (1/5/15 min) {load}: other work on the machine shares its 2 cores, so absolute figures vary between runs; the ratios come from one run of the matrix.\n")
 w("Same semantics for every system: a fresh durable queue per run, persistent messages, publisher confirms "
   "with a window of 1000 unconfirmed messages per producer, manual acks with a prefetch / credit of 1000 per consumer, "
   "one connection per producer and per consumer. msgs/s is the sustained end-to-end rate (messages consumed and acked "

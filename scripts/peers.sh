@@ -64,7 +64,20 @@ start() {
         exec /usr/lib/rabbitmq/bin/rabbitmq-server >"$STATE/rabbitmq.log" 2>&1
     ) &
     echo $! > "$STATE/rabbitmq.pid"
-    (rabbit_env; /usr/lib/rabbitmq/bin/rabbitmqctl -q await_startup --timeout 120) >/dev/null
+    # await_startup fails at once while the node is not yet registered with epmd: retry.
+    local ok=0
+    for _ in $(seq 1 60); do
+        if (rabbit_env; /usr/lib/rabbitmq/bin/rabbitmqctl -q await_startup --timeout 10) >/dev/null 2>&1; then
+            ok=1
+            break
+        fi
+        alive "$STATE/rabbitmq.pid" || break
+        sleep 1
+    done
+    if [ "$ok" = 0 ]; then
+        echo "peers: RabbitMQ did not start; see $STATE/rabbitmq.log and $STATE/rabbitmq/log" >&2
+        exit 1
+    fi
     if [ "$epmd_before" = 0 ] && pgrep -x epmd >/dev/null; then
         pgrep -x epmd > "$STATE/epmd.pid"
     fi

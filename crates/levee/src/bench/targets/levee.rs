@@ -50,7 +50,7 @@ impl Server {
             .arg(data.path())
             .env(
                 "LEVEE_LOG",
-                std::env::var("LEVEE_LOG").unwrap_or("warn".into()),
+                std::env::var("LEVEE_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -216,9 +216,9 @@ pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
                     }
                 }
                 drop(tx);
-                match tokio::time::timeout(Duration::from_secs(3), confirmer).await {
-                    Ok(r) => r??,
-                    Err(_) => {} // confirms still pending at the end do not count
+                // Confirms still pending 3 s after the end do not count.
+                if let Ok(r) = tokio::time::timeout(Duration::from_secs(3), confirmer).await {
+                    r??;
                 }
                 Ok(None)
             })
