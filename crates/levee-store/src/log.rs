@@ -903,17 +903,7 @@ impl QueueLog {
                 return Err(st.missing(*seq));
             }
         }
-        let mut buf = std::mem::take(&mut st.buf);
-        buf.clear();
-        let len = format::encode_settlements(&mut buf, items) as u64;
-        if let Err(e) = self
-            .check_len(len)
-            .and_then(|_| write_record(inner, &mut st, &buf))
-        {
-            st.recycle(buf);
-            return Err(e);
-        }
-        st.recycle(buf);
+        self.write_encoded(&mut st, |buf| format::encode_settlements(buf, items))?;
         let mut maintenance = false;
         for (seq, _) in items {
             let e = st.index.remove(seq).expect("checked above");
@@ -955,17 +945,7 @@ impl QueueLog {
                 return Err(st.missing(*seq));
             }
         }
-        let mut buf = std::mem::take(&mut st.buf);
-        buf.clear();
-        let len = format::encode_deliveries(&mut buf, items) as u64;
-        if let Err(e) = self
-            .check_len(len)
-            .and_then(|_| write_record(inner, &mut st, &buf))
-        {
-            st.recycle(buf);
-            return Err(e);
-        }
-        st.recycle(buf);
+        self.write_encoded(&mut st, |buf| format::encode_deliveries(buf, items))?;
         for (seq, n) in items {
             st.index.get_mut(seq).expect("checked above").delivery_count = *n;
         }
@@ -979,6 +959,23 @@ impl QueueLog {
         let current = self.meta(seq)?.delivery_count;
         let next = current.saturating_add(1);
         Ok((next, self.record_deliveries(&[(seq, next)])?))
+    }
+
+    /// Encodes one record (settlements, delivery counts) into the log's reusable buffer, checks
+    /// its length against `max_record_bytes`, and writes it. On error nothing is written.
+    fn write_encoded(
+        &self,
+        st: &mut State,
+        encode: impl FnOnce(&mut Vec<u8>) -> usize,
+    ) -> Result<()> {
+        let mut buf = std::mem::take(&mut st.buf);
+        buf.clear();
+        let len = encode(&mut buf) as u64;
+        let written = self
+            .check_len(len)
+            .and_then(|_| write_record(&self.inner, st, &buf));
+        st.recycle(buf);
+        written.map(|_| ())
     }
 
     fn check_len(&self, len: u64) -> Result<()> {

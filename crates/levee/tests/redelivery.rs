@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Server, client, id_of, memory_queue, numbered};
@@ -38,22 +37,7 @@ async fn a_consumer_killed_mid_message_has_its_message_redelivered_to_another() 
         .await
         .unwrap();
     // A separate `levee consume` process takes the job and "works" on it for a minute...
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_levee"))
-        .args([
-            "consume",
-            "jobs",
-            "--credit",
-            "1",
-            "--work-ms",
-            "60000",
-            "--quiet",
-            "--addr",
-        ])
-        .arg(server.wire.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut worker = common::stuck_worker(&server, "jobs");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while c.inspect("jobs").await.unwrap().stats.unacked == 0 {
         assert!(

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,22 +96,7 @@ async fn video_encoding_work_queue_loses_no_job_through_crashes() {
     );
 
     // An encoder process takes a job and crashes mid-job.
-    let mut doomed = Command::new(env!("CARGO_BIN_EXE_levee"))
-        .args([
-            "consume",
-            "encode",
-            "--credit",
-            "1",
-            "--work-ms",
-            "60000",
-            "--quiet",
-            "--addr",
-        ])
-        .arg(server.wire.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut doomed = common::stuck_worker(&server, "encode");
     while web.inspect("encode").await.unwrap().stats.unacked == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -241,3 +241,24 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .to_string();
     (status, body)
 }
+
+/// A `levee consume` process that takes one message of `queue` and "works" on it for a minute,
+/// never acking: kill it to simulate a consumer crashing mid-message.
+pub fn stuck_worker(server: &Server, queue: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args([
+            "consume",
+            queue,
+            "--credit",
+            "1",
+            "--work-ms",
+            "60000",
+            "--quiet",
+            "--addr",
+        ])
+        .arg(server.wire.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning levee consume")
+}
