@@ -139,6 +139,9 @@ fn decode_meta(path: &Path, bytes: &[u8]) -> Result<(String, QueueConfig), Broke
 
 impl Broker {
     /// Opens the broker: recovers every durable queue in `config.data_dir`.
+    ///
+    /// Not cancel-safe: dropping it part-way leaves the queues recovered so far running in
+    /// tasks of their own (nothing is lost; open the data directory again to retry).
     pub async fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
         let backend: Arc<dyn Backend> = FsBackend::shared();
         let inner = Arc::new(Inner {
@@ -263,6 +266,9 @@ impl Broker {
 
     /// Creates a queue, or checks that an existing one has this config. Returns whether it was
     /// created and how many messages it holds.
+    ///
+    /// Not cancel-safe: dropped after the catalog entry is written, the queue exists on disk
+    /// and is recovered at the next start (declaring it again then succeeds).
     pub async fn declare(
         &self,
         name: &str,
@@ -311,7 +317,18 @@ impl Broker {
     }
 
     /// Deletes a queue with its messages; returns how many messages it held.
+    ///
+    /// Cancel-safe in effect: the deletion runs in a task of its own and completes (files
+    /// included) even if this future is dropped, so a deleted queue can never come back at the
+    /// next start.
     pub async fn delete(&self, name: &str) -> Result<u64, BrokerError> {
+        let (broker, name) = (self.clone(), name.to_string());
+        tokio::spawn(async move { broker.delete_now(&name).await })
+            .await
+            .map_err(BrokerError::join)?
+    }
+
+    async fn delete_now(&self, name: &str) -> Result<u64, BrokerError> {
         let _guard = self.inner.catalog.lock().await;
         let Some(entry) = self.inner.queues.write().remove(name) else {
             return Err(BrokerError::UnknownQueue(name.to_string()));
@@ -338,6 +355,8 @@ impl Broker {
 
     /// Stops every queue and closes its log (syncing what is written). Connections still open get
     /// `shutting-down` errors for what they send next.
+    ///
+    /// Not cancel-safe: queues stopped before the drop stay stopped.
     pub async fn shutdown(&self) {
         let _guard = self.inner.catalog.lock().await;
         let entries: Vec<(String, QueueEntry)> = self.inner.queues.write().drain().collect();
@@ -358,6 +377,8 @@ impl Broker {
     }
 
     /// Drops every ready message of a queue; returns how many.
+    ///
+    /// Cancel-safe in effect: the purge happens whether or not the reply is awaited.
     pub async fn purge(&self, name: &str) -> Result<u64, BrokerError> {
         let tx = self.sender(name)?;
         let (reply, rx) = oneshot::channel();
@@ -367,6 +388,8 @@ impl Broker {
     }
 
     /// A queue's config and counters.
+    ///
+    /// Cancel-safe: it only reads.
     pub async fn inspect(&self, name: &str) -> Result<QueueInfo, BrokerError> {
         let tx = self.sender(name)?;
         let (reply, rx) = oneshot::channel();
@@ -428,6 +451,8 @@ impl Broker {
 
     /// Binds `addr` and serves on it; returns the bound address (useful with port 0) and the
     /// serving task.
+    ///
+    /// Cancel-safe: dropped before it returns, nothing is listening.
     pub async fn bind(
         &self,
         addr: SocketAddr,

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, client, id_of, memory_queue, numbered};
+use common::{Server, client, id_of, memory_queue, numbered, wait_for_stats};
 use futures::StreamExt;
 use levee_client::{ConsumerOptions, Credit, ProducerOptions, PublishOutcome, TryPublishError};
 use levee_proto::{DropReason, Order, Overflow};
@@ -34,7 +34,8 @@ async fn block_queue_paces_the_producer_and_loses_nothing() {
         }
     });
     // Until a consumer appears, the producer is stuck at the limit.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_stats(&c, "bounded", |s| s.ready == 10).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let stats = c.inspect("bounded").await.unwrap().stats;
     assert_eq!(
         stats.ready, 10,
@@ -96,7 +97,8 @@ async fn byte_limit_bounds_a_queue_of_large_messages() {
             assert!(matches!(c.await.unwrap(), PublishOutcome::Stored { .. }));
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_stats(&c, "large", |s| s.ready == 16).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let s = c.inspect("large").await.unwrap().stats;
     assert!(s.bytes <= 1 << 20, "bytes bounded: {s:?}");
     assert_eq!(s.ready, 16, "exactly as many as fit in 1 MiB");

@@ -10,19 +10,26 @@ use futures::StreamExt;
 use levee_client::{ConsumerOptions, Credit, ProducerOptions};
 use levee_proto::{ClientFrame, Overflow, ServerFrame};
 
-/// Counts deliveries arriving within `window` (raw socket, so the client library cannot mask a
-/// broker that over-delivers).
-fn deliveries_within(raw: &mut Raw, window: Duration) -> usize {
-    raw.sock.set_read_timeout(Some(window)).unwrap();
+/// Reads deliveries until `expected` have arrived (10 s at most), then keeps listening for
+/// `quiet` more: returns how many arrived in all (raw socket, so the client library cannot mask
+/// a broker that over-delivers).
+fn deliveries_within(raw: &mut Raw, expected: usize, quiet: Duration) -> usize {
     let mut n = 0;
-    loop {
+    let read = |raw: &mut Raw, timeout: Duration, n: &mut usize| -> bool {
+        raw.sock.set_read_timeout(Some(timeout)).unwrap();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| raw.recv())) {
-            Ok(Some(ServerFrame::Deliver { deliveries })) => n += deliveries.len(),
-            Ok(Some(_)) => {}
-            // Read timeout: nothing more is coming.
-            Ok(None) | Err(_) => return n,
+            Ok(Some(ServerFrame::Deliver { deliveries })) => {
+                *n += deliveries.len();
+                true
+            }
+            Ok(Some(_)) => true,
+            // Read timeout or close: nothing more is coming.
+            Ok(None) | Err(_) => false,
         }
-    }
+    };
+    while n < expected && read(raw, Duration::from_secs(10), &mut n) {}
+    while read(raw, quiet, &mut n) {}
+    n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,7 +54,7 @@ async fn the_broker_never_sends_more_than_the_requested_credit() {
         auto_ack: false,
     });
     assert_eq!(
-        deliveries_within(&mut raw, Duration::from_millis(500)),
+        deliveries_within(&mut raw, 5, Duration::from_millis(300)),
         5,
         "request(5)"
     );
@@ -69,7 +76,7 @@ async fn the_broker_never_sends_more_than_the_requested_credit() {
         n: 3,
     });
     assert_eq!(
-        deliveries_within(&mut raw, Duration::from_millis(500)),
+        deliveries_within(&mut raw, 3, Duration::from_millis(300)),
         3,
         "request(3)"
     );
@@ -78,7 +85,7 @@ async fn the_broker_never_sends_more_than_the_requested_credit() {
         n: 1000,
     });
     assert_eq!(
-        deliveries_within(&mut raw, Duration::from_millis(500)),
+        deliveries_within(&mut raw, 92, Duration::from_millis(300)),
         92,
         "the rest"
     );

@@ -13,8 +13,8 @@ use levee_client::{
 };
 use levee_proto::{Overflow, RateLimit};
 
-/// Scenario 1: a fast producer (1 msg/ms) and a slow consumer (1 msg/100 ms). An explicitly
-/// unbounded queue grows and its stats say so; the default bounded queue stays at its limit
+/// Scenario 1: a fast producer and a slow consumer (1 msg/100 ms). An explicitly unbounded queue
+/// grows with everything sent and its stats say so; the default bounded queue stays at its limit
 /// while the producer is slowed to the consumer's pace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbounded_grows_bounded_holds_its_limit_and_slows_the_producer() {
@@ -29,19 +29,26 @@ async fn unbounded_grows_bounded_holds_its_limit_and_slows_the_producer() {
     c.declare("bounded", memory_queue(Overflow::Block, 50, 1 << 20))
         .await
         .unwrap();
+    let window = Duration::from_millis(1_000);
     let mut published = Vec::new();
     for queue in ["unbounded", "bounded"] {
         let pc = client(&server).await;
         let q = queue.to_string();
+        // As fast as the broker lets it, 500 messages at most, for one second.
         published.push(tokio::spawn(async move {
             let p = pc.producer(&q, ProducerOptions::default()).await.unwrap();
-            let started = Instant::now();
+            let deadline = Instant::now() + window;
             let mut n = 0u32;
-            while started.elapsed() < Duration::from_millis(1_000) {
-                drop(p.publish(numbered(n, 8)).await.unwrap());
+            while n < 500 {
+                let Ok(Ok(confirm)) =
+                    tokio::time::timeout_at(deadline.into(), p.publish(numbered(n, 8))).await
+                else {
+                    break;
+                };
+                drop(confirm);
                 n += 1;
-                tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            p.flush().await;
             n
         }));
         let cc = client(&server).await;
@@ -67,14 +74,21 @@ async fn unbounded_grows_bounded_holds_its_limit_and_slows_the_producer() {
     let bounded_sent = published.remove(0).await.unwrap();
     let u = c.inspect("unbounded").await.unwrap().stats;
     let b = c.inspect("bounded").await.unwrap().stats;
-    assert!(u.ready > 300, "the unbounded queue piles up: {u:?}");
+    assert_eq!(
+        unbounded_sent, 500,
+        "nothing slows a producer into an unbounded queue"
+    );
+    assert_eq!(u.published, 500);
+    assert!(u.ready >= 500 - 20, "the unbounded queue piles up: {u:?}");
     assert!(
         b.ready + b.unacked <= 50,
         "the bounded queue holds its limit: {b:?}"
     );
+    // At most the limit plus what the consumer finished (one per 100 ms) got through.
+    let consumed_at_most = (window.as_millis() / 100) as u32 + 2;
     assert!(
-        bounded_sent < unbounded_sent / 2,
-        "the bounded producer was slowed ({bounded_sent} vs {unbounded_sent})"
+        bounded_sent <= 50 + consumed_at_most,
+        "the bounded producer was slowed to the consumer's pace: {bounded_sent}"
     );
 }
 

@@ -262,3 +262,24 @@ pub fn stuck_worker(server: &Server, queue: &str) -> Child {
         .spawn()
         .expect("spawning levee consume")
 }
+
+/// Polls `queue`'s stats until `cond` holds (at most 10 s, then panics with the last stats):
+/// for states reached by background work, without guessing how long it takes.
+pub async fn wait_for_stats(
+    c: &levee_client::Client,
+    queue: &str,
+    cond: impl Fn(&levee_proto::QueueStats) -> bool,
+) -> levee_proto::QueueStats {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.inspect(queue).await.expect("inspect").stats;
+        if cond(&s) {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition never held: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
