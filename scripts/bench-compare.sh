@@ -7,7 +7,7 @@
 #   1. 1 producer / 1 consumer, 1 KiB, unthrottled, fsync always (RabbitMQ quorum, JetStream default)
 #   2. 4P / 4C, 256 B, unthrottled, fsync always
 #   3. the same two with relaxed fsync (Levee interval:1000; RabbitMQ classic queue)
-#   4. 1P/1C 1 KiB at 5,000 msg/s: latency percentiles
+#   4. 1P/1C 1 KiB at 5,000 msg/s: latency percentiles (Levee at fsync always and interval:1000)
 #   5. overload: producer unthrottled, one consumer acking 1,000 msg/s, queue limited to 64 MiB,
 #      server RSS over 60 s
 #
@@ -61,9 +61,10 @@ for shape in "1p1c-1KiB --producers 1 --consumers 1 --size 1KiB" \
     run "$name-relaxed" --target levee "$@" "${T[@]}" --fsync interval:1000
     run "$name-relaxed" "${RQ[@]}" "$@" "${T[@]}" --rabbit-queue classic
 done
-run "rate5000" --target levee --size 1KiB --rate 5000 "${T[@]}" --fsync always
-run "rate5000" "${RQ[@]}" --size 1KiB --rate 5000 "${T[@]}" --rabbit-queue quorum
-run "rate5000" "${NJ[@]}" --size 1KiB --rate 5000 "${T[@]}"
+run "rate5000-always" --target levee --size 1KiB --rate 5000 "${T[@]}" --fsync always
+run "rate5000-always" "${RQ[@]}" --size 1KiB --rate 5000 "${T[@]}" --rabbit-queue quorum
+run "rate5000-always" "${NJ[@]}" --size 1KiB --rate 5000 "${T[@]}"
+run "rate5000-relaxed" --target levee --size 1KiB --rate 5000 "${T[@]}" --fsync interval:1000
 OV=(--size 1KiB --consumer-rate 1000 --max-bytes 64MiB --duration "$OVERLOAD" --warmup 0s)
 run "overload" --target levee "${OV[@]}" --overflow block
 run "overload" "${RQ[@]}" "${OV[@]}" --overflow reject --rabbit-queue quorum
@@ -105,7 +106,8 @@ cases = [("1p1c-1KiB-always", "1. 1P/1C, 1 KiB, unthrottled, fsync always"),
          ("4p4c-256B-always", "2. 4P/4C, 256 B, unthrottled, fsync always"),
          ("1p1c-1KiB-relaxed", "3a. 1P/1C, 1 KiB, unthrottled, relaxed fsync"),
          ("4p4c-256B-relaxed", "3b. 4P/4C, 256 B, unthrottled, relaxed fsync"),
-         ("rate5000", "4. 1P/1C, 1 KiB, fixed 5,000 msg/s")]
+         ("rate5000-always", "4a. 1P/1C, 1 KiB, fixed 5,000 msg/s, fsync always"),
+         ("rate5000-relaxed", "4b. 1P/1C, 1 KiB, fixed 5,000 msg/s, relaxed fsync")]
 w("| case | system | msgs/s | MB/s | backlog growth msg/s | p50 ms | p99 ms | p99.9 ms | max ms | peak RSS MiB | Levee / peer |")
 w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for label, title in cases:
@@ -117,7 +119,7 @@ for label, title in cases:
     for r in sorted(rows, key=lambda r: r["target"] != "levee"):
         if r["target"] == "levee" or lev is None:
             ratio = ""
-        elif label == "rate5000":
+        elif label.startswith("rate5000"):
             ratio = f"p99 {r['latency_us']['p99']/max(lev['latency_us']['p99'],1):.2f}x lower" if lev["latency_us"]["p99"] <= r["latency_us"]["p99"] else f"p99 {lev['latency_us']['p99']/max(r['latency_us']['p99'],1):.2f}x higher"
         else:
             ratio = f"{lev['msgs_per_sec']/max(r['msgs_per_sec'],1e-9):.2f}x"
@@ -150,17 +152,26 @@ cat "$OUT/section.md"
 echo "results: $RESULTS" >&2
 if [ "$WRITE_DOCS" = 1 ]; then
     python3 - "$OUT/section.md" docs/BENCHMARKS.md <<'PY'
-import sys, re
-section = open(sys.argv[1]).read().rstrip() + "\n"
+# Replaces the generated part of the section (between the bench-compare markers) and keeps any
+# hand-written text around it; without markers, replaces (or appends) the whole section.
+import sys
+generated = open(sys.argv[1]).read().rstrip() + "\n"
 path = sys.argv[2]
 doc = open(path).read()
 head = "## Broker vs RabbitMQ and NATS JetStream"
+begin, end = "<!-- bench-compare:begin -->", "<!-- bench-compare:end -->"
+body = generated.split("\n", 1)[1].lstrip("\n")
+block = begin + "\n" + body + end + "\n"
 start = doc.find(head)
 if start < 0:
-    doc = doc.rstrip() + "\n\n" + section
+    doc = doc.rstrip() + "\n\n" + head + "\n\n" + block
+elif begin in doc[start:] and end in doc[start:]:
+    b = doc.index(begin, start)
+    e = doc.index(end, b) + len(end) + 1
+    doc = doc[:b] + block + doc[e:]
 else:
     nxt = doc.find("\n## ", start + len(head))
-    doc = doc[:start] + section + (doc[nxt + 1:] if nxt >= 0 else "")
+    doc = doc[:start] + head + "\n\n" + block + ("\n" + doc[nxt + 1:] if nxt >= 0 else "")
 open(path, "w").write(doc)
 PY
     echo "wrote docs/BENCHMARKS.md" >&2
