@@ -7,7 +7,8 @@
 //! worker.
 //!
 //! Durability note: nats-server 2.9 acknowledges a publish after write(2) and fsyncs in the
-//! background (every 2 minutes by default, `sync_interval` only exists from 2.10 on).
+//! background on a timer (NATS documents 2 minutes as the default of `sync_interval`, a setting
+//! 2.9 does not have).
 
 use std::sync::Arc;
 use std::time::Duration;
