@@ -118,10 +118,9 @@ pub fn svg(s: &Summary) -> String {
         .rate
         .map_or("unthrottled".into(), |r| format!("{r} msg/s"));
     let title = format!(
-        "{} {} {}{}: {}P/{}C, {} B, {} (warm-up shaded)",
-        s.target,
-        s.variant,
+        "{} ({}){}: {}P/{}C, {} B, {} (warm-up shaded)",
         s.server_version,
+        s.variant,
         s.label
             .as_deref()
             .map(|l| format!(" [{l}]"))
