@@ -517,13 +517,13 @@ impl QueueActor {
     /// Sends every confirm whose outcomes are all known and durable.
     fn complete_confirms(&mut self) {
         let durable = self.durable;
-        let ready: Vec<u64> = self
+        let mut ready: Vec<u64> = self
             .pending
             .iter()
             .filter(|(_, p)| p.missing == 0 && p.needs_seq <= durable)
             .map(|(slot, _)| *slot)
             .collect();
-        let mut ready = ready;
+        // Confirms go out in request order.
         ready.sort_unstable();
         for slot in ready {
             let p = self.pending.remove(&slot).expect("listed");

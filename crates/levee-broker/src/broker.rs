@@ -194,7 +194,8 @@ impl Broker {
             };
             recovered.push(decode_meta(&meta_path, &bytes)?);
         }
-        // Open every log before starting any actor, so dead-letter targets exist.
+        // Dead-letter targets are looked up when a message is dead-lettered, not at start, so
+        // the order in which queues come back does not matter.
         for (name, config) in recovered {
             self.start_queue(name, config).await?;
         }
