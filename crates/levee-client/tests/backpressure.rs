@@ -74,16 +74,7 @@ async fn full_block_queue_makes_the_producer_wait_and_loses_nothing() {
     assert!(!background.is_finished());
     assert_eq!(client.inspect("q").await.unwrap().stats.stored, 10);
 
-    let mut consumer = client
-        .consumer(
-            "q",
-            ConsumerOptions {
-                credit: Credit::Fixed(2),
-                ..ConsumerOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+    let mut consumer = common::consumer(&client, "q", Credit::Fixed(2), false).await;
     let mut seen = BTreeSet::new();
     while seen.len() < 20 {
         let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())

@@ -6,10 +6,7 @@ mod common;
 use std::time::Duration;
 
 use futures::StreamExt;
-use levee_client::{
-    Client, ClientError, Consumer, ConsumerOptions, Credit, Message, Overflow, ProducerOptions,
-    QueueConfig,
-};
+use levee_client::{Client, ClientError, Credit, Message, Overflow, ProducerOptions, QueueConfig};
 
 async fn fill(client: &Client, queue: &str, n: u32) {
     let producer = client
@@ -28,20 +25,6 @@ async fn fill(client: &Client, queue: &str, n: u32) {
     }
 }
 
-async fn consumer(client: &Client, queue: &str, credit: Credit, auto_ack: bool) -> Consumer {
-    client
-        .consumer(
-            queue,
-            ConsumerOptions {
-                credit,
-                auto_ack,
-                ..ConsumerOptions::default()
-            },
-        )
-        .await
-        .unwrap()
-}
-
 fn value(d: &levee_client::Delivery) -> u32 {
     u32::from_be_bytes(d.payload()[..].try_into().unwrap())
 }
@@ -55,7 +38,7 @@ async fn fixed_credit_is_never_exceeded() {
         .await
         .unwrap();
     fill(&client, "q", 100).await;
-    let mut c = consumer(&client, "q", Credit::Fixed(8), false).await;
+    let mut c = common::consumer(&client, "q", Credit::Fixed(8), false).await;
 
     // Take 8 and hold them: nothing more may arrive.
     let mut held = Vec::new();
@@ -129,7 +112,7 @@ async fn ack_nack_reject_show_in_the_counters() {
         .await
         .unwrap();
     fill(&client, "q", 3).await;
-    let mut c = consumer(&client, "q", Credit::Fixed(10), false).await;
+    let mut c = common::consumer(&client, "q", Credit::Fixed(10), false).await;
     let d0 = c.next().await.unwrap().unwrap();
     let d1 = c.next().await.unwrap().unwrap();
     let d2 = c.next().await.unwrap().unwrap();
@@ -150,7 +133,7 @@ async fn ack_nack_reject_show_in_the_counters() {
     .await;
     assert!(client.inspect("q").await.unwrap().stats.is_balanced());
 
-    let mut dl = consumer(&client, "dlq", Credit::Fixed(1), false).await;
+    let mut dl = common::consumer(&client, "dlq", Credit::Fixed(1), false).await;
     let d = dl.next().await.unwrap().unwrap();
     assert_eq!(value(&d), 2);
     assert!(
@@ -175,7 +158,7 @@ async fn nack_with_delay_redelivers_later() {
         .await
         .unwrap();
     fill(&client, "q", 1).await;
-    let mut c = consumer(&client, "q", Credit::Fixed(4), false).await;
+    let mut c = common::consumer(&client, "q", Credit::Fixed(4), false).await;
     let d = c.next().await.unwrap().unwrap();
     let t0 = std::time::Instant::now();
     d.nack(Duration::from_millis(300)).unwrap();
@@ -198,7 +181,7 @@ async fn dropped_delivery_is_requeued_and_credit_not_leaked() {
         .await
         .unwrap();
     fill(&client, "q", 1).await;
-    let mut c = consumer(&client, "q", Credit::Fixed(1), false).await;
+    let mut c = common::consumer(&client, "q", Credit::Fixed(1), false).await;
     for expected_count in 1..=3 {
         let d = c.next().await.unwrap().unwrap();
         assert_eq!(d.delivery_count(), expected_count);
@@ -223,7 +206,7 @@ async fn auto_ack_needs_no_settlement() {
         .await
         .unwrap();
     fill(&client, "q", 20).await;
-    let mut c = consumer(&client, "q", Credit::Fixed(4), true).await;
+    let mut c = common::consumer(&client, "q", Credit::Fixed(4), true).await;
     let mut values = Vec::new();
     for i in 0..20 {
         let d = c.next().await.unwrap().unwrap();
@@ -253,7 +236,7 @@ async fn close_unsubscribes_and_requeues_unsettled() {
         .await
         .unwrap();
     fill(&client, "q", 5).await;
-    let mut c = consumer(&client, "q", Credit::Fixed(3), false).await;
+    let mut c = common::consumer(&client, "q", Credit::Fixed(3), false).await;
     let d0 = c.next().await.unwrap().unwrap();
     let d1 = c.next().await.unwrap().unwrap();
     d0.ack().unwrap();
@@ -265,7 +248,7 @@ async fn close_unsubscribes_and_requeues_unsettled() {
     })
     .await;
     // Dropping a consumer unsubscribes too.
-    let c2 = consumer(&client, "q", Credit::Fixed(3), false).await;
+    let c2 = common::consumer(&client, "q", Credit::Fixed(3), false).await;
     common::eventually("subscribed", || async {
         client.inspect("q").await.unwrap().stats.consumers.len() == 1
     })
@@ -287,7 +270,7 @@ async fn closing_the_client_ends_consumer_streams() {
         .await
         .unwrap();
     fill(&client, "q", 1).await;
-    let mut c = consumer(&client, "q", Credit::Fixed(4), false).await;
+    let mut c = common::consumer(&client, "q", Credit::Fixed(4), false).await;
     let d = c.next().await.unwrap().unwrap();
     client.close().await.unwrap();
     let end = tokio::time::timeout(Duration::from_secs(5), c.next())

@@ -48,16 +48,7 @@ async fn round_trip(config: QueueConfig, n: usize) {
         (n as u64, n as u64, n as u64)
     );
 
-    let mut consumer = client
-        .consumer(
-            "q",
-            ConsumerOptions {
-                credit: Credit::Fixed(32),
-                ..ConsumerOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+    let mut consumer = common::consumer(&client, "q", Credit::Fixed(32), false).await;
     for i in 0..n {
         let d = consumer.next().await.unwrap().unwrap();
         assert_eq!(&d.payload()[..], format!("m{i}").as_bytes());

@@ -55,16 +55,7 @@ async fn reconnects_and_continues_producing_and_consuming() {
             .await
             .unwrap();
     }
-    let mut consumer = client
-        .consumer(
-            "q",
-            ConsumerOptions {
-                credit: Credit::Fixed(4),
-                ..ConsumerOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+    let mut consumer = common::consumer(&client, "q", Credit::Fixed(4), false).await;
     let first = consumer.next().await.unwrap().unwrap();
     assert_eq!((value(&first), first.delivery_count()), (0, 1));
 

@@ -173,3 +173,23 @@ async fn delayed(inbound: TcpStream, outbound: TcpStream, latency: Duration) {
     let _ = down.await;
     up.abort();
 }
+
+/// A consumer of `queue` with this credit policy (other options default).
+pub async fn consumer(
+    client: &Client,
+    queue: &str,
+    credit: levee_client::Credit,
+    auto_ack: bool,
+) -> levee_client::Consumer {
+    client
+        .consumer(
+            queue,
+            levee_client::ConsumerOptions {
+                credit,
+                auto_ack,
+                ..levee_client::ConsumerOptions::default()
+            },
+        )
+        .await
+        .unwrap()
+}
