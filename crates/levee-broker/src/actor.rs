@@ -28,8 +28,90 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::queue::{ConsumerId, Effect, Outgoing, ProducerId, QueueState, Settlement};
 
-/// Where frames for one connection go (its writer task).
-pub(crate) type ConnTx = mpsc::UnboundedSender<ServerFrame>;
+/// Most frames other than deliveries that may wait for one connection's writer. Deliveries are
+/// bounded by the consumers' credit; replies, confirms and errors are bounded by this: a client
+/// that keeps sending requests but never reads its socket is disconnected once its outgoing queue
+/// holds this many, instead of growing the broker's memory. Memory bound: this many small frames
+/// (a `QueueList` or `QueueStats` reply is at most `MAX_LIST` entries).
+pub(crate) const MAX_QUEUED_CONTROL: usize = 65_536;
+
+/// Shared between a connection's senders and its writer.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    queued: std::sync::atomic::AtomicUsize,
+    /// Woken once the queue overflowed: the connection's reader then closes it.
+    pub(crate) stalled: tokio::sync::Notify,
+}
+
+/// Where frames for one connection go (its writer task). Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnTx {
+    tx: mpsc::UnboundedSender<ServerFrame>,
+    outbox: Arc<Outbox>,
+}
+
+/// The writer's end of a [`ConnTx`].
+pub(crate) struct ConnRx {
+    rx: mpsc::UnboundedReceiver<ServerFrame>,
+    outbox: Arc<Outbox>,
+}
+
+/// A connection's outgoing frame queue.
+pub(crate) fn conn_channel() -> (ConnTx, ConnRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let outbox = Arc::new(Outbox::default());
+    (
+        ConnTx {
+            tx,
+            outbox: outbox.clone(),
+        },
+        ConnRx { rx, outbox },
+    )
+}
+
+impl ConnTx {
+    /// Queues a frame for the connection. Fails if the connection is gone, or (for anything but
+    /// a delivery) if [`MAX_QUEUED_CONTROL`] frames are already waiting: the client is not
+    /// reading, and the connection is marked stalled so its reader closes it.
+    pub(crate) fn send(&self, frame: ServerFrame) -> Result<(), ()> {
+        if !matches!(frame, ServerFrame::Deliver { .. }) {
+            let before = self.outbox.queued.fetch_add(1, Ordering::AcqRel);
+            if before >= MAX_QUEUED_CONTROL {
+                self.outbox.queued.fetch_sub(1, Ordering::AcqRel);
+                self.outbox.stalled.notify_one();
+                return Err(());
+            }
+        }
+        self.tx.send(frame).map_err(|_| ())
+    }
+
+    /// The shared outbox (for the reader to watch for a stall).
+    pub(crate) fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+}
+
+impl ConnRx {
+    fn taken(&self, frame: &ServerFrame) {
+        if !matches!(frame, ServerFrame::Deliver { .. }) {
+            self.outbox.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The next frame. Cancel-safe.
+    pub(crate) async fn recv(&mut self) -> Option<ServerFrame> {
+        let f = self.rx.recv().await?;
+        self.taken(&f);
+        Some(f)
+    }
+
+    /// The next frame if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Option<ServerFrame> {
+        let f = self.rx.try_recv().ok()?;
+        self.taken(&f);
+        Some(f)
+    }
+}
 
 /// Milliseconds since the Unix epoch: the clock the state machine is driven by.
 pub(crate) fn now_ms() -> u64 {

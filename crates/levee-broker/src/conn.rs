@@ -29,12 +29,12 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
-use crate::actor::{Cmd, ConnTx, InFlight};
+use crate::actor::{Cmd, ConnRx, ConnTx, InFlight, conn_channel};
 use crate::broker::Broker;
 use crate::error::BrokerError;
 
 /// Writes frames from the channel, coalescing whatever is queued into one write.
-async fn writer(mut rx: mpsc::UnboundedReceiver<ServerFrame>, mut sock: OwnedWriteHalf) {
+async fn writer(mut rx: ConnRx, mut sock: OwnedWriteHalf) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Some(frame) = rx.recv().await {
         let mut next = Some(frame);
@@ -49,7 +49,7 @@ async fn writer(mut rx: mpsc::UnboundedReceiver<ServerFrame>, mut sock: OwnedWri
                 return;
             }
             if buf.len() < 1 << 20 {
-                next = rx.try_recv().ok();
+                next = rx.try_recv();
             }
         }
         if sock.write_all(&buf).await.is_err() {
@@ -403,8 +403,8 @@ enum ReadError {
 pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), BrokerError> {
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(writer(rx, wr));
+    let (tx, rx) = conn_channel();
+    let mut writer = tokio::spawn(writer(rx, wr));
     let cfg = broker.config().clone();
     let heartbeat = Duration::from_millis(cfg.heartbeat_ms.max(100).into());
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -472,8 +472,18 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
             }
         }
     });
+    let outbox = tx.outbox().clone();
+    let mut stalled = false;
     loop {
-        match read_frame(&mut rd, &mut buf, cfg.max_frame, heartbeat * 3).await {
+        let next = tokio::select! {
+            next = read_frame(&mut rd, &mut buf, cfg.max_frame, heartbeat * 3) => next,
+            () = outbox.stalled.notified() => {
+                tracing::warn!(conn = conn.id, "client does not read its replies: disconnecting");
+                stalled = true;
+                break;
+            }
+        };
+        match next {
             Ok(Some(frame)) => {
                 if !conn.handle(frame).await {
                     break;
@@ -500,6 +510,11 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
     conn.cleanup();
     drop(conn);
     drop(tx);
-    let _ = writer.await;
+    // A peer that does not read could keep the writer blocked forever: give it a moment to
+    // flush what is queued (a Close, say), then cut it off.
+    if !stalled {
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
+    }
+    writer.abort();
     Ok(())
 }

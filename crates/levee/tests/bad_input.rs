@@ -248,3 +248,43 @@ fn publishing_to_a_block_queue_without_credit_is_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A client that keeps sending requests but never reads the replies is disconnected once its
+/// outgoing queue is full, instead of making the broker buffer without bound; others are served.
+#[test]
+fn a_client_that_never_reads_its_replies_is_cut_off() {
+    let server = Server::start();
+    let mut raw = Raw::handshake(server.wire);
+    // Long names make each QueueList reply ~270 bytes: 100k of them (27 MB) far exceed what the
+    // kernel's socket buffers absorb.
+    let long = "q".repeat(255);
+    raw.send(&ClientFrame::Declare {
+        req: 1,
+        queue: long,
+        config: memory(),
+    });
+    assert!(matches!(raw.recv(), Some(ServerFrame::QueueOk { .. })));
+    let mut burst = bytes::BytesMut::new();
+    for req in 0..100_000u64 {
+        ClientFrame::ListQueues { req }.encode(&mut burst).unwrap();
+    }
+    // Written from a thread: the server may close before taking it all.
+    let mut writer = raw.sock.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = writer.write_all(&burst);
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The server gave up on this connection: reading now reaches its end well before 100k replies.
+    let mut replies = 0u64;
+    loop {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| raw.recv())) {
+            Ok(Some(ServerFrame::QueueList { .. })) => replies += 1,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    sender.join().unwrap();
+    assert!(replies < 100_000, "cut off after {replies} replies");
+    still_serves(&server);
+}
