@@ -3,15 +3,21 @@
 //!
 //! Connections talk to it through an unbounded command channel whose content is bounded by the
 //! protocol: publishes by each connection's in-flight limit and publish credit, deliveries by
-//! consumer credit, settlements by the deliveries outstanding. The actor never blocks on a
-//! connection: frames for clients go to each connection's writer channel.
+//! consumer credit and each connection's outbox room, settlements by the deliveries outstanding.
+//! The actor never blocks on a connection: frames for clients go to each connection's
+//! [`crate::outbox`], deliveries only within the room it has.
 //!
 //! # Invariants
 //! - A publish is confirmed (`Stored`) only after the log reports it durable under the queue's
 //!   fsync policy (after an fsync under `always`), and a message is delivered only once durable.
 //! - Messages accepted by the state machine are appended in sequence order, so the log's sequence
 //!   numbers and the state machine's agree (the actor is the log's only appender).
-//! - Settlement records are appended after the messages they settle.
+//! - Settlement records are appended after the messages they settle. A settlement the log could
+//!   not take (a full disk, a failed log) is kept and retried until it is written, so an acked
+//!   message does not come back at the next restart.
+//! - After a failed fsync the watermark does not move: the messages it covered are written again
+//!   into a reopened log (never trusting a retried fsync) and delivered only once that rewrite is
+//!   durable; their producers got failed confirms.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -23,95 +29,20 @@ use levee_proto::{
     Delivery, ErrorCode, MAX_BATCH, Message, Overflow, PublishOutcome, QueueConfig, QueueInfo,
     QueueStats, ServerFrame,
 };
-use levee_store::{Durability, NewMessage, QueueLog, StoreError};
+use levee_store::{Backend, Durability, LogConfig, NewMessage, QueueLog, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::queue::{ConsumerId, Effect, Outgoing, ProducerId, QueueState, Settlement};
+use crate::outbox::ConnTx;
+use crate::queue::{
+    ConsumerId, DEATH_HEADERS, DELIVERY_OVERHEAD, Effect, Outgoing, ProducerId, QueueState,
+    Settlement,
+};
 
-/// Most frames other than deliveries that may wait for one connection's writer. Deliveries are
-/// bounded by the consumers' credit; replies, confirms and errors are bounded by this: a client
-/// that keeps sending requests but never reads its socket is disconnected once its outgoing queue
-/// holds this many, instead of growing the broker's memory. Memory bound: this many small frames
-/// (a `QueueList` or `QueueStats` reply is at most `MAX_LIST` entries).
-pub(crate) const MAX_QUEUED_CONTROL: usize = 65_536;
+/// A disk queue's log, shared with the broker (stats, closing at delete and shutdown). The actor
+/// replaces it when it reopens the log after a failure.
+pub(crate) type LogSlot = Arc<parking_lot::RwLock<Option<Arc<QueueLog>>>>;
 
-/// Shared between a connection's senders and its writer.
-#[derive(Debug, Default)]
-pub(crate) struct Outbox {
-    queued: std::sync::atomic::AtomicUsize,
-    /// Woken once the queue overflowed: the connection's reader then closes it.
-    pub(crate) stalled: tokio::sync::Notify,
-}
-
-/// Where frames for one connection go (its writer task). Cheap to clone.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnTx {
-    tx: mpsc::UnboundedSender<ServerFrame>,
-    outbox: Arc<Outbox>,
-}
-
-/// The writer's end of a [`ConnTx`].
-pub(crate) struct ConnRx {
-    rx: mpsc::UnboundedReceiver<ServerFrame>,
-    outbox: Arc<Outbox>,
-}
-
-/// A connection's outgoing frame queue.
-pub(crate) fn conn_channel() -> (ConnTx, ConnRx) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let outbox = Arc::new(Outbox::default());
-    (
-        ConnTx {
-            tx,
-            outbox: outbox.clone(),
-        },
-        ConnRx { rx, outbox },
-    )
-}
-
-impl ConnTx {
-    /// Queues a frame for the connection. Fails if the connection is gone, or (for anything but
-    /// a delivery) if [`MAX_QUEUED_CONTROL`] frames are already waiting: the client is not
-    /// reading, and the connection is marked stalled so its reader closes it.
-    pub(crate) fn send(&self, frame: ServerFrame) -> Result<(), ()> {
-        if !matches!(frame, ServerFrame::Deliver { .. }) {
-            let before = self.outbox.queued.fetch_add(1, Ordering::AcqRel);
-            if before >= MAX_QUEUED_CONTROL {
-                self.outbox.queued.fetch_sub(1, Ordering::AcqRel);
-                self.outbox.stalled.notify_one();
-                return Err(());
-            }
-        }
-        self.tx.send(frame).map_err(|_| ())
-    }
-
-    /// The shared outbox (for the reader to watch for a stall).
-    pub(crate) fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
-    }
-}
-
-impl ConnRx {
-    fn taken(&self, frame: &ServerFrame) {
-        if !matches!(frame, ServerFrame::Deliver { .. }) {
-            self.outbox.queued.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// The next frame. Cancel-safe.
-    pub(crate) async fn recv(&mut self) -> Option<ServerFrame> {
-        let f = self.rx.recv().await?;
-        self.taken(&f);
-        Some(f)
-    }
-
-    /// The next frame if one is queued.
-    pub(crate) fn try_recv(&mut self) -> Option<ServerFrame> {
-        let f = self.rx.try_recv().ok()?;
-        self.taken(&f);
-        Some(f)
-    }
-}
+static NEXT_ACTOR_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Milliseconds since the Unix epoch: the clock the state machine is driven by.
 pub(crate) fn now_ms() -> u64 {
@@ -149,6 +80,8 @@ pub(crate) enum Cmd {
         producer: ProducerId,
         conn: ConnTx,
     },
+    /// The connection closed (or stopped publishing here): release its credit and discard its
+    /// held publishes.
     RemoveProducer(ProducerId),
     Subscribe {
         consumer: ConsumerId,
@@ -161,6 +94,10 @@ pub(crate) enum Cmd {
     Ack(ConsumerId, Vec<u64>),
     Nack(ConsumerId, Vec<u64>, u64),
     Reject(ConsumerId, Vec<u64>),
+    /// The consumer's connection wrote every delivery up to this tag to its socket.
+    Written(ConsumerId, u64),
+    /// A connection whose outbox was full has room again.
+    OutboxRoom,
     Inspect(oneshot::Sender<QueueInfo>),
     Purge(oneshot::Sender<u64>),
     /// Stop: drop everything; replies with the number of messages that were held.
@@ -224,9 +161,24 @@ impl Rates {
 
 pub(crate) struct QueueActor {
     name: String,
+    /// Unique among actors (outbox wake-up registrations are keyed by it).
+    id: u64,
     state: QueueState,
     log: Option<Arc<QueueLog>>,
+    slot: Option<LogSlot>,
+    backend: Arc<dyn Backend>,
     fsync_waits: bool,
+    /// The log failed (an fsync or a write-path error): it refuses all work until reopened.
+    log_failed: bool,
+    /// When to try reopening a failed log, and the back-off after a failed attempt.
+    reopen_at: Option<u64>,
+    reopen_backoff_ms: u64,
+    /// Settlements the log could not take (full disk, failed log), retried until written.
+    /// Bounded by the messages in the log: each is for a distinct unsettled message.
+    retry_settles: Vec<(u64, levee_store::Settlement)>,
+    retry_at: Option<u64>,
+    /// This actor's own channel, weakly (for outbox wake-ups; it must not keep the actor alive).
+    self_tx: mpsc::WeakUnboundedSender<Cmd>,
     /// Appends not yet durable: (last seq + 1, handle), in append order.
     syncing: VecDeque<(u64, Durability)>,
     /// Messages with a sequence number below this are durable.
@@ -242,13 +194,17 @@ pub(crate) struct QueueActor {
 }
 
 impl QueueActor {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         name: String,
         state: QueueState,
-        log: Option<Arc<QueueLog>>,
+        slot: Option<LogSlot>,
+        backend: Arc<dyn Backend>,
         router: Arc<dyn Router>,
+        self_tx: mpsc::WeakUnboundedSender<Cmd>,
         rx: mpsc::UnboundedReceiver<Cmd>,
     ) -> Self {
+        let log = slot.as_ref().and_then(|s| s.read().clone());
         let fsync_waits = log
             .as_ref()
             .is_some_and(|l| l.config().fsync == levee_store::FsyncPolicy::Always);
@@ -259,9 +215,18 @@ impl QueueActor {
         }
         QueueActor {
             name,
+            id: NEXT_ACTOR_ID.fetch_add(1, Ordering::Relaxed),
             state,
             log,
+            slot,
+            backend,
             fsync_waits,
+            log_failed: false,
+            reopen_at: None,
+            reopen_backoff_ms: 100,
+            retry_settles: Vec::new(),
+            retry_at: None,
+            self_tx,
             syncing: VecDeque::new(),
             durable,
             pending: HashMap::new(),
@@ -280,7 +245,10 @@ impl QueueActor {
     /// Runs until the queue is deleted or every handle to it is gone.
     pub(crate) async fn run(mut self) {
         loop {
-            let deadline = self.state.next_deadline();
+            let deadline = [self.state.next_deadline(), self.reopen_at, self.retry_at]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match deadline {
                     Some(at) => {
@@ -317,6 +285,13 @@ impl QueueActor {
                 }
                 () = sleep => {
                     let now = now_ms();
+                    if self.reopen_at.is_some_and(|at| at <= now) {
+                        self.reopen().await;
+                    }
+                    if self.retry_at.is_some_and(|at| at <= now) {
+                        self.retry_settlements();
+                    }
+                    let now = now_ms();
                     self.state.tick(now);
                     self.apply_effects(now);
                 }
@@ -348,15 +323,138 @@ impl QueueActor {
                 self.state.set_durable(self.durable);
             }
             Err(e) => {
-                // The log could not make these messages durable: fail their confirms. They stay
-                // in the queue (they are written) but the producers know they were not confirmed.
-                tracing::error!(queue = %self.name, error = %e, "fsync failed");
+                // The log could not make these messages durable: fail their confirms, and keep
+                // them from consumers (the watermark stays) until they are written again into a
+                // reopened log and that is durable. A retried fsync is never trusted: after a
+                // failed one the kernel may have dropped the dirty pages.
                 self.fail_pending_up_to(seq, &e);
-                self.durable = self.durable.max(seq);
-                self.state.set_durable(self.durable);
+                self.log_failure(&e);
             }
         }
         self.complete_confirms();
+    }
+
+    /// The log failed: schedule reopening it (once per failure).
+    fn log_failure(&mut self, e: &StoreError) {
+        if self.log_failed {
+            return;
+        }
+        tracing::error!(queue = %self.name, error = %e,
+            "queue log failed: messages not yet durable are held back and will be written again");
+        self.log_failed = true;
+        self.reopen_at = Some(now_ms());
+    }
+
+    /// Reopens a failed log from what is really on disk: records past the durability watermark
+    /// are settled as untrusted and their messages, still in memory, are written again; they are
+    /// delivered once that is durable. On failure, retried with back-off.
+    async fn reopen(&mut self) {
+        self.reopen_at = None;
+        let (Some(old), Some(slot)) = (self.log.take(), self.slot.clone()) else {
+            return;
+        };
+        // Appends still waiting for durability belong to the failed log: they fail.
+        let err = StoreError::Closed;
+        while let Some((seq, _)) = self.syncing.pop_front() {
+            self.fail_pending_up_to(seq, &err);
+        }
+        let dir = old.dir().to_path_buf();
+        let config: LogConfig = old.config().clone();
+        *slot.write() = None;
+        drop(old);
+        let backend = self.backend.clone();
+        let opened = tokio::task::spawn_blocking(move || QueueLog::open(backend, &dir, config))
+            .await
+            .map_err(|e| StoreError::InvalidInput {
+                reason: format!("reopen task failed: {e}"),
+            })
+            .and_then(|r| r);
+        let (log, rec) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(queue = %self.name, error = %e, "reopening the queue log failed; retrying");
+                self.reopen_backoff_ms = (self.reopen_backoff_ms * 2).min(5_000);
+                self.reopen_at = Some(now_ms() + self.reopen_backoff_ms);
+                // Keep appends refused meanwhile: the slot stays empty, the actor has no log.
+                return;
+            }
+        };
+        let watermark = self.durable;
+        let stale: Vec<(u64, levee_store::Settlement)> = rec
+            .unsettled
+            .iter()
+            .filter(|m| m.seq >= watermark)
+            .map(|m| {
+                (
+                    m.seq,
+                    levee_store::Settlement::Dropped("rewritten-after-failure".into()),
+                )
+            })
+            .collect();
+        let undurable = self.state.take_undurable();
+        let config = self.state.config().clone();
+        let records: Vec<NewMessage> = undurable
+            .iter()
+            .filter_map(|(_, q, _)| {
+                q.message
+                    .as_ref()
+                    .map(|m| to_record(q.timestamp_ms, m, &config))
+            })
+            .collect();
+        let rewrite = (|| -> Result<Option<levee_store::Appended>, StoreError> {
+            if !stale.is_empty() {
+                // Made durable by the rewrite's own group commit (written before it), or by
+                // the sync below when nothing is rewritten.
+                let _settled = log.settle_batch(&stale)?;
+            }
+            if records.is_empty() {
+                return Ok(None);
+            }
+            log.append_batch(&records).map(Some)
+        })();
+        match rewrite {
+            Ok(appended) => {
+                let n = undurable.len();
+                let mut next = appended.as_ref().map_or(0, |a| a.first_seq);
+                for (_, queued, meta) in undurable {
+                    if queued.message.is_none() {
+                        // Past the watermark every message is a fresh publish with its body.
+                        continue;
+                    }
+                    self.state.restore_rewritten(next, queued, meta);
+                    next += 1;
+                }
+                self.state.set_next_seq(log.stats().next_seq);
+                if appended.is_none() && !stale.is_empty() && self.fsync_waits {
+                    self.syncing.push_back((self.durable, log.sync()));
+                }
+                if let Some(a) = appended {
+                    if self.fsync_waits {
+                        self.syncing.push_back((a.last_seq + 1, a.durability));
+                    } else {
+                        self.durable = a.last_seq + 1;
+                        self.state.set_durable(self.durable);
+                    }
+                }
+                let log = Arc::new(log);
+                *slot.write() = Some(log.clone());
+                self.log = Some(log);
+                self.log_failed = false;
+                self.reopen_backoff_ms = 100;
+                tracing::warn!(queue = %self.name, rewritten = n, untrusted = stale.len(),
+                    "queue log reopened after a failure");
+                self.retry_settlements();
+            }
+            Err(e) => {
+                // Put the messages back as they were (still past the watermark) and retry.
+                for (seq, queued, meta) in undurable {
+                    self.state.restore_rewritten(seq, queued, meta);
+                }
+                tracing::error!(queue = %self.name, error = %e, "rewriting after a log failure failed; retrying");
+                self.reopen_backoff_ms = (self.reopen_backoff_ms * 2).min(5_000);
+                self.reopen_at = Some(now_ms() + self.reopen_backoff_ms);
+            }
+        }
     }
 
     /// Handles one command; `true` means stop.
@@ -377,7 +475,7 @@ impl QueueActor {
             }
             Cmd::RemoveProducer(producer) => {
                 self.producers.remove(&producer);
-                self.state.remove_producer(producer);
+                self.state.remove_producer(now, producer);
             }
             Cmd::Subscribe {
                 consumer,
@@ -387,6 +485,7 @@ impl QueueActor {
             } => {
                 self.consumers.insert(consumer, conn);
                 self.state.subscribe(consumer, auto_ack);
+                self.state.track_writes(consumer);
                 self.state.add_credit(consumer, credit);
             }
             Cmd::Unsubscribe(consumer) => {
@@ -394,6 +493,9 @@ impl QueueActor {
                 self.state.unsubscribe(now, consumer);
             }
             Cmd::Credit(consumer, n) => self.state.add_credit(consumer, n),
+            Cmd::Written(consumer, tag) => self.state.written(now, consumer, tag),
+            // The flush after every command dispatches to it.
+            Cmd::OutboxRoom => {}
             Cmd::Ack(consumer, tags) => {
                 let errors = self.state.ack(now, consumer, &tags);
                 self.report(consumer, errors)
@@ -531,17 +633,24 @@ impl QueueActor {
         stored: Vec<(u64, Message)>,
         outcomes: &mut [Option<PublishOutcome>],
     ) -> u64 {
-        let Some(log) = &self.log else {
-            return 0;
-        };
+        if self.slot.is_none() {
+            return 0; // a memory queue
+        }
         let Some(&(last, _)) = stored.last() else {
             return 0;
         };
-        let records: Vec<NewMessage> = stored
-            .iter()
-            .map(|(_, m)| to_record(now, m, self.state.config()))
-            .collect();
-        match log.append_batch(&records) {
+        let result = match &self.log {
+            Some(log) => {
+                let records: Vec<NewMessage> = stored
+                    .iter()
+                    .map(|(_, m)| to_record(now, m, self.state.config()))
+                    .collect();
+                log.append_batch(&records)
+            }
+            // Being reopened after a failure.
+            None => Err(StoreError::Closed),
+        };
+        match result {
             Ok(appended) => {
                 if appended.first_seq != stored[0].0 {
                     // A bug: the confirms would name the wrong sequence numbers.
@@ -560,7 +669,11 @@ impl QueueActor {
                 }
             }
             Err(e) => {
-                tracing::error!(queue = %self.name, error = %e, "append failed");
+                if matches!(e, StoreError::Failed { .. }) {
+                    self.log_failure(&e);
+                } else {
+                    tracing::error!(queue = %self.name, error = %e, "append failed");
+                }
                 let seqs: Vec<u64> = stored.iter().map(|(s, _)| *s).collect();
                 self.state.abort_publish(&seqs);
                 let code = storage_code(&e);
@@ -625,10 +738,23 @@ impl QueueActor {
     /// Carries out effects, dispatches, and sends confirms: run after every wake-up.
     fn flush(&mut self) {
         let now = now_ms();
+        // Deliveries go to a connection only within the room its outbox has: claim it first.
+        let mut claims: Vec<(ConsumerId, u64)> = Vec::new();
+        for consumer in self.state.consumers_wanting() {
+            let Some(conn) = self.consumers.get(&consumer) else {
+                continue;
+            };
+            let room = conn.outbox().claim();
+            if room == 0 {
+                conn.outbox().wait_for_room(self.id, self.self_tx.clone());
+            }
+            self.state.set_budget(consumer, Some(room));
+            claims.push((consumer, room));
+        }
         let mut out = Vec::new();
         self.state.dispatch(now, &mut out);
         self.apply_effects(now);
-        self.deliver(out);
+        self.deliver(now, out, &claims);
         self.complete_confirms();
     }
 
@@ -652,9 +778,13 @@ impl QueueActor {
                     reason,
                     deliveries,
                 } => {
-                    let Some(mut m) = message.or_else(|| self.read(seq)) else {
+                    let Some(mut m) = message.or_else(|| self.read(seq).map(|(m, _)| m)) else {
                         continue;
                     };
+                    // Replaced, not repeated: a message dead-lettered again keeps fitting
+                    // MAX_HEADERS (published messages carry at most MAX_USER_HEADERS others).
+                    m.headers
+                        .retain(|(n, _)| !DEATH_HEADERS.contains(&n.as_str()));
                     m.headers
                         .push(("x-death-reason".into(), reason.as_str().into()));
                     m.headers
@@ -705,28 +835,123 @@ impl QueueActor {
                 }
             }
         }
-        if let Some(log) = &self.log {
-            if !counts.is_empty()
-                && let Err(e) = log.record_deliveries(&counts)
-            {
-                tracing::error!(queue = %self.name, error = %e, "recording delivery counts failed");
-            }
-            if !settles.is_empty() && log.settle_batch(&settles).is_err() {
-                // A batch is all-or-nothing: settle one by one so one bad entry (a message whose
-                // append failed) does not keep the others unsettled.
-                for item in settles {
-                    if let Err(e) = log.settle(item.0, item.1) {
-                        tracing::warn!(queue = %self.name, seq = item.0, error = %e, "settlement failed");
-                    }
-                }
-            }
+        if self.slot.is_none() {
+            return;
+        }
+        if !counts.is_empty()
+            && let Some(log) = &self.log
+            && let Err(e) = log.record_deliveries(&counts)
+        {
+            // A lost delivery count only lowers max-deliveries accounting after a restart.
+            tracing::warn!(queue = %self.name, error = %e, "recording delivery counts failed");
+        }
+        if !settles.is_empty() {
+            self.settle(settles);
         }
     }
 
-    fn read(&self, seq: u64) -> Option<Message> {
+    /// Writes settlement records; those the log cannot take now (a full disk, a failed log)
+    /// are kept and retried, so an acked message does not come back at the next restart. One
+    /// log line when retrying starts and one when it is done, not one per message.
+    fn settle(&mut self, settles: Vec<(u64, levee_store::Settlement)>) {
+        if !self.retry_settles.is_empty() {
+            // Keep order: older failed settlements first.
+            self.retry_settles.extend(settles);
+            self.retry_settlements();
+            return;
+        }
+        let Some(log) = &self.log else {
+            self.keep_for_retry(settles, None);
+            return;
+        };
+        let e = match log.settle_batch(&settles) {
+            Ok(_) => return,
+            Err(e) => e,
+        };
+        if !retriable(&e) {
+            // A batch is all-or-nothing: settle one by one so one bad entry (a message whose
+            // append failed) does not keep the others unsettled.
+            let mut failed = Vec::new();
+            for item in settles {
+                match log.settle(item.0, item.1.clone()) {
+                    Ok(_) => {}
+                    Err(e) if retriable(&e) => failed.push(item),
+                    Err(e) => {
+                        tracing::warn!(queue = %self.name, seq = item.0, error = %e, "settlement failed")
+                    }
+                }
+            }
+            if !failed.is_empty() {
+                self.keep_for_retry(failed, None);
+            }
+            return;
+        }
+        self.keep_for_retry(settles, Some(&e));
+    }
+
+    fn keep_for_retry(
+        &mut self,
+        settles: Vec<(u64, levee_store::Settlement)>,
+        error: Option<&StoreError>,
+    ) {
+        if self.retry_settles.is_empty() {
+            match error {
+                Some(e) => tracing::warn!(queue = %self.name, error = %e,
+                    "settlements cannot be written now; keeping them and retrying"),
+                None => tracing::warn!(queue = %self.name,
+                    "settlements cannot be written now (log unavailable); keeping them and retrying"),
+            }
+        }
+        if let Some(e) = error
+            && matches!(e, StoreError::Failed { .. })
+        {
+            self.log_failure(e);
+        }
+        self.retry_settles.extend(settles);
+        self.retry_at = Some(now_ms() + RETRY_MS);
+    }
+
+    /// Retries kept settlements (all at once, else one by one).
+    fn retry_settlements(&mut self) {
+        self.retry_at = None;
+        if self.retry_settles.is_empty() {
+            return;
+        }
+        let Some(log) = self.log.clone() else {
+            self.retry_at = Some(now_ms() + RETRY_MS);
+            return;
+        };
+        let items = std::mem::take(&mut self.retry_settles);
+        let n = items.len();
+        if log.settle_batch(&items).is_ok() {
+            tracing::info!(queue = %self.name, settlements = n, "kept settlements written");
+            return;
+        }
+        let mut still = Vec::new();
+        for item in items {
+            match log.settle(item.0, item.1.clone()) {
+                Ok(_) => {}
+                Err(e) if retriable(&e) => still.push(item),
+                // Already settled or gone (its message's append failed): nothing to write.
+                Err(_) => {}
+            }
+        }
+        if still.is_empty() {
+            tracing::info!(queue = %self.name, settlements = n, "kept settlements written");
+        } else {
+            self.retry_settles = still;
+            self.retry_at = Some(now_ms() + RETRY_MS);
+        }
+    }
+
+    /// Reads a message back from the log, with its publish time.
+    fn read(&self, seq: u64) -> Option<(Message, u64)> {
         let log = self.log.as_ref()?;
         match log.read(seq) {
-            Ok(stored) => Some(from_record(stored.message)),
+            Ok(stored) => {
+                let ts = stored.message.timestamp_ms;
+                Some((from_record(stored.message), ts))
+            }
             Err(e) => {
                 tracing::error!(queue = %self.name, seq, error = %e, "reading a message failed");
                 None
@@ -734,31 +959,51 @@ impl QueueActor {
         }
     }
 
-    fn deliver(&mut self, out: Vec<Outgoing>) {
-        if out.is_empty() {
-            return;
-        }
+    /// Sends dispatched deliveries, charged to the claims made for them, and settles the claims.
+    fn deliver(&mut self, now: u64, out: Vec<Outgoing>, claims: &[(ConsumerId, u64)]) {
         let mut by_consumer: HashMap<ConsumerId, Vec<Delivery>> = HashMap::new();
+        let mut unreadable: Vec<(ConsumerId, u64)> = Vec::new();
         for o in out {
-            let Some(message) = o.message.or_else(|| self.read(o.seq)) else {
-                continue;
+            let (message, timestamp_ms) = match o.message {
+                Some(m) => (m, o.timestamp_ms),
+                // Recovered after a restart: the body and its publish time are in the log.
+                None => match self.read(o.seq) {
+                    Some(x) => x,
+                    None => {
+                        unreadable.push((o.consumer, o.tag));
+                        continue;
+                    }
+                },
             };
             by_consumer.entry(o.consumer).or_default().push(Delivery {
                 subscription: o.consumer,
                 tag: o.tag,
                 seq: o.seq,
                 delivery_count: o.deliveries,
-                timestamp_ms: o.timestamp_ms,
+                timestamp_ms,
                 message,
             });
         }
+        let mut used: HashMap<ConsumerId, u64> = HashMap::new();
         for (consumer, deliveries) in by_consumer {
             if let Some(conn) = self.consumers.get(&consumer) {
-                for chunk in chunk_deliveries(deliveries) {
-                    let _ = conn.send(ServerFrame::Deliver { deliveries: chunk });
+                for (chunk, bytes) in chunk_deliveries(deliveries) {
+                    *used.entry(consumer).or_default() += bytes;
+                    let _ = conn.send_deliveries(ServerFrame::Deliver { deliveries: chunk }, bytes);
                 }
             }
         }
+        for &(consumer, claimed) in claims {
+            if let Some(conn) = self.consumers.get(&consumer) {
+                conn.outbox()
+                    .settle_claim(claimed, used.get(&consumer).copied().unwrap_or(0));
+            }
+        }
+        // A message that could not be read never left: it goes back, its count unchanged.
+        for (consumer, tag) in unreadable {
+            self.state.unsent(now, consumer, &[tag]);
+        }
+        self.apply_effects(now);
     }
 
     fn info(&mut self, now: u64) -> QueueInfo {
@@ -791,25 +1036,41 @@ impl QueueActor {
     }
 }
 
-/// Splits deliveries into `Deliver` frames of at most [`MAX_BATCH`] messages and about 4 MiB.
-fn chunk_deliveries(deliveries: Vec<Delivery>) -> Vec<Vec<Delivery>> {
-    const FRAME_BUDGET: usize = 4 * 1024 * 1024;
+/// Splits deliveries into `Deliver` frames of at most [`MAX_BATCH`] messages and about 4 MiB,
+/// each with the bytes it is charged to its connection's outbox.
+fn chunk_deliveries(deliveries: Vec<Delivery>) -> Vec<(Vec<Delivery>, u64)> {
+    const FRAME_BUDGET: u64 = 4 * 1024 * 1024;
     let mut chunks = Vec::new();
     let mut cur = Vec::new();
     let mut size = 0;
     for d in deliveries {
-        let len = d.message.wire_len() + 64;
+        let len = d.message.wire_len() as u64 + DELIVERY_OVERHEAD;
         if !cur.is_empty() && (cur.len() == MAX_BATCH || size + len > FRAME_BUDGET) {
-            chunks.push(std::mem::take(&mut cur));
+            chunks.push((std::mem::take(&mut cur), size));
             size = 0;
         }
         size += len;
         cur.push(d);
     }
     if !cur.is_empty() {
-        chunks.push(cur);
+        chunks.push((cur, size));
     }
     chunks
+}
+
+/// How long kept settlements wait before the next retry.
+const RETRY_MS: u64 = 500;
+
+/// Errors after which a settlement is worth retrying: space may come back, a failed log is
+/// reopened. (Settled / unknown sequence numbers are final.)
+fn retriable(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::DiskFull { .. }
+            | StoreError::Failed { .. }
+            | StoreError::Io { .. }
+            | StoreError::Closed
+    )
 }
 
 fn storage_code(e: &StoreError) -> ErrorCode {

@@ -28,7 +28,7 @@ use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::actor::{Cmd, QueueActor, Router};
+use crate::actor::{Cmd, LogSlot, QueueActor, Router};
 use crate::error::BrokerError;
 use crate::queue::{QueueState, Queued, Recovered};
 
@@ -52,6 +52,10 @@ pub struct BrokerConfig {
     pub segment_bytes: u64,
     /// Name announced in the handshake.
     pub server_name: String,
+    /// Most delivery bytes waiting for one connection's writer (default 8 MiB): credit is what
+    /// a consumer may be sent, this is what the broker buffers for it at most (plus one message
+    /// per queue dispatching to it).
+    pub max_outbox_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -64,6 +68,7 @@ impl Default for BrokerConfig {
             max_in_flight_messages: 65_536,
             segment_bytes: 64 * 1024 * 1024,
             server_name: format!("levee {}", env!("CARGO_PKG_VERSION")),
+            max_outbox_bytes: crate::outbox::DEFAULT_OUTBOX_BYTES,
         }
     }
 }
@@ -71,9 +76,13 @@ impl Default for BrokerConfig {
 struct QueueEntry {
     config: QueueConfig,
     tx: mpsc::UnboundedSender<Cmd>,
-    log: Option<Arc<QueueLog>>,
+    log: Option<LogSlot>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// A deletion in progress: resolves to the number of messages the queue held.
+pub(crate) type Deletion =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, BrokerError>> + Send>>;
 
 pub(crate) struct Inner {
     pub(crate) config: BrokerConfig,
@@ -81,6 +90,9 @@ pub(crate) struct Inner {
     queues: RwLock<HashMap<String, QueueEntry>>,
     /// Serialises declare and delete.
     catalog: Mutex<()>,
+    /// Queues taken out of the registry whose actor and files are still being removed: a
+    /// declare of the same name waits for it.
+    deleting: parking_lot::Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     next_id: AtomicU64,
 }
 
@@ -143,12 +155,23 @@ impl Broker {
     /// Not cancel-safe: dropping it part-way leaves the queues recovered so far running in
     /// tasks of their own (nothing is lost; open the data directory again to retry).
     pub async fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
-        let backend: Arc<dyn Backend> = FsBackend::shared();
+        Self::open_with_backend(FsBackend::shared(), config).await
+    }
+
+    /// Opens the broker on a storage backend of the caller's choice (levee-store's fault-injecting
+    /// backend in tests: failed fsyncs, a full disk, power loss).
+    ///
+    /// Not cancel-safe, as [`Broker::open`].
+    pub async fn open_with_backend(
+        backend: Arc<dyn Backend>,
+        config: BrokerConfig,
+    ) -> Result<Broker, BrokerError> {
         let inner = Arc::new(Inner {
             config,
             backend,
             queues: RwLock::new(HashMap::new()),
             catalog: Mutex::new(()),
+            deleting: parking_lot::Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         });
         let broker = Broker { inner };
@@ -234,6 +257,7 @@ impl Broker {
                                 key,
                                 queued: Queued {
                                     message: None,
+                                    // Read back with the body when it is delivered.
                                     timestamp_ms: 0,
                                     expires_at: m.expires_at_ms,
                                     deliveries: m.delivery_count,
@@ -245,13 +269,22 @@ impl Broker {
                 )
                 .await
                 .map_err(BrokerError::join)??;
-                (state, Some(Arc::new(log)))
+                let slot: LogSlot = Arc::new(parking_lot::RwLock::new(Some(Arc::new(log))));
+                (state, Some(slot))
             }
             _ => (QueueState::new(config.clone(), 1), None),
         };
         let messages = state.stats().ready;
         let router: Arc<dyn Router> = self.inner.clone();
-        let actor = QueueActor::new(name.clone(), state, log.clone(), router, rx);
+        let actor = QueueActor::new(
+            name.clone(),
+            state,
+            log.clone(),
+            self.inner.backend.clone(),
+            router,
+            tx.downgrade(),
+            rx,
+        );
         let task = tokio::spawn(actor.run());
         self.inner.queues.write().insert(
             name,
@@ -278,6 +311,11 @@ impl Broker {
         validate_queue_name(name)?;
         config.validate(name)?;
         let _guard = self.inner.catalog.lock().await;
+        let pending = self.inner.deleting.lock().get(name).cloned();
+        if let Some(mut done) = pending {
+            // The queue of this name is still being removed: its files must be gone first.
+            let _ = done.wait_for(|d| *d).await;
+        }
         if let Some(existing) = self.inner.queues.read().get(name) {
             if existing.config != config {
                 return Err(BrokerError::ConfigMismatch {
@@ -323,26 +361,48 @@ impl Broker {
     /// included) even if this future is dropped, so a deleted queue can never come back at the
     /// next start.
     pub async fn delete(&self, name: &str) -> Result<u64, BrokerError> {
-        let (broker, name) = (self.clone(), name.to_string());
-        tokio::spawn(async move { broker.delete_now(&name).await })
-            .await
-            .map_err(BrokerError::join)?
+        self.begin_delete(name)?.await
     }
 
-    async fn delete_now(&self, name: &str) -> Result<u64, BrokerError> {
-        let _guard = self.inner.catalog.lock().await;
-        let Some(entry) = self.inner.queues.write().remove(name) else {
-            return Err(BrokerError::UnknownQueue(name.to_string()));
+    /// Takes the queue out of the registry at once (later lookups fail) and removes it in a task
+    /// of its own: stops its actor, then removes its files. The returned future resolves to the
+    /// number of messages it held; it need not be awaited for the deletion to complete.
+    pub(crate) fn begin_delete(&self, name: &str) -> Result<Deletion, BrokerError> {
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        let entry = {
+            let mut queues = self.inner.queues.write();
+            let entry = queues
+                .remove(name)
+                .ok_or_else(|| BrokerError::UnknownQueue(name.to_string()))?;
+            self.inner
+                .deleting
+                .lock()
+                .insert(name.to_string(), done_rx);
+            entry
         };
+        let (broker, name) = (self.clone(), name.to_string());
+        let task = tokio::spawn(async move {
+            let result = broker.finish_delete(&name, entry).await;
+            broker.inner.deleting.lock().remove(&name);
+            let _ = done_tx.send(true);
+            result
+        });
+        Ok(Box::pin(async move { task.await.map_err(BrokerError::join)? }))
+    }
+
+    async fn finish_delete(&self, name: &str, entry: QueueEntry) -> Result<u64, BrokerError> {
         let (reply, rx) = oneshot::channel();
         let _ = entry.tx.send(Cmd::Delete(reply));
         let dropped = rx.await.unwrap_or(0);
         let _ = entry.task.await;
-        if let Some(log) = entry.log {
+        if let Some(slot) = entry.log {
             let dir = queue_dir(&self.inner.config.data_dir, name);
             let backend = self.inner.backend.clone();
+            let log = slot.write().take();
             tokio::task::spawn_blocking(move || -> Result<(), BrokerError> {
-                if let Ok(log) = Arc::try_unwrap(log) {
+                if let Some(log) = log
+                    && let Ok(log) = Arc::try_unwrap(log)
+                {
                     log.close()?;
                 }
                 levee_store::meta::remove_queue_dir(backend.as_ref(), &dir)?;
@@ -364,7 +424,7 @@ impl Broker {
         for (name, entry) in entries {
             let _ = entry.tx.send(Cmd::Stop);
             let _ = entry.task.await;
-            if let Some(log) = entry.log {
+            if let Some(log) = entry.log.and_then(|slot| slot.write().take()) {
                 let closed = tokio::task::spawn_blocking(move || match Arc::try_unwrap(log) {
                     Ok(log) => log.close().map_err(BrokerError::from),
                     Err(log) => log.sync().wait().map(|_| ()).map_err(BrokerError::from),
@@ -409,7 +469,8 @@ impl Broker {
     /// Storage figures of a disk queue's log.
     pub fn log_stats(&self, name: &str) -> Option<levee_store::LogStats> {
         let queues = self.inner.queues.read();
-        queues.get(name)?.log.as_ref().map(|l| l.stats())
+        let log = queues.get(name)?.log.as_ref()?.read().clone()?;
+        Some(log.stats())
     }
 
     pub(crate) fn sender(&self, name: &str) -> Result<mpsc::UnboundedSender<Cmd>, BrokerError> {

@@ -3,16 +3,21 @@
 //! The reader decodes frames (never buffering more than one frame of at most `max_frame` bytes)
 //! and routes them to queue actors without ever waiting on a queue, so a full or slow queue
 //! cannot stall this connection's traffic to other queues, nor other connections. Request /
-//! reply operations that may take time (inspect, purge, list) run in their own tasks; declare and
-//! delete run inline so that a client's next frame sees their effect.
+//! reply operations that may take time (inspect, purge, delete) run in their own tasks; declare
+//! runs inline (it waits on the catalog, never on a queue) and a delete takes the queue out of
+//! the registry inline, so that a client's next frame sees their effect.
 //!
 //! # Invariants
 //! - Unconfirmed publishes per connection stay within `max_in_flight_{messages,bytes}`; beyond
 //!   that, publishes are refused with `no-publish-credit`, never buffered.
 //! - A bad frame gets an `Error` frame; a frame that breaks the stream (undecodable, too large)
 //!   also closes the connection after the error is sent. Other connections are unaffected.
-//! - When the connection ends, its subscriptions end (their unacked messages are requeued) and
-//!   its publish credit is released.
+//! - When the connection ends, its subscriptions end (their unacked messages are requeued:
+//!   those never written to the socket with their delivery count unchanged), its publish credit
+//!   is released and its publishes still held by queues are discarded.
+//! - What the broker buffers for a connection is bounded: deliveries by its outbox's byte bound
+//!   (`max_outbox_bytes`), other frames by a count; a peer that does not read within 3 heartbeat
+//!   intervals is disconnected.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,22 +34,42 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
-use crate::actor::{Cmd, ConnRx, ConnTx, InFlight, conn_channel};
+use crate::actor::{Cmd, InFlight};
+use crate::outbox::{ConnRx, ConnTx, conn_channel};
 use crate::broker::Broker;
 use crate::error::BrokerError;
 
-/// Writes frames from the channel, coalescing whatever is queued into one write.
-async fn writer(mut rx: ConnRx, mut sock: OwnedWriteHalf) {
+/// Writes frames from the channel, coalescing whatever is queued into one write, and reports
+/// to each subscription's queue which deliveries were written. A peer that does not take the
+/// bytes within `drain` (it does not read its socket) has its connection closed: the reader is
+/// told through the outbox's `stalled`, and the queues take back what was not written.
+async fn writer(mut rx: ConnRx, mut sock: OwnedWriteHalf, drain: Duration) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // (subscription, highest tag) of the deliveries in `buf`.
+    let mut written: Vec<(u64, u64)> = Vec::new();
+    let outbox = rx.outbox().clone();
     while let Some(frame) = rx.recv().await {
         let mut next = Some(frame);
         while let Some(f) = next.take() {
             let close = matches!(f, ServerFrame::Close { .. });
+            if let ServerFrame::Deliver { deliveries } = &f
+                && let Some(last) = deliveries.last()
+            {
+                match written.iter_mut().find(|(s, _)| *s == last.subscription) {
+                    Some(w) => w.1 = w.1.max(last.tag),
+                    None => written.push((last.subscription, last.tag)),
+                }
+            }
             if let Err(e) = f.encode(&mut buf) {
-                tracing::error!(error = %e, "could not encode a frame");
+                // Deliveries are valid by construction (checked at publish); should one still
+                // not encode, close the connection so its queues take the deliveries back at
+                // once instead of leaving them unacked until a deadline.
+                tracing::error!(error = %e, "could not encode a frame: closing the connection");
+                outbox.stalled.notify_one();
+                return;
             }
             if close {
-                let _ = sock.write_all(&buf).await;
+                let _ = tokio::time::timeout(drain, sock.write_all(&buf)).await;
                 let _ = sock.shutdown().await;
                 return;
             }
@@ -52,9 +77,19 @@ async fn writer(mut rx: ConnRx, mut sock: OwnedWriteHalf) {
                 next = rx.try_recv();
             }
         }
-        if sock.write_all(&buf).await.is_err() {
-            return;
+        match tokio::time::timeout(drain, sock.write_all(&buf)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::warn!(
+                    "client does not read what is sent to it: closing the connection"
+                );
+                outbox.stalled.notify_one();
+                return;
+            }
         }
+        outbox.report_written(&written);
+        written.clear();
         buf.clear();
         if buf.capacity() > 8 << 20 {
             buf = BytesMut::with_capacity(64 * 1024);
@@ -69,7 +104,9 @@ struct Conn {
     in_flight: Arc<InFlight>,
     /// Subscription id -> queue name.
     subs: HashMap<u64, String>,
-    /// Queues this connection publishes to as a registered producer.
+    /// Queues this connection publishes to (registered producer or not): at the end, each is
+    /// told the producer is gone, so its held publishes are discarded. Bounded by the number of
+    /// queues.
     producing: HashMap<String, mpsc::UnboundedSender<Cmd>>,
 }
 
@@ -126,18 +163,30 @@ impl Conn {
                     Err(e) => self.error(req, &e),
                 }
             }
-            ClientFrame::Delete { req, queue } => match self.broker.delete(&queue).await {
-                Ok(messages) => {
-                    self.producing.remove(&queue);
-                    let _ = self.tx.send(ServerFrame::QueueOk {
-                        req,
-                        queue,
-                        created: false,
-                        messages,
-                    });
+            ClientFrame::Delete { req, queue } => {
+                // The queue leaves the registry now (the next frame already sees it gone); its
+                // actor is stopped and its files removed in a task of their own, so this reader
+                // never waits on a queue.
+                self.producing.remove(&queue);
+                match self.broker.begin_delete(&queue) {
+                    Ok(deletion) => {
+                        let tx = self.tx.clone();
+                        tokio::spawn(async move {
+                            let frame = match deletion.await {
+                                Ok(messages) => ServerFrame::QueueOk {
+                                    req,
+                                    queue,
+                                    created: false,
+                                    messages,
+                                },
+                                Err(e) => error_frame(req, &e),
+                            };
+                            let _ = tx.send(frame);
+                        });
+                    }
+                    Err(e) => self.error(req, &e),
                 }
-                Err(e) => self.error(req, &e),
-            },
+            }
             ClientFrame::Purge { req, queue } => {
                 let (broker, tx) = (self.broker.clone(), self.tx.clone());
                 tokio::spawn(async move {
@@ -210,6 +259,7 @@ impl Conn {
                     Ok(qtx) => {
                         // The reply goes out before any delivery can.
                         let _ = self.tx.send(ServerFrame::Subscribed { req, subscription });
+                        self.tx.outbox().add_subscription(subscription, &qtx);
                         let _ = qtx.send(Cmd::Subscribe {
                             consumer: subscription,
                             auto_ack,
@@ -224,6 +274,7 @@ impl Conn {
             ClientFrame::Unsubscribe { req, subscription } => {
                 match self.subs.remove(&subscription) {
                     Some(queue) => {
+                        self.tx.outbox().remove_subscription(subscription);
                         let _ = self.send_to(&queue, Cmd::Unsubscribe(subscription));
                         let _ = self
                             .tx
@@ -301,7 +352,10 @@ impl Conn {
         let qtx = match self.producing.get(&queue) {
             Some(tx) if !tx.is_closed() => tx.clone(),
             _ => match self.broker.sender(&queue) {
-                Ok(tx) => tx,
+                Ok(tx) => {
+                    self.producing.insert(queue.clone(), tx.clone());
+                    tx
+                }
                 Err(e) => return self.error(req, &e),
             },
         };
@@ -403,10 +457,11 @@ enum ReadError {
 pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), BrokerError> {
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = conn_channel();
-    let mut writer = tokio::spawn(writer(rx, wr));
     let cfg = broker.config().clone();
     let heartbeat = Duration::from_millis(cfg.heartbeat_ms.max(100).into());
+    let (tx, rx) = conn_channel(cfg.max_outbox_bytes);
+    // A peer must take what is written to it within 3 heartbeat intervals, as it must send.
+    let mut writer = tokio::spawn(writer(rx, wr, heartbeat * 3));
     let mut buf = BytesMut::with_capacity(64 * 1024);
 
     // Handshake: the first frame must be Hello, within one heartbeat interval (at most 10 s).

@@ -7,6 +7,7 @@
 //! - `actor`: one task per queue carrying out the state machine's effects against its
 //!   levee-store log;
 //! - `conn`: one task pair per client connection speaking the levee-proto wire protocol;
+//! - `outbox`: each connection's bounded outbound queue;
 //! - [`Broker`]: the registry of queues, the durable catalog, recovery, the accept loop.
 
 mod actor;
@@ -14,6 +15,7 @@ mod broker;
 mod conn;
 mod error;
 pub mod http;
+mod outbox;
 pub mod queue;
 mod rate;
 

@@ -201,6 +201,17 @@ struct Consumer {
     credit: u64,
     unacked: u64,
     auto_ack: bool,
+    /// Bytes the consumer's connection can take now ([`QueueState::set_budget`]); `None`: no
+    /// bound. Credit is what the consumer asked for; the budget is what the broker may buffer for
+    /// it, so a consumer that does not read cannot make the broker hold more than this.
+    budget: Option<u64>,
+    /// Deliveries count as sent only once the connection reports them written
+    /// ([`QueueState::track_writes`]).
+    tracked: bool,
+    /// Tags delivered to a tracked consumer and not yet reported written, in tag order. Their ack
+    /// deadline starts when they are written; if the consumer goes away first, they return to the
+    /// queue without a raised delivery count (they never left the broker).
+    unwritten: std::collections::VecDeque<u64>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -260,6 +271,36 @@ fn flow_overflow(o: Overflow) -> policy::Overflow {
     }
 }
 
+/// Header names the broker sets when it dead-letters a message. A published message may carry at
+/// most [`MAX_USER_HEADERS`] other headers, so a dead-lettered one always fits
+/// [`levee_proto::MAX_HEADERS`] (existing headers of these names are replaced, not repeated), and
+/// encoding a delivery cannot fail on its header count.
+pub const DEATH_HEADERS: [&str; 3] = ["x-death-reason", "x-death-queue", "x-delivery-count"];
+
+/// Most headers a published message may carry besides [`DEATH_HEADERS`].
+pub const MAX_USER_HEADERS: usize = levee_proto::MAX_HEADERS - DEATH_HEADERS.len();
+
+/// Headers of `m` that count against [`MAX_USER_HEADERS`].
+pub fn user_headers(m: &Message) -> usize {
+    m.headers
+        .iter()
+        .filter(|(n, _)| !DEATH_HEADERS.contains(&n.as_str()))
+        .count()
+}
+
+/// Estimated encoded size of a delivery (what it will cost its connection's outbound buffer).
+pub fn delivery_cost(queued: &Queued, meta: &Meta<Bytes>) -> u64 {
+    DELIVERY_OVERHEAD
+        + queued
+            .message
+            .as_ref()
+            .map_or(meta.weight, |m| m.wire_len() as u64)
+}
+
+/// Bytes a delivery adds to its message's encoding in a `Deliver` frame (tag, seq, counts,
+/// timestamp, subscription), rounded up.
+pub const DELIVERY_OVERHEAD: u64 = 64;
+
 /// The state of one queue. See the module documentation.
 pub struct QueueState {
     config: QueueConfig,
@@ -281,9 +322,10 @@ pub struct QueueState {
     credit_outstanding: u64,
     /// The producer served first by the last credit grant (round-robin start).
     grant_cursor: ProducerId,
-    /// Publishes on a `block` queue that had credit but did not fit by bytes: (token, message),
-    /// admitted in order as room frees. Bounded by the producers' credit windows.
-    held: std::collections::VecDeque<(u64, Message)>,
+    /// Publishes on a `block` queue that had credit but did not fit by bytes, or held by the rate
+    /// limit: (producer, token, message), admitted in order as room frees. Bounded by the
+    /// producers' credit windows (and, per connection, its in-flight limits).
+    held: std::collections::VecDeque<(ProducerId, u64, Message)>,
     next_seq: u64,
     next_tag: u64,
     /// Messages with a sequence number below this are durable (exclusive bound).
@@ -373,6 +415,41 @@ impl QueueState {
         self.durable_below = below;
     }
 
+    /// The durability watermark (exclusive).
+    pub fn durable_below(&self) -> u64 {
+        self.durable_below
+    }
+
+    /// Takes every ready message at or past the durability watermark out of the queue, in
+    /// sequence order: an fsync failed, so their log records are not trusted and they must be
+    /// written again ([`QueueState::restore_rewritten`]) before anyone may see them. (Messages
+    /// past the watermark were never delivered, so they are all in the ready set.)
+    pub fn take_undurable(&mut self) -> Vec<(u64, Queued, Meta<Bytes>)> {
+        let mut out = Vec::new();
+        if self.durable_below == u64::MAX {
+            return out;
+        }
+        for seq in self.durable_below..self.next_seq {
+            if let Some(item) = self.ready.remove(seq) {
+                out.push((item.seq, item.item, item.meta));
+            }
+        }
+        out
+    }
+
+    /// Puts back a message taken by [`QueueState::take_undurable`] under the sequence number its
+    /// rewritten log record got (higher than every other, so its position among the others is
+    /// kept). The caller then sets the next sequence number to the log's.
+    pub fn restore_rewritten(&mut self, seq: u64, queued: Queued, meta: Meta<Bytes>) {
+        self.next_seq = self.next_seq.max(seq + 1);
+        self.put_back(seq, queued, meta);
+    }
+
+    /// Sets the sequence number the next stored message gets (the log's, after a rewrite).
+    pub fn set_next_seq(&mut self, next: u64) {
+        self.next_seq = next;
+    }
+
     fn sync_external(&mut self) {
         let reserved = if self.config.overflow == Overflow::Block {
             self.credit_outstanding
@@ -423,15 +500,26 @@ impl QueueState {
             p.outstanding -= 1;
             self.credit_outstanding -= 1;
         }
+        let headers = user_headers(&msg);
+        if headers > MAX_USER_HEADERS {
+            return Some(self.refuse_publish(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "message has {headers} headers; at most {MAX_USER_HEADERS} are allowed \
+                     ({} are reserved for dead-lettering)",
+                    DEATH_HEADERS.len()
+                ),
+            ));
+        }
         if !self.held.is_empty() {
             // Keep publish order: nothing overtakes a held message.
-            self.held.push_back((token, msg));
+            self.held.push_back((producer, token, msg));
             return None;
         }
         match self.admit(now, msg) {
             Ok(outcome) => Some(outcome),
             Err(msg) => {
-                self.held.push_back((token, *msg));
+                self.held.push_back((producer, token, *msg));
                 None
             }
         }
@@ -526,7 +614,7 @@ impl QueueState {
     /// Admits held publishes while they fit, then tops up producers' credit. Called after
     /// anything that frees room.
     fn make_room(&mut self, now: u64) {
-        while let Some((token, msg)) = self.held.pop_front() {
+        while let Some((producer, token, msg)) = self.held.pop_front() {
             let copy = msg.clone();
             match self.admit(now, msg) {
                 Ok(outcome) => {
@@ -538,7 +626,7 @@ impl QueueState {
                     });
                 }
                 Err(msg) => {
-                    self.held.push_front((token, *msg));
+                    self.held.push_front((producer, token, *msg));
                     break;
                 }
             }
@@ -595,12 +683,42 @@ impl QueueState {
         self.grant_credit();
     }
 
-    /// Forgets a producer; its unused credit is released.
-    pub fn remove_producer(&mut self, producer: ProducerId) {
+    /// Forgets a producer (its connection closed); its unused credit is released and its held
+    /// publishes are discarded, counted as dropped with reason
+    /// [`DropReason::PublisherGone`]: the publisher never got their confirms, so storing them
+    /// later would only create duplicates of what it publishes again. Each discarded publish
+    /// gets its outcome as an [`Effect::Confirm`] (for the caller's bookkeeping).
+    pub fn remove_producer(&mut self, now: u64, producer: ProducerId) {
         if let Some(p) = self.producers.remove(&producer) {
             self.credit_outstanding -= u64::from(p.outstanding);
         }
+        if self.held.iter().any(|(p, _, _)| *p == producer) {
+            let held = std::mem::take(&mut self.held);
+            for (p, token, msg) in held {
+                if p != producer {
+                    self.held.push_back((p, token, msg));
+                    continue;
+                }
+                let reason = DropReason::PublisherGone;
+                self.counters.published += 1;
+                self.counters.stored += 1;
+                self.counters.dropped[reason_index(reason)] += 1;
+                self.effects.push(Effect::Confirm {
+                    token,
+                    outcome: PublishOutcome::Dropped { reason },
+                    stored: None,
+                });
+            }
+            // What was waiting behind the discarded publishes may fit now.
+            self.make_room(now);
+            return;
+        }
         self.grant_credit();
+    }
+
+    /// Held publishes (waiting for room or for the rate limit).
+    pub fn held_len(&self) -> usize {
+        self.held.len()
     }
 
     /// Room left for new messages on a `block` queue, after the reservations of outstanding credit.
@@ -657,6 +775,62 @@ impl QueueState {
         }
     }
 
+    /// Makes deliveries to `consumer` count as sent only once [`QueueState::written`] reports
+    /// them written to its connection: their ack deadline starts then, and deliveries still
+    /// unwritten when the consumer goes away return to the queue with their delivery count
+    /// unchanged. (Untracked consumers, the default, count a delivery as sent when dispatched.)
+    pub fn track_writes(&mut self, consumer: ConsumerId) {
+        if let Some(c) = self.consumers.get_mut(&consumer) {
+            c.tracked = true;
+        }
+    }
+
+    /// Sets how many bytes of deliveries `consumer` may be handed now (its connection's free
+    /// outbound room); `None` removes the bound. Dispatch skips a consumer whose budget is 0 and
+    /// charges each delivery's estimated encoded size (a delivery larger than what is left is
+    /// still handed over, so any message can pass: the overshoot is at most one message).
+    pub fn set_budget(&mut self, consumer: ConsumerId, budget: Option<u64>) {
+        if let Some(c) = self.consumers.get_mut(&consumer) {
+            c.budget = budget;
+        }
+    }
+
+    /// Consumers that could be handed a delivery now if their connection has room: they have
+    /// credit and a message is ready. Empty when nothing is ready.
+    pub fn consumers_wanting(&self) -> Vec<ConsumerId> {
+        if self.ready.is_empty() {
+            return Vec::new();
+        }
+        self.consumers
+            .iter()
+            .filter(|(_, c)| c.credit > 0)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Reports that every delivery to `consumer` up to and including `through_tag` was written
+    /// to its connection: their ack deadlines start now.
+    pub fn written(&mut self, now: u64, consumer: ConsumerId, through_tag: u64) {
+        let timeout = self.config.ack_timeout_ms;
+        let Some(c) = self.consumers.get_mut(&consumer) else {
+            return;
+        };
+        while let Some(&tag) = c.unwritten.front() {
+            if tag > through_tag {
+                break;
+            }
+            c.unwritten.pop_front();
+            if let Some(u) = self.unacked.get_mut(&tag)
+                && u.deadline.is_none()
+                && timeout > 0
+            {
+                let d = now + timeout;
+                u.deadline = Some(d);
+                self.deadlines.insert((d, tag));
+            }
+        }
+    }
+
     /// Adds a consumer with no credit yet.
     pub fn subscribe(&mut self, consumer: ConsumerId, auto_ack: bool) {
         self.consumers.insert(
@@ -679,18 +853,41 @@ impl QueueState {
     /// to the queue with their delivery count kept (or to the dead-letter queue past
     /// `max_deliveries`).
     pub fn unsubscribe(&mut self, now: u64, consumer: ConsumerId) {
-        self.consumers.remove(&consumer);
-        let tags: Vec<u64> = self
+        let unwritten: std::collections::HashSet<u64> = self
+            .consumers
+            .remove(&consumer)
+            .map(|c| c.unwritten.into_iter().collect())
+            .unwrap_or_default();
+        let mut tags: Vec<u64> = self
             .unacked
             .iter()
             .filter(|(_, u)| u.consumer == consumer)
             .map(|(t, _)| *t)
             .collect();
+        // In delivery order, so messages go back to their original positions predictably.
+        tags.sort_unstable();
         for tag in tags {
             if let Some(u) = self.take_unacked(tag) {
-                self.requeue(now, u, 0);
+                if unwritten.contains(&tag) {
+                    self.return_unsent(u);
+                } else {
+                    self.requeue(now, u, 0);
+                }
             }
         }
+    }
+
+    /// A delivery that never left the broker (its connection closed before writing it) goes
+    /// back to its position with the delivery count it had before: it was not delivered.
+    fn return_unsent(&mut self, u: Unacked) {
+        let Unacked {
+            seq,
+            mut queued,
+            meta,
+            ..
+        } = u;
+        queued.deliveries = queued.deliveries.saturating_sub(1);
+        self.put_back(seq, queued, meta);
     }
 
     fn take_unacked(&mut self, tag: u64) -> Option<Unacked> {
@@ -747,6 +944,17 @@ impl QueueState {
             }
         }
         errors
+    }
+
+    /// Returns deliveries that never left the broker (their message could not be read for
+    /// sending): back to their positions, their delivery count unchanged.
+    pub fn unsent(&mut self, now: u64, consumer: ConsumerId, tags: &[u64]) {
+        for &tag in tags {
+            if let Ok(u) = self.take_owned(consumer, tag) {
+                self.return_unsent(u);
+            }
+        }
+        self.make_room(now);
     }
 
     /// Sends deliveries to the dead-letter queue (dropped, counted, if there is none).
@@ -880,7 +1088,9 @@ impl QueueState {
     /// Picks the next consumer with credit, round-robin after the one served last.
     fn next_consumer(&self) -> Option<ConsumerId> {
         let after = self.cursor.unwrap_or(0);
-        let with_credit = |(id, c): (&ConsumerId, &Consumer)| (c.credit > 0).then_some(*id);
+        let with_credit = |(id, c): (&ConsumerId, &Consumer)| {
+            (c.credit > 0 && c.budget != Some(0)).then_some(*id)
+        };
         self.consumers
             .range(after.saturating_add(1)..)
             .find_map(with_credit)
@@ -919,6 +1129,9 @@ impl QueueState {
             self.cursor = Some(consumer);
             let c = self.consumers.get_mut(&consumer).expect("chosen");
             c.credit -= 1;
+            if let Some(b) = &mut c.budget {
+                *b = b.saturating_sub(delivery_cost(&queued, &meta));
+            }
             let outgoing = Outgoing {
                 consumer,
                 tag,
@@ -935,8 +1148,13 @@ impl QueueState {
                 });
             } else {
                 c.unacked += 1;
-                let deadline =
-                    (self.config.ack_timeout_ms > 0).then(|| now + self.config.ack_timeout_ms);
+                let deadline = if c.tracked {
+                    // Starts when the connection reports the delivery written.
+                    c.unwritten.push_back(tag);
+                    None
+                } else {
+                    (self.config.ack_timeout_ms > 0).then(|| now + self.config.ack_timeout_ms)
+                };
                 if let Some(d) = deadline {
                     self.deadlines.insert((d, tag));
                 }

@@ -226,11 +226,14 @@ pub enum DropReason {
     DeadLetterRefused,
     /// Removed together with its queue by `Delete`. Wire 9.
     QueueDeleted,
+    /// Held for room (a full `block` queue, or the rate limit) when its publisher's connection
+    /// closed: never stored, since the publisher got no confirm and may publish it again. Wire 10.
+    PublisherGone,
 }
 
 impl DropReason {
     /// All reasons, in wire order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::OverflowNewest,
         DropReason::EvictedOldest,
         DropReason::Conflated,
@@ -240,6 +243,7 @@ impl DropReason {
         DropReason::Purged,
         DropReason::DeadLetterRefused,
         DropReason::QueueDeleted,
+        DropReason::PublisherGone,
     ];
 
     /// The wire value (1-based).
@@ -254,6 +258,7 @@ impl DropReason {
             DropReason::Purged => 7,
             DropReason::DeadLetterRefused => 8,
             DropReason::QueueDeleted => 9,
+            DropReason::PublisherGone => 10,
         }
     }
 
@@ -274,6 +279,7 @@ impl DropReason {
             DropReason::Purged => "purged",
             DropReason::DeadLetterRefused => "dead-letter-refused",
             DropReason::QueueDeleted => "queue-deleted",
+            DropReason::PublisherGone => "publisher-gone",
         }
     }
 }
