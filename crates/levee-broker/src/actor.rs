@@ -166,6 +166,8 @@ pub(crate) struct QueueActor {
     state: QueueState,
     log: Option<Arc<QueueLog>>,
     slot: Option<LogSlot>,
+    /// Where the log lives and how it is configured (to reopen it).
+    log_location: Option<(std::path::PathBuf, LogConfig)>,
     backend: Arc<dyn Backend>,
     fsync_waits: bool,
     /// The log failed (an fsync or a write-path error): it refuses all work until reopened.
@@ -217,6 +219,9 @@ impl QueueActor {
             name,
             id: NEXT_ACTOR_ID.fetch_add(1, Ordering::Relaxed),
             state,
+            log_location: log
+                .as_ref()
+                .map(|l| (l.dir().to_path_buf(), l.config().clone())),
             log,
             slot,
             backend,
@@ -350,7 +355,8 @@ impl QueueActor {
     /// delivered once that is durable. On failure, retried with back-off.
     async fn reopen(&mut self) {
         self.reopen_at = None;
-        let (Some(old), Some(slot)) = (self.log.take(), self.slot.clone()) else {
+        let (Some((dir, config)), Some(slot)) = (self.log_location.clone(), self.slot.clone())
+        else {
             return;
         };
         // Appends still waiting for durability belong to the failed log: they fail.
@@ -358,10 +364,8 @@ impl QueueActor {
         while let Some((seq, _)) = self.syncing.pop_front() {
             self.fail_pending_up_to(seq, &err);
         }
-        let dir = old.dir().to_path_buf();
-        let config: LogConfig = old.config().clone();
         *slot.write() = None;
-        drop(old);
+        drop(self.log.take());
         let backend = self.backend.clone();
         let opened = tokio::task::spawn_blocking(move || QueueLog::open(backend, &dir, config))
             .await

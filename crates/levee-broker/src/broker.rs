@@ -374,10 +374,7 @@ impl Broker {
             let entry = queues
                 .remove(name)
                 .ok_or_else(|| BrokerError::UnknownQueue(name.to_string()))?;
-            self.inner
-                .deleting
-                .lock()
-                .insert(name.to_string(), done_rx);
+            self.inner.deleting.lock().insert(name.to_string(), done_rx);
             entry
         };
         let (broker, name) = (self.clone(), name.to_string());
@@ -387,7 +384,9 @@ impl Broker {
             let _ = done_tx.send(true);
             result
         });
-        Ok(Box::pin(async move { task.await.map_err(BrokerError::join)? }))
+        Ok(Box::pin(
+            async move { task.await.map_err(BrokerError::join)? },
+        ))
     }
 
     async fn finish_delete(&self, name: &str, entry: QueueEntry) -> Result<u64, BrokerError> {

@@ -35,9 +35,9 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 use crate::actor::{Cmd, InFlight};
-use crate::outbox::{ConnRx, ConnTx, conn_channel};
 use crate::broker::Broker;
 use crate::error::BrokerError;
+use crate::outbox::{ConnRx, ConnTx, conn_channel};
 
 /// Writes frames from the channel, coalescing whatever is queued into one write, and reports
 /// to each subscription's queue which deliveries were written. A peer that does not take the
@@ -81,9 +81,7 @@ async fn writer(mut rx: ConnRx, mut sock: OwnedWriteHalf, drain: Duration) {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {
-                tracing::warn!(
-                    "client does not read what is sent to it: closing the connection"
-                );
+                tracing::warn!("client does not read what is sent to it: closing the connection");
                 outbox.stalled.notify_one();
                 return;
             }

@@ -80,10 +80,12 @@ impl Outbox {
             if cur >= self.limit {
                 return 0;
             }
-            match self
-                .bytes
-                .compare_exchange_weak(cur, self.limit, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.bytes.compare_exchange_weak(
+                cur,
+                self.limit,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return (self.limit - cur) as u64,
                 Err(now) => cur = now,
             }

@@ -390,3 +390,70 @@ async fn log_processing_accounts_for_every_line_across_competing_consumers() {
     );
     assert!(s.is_balanced());
 }
+
+/// Publishes held for room on a `block` queue (within credit, waiting for bytes) whose
+/// publisher's connection dies are discarded, counted as `publisher-gone`: the publisher never got
+/// their confirms, so storing them later would only duplicate what it publishes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_publishes_of_a_publisher_that_went_away_are_not_stored_later() {
+    use levee_proto::{ClientFrame, ServerFrame};
+    let server = Server::start();
+    let c = client(&server).await;
+    c.declare("tight", memory_queue(Overflow::Block, 100, 1000))
+        .await
+        .unwrap();
+    let mut raw = common::Raw::handshake(server.wire);
+    raw.send(&ClientFrame::Produce {
+        req: 1,
+        queue: "tight".into(),
+    });
+    let mut credit = 0;
+    while credit < 10 {
+        match raw.recv() {
+            Some(ServerFrame::PublishCredit { n, .. }) => credit += n,
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    }
+    // Ten messages of 400 bytes: two fit the 1000-byte limit, eight are held for room.
+    raw.send(&ClientFrame::Publish {
+        req: 2,
+        queue: "tight".into(),
+        messages: (0..10).map(|i| numbered(i, 400)).collect(),
+    });
+    wait_for_stats(&c, "tight", |s| s.stored == 2).await;
+    drop(raw); // the publisher dies without its confirm
+    let s = wait_for_stats(&c, "tight", |s| s.dropped(DropReason::PublisherGone) == 8).await;
+    assert_eq!((s.published, s.stored, s.ready), (10, 10, 2), "{s:?}");
+    assert!(s.is_balanced());
+
+    // Room frees: nothing of the dead publisher is admitted any more.
+    let mut consumer = c
+        .consumer(
+            "tight",
+            ConsumerOptions {
+                credit: Credit::Fixed(10),
+                ..ConsumerOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    for want in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(id_of(d.payload()), want);
+        d.ack().unwrap();
+    }
+    consumer.flush();
+    let s = wait_for_stats(&c, "tight", |s| s.acked == 2).await;
+    assert_eq!((s.ready, s.unacked, s.stored), (0, 0, 10), "{s:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), consumer.next())
+            .await
+            .is_err(),
+        "a held publish of the dead publisher was stored after all"
+    );
+}

@@ -192,3 +192,57 @@ fn a_queue_declaration_survives_a_restart_and_memory_queues_do_not() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A message recovered after `kill -9` is delivered with the time it was published, not 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovered_messages_keep_their_publish_time() {
+    let mut server = Server::start();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    {
+        let c = common::client(&server).await;
+        c.declare(
+            "stamped",
+            QueueConfig {
+                overflow: levee_proto::Overflow::DropNewest,
+                ..QueueConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let p = c
+            .producer("stamped", levee_client::ProducerOptions::default())
+            .await
+            .unwrap();
+        let confirm = p.publish(Message::new(b"job".to_vec())).await.unwrap();
+        assert!(matches!(
+            confirm.await.unwrap(),
+            levee_proto::PublishOutcome::Stored { .. }
+        ));
+    }
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    server.restart_after_kill9();
+    let c = common::client(&server).await;
+    let mut consumer = c
+        .consumer("stamped", levee_client::ConsumerOptions::default())
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        futures::StreamExt::next(&mut consumer),
+    )
+    .await
+    .expect("recovered message delivered")
+    .unwrap()
+    .unwrap();
+    assert!(
+        (before..=after).contains(&d.timestamp_ms()),
+        "publish time {} not within [{before}, {after}]",
+        d.timestamp_ms()
+    );
+}

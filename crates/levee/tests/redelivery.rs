@@ -193,3 +193,55 @@ async fn a_nack_with_delay_redelivers_later_and_ttl_expires_waiting_messages() {
     assert_eq!((s.expired, s.ready), (1, 0));
     assert!(s.is_balanced());
 }
+
+/// Dead-lettering adds three `x-death-*` headers: a published message may carry at most 61 others,
+/// a message with more is refused at publish with a clear reason, and a message dead-lettered
+/// twice has its `x-death-*` headers replaced, not repeated, so its delivery always encodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_lettering_always_has_room_for_its_headers() {
+    let server = Server::start();
+    let c = client(&server).await;
+    c.declare("last", memory_queue(Overflow::Block, 100, 1 << 20))
+        .await
+        .unwrap();
+    let mut dlq = memory_queue(Overflow::Block, 100, 1 << 20);
+    dlq.dead_letter = Some("last".into());
+    c.declare("dlq", dlq).await.unwrap();
+    let mut cfg = memory_queue(Overflow::Block, 100, 1 << 20);
+    cfg.dead_letter = Some("dlq".into());
+    c.declare("work", cfg).await.unwrap();
+    let p = c
+        .producer("work", ProducerOptions::default())
+        .await
+        .unwrap();
+    let with_headers = |id: u32, n: usize| {
+        (0..n).fold(numbered(id, 8), |m, i| {
+            m.with_header(format!("h{i}"), b"v".to_vec())
+        })
+    };
+    match p.send(with_headers(1, 62)).await {
+        Err(levee_client::ClientError::Rejected { code, reason }) => {
+            assert_eq!(code, levee_proto::ErrorCode::MessageTooLarge);
+            assert!(reason.contains("62 headers"), "{reason}");
+        }
+        other => panic!("62 headers must be refused at publish, got {other:?}"),
+    }
+    p.send(with_headers(2, 61)).await.unwrap();
+
+    // Rejected in "work", then again in "dlq": it reaches "last" with 64 headers.
+    for queue in ["work", "dlq"] {
+        let mut consumer = c.consumer(queue, one()).await.unwrap();
+        let d = next(&mut consumer).await;
+        assert_eq!(id_of(d.payload()), 2);
+        d.reject().unwrap();
+        consumer.flush();
+    }
+    let mut last = c.consumer("last", one()).await.unwrap();
+    let d = next(&mut last).await;
+    assert_eq!(id_of(d.payload()), 2);
+    assert_eq!(d.message().headers.len(), 64);
+    assert_eq!(header(&d, "x-death-queue"), Some(&b"dlq"[..]));
+    assert_eq!(header(&d, "x-death-reason"), Some(&b"rejected"[..]));
+    let s = c.inspect("work").await.unwrap().stats;
+    assert_eq!((s.published, s.rejected, s.dead_lettered), (2, 1, 1));
+}

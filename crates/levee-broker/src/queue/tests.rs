@@ -343,6 +343,182 @@ fn block_queue_holds_a_publish_that_does_not_fit_by_bytes_until_room_frees() {
 }
 
 #[test]
+fn a_closed_publishers_held_publishes_are_dropped_and_others_keep_their_order() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            max_messages: 100,
+            max_bytes: 10,
+            ..cfg()
+        },
+        1,
+    );
+    q.add_producer(1);
+    q.add_producer(2);
+    q.take_effects();
+    let six = Message::new(vec![0u8; 6]);
+    assert!(q.publish(0, 1, 1, six.clone()).is_some(), "fits");
+    assert!(q.publish(0, 1, 2, six.clone()).is_none(), "held");
+    assert!(
+        q.publish(0, 2, 3, Message::new(vec![0u8; 2])).is_none(),
+        "held behind"
+    );
+    assert!(q.publish(0, 1, 4, six.clone()).is_none(), "held");
+    assert_eq!(q.held_len(), 3);
+    q.remove_producer(0, 1);
+    let effects = q.take_effects();
+    let gone: Vec<u64> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Confirm {
+                token,
+                outcome:
+                    PublishOutcome::Dropped {
+                        reason: DropReason::PublisherGone,
+                    },
+                stored: None,
+            } => Some(*token),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gone, vec![2, 4]);
+    // Producer 2's message was behind them and fits now.
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::Confirm {
+            token: 3,
+            outcome: PublishOutcome::Stored { .. },
+            ..
+        }
+    )));
+    assert_eq!(q.held_len(), 0);
+    let s = q.stats();
+    assert_eq!(s.dropped(DropReason::PublisherGone), 2);
+    assert!(s.is_balanced(), "{s:?}");
+}
+
+#[test]
+fn dispatch_stays_within_the_connections_budget_and_skips_a_full_one() {
+    let mut q = QueueState::new(cfg(), 1);
+    for i in 0..10 {
+        q.publish(0, 1, i, Message::new(vec![0u8; 100])).unwrap();
+    }
+    q.subscribe(7, false);
+    q.add_credit(7, 1000);
+    assert_eq!(q.consumers_wanting(), vec![7]);
+    // Room for two deliveries and a bit: the third still goes (any message can pass), then stop.
+    let cost = Message::new(vec![0u8; 100]).wire_len() as u64 + DELIVERY_OVERHEAD;
+    q.set_budget(7, Some(2 * cost + 1));
+    let got = dispatch(&mut q, 0);
+    assert_eq!(got.len(), 3);
+    assert!(dispatch(&mut q, 0).is_empty(), "budget used up");
+    q.set_budget(7, Some(0));
+    assert!(
+        dispatch(&mut q, 0).is_empty(),
+        "a full connection gets nothing"
+    );
+    q.set_budget(7, None);
+    assert_eq!(dispatch(&mut q, 0).len(), 7);
+}
+
+#[test]
+fn ack_deadlines_start_when_written_and_unwritten_deliveries_return_uncounted() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            ack_timeout_ms: 100,
+            max_deliveries: Some(1),
+            ..cfg()
+        },
+        1,
+    );
+    for i in 0..4 {
+        publish(&mut q, 0, i);
+    }
+    q.subscribe(7, false);
+    q.track_writes(7);
+    q.add_credit(7, 4);
+    let got = dispatch(&mut q, 0);
+    assert_eq!(got.len(), 4);
+    // Only the first two were written (at t=50); nothing times out before their deadline...
+    q.written(50, 7, got[1].tag);
+    q.tick(120);
+    assert_eq!(q.stats().unacked, 4, "deadlines start at the write");
+    // ...then those two do (max_deliveries 1: they are dropped), the unwritten two do not.
+    q.tick(150);
+    let s = q.stats();
+    assert_eq!(
+        (s.unacked, s.dropped(DropReason::MaxDeliveries)),
+        (2, 2),
+        "{s:?}"
+    );
+    q.tick(10_000);
+    assert_eq!(q.stats().unacked, 2, "never written: no deadline");
+    // The consumer goes away: the two that never left come back with their count unchanged.
+    q.unsubscribe(10_000, 7);
+    q.subscribe(8, false);
+    q.add_credit(8, 10);
+    let again = dispatch(&mut q, 10_000);
+    assert_eq!(again.iter().map(body).collect::<Vec<_>>(), vec![2, 3]);
+    assert!(
+        again.iter().all(|o| o.deliveries == 1),
+        "first real delivery"
+    );
+    assert!(q.stats().is_balanced());
+}
+
+#[test]
+fn undurable_messages_are_taken_out_and_come_back_under_their_new_sequence_numbers() {
+    let mut q = QueueState::new(cfg(), 1);
+    for i in 0..5 {
+        publish(&mut q, 0, i);
+    }
+    q.set_durable(3); // seqs 1 and 2 durable; 3..=5 not
+    let taken = q.take_undurable();
+    assert_eq!(taken.iter().map(|t| t.0).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert_eq!(q.stats().ready, 2);
+    for (i, (_, queued, meta)) in taken.into_iter().enumerate() {
+        q.restore_rewritten(10 + i as u64, queued, meta);
+    }
+    q.set_next_seq(13);
+    q.subscribe(7, true);
+    q.add_credit(7, 10);
+    assert_eq!(
+        dispatch(&mut q, 0).len(),
+        2,
+        "the rewrite is not durable yet"
+    );
+    q.set_durable(13);
+    let rest = dispatch(&mut q, 0);
+    assert_eq!(
+        rest.iter().map(|o| o.seq).collect::<Vec<_>>(),
+        vec![10, 11, 12]
+    );
+    assert_eq!(
+        rest.iter().map(body).collect::<Vec<_>>(),
+        vec![2, 3, 4],
+        "order kept"
+    );
+    assert!(q.stats().is_balanced());
+}
+
+#[test]
+fn a_message_with_too_many_headers_is_refused_at_publish() {
+    let mut q = QueueState::new(cfg(), 1);
+    let mut m = msg(1);
+    for i in 0..=MAX_USER_HEADERS {
+        m = m.with_header(format!("h{i}"), b"v".to_vec());
+    }
+    assert!(matches!(
+        q.publish(0, 1, 1, m),
+        Some(PublishOutcome::Rejected {
+            code: ErrorCode::MessageTooLarge,
+            ..
+        })
+    ));
+    let s = q.stats();
+    assert_eq!((s.published, s.rejected), (1, 1));
+}
+
+#[test]
 fn messages_past_the_durability_watermark_are_not_delivered() {
     let mut q = QueueState::new(cfg(), 1);
     q.set_durable(1);

@@ -377,12 +377,17 @@ impl Backend for FaultyBackend {
         if !st.dirs.contains(dir) {
             return Err(io::ErrorKind::NotFound.into());
         }
-        Ok(st
+        // Files and subdirectories, as a real directory listing has both.
+        let mut entries: Vec<String> = st
             .names
             .keys()
+            .chain(st.dirs.iter())
             .filter(|p| p.parent() == Some(dir))
             .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
-            .collect())
+            .collect();
+        entries.sort_unstable();
+        entries.dedup();
+        Ok(entries)
     }
 
     fn open_file(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
