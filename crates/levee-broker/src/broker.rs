@@ -20,17 +20,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::BytesMut;
 use levee_proto::{
-    ClientFrame, DEFAULT_MAX_FRAME, Durability, Fsync, Overflow, QueueConfig, QueueInfo,
-    validate_queue_name,
+    ClientFrame, DEFAULT_MAX_FRAME, Durability, QueueConfig, QueueInfo, validate_queue_name,
 };
-use levee_store::{Backend, FsBackend, FsyncPolicy, LogConfig, QueueLog};
+use levee_store::{Backend, FsBackend};
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::actor::{Cmd, LogSlot, QueueActor, Router};
 use crate::error::BrokerError;
-use crate::queue::{QueueState, Queued, Recovered};
+use crate::queue::QueueState;
+use crate::queue::core::QueueCore;
 
 /// Broker settings. Every field has a zero-config default.
 #[derive(Debug, Clone)]
@@ -110,19 +110,6 @@ pub struct Broker {
 
 fn queue_dir(data: &Path, name: &str) -> PathBuf {
     data.join("queues").join(format!("q-{name}"))
-}
-
-fn log_config(broker: &BrokerConfig, fsync: Fsync) -> LogConfig {
-    let fsync = match fsync {
-        Fsync::Always => FsyncPolicy::Always,
-        Fsync::Interval(ms) => FsyncPolicy::Interval(std::time::Duration::from_millis(ms.into())),
-        _ => FsyncPolicy::Never,
-    };
-    LogConfig {
-        fsync,
-        segment_bytes: broker.segment_bytes,
-        ..LogConfig::default()
-    }
 }
 
 /// The catalog entry: the queue's declaration, in the wire encoding.
@@ -228,63 +215,32 @@ impl Broker {
     /// Opens the log (for a disk queue), rebuilds the state and starts the actor.
     async fn start_queue(&self, name: String, config: QueueConfig) -> Result<u64, BrokerError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (state, log) = match config.durability {
+        let (core, log) = match config.durability {
             Durability::Disk(fsync) => {
                 let dir = queue_dir(&self.inner.config.data_dir, &name).join("log");
                 let backend = self.inner.backend.clone();
-                let lc = log_config(&self.inner.config, fsync);
-                let conflate = config.overflow == Overflow::ConflateByKey;
+                let lc = crate::storage::log_config(fsync, self.inner.config.segment_bytes);
                 let cfg = config.clone();
-                let (state, log) = tokio::task::spawn_blocking(
-                    move || -> Result<(QueueState, QueueLog), BrokerError> {
-                        let (log, rec) = QueueLog::open(backend, &dir, lc)?;
-                        if let Some(t) = &rec.report.truncated {
-                            tracing::warn!(path = %t.path.display(), offset = t.offset,
-                                bytes = t.bytes, reason = %t.reason, "truncated a torn log tail");
-                        }
-                        let mut state = QueueState::new(cfg, log.stats().next_seq);
-                        for m in rec.unsettled {
-                            // Conflation needs the key bytes; other policies need no payload.
-                            let key = if conflate && m.key_hash.is_some() {
-                                log.read(m.seq)?.message.key
-                            } else {
-                                None
-                            };
-                            state.restore(Recovered {
-                                seq: m.seq,
-                                weight: u64::from(m.payload_len),
-                                priority: m.priority,
-                                key,
-                                queued: Queued {
-                                    message: None,
-                                    // Read back with the body when it is delivered.
-                                    timestamp_ms: 0,
-                                    expires_at: m.expires_at_ms,
-                                    deliveries: m.delivery_count,
-                                },
-                            });
-                        }
-                        Ok((state, log))
-                    },
+                let b = backend.clone();
+                let (state, log) =
+                    tokio::task::spawn_blocking(move || crate::storage::recover(b, &dir, lc, cfg))
+                        .await
+                        .map_err(BrokerError::join)??;
+                let log = Arc::new(log);
+                let slot: LogSlot = Arc::new(parking_lot::RwLock::new(Some(log.clone())));
+                (
+                    QueueCore::disk(name.clone(), state, log, backend),
+                    Some(slot),
                 )
-                .await
-                .map_err(BrokerError::join)??;
-                let slot: LogSlot = Arc::new(parking_lot::RwLock::new(Some(Arc::new(log))));
-                (state, Some(slot))
             }
-            _ => (QueueState::new(config.clone(), 1), None),
+            _ => (
+                QueueCore::memory(name.clone(), QueueState::new(config.clone(), 1)),
+                None,
+            ),
         };
-        let messages = state.stats().ready;
+        let messages = core.stats().ready;
         let router: Arc<dyn Router> = self.inner.clone();
-        let actor = QueueActor::new(
-            name.clone(),
-            state,
-            log.clone(),
-            self.inner.backend.clone(),
-            router,
-            tx.downgrade(),
-            rx,
-        );
+        let actor = QueueActor::new(core, log.clone(), router, tx.downgrade(), rx);
         let task = tokio::spawn(actor.run());
         self.inner.queues.write().insert(
             name,

@@ -3,9 +3,10 @@
 //!
 //! Layers, from the inside out:
 //! - [`queue`]: the per-queue state machine (pure: time is an argument, effects are returned),
-//!   built on levee-flow's policy core;
-//! - `actor`: one task per queue carrying out the state machine's effects against its
-//!   levee-store log;
+//!   built on levee-flow's policy core, and [`queue::core::QueueCore`], which adds the queue's
+//!   log and confirm ledger: every decision of a queue, with no async and no clock;
+//! - `storage`: every mapping between broker and levee-store types, and recovery;
+//! - `actor`: one task per queue, a thin shell around its core;
 //! - `conn`: one task pair per client connection speaking the levee-proto wire protocol;
 //! - `outbox`: each connection's bounded outbound queue;
 //! - [`Broker`]: the registry of queues, the durable catalog, recovery, the accept loop.
@@ -18,6 +19,7 @@ pub mod http;
 mod outbox;
 pub mod queue;
 mod rate;
+mod storage;
 
 pub use broker::{Broker, BrokerConfig};
 pub use error::BrokerError;

@@ -288,6 +288,15 @@ pub fn user_headers(m: &Message) -> usize {
         .count()
 }
 
+/// A message's time to live on this queue: the shorter of its own and the queue's (the one place
+/// the two are merged; the log records the result).
+pub fn effective_ttl(msg: &Message, config: &QueueConfig) -> Option<u64> {
+    match (msg.ttl_ms, config.message_ttl_ms) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Estimated encoded size of a delivery (what it will cost its connection's outbound buffer).
 pub fn delivery_cost(queued: &Queued, meta: &Meta<Bytes>) -> u64 {
     DELIVERY_OVERHEAD
@@ -462,11 +471,7 @@ impl QueueState {
     }
 
     fn expiry_for(&self, now: u64, msg: &Message) -> Option<u64> {
-        let ttl = match (msg.ttl_ms, self.config.message_ttl_ms) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        ttl.map(|t| now.saturating_add(t))
+        effective_ttl(msg, &self.config).map(|t| now.saturating_add(t))
     }
 
     /// Whether `producer` may publish `n` messages now: on a `block` queue it must hold that much
@@ -1255,5 +1260,7 @@ impl QueueState {
     }
 }
 
+pub mod confirms;
+pub mod core;
 #[cfg(test)]
 mod tests;
