@@ -371,11 +371,9 @@ impl QueueActor {
                 } => {
                     if let Some(conn) = self.consumers.get(&consumer) {
                         *used.entry(consumer).or_default() += bytes;
-                        if !claims.contains_key(&consumer) {
-                            // Dispatched outside a claim (cannot happen: budgets are set by
-                            // every flush); charge it so the bound still holds.
-                            claims.insert(consumer, 0);
-                        }
+                        // Dispatched outside a claim (cannot happen: budgets are set by every
+                        // flush): charge it all the same, so the bound still holds.
+                        claims.entry(consumer).or_insert(0);
                         let _ = conn.send_deliveries(ServerFrame::Deliver { deliveries }, bytes);
                     }
                 }

@@ -240,9 +240,11 @@ fn drop_reasons_are_stable() {
             (7, "purged"),
             (8, "dead-letter-refused"),
             (9, "queue-deleted"),
+            (10, "publisher-gone"),
         ]
     );
     assert_eq!(DropReason::from_u8(0), None);
+    assert_eq!(DropReason::from_u8(11), None);
 }
 
 #[test]

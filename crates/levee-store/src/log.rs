@@ -619,6 +619,15 @@ impl QueueLog {
                     .sync_dir(&inner.dir)
                     .map_err(|e| StoreError::io("fsync_dir", &inner.dir, e))?;
                 st.dir_dirty = false;
+            } else {
+                // The active segment as found may hold records that were written but never
+                // fsynced (the previous process stopped before, or its fsync failed). What
+                // recovery returns is reported durable, so make it so before returning it.
+                let seg = st.segments.back().expect("an active segment");
+                let path = inner.path(seg.index, false);
+                seg.file
+                    .sync()
+                    .map_err(|e| StoreError::io("fsync", &path, e))?;
             }
             let written = st.written;
             st.logical = written;

@@ -605,10 +605,15 @@ impl QueueCore {
     /// Dispatches within the budgets set since the last flush, carries out effects and releases
     /// confirms: run after every batch of events.
     pub fn flush(&mut self, now: u64) {
-        let mut out = Vec::new();
-        self.state.dispatch(now, &mut out);
+        // While a failed log is being reopened, bodies on disk cannot be read: deliver nothing.
+        if self.disk.as_ref().is_none_or(|d| d.log.is_some()) {
+            let mut out = Vec::new();
+            self.state.dispatch(now, &mut out);
+            // Bodies are read before the dispatch's effects are written: an auto-ack delivery
+            // settles its message, and a settled message can no longer be read.
+            self.deliver(now, out);
+        }
         self.apply_effects(now);
-        self.deliver(now, out);
         self.release_confirms();
     }
 

@@ -721,6 +721,19 @@ impl QueueState {
         self.grant_credit();
     }
 
+    /// Whether `consumer` is an auto-ack consumer.
+    pub fn is_auto_ack(&self, consumer: ConsumerId) -> bool {
+        self.consumers.get(&consumer).is_some_and(|c| c.auto_ack)
+    }
+
+    /// The publishes of `producer` held now, in order.
+    pub fn held_of(&self, producer: ProducerId) -> impl Iterator<Item = &Message> {
+        self.held
+            .iter()
+            .filter(move |(p, _, _)| *p == producer)
+            .map(|(_, _, m)| m)
+    }
+
     /// Held publishes (waiting for room or for the rate limit).
     pub fn held_len(&self) -> usize {
         self.held.len()
@@ -1262,5 +1275,7 @@ impl QueueState {
 
 pub mod confirms;
 pub mod core;
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
