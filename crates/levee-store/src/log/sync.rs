@@ -1,0 +1,207 @@
+//! The log's sync thread: group commit, durability publication, sealing and reclamation.
+//!
+//! Owns the sync thread's loop and the requesting side of its protocol with appenders (through
+//! `SyncShared`): appenders never fsync; they raise `SyncState::written` / `requested` and get a
+//! [`Durability`] handle for their position; one sync cycle fsyncs every unsealed segment (and the
+//! directory when segments were created), renames the rolled ones `.open` -> `.seg`, and then publishes
+//! `synced`, waking every handle at or below it. Appends arriving during a cycle are covered by the
+//! next one. After the cycle, the oldest segments are reclaimed. See `docs/design.md`, levee-store,
+//! "Group commit" and "Space reclamation".
+//!
+//! Invariants:
+//! - `synced` only grows and is raised only after every unsealed segment holding bytes below it, and
+//!   the directory entries of new segments, were synced (the cycle snapshots `written` first).
+//! - A segment is renamed to `.seg` only after it was trimmed and sealed (by the writer) and fsynced
+//!   (here), so a `.seg` file is entirely valid.
+//! - Segments are deleted only as a prefix: the oldest, when it is sealed, not the active one, and holds
+//!   no unsettled message; the directory is synced after each deletion before the next. So a settlement
+//!   record is never deleted while the message it settles still exists on disk.
+//! - A failed fsync, rename or delete stops the log (`State::failed`, `SyncState::failed`): the state of
+//!   unsynced pages is unknown, so nothing more is reported durable; it must be reopened.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::{FsyncPolicy, Inner};
+use crate::backend::StorageFile;
+use crate::durability::{Durability, DurabilityLevel};
+use crate::error::{Result, StoreError};
+
+/// Starts the log's sync thread.
+pub(super) fn spawn(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
+    let thread_inner = inner.clone();
+    std::thread::Builder::new()
+        .name("levee-store-sync".into())
+        .spawn(move || sync_loop(&thread_inner))
+        .map_err(|e| StoreError::io("spawn sync thread", &inner.dir, e))
+}
+
+impl Inner {
+    /// The durability handle for bytes written up to `written`: records the written position and, if
+    /// `eager` under [`FsyncPolicy::Always`], asks the sync thread for a cycle covering it (settlements
+    /// are lazy: their handle asks only when polled).
+    pub(super) fn durability_for(&self, written: u64, eager: bool) -> Durability {
+        let sync = &self.sync;
+        let always = self.config.fsync == FsyncPolicy::Always;
+        {
+            let mut s = sync.state.lock();
+            if written > s.written {
+                s.written = written;
+            }
+            if always && eager && written > s.requested {
+                s.requested = written;
+                sync.work.notify_one();
+            }
+        }
+        match self.config.fsync {
+            FsyncPolicy::Always => Durability::pending(sync.clone(), written, eager),
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
+                Durability::ready(DurabilityLevel::Written, written)
+            }
+        }
+    }
+
+    /// Asks the sync thread for a cycle even with nothing to sync (sealing, reclamation).
+    pub(super) fn kick_maintenance(&self) {
+        let mut s = self.sync.state.lock();
+        s.maintenance = true;
+        self.sync.work.notify_one();
+    }
+}
+
+fn sync_loop(inner: &Inner) {
+    let sync = &inner.sync;
+    let mut last_cycle = Instant::now();
+    loop {
+        let final_cycle;
+        {
+            let mut s = sync.state.lock();
+            loop {
+                if s.shutdown {
+                    final_cycle = true;
+                    break;
+                }
+                if s.requested > s.synced || s.maintenance {
+                    final_cycle = false;
+                    break;
+                }
+                match inner.config.fsync {
+                    FsyncPolicy::Interval(every) => {
+                        let due = last_cycle + every;
+                        if s.written > s.synced && Instant::now() >= due {
+                            final_cycle = false;
+                            break;
+                        }
+                        let wait_until = if s.written > s.synced {
+                            due
+                        } else {
+                            Instant::now() + every
+                        };
+                        sync.work.wait_until(&mut s, wait_until);
+                    }
+                    _ => sync.work.wait(&mut s),
+                }
+            }
+            s.maintenance = false;
+        }
+        last_cycle = Instant::now();
+        let result = sync_cycle(inner).and_then(|()| reclaim(inner));
+        if let Err(e) = result {
+            tracing::error!(dir = %inner.dir.display(), error = %e, "levee-store log failed");
+            inner.state.lock().failed = Some(e.clone());
+            sync.state.lock().failed = Some(e);
+            break;
+        }
+        if final_cycle {
+            break;
+        }
+    }
+    sync.state.lock().stopped = true;
+    sync.wake_all();
+}
+
+/// One group commit: fsync every unsealed segment (and the directory if segments were created), seal
+/// the complete ones, publish the synced position.
+fn sync_cycle(inner: &Inner) -> Result<()> {
+    let (target, files, dir_dirty) = {
+        let mut st = inner.state.lock();
+        let last = st.segments.len() - 1;
+        let files: Vec<(u64, Arc<dyn StorageFile>, bool)> = st
+            .segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.sealed)
+            .map(|(i, s)| (s.index, s.file.clone(), i == last))
+            .collect();
+        (st.written, files, std::mem::take(&mut st.dir_dirty))
+    };
+    let started = Instant::now();
+    for (index, file, _) in &files {
+        file.sync()
+            .map_err(|e| StoreError::io("fsync", &inner.path(*index, false), e))?;
+    }
+    if dir_dirty {
+        inner
+            .backend
+            .sync_dir(&inner.dir)
+            .map_err(|e| StoreError::io("fsync_dir", &inner.dir, e))?;
+    }
+    let mut sealed = Vec::new();
+    for (index, _, active) in &files {
+        if !active {
+            let from = inner.path(*index, false);
+            inner
+                .backend
+                .rename(&from, &inner.path(*index, true))
+                .map_err(|e| StoreError::io("rename", &from, e))?;
+            sealed.push(*index);
+        }
+    }
+    if !sealed.is_empty() {
+        inner
+            .backend
+            .sync_dir(&inner.dir)
+            .map_err(|e| StoreError::io("fsync_dir", &inner.dir, e))?;
+    }
+    let elapsed = started.elapsed();
+    {
+        let mut st = inner.state.lock();
+        for index in sealed {
+            if let Some(seg) = st.segment_mut(index) {
+                seg.sealed = true;
+            }
+        }
+        st.fsyncs += 1;
+        st.last_fsync = Some(elapsed);
+    }
+    inner.sync.publish(target);
+    Ok(())
+}
+
+/// Deletes the oldest segments while they are sealed, not active and hold no unsettled message; the
+/// directory is synced after each deletion so deletions become durable strictly oldest first.
+fn reclaim(inner: &Inner) -> Result<()> {
+    loop {
+        let victim = {
+            let st = inner.state.lock();
+            match st.segments.front() {
+                Some(s) if st.segments.len() > 1 && s.sealed && s.live == 0 => s.index,
+                _ => return Ok(()),
+            }
+        };
+        let path = inner.path(victim, true);
+        inner
+            .backend
+            .remove_file(&path)
+            .map_err(|e| StoreError::io("remove", &path, e))?;
+        inner
+            .backend
+            .sync_dir(&inner.dir)
+            .map_err(|e| StoreError::io("fsync_dir", &inner.dir, e))?;
+        let mut st = inner.state.lock();
+        let popped = st.segments.pop_front().expect("victim is the front");
+        debug_assert_eq!(popped.index, victim);
+        st.reclaimed += 1;
+    }
+}
