@@ -395,19 +395,22 @@ async fn read_frame(
                 buf.reserve(h.total_len() - buf.len());
             }
         }
-        match ClientFrame::decode(buf, max_frame) {
-            Ok(Some(frame)) => {
-                if reservation.take().is_some() && buf.capacity() > UNRESERVED_FRAME {
-                    // Hand the large allocation back with the frame (its fields are slices of
-                    // it until detached); keep reading into a standing-size buffer.
-                    let mut fresh = BytesMut::with_capacity(UNRESERVED_FRAME.max(buf.len()));
-                    fresh.extend_from_slice(buf);
-                    *buf = fresh;
-                }
-                return Ok(Some(frame));
+        let decoded = match ClientFrame::decode(buf, max_frame) {
+            Ok(Some(frame)) => Ok(Some(frame)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(ReadError::Proto(e)),
+        };
+        if !matches!(decoded, Ok(None)) {
+            // The frame is consumed (decoded or refused): release its reservation.
+            if reservation.take().is_some() {
+                // Hand the large allocation back with the frame (its fields are slices of it
+                // until detached): what is left of `buf` still points into it and would keep
+                // it alive. Keep reading into a standing-size buffer.
+                let mut fresh = BytesMut::with_capacity(UNRESERVED_FRAME.max(buf.len()));
+                fresh.extend_from_slice(buf);
+                *buf = fresh;
             }
-            Ok(None) => {}
-            Err(e) => return Err(ReadError::Proto(e)),
+            return decoded;
         }
         let n = match tokio::time::timeout(idle, stream.read_buf(buf)).await {
             Ok(Ok(n)) => n,
