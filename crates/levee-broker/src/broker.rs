@@ -46,7 +46,8 @@ pub struct BrokerConfig {
     /// Where durable queues live (default `./levee-data`).
     pub data_dir: PathBuf,
     /// Largest frame accepted from a client (default 16 MiB). Memory bound: one frame of this
-    /// size is buffered per connection while it arrives.
+    /// size is buffered per connection while it arrives, and frames over 64 KiB still arriving
+    /// share `max_partial_frame_bytes` across all connections.
     pub max_frame: usize,
     /// Heartbeat interval announced to clients; a connection silent for 3 intervals is closed.
     pub heartbeat_ms: u32,
