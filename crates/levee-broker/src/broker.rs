@@ -64,6 +64,8 @@ pub struct BrokerConfig {
     /// Most open wire connections (default 10 000); a connection over the cap is answered with a
     /// `Close` saying so and closed. Keep it below the process's file descriptor limit.
     pub max_connections: usize,
+    /// Most open HTTP connections (default 1 024); one more is answered `503` and closed.
+    pub max_http_connections: usize,
     /// Most bytes buffered, across all connections, for frames larger than 64 KiB that are still
     /// arriving (default 256 MiB; at least `max_frame`). A connection whose frame does not fit
     /// stops reading (TCP backpressure) until others finish theirs.
@@ -85,6 +87,7 @@ impl Default for BrokerConfig {
             segment_bytes: 64 * 1024 * 1024,
             server_name: format!("levee {}", env!("CARGO_PKG_VERSION")),
             max_connections: 10_000,
+            max_http_connections: 1024,
             max_partial_frame_bytes: 256 * 1024 * 1024,
             http_header_timeout_ms: 30_000,
         }
@@ -133,6 +136,9 @@ impl BrokerConfig {
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1, got 0".into());
+        }
+        if self.max_http_connections == 0 {
+            return bad("max_http_connections", "must be at least 1, got 0".into());
         }
         if !(self.max_frame as u64..=u64::from(u32::MAX)).contains(&self.max_partial_frame_bytes) {
             return bad(
@@ -550,6 +556,11 @@ impl Broker {
     /// Open wire connections (each holds one of `max_connections` slots from accept to close).
     pub fn open_connections(&self) -> usize {
         self.inner.limits.open_connections()
+    }
+
+    /// Open HTTP connections (each holds one of `max_http_connections` slots).
+    pub fn open_http_connections(&self) -> usize {
+        self.inner.limits.open_http_connections()
     }
 
     /// Bytes of the `max_partial_frame_bytes` budget reserved by large frames still arriving.

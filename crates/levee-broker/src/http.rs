@@ -947,11 +947,21 @@ async fn metrics(State(broker): State<Broker>) -> Response {
 /// The broker-wide bounds and how much of them is in use.
 fn render_limits(out: &mut String, broker: &Broker) {
     let cfg = broker.config();
-    let gauges: [(&str, &str, u64); 4] = [
+    let gauges: [(&str, &str, u64); 6] = [
         (
             "levee_connections",
             "Open wire connections (handshake included).",
             broker.open_connections() as u64,
+        ),
+        (
+            "levee_http_connections",
+            "Open HTTP connections (this scrape's included).",
+            broker.open_http_connections() as u64,
+        ),
+        (
+            "levee_max_http_connections",
+            "The limit on open HTTP connections.",
+            cfg.max_http_connections as u64,
         ),
         (
             "levee_max_connections",
@@ -1001,7 +1011,9 @@ pub fn router(broker: Broker) -> Router {
 
 /// Serves [`router`] on `listener` (HTTP/1.1) until the future is dropped.
 ///
-/// Each connection must send a request's headers within `http_header_timeout_ms` of opening or of
+/// At most `max_http_connections` connections are served at once; one more is answered `503`
+/// (`{"error": "too-many-connections", ...}`) and closed. Each connection must send a request's
+/// headers within `http_header_timeout_ms` of opening or of
 /// the previous response, else it is closed: a client that sends half a header, or keeps an idle
 /// connection open, does not hold it forever. A request being answered is not timed. Accept
 /// failures (EMFILE, ...) are retried after a short bounded backoff.
@@ -1011,6 +1023,7 @@ pub fn router(broker: Broker) -> Router {
 /// their own tasks.
 pub async fn serve_http(broker: Broker, listener: TcpListener) -> std::io::Result<()> {
     let timeout = Duration::from_millis(broker.config().http_header_timeout_ms.into());
+    let limits = broker.clone();
     let service = hyper_util::service::TowerToHyperService::new(router(broker));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
@@ -1027,8 +1040,14 @@ pub async fn serve_http(broker: Broker, listener: TcpListener) -> std::io::Resul
                 continue;
             }
         };
+        let Some(slot) = limits.inner.limits.admit_http() else {
+            tracing::debug!(%peer, "http refused: max_http_connections reached");
+            limits.inner.limits.refuse_http(stream);
+            continue;
+        };
         let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
             }

@@ -1,10 +1,11 @@
 //! Broker-wide bounds on what clients can make the broker hold, whatever their number: open wire
-//! connections (`max_connections`) and bytes buffered for large frames still arriving
-//! (`max_partial_frame_bytes`).
+//! connections (`max_connections`), open HTTP connections (`max_http_connections`) and bytes
+//! buffered for large frames still arriving (`max_partial_frame_bytes`).
 //!
 //! # Invariants
-//! - Every served connection holds one permit of `connections` from accept to its end; a
-//!   connection over the cap is refused ([`refuse`]) without being served. Refusals in progress
+//! - Every served connection holds one permit of `connections` (wire) or `http` from accept to
+//!   its end; a connection over the cap is refused (`Limits::refuse`, a `Close` frame or a 503)
+//!   without being served. Refusals in progress
 //!   are themselves bounded ([`MAX_REFUSING`]); past that, the socket is just closed.
 //! - A connection buffering a frame of more than [`UNRESERVED_FRAME`] bytes holds a reservation of
 //!   that frame's size from the frame budget until the frame is decoded (or the connection
@@ -35,6 +36,8 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 pub(crate) struct Limits {
     max_connections: usize,
     connections: Arc<Semaphore>,
+    max_http_connections: usize,
+    http: Arc<Semaphore>,
     refusing: Arc<Semaphore>,
     frame_budget: u64,
     frames: Arc<Semaphore>,
@@ -54,6 +57,8 @@ impl Limits {
         Limits {
             max_connections: config.max_connections,
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            max_http_connections: config.max_http_connections,
+            http: Arc::new(Semaphore::new(config.max_http_connections)),
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             frame_budget,
             frames: Arc::new(Semaphore::new(frame_budget as usize)),
@@ -70,25 +75,62 @@ impl Limits {
         self.frame_budget - self.frames.available_permits() as u64
     }
 
-    /// A slot for a new connection, `None` if `max_connections` are open.
+    /// Open HTTP connections.
+    pub(crate) fn open_http_connections(&self) -> usize {
+        self.max_http_connections - self.http.available_permits()
+    }
+
+    /// A slot for a new wire connection, `None` if `max_connections` are open.
     pub(crate) fn admit(&self) -> Option<ConnectionSlot> {
         self.connections.clone().try_acquire_owned().ok()
     }
 
-    /// Tells a connection over the cap why it is refused (a `Close` frame), in a task of its own
-    /// that lingers at most [`REFUSAL_LINGER`]; with [`MAX_REFUSING`] such tasks running, closes
-    /// it at once instead.
+    /// A slot for a new HTTP connection, `None` if `max_http_connections` are open.
+    pub(crate) fn admit_http(&self) -> Option<ConnectionSlot> {
+        self.http.clone().try_acquire_owned().ok()
+    }
+
+    /// Tells a wire connection over the cap why it is refused (a `Close` frame); see
+    /// [`Limits::refuse_with`].
     pub(crate) fn refuse(&self, stream: TcpStream) {
-        let Ok(permit) = self.refusing.clone().try_acquire_owned() else {
-            return;
-        };
         let reason = format!(
             "too many connections: the server's limit of {} open connections is reached; try again later",
             self.max_connections
         );
+        let mut buf = BytesMut::new();
+        if (ServerFrame::Close { code: None, reason })
+            .encode(&mut buf)
+            .is_ok()
+        {
+            self.refuse_with(stream, buf.freeze());
+        }
+    }
+
+    /// Answers an HTTP connection over the cap with `503 Service Unavailable` (a JSON error body
+    /// like every other error of the API); see [`Limits::refuse_with`].
+    pub(crate) fn refuse_http(&self, stream: TcpStream) {
+        let body = format!(
+            "{{\"error\":\"too-many-connections\",\"message\":\"the server's limit of {} open HTTP \
+             connections is reached; try again later\"}}",
+            self.max_http_connections
+        );
+        let resp = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.refuse_with(stream, bytes::Bytes::from(resp));
+    }
+
+    /// Sends `answer` on a refused connection in a task of its own that lingers at most
+    /// [`REFUSAL_LINGER`]; with [`MAX_REFUSING`] such tasks running, closes it at once instead.
+    fn refuse_with(&self, stream: TcpStream, answer: bytes::Bytes) {
+        let Ok(permit) = self.refusing.clone().try_acquire_owned() else {
+            return;
+        };
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = tokio::time::timeout(REFUSAL_LINGER, refuse_with(stream, reason)).await;
+            let _ = tokio::time::timeout(REFUSAL_LINGER, answer_and_close(stream, answer)).await;
         });
     }
 
@@ -108,17 +150,10 @@ impl Limits {
     }
 }
 
-/// Sends `Close { reason }`, then reads (and drops) what the peer sends until it closes, so the
-/// peer gets the reason instead of a reset caused by its unread Hello.
-async fn refuse_with(mut stream: TcpStream, reason: String) {
-    let mut buf = BytesMut::new();
-    if (ServerFrame::Close { code: None, reason })
-        .encode(&mut buf)
-        .is_err()
-    {
-        return;
-    }
-    if stream.write_all(&buf).await.is_err() || stream.shutdown().await.is_err() {
+/// Sends `answer`, then reads (and drops) what the peer sends until it closes, so the peer gets
+/// the answer instead of a reset caused by its unread request.
+async fn answer_and_close(mut stream: TcpStream, answer: bytes::Bytes) {
+    if stream.write_all(&answer).await.is_err() || stream.shutdown().await.is_err() {
         return;
     }
     let mut sink = [0u8; 4096];

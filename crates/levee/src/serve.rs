@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Most open wire connections; more are refused with a Close saying so [default: 10000].
     #[arg(long, env = "LEVEE_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Most open HTTP connections; more are answered 503 [default: 1024].
+    #[arg(long, env = "LEVEE_MAX_HTTP_CONNECTIONS")]
+    max_http_connections: Option<usize>,
     /// Most bytes buffered, across all connections, for frames over 64 KiB still arriving;
     /// a connection whose frame does not fit waits (at least max_frame) [default: 256 MiB].
     #[arg(long, env = "LEVEE_MAX_PARTIAL_FRAME_BYTES")]
@@ -64,6 +67,7 @@ struct FileConfig {
     max_in_flight_bytes: Option<u64>,
     segment_bytes: Option<u64>,
     max_connections: Option<usize>,
+    max_http_connections: Option<usize>,
     max_partial_frame_bytes: Option<u64>,
     http_header_timeout_ms: Option<u32>,
 }
@@ -104,6 +108,9 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     if let Some(v) = args.max_connections.or(file.max_connections) {
         broker.max_connections = v;
     }
+    if let Some(v) = args.max_http_connections.or(file.max_http_connections) {
+        broker.max_http_connections = v;
+    }
     if let Some(v) = args
         .max_partial_frame_bytes
         .or(file.max_partial_frame_bytes)
@@ -143,15 +150,16 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// File descriptors kept beyond one per connection: queue log segments, HTTP connections, etc.
+/// File descriptors kept beyond one per connection: queue log segments, listeners, refusals.
 const FD_RESERVE: u64 = 1024;
 
-/// Raises the soft limit on open files towards `max_connections` + [`FD_RESERVE`] (within the hard
-/// limit), so the connection cap, not EMFILE, is what refuses connections; warns if it cannot.
+/// Raises the soft limit on open files towards `connections` (wire + HTTP caps) + [`FD_RESERVE`]
+/// (within the hard limit), so the connection caps, not EMFILE, are what refuse connections;
+/// warns if it cannot.
 #[cfg(unix)]
 #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every Unix
-fn raise_fd_limit(max_connections: usize) {
-    let wanted = max_connections as u64 + FD_RESERVE;
+fn raise_fd_limit(connections: usize) {
+    let wanted = connections as u64 + FD_RESERVE;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -181,20 +189,20 @@ fn raise_fd_limit(max_connections: usize) {
     }
     tracing::warn!(
         fd_limit = effective,
-        max_connections,
-        "the open-file limit is below max_connections + {FD_RESERVE}: past about {} connections \
-         accepts fail with EMFILE; raise `ulimit -n` or lower --max-connections",
+        connections,
+        "the open-file limit is below max_connections + max_http_connections + {FD_RESERVE}: past \
+         about {} connections accepts fail with EMFILE; raise `ulimit -n` or lower the caps",
         effective.saturating_sub(FD_RESERVE)
     );
 }
 
 #[cfg(not(unix))]
-fn raise_fd_limit(_max_connections: usize) {}
+fn raise_fd_limit(_connections: usize) {}
 
 /// Runs the broker until a shutdown signal.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let s = settings(args)?;
-    raise_fd_limit(s.broker.max_connections);
+    raise_fd_limit(s.broker.max_connections + s.broker.max_http_connections);
     let data_dir = s.broker.data_dir.clone();
     let broker = Broker::open(s.broker)
         .await

@@ -152,6 +152,26 @@ fn http_connections_with_half_a_header_or_idle_after_a_response_are_closed_after
     assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
 }
 
+#[test]
+fn an_http_connection_over_max_http_connections_gets_a_503_and_a_freed_slot_admits_again() {
+    let server = Server::start_with(&["--max-http-connections", "2"]);
+    // Connections are accepted in order, so these two hold both slots before the next one.
+    let first = TcpStream::connect(server.http).unwrap();
+    let _second = TcpStream::connect(server.http).unwrap();
+    let (status, body) = common::http_get(server.http, "/api/queues");
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"], "too-many-connections", "{body}");
+    assert!(
+        v["message"].as_str().unwrap().contains("limit of 2"),
+        "{body}"
+    );
+    drop(first);
+    wait_until("the closed connection's slot is released", || {
+        common::http_get(server.http, "/api/queues").0 == 200
+    });
+}
+
 /// A Publish frame of one `size`-byte message, encoded.
 fn publish_frame(req: u64, size: usize) -> Vec<u8> {
     let mut b = BytesMut::new();

@@ -32,6 +32,7 @@ fn settings_that_would_break_every_queue_or_connection_are_refused_at_start() {
     refused(&["--max-frame", "100"], "max_frame");
     refused(&["--heartbeat-ms", "10"], "heartbeat_ms");
     refused(&["--max-connections", "0"], "max_connections");
+    refused(&["--max-http-connections", "0"], "max_http_connections");
     // The frame budget must hold at least one largest frame (16 MiB by default).
     refused(
         &["--max-partial-frame-bytes", "1048576"],
