@@ -14,8 +14,9 @@
 //! - When the connection ends, its subscriptions end (their unacked messages are requeued) and
 //!   its publish credit is released.
 //! - The handshake has one deadline (a heartbeat interval, at most 10 s) from accept, however the
-//!   bytes trickle in. A frame larger than the standing 64 KiB read buffer is read only under a
-//!   reservation of the broker-wide frame budget (`limits`), held until it is decoded.
+//!   bytes trickle in. After it, a frame larger than the standing 64 KiB read buffer is read
+//!   only under a reservation of the broker-wide frame budget (`limits`), held until it is
+//!   decoded; handshake frames are at most `HANDSHAKE_MAX_FRAME` (64 KiB) and reserve nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -370,9 +371,11 @@ fn fatal(tx: &ConnTx, e: &ProtoError) {
 /// Reads until one whole frame is buffered (or EOF / timeout), checking its declared size first.
 /// `Ok(None)` = the peer closed cleanly. `idle` bounds each wait for bytes (not the whole call).
 ///
-/// A frame of more than [`UNRESERVED_FRAME`] bytes is read only once `reservation` holds its
-/// share of the broker's frame budget (waiting for it without reading: backpressure); the
-/// reservation is released, and the grown buffer given back, when the frame is decoded.
+/// With `limits`, a frame of more than [`UNRESERVED_FRAME`] bytes is read only once
+/// `reservation` holds its share of the broker's frame budget (waiting for it without reading:
+/// backpressure); the reservation is released, and the grown buffer given back, when the frame
+/// is decoded. The handshake passes `None`: its frames are at most `HANDSHAKE_MAX_FRAME`, the
+/// standing buffer's size, so peers that have not said Hello cannot take any of the budget.
 ///
 /// # Cancel safety
 /// Cancel-safe: bytes read stay in `buf` and a reservation taken stays in `reservation`, so the
@@ -382,13 +385,16 @@ async fn read_frame(
     buf: &mut BytesMut,
     max_frame: usize,
     idle: Duration,
-    limits: &Limits,
+    limits: Option<&Limits>,
     reservation: &mut Option<FrameReservation>,
 ) -> Result<Option<ClientFrame>, ReadError> {
     loop {
         if let Some(h) = FrameHeader::peek(buf) {
             h.check(max_frame).map_err(ReadError::Proto)?;
-            if h.total_len() > UNRESERVED_FRAME && reservation.is_none() {
+            if let Some(limits) = limits
+                && h.total_len() > UNRESERVED_FRAME
+                && reservation.is_none()
+            {
                 *reservation = Some(limits.reserve_frame(h.total_len()).await);
             }
             if buf.len() < h.total_len() {
@@ -449,7 +455,7 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
             &mut buf,
             HANDSHAKE_MAX_FRAME,
             handshake,
-            &broker.inner.limits,
+            None,
             &mut reservation,
         ),
     )
@@ -526,7 +532,7 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
                 &mut buf,
                 cfg.max_frame,
                 heartbeat * 3,
-                &conn.broker.inner.limits,
+                Some(&conn.broker.inner.limits),
                 &mut reservation,
             ) => next,
             () = outbox.stalled.notified() => {

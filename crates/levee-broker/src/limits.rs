@@ -12,7 +12,8 @@
 //!   ends); it reads the frame's body only once it holds it. So the bytes buffered for frames
 //!   beyond the connections' standing 64 KiB read buffers never exceed the budget.
 //!   A connection that cannot reserve waits, not reading (TCP backpressure on that client only;
-//!   nothing is refused or lost).
+//!   nothing is refused or lost). Only connections past the handshake reserve, so peers that
+//!   have not said Hello cannot take any of the budget.
 
 use std::sync::Arc;
 use std::time::Duration;
