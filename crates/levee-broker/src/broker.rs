@@ -1,16 +1,22 @@
 //! The broker: the registry of queues, their durable catalog, recovery at start, and the TCP
 //! accept loop.
 //!
-//! On disk (`data_dir`): `queues/q-<name>/queue.meta` holds a durable queue's name and config (an
-//! atomically replaced file, encoded as a `Declare` frame of the wire protocol) and
-//! `queues/q-<name>/log/` its [`QueueLog`]. Memory queues have no files and do not survive a
-//! restart (like RabbitMQ's transient queues).
+//! On disk (`data_dir`): `LOCK`, the lock file one broker holds while it uses the directory;
+//! `queues/<dir>/queue.meta` holds a durable queue's name and config (an atomically replaced file,
+//! encoded as a `Declare` frame of the wire protocol) and `queues/<dir>/log/` its [`QueueLog`]
+//! (`<dir>` is `q-<name>` for names that fit, see `data_dir` for the others). Memory queues have
+//! no files and do not survive a restart (like RabbitMQ's transient queues).
 //!
 //! # Invariants
+//! - At most one broker uses a data directory: [`Broker::open`] takes its lock (released when the
+//!   broker is dropped or its process ends) before reading anything.
 //! - A queue is in the registry only while its actor runs; declare and delete are serialised, so
 //!   a name never maps to two actors and a deleted queue's files are removed only after its actor
 //!   stopped.
 //! - A durable queue's catalog entry is written (and fsynced) before it is announced to the client.
+//! - Open connections stay within `max_connections`; frames still arriving that are larger than a
+//!   connection's standing read buffer hold a reservation of the broker-wide
+//!   `max_partial_frame_bytes` budget (see `limits`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,7 +34,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::actor::{Cmd, LogSlot, QueueActor, Router};
+use crate::data_dir::DataDirLock;
 use crate::error::BrokerError;
+use crate::limits::Limits;
 use crate::queue::QueueState;
 use crate::queue::core::QueueCore;
 
@@ -38,7 +46,8 @@ pub struct BrokerConfig {
     /// Where durable queues live (default `./levee-data`).
     pub data_dir: PathBuf,
     /// Largest frame accepted from a client (default 16 MiB). Memory bound: one frame of this
-    /// size is buffered per connection while it arrives.
+    /// size is buffered per connection while it arrives, and frames over 64 KiB still arriving
+    /// share `max_partial_frame_bytes` across all connections.
     pub max_frame: usize,
     /// Heartbeat interval announced to clients; a connection silent for 3 intervals is closed.
     pub heartbeat_ms: u32,
@@ -56,6 +65,19 @@ pub struct BrokerConfig {
     /// a consumer may be sent, this is what the broker buffers for it at most (plus one message
     /// per queue dispatching to it).
     pub max_outbox_bytes: u64,
+    /// Most open wire connections (default 10 000); a connection over the cap is answered with a
+    /// `Close` saying so and closed. Keep it below the process's file descriptor limit.
+    pub max_connections: usize,
+    /// Most open HTTP connections (default 1 024); one more is answered `503` and closed.
+    pub max_http_connections: usize,
+    /// Most bytes buffered, across all connections, for frames larger than 64 KiB that are still
+    /// arriving (default 256 MiB; at least `max_frame`). A connection whose frame does not fit
+    /// stops reading (TCP backpressure) until others finish theirs.
+    pub max_partial_frame_bytes: u64,
+    /// HTTP: most ms to wait for a request's headers, counted from when the connection opens or
+    /// the previous response was sent, so it is also the idle timeout between requests (default
+    /// 30 000). A request being answered is not limited by it.
+    pub http_header_timeout_ms: u32,
 }
 
 impl Default for BrokerConfig {
@@ -69,7 +91,89 @@ impl Default for BrokerConfig {
             segment_bytes: 64 * 1024 * 1024,
             server_name: format!("levee {}", env!("CARGO_PKG_VERSION")),
             max_outbox_bytes: crate::outbox::DEFAULT_OUTBOX_BYTES,
+            max_connections: 10_000,
+            max_http_connections: 1024,
+            max_partial_frame_bytes: 256 * 1024 * 1024,
+            http_header_timeout_ms: 30_000,
         }
+    }
+}
+
+/// Smallest accepted `max_frame` (1 KiB): the handshake and small requests must fit.
+pub const MIN_MAX_FRAME: usize = 1024;
+/// Largest accepted `max_frame` (256 MiB).
+pub const MAX_MAX_FRAME: usize = 256 << 20;
+
+impl BrokerConfig {
+    /// Checks every setting's range, so a bad setting is refused at start instead of failing
+    /// every later operation. [`Broker::open`] calls it.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let bad = |setting, reason: String| Err(BrokerError::InvalidSetting { setting, reason });
+        if !(MIN_MAX_FRAME..=MAX_MAX_FRAME).contains(&self.max_frame) {
+            return bad(
+                "max_frame",
+                format!(
+                    "must be between {MIN_MAX_FRAME} (1 KiB) and {MAX_MAX_FRAME} (256 MiB), got {}",
+                    self.max_frame
+                ),
+            );
+        }
+        if self.max_outbox_bytes < 64 * 1024 {
+            return bad(
+                "max_outbox_bytes",
+                format!(
+                    "must be at least 65536 (64 KiB), got {}",
+                    self.max_outbox_bytes
+                ),
+            );
+        }
+        if self.heartbeat_ms < 100 {
+            return bad(
+                "heartbeat_ms",
+                format!("must be at least 100, got {}", self.heartbeat_ms),
+            );
+        }
+        if self.max_in_flight_bytes == 0 {
+            return bad("max_in_flight_bytes", "must be at least 1, got 0".into());
+        }
+        if self.max_in_flight_messages == 0 {
+            return bad("max_in_flight_messages", "must be at least 1, got 0".into());
+        }
+        if let Err(e) =
+            crate::storage::log_config(levee_proto::Fsync::Always, self.segment_bytes).validate()
+        {
+            return bad(
+                "segment_bytes",
+                format!(
+                    "{} does not make a valid queue log ({e}); the default is 64 MiB",
+                    self.segment_bytes
+                ),
+            );
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1, got 0".into());
+        }
+        if self.max_http_connections == 0 {
+            return bad("max_http_connections", "must be at least 1, got 0".into());
+        }
+        if !(self.max_frame as u64..=u64::from(u32::MAX)).contains(&self.max_partial_frame_bytes) {
+            return bad(
+                "max_partial_frame_bytes",
+                format!(
+                    "must be between max_frame ({}: one largest frame must fit) and {}, got {}",
+                    self.max_frame,
+                    u32::MAX,
+                    self.max_partial_frame_bytes
+                ),
+            );
+        }
+        if self.http_header_timeout_ms == 0 {
+            return bad("http_header_timeout_ms", "must be at least 1, got 0".into());
+        }
+        if self.server_name.len() > usize::from(u16::MAX) {
+            return bad("server_name", "longer than 65535 bytes".into());
+        }
+        Ok(())
     }
 }
 
@@ -77,6 +181,8 @@ struct QueueEntry {
     config: QueueConfig,
     tx: mpsc::UnboundedSender<Cmd>,
     log: Option<LogSlot>,
+    /// A disk queue's directory (`queues/<dir>`).
+    dir: Option<PathBuf>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -94,6 +200,10 @@ pub(crate) struct Inner {
     /// declare of the same name waits for it.
     deleting: parking_lot::Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     next_id: AtomicU64,
+    pub(crate) limits: Limits,
+    /// Held for the broker's lifetime: no other broker opens this data directory meanwhile
+    /// (`None` on a caller-provided backend).
+    _lock: Option<DataDirLock>,
 }
 
 impl Router for Inner {
@@ -106,10 +216,6 @@ impl Router for Inner {
 #[derive(Clone)]
 pub struct Broker {
     pub(crate) inner: Arc<Inner>,
-}
-
-fn queue_dir(data: &Path, name: &str) -> PathBuf {
-    data.join("queues").join(format!("q-{name}"))
 }
 
 /// The catalog entry: the queue's declaration, in the wire encoding.
@@ -125,7 +231,7 @@ fn encode_meta(name: &str, config: &QueueConfig) -> Vec<u8> {
     buf.to_vec()
 }
 
-fn decode_meta(path: &Path, bytes: &[u8]) -> Result<(String, QueueConfig), BrokerError> {
+pub(crate) fn decode_meta(path: &Path, bytes: &[u8]) -> Result<(String, QueueConfig), BrokerError> {
     let mut buf = BytesMut::from(bytes);
     match ClientFrame::decode(&mut buf, DEFAULT_MAX_FRAME) {
         Ok(Some(ClientFrame::Declare { queue, config, .. })) => Ok((queue, config)),
@@ -137,29 +243,49 @@ fn decode_meta(path: &Path, bytes: &[u8]) -> Result<(String, QueueConfig), Broke
 }
 
 impl Broker {
-    /// Opens the broker: recovers every durable queue in `config.data_dir`.
+    /// Opens the broker: checks the settings ([`BrokerConfig::validate`]), locks
+    /// `config.data_dir` (creating it if needed; [`BrokerError::DataDirLocked`] if another broker
+    /// holds it) and recovers every durable queue in it. The lock is released when the broker
+    /// (every clone, and every task it started) is gone, or the process ends.
     ///
     /// Not cancel-safe: dropping it part-way leaves the queues recovered so far running in
     /// tasks of their own (nothing is lost; open the data directory again to retry).
     pub async fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
-        Self::open_with_backend(FsBackend::shared(), config).await
+        config.validate()?;
+        let dir = config.data_dir.clone();
+        let lock = tokio::task::spawn_blocking(move || crate::data_dir::lock(&dir))
+            .await
+            .map_err(BrokerError::join)??;
+        Self::start(FsBackend::shared(), config, Some(lock)).await
     }
 
     /// Opens the broker on a storage backend of the caller's choice (levee-store's fault-injecting
-    /// backend in tests: failed fsyncs, a full disk, power loss).
+    /// backend in tests: failed fsyncs, a full disk, power loss). No data-directory lock is taken:
+    /// the backend is the caller's, and so is keeping one broker per directory.
     ///
     /// Not cancel-safe, as [`Broker::open`].
     pub async fn open_with_backend(
         backend: Arc<dyn Backend>,
         config: BrokerConfig,
     ) -> Result<Broker, BrokerError> {
+        config.validate()?;
+        Self::start(backend, config, None).await
+    }
+
+    async fn start(
+        backend: Arc<dyn Backend>,
+        config: BrokerConfig,
+        lock: Option<DataDirLock>,
+    ) -> Result<Broker, BrokerError> {
         let inner = Arc::new(Inner {
+            limits: Limits::new(&config),
             config,
             backend,
             queues: RwLock::new(HashMap::new()),
             catalog: Mutex::new(()),
             deleting: parking_lot::Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            _lock: lock,
         });
         let broker = Broker { inner };
         broker.recover().await?;
@@ -183,9 +309,9 @@ impl Broker {
             .await
             .map_err(BrokerError::join)??
         };
-        let mut recovered = Vec::new();
+        let mut recovered: Vec<(String, QueueConfig, PathBuf)> = Vec::new();
         for dir_name in names {
-            if !dir_name.starts_with("q-") {
+            if !crate::data_dir::is_queue_dir_name(&dir_name) {
                 continue;
             }
             let dir = root.join(&dir_name);
@@ -202,22 +328,37 @@ impl Broker {
                 tracing::warn!(dir = %dir.display(), "queue directory without queue.meta: ignored");
                 continue;
             };
-            recovered.push(decode_meta(&meta_path, &bytes)?);
+            let (name, config) = decode_meta(&meta_path, &bytes)?;
+            if let Some((_, _, first)) = recovered.iter().find(|(n, _, _)| *n == name) {
+                return Err(BrokerError::Catalog {
+                    path: meta_path,
+                    reason: format!(
+                        "queue {name} is also in {}: remove one of the two directories",
+                        first.display()
+                    ),
+                });
+            }
+            recovered.push((name, config, dir));
         }
         // Dead-letter targets are looked up when a message is dead-lettered, not at start, so
         // the order in which queues come back does not matter.
-        for (name, config) in recovered {
-            self.start_queue(name, config).await?;
+        for (name, config, dir) in recovered {
+            self.start_queue(name, config, Some(dir)).await?;
         }
         Ok(())
     }
 
-    /// Opens the log (for a disk queue), rebuilds the state and starts the actor.
-    async fn start_queue(&self, name: String, config: QueueConfig) -> Result<u64, BrokerError> {
+    /// Opens the log (for a disk queue, in `queue_dir`), rebuilds the state and starts the actor.
+    async fn start_queue(
+        &self,
+        name: String,
+        config: QueueConfig,
+        queue_dir: Option<PathBuf>,
+    ) -> Result<u64, BrokerError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (core, log) = match config.durability {
-            Durability::Disk(fsync) => {
-                let dir = queue_dir(&self.inner.config.data_dir, &name).join("log");
+        let (core, log) = match (config.durability, &queue_dir) {
+            (Durability::Disk(fsync), Some(queue_dir)) => {
+                let dir = queue_dir.join("log");
                 let backend = self.inner.backend.clone();
                 let lc = crate::storage::log_config(fsync, self.inner.config.segment_bytes);
                 let cfg = config.clone();
@@ -233,11 +374,17 @@ impl Broker {
                     Some(slot),
                 )
             }
+            (Durability::Disk(_), None) => {
+                return Err(BrokerError::Internal(format!(
+                    "disk queue {name} started without its directory"
+                )));
+            }
             _ => (
                 QueueCore::memory(name.clone(), QueueState::new(config.clone(), 1)),
                 None,
             ),
         };
+        let dir = if log.is_some() { queue_dir } else { None };
         let messages = core.stats().ready;
         let router: Arc<dyn Router> = self.inner.clone();
         let actor = QueueActor::new(core, log.clone(), router, tx.downgrade(), rx);
@@ -248,6 +395,7 @@ impl Broker {
                 config,
                 tx,
                 log,
+                dir,
                 task,
             },
         );
@@ -289,11 +437,14 @@ impl Broker {
                 "{dlq} (the dead-letter queue of {name}: declare it first)"
             )));
         }
+        let mut queue_dir = None;
         if matches!(config.durability, Durability::Disk(_)) {
-            let dir = queue_dir(&self.inner.config.data_dir, name);
+            let root = self.inner.config.data_dir.join("queues");
             let backend = self.inner.backend.clone();
             let meta = encode_meta(name, &config);
-            tokio::task::spawn_blocking(move || {
+            let name = name.to_string();
+            let dir = tokio::task::spawn_blocking(move || -> Result<PathBuf, BrokerError> {
+                let dir = crate::data_dir::choose_queue_dir(backend.as_ref(), &root, &name)?;
                 backend
                     .create_dir_all(&dir)
                     .map_err(|e| BrokerError::io("create queue dir", &dir, e))?;
@@ -301,13 +452,16 @@ impl Broker {
                     backend.as_ref(),
                     &dir.join("queue.meta"),
                     &meta,
-                )
-                .map_err(BrokerError::from)
+                )?;
+                Ok(dir)
             })
             .await
             .map_err(BrokerError::join)??;
+            queue_dir = Some(dir);
         }
-        let messages = self.start_queue(name.to_string(), config).await?;
+        let messages = self
+            .start_queue(name.to_string(), config, queue_dir)
+            .await?;
         Ok((true, messages))
     }
 
@@ -335,7 +489,7 @@ impl Broker {
         };
         let (broker, name) = (self.clone(), name.to_string());
         let task = tokio::spawn(async move {
-            let result = broker.finish_delete(&name, entry).await;
+            let result = broker.finish_delete(entry).await;
             broker.inner.deleting.lock().remove(&name);
             let _ = done_tx.send(true);
             result
@@ -345,13 +499,12 @@ impl Broker {
         ))
     }
 
-    async fn finish_delete(&self, name: &str, entry: QueueEntry) -> Result<u64, BrokerError> {
+    async fn finish_delete(&self, entry: QueueEntry) -> Result<u64, BrokerError> {
         let (reply, rx) = oneshot::channel();
         let _ = entry.tx.send(Cmd::Delete(reply));
         let dropped = rx.await.unwrap_or(0);
         let _ = entry.task.await;
-        if let Some(slot) = entry.log {
-            let dir = queue_dir(&self.inner.config.data_dir, name);
+        if let (Some(slot), Some(dir)) = (entry.log, entry.dir) {
             let backend = self.inner.backend.clone();
             let log = slot.write().take();
             tokio::task::spawn_blocking(move || -> Result<(), BrokerError> {
@@ -438,6 +591,21 @@ impl Broker {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Open wire connections (each holds one of `max_connections` slots from accept to close).
+    pub fn open_connections(&self) -> usize {
+        self.inner.limits.open_connections()
+    }
+
+    /// Open HTTP connections (each holds one of `max_http_connections` slots).
+    pub fn open_http_connections(&self) -> usize {
+        self.inner.limits.open_http_connections()
+    }
+
+    /// Bytes of the `max_partial_frame_bytes` budget reserved by large frames still arriving.
+    pub fn partial_frame_bytes(&self) -> u64 {
+        self.inner.limits.partial_frame_bytes()
+    }
+
     /// The broker's settings.
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.config
@@ -446,19 +614,30 @@ impl Broker {
     /// Accepts connections on `listener` until the task is dropped.
     ///
     /// Cancel-safe: dropping the future stops accepting; connections already accepted go on.
+    ///
+    /// At most `max_connections` connections are served at once; one more is answered with a
+    /// `Close` saying so and closed (see `limits`).
     pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        let mut backoff = AcceptBackoff::default();
         loop {
             let (stream, peer) = match listener.accept().await {
-                Ok(x) => x,
+                Ok(x) => {
+                    backoff.reset();
+                    x
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    backoff.wait(&e).await;
                     continue;
                 }
             };
+            let Some(slot) = self.inner.limits.admit() else {
+                tracing::debug!(%peer, "refused: max_connections reached");
+                self.inner.limits.refuse(stream);
+                continue;
+            };
             let broker = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) = crate::conn::serve(broker, stream).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
@@ -481,5 +660,40 @@ impl Broker {
             local,
             tokio::spawn(async move { broker.serve(listener).await }),
         ))
+    }
+}
+
+/// What an accept loop does after `accept` failed: per-connection errors (the peer reset before
+/// it was accepted) are skipped at once; others (EMFILE, ENFILE, ENOBUFS: out of descriptors or
+/// memory) wait a short, bounded backoff (1 ms doubling to 20 ms) so the loop neither spins nor
+/// stalls clients once descriptors are free again. One warning per burst of failures.
+#[derive(Default)]
+pub(crate) struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    const MAX: std::time::Duration = std::time::Duration::from_millis(20);
+
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// # Cancel safety
+    /// Cancel-safe (a sleep).
+    pub(crate) async fn wait(&mut self, e: &std::io::Error) {
+        use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+        if matches!(
+            e.kind(),
+            ConnectionAborted | ConnectionReset | ConnectionRefused
+        ) {
+            return;
+        }
+        if self.failures == 0 {
+            tracing::warn!(error = %e, "accept failed; retrying (is the file descriptor limit too low for max_connections?)");
+        }
+        let delay = std::time::Duration::from_millis(1 << self.failures.min(5)).min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        tokio::time::sleep(delay).await;
     }
 }

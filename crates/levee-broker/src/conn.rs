@@ -18,6 +18,10 @@
 //! - What the broker buffers for a connection is bounded: deliveries by its outbox's byte bound
 //!   (`max_outbox_bytes`), other frames by a count; a peer that does not read within 3 heartbeat
 //!   intervals is disconnected.
+//! - The handshake has one deadline (a heartbeat interval, at most 10 s) from accept, however the
+//!   bytes trickle in. After it, a frame larger than the standing 64 KiB read buffer is read
+//!   only under a reservation of the broker-wide frame budget (`limits`), held until it is
+//!   decoded; handshake frames are at most `HANDSHAKE_MAX_FRAME` (64 KiB) and reserve nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +41,7 @@ use tokio::sync::mpsc;
 use crate::actor::{Cmd, InFlight};
 use crate::broker::Broker;
 use crate::error::BrokerError;
+use crate::limits::{FrameReservation, Limits, UNRESERVED_FRAME};
 use crate::outbox::{ConnRx, ConnTx, conn_channel};
 
 /// Writes frames from the channel, coalescing whatever is queued into one write, and reports
@@ -416,24 +421,54 @@ fn fatal(tx: &ConnTx, e: &ProtoError) {
 }
 
 /// Reads until one whole frame is buffered (or EOF / timeout), checking its declared size first.
-/// `Ok(None)` = the peer closed cleanly.
+/// `Ok(None)` = the peer closed cleanly. `idle` bounds each wait for bytes (not the whole call).
+///
+/// With `limits`, a frame of more than [`UNRESERVED_FRAME`] bytes is read only once
+/// `reservation` holds its share of the broker's frame budget (waiting for it without reading:
+/// backpressure); the reservation is released, and the grown buffer given back, when the frame
+/// is decoded. The handshake passes `None`: its frames are at most `HANDSHAKE_MAX_FRAME`, the
+/// standing buffer's size, so peers that have not said Hello cannot take any of the budget.
+///
+/// # Cancel safety
+/// Cancel-safe: bytes read stay in `buf` and a reservation taken stays in `reservation`, so the
+/// next call goes on where this one stopped.
 async fn read_frame(
     stream: &mut tokio::net::tcp::OwnedReadHalf,
     buf: &mut BytesMut,
     max_frame: usize,
     idle: Duration,
+    limits: Option<&Limits>,
+    reservation: &mut Option<FrameReservation>,
 ) -> Result<Option<ClientFrame>, ReadError> {
     loop {
         if let Some(h) = FrameHeader::peek(buf) {
             h.check(max_frame).map_err(ReadError::Proto)?;
+            if let Some(limits) = limits
+                && h.total_len() > UNRESERVED_FRAME
+                && reservation.is_none()
+            {
+                *reservation = Some(limits.reserve_frame(h.total_len()).await);
+            }
             if buf.len() < h.total_len() {
                 buf.reserve(h.total_len() - buf.len());
             }
         }
-        match ClientFrame::decode(buf, max_frame) {
-            Ok(Some(frame)) => return Ok(Some(frame)),
-            Ok(None) => {}
-            Err(e) => return Err(ReadError::Proto(e)),
+        let decoded = match ClientFrame::decode(buf, max_frame) {
+            Ok(Some(frame)) => Ok(Some(frame)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(ReadError::Proto(e)),
+        };
+        if !matches!(decoded, Ok(None)) {
+            // The frame is consumed (decoded or refused): release its reservation.
+            if reservation.take().is_some() {
+                // Hand the large allocation back with the frame (its fields are slices of it
+                // until detached): what is left of `buf` still points into it and would keep
+                // it alive. Keep reading into a standing-size buffer.
+                let mut fresh = BytesMut::with_capacity(UNRESERVED_FRAME.max(buf.len()));
+                fresh.extend_from_slice(buf);
+                *buf = fresh;
+            }
+            return decoded;
         }
         let n = match tokio::time::timeout(idle, stream.read_buf(buf)).await {
             Ok(Ok(n)) => n,
@@ -460,17 +495,26 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
     let (tx, rx) = conn_channel(cfg.max_outbox_bytes);
     // A peer must take what is written to it within 3 heartbeat intervals, as it must send.
     let mut writer = tokio::spawn(writer(rx, wr, heartbeat * 3));
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::with_capacity(UNRESERVED_FRAME);
+    let mut reservation = None;
 
-    // Handshake: the first frame must be Hello, within one heartbeat interval (at most 10 s).
-    let hello = match read_frame(
-        &mut rd,
-        &mut buf,
-        HANDSHAKE_MAX_FRAME,
-        heartbeat.min(Duration::from_secs(10)),
+    // Handshake: the first frame must be Hello, within one heartbeat interval (at most 10 s) in
+    // all: the deadline does not move when a byte arrives.
+    let handshake = heartbeat.min(Duration::from_secs(10));
+    let hello = tokio::time::timeout(
+        handshake,
+        read_frame(
+            &mut rd,
+            &mut buf,
+            HANDSHAKE_MAX_FRAME,
+            handshake,
+            None,
+            &mut reservation,
+        ),
     )
     .await
-    {
+    .unwrap_or(Err(ReadError::Idle));
+    let hello = match hello {
         Ok(Some(ClientFrame::Hello(h))) => h,
         Ok(Some(_)) => {
             let _ = tx.send(ServerFrame::Close {
@@ -481,7 +525,14 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
             let _ = writer.await;
             return Ok(());
         }
-        Ok(None) | Err(ReadError::Idle) => return Ok(()),
+        Ok(None) => return Ok(()),
+        Err(ReadError::Idle) => {
+            let _ = tx.send(ServerFrame::Close {
+                code: Some(ErrorCode::ProtocolViolation),
+                reason: format!("no Hello within {} ms", handshake.as_millis()),
+            });
+            return Ok(());
+        }
         Err(ReadError::Proto(e)) => {
             fatal(&tx, &e);
             drop(tx);
@@ -529,7 +580,14 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
     let mut stalled = false;
     loop {
         let next = tokio::select! {
-            next = read_frame(&mut rd, &mut buf, cfg.max_frame, heartbeat * 3) => next,
+            next = read_frame(
+                &mut rd,
+                &mut buf,
+                cfg.max_frame,
+                heartbeat * 3,
+                Some(&conn.broker.inner.limits),
+                &mut reservation,
+            ) => next,
             () = outbox.stalled.notified() => {
                 tracing::warn!(conn = conn.id, "client does not read its replies: disconnecting");
                 stalled = true;

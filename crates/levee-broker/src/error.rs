@@ -44,6 +44,26 @@ pub enum BrokerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Another broker (its PID in `holder`, when the lock file says) uses this data directory.
+    #[error(
+        "data directory {} is locked by another levee process ({}): stop it or use another --data-dir",
+        dir.display(),
+        match holder { Some(pid) => format!("pid {pid}"), None => "pid unknown".to_string() }
+    )]
+    DataDirLocked {
+        /// The data directory.
+        dir: PathBuf,
+        /// The PID written in the lock file by its holder.
+        holder: Option<u32>,
+    },
+    /// A broker setting is out of range ([`crate::BrokerConfig::validate`]).
+    #[error("invalid setting {setting}: {reason}")]
+    InvalidSetting {
+        /// The setting, as its config-file key (e.g. `segment_bytes`).
+        setting: &'static str,
+        /// What is wrong with it, with the accepted range.
+        reason: String,
+    },
     /// An internal task failed (a bug: it panicked or was cancelled).
     #[error("internal task failed: {0}")]
     Internal(String),

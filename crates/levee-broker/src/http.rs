@@ -21,6 +21,8 @@
 //!   `/metrics` as `levee_queue_available{queue} 0`); other queues are unaffected.
 //!
 //! # Memory bounds
+//! - A connection waits at most `http_header_timeout_ms` for each request's headers (idle
+//!   keep-alive connections included), so idle or half-sent requests do not pile up.
 //! - Request bodies are limited to [`MAX_BODY`] (64 KiB); larger ones get 413.
 //! - A `/api/queues` or `/metrics` response holds one snapshot of every queue: O(queues +
 //!   consumers) (consumers per queue are at most `levee_proto::MAX_LIST`). The HTTP server keeps
@@ -930,7 +932,9 @@ async fn purge_queue(State(broker): State<Broker>, Path(name): Path<String>) -> 
 async fn metrics(State(broker): State<Broker>) -> Response {
     let (ok, failed) = snapshot_all(&broker).await;
     let failed: Vec<String> = failed.into_iter().map(|(name, _)| name).collect();
-    let mut resp = render_metrics(&ok, &failed).into_response();
+    let mut text = render_metrics(&ok, &failed);
+    render_limits(&mut text, &broker);
+    let mut resp = text.into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -938,6 +942,46 @@ async fn metrics(State(broker): State<Broker>) -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// The broker-wide bounds and how much of them is in use.
+fn render_limits(out: &mut String, broker: &Broker) {
+    let cfg = broker.config();
+    let gauges: [(&str, &str, u64); 6] = [
+        (
+            "levee_connections",
+            "Open wire connections (handshake included).",
+            broker.open_connections() as u64,
+        ),
+        (
+            "levee_http_connections",
+            "Open HTTP connections (this scrape's included).",
+            broker.open_http_connections() as u64,
+        ),
+        (
+            "levee_max_http_connections",
+            "The limit on open HTTP connections.",
+            cfg.max_http_connections as u64,
+        ),
+        (
+            "levee_max_connections",
+            "The limit on open wire connections.",
+            cfg.max_connections as u64,
+        ),
+        (
+            "levee_partial_frame_bytes",
+            "Bytes of the frame budget reserved by large frames still arriving.",
+            broker.partial_frame_bytes(),
+        ),
+        (
+            "levee_max_partial_frame_bytes",
+            "The frame budget: most bytes buffered for large frames still arriving.",
+            cfg.max_partial_frame_bytes,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        Family::new(out, name, "gauge", help).sample(name, &[], value);
+    }
 }
 
 async fn dashboard() -> Html<&'static str> {
@@ -965,10 +1009,48 @@ pub fn router(broker: Broker) -> Router {
         .with_state(broker)
 }
 
-/// Serves [`router`] on `listener` until an accept error that is not per-connection.
+/// Serves [`router`] on `listener` (HTTP/1.1) until the future is dropped.
 ///
-/// Cancel-safe: dropping the future stops accepting; requests already being served go on in their
-/// own tasks.
+/// At most `max_http_connections` connections are served at once; one more is answered `503`
+/// (`{"error": "too-many-connections", ...}`) and closed. Each connection must send a request's
+/// headers within `http_header_timeout_ms` of opening or of
+/// the previous response, else it is closed: a client that sends half a header, or keeps an idle
+/// connection open, does not hold it forever. A request being answered is not timed. Accept
+/// failures (EMFILE, ...) are retried after a short bounded backoff.
+///
+/// # Cancel safety
+/// Cancel-safe: dropping the future stops accepting; requests already being served go on in
+/// their own tasks.
 pub async fn serve_http(broker: Broker, listener: TcpListener) -> std::io::Result<()> {
-    axum::serve(listener, router(broker)).await
+    let timeout = Duration::from_millis(broker.config().http_header_timeout_ms.into());
+    let limits = broker.clone();
+    let service = hyper_util::service::TowerToHyperService::new(router(broker));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout);
+    let mut backoff = crate::broker::AcceptBackoff::default();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => {
+                backoff.reset();
+                x
+            }
+            Err(e) => {
+                backoff.wait(&e).await;
+                continue;
+            }
+        };
+        let Some(slot) = limits.inner.limits.admit_http() else {
+            tracing::debug!(%peer, "http refused: max_http_connections reached");
+            limits.inner.limits.refuse_http(stream);
+            continue;
+        };
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        });
+    }
 }

@@ -9,18 +9,22 @@
 //! - `actor`: one task per queue, a thin shell around its core;
 //! - `conn`: one task pair per client connection speaking the levee-proto wire protocol;
 //! - `outbox`: each connection's bounded outbound queue;
-//! - [`Broker`]: the registry of queues, the durable catalog, recovery, the accept loop.
+//! - [`Broker`]: the registry of queues, the durable catalog, recovery, the accept loop;
+//!   `data_dir`: the lock file and queue directory names; `limits`: the broker-wide bounds on
+//!   connections and on bytes of frames still arriving.
 
 mod actor;
 mod broker;
 mod conn;
+mod data_dir;
 mod error;
 pub mod http;
+mod limits;
 mod outbox;
 pub mod queue;
 mod rate;
 mod storage;
 
-pub use broker::{Broker, BrokerConfig};
+pub use broker::{Broker, BrokerConfig, MAX_MAX_FRAME, MIN_MAX_FRAME};
 pub use error::BrokerError;
 pub use http::{HttpError, router, serve_http};

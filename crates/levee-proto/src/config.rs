@@ -241,7 +241,8 @@ pub struct QueueConfig {
     pub order: Order,
     /// Storage. Default `Disk(Always)`.
     pub durability: Durability,
-    /// An unacked delivery is requeued after this many ms. Default 30 000; 1..=86 400 000.
+    /// An unacked delivery is requeued after this many ms; 0 = never (a delivery stays unacked until
+    /// it is settled or its connection ends). Default 30 000; 0..=86 400 000.
     pub ack_timeout_ms: u64,
     /// After this many deliveries a message is dead-lettered (or dropped as `MaxDeliveries` without a
     /// dead-letter queue). `None` = unlimited. Default `Some(20)`; `Some(0)` is invalid.
@@ -318,11 +319,11 @@ impl QueueConfig {
                 format!("fsync interval {ms} ms is outside 1..={MAX_FSYNC_INTERVAL_MS}"),
             );
         }
-        if !(1..=MAX_ACK_TIMEOUT_MS).contains(&self.ack_timeout_ms) {
+        if self.ack_timeout_ms > MAX_ACK_TIMEOUT_MS {
             return invalid(
                 "ack_timeout_ms",
                 format!(
-                    "{} is outside 1..={MAX_ACK_TIMEOUT_MS}",
+                    "{} is outside 0..={MAX_ACK_TIMEOUT_MS} (0 = never)",
                     self.ack_timeout_ms
                 ),
             );

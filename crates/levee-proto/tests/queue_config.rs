@@ -79,13 +79,6 @@ fn out_of_range_fields_are_named() {
         ),
         (
             QueueConfig {
-                ack_timeout_ms: 0,
-                ..base.clone()
-            },
-            "ack_timeout_ms",
-        ),
-        (
-            QueueConfig {
                 ack_timeout_ms: MAX_ACK_TIMEOUT_MS + 1,
                 ..base.clone()
             },
@@ -199,6 +192,15 @@ fn valid_edge_values_pass() {
         ..c
     };
     assert_eq!(memory.validate("q"), Ok(()));
+}
+
+#[test]
+fn an_ack_timeout_of_zero_means_never_and_is_valid() {
+    let c = QueueConfig {
+        ack_timeout_ms: 0,
+        ..QueueConfig::default()
+    };
+    assert_eq!(c.validate("q"), Ok(()));
 }
 
 #[test]

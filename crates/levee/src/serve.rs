@@ -39,6 +39,20 @@ pub struct ServeArgs {
     /// Segment file size of queue logs in bytes [default: 64 MiB].
     #[arg(long, env = "LEVEE_SEGMENT_BYTES")]
     segment_bytes: Option<u64>,
+    /// Most open wire connections; more are refused with a Close saying so [default: 10000].
+    #[arg(long, env = "LEVEE_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Most open HTTP connections; more are answered 503 [default: 1024].
+    #[arg(long, env = "LEVEE_MAX_HTTP_CONNECTIONS")]
+    max_http_connections: Option<usize>,
+    /// Most bytes buffered, across all connections, for frames over 64 KiB still arriving;
+    /// a connection whose frame does not fit waits (at least max_frame) [default: 256 MiB].
+    #[arg(long, env = "LEVEE_MAX_PARTIAL_FRAME_BYTES")]
+    max_partial_frame_bytes: Option<u64>,
+    /// HTTP: ms to wait for a request's headers, from connect or the previous response (also the
+    /// idle timeout between requests) [default: 30000].
+    #[arg(long, env = "LEVEE_HTTP_HEADER_TIMEOUT_MS")]
+    http_header_timeout_ms: Option<u32>,
 }
 
 /// The config file: every key optional.
@@ -52,6 +66,10 @@ struct FileConfig {
     heartbeat_ms: Option<u32>,
     max_in_flight_bytes: Option<u64>,
     segment_bytes: Option<u64>,
+    max_connections: Option<usize>,
+    max_http_connections: Option<usize>,
+    max_partial_frame_bytes: Option<u64>,
+    http_header_timeout_ms: Option<u32>,
 }
 
 /// Final settings.
@@ -76,14 +94,9 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         broker.data_dir = v;
     }
     if let Some(v) = args.max_frame.or(file.max_frame) {
-        anyhow::ensure!(
-            (1024..=256 << 20).contains(&v),
-            "max_frame must be between 1 KiB and 256 MiB, got {v}"
-        );
         broker.max_frame = v;
     }
     if let Some(v) = args.heartbeat_ms.or(file.heartbeat_ms) {
-        anyhow::ensure!(v >= 100, "heartbeat_ms must be at least 100, got {v}");
         broker.heartbeat_ms = v;
     }
     if let Some(v) = args.max_in_flight_bytes.or(file.max_in_flight_bytes) {
@@ -92,6 +105,23 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     if let Some(v) = args.segment_bytes.or(file.segment_bytes) {
         broker.segment_bytes = v;
     }
+    if let Some(v) = args.max_connections.or(file.max_connections) {
+        broker.max_connections = v;
+    }
+    if let Some(v) = args.max_http_connections.or(file.max_http_connections) {
+        broker.max_http_connections = v;
+    }
+    if let Some(v) = args
+        .max_partial_frame_bytes
+        .or(file.max_partial_frame_bytes)
+    {
+        broker.max_partial_frame_bytes = v;
+    }
+    if let Some(v) = args.http_header_timeout_ms.or(file.http_header_timeout_ms) {
+        broker.http_header_timeout_ms = v;
+    }
+    // Every range is checked here, before anything is opened, with the setting's name.
+    broker.validate()?;
     Ok(Settings {
         listen: args
             .listen
@@ -120,9 +150,59 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// File descriptors kept beyond one per connection: queue log segments, listeners, refusals.
+const FD_RESERVE: u64 = 1024;
+
+/// Raises the soft limit on open files towards `connections` (wire + HTTP caps) + [`FD_RESERVE`]
+/// (within the hard limit), so the connection caps, not EMFILE, are what refuse connections;
+/// warns if it cannot.
+#[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every Unix
+fn raise_fd_limit(connections: usize) {
+    let wanted = connections as u64 + FD_RESERVE;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit / setrlimit only read and write the struct passed, which lives on the stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let soft = lim.rlim_cur as u64;
+    if soft >= wanted {
+        return;
+    }
+    let mut effective = soft;
+    let new_soft = wanted.min(lim.rlim_max as u64);
+    if new_soft > soft {
+        let raised = libc::rlimit {
+            rlim_cur: new_soft as libc::rlim_t,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            effective = new_soft;
+        }
+    }
+    if effective >= wanted {
+        return;
+    }
+    tracing::warn!(
+        fd_limit = effective,
+        connections,
+        "the open-file limit is below max_connections + max_http_connections + {FD_RESERVE}: past \
+         about {} connections accepts fail with EMFILE; raise `ulimit -n` or lower the caps",
+        effective.saturating_sub(FD_RESERVE)
+    );
+}
+
+#[cfg(not(unix))]
+fn raise_fd_limit(_connections: usize) {}
+
 /// Runs the broker until a shutdown signal.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let s = settings(args)?;
+    raise_fd_limit(s.broker.max_connections + s.broker.max_http_connections);
     let data_dir = s.broker.data_dir.clone();
     let broker = Broker::open(s.broker)
         .await

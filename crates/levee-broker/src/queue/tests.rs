@@ -132,6 +132,32 @@ fn ack_timeout_redelivers_to_another_consumer_with_a_raised_count() {
 }
 
 #[test]
+fn an_ack_timeout_of_zero_never_requeues_an_unacked_delivery() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            ack_timeout_ms: 0,
+            ..cfg()
+        },
+        1,
+    );
+    q.subscribe(1, false);
+    q.add_credit(1, 1);
+    publish(&mut q, 0, 42);
+    let d = dispatch(&mut q, 0);
+    assert_eq!(d.len(), 1);
+    q.subscribe(2, false);
+    q.add_credit(2, 1);
+    assert_eq!(q.next_deadline(), None, "no ack deadline");
+    let day = 24 * 60 * 60 * 1000;
+    q.tick(day);
+    assert!(
+        dispatch(&mut q, day).is_empty(),
+        "still the first consumer's"
+    );
+    assert_eq!(q.ack(day, 1, &[d[0].tag]), vec![]);
+}
+
+#[test]
 fn consumer_death_returns_its_messages_in_original_order() {
     let mut q = QueueState::new(cfg(), 1);
     q.subscribe(1, false);

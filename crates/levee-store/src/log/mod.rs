@@ -95,7 +95,8 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
-    fn validate(&self) -> Result<()> {
+    /// Checks the ranges: a segment must hold its header, one largest record and the seal.
+    pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(StoreError::InvalidConfig { reason });
         if self.segment_bytes > u32::MAX as u64 {
             return bad(format!(

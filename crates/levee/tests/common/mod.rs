@@ -96,6 +96,11 @@ impl Server {
         std::mem::swap(self, &mut s);
     }
 
+    /// The server process's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -108,6 +113,47 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Runs `levee serve` on `data_dir` with `extra` flags, expecting it to exit on its own (at most
+/// 10 s, else it is killed and the test fails): returns whether it succeeded and its stderr.
+pub fn serve_expecting_exit(data_dir: &Path, extra: &[&str]) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(extra)
+        .env("LEVEE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning levee");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("levee serve {extra:?} kept running instead of exiting");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("reading stderr");
+    (status.success(), stderr)
 }
 
 /// A raw protocol connection over a blocking socket.
@@ -169,6 +215,37 @@ impl Raw {
         }
     }
 
+    /// The next frame other than a heartbeat within `wait`: [`Recv::Silent`] if none came.
+    pub fn recv_within(&mut self, wait: Duration) -> Recv {
+        self.sock.set_read_timeout(Some(wait)).unwrap();
+        let got = loop {
+            match ServerFrame::decode(&mut self.buf, DEFAULT_MAX_FRAME).expect("server frame") {
+                Some(ServerFrame::Heartbeat) => continue,
+                Some(f) => break Recv::Frame(f),
+                None => {}
+            }
+            let mut chunk = [0u8; 65536];
+            match self.sock.read(&mut chunk) {
+                Ok(0) => break Recv::Closed,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break Recv::Closed,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break Recv::Silent;
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        };
+        self.sock
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        got
+    }
+
     /// Whether the server closed the connection (reads until EOF, skipping frames).
     pub fn closed_by_server(&mut self) -> bool {
         loop {
@@ -179,6 +256,14 @@ impl Raw {
             }
         }
     }
+}
+
+/// What [`Raw::recv_within`] saw.
+#[derive(Debug)]
+pub enum Recv {
+    Frame(ServerFrame),
+    Closed,
+    Silent,
 }
 
 /// A client connected to `server` (no reconnection: a lost connection is a test failure).
@@ -240,6 +325,27 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map_or("", |(_, b)| b)
         .to_string();
     (status, body)
+}
+
+/// The value of an unlabelled gauge or counter in `/metrics`.
+pub fn metric(http: SocketAddr, name: &str) -> u64 {
+    let (status, body) = http_get(http, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample of {name} in /metrics"))
+}
+
+/// Polls `cond` every 10 ms until it holds (at most 10 s, then panics saying `what`).
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A `levee consume` process that takes one message of `queue` and "works" on it for a minute,

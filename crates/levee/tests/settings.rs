@@ -1,0 +1,75 @@
+//! `levee serve` settings are checked at start: a value that would make every later operation
+//! fail is refused with one clear line naming the setting, before anything is opened.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Server, serve_expecting_exit};
+
+fn refused(flags: &[&str], setting: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (ok, stderr) = serve_expecting_exit(&data, flags);
+    assert!(!ok, "{flags:?} must be refused: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line for {flags:?}: {stderr}");
+    assert!(
+        lines[0].contains(&format!("invalid setting {setting}")),
+        "{flags:?}: {}",
+        lines[0]
+    );
+    assert!(!data.exists(), "{flags:?}: nothing opened");
+}
+
+#[test]
+fn settings_that_would_break_every_queue_or_connection_are_refused_at_start() {
+    refused(&["--segment-bytes", "0"], "segment_bytes");
+    // Smaller than one largest record (8 MiB): every disk queue's log would refuse to open.
+    refused(&["--segment-bytes", "1048576"], "segment_bytes");
+    refused(&["--segment-bytes", "5000000000"], "segment_bytes");
+    refused(&["--max-in-flight-bytes", "0"], "max_in_flight_bytes");
+    refused(&["--max-frame", "100"], "max_frame");
+    refused(&["--heartbeat-ms", "10"], "heartbeat_ms");
+    refused(&["--max-connections", "0"], "max_connections");
+    refused(&["--max-http-connections", "0"], "max_http_connections");
+    // The frame budget must hold at least one largest frame (16 MiB by default).
+    refused(
+        &["--max-partial-frame-bytes", "1048576"],
+        "max_partial_frame_bytes",
+    );
+    refused(&["--http-header-timeout-ms", "0"], "http_header_timeout_ms");
+}
+
+#[test]
+fn config_file_settings_are_checked_like_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("levee.toml");
+    std::fs::write(&file, "segment_bytes = 0\n").unwrap();
+    refused(&["--config", file.to_str().unwrap()], "segment_bytes");
+    std::fs::write(&file, "max_connections = 0\n").unwrap();
+    refused(&["--config", file.to_str().unwrap()], "max_connections");
+}
+
+#[test]
+fn an_ack_timeout_of_zero_is_accepted_as_documented_never() {
+    let server = Server::start();
+    let levee = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_levee"))
+            .args(args)
+            .env("LEVEE_ADDR", server.wire.to_string())
+            .output()
+            .unwrap()
+    };
+    let help = levee(&["queue", "declare", "--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("0 = never"));
+    let out = levee(&["queue", "declare", "forever", "--ack-timeout-ms", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = levee(&["queue", "inspect", "forever"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ack_timeout_ms=0"), "{text}");
+}
