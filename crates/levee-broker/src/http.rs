@@ -224,24 +224,8 @@ pub fn config_from_json(body: &[u8]) -> Result<QueueConfig, HttpError> {
         ProtoError::InvalidConfig { field, reason } => invalid(field, reason),
         other => invalid("config", other.to_string()),
     };
-    let durability = match body.durability.as_deref() {
-        None | Some("disk") => Durability::Disk(match &body.fsync {
-            None => Fsync::Always,
-            Some(v) => parse_fsync(v)?,
-        }),
-        Some("memory") => {
-            if body.fsync.is_some() {
-                return Err(invalid("fsync", "applies only to disk queues"));
-            }
-            Durability::Memory
-        }
-        Some(other) => {
-            return Err(invalid(
-                "durability",
-                format!("unknown durability {other:?}: expected \"memory\" or \"disk\""),
-            ));
-        }
-    };
+    let fsync = body.fsync.as_ref().map(parse_fsync).transpose()?;
+    let durability = Durability::from_parts(body.durability.as_deref(), fsync).map_err(proto)?;
     let rate_limit = match body.rate_limit {
         None => None,
         Some(rl) => {

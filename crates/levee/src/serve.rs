@@ -27,17 +27,17 @@ pub struct ServeArgs {
     /// Directory of durable queues [default: ./levee-data].
     #[arg(long, env = "LEVEE_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Largest frame accepted from a client, in bytes [default: 16 MiB].
-    #[arg(long, env = "LEVEE_MAX_FRAME")]
+    /// Largest frame accepted from a client: 1MiB, 16MiB, or bytes [default: 16MiB].
+    #[arg(long, env = "LEVEE_MAX_FRAME", value_name = "SIZE", value_parser = crate::units::parse_size_usize)]
     max_frame: Option<usize>,
-    /// Heartbeat interval in ms [default: 10000].
-    #[arg(long, env = "LEVEE_HEARTBEAT_MS")]
+    /// Heartbeat interval: 10s, 500ms, or milliseconds [default: 10s].
+    #[arg(long, alias = "heartbeat", env = "LEVEE_HEARTBEAT_MS", value_name = "DURATION", value_parser = crate::units::parse_millis_u32)]
     heartbeat_ms: Option<u32>,
-    /// Most unconfirmed publish bytes per connection [default: 64 MiB].
-    #[arg(long, env = "LEVEE_MAX_IN_FLIGHT_BYTES")]
+    /// Most unconfirmed publish bytes per connection: 64MiB, or bytes [default: 64MiB].
+    #[arg(long, env = "LEVEE_MAX_IN_FLIGHT_BYTES", value_name = "SIZE", value_parser = crate::units::parse_size)]
     max_in_flight_bytes: Option<u64>,
-    /// Segment file size of queue logs in bytes [default: 64 MiB].
-    #[arg(long, env = "LEVEE_SEGMENT_BYTES")]
+    /// Segment file size of queue logs: 64MiB, or bytes [default: 64MiB].
+    #[arg(long, env = "LEVEE_SEGMENT_BYTES", value_name = "SIZE", value_parser = crate::units::parse_size)]
     segment_bytes: Option<u64>,
 }
 
