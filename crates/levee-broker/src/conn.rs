@@ -116,6 +116,11 @@ impl Conn {
             ClientFrame::Declare { req, queue, config } => {
                 match self.broker.declare(&queue, config).await {
                     Ok((created, messages)) => {
+                        if created {
+                            tracing::info!(conn = self.id, %queue, "queue declared");
+                        } else {
+                            tracing::debug!(conn = self.id, %queue, messages, "queue redeclared");
+                        }
                         let _ = self.tx.send(ServerFrame::QueueOk {
                             req,
                             queue,
@@ -128,6 +133,7 @@ impl Conn {
             }
             ClientFrame::Delete { req, queue } => match self.broker.delete(&queue).await {
                 Ok(messages) => {
+                    tracing::info!(conn = self.id, %queue, messages, "queue deleted");
                     self.producing.remove(&queue);
                     let _ = self.tx.send(ServerFrame::QueueOk {
                         req,
@@ -402,6 +408,9 @@ enum ReadError {
 /// Serves one connection to the end.
 pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), BrokerError> {
     let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = conn_channel();
     let mut writer = tokio::spawn(writer(rx, wr));
@@ -461,6 +470,8 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
         subs: HashMap::new(),
         producing: HashMap::new(),
     };
+    let id = conn.id;
+    tracing::debug!(conn = id, %peer, client = %hello.client_name, "client connected");
     let hb_tx = tx.clone();
     let heartbeats = tokio::spawn(async move {
         let mut tick = tokio::time::interval(heartbeat);
@@ -516,5 +527,6 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
     }
     writer.abort();
+    tracing::debug!(conn = id, %peer, "client disconnected");
     Ok(())
 }

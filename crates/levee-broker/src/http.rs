@@ -859,14 +859,19 @@ async fn put_queue(
         Err(e) => return e.into_response(),
     };
     match broker.declare(&name, config.clone()).await {
-        Ok((created, messages)) => json_response(
+        Ok((created, messages)) => {
             if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            },
-            &json!({ "queue": name, "created": created, "messages": messages }),
-        ),
+                tracing::info!(queue = %name, "queue declared over HTTP");
+            }
+            json_response(
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                &json!({ "queue": name, "created": created, "messages": messages }),
+            )
+        }
         Err(e @ BrokerError::ConfigMismatch { .. }) => {
             let http = HttpError::from(e);
             let mut body = http.body();
@@ -896,10 +901,13 @@ async fn put_queue(
 
 async fn delete_queue(State(broker): State<Broker>, Path(name): Path<String>) -> Response {
     match broker.delete(&name).await {
-        Ok(dropped) => json_response(
-            StatusCode::OK,
-            &json!({ "queue": name, "deleted": true, "messages": dropped }),
-        ),
+        Ok(dropped) => {
+            tracing::info!(queue = %name, messages = dropped, "queue deleted over HTTP");
+            json_response(
+                StatusCode::OK,
+                &json!({ "queue": name, "deleted": true, "messages": dropped }),
+            )
+        }
         Err(e) => HttpError::from(e).into_response(),
     }
 }

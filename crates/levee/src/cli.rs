@@ -214,7 +214,10 @@ fn parse_deliveries(s: &str) -> Result<u32, String> {
 /// `Declare`, it means the default in both cases.
 #[derive(Args, Debug, Default)]
 #[command(
-    after_help = "Without --dead-letter, a message is dropped (counted as max-deliveries) \
+    after_help = "A flag not given matches whatever an existing queue has, and takes the \
+    default shown when the queue is created; with --exact, as the wire protocol's Declare, every \
+    setting is compared.\n\n\
+    Without --dead-letter, a message is dropped (counted as max-deliveries) \
     once it has been delivered --max-deliveries times without an ack.\n\n\
     Sizes take units (64MiB, 1GB, 512KiB) and durations too (30s, 500ms, 2m; a bare number is \
     milliseconds).\n\n\

@@ -35,11 +35,67 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     conn: cli::Conn,
+    /// Log format on stderr: text (no colours unless stderr is a terminal) or json (one object
+    /// per line). The filter comes from LEVEE_LOG, else RUST_LOG [default: info].
+    #[arg(
+        long,
+        global = true,
+        env = "LEVEE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        display_order = 1001
+    )]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the log subscriber: filter from `LEVEE_LOG`, else `RUST_LOG`, else `info`; text
+/// with colours only on a terminal (and without `NO_COLOR`), or JSON lines.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = ["LEVEE_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|var| {
+            let v = std::env::var(var).ok().filter(|v| !v.trim().is_empty())?;
+            match tracing_subscriber::EnvFilter::try_new(&v) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    eprintln!("levee: ignoring {var}={v:?}: {e}");
+                    None
+                }
+            }
+        })
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the broker.
+    #[command(
+        after_help = "Settings come from the defaults, then --config FILE (TOML, keys as \
+        the flags with underscores), then LEVEE_* environment variables, then flags. Sizes take \
+        units (16MiB), durations too (10s). Logs go to stderr: LEVEE_LOG or RUST_LOG set the \
+        filter (e.g. info, levee_broker=debug), --log-format json for one JSON object per line.\n\n\
+        Examples:\n  \
+        levee serve\n  \
+        levee serve --listen 0.0.0.0:5680 --http 127.0.0.1:5681 --data-dir /var/lib/levee\n  \
+        LEVEE_LOG=debug levee serve --config /etc/levee/levee.toml"
+    )]
     Serve(serve::ServeArgs),
     /// Administer queues.
     Queue(cli::QueueArgs),
@@ -50,6 +106,9 @@ enum Command {
     /// Show queue statistics.
     Stats(cli::StatsArgs),
     /// Benchmark a broker (levee, rabbitmq, nats) end to end: throughput, latency, server RSS.
+    #[command(after_help = "Examples:\n  \
+        levee bench --size 1KiB --duration 10s\n  \
+        levee bench --rate 5000 --fsync interval:10 --json")]
     Bench(bench::BenchArgs),
 }
 
@@ -82,13 +141,7 @@ fn run() -> anyhow::Result<cli::Outcome> {
         Command::Bench(_) => client_options_refused("bench")?,
         _ => {}
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -120,13 +120,62 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// What `Broker::open` found on disk.
+struct Recovered {
+    queues: usize,
+    /// Ready + unacked messages of the recovered queues.
+    messages: u64,
+    took: std::time::Duration,
+}
+
+impl Recovered {
+    async fn of(broker: &Broker, took: std::time::Duration) -> Recovered {
+        let names = broker.list();
+        let mut messages = 0;
+        for name in &names {
+            if let Ok(info) = broker.inspect(name).await {
+                messages += info.stats.ready + info.stats.unacked;
+            }
+        }
+        Recovered {
+            queues: names.len(),
+            messages,
+            took,
+        }
+    }
+}
+
+/// The start-up banner: one more stdout line after the listener lines (which stay exactly
+/// `levee: wire listening on ADDR` / `levee: http listening on ADDR` for the tools that parse
+/// them), and the same facts as one structured log event.
+fn banner(wire: SocketAddr, http: SocketAddr, data_dir: &std::path::Path, r: &Recovered) {
+    let version = env!("CARGO_PKG_VERSION");
+    let took_ms = r.took.as_millis() as u64;
+    println!(
+        "levee: version {version}, recovered {} queues ({} messages) in {took_ms} ms",
+        r.queues, r.messages
+    );
+    tracing::info!(
+        version,
+        %wire,
+        %http,
+        data = %data_dir.display(),
+        queues = r.queues,
+        messages = r.messages,
+        recovery_ms = took_ms,
+        "levee serving"
+    );
+}
+
 /// Runs the broker until a shutdown signal.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let s = settings(args)?;
     let data_dir = s.broker.data_dir.clone();
+    let opening = std::time::Instant::now();
     let broker = Broker::open(s.broker)
         .await
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let recovered = Recovered::of(&broker, opening.elapsed()).await;
     let (wire_addr, wire) = broker
         .bind(s.listen)
         .await
@@ -142,7 +191,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("levee: wire listening on {wire_addr}");
     println!("levee: http listening on {http_addr}");
     println!("levee: data in {}", data_dir.display());
-    tracing::info!(%wire_addr, %http_addr, data = %data_dir.display(), "levee serving");
+    banner(wire_addr, http_addr, &data_dir, &recovered);
     shutdown_signal().await;
     tracing::info!("shutting down");
     wire.abort();

@@ -657,3 +657,119 @@ fn client_options_go_before_or_after_the_subcommand_and_serve_refuses_them() {
     let help = ok(run(&["serve", "--help"]));
     assert!(!help.contains("--addr"), "{help}");
 }
+
+/// Starts `levee serve` on `data_dir` with `env` and `extra` flags, stderr piped; returns the
+/// child and its stdout lines up to and including the banner.
+fn serve_with_logs(
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> (std::process::Child, Vec<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env_remove("LEVEE_LOG")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let Some(Ok(line)) = lines.next() else {
+            child.kill().ok();
+            let out = child.wait_with_output().unwrap();
+            panic!("levee exited early: {}", stderr_of(&out));
+        };
+        let banner = line.contains("recovered");
+        seen.push(line);
+        if banner {
+            return (child, seen);
+        }
+    }
+}
+
+/// SIGTERMs `child` and returns its stderr.
+fn stop_and_stderr(child: std::process::Child) -> String {
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) with a pid we own and a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    stderr_of(&exited(child))
+}
+
+#[test]
+fn serve_prints_stable_listener_lines_then_a_banner_with_the_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (child, lines) = serve_with_logs(&data, &[], &[]);
+    assert!(
+        lines[0].starts_with("levee: wire listening on "),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("levee: http listening on "),
+        "{lines:?}"
+    );
+    let wire = lines[0].rsplit(' ').next().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+            .args(args)
+            .env("LEVEE_ADDR", &wire)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+    };
+    run(&["queue", "declare", "kept"]);
+    run(&["publish", "kept", "a", "b", "c"]);
+    let err = stop_and_stderr(child);
+    // Text logs without colours when stderr is not a terminal; the declare is logged.
+    assert!(!err.contains('\x1b'), "no ANSI escapes in a pipe: {err:?}");
+    assert!(
+        err.contains("levee serving") && err.contains("version="),
+        "{err}"
+    );
+    let (child, lines) = serve_with_logs(&data, &[], &[]);
+    let banner = lines.last().unwrap();
+    assert!(
+        banner.contains(&format!("version {}", env!("CARGO_PKG_VERSION")))
+            && banner.contains("recovered 1 queues (3 messages)"),
+        "{banner}"
+    );
+    stop_and_stderr(child);
+}
+
+#[test]
+fn logs_honour_rust_log_and_come_as_json_lines_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, lines) = serve_with_logs(
+        &dir.path().join("data"),
+        &[("RUST_LOG", "debug")],
+        &["--log-format", "json"],
+    );
+    let wire = lines[0].rsplit(' ').next().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["queue", "declare", "logged", "--addr", &wire])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = stop_and_stderr(child);
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let message = |e: &serde_json::Value| e["fields"]["message"].as_str().unwrap_or("").to_string();
+    let serving = events
+        .iter()
+        .find(|e| message(e) == "levee serving")
+        .expect("banner event");
+    assert_eq!(serving["fields"]["queues"], 0);
+    // RUST_LOG=debug (no LEVEE_LOG) shows the connection events; the declare is at info.
+    for want in ["client connected", "queue declared", "client disconnected"] {
+        assert!(events.iter().any(|e| message(e) == want), "{want}: {err}");
+    }
+}
