@@ -1028,7 +1028,8 @@ pub async fn consume(conn: &Conn, args: ConsumeArgs) -> anyhow::Result<Outcome> 
 pub struct StatsArgs {
     /// Only this queue.
     pub queue: Option<String>,
-    /// Print again every second until interrupted (redrawn in place on a terminal).
+    /// Print again every second until Ctrl-C, which ends it with status 0 (redrawn in place on
+    /// a terminal, timestamped frames otherwise).
     #[arg(long)]
     pub watch: bool,
     /// One JSON document per line: `{"time": ..., "queues": [...]}` (the queue documents of

@@ -110,6 +110,52 @@ enum Command {
         levee bench --size 1KiB --duration 10s\n  \
         levee bench --rate 5000 --fsync interval:10 --json")]
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Examples:\n  \
+        levee completions bash > /etc/bash_completion.d/levee\n  \
+        levee completions zsh > \"${fpath[1]}/_levee\"\n  \
+        levee completions fish > ~/.config/fish/completions/levee.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a directory.
+    #[command(after_help = "Examples:\n  \
+        levee man | man -l -\n  \
+        levee man --dir /usr/local/share/man/man1")]
+    Man {
+        /// Write levee.1 and a page per subcommand (levee-serve.1, ...) here.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+/// `levee completions` / `levee man`: generated from the clap definitions, so they never drift
+/// from the flags.
+fn generate_docs(command: &Command) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut cmd = Cli::command();
+    // Rendered into memory first: the generators panic on a write error (`| head`).
+    let mut text = Vec::new();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cmd, "levee", &mut text);
+        }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+        }
+        Command::Man { dir: None } => clap_mangen::Man::new(cmd).render(&mut text)?,
+        _ => {}
+    }
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -139,6 +185,10 @@ fn run() -> anyhow::Result<cli::Outcome> {
     match &cli.command {
         Command::Serve(_) => client_options_refused("serve")?,
         Command::Bench(_) => client_options_refused("bench")?,
+        Command::Completions { .. } | Command::Man { .. } => {
+            generate_docs(&cli.command)?;
+            return Ok(cli::Outcome::Done);
+        }
         _ => {}
     }
     init_logging(cli.log_format);
@@ -153,6 +203,7 @@ fn run() -> anyhow::Result<cli::Outcome> {
             Command::Consume(args) => cli::consume(&args.conn.or(&cli.conn), args).await,
             Command::Stats(args) => cli::stats(&args.conn.or(&cli.conn), args).await,
             Command::Bench(args) => bench::run(args).await.map(|()| cli::Outcome::Done),
+            Command::Completions { .. } | Command::Man { .. } => Ok(cli::Outcome::Done),
         }
     })
 }

@@ -773,3 +773,78 @@ fn logs_honour_rust_log_and_come_as_json_lines_when_asked() {
         assert!(events.iter().any(|e| message(e) == want), "{want}: {err}");
     }
 }
+
+#[test]
+fn help_shows_the_defaults_an_example_per_subcommand_and_the_max_deliveries_rule() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        ok(out)
+    };
+    let declare = help(&["queue", "declare"]);
+    for want in [
+        "[default: 100000]",
+        "[default: 64MiB]",
+        "[default: block]",
+        "[default: 30s",
+        "[default: 20]",
+        "[default: disk]",
+        "[default: always]",
+        "without --dead-letter, drop",
+        "a message is dropped",
+    ] {
+        assert!(declare.contains(want), "{want:?} in {declare}");
+    }
+    let subcommands: &[&[&str]] = &[
+        &[],
+        &["serve"],
+        &["queue"],
+        &["queue", "declare"],
+        &["queue", "list"],
+        &["queue", "inspect"],
+        &["queue", "purge"],
+        &["queue", "delete"],
+        &["publish"],
+        &["consume"],
+        &["stats"],
+        &["bench"],
+        &["completions"],
+        &["man"],
+    ];
+    for sub in subcommands {
+        let text = help(sub);
+        assert!(
+            text.contains("Example"),
+            "no example in `levee {sub:?} --help`"
+        );
+    }
+    assert!(help(&["consume"]).contains("Ctrl-C"));
+    assert!(help(&["serve"]).contains("RUST_LOG"));
+}
+
+#[test]
+fn stats_watch_prints_timestamped_frames_until_interrupted() {
+    let server = Server::start();
+    ok(levee(
+        &server,
+        &["queue", "declare", "w", "--durability", "memory"],
+    ));
+    let mut child = spawn(&server, &["stats", "--watch"]);
+    // Read two frames as they are printed (stdout is a pipe: appended, not redrawn).
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let mut stamps = 0;
+    while stamps < 2 {
+        let line = lines.next().expect("stats --watch ended").unwrap();
+        assert!(!line.contains('\x1b'), "no escapes into a pipe: {line:?}");
+        if line.len() == 20 && line.ends_with('Z') && line.as_bytes()[10] == b'T' {
+            stamps += 1;
+        }
+    }
+    sigint(&child);
+    let out = exited(child);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+}
