@@ -48,9 +48,13 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     http: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "crate::units::de_size_usize")]
     max_frame: Option<usize>,
+    #[serde(default, deserialize_with = "crate::units::de_millis_u32")]
     heartbeat_ms: Option<u32>,
+    #[serde(default, deserialize_with = "crate::units::de_size")]
     max_in_flight_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "crate::units::de_size")]
     segment_bytes: Option<u64>,
 }
 

@@ -8,6 +8,9 @@
 //!   [`parse_millis`] (the flags named `…-ms`, so that the numbers scripts pass today keep their
 //!   meaning).
 //!
+//! Config files take the same forms (`max_frame = "16MiB"`, `heartbeat_ms = "10s"`) or plain
+//! numbers, through [`de_size`], [`de_size_usize`] and [`de_millis_u32`].
+//!
 //! Invariant: [`format_size`] and [`format_millis`] print values that the parsers read back to
 //! the same number, so `levee queue inspect` output can be pasted into flags.
 
@@ -122,6 +125,43 @@ pub fn format_millis(ms: u64) -> String {
         }
     }
     format!("{ms}ms")
+}
+
+/// A number or a string with a unit, as a config file may give a size or a duration.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(u64),
+    Text(String),
+}
+
+fn de_with<'de, D, T>(d: D, parse: fn(&str) -> Result<T, String>) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::Deserialize;
+    match NumberOrText::deserialize(d)? {
+        NumberOrText::Number(n) => T::try_from(n)
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{n} is out of range"))),
+        NumberOrText::Text(t) => parse(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Config-file form of a size: `16777216` or `"16MiB"` (use with `#[serde(default)]`).
+pub fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_with(d, parse_size)
+}
+
+/// [`de_size`] for a `usize`.
+pub fn de_size_usize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    de_with(d, parse_size_usize)
+}
+
+/// Config-file form of a duration in milliseconds: `1500` or `"1.5s"`.
+pub fn de_millis_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    de_with(d, parse_millis_u32)
 }
 
 #[cfg(test)]

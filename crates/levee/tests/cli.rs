@@ -139,6 +139,19 @@ fn settings_from_a_config_file_take_effect() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("levee.toml");
     std::fs::write(&good, "heartbeat_ms = 1500\nmax_frame = 65536\n").unwrap();
+    let units = dir.path().join("units.toml");
+    std::fs::write(&units, "heartbeat_ms = \"2s\"\nmax_frame = \"128KiB\"\n").unwrap();
+    let with_units = Server::start_with(&["--config", units.to_str().unwrap()]);
+    let mut raw = common::Raw::connect(with_units.wire);
+    raw.send(&levee_proto::ClientFrame::Hello(levee_proto::Hello::new(
+        "cfg",
+    )));
+    match raw.recv() {
+        Some(levee_proto::ServerFrame::Welcome(w)) => {
+            assert_eq!((w.heartbeat_ms, w.max_frame), (2000, 128 << 10));
+        }
+        other => panic!("{other:?}"),
+    }
     let server = Server::start_with(&["--config", good.to_str().unwrap()]);
     let mut raw = common::Raw::connect(server.wire);
     raw.send(&levee_proto::ClientFrame::Hello(levee_proto::Hello::new(
@@ -847,4 +860,24 @@ fn stats_watch_prints_timestamped_frames_until_interrupted() {
     sigint(&child);
     let out = exited(child);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+}
+
+#[test]
+fn a_consume_that_loses_its_broker_prints_its_counts() {
+    let mut server = Server::start();
+    ok(levee(
+        &server,
+        &["queue", "declare", "c", "--durability", "memory"],
+    ));
+    ok(levee(&server, &["publish", "c", "1", "2"]));
+    let child = spawn(&server, &["consume", "c", "--quiet"]);
+    wait_stats(&server, "c", |s| s["acked"] == 2);
+    server.kill9();
+    let out = exited(child);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("consumed 2 from c") && err.contains("acked=2"),
+        "{err}"
+    );
 }
