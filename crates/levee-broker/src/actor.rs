@@ -98,32 +98,54 @@ pub(crate) trait Router: Send + Sync + 'static {
     fn route(&self, queue: &str) -> Option<mpsc::UnboundedSender<Cmd>>;
 }
 
-/// Counter samples for rates over a sliding window.
+/// Counter samples (published, delivered, acked) for rates over a sliding window.
+///
+/// The actor records a sample at most every [`Rates::EVERY_MS`] while the counters move,
+/// whether or not anyone inspects the queue, so a rate is always an average over about
+/// [`Rates::WINDOW_MS`] of history (never over the few milliseconds between two inspects).
+/// Invariant: when no sample is due (`next_due` is `None`), the counters equal the last sample,
+/// so their value at any time since that sample is known exactly; an idle queue is not woken.
 struct Rates {
     samples: VecDeque<(u64, [u64; 3])>,
 }
 
 impl Rates {
     const WINDOW_MS: u64 = 5_000;
+    const EVERY_MS: u64 = 1_000;
 
-    fn sample(&mut self, now: u64, c: [u64; 3]) -> [u64; 3] {
-        if self.samples.back().is_none_or(|(t, _)| now >= t + 1_000) {
+    /// When the next sample must be taken: `None` while the counters have not moved since the
+    /// last one.
+    fn next_due(&self, c: [u64; 3]) -> Option<u64> {
+        match self.samples.back() {
+            None => Some(0),
+            Some((_, last)) if *last == c => None,
+            Some((t, _)) => Some(t + Self::EVERY_MS),
+        }
+    }
+
+    /// Takes a sample if one is due; keeps one sample at or before the window's start.
+    fn record(&mut self, now: u64, c: [u64; 3]) {
+        if self.next_due(c).is_some_and(|due| now >= due) {
             self.samples.push_back((now, c));
         }
-        while self.samples.len() > 2
-            && self
-                .samples
-                .front()
-                .is_some_and(|(t, _)| now.saturating_sub(*t) > Self::WINDOW_MS)
-        {
+        let start = now.saturating_sub(Self::WINDOW_MS);
+        while self.samples.len() > 1 && self.samples.get(1).is_some_and(|(t, _)| *t <= start) {
             self.samples.pop_front();
         }
-        let (t0, c0) = self.samples.front().copied().unwrap_or((now, c));
+    }
+
+    /// Per-second rates over the last [`Rates::WINDOW_MS`] (from the latest sample at or
+    /// before its start); 0 until a queue has a second of history.
+    fn rates(&mut self, now: u64, c: [u64; 3]) -> [u64; 3] {
+        self.record(now, c);
+        let Some(&(t0, c0)) = self.samples.front() else {
+            return [0; 3];
+        };
         let dt = now.saturating_sub(t0);
-        if dt == 0 {
+        if dt < Self::EVERY_MS {
             return [0; 3];
         }
-        std::array::from_fn(|i| (c[i] - c0[i]) * 1_000 / dt)
+        std::array::from_fn(|i| c[i].saturating_sub(c0[i]) * 1_000 / dt)
     }
 }
 
@@ -177,7 +199,12 @@ impl QueueActor {
     /// Runs until the queue is deleted or every handle to it is gone.
     pub(crate) async fn run(mut self) {
         loop {
-            let deadline = self.core.poll_timeout();
+            let counters = self.rate_counters();
+            self.rates.record(now_ms(), counters);
+            let deadline = match (self.core.poll_timeout(), self.rates.next_due(counters)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = async {
                 match deadline {
                     Some(at) => {
@@ -416,10 +443,16 @@ impl QueueActor {
         }
     }
 
+    /// The counters that [`Rates`] follows: published, delivered, acked.
+    fn rate_counters(&self) -> [u64; 3] {
+        let c = self.core.state().counters();
+        [c.published, c.delivered, c.acked]
+    }
+
     fn info(&mut self, now: u64) -> QueueInfo {
         let mut stats: QueueStats = self.core.stats();
-        let c = self.core.state().counters();
-        let [p, d, a] = self.rates.sample(now, [c.published, c.delivered, c.acked]);
+        let counters = self.rate_counters();
+        let [p, d, a] = self.rates.rates(now, counters);
         stats.publish_rate = p;
         stats.deliver_rate = d;
         stats.ack_rate = a;
@@ -428,5 +461,42 @@ impl QueueActor {
             config: self.core.config().clone(),
             stats,
         }
+    }
+}
+#[cfg(test)]
+mod rate_tests {
+    use super::Rates;
+
+    fn rates() -> Rates {
+        Rates {
+            samples: Default::default(),
+        }
+    }
+
+    #[test]
+    fn two_messages_a_few_ms_apart_are_not_a_rate_of_hundreds() {
+        let mut r = rates();
+        r.record(10_000, [0, 0, 0]);
+        r.record(10_003, [1, 0, 0]);
+        assert_eq!(r.rates(10_006, [2, 0, 0]), [0, 0, 0]);
+        // Sampled by the actor's own clock, not by the inspects: a second later it is 2/s.
+        r.record(11_000, [2, 0, 0]);
+        assert_eq!(r.rates(11_000, [2, 0, 0]), [2, 0, 0]);
+    }
+
+    #[test]
+    fn a_steady_flow_is_averaged_over_the_window_and_an_idle_queue_goes_to_zero() {
+        let mut r = rates();
+        let mut c = 0;
+        for s in 0..=20u64 {
+            r.record(s * 1_000, [c, c, c]);
+            c += 100;
+        }
+        let c = c - 100;
+        assert_eq!(r.rates(20_000, [c, c, c]), [100, 100, 100]);
+        assert!(r.samples.len() <= 7, "bounded: {}", r.samples.len());
+        // Traffic stops: no sample is due (nothing to wake for), the rate decays to 0.
+        assert_eq!(r.next_due([c, c, c]), None);
+        assert_eq!(r.rates(40_000, [c, c, c]), [0, 0, 0]);
     }
 }

@@ -156,6 +156,11 @@ impl Conn {
             ClientFrame::Declare { req, queue, config } => {
                 match self.broker.declare(&queue, config).await {
                     Ok((created, messages)) => {
+                        if created {
+                            tracing::info!(conn = self.id, %queue, "queue declared");
+                        } else {
+                            tracing::debug!(conn = self.id, %queue, messages, "queue redeclared");
+                        }
                         let _ = self.tx.send(ServerFrame::QueueOk {
                             req,
                             queue,
@@ -173,15 +178,18 @@ impl Conn {
                 self.producing.remove(&queue);
                 match self.broker.begin_delete(&queue) {
                     Ok(deletion) => {
-                        let tx = self.tx.clone();
+                        let (tx, conn) = (self.tx.clone(), self.id);
                         tokio::spawn(async move {
                             let frame = match deletion.await {
-                                Ok(messages) => ServerFrame::QueueOk {
-                                    req,
-                                    queue,
-                                    created: false,
-                                    messages,
-                                },
+                                Ok(messages) => {
+                                    tracing::info!(conn, %queue, messages, "queue deleted");
+                                    ServerFrame::QueueOk {
+                                        req,
+                                        queue,
+                                        created: false,
+                                        messages,
+                                    }
+                                }
                                 Err(e) => error_frame(req, &e),
                             };
                             let _ = tx.send(frame);
@@ -489,6 +497,9 @@ enum ReadError {
 /// Serves one connection to the end.
 pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), BrokerError> {
     let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
     let (mut rd, wr) = stream.into_split();
     let cfg = broker.config().clone();
     let heartbeat = Duration::from_millis(cfg.heartbeat_ms.max(100).into());
@@ -565,6 +576,8 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
         subs: HashMap::new(),
         producing: HashMap::new(),
     };
+    let id = conn.id;
+    tracing::debug!(conn = id, %peer, client = %hello.client_name, "client connected");
     let hb_tx = tx.clone();
     let heartbeats = tokio::spawn(async move {
         let mut tick = tokio::time::interval(heartbeat);
@@ -627,5 +640,6 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
     }
     writer.abort();
+    tracing::debug!(conn = id, %peer, "client disconnected");
     Ok(())
 }

@@ -226,24 +226,8 @@ pub fn config_from_json(body: &[u8]) -> Result<QueueConfig, HttpError> {
         ProtoError::InvalidConfig { field, reason } => invalid(field, reason),
         other => invalid("config", other.to_string()),
     };
-    let durability = match body.durability.as_deref() {
-        None | Some("disk") => Durability::Disk(match &body.fsync {
-            None => Fsync::Always,
-            Some(v) => parse_fsync(v)?,
-        }),
-        Some("memory") => {
-            if body.fsync.is_some() {
-                return Err(invalid("fsync", "applies only to disk queues"));
-            }
-            Durability::Memory
-        }
-        Some(other) => {
-            return Err(invalid(
-                "durability",
-                format!("unknown durability {other:?}: expected \"memory\" or \"disk\""),
-            ));
-        }
-    };
+    let fsync = body.fsync.as_ref().map(parse_fsync).transpose()?;
+    let durability = Durability::from_parts(body.durability.as_deref(), fsync).map_err(proto)?;
     let rate_limit = match body.rate_limit {
         None => None,
         Some(rl) => {
@@ -877,14 +861,19 @@ async fn put_queue(
         Err(e) => return e.into_response(),
     };
     match broker.declare(&name, config.clone()).await {
-        Ok((created, messages)) => json_response(
+        Ok((created, messages)) => {
             if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            },
-            &json!({ "queue": name, "created": created, "messages": messages }),
-        ),
+                tracing::info!(queue = %name, "queue declared over HTTP");
+            }
+            json_response(
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                &json!({ "queue": name, "created": created, "messages": messages }),
+            )
+        }
         Err(e @ BrokerError::ConfigMismatch { .. }) => {
             let http = HttpError::from(e);
             let mut body = http.body();
@@ -914,10 +903,13 @@ async fn put_queue(
 
 async fn delete_queue(State(broker): State<Broker>, Path(name): Path<String>) -> Response {
     match broker.delete(&name).await {
-        Ok(dropped) => json_response(
-            StatusCode::OK,
-            &json!({ "queue": name, "deleted": true, "messages": dropped }),
-        ),
+        Ok(dropped) => {
+            tracing::info!(queue = %name, messages = dropped, "queue deleted over HTTP");
+            json_response(
+                StatusCode::OK,
+                &json!({ "queue": name, "deleted": true, "messages": dropped }),
+            )
+        }
         Err(e) => HttpError::from(e).into_response(),
     }
 }

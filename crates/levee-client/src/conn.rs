@@ -530,7 +530,22 @@ async fn handshake(
     ClientFrame::Hello(Hello::new(opts.name.clone())).encode(&mut out)?;
     wr.write_all(&out).await?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut checked = false;
     loop {
+        // Before decoding the first frame (length prefix and type: 5 bytes), make sure it is
+        // not another protocol's answer, which would read as an absurd frame length.
+        if !checked {
+            if buf.len() < 5 {
+                if rd.read_buf(&mut buf).await? == 0 {
+                    return Err(ClientError::ConnectionLost);
+                }
+                continue;
+            }
+            if let Some(protocol) = crate::error::foreign_protocol(&buf) {
+                return Err(ClientError::WrongProtocol { protocol });
+            }
+            checked = true;
+        }
         match ServerFrame::decode(&mut buf, opts.max_incoming_frame)? {
             Some(ServerFrame::Welcome(w)) => return Ok((rd, wr, buf, w)),
             Some(ServerFrame::Error { code, message, .. }) => {

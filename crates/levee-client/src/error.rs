@@ -60,9 +60,43 @@ pub enum ClientError {
     /// `nack` or `reject` on a delivery received with `auto_ack`: the broker already settled it.
     #[error("the delivery was auto-acked; it cannot be nacked or rejected")]
     AutoAcked,
+    /// The server at the address answered the handshake in another protocol: `protocol` is
+    /// `"HTTP"` (likely Levee's HTTP API port instead of its wire port), `"TLS"` or `"AMQP"`.
+    #[error("{}", wrong_protocol_hint(protocol))]
+    WrongProtocol {
+        /// The protocol the answer looks like.
+        protocol: &'static str,
+    },
     /// An option is out of range; the text says which.
     #[error("invalid option: {0}")]
     InvalidOption(String),
+}
+
+fn wrong_protocol_hint(protocol: &str) -> String {
+    let what = match protocol {
+        "HTTP" => "this looks like Levee's HTTP port (API, metrics, dashboard)",
+        "AMQP" => "this looks like an AMQP port (Levee's AMQP listener or RabbitMQ)",
+        _ => "this port expects TLS",
+    };
+    format!(
+        "the server answered in {protocol}, not the Levee wire protocol: {what}; the wire port \
+         is the one `levee serve` prints as `wire listening on` (5680 by default)"
+    )
+}
+
+/// The protocol that the first 5 bytes of a handshake answer belong to, if not Levee's: an
+/// HTTP status line, a TLS record (handshake or alert), AMQP's protocol header. A Levee answer
+/// is a length prefix then the frame type of `Welcome`, `Error` or `Close`, and is never taken
+/// for another protocol.
+pub(crate) fn foreign_protocol(first: &[u8]) -> Option<&'static str> {
+    use levee_proto::frame_type::{ERROR, SERVER_CLOSE, WELCOME};
+    match first {
+        [_, _, _, _, WELCOME | ERROR | SERVER_CLOSE, ..] => None,
+        [b'H', b'T', b'T', b'P', _, ..] => Some("HTTP"),
+        [b'A', b'M', b'Q', b'P', _, ..] => Some("AMQP"),
+        [0x15 | 0x16, 0x03, 0x00..=0x04, _, _, ..] => Some("TLS"),
+        _ => None,
+    }
 }
 
 impl From<std::io::Error> for ClientError {
@@ -97,3 +131,29 @@ impl TryPublishError {
 
 /// Result alias of this crate.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_of_other_protocols_are_recognised() {
+        assert_eq!(
+            foreign_protocol(b"HTTP/1.1 400 Bad Request\r\n"),
+            Some("HTTP")
+        );
+        assert_eq!(foreign_protocol(b"AMQP\x00\x00\x09\x01"), Some("AMQP"));
+        assert_eq!(
+            foreign_protocol(&[0x15, 0x03, 0x03, 0x00, 0x02]),
+            Some("TLS")
+        );
+        assert_eq!(
+            foreign_protocol(&[0x16, 0x03, 0x01, 0x00, 0x4a]),
+            Some("TLS")
+        );
+        // Levee answers, whatever their length prefix, are never taken for another protocol.
+        assert_eq!(foreign_protocol(&[0x20, 0x00, 0x00, 0x00, 0x81]), None);
+        assert_eq!(foreign_protocol(&[0x16, 0x03, 0x00, 0x00, 0x84]), None);
+        assert_eq!(foreign_protocol(b"HTTP"), None, "needs 5 bytes");
+    }
+}

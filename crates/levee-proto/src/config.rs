@@ -4,7 +4,10 @@
 //! ([`QueueConfig::validate`]), and the field-by-field comparison used to explain why a redeclare
 //! with a different config is refused ([`QueueConfig::differences`]). The decoder only checks a config
 //! structurally (known enum tags); the broker calls `validate` so that a bad value is answered with a
-//! per-request `InvalidConfig` error instead of closing the connection.
+//! per-request `InvalidConfig` error instead of closing the connection. The textual settings that
+//! the CLI and the HTTP API share go through the same parsers here (`FromStr` of [`Overflow`],
+//! [`Order`], [`Fsync`], and [`Durability::from_parts`] for the durability / fsync pair), so
+//! both front ends accept and refuse the same combinations.
 
 use std::fmt;
 use std::str::FromStr;
@@ -178,6 +181,36 @@ pub enum Fsync {
     Never,
 }
 
+impl fmt::Display for Fsync {
+    /// The words the `levee` flags take: `always`, `never`, `interval:MS`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fsync::Always => f.write_str("always"),
+            Fsync::Never => f.write_str("never"),
+            Fsync::Interval(ms) => write!(f, "interval:{ms}"),
+        }
+    }
+}
+
+impl FromStr for Fsync {
+    type Err = ProtoError;
+    /// `always`, `never` or `interval:MS` (the range of MS is checked by
+    /// [`QueueConfig::validate`]).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "always" => Ok(Fsync::Always),
+            "never" => Ok(Fsync::Never),
+            _ => match s.strip_prefix("interval:").map(str::parse::<u32>) {
+                Some(Ok(ms)) => Ok(Fsync::Interval(ms)),
+                _ => Err(ProtoError::InvalidConfig {
+                    field: "fsync",
+                    reason: format!("{s:?}: expected always, never or interval:MS"),
+                }),
+            },
+        }
+    }
+}
+
 /// Where a queue keeps its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -195,6 +228,55 @@ impl Default for Durability {
     }
 }
 
+impl Durability {
+    /// The durability that the two settings `durability` (`"memory"` | `"disk"`, default disk)
+    /// and `fsync` (default always) name, as the CLI flags and the HTTP API take them. The one
+    /// place that rules on their combination: an fsync policy with a memory queue is refused
+    /// (field `fsync`), as is an unknown durability (field `durability`).
+    pub fn from_parts(durability: Option<&str>, fsync: Option<Fsync>) -> Result<Durability> {
+        match durability {
+            None | Some("disk") => Ok(Durability::Disk(fsync.unwrap_or_default())),
+            Some("memory") => match fsync {
+                None => Ok(Durability::Memory),
+                Some(f) => Err(ProtoError::InvalidConfig {
+                    field: "fsync",
+                    reason: format!("{f} applies only to disk queues, not to a memory queue"),
+                }),
+            },
+            Some(other) => Err(ProtoError::InvalidConfig {
+                field: "durability",
+                reason: format!("unknown durability {other:?}: expected memory or disk"),
+            }),
+        }
+    }
+
+    /// `"memory"` or `"disk"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Durability::Memory => "memory",
+            Durability::Disk(_) => "disk",
+        }
+    }
+
+    /// The fsync policy of a disk queue (`None` for memory).
+    pub const fn fsync(self) -> Option<Fsync> {
+        match self {
+            Durability::Memory => None,
+            Durability::Disk(f) => Some(f),
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    /// `memory`, or `disk` with its policy: `disk fsync=always`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Durability::Memory => f.write_str("memory"),
+            Durability::Disk(fs) => write!(f, "disk fsync={fs}"),
+        }
+    }
+}
+
 /// Publish rate limit of a queue (token buckets). `None` rates are unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct RateLimit {
@@ -206,6 +288,21 @@ pub struct RateLimit {
     pub burst_msgs: u32,
     /// Byte bucket size (>= 1 when `bytes_per_sec` is set); a message larger than this never passes.
     pub burst_bytes: u64,
+}
+
+impl fmt::Display for RateLimit {
+    /// `msgs_per_sec=100 burst_msgs=100 bytes_per_sec=none burst_bytes=0`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let opt = |v: Option<u64>| v.map_or("none".into(), |n| n.to_string());
+        write!(
+            f,
+            "msgs_per_sec={} burst_msgs={} bytes_per_sec={} burst_bytes={}",
+            opt(self.msgs_per_sec.map(u64::from)),
+            self.burst_msgs,
+            opt(self.bytes_per_sec),
+            self.burst_bytes
+        )
+    }
 }
 
 impl RateLimit {
@@ -398,34 +495,30 @@ impl QueueConfig {
         cmp("order", self.order.to_string(), r.order.to_string());
         cmp(
             "durability",
-            format!("{:?}", self.durability),
-            format!("{:?}", r.durability),
+            self.durability.to_string(),
+            r.durability.to_string(),
         );
         cmp(
             "ack_timeout_ms",
             self.ack_timeout_ms.to_string(),
             r.ack_timeout_ms.to_string(),
         );
+        let deliveries = |v: Option<u32>| v.map_or("unlimited".into(), |n| n.to_string());
         cmp(
             "max_deliveries",
-            format!("{:?}", self.max_deliveries),
-            format!("{:?}", r.max_deliveries),
+            deliveries(self.max_deliveries),
+            deliveries(r.max_deliveries),
         );
-        cmp(
-            "dead_letter",
-            format!("{:?}", self.dead_letter),
-            format!("{:?}", r.dead_letter),
-        );
+        let name = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+        cmp("dead_letter", name(&self.dead_letter), name(&r.dead_letter));
+        let ttl = |v: Option<u64>| v.map_or("none".into(), |n| n.to_string());
         cmp(
             "message_ttl_ms",
-            format!("{:?}", self.message_ttl_ms),
-            format!("{:?}", r.message_ttl_ms),
+            ttl(self.message_ttl_ms),
+            ttl(r.message_ttl_ms),
         );
-        cmp(
-            "rate_limit",
-            format!("{:?}", self.rate_limit),
-            format!("{:?}", r.rate_limit),
-        );
+        let rate = |v: &Option<RateLimit>| v.map_or("none".into(), |rl| rl.to_string());
+        cmp("rate_limit", rate(&self.rate_limit), rate(&r.rate_limit));
         out
     }
 

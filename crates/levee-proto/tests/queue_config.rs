@@ -220,7 +220,7 @@ fn differences_say_what_differs() {
         a.describe_differences(&b),
         "max_messages: existing 100000, requested 10; \
          overflow: existing block, requested drop-oldest; \
-         dead_letter: existing None, requested Some(\"dlq\")"
+         dead_letter: existing none, requested dlq"
     );
 }
 
@@ -270,4 +270,42 @@ fn stats_balance_checks_both_accounting_identities() {
         ..QueueStats::default()
     };
     assert!(huge.is_balanced(), "no overflow in the check");
+}
+
+#[test]
+fn fsync_words_parse_back_and_bad_ones_name_the_field() {
+    for f in [Fsync::Always, Fsync::Never, Fsync::Interval(50)] {
+        assert_eq!(f.to_string().parse::<Fsync>(), Ok(f));
+    }
+    assert!(matches!(
+        "sometimes".parse::<Fsync>(),
+        Err(ProtoError::InvalidConfig { field: "fsync", .. })
+    ));
+}
+
+#[test]
+fn an_fsync_policy_on_a_memory_queue_is_refused_by_the_shared_rule() {
+    assert_eq!(
+        Durability::from_parts(None, None),
+        Ok(Durability::Disk(Fsync::Always))
+    );
+    assert_eq!(
+        Durability::from_parts(Some("disk"), Some(Fsync::Never)),
+        Ok(Durability::Disk(Fsync::Never))
+    );
+    assert_eq!(
+        Durability::from_parts(Some("memory"), None),
+        Ok(Durability::Memory)
+    );
+    assert!(matches!(
+        Durability::from_parts(Some("memory"), Some(Fsync::Never)),
+        Err(ProtoError::InvalidConfig { field: "fsync", .. })
+    ));
+    assert!(matches!(
+        Durability::from_parts(Some("tape"), None),
+        Err(ProtoError::InvalidConfig {
+            field: "durability",
+            ..
+        })
+    ));
 }

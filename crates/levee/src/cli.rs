@@ -1,116 +1,291 @@
 //! The client-side commands: `queue …`, `publish`, `consume`, `stats`. Each opens one
-//! connection with levee-client to `--addr`.
+//! connection with levee-client to the broker's wire address.
+//!
+//! # Exit status
+//! Every command ends with an [`Outcome`]; `main` turns it into the process status:
+//! 0 done, 1 error (one `levee: error:` line on stderr), 2 bad usage (clap), 3 the broker did
+//! not store every published message (dropped or rejected; `--allow-drops` makes that 0), 4 the
+//! connection was lost with published messages unconfirmed (they may or may not be stored),
+//! 130 interrupted (SIGINT), as shells report a command killed by Ctrl-C.
+//!
+//! # Invariants
+//! - `publish` and `consume` always account for every message on stderr when they are cut
+//!   short (Ctrl-C, lost connection): published / stored / dropped / rejected / unconfirmed,
+//!   which message numbers were not confirmed; consumed / acked.
+//! - `publish` holds at most one line of input beyond the producer's in-flight window (plus a
+//!   bounded channel from the stdin reader thread), so `tail -f log | levee publish q` runs in
+//!   bounded memory for ever and publishes each line as it arrives (batched by the producer's
+//!   linger, not by end of input).
+//! - In `queue declare`, a flag that is not given matches whatever the existing queue has
+//!   (get-or-create); `--exact` compares every field against the defaults, as the wire `Declare`
+//!   does.
 
-use std::io::BufRead;
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use levee_broker::http::{QueueSnapshot, render_queues_json};
 use levee_client::{
-    Client, ClientOptions, ConsumerOptions, Credit, Durability, Fsync, Message, Order, Overflow,
-    ProducerOptions, PublishOutcome, QueueConfig, QueueInfo,
+    Client, ClientError, ClientOptions, ConsumerOptions, Credit, Durability, ErrorCode, Fsync,
+    Message, Order, Overflow, ProducerOptions, PublishOutcome, QueueConfig, QueueInfo,
 };
-use levee_proto::RateLimit;
 
-/// Where the broker is.
-#[derive(Args, Debug, Clone)]
+use crate::units::{format_millis, format_size, parse_millis, parse_size, parse_size_usize};
+
+/// Default wire address of the broker.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:5680";
+
+/// How a command ended, as a process exit status (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything asked for was done: exit 0.
+    Done,
+    /// Some published messages were dropped or rejected by the broker: exit 3.
+    NotStored,
+    /// The connection was lost with messages unconfirmed: exit 4.
+    Unconfirmed,
+    /// Stopped by SIGINT: exit 130.
+    Interrupted,
+}
+
+impl Outcome {
+    /// The process exit status.
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Done => 0,
+            Outcome::NotStored => 3,
+            Outcome::Unconfirmed => 4,
+            Outcome::Interrupted => 130,
+        }
+    }
+}
+
+/// The client options: where the broker is. Accepted before the subcommand (`levee --addr H:P
+/// queue list`) and after it (`levee queue list --addr H:P`); not by `serve` or `bench`.
+#[derive(Args, Debug, Clone, Default)]
 pub struct Conn {
-    /// Broker address.
-    #[arg(
-        long,
-        env = "LEVEE_ADDR",
-        default_value = "127.0.0.1:5680",
-        global = true
-    )]
-    pub addr: String,
+    /// Broker wire address [env: LEVEE_ADDR] [default: 127.0.0.1:5680].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub addr: Option<String>,
+}
+
+/// [`Conn`] for `levee queue`: the same option, also accepted after `queue`'s own subcommand.
+#[derive(Args, Debug, Clone, Default)]
+pub struct QueueConn {
+    /// Broker wire address [env: LEVEE_ADDR] [default: 127.0.0.1:5680].
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    pub addr: Option<String>,
 }
 
 impl Conn {
+    /// These options, with those given before the subcommand (`outer`) filling the gaps.
+    pub fn or(&self, outer: &Conn) -> Conn {
+        Conn {
+            addr: self.addr.clone().or_else(|| outer.addr.clone()),
+        }
+    }
+
+    /// Whether any client option was given on the command line.
+    pub fn is_given(&self) -> bool {
+        self.addr.is_some()
+    }
+
+    /// The address: the flag, else `LEVEE_ADDR`, else the default.
+    pub fn addr(&self) -> String {
+        self.addr
+            .clone()
+            .or_else(|| std::env::var("LEVEE_ADDR").ok().filter(|a| !a.is_empty()))
+            .unwrap_or_else(|| DEFAULT_ADDR.to_string())
+    }
+
     async fn client(&self) -> anyhow::Result<Client> {
         let opts = ClientOptions {
             name: "levee-cli".into(),
             reconnect: None,
             ..ClientOptions::default()
         };
-        Client::connect(self.addr.as_str(), opts)
+        let addr = self.addr();
+        Client::connect(addr.as_str(), opts)
             .await
-            .with_context(|| format!("connecting to {}", self.addr))
+            .with_context(|| format!("connecting to {addr}"))
+    }
+}
+
+impl From<&QueueConn> for Conn {
+    fn from(c: &QueueConn) -> Conn {
+        Conn {
+            addr: c.addr.clone(),
+        }
+    }
+}
+
+/// SIGINT, received as an event instead of killing the process (so that a summary can be
+/// printed). Installed before a command connects, so a signal sent once the command is seen
+/// by the broker is always caught.
+struct Interrupt {
+    #[cfg(unix)]
+    sig: tokio::signal::unix::Signal,
+}
+
+impl Interrupt {
+    fn install() -> anyhow::Result<Interrupt> {
+        Ok(Interrupt {
+            #[cfg(unix)]
+            sig: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("installing a SIGINT handler")?,
+        })
+    }
+
+    /// Waits for the next SIGINT. Cancel-safe.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        self.sig.recv().await;
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
 /// `levee queue …`
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    levee queue declare jobs --max-messages 1000 --overflow reject\n  \
+    levee queue list --json\n  \
+    levee queue inspect jobs\n  \
+    levee --addr 10.0.0.5:5680 queue delete jobs")]
+pub struct QueueArgs {
+    #[command(subcommand)]
+    pub cmd: QueueCmd,
+    #[command(flatten)]
+    pub conn: QueueConn,
+}
+
+/// `levee queue …` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum QueueCmd {
-    /// Create a queue (or check that it exists with this config).
+    /// Create a queue, or check that the existing one has the settings given.
     Declare(DeclareArgs),
     /// List queue names.
-    List,
+    #[command(after_help = "Example:\n  levee queue list --json | jq -r '.[]'")]
+    List {
+        /// One JSON array of names on one line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a queue's config and counters.
+    #[command(after_help = "Example:\n  levee queue inspect jobs --json | jq .stats.ready")]
     Inspect {
         /// Queue name.
         name: String,
+        /// One JSON document on one line (the same document as `GET /api/queues/NAME`, without
+        /// the storage figures).
+        #[arg(long)]
+        json: bool,
     },
     /// Drop every ready message.
+    #[command(after_help = "Example:\n  levee queue purge jobs")]
     Purge {
         /// Queue name.
         name: String,
     },
     /// Delete a queue and its messages.
+    #[command(after_help = "Example:\n  levee queue delete jobs")]
     Delete {
         /// Queue name.
         name: String,
     },
 }
 
-/// A queue's config as flags; unset flags take `QueueConfig::default()`.
-#[derive(Args, Debug)]
+/// Parses `--max-deliveries`: a count, `0` or `unlimited` for no limit.
+fn parse_deliveries(s: &str) -> Result<u32, String> {
+    if s == "unlimited" {
+        return Ok(0);
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?}: expected a number of deliveries, or 0 / unlimited"))
+}
+
+/// A queue's config as flags. A flag not given matches the existing queue's setting (and takes
+/// the default shown when the queue is created); with `--exact`, as the wire protocol's
+/// `Declare`, it means the default in both cases.
+#[derive(Args, Debug, Default)]
+#[command(
+    after_help = "A flag not given matches whatever an existing queue has, and takes the \
+    default shown when the queue is created; with --exact, as the wire protocol's Declare, every \
+    setting is compared.\n\n\
+    Without --dead-letter, a message is dropped (counted as max-deliveries) \
+    once it has been delivered --max-deliveries times without an ack.\n\n\
+    Sizes take units (64MiB, 1GB, 512KiB) and durations too (30s, 500ms, 2m; a bare number is \
+    milliseconds).\n\n\
+    Examples:\n  \
+    levee queue declare jobs\n  \
+    levee queue declare jobs --max-messages 1000 --max-bytes 16MiB --overflow reject\n  \
+    levee queue declare events --durability memory --overflow drop-oldest --ttl 5m\n  \
+    levee queue declare work --max-deliveries 5 --dead-letter work.dead --ack-timeout 2m"
+)]
 pub struct DeclareArgs {
-    /// Queue name.
+    /// Queue name (1-255 bytes of A-Z a-z 0-9 . _ -).
     pub name: String,
-    /// Most messages held (ready + unacked).
-    #[arg(long)]
+    /// Most messages held, ready + unacked [default: 100000].
+    #[arg(long, value_name = "N")]
     pub max_messages: Option<u64>,
-    /// Most payload bytes held (ready + unacked).
-    #[arg(long)]
+    /// Most payload bytes held, ready + unacked [default: 64MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_bytes: Option<u64>,
-    /// block | reject | drop-newest | drop-oldest | conflate-by-key | shed-priority
-    #[arg(long)]
+    /// What a full queue does with a publish [default: block]: block (no publish credit until
+    /// there is room), reject, drop-newest, drop-oldest, conflate-by-key, shed-priority.
+    #[arg(long, value_name = "POLICY")]
     pub overflow: Option<Overflow>,
-    /// fifo | priority
-    #[arg(long)]
+    /// Delivery order [default: fifo]: fifo or priority.
+    #[arg(long, value_name = "ORDER")]
     pub order: Option<Order>,
-    /// memory | disk
-    #[arg(long)]
+    /// Where messages are kept [default: disk]: memory (lost on restart) or disk.
+    #[arg(long, value_name = "KIND", value_parser = ["memory", "disk"])]
     pub durability: Option<String>,
-    /// always | never | interval:MS (disk queues)
-    #[arg(long)]
-    pub fsync: Option<String>,
-    /// Requeue an unacked delivery after this many ms (0 = never).
-    #[arg(long)]
+    /// When a disk queue fsyncs [default: always]: always, never or interval:MS.
+    #[arg(long, value_name = "POLICY")]
+    pub fsync: Option<Fsync>,
+    /// Requeue a delivery not acked within this time [default: 30s; at most 24h].
+    #[arg(long, alias = "ack-timeout", value_name = "DURATION", value_parser = parse_millis)]
     pub ack_timeout_ms: Option<u64>,
-    /// Dead-letter a message after this many deliveries (0 = unlimited).
-    #[arg(long)]
+    /// Dead-letter (or, without --dead-letter, drop) a message after this many deliveries; 0 or
+    /// unlimited for no limit [default: 20].
+    #[arg(long, value_name = "N", value_parser = parse_deliveries)]
     pub max_deliveries: Option<u32>,
-    /// Dead-letter queue (must exist).
-    #[arg(long)]
+    /// Queue (which must exist) receiving rejected, expired and over-delivered messages
+    /// [default: none].
+    #[arg(long, value_name = "QUEUE")]
     pub dead_letter: Option<String>,
-    /// Message time-to-live in ms.
-    #[arg(long)]
+    /// Time-to-live of messages that have none of their own [default: none].
+    #[arg(long, alias = "ttl", value_name = "DURATION", value_parser = parse_millis)]
     pub ttl_ms: Option<u64>,
-    /// Publish rate limit, messages per second.
-    #[arg(long)]
+    /// Publish rate limit in messages per second, burst one second's worth [default: none].
+    #[arg(long, value_name = "N")]
     pub rate_msgs: Option<u32>,
-    /// Publish rate limit, bytes per second.
-    #[arg(long)]
+    /// Publish rate limit in payload bytes per second, burst one second's worth [default:
+    /// none].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub rate_bytes: Option<u64>,
+    /// Compare every setting, given or not, with the existing queue (flags not given mean the
+    /// defaults), as the wire protocol's Declare does.
+    #[arg(long)]
+    pub exact: bool,
 }
 
 impl DeclareArgs {
-    /// The config these flags describe.
+    /// The config these flags describe for a new queue: defaults where no flag is given.
     pub fn config(&self) -> anyhow::Result<QueueConfig> {
-        let mut c = QueueConfig::default();
+        self.config_over(&QueueConfig::default())
+    }
+
+    /// `base` with the settings given as flags applied: what a redeclare of a queue whose
+    /// config is `base` must request so that only the given flags are compared.
+    pub fn config_over(&self, base: &QueueConfig) -> anyhow::Result<QueueConfig> {
+        let mut c = base.clone();
         if let Some(v) = self.max_messages {
             c.max_messages = v;
         }
@@ -123,18 +298,14 @@ impl DeclareArgs {
         if let Some(v) = self.order {
             c.order = v;
         }
-        let fsync = match self.fsync.as_deref() {
-            None | Some("always") => Fsync::Always,
-            Some("never") => Fsync::Never,
-            Some(s) => match s.strip_prefix("interval:").map(str::parse::<u32>) {
-                Some(Ok(ms)) => Fsync::Interval(ms),
-                _ => bail!("--fsync must be always, never or interval:MS, not {s:?}"),
-            },
-        };
-        c.durability = match self.durability.as_deref() {
-            None | Some("disk") => Durability::Disk(fsync),
-            Some("memory") => Durability::Memory,
-            Some(s) => bail!("--durability must be memory or disk, not {s:?}"),
+        // The shared rule on the combination (an fsync policy on a memory queue is refused).
+        let named = Durability::from_parts(self.durability.as_deref(), self.fsync)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        c.durability = match (self.durability.as_deref(), self.fsync, base.durability) {
+            (None, None, existing) => existing,
+            // `--durability disk` alone keeps an existing disk queue's fsync policy.
+            (Some("disk"), None, Durability::Disk(f)) => Durability::Disk(f),
+            _ => named,
         };
         if let Some(v) = self.ack_timeout_ms {
             c.ack_timeout_ms = v;
@@ -149,23 +320,52 @@ impl DeclareArgs {
             c.message_ttl_ms = Some(v);
         }
         if self.rate_msgs.is_some() || self.rate_bytes.is_some() {
-            c.rate_limit = Some(RateLimit {
-                msgs_per_sec: self.rate_msgs,
-                bytes_per_sec: self.rate_bytes,
-                burst_msgs: self.rate_msgs.unwrap_or(0),
-                burst_bytes: self.rate_bytes.unwrap_or(0),
-            });
+            let mut rl = c.rate_limit.unwrap_or_default();
+            if let Some(v) = self.rate_msgs {
+                rl.msgs_per_sec = Some(v);
+                rl.burst_msgs = v;
+            }
+            if let Some(v) = self.rate_bytes {
+                rl.bytes_per_sec = Some(v);
+                rl.burst_bytes = v;
+            }
+            c.rate_limit = Some(rl);
         }
         Ok(c)
     }
 }
 
+/// The broker's answer for a queue that does not exist.
+fn is_unknown_queue(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Server {
+            code: ErrorCode::UnknownQueue,
+            ..
+        }
+    )
+}
+
 /// `levee queue …`
-pub async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<()> {
+pub async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<Outcome> {
     let client = conn.client().await?;
     match cmd {
         QueueCmd::Declare(args) => {
-            let ok = client.declare(&args.name, args.config()?).await?;
+            let config = if args.exact {
+                args.config()?
+            } else {
+                match client.inspect(&args.name).await {
+                    Ok(existing) => args.config_over(&existing.config)?,
+                    Err(e) if is_unknown_queue(&e) => args.config()?,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            // The broker applies the same validation; checking here names the flag's field
+            // before anything is sent.
+            config
+                .validate(&args.name)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let ok = client.declare(&args.name, config).await?;
             println!(
                 "{} {} ({} messages)",
                 if ok.created { "created" } else { "exists" },
@@ -173,43 +373,90 @@ pub async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<()> {
                 ok.messages
             );
         }
-        QueueCmd::List => {
-            for name in client.list_queues().await? {
-                println!("{name}");
+        QueueCmd::List { json } => {
+            let names = client.list_queues().await?;
+            if json {
+                println!("{}", serde_json::to_string(&names)?);
+            } else {
+                for name in names {
+                    println!("{name}");
+                }
             }
         }
-        QueueCmd::Inspect { name } => print_info(&client.inspect(&name).await?),
+        QueueCmd::Inspect { name, json } => {
+            let info = client.inspect(&name).await?;
+            if json {
+                println!("{}", snapshot_json(info));
+            } else {
+                print!("{}", render_info(&info));
+            }
+        }
         QueueCmd::Purge { name } => println!("purged {} messages", client.purge(&name).await?),
         QueueCmd::Delete { name } => {
             println!("deleted {name} ({} messages)", client.delete(&name).await?)
         }
     }
     client.close().await.ok();
-    Ok(())
+    Ok(Outcome::Done)
 }
 
-fn print_info(info: &QueueInfo) {
-    let s = &info.stats;
-    let c = &info.config;
-    println!("queue {}", info.queue);
-    println!(
-        "  config     max_messages={} max_bytes={} overflow={} order={} durability={:?} ack_timeout_ms={} max_deliveries={:?} dead_letter={:?} ttl_ms={:?}",
+/// The JSON of one queue, the same document as the HTTP API's (no storage figures: those are
+/// not on the wire protocol).
+fn snapshot_json(info: QueueInfo) -> String {
+    QueueSnapshot {
+        info,
+        storage: None,
+    }
+    .to_json()
+    .to_string()
+}
+
+/// A queue's config in the words and units its flags take: `max_bytes=64MiB`,
+/// `durability=disk fsync=interval:50`, `max_deliveries=unlimited`, `ttl=none`.
+pub fn render_config(c: &QueueConfig) -> String {
+    let none = || "none".to_string();
+    let mut out = format!(
+        "max_messages={} max_bytes={} overflow={} order={} durability={}",
         c.max_messages,
-        c.max_bytes,
+        format_size(c.max_bytes),
         c.overflow,
         c.order,
-        c.durability,
-        c.ack_timeout_ms,
-        c.max_deliveries,
-        c.dead_letter,
-        c.message_ttl_ms
+        c.durability.as_str()
     );
-    println!(
-        "  messages   ready={} unacked={} bytes={} publish_credit_outstanding={}",
+    if let Some(f) = c.durability.fsync() {
+        out.push_str(&format!(" fsync={f}"));
+    }
+    let rl = c.rate_limit.unwrap_or_default();
+    let rate = |rate: Option<u64>, burst: u64, fmt: fn(u64) -> String| match rate {
+        None => none(),
+        Some(r) if r == burst => fmt(r),
+        Some(r) => format!("{}(burst:{})", fmt(r), fmt(burst)),
+    };
+    out.push_str(&format!(
+        " ack_timeout={} max_deliveries={} dead_letter={} ttl={} rate_msgs={} rate_bytes={}",
+        format_millis(c.ack_timeout_ms),
+        c.max_deliveries
+            .map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
+        c.dead_letter.clone().unwrap_or_else(none),
+        c.message_ttl_ms.map_or_else(none, format_millis),
+        rate(rl.msgs_per_sec.map(u64::from), rl.burst_msgs.into(), |n| n
+            .to_string()),
+        rate(rl.bytes_per_sec, rl.burst_bytes, format_size),
+    ));
+    out
+}
+
+/// `levee queue inspect` / `levee stats QUEUE`: the full view of one queue, several lines.
+fn render_info(info: &QueueInfo) -> String {
+    let s = &info.stats;
+    let mut out = format!("queue {}\n", info.queue);
+    out.push_str(&format!("  config     {}\n", render_config(&info.config)));
+    out.push_str(&format!(
+        "  messages   ready={} unacked={} bytes={} publish_credit_outstanding={}\n",
         s.ready, s.unacked, s.bytes, s.publish_credit_outstanding
-    );
-    println!(
-        "  counters   published={} stored={} rejected={} acked={} dropped={} expired={} dead_lettered={}",
+    ));
+    out.push_str(&format!(
+        "  counters   published={} stored={} rejected={} acked={} dropped={} expired={} dead_lettered={}\n",
         s.published,
         s.stored,
         s.rejected,
@@ -217,44 +464,111 @@ fn print_info(info: &QueueInfo) {
         s.dropped_total(),
         s.expired,
         s.dead_lettered
-    );
+    ));
     for (reason, n) in &s.dropped {
-        println!("  dropped    {reason}={n}");
+        out.push_str(&format!("  dropped    {reason}={n}\n"));
     }
-    println!(
-        "  rates/s    publish={} deliver={} ack={}",
+    out.push_str(&format!(
+        "  rates/s    publish={} deliver={} ack={}\n",
         s.publish_rate, s.deliver_rate, s.ack_rate
-    );
+    ));
     for cs in &s.consumers {
-        println!(
-            "  consumer   {} credit={} unacked={}",
+        out.push_str(&format!(
+            "  consumer   {} credit={} unacked={}\n",
             cs.subscription, cs.credit, cs.unacked
-        );
+        ));
     }
     let loss = if s.stored == 0 {
         0.0
     } else {
         100.0 * s.dropped_total() as f64 / s.stored as f64
     };
-    println!(
-        "  loss       {loss:.2}%  balanced={}",
+    out.push_str(&format!(
+        "  loss       {loss:.2}%  balanced={}\n",
         if s.is_balanced() { "yes" } else { "NO" }
-    );
+    ));
+    out
+}
+
+/// Message numbers (1-based, in publish order) as compact ranges: `#3, #5-#9`. Keeps at most
+/// [`Ranges::MAX`] ranges (then counts the rest), so a long run stays bounded.
+#[derive(Debug, Default)]
+struct Ranges {
+    ranges: Vec<(u64, u64)>,
+    more: u64,
+}
+
+impl Ranges {
+    const MAX: usize = 32;
+
+    fn add(&mut self, n: u64) {
+        if let Some((_, hi)) = self.ranges.last_mut()
+            && *hi + 1 == n
+        {
+            *hi = n;
+        } else if self.ranges.len() < Self::MAX {
+            self.ranges.push((n, n));
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn from_sorted(ns: impl IntoIterator<Item = u64>) -> Ranges {
+        let mut r = Ranges::default();
+        for n in ns {
+            r.add(n);
+        }
+        r
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+}
+
+impl std::fmt::Display for Ranges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (lo, hi)) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            if lo == hi {
+                write!(f, "#{lo}")?;
+            } else {
+                write!(f, "#{lo}-#{hi}")?;
+            }
+        }
+        if self.more > 0 {
+            write!(f, " and {} more", self.more)?;
+        }
+        Ok(())
+    }
 }
 
 /// `levee publish`
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Exit status: 0 every message stored; 3 some were dropped or rejected \
+    by the queue's policy (0 with --allow-drops); 4 the connection was lost with messages \
+    unconfirmed; 130 interrupted (Ctrl-C); 1 other errors. On Ctrl-C or a lost connection the \
+    counts so far and the numbers of the messages not confirmed are printed on stderr.\n\n\
+    Examples:\n  \
+    levee publish jobs hello world\n  \
+    levee publish jobs --count 100000 --size 1KiB\n  \
+    tail -f app.log | levee publish logs\n  \
+    levee publish prices --key EURUSD 1.0842 --ttl 10s"
+)]
 pub struct PublishArgs {
     /// Queue name.
     pub queue: String,
-    /// Messages to publish; with none, one message per line of standard input (or generated
-    /// payloads with --count).
+    /// Messages to publish; with none, one message per line of standard input, published as
+    /// each line arrives (or generated payloads with --count).
     pub messages: Vec<String>,
     /// Publish this many messages: the given ones repeated, or generated `message-N` payloads.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Generated payload size in bytes (with --count and no messages).
-    #[arg(long)]
+    /// Generated payload size (with --count and no messages): 256, 1KiB, 16MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_usize)]
     pub size: Option<usize>,
     /// Messages per second (paced); default as fast as credit allows.
     #[arg(long)]
@@ -265,93 +579,318 @@ pub struct PublishArgs {
     /// Priority (0-255).
     #[arg(long, default_value_t = 0)]
     pub priority: u8,
-    /// Time-to-live in ms.
-    #[arg(long)]
+    /// Time-to-live of each message: 10s, 500ms, 5m (a bare number is milliseconds).
+    #[arg(long, alias = "ttl", value_name = "DURATION", value_parser = parse_millis)]
     pub ttl_ms: Option<u64>,
+    /// Exit 0 even when the broker dropped or rejected some messages.
+    #[arg(long)]
+    pub allow_drops: bool,
+    #[command(flatten)]
+    pub conn: Conn,
 }
 
-/// `levee publish`: prints one summary line of outcomes.
-pub async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<()> {
-    let client = conn.client().await?;
-    let producer = client
-        .producer(&args.queue, ProducerOptions::default())
-        .await?;
-    let mut payloads: Box<dyn Iterator<Item = Bytes>> = if !args.messages.is_empty() {
+/// Where `publish` takes its payloads from.
+enum Source {
+    /// Arguments or generated payloads.
+    Iter(Box<dyn Iterator<Item = Bytes> + Send>),
+    /// Lines of standard input, read by a thread as they arrive.
+    Stdin(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>),
+}
+
+impl Source {
+    /// Lines read ahead of the producer; bounds the memory of a fast input behind a slow queue.
+    const STDIN_AHEAD: usize = 256;
+
+    fn stdin() -> Source {
+        let (tx, rx) = tokio::sync::mpsc::channel(Self::STDIN_AHEAD);
+        std::thread::spawn(move || {
+            let stdin = std::io::stdin();
+            for line in stdin.lock().lines() {
+                let stop = line.is_err();
+                if tx.blocking_send(line.map(Bytes::from)).is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Source::Stdin(rx)
+    }
+
+    /// The next payload; `None` at the end. Cancel-safe.
+    async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        match self {
+            Source::Iter(it) => it.next().map(Ok),
+            Source::Stdin(rx) => rx.recv().await,
+        }
+    }
+}
+
+/// Why the publish loop stopped.
+enum Stop {
+    EndOfInput,
+    Interrupted,
+    Failed(anyhow::Error),
+}
+
+/// Outcomes of `publish` so far.
+#[derive(Default)]
+struct Tally {
+    published: u64,
+    stored: u64,
+    dropped: u64,
+    rejected: u64,
+    /// Confirms that failed with the connection: outcome unknown.
+    lost: u64,
+    /// Message numbers published and not yet confirmed.
+    pending: BTreeSet<u64>,
+    /// Message numbers whose confirm failed with the connection.
+    lost_ids: Ranges,
+    /// Message numbers dropped or rejected.
+    not_stored: Ranges,
+    last_rejection: Option<String>,
+}
+
+impl Tally {
+    /// Counts one confirm; false when it failed with the connection (nothing more can be
+    /// published: the CLI does not reconnect).
+    fn confirm(&mut self, n: u64, r: Result<PublishOutcome, ClientError>) -> bool {
+        self.pending.remove(&n);
+        let lost = matches!(
+            r,
+            Err(ClientError::ConnectionLost | ClientError::Timeout(_))
+        );
+        match r {
+            Ok(PublishOutcome::Stored { .. }) => self.stored += 1,
+            Ok(PublishOutcome::Dropped { reason }) => {
+                self.dropped += 1;
+                self.not_stored.add(n);
+                self.last_rejection = Some(format!("dropped ({reason})"));
+            }
+            Ok(other) => {
+                self.rejected += 1;
+                self.not_stored.add(n);
+                self.last_rejection = Some(format!("{other:?}"));
+            }
+            Err(ClientError::ConnectionLost | ClientError::Timeout(_)) => {
+                self.lost += 1;
+                self.lost_ids.add(n);
+            }
+            // Rejected, server errors, an open breaker: the message was not stored.
+            Err(e) => {
+                self.rejected += 1;
+                self.not_stored.add(n);
+                self.last_rejection = Some(e.to_string());
+            }
+        }
+        !lost
+    }
+
+    fn unconfirmed(&self) -> u64 {
+        self.lost + self.pending.len() as u64
+    }
+
+    fn line(&self, queue: &str, secs: f64) -> String {
+        format!(
+            "published {} to {queue}: stored={} dropped={} rejected={} unconfirmed={} in {secs:.2}s ({:.0} msg/s)",
+            self.published,
+            self.stored,
+            self.dropped,
+            self.rejected,
+            self.unconfirmed(),
+            self.published as f64 / secs.max(1e-9)
+        )
+    }
+}
+
+/// `levee publish`: prints one summary line of outcomes (stdout when it ran to the end, stderr
+/// with the reason when it was cut short).
+pub async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<Outcome> {
+    let mut sigint = Interrupt::install()?;
+    let mut source = if !args.messages.is_empty() {
         let given: Vec<Bytes> = args
             .messages
             .iter()
             .map(|m| Bytes::from(m.clone()))
             .collect();
         let total = args.count.unwrap_or(given.len() as u64) as usize;
-        Box::new(given.into_iter().cycle().take(total))
+        Source::Iter(Box::new(given.into_iter().cycle().take(total)))
     } else if let Some(count) = args.count {
         let size = args.size;
-        Box::new((0..count).map(move |i| match size {
+        Source::Iter(Box::new((0..count).map(move |i| match size {
             Some(n) => Bytes::from(vec![(i % 251) as u8; n]),
             None => Bytes::from(format!("message-{i}")),
-        }))
+        })))
     } else {
-        let lines: Vec<Bytes> = std::io::stdin()
-            .lock()
-            .lines()
-            .map(|l| l.map(Bytes::from))
-            .collect::<Result<_, _>>()?;
-        Box::new(lines.into_iter())
+        Source::stdin()
     };
+    let client = conn.client().await?;
+    let producer = client
+        .producer(&args.queue, ProducerOptions::default())
+        .await?;
     let started = Instant::now();
     let interval = args
         .rate
         .filter(|r| *r > 0.0)
         .map(|r| Duration::from_secs_f64(1.0 / r));
-    let mut confirms = Vec::new();
-    let mut i = 0u64;
-    for payload in payloads.by_ref() {
-        if let Some(iv) = interval {
-            let due = started + iv.mul_f64(i as f64);
-            tokio::time::sleep_until(due.into()).await;
-        }
+    let mut t = Tally::default();
+    let mut confirms = FuturesUnordered::new();
+    let mut alive = tokio::time::interval(Duration::from_millis(250));
+    alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = 'run: loop {
+        // The next payload (and its pacing slot), taking confirms as they come.
+        let n = t.published + 1;
+        let due = interval.map(|iv| started + iv.mul_f64(t.published as f64));
+        let payload = loop {
+            tokio::select! {
+                biased;
+                () = sigint.recv() => break 'run Stop::Interrupted,
+                Some((n, r)) = confirms.next(), if !confirms.is_empty() => {
+                    if !t.confirm(n, r) {
+                        break 'run Stop::Failed(anyhow::Error::new(ClientError::ConnectionLost));
+                    }
+                }
+                // Notice a broker that went away while the input is quiet (`tail -f`).
+                _ = alive.tick() => {
+                    if !client.is_connected() {
+                        break 'run Stop::Failed(anyhow::Error::new(ClientError::ConnectionLost));
+                    }
+                }
+                p = async {
+                    if let Some(due) = due {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    source.next().await
+                } => match p {
+                    None => break 'run Stop::EndOfInput,
+                    Some(Err(e)) => break 'run Stop::Failed(
+                        anyhow::Error::new(e).context("reading standard input"),
+                    ),
+                    Some(Ok(p)) => break p,
+                },
+            }
+        };
         let mut m = Message::new(payload).with_priority(args.priority);
         if let Some(k) = &args.key {
             m = m.with_key(k.clone());
         }
-        if let Some(t) = args.ttl_ms {
-            m = m.with_ttl_ms(t);
+        if let Some(ttl) = args.ttl_ms {
+            m = m.with_ttl_ms(ttl);
         }
-        confirms.push(producer.publish(m).await?);
-        i += 1;
-    }
-    producer.flush().await;
-    let (mut stored, mut dropped, mut rejected) = (0u64, 0u64, 0u64);
-    let mut last_error = None;
-    for c in confirms {
-        match c.await {
-            Ok(PublishOutcome::Stored { .. }) => stored += 1,
-            Ok(PublishOutcome::Dropped { .. }) => dropped += 1,
-            Ok(other) => {
-                rejected += 1;
-                last_error = Some(format!("{other:?}"));
+        // Admission: window room and, on a block queue, publish credit.
+        let publishing = producer.publish(m);
+        tokio::pin!(publishing);
+        let confirm = loop {
+            tokio::select! {
+                biased;
+                () = sigint.recv() => break 'run Stop::Interrupted,
+                Some((n, r)) = confirms.next(), if !confirms.is_empty() => {
+                    if !t.confirm(n, r) {
+                        break 'run Stop::Failed(anyhow::Error::new(ClientError::ConnectionLost));
+                    }
+                }
+                r = &mut publishing => break r,
+            }
+        };
+        match confirm {
+            Ok(c) => {
+                t.published = n;
+                t.pending.insert(n);
+                confirms.push(async move { (n, c.await) });
             }
             Err(e) => {
-                rejected += 1;
-                last_error = Some(e.to_string());
+                break Stop::Failed(
+                    anyhow::Error::new(e).context(format!("publishing message #{n} (not sent)")),
+                );
             }
         }
+    };
+    // Send the open batch and wait for the outstanding confirms; a (further) Ctrl-C stops
+    // waiting: what is still pending is reported as unconfirmed.
+    let flush = producer.flush();
+    tokio::pin!(flush);
+    let mut flushed = false;
+    let mut abandoned = false;
+    while !confirms.is_empty() {
+        tokio::select! {
+            biased;
+            () = sigint.recv() => {
+                abandoned = true;
+                break;
+            }
+            Some((n, r)) = confirms.next() => {
+                t.confirm(n, r);
+            }
+            () = &mut flush, if !flushed => flushed = true,
+        }
     }
+    let stop = match stop {
+        Stop::EndOfInput if abandoned => Stop::Interrupted,
+        s => s,
+    };
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "published {i} to {}: stored={stored} dropped={dropped} rejected={rejected} in {secs:.2}s ({:.0} msg/s)",
-        args.queue,
-        i as f64 / secs.max(1e-9)
-    );
-    if let Some(e) = last_error {
+    let unconfirmed = Ranges::from_sorted(t.pending.iter().copied());
+    let report_cut_short = |why: &str| {
+        eprintln!("levee: {why}: {}", t.line(&args.queue, secs));
+        if !unconfirmed.is_empty() || !t.lost_ids.is_empty() {
+            let mut ids = t.lost_ids.to_string();
+            if !unconfirmed.is_empty() {
+                if !ids.is_empty() {
+                    ids.push_str(", ");
+                }
+                ids.push_str(&unconfirmed.to_string());
+            }
+            eprintln!("levee: not confirmed (may or may not be stored): {ids}");
+        }
+    };
+    let outcome = match stop {
+        Stop::EndOfInput if t.lost == 0 => {
+            println!("{}", t.line(&args.queue, secs));
+            Outcome::Done
+        }
+        Stop::EndOfInput => {
+            report_cut_short("connection lost");
+            Outcome::Unconfirmed
+        }
+        Stop::Interrupted => {
+            report_cut_short(if abandoned {
+                "interrupted (stopped waiting for confirms)"
+            } else {
+                "interrupted"
+            });
+            Outcome::Interrupted
+        }
+        Stop::Failed(e) => {
+            report_cut_short(&format!("stopped: {e:#}"));
+            if t.unconfirmed() > 0 {
+                Outcome::Unconfirmed
+            } else {
+                return Err(e);
+            }
+        }
+    };
+    if !t.not_stored.is_empty() {
+        eprintln!("levee: not stored: {}", t.not_stored);
+    }
+    if let Some(e) = &t.last_rejection {
         eprintln!("last rejection: {e}");
     }
     client.close().await.ok();
-    Ok(())
+    Ok(match outcome {
+        Outcome::Done if t.dropped + t.rejected > 0 && !args.allow_drops => Outcome::NotStored,
+        o => o,
+    })
 }
 
 /// `levee consume`
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Stop it with Ctrl-C (the messages in hand are returned to the queue \
+    and the counts printed, exit status 130), or with --count / --idle-ms.\n\n\
+    Examples:\n  \
+    levee consume jobs\n  \
+    levee consume jobs --count 10 --credit 1\n  \
+    levee consume jobs --quiet --idle 2s\n  \
+    levee consume jobs | head -5    (unread messages are returned to the queue)"
+)]
 pub struct ConsumeArgs {
     /// Queue name.
     pub queue: String,
@@ -364,19 +903,23 @@ pub struct ConsumeArgs {
     /// Stop after this many messages.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Stop when no message arrived for this many ms.
-    #[arg(long)]
+    /// Stop when no message arrived for this long: 2s, 500ms (a bare number is milliseconds).
+    #[arg(long, alias = "idle", value_name = "DURATION", value_parser = parse_millis)]
     pub idle_ms: Option<u64>,
-    /// Simulated processing time per message in ms.
-    #[arg(long, default_value_t = 0)]
+    /// Simulated processing time per message: 10ms, 1s (a bare number is milliseconds).
+    #[arg(long, alias = "work", value_name = "DURATION", value_parser = parse_millis, default_value = "0")]
     pub work_ms: u64,
     /// Only count messages; do not print them.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub conn: Conn,
 }
 
-/// `levee consume`: prints each message (or counts them) and acks it after processing.
-pub async fn consume(conn: &Conn, args: ConsumeArgs) -> anyhow::Result<()> {
+/// `levee consume`: prints each message (or counts them) and acks it after processing; the
+/// summary (consumed, acked) goes to stderr however it ends.
+pub async fn consume(conn: &Conn, args: ConsumeArgs) -> anyhow::Result<Outcome> {
+    let mut sigint = Interrupt::install()?;
     let client = conn.client().await?;
     let opts = ConsumerOptions {
         credit: match args.credit {
@@ -388,95 +931,353 @@ pub async fn consume(conn: &Conn, args: ConsumeArgs) -> anyhow::Result<()> {
     };
     let mut consumer = client.consumer(&args.queue, opts).await?;
     let started = Instant::now();
-    let mut n = 0u64;
+    let (mut n, mut acked) = (0u64, 0u64);
     let idle = args.idle_ms.map(Duration::from_millis);
+    let work = Duration::from_millis(args.work_ms);
+    let mut out = std::io::stdout().lock();
+    let mut failure: Option<anyhow::Error> = None;
+    let mut interrupted = false;
     while args.count.is_none_or(|c| n < c) {
-        let next = match idle {
-            Some(d) => match tokio::time::timeout(d, consumer.next()).await {
-                Ok(x) => x,
-                Err(_) => break,
-            },
-            None => consumer.next().await,
+        let next = tokio::select! {
+            biased;
+            () = sigint.recv() => {
+                interrupted = true;
+                break;
+            }
+            next = async {
+                match idle {
+                    Some(d) => tokio::time::timeout(d, consumer.next()).await.ok(),
+                    None => Some(consumer.next().await),
+                }
+            } => next,
         };
-        let Some(delivery) = next else { break };
-        let delivery = delivery?;
-        if args.work_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(args.work_ms)).await;
+        let Some(Some(delivery)) = next else { break };
+        let delivery = match delivery {
+            Ok(d) => d,
+            Err(e) => {
+                failure = Some(anyhow::Error::new(e).context("consuming"));
+                break;
+            }
+        };
+        n += 1;
+        if !work.is_zero() {
+            tokio::select! {
+                biased;
+                () = sigint.recv() => {
+                    interrupted = true;
+                    break; // the delivery is dropped unsettled: back to the queue
+                }
+                () = tokio::time::sleep(work) => {}
+            }
         }
         if !args.quiet {
-            println!("{}", String::from_utf8_lossy(delivery.payload()));
+            let written = out
+                .write_all(delivery.payload())
+                .and_then(|()| out.write_all(b"\n"))
+                .and_then(|()| out.flush());
+            if let Err(e) = written {
+                // `levee consume q | head`: the reader is gone; this message goes back.
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    failure = Some(anyhow::Error::new(e).context("writing to standard output"));
+                }
+                n -= 1;
+                break;
+            }
         }
         if !args.no_ack {
-            delivery.ack()?;
+            match delivery.ack() {
+                Ok(()) => acked += 1,
+                Err(e) => {
+                    failure = Some(anyhow::Error::new(e).context("acking"));
+                    break;
+                }
+            }
+        } else {
+            acked += 1;
         }
-        n += 1;
     }
+    drop(out);
     consumer.close().await.ok();
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "consumed {n} from {} in {secs:.2}s ({:.0} msg/s)",
+    let summary = format!(
+        "consumed {n} from {} in {secs:.2}s ({:.0} msg/s): acked={acked}{}",
         args.queue,
-        n as f64 / secs.max(1e-9)
+        n as f64 / secs.max(1e-9),
+        if args.no_ack { " (auto-ack)" } else { "" }
     );
     client.close().await.ok();
-    Ok(())
+    if let Some(e) = failure {
+        eprintln!("levee: stopped: {summary}");
+        return Err(e);
+    }
+    if interrupted {
+        eprintln!("levee: interrupted: {summary}");
+        return Ok(Outcome::Interrupted);
+    }
+    eprintln!("{summary}");
+    Ok(Outcome::Done)
 }
 
 /// `levee stats`
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    levee stats\n  \
+    levee stats --watch\n  \
+    levee stats jobs\n  \
+    levee stats --json --watch | jq -c '.queues[] | {name, ready: .stats.ready}'")]
 pub struct StatsArgs {
     /// Only this queue.
     pub queue: Option<String>,
-    /// Print again every second until interrupted.
+    /// Print again every second until Ctrl-C, which ends it with status 0 (redrawn in place on
+    /// a terminal, timestamped frames otherwise).
     #[arg(long)]
     pub watch: bool,
+    /// One JSON document per line: `{"time": ..., "queues": [...]}` (the queue documents of
+    /// `GET /api/queues`), or with QUEUE that queue's document.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub conn: Conn,
 }
 
-/// `levee stats`: one line per queue (or the full view of one queue).
-pub async fn stats(conn: &Conn, args: StatsArgs) -> anyhow::Result<()> {
+/// A UTC timestamp, `2026-12-01T21:40:05Z`.
+pub fn utc_timestamp(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The table of `levee stats`, one line per queue.
+fn render_table(infos: &[QueueInfo]) -> String {
+    let row = |cols: [&dyn std::fmt::Display; 12]| {
+        format!(
+            "{:<24} {:>10} {:>10} {:>12} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            cols[0],
+            cols[1],
+            cols[2],
+            cols[3],
+            cols[4],
+            cols[5],
+            cols[6],
+            cols[7],
+            cols[8],
+            cols[9],
+            cols[10],
+            cols[11]
+        )
+    };
+    let mut out = row([
+        &"queue",
+        &"ready",
+        &"unacked",
+        &"bytes",
+        &"published",
+        &"rejected",
+        &"acked",
+        &"dropped",
+        &"expired",
+        &"consumers",
+        &"pub/s",
+        &"ack/s",
+    ]);
+    for info in infos {
+        let s = &info.stats;
+        out.push_str(&row([
+            &info.queue,
+            &s.ready,
+            &s.unacked,
+            &s.bytes,
+            &s.published,
+            &s.rejected,
+            &s.acked,
+            &s.dropped_total(),
+            &s.expired,
+            &s.consumers.len(),
+            &s.publish_rate,
+            &s.ack_rate,
+        ]));
+    }
+    out
+}
+
+/// `levee stats`: one line per queue (or the full view of one queue); `--json` for scripts.
+pub async fn stats(conn: &Conn, args: StatsArgs) -> anyhow::Result<Outcome> {
+    let mut sigint = Interrupt::install()?;
     let client = conn.client().await?;
+    let redraw = args.watch && !args.json && std::io::stdout().is_terminal();
+    let mut first = true;
     loop {
-        match &args.queue {
-            Some(q) => print_info(&client.inspect(q).await?),
-            None => {
-                println!(
-                    "{:<24} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>9} {:>9}",
-                    "queue",
-                    "ready",
-                    "unacked",
-                    "bytes",
-                    "published",
-                    "acked",
-                    "dropped",
-                    "pub/s",
-                    "ack/s"
-                );
-                for name in client.list_queues().await? {
-                    let Ok(info) = client.inspect(&name).await else {
-                        continue;
-                    };
-                    let s = info.stats;
-                    println!(
-                        "{:<24} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>9} {:>9}",
-                        name,
-                        s.ready,
-                        s.unacked,
-                        s.bytes,
-                        s.published,
-                        s.acked,
-                        s.dropped_total(),
-                        s.publish_rate,
-                        s.ack_rate
-                    );
+        let now = SystemTime::now();
+        let text = match &args.queue {
+            Some(q) => {
+                let info = client.inspect(q).await?;
+                if args.json {
+                    snapshot_json(info) + "\n"
+                } else {
+                    render_info(&info)
                 }
             }
+            None => {
+                let mut infos = Vec::new();
+                for name in client.list_queues().await? {
+                    match client.inspect(&name).await {
+                        Ok(info) => infos.push(info),
+                        Err(e) if is_unknown_queue(&e) => {} // deleted meanwhile
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if args.json {
+                    let snaps: Vec<QueueSnapshot> = infos
+                        .into_iter()
+                        .map(|info| QueueSnapshot {
+                            info,
+                            storage: None,
+                        })
+                        .collect();
+                    let queues = render_queues_json(&snaps, &[]);
+                    format!(
+                        "{{\"time\":\"{}\",\"queues\":{}}}\n",
+                        utc_timestamp(now),
+                        queues.trim_end()
+                    )
+                } else {
+                    render_table(&infos)
+                }
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        let written = if args.json || !args.watch {
+            out.write_all(text.as_bytes())
+        } else if redraw {
+            // Home, clear, then the frame: redrawn in place.
+            write!(
+                out,
+                "\x1b[H\x1b[2J{}  levee stats\n{text}",
+                utc_timestamp(now)
+            )
+        } else {
+            write!(
+                out,
+                "{}{}\n{text}",
+                if first { "" } else { "\n" },
+                utc_timestamp(now)
+            )
+        };
+        if let Err(e) = written.and_then(|()| out.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                break;
+            }
+            return Err(e.into());
         }
+        first = false;
         if !args.watch {
             break;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        println!();
+        tokio::select! {
+            () = sigint.recv() => break,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
     client.close().await.ok();
-    Ok(())
+    Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use levee_proto::RateLimit;
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096); // a leap day
+        assert_eq!(utc_timestamp(t), "2024-02-29T12:34:56Z");
+        let t = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(utc_timestamp(t), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn ranges_are_compact_and_bounded() {
+        let r = Ranges::from_sorted([1, 2, 3, 5, 7, 8]);
+        assert_eq!(r.to_string(), "#1-#3, #5, #7-#8");
+        let r = Ranges::from_sorted((0..200).map(|i| i * 2));
+        assert_eq!(r.ranges.len(), Ranges::MAX);
+        assert!(r.to_string().ends_with(" and 168 more"), "{r}");
+    }
+
+    #[test]
+    fn config_is_printed_in_the_words_of_the_flags() {
+        let c = QueueConfig {
+            durability: Durability::Disk(Fsync::Interval(50)),
+            max_deliveries: None,
+            ..QueueConfig::default()
+        };
+        assert_eq!(
+            render_config(&c),
+            "max_messages=100000 max_bytes=64MiB overflow=block order=fifo durability=disk \
+             fsync=interval:50 ack_timeout=30s max_deliveries=unlimited dead_letter=none \
+             ttl=none rate_msgs=none rate_bytes=none"
+        );
+        let c = QueueConfig {
+            durability: Durability::Memory,
+            message_ttl_ms: Some(5_000),
+            rate_limit: Some(RateLimit::msgs(100)),
+            ..QueueConfig::default()
+        };
+        let text = render_config(&c);
+        assert!(text.contains("durability=memory ack_timeout"), "{text}");
+        assert!(
+            text.contains("ttl=5s rate_msgs=100 rate_bytes=none"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn omitted_flags_keep_the_existing_settings() {
+        let existing = QueueConfig {
+            max_messages: 10,
+            durability: Durability::Disk(Fsync::Never),
+            dead_letter: Some("dlq".into()),
+            ..QueueConfig::default()
+        };
+        let none = DeclareArgs {
+            name: "q".into(),
+            ..DeclareArgs::default()
+        };
+        assert_eq!(none.config_over(&existing).unwrap(), existing);
+        let disk = DeclareArgs {
+            durability: Some("disk".into()),
+            ..DeclareArgs::default()
+        };
+        assert_eq!(disk.config_over(&existing).unwrap(), existing);
+        let memory = DeclareArgs {
+            durability: Some("memory".into()),
+            max_messages: Some(20),
+            ..DeclareArgs::default()
+        };
+        let c = memory.config_over(&existing).unwrap();
+        assert_eq!((c.durability, c.max_messages), (Durability::Memory, 20));
+        let both = DeclareArgs {
+            durability: Some("memory".into()),
+            fsync: Some(Fsync::Never),
+            ..DeclareArgs::default()
+        };
+        let err = both.config_over(&existing).unwrap_err().to_string();
+        assert!(err.contains("fsync"), "{err}");
+    }
 }

@@ -3,31 +3,102 @@
 //! - `levee serve`: runs the broker (zero-config: data in `./levee-data`, wire protocol on
 //!   127.0.0.1:5680, HTTP API / metrics / dashboard on 127.0.0.1:5681).
 //! - `levee queue declare|list|inspect|purge|delete`, `levee publish`, `levee consume`,
-//!   `levee stats`: client commands against `--addr` (or `LEVEE_ADDR`).
+//!   `levee stats`: client commands against `--addr` (or `LEVEE_ADDR`), given before or after
+//!   the subcommand. `serve` and `bench` refuse it (`serve` listens on `--listen`).
+//! - `levee bench`: end-to-end benchmarks.
+//!
+//! Exit status: see [`cli::Outcome`] (0 done, 1 error, 2 usage, 3 not every message stored, 4
+//! messages unconfirmed after a lost connection, 130 interrupted).
 
 mod bench;
 mod cli;
 mod serve;
+mod units;
 
 use clap::{Parser, Subcommand};
 
 /// Levee: a message broker with backpressure done right.
 #[derive(Parser, Debug)]
-#[command(name = "levee", version, about)]
+#[command(
+    name = "levee",
+    version,
+    about,
+    after_help = "Examples:\n  \
+        levee serve\n  \
+        levee queue declare jobs --max-messages 1000\n  \
+        levee publish jobs hello\n  \
+        levee consume jobs --count 1\n  \
+        levee --addr 10.0.0.5:5680 stats --watch"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
     #[command(flatten)]
     conn: cli::Conn,
+    /// Log format on stderr: text (no colours unless stderr is a terminal) or json (one object
+    /// per line). The filter comes from LEVEE_LOG, else RUST_LOG [default: info].
+    #[arg(
+        long,
+        global = true,
+        env = "LEVEE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        display_order = 1001
+    )]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the log subscriber: filter from `LEVEE_LOG`, else `RUST_LOG`, else `info`; text
+/// with colours only on a terminal (and without `NO_COLOR`), or JSON lines.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = ["LEVEE_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|var| {
+            let v = std::env::var(var).ok().filter(|v| !v.trim().is_empty())?;
+            match tracing_subscriber::EnvFilter::try_new(&v) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    eprintln!("levee: ignoring {var}={v:?}: {e}");
+                    None
+                }
+            }
+        })
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the broker.
+    #[command(
+        after_help = "Settings come from the defaults, then --config FILE (TOML, keys as \
+        the flags with underscores), then LEVEE_* environment variables, then flags. Sizes take \
+        units (16MiB), durations too (10s). Logs go to stderr: LEVEE_LOG or RUST_LOG set the \
+        filter (e.g. info, levee_broker=debug), --log-format json for one JSON object per line.\n\n\
+        Examples:\n  \
+        levee serve\n  \
+        levee serve --listen 0.0.0.0:5680 --http 127.0.0.1:5681 --data-dir /var/lib/levee\n  \
+        LEVEE_LOG=debug levee serve --config /etc/levee/levee.toml"
+    )]
     Serve(serve::ServeArgs),
     /// Administer queues.
-    #[command(subcommand)]
-    Queue(cli::QueueCmd),
+    Queue(cli::QueueArgs),
     /// Publish messages (from arguments, standard input or generated).
     Publish(cli::PublishArgs),
     /// Consume messages, printing or counting them.
@@ -35,12 +106,61 @@ enum Command {
     /// Show queue statistics.
     Stats(cli::StatsArgs),
     /// Benchmark a broker (levee, rabbitmq, nats) end to end: throughput, latency, server RSS.
+    #[command(after_help = "Examples:\n  \
+        levee bench --size 1KiB --duration 10s\n  \
+        levee bench --rate 5000 --fsync interval:10 --json")]
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Examples:\n  \
+        levee completions bash > /etc/bash_completion.d/levee\n  \
+        levee completions zsh > \"${fpath[1]}/_levee\"\n  \
+        levee completions fish > ~/.config/fish/completions/levee.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a directory.
+    #[command(after_help = "Examples:\n  \
+        levee man | man -l -\n  \
+        levee man --dir /usr/local/share/man/man1")]
+    Man {
+        /// Write levee.1 and a page per subcommand (levee-serve.1, ...) here.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+/// `levee completions` / `levee man`: generated from the clap definitions, so they never drift
+/// from the flags.
+fn generate_docs(command: &Command) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut cmd = Cli::command();
+    // Rendered into memory first: the generators panic on a write error (`| head`).
+    let mut text = Vec::new();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cmd, "levee", &mut text);
+        }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+        }
+        Command::Man { dir: None } => clap_mangen::Man::new(cmd).render(&mut text)?,
+        _ => {}
+    }
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn main() -> std::process::ExitCode {
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(outcome) => std::process::ExitCode::from(outcome.code()),
         Err(e) => {
             eprintln!("levee: error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -48,26 +168,42 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run() -> anyhow::Result<()> {
+fn run() -> anyhow::Result<cli::Outcome> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let client_options_refused = |what: &str| {
+        anyhow::ensure!(
+            !cli.conn.is_given(),
+            "--addr is a client option and `levee {what}` does not take it{}",
+            if what == "serve" {
+                " (the broker listens on --listen)"
+            } else {
+                " (bench starts its own broker, or uses --server)"
+            }
+        );
+        Ok(())
+    };
+    match &cli.command {
+        Command::Serve(_) => client_options_refused("serve")?,
+        Command::Bench(_) => client_options_refused("bench")?,
+        Command::Completions { .. } | Command::Man { .. } => {
+            generate_docs(&cli.command)?;
+            return Ok(cli::Outcome::Done);
+        }
+        _ => {}
+    }
+    init_logging(cli.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
-            Command::Queue(cmd) => cli::queue(&cli.conn, cmd).await,
-            Command::Publish(args) => cli::publish(&cli.conn, args).await,
-            Command::Consume(args) => cli::consume(&cli.conn, args).await,
-            Command::Stats(args) => cli::stats(&cli.conn, args).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Serve(args) => serve::run(args).await.map(|()| cli::Outcome::Done),
+            Command::Queue(q) => cli::queue(&cli::Conn::from(&q.conn).or(&cli.conn), q.cmd).await,
+            Command::Publish(args) => cli::publish(&args.conn.or(&cli.conn), args).await,
+            Command::Consume(args) => cli::consume(&args.conn.or(&cli.conn), args).await,
+            Command::Stats(args) => cli::stats(&args.conn.or(&cli.conn), args).await,
+            Command::Bench(args) => bench::run(args).await.map(|()| cli::Outcome::Done),
+            Command::Completions { .. } | Command::Man { .. } => Ok(cli::Outcome::Done),
         }
     })
 }

@@ -27,17 +27,17 @@ pub struct ServeArgs {
     /// Directory of durable queues [default: ./levee-data].
     #[arg(long, env = "LEVEE_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Largest frame accepted from a client, in bytes [default: 16 MiB].
-    #[arg(long, env = "LEVEE_MAX_FRAME")]
+    /// Largest frame accepted from a client: 1MiB, 16MiB, or bytes [default: 16MiB].
+    #[arg(long, env = "LEVEE_MAX_FRAME", value_name = "SIZE", value_parser = crate::units::parse_size_usize)]
     max_frame: Option<usize>,
-    /// Heartbeat interval in ms [default: 10000].
-    #[arg(long, env = "LEVEE_HEARTBEAT_MS")]
+    /// Heartbeat interval: 10s, 500ms, or milliseconds [default: 10s].
+    #[arg(long, alias = "heartbeat", env = "LEVEE_HEARTBEAT_MS", value_name = "DURATION", value_parser = crate::units::parse_millis_u32)]
     heartbeat_ms: Option<u32>,
-    /// Most unconfirmed publish bytes per connection [default: 64 MiB].
-    #[arg(long, env = "LEVEE_MAX_IN_FLIGHT_BYTES")]
+    /// Most unconfirmed publish bytes per connection: 64MiB, or bytes [default: 64MiB].
+    #[arg(long, env = "LEVEE_MAX_IN_FLIGHT_BYTES", value_name = "SIZE", value_parser = crate::units::parse_size)]
     max_in_flight_bytes: Option<u64>,
-    /// Segment file size of queue logs in bytes [default: 64 MiB].
-    #[arg(long, env = "LEVEE_SEGMENT_BYTES")]
+    /// Segment file size of queue logs: 64MiB, or bytes [default: 64MiB].
+    #[arg(long, env = "LEVEE_SEGMENT_BYTES", value_name = "SIZE", value_parser = crate::units::parse_size)]
     segment_bytes: Option<u64>,
     /// Most open wire connections; more are refused with a Close saying so [default: 10000].
     #[arg(long, env = "LEVEE_MAX_CONNECTIONS")]
@@ -62,9 +62,13 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     http: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "crate::units::de_size_usize")]
     max_frame: Option<usize>,
+    #[serde(default, deserialize_with = "crate::units::de_millis_u32")]
     heartbeat_ms: Option<u32>,
+    #[serde(default, deserialize_with = "crate::units::de_size")]
     max_in_flight_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "crate::units::de_size")]
     segment_bytes: Option<u64>,
     max_connections: Option<usize>,
     max_http_connections: Option<usize>,
@@ -199,14 +203,63 @@ fn raise_fd_limit(connections: usize) {
 #[cfg(not(unix))]
 fn raise_fd_limit(_connections: usize) {}
 
+/// What `Broker::open` found on disk.
+struct Recovered {
+    queues: usize,
+    /// Ready + unacked messages of the recovered queues.
+    messages: u64,
+    took: std::time::Duration,
+}
+
+impl Recovered {
+    async fn of(broker: &Broker, took: std::time::Duration) -> Recovered {
+        let names = broker.list();
+        let mut messages = 0;
+        for name in &names {
+            if let Ok(info) = broker.inspect(name).await {
+                messages += info.stats.ready + info.stats.unacked;
+            }
+        }
+        Recovered {
+            queues: names.len(),
+            messages,
+            took,
+        }
+    }
+}
+
+/// The start-up banner: one more stdout line after the listener lines (which stay exactly
+/// `levee: wire listening on ADDR` / `levee: http listening on ADDR` for the tools that parse
+/// them), and the same facts as one structured log event.
+fn banner(wire: SocketAddr, http: SocketAddr, data_dir: &std::path::Path, r: &Recovered) {
+    let version = env!("CARGO_PKG_VERSION");
+    let took_ms = r.took.as_millis() as u64;
+    println!(
+        "levee: version {version}, recovered {} queues ({} messages) in {took_ms} ms",
+        r.queues, r.messages
+    );
+    tracing::info!(
+        version,
+        %wire,
+        %http,
+        data = %data_dir.display(),
+        queues = r.queues,
+        messages = r.messages,
+        recovery_ms = took_ms,
+        "levee serving"
+    );
+}
+
 /// Runs the broker until a shutdown signal.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let s = settings(args)?;
     raise_fd_limit(s.broker.max_connections + s.broker.max_http_connections);
     let data_dir = s.broker.data_dir.clone();
+    let opening = std::time::Instant::now();
     let broker = Broker::open(s.broker)
         .await
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let recovered = Recovered::of(&broker, opening.elapsed()).await;
     let (wire_addr, wire) = broker
         .bind(s.listen)
         .await
@@ -222,7 +275,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("levee: wire listening on {wire_addr}");
     println!("levee: http listening on {http_addr}");
     println!("levee: data in {}", data_dir.display());
-    tracing::info!(%wire_addr, %http_addr, data = %data_dir.display(), "levee serving");
+    banner(wire_addr, http_addr, &data_dir, &recovered);
     shutdown_signal().await;
     tracing::info!("shutting down");
     wire.abort();

@@ -13,6 +13,8 @@ use clap::{Args, ValueEnum};
 use levee_client::{Durability, Fsync, Overflow, QueueConfig};
 use serde::Serialize;
 
+pub use crate::units::{parse_duration, parse_size};
+
 /// Bytes at the start of every payload holding its send time (nanoseconds since the run's epoch).
 pub const STAMP_BYTES: usize = 8;
 
@@ -231,55 +233,6 @@ impl BenchArgs {
             TargetKind::Nats => "jetstream-file".into(),
         }
     }
-}
-
-/// Parses a byte size: a plain number, or a number with `B`, `k`/`kB` (1000), `KiB` (1024), `MB`,
-/// `MiB`, `GB`, `GiB` (case-insensitive units, fractions allowed: `1.5KiB`).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected e.g. 256, 1KiB, 64MiB"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mib" => 1024.0 * 1024.0,
-        "g" | "gb" => 1e9,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        u => return Err(format!("invalid size unit {u:?} in {s:?}")),
-    };
-    let v = n * mult;
-    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 || v.fract() != 0.0 {
-        return Err(format!("invalid size {s:?}: not a whole number of bytes"));
-    }
-    Ok(v as u64)
-}
-
-/// Parses a duration: `10s`, `500ms`, `2m`, `1h`, `250us`, or a bare number of seconds (`1.5`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 10s, 500ms, 2m"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1e3,
-        "us" | "µs" => n / 1e6,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        u => return Err(format!("invalid duration unit {u:?} in {s:?}")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}"))
 }
 
 /// Parses an fsync policy: `always`, `never` or `interval:MS`.
