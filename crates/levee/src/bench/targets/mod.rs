@@ -5,6 +5,7 @@
 //! Producer workers share one shape: publish, then hand the confirm future to a confirm task
 //! through a channel of `--inflight` slots, so at most that many publishes are unconfirmed.
 
+pub mod echo;
 pub mod levee;
 #[cfg(feature = "peers")]
 pub mod nats;
@@ -18,6 +19,7 @@ use super::driver::Prepared;
 pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
     match args.target {
         TargetKind::Levee => levee::prepare(args).await,
+        TargetKind::Echo => echo::prepare(args).await,
         #[cfg(feature = "peers")]
         TargetKind::Rabbitmq => rabbitmq::prepare(args).await,
         #[cfg(feature = "peers")]
@@ -28,6 +30,16 @@ pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
             args.target.as_str()
         ),
     }
+}
+
+/// The queue names of this run: [`queue_name`] for one queue, `NAME-0` .. `NAME-{N-1}` for
+/// `--queues N`.
+pub fn queue_names(args: &BenchArgs) -> Vec<String> {
+    let base = queue_name(args);
+    if args.queues <= 1 {
+        return vec![base];
+    }
+    (0..args.queues).map(|i| format!("{base}-{i}")).collect()
 }
 
 /// The queue name of this run: `--queue`, or a fresh `bench-<pid>-<millis>`.
