@@ -243,7 +243,7 @@ impl Pacer {
         Pacer {
             interval,
             next: None,
-            precise: (precise && interval.is_some()).then(PreciseSleep::new),
+            precise: interval.filter(|_| precise).map(PreciseSleep::new),
         }
     }
 
@@ -279,14 +279,17 @@ impl Pacer {
 /// Sleeps until an instant with microsecond precision: a kernel timer (`timerfd`, where there is
 /// one; tokio's millisecond timer otherwise) until `lead` before it, then a spin that yields to
 /// the runtime on every turn. `lead` adapts to twice the typical (moving average) lateness of
-/// the timer's wake-up plus a margin, within bounds: a rare late wake-up (the thread preempted
-/// on a busy machine) is not chased with a long spin, which would only make the scheduler
-/// preempt the spinning thread more.
+/// the timer's wake-up plus a margin, within bounds: at most a quarter of the interval, so the
+/// thread sleeps most of the time. On a busy machine a thread that spins through its whole
+/// interval is a CPU hog to the scheduler, which then preempts it for whole time slices (tens of
+/// milliseconds late); one that sleeps is woken promptly.
 #[derive(Debug)]
 struct PreciseSleep {
     #[cfg(target_os = "linux")]
     timer: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
     lead: Duration,
+    /// Largest lead: a quarter of the pacing interval, at most [`MAX_LEAD`].
+    max_lead: Duration,
     /// Moving average of the timer's wake-up lateness.
     late: Duration,
 }
@@ -299,24 +302,27 @@ const TOKIO_LEAD: Duration = Duration::from_millis(2);
 const LEAD_MARGIN: Duration = Duration::from_micros(20);
 
 impl PreciseSleep {
-    fn new() -> PreciseSleep {
+    fn new(interval: Duration) -> PreciseSleep {
+        let max_lead = (interval / 4).clamp(MIN_LEAD, MAX_LEAD);
         #[cfg(target_os = "linux")]
         {
             let timer = timerfd().ok();
             let lead = if timer.is_some() {
-                Duration::from_micros(100)
+                max_lead
             } else {
                 TOKIO_LEAD
             };
             PreciseSleep {
                 timer,
                 lead,
+                max_lead,
                 late: Duration::ZERO,
             }
         }
         #[cfg(not(target_os = "linux"))]
         PreciseSleep {
             lead: TOKIO_LEAD,
+            max_lead,
             late: Duration::ZERO,
         }
     }
@@ -337,7 +343,7 @@ impl PreciseSleep {
             if self.adapts() {
                 let late = Instant::now().saturating_duration_since(wake);
                 self.late = self.late.mul_f64(0.9) + late.mul_f64(0.1);
-                self.lead = (self.late * 2 + LEAD_MARGIN).clamp(MIN_LEAD, MAX_LEAD);
+                self.lead = (self.late * 2 + LEAD_MARGIN).clamp(MIN_LEAD, self.max_lead);
             }
         }
         while Instant::now() < at {
