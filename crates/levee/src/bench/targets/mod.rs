@@ -51,3 +51,31 @@ pub fn queue_name(args: &BenchArgs) -> String {
         format!("bench-{}-{ms}", std::process::id())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        b: BenchArgs,
+    }
+
+    #[test]
+    fn one_queue_keeps_its_name_and_n_queues_are_numbered() {
+        let args = |extra: &[&str]| {
+            Wrap::try_parse_from(["bench", "--queue", "q"].iter().chain(extra))
+                .unwrap()
+                .b
+        };
+        assert_eq!(queue_names(&args(&[])), vec!["q"]);
+        assert_eq!(
+            queue_names(&args(&["--queues", "3"])),
+            vec!["q-0", "q-1", "q-2"]
+        );
+        let fresh = queue_names(&Wrap::try_parse_from(["bench"]).unwrap().b);
+        assert!(fresh[0].starts_with(&format!("bench-{}-", std::process::id())));
+    }
+}
