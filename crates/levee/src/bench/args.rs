@@ -15,8 +15,9 @@ use serde::Serialize;
 
 pub use crate::units::{parse_duration, parse_size};
 
-/// Bytes at the start of every payload holding its send time (nanoseconds since the run's epoch).
-pub const STAMP_BYTES: usize = 8;
+/// Bytes at the start of every payload holding its send times: the scheduled one, then the
+/// actual one (each nanoseconds since the run's epoch, little-endian `u64`).
+pub const STAMP_BYTES: usize = 16;
 
 /// The system under test.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -28,6 +29,9 @@ pub enum TargetKind {
     Rabbitmq,
     /// NATS JetStream (`async-nats`): file storage, work-queue retention, explicit acks.
     Nats,
+    /// No broker: an in-process echo (a bounded channel per queue from producer tasks to
+    /// consumer tasks), measuring the harness's own floor (pacer, task wake-ups, recording).
+    Echo,
 }
 
 impl TargetKind {
@@ -37,6 +41,7 @@ impl TargetKind {
             TargetKind::Levee => "levee",
             TargetKind::Rabbitmq => "rabbitmq",
             TargetKind::Nats => "nats",
+            TargetKind::Echo => "echo",
         }
     }
 }
@@ -72,7 +77,7 @@ pub struct BenchArgs {
     /// Consumer connections.
     #[arg(long, default_value_t = 1)]
     pub consumers: usize,
-    /// Payload size (bytes, or with a unit: 256, 1KiB, 1MiB, 1kB); at least 8 (the send time).
+    /// Payload size (bytes, or with a unit: 256, 1KiB, 1MiB, 1kB); at least 16 (the scheduled and actual send times).
     #[arg(long, default_value = "1KiB", value_parser = parse_size)]
     pub size: u64,
     /// Measured time, after the warm-up (10s, 500ms, 2m; a bare number is seconds).
@@ -81,9 +86,15 @@ pub struct BenchArgs {
     /// Warm-up before measuring (not counted).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub warmup: Duration,
+    /// Queues (streams for nats): producer i publishes to queue i mod N, consumer j consumes
+    /// from queue j mod N, so each queue needs at least one of each.
+    #[arg(long, default_value_t = 1)]
+    pub queues: usize,
     /// Fixed aggregate publish rate in messages/s (split evenly over producers); unthrottled if
-    /// absent. Latency is measured from each message's scheduled send time (no coordinated
-    /// omission).
+    /// absent. A precise pacer (a timerfd wake-up shortly before each slot, then a spin) sends
+    /// each message at its scheduled time; latency is reported both from the scheduled time
+    /// (`latency_us`: no coordinated omission) and from the actual send time
+    /// (`latency_actual_us`), with the pacer's error (`send_error_us`: actual - scheduled).
     #[arg(long)]
     pub rate: Option<u64>,
     /// Each consumer acks at most this many messages/s (a slow consumer; overload runs).
@@ -92,6 +103,11 @@ pub struct BenchArgs {
     /// Most messages in one publish frame (levee; the peers' clients pipeline on their own).
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
+    /// How long the levee client holds an open batch before sending it (the producer's
+    /// `linger`). Default: 0 with `--rate` (each paced message is sent at once, as the peers'
+    /// clients do), the client's default of 1ms otherwise.
+    #[arg(long, value_parser = parse_duration)]
+    pub linger: Option<Duration>,
     /// Unconfirmed publishes per producer (the publisher-confirm window, all targets).
     #[arg(long, default_value_t = 1000)]
     pub inflight: u32,
@@ -127,10 +143,45 @@ pub struct BenchArgs {
     /// Print one JSON line per run instead of the table (no progress bar).
     #[arg(long)]
     pub json: bool,
-    /// Write a chart of throughput, latency and server RSS over time (.svg, or .html for a
-    /// self-contained page).
+    /// Before the run, measure the harness's own floor: the same flags against `--target echo`
+    /// (no broker); reported as `calibration` in the JSON line and under the table.
+    #[arg(long)]
+    pub calibrate: bool,
+    /// Write a chart of throughput, latency and server RSS over time: .svg, .png, or .html for
+    /// a self-contained page.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+}
+
+/// Chart formats `--plot` writes, by file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlotFormat {
+    /// SVG.
+    Svg,
+    /// PNG (the SVG rasterised).
+    Png,
+    /// A self-contained HTML page around the SVG.
+    Html,
+}
+
+impl PlotFormat {
+    /// The format for `path`'s extension (case-insensitive), or a clear error.
+    pub fn of(path: &std::path::Path) -> anyhow::Result<PlotFormat> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("svg") => Ok(PlotFormat::Svg),
+            Some("png") => Ok(PlotFormat::Png),
+            Some("html" | "htm") => Ok(PlotFormat::Html),
+            other => bail!(
+                "--plot {}: unsupported file type {}; use .svg, .png or .html",
+                path.display(),
+                other.map_or("(no extension)".to_string(), |e| format!(".{e}"))
+            ),
+        }
+    }
 }
 
 impl BenchArgs {
@@ -140,7 +191,7 @@ impl BenchArgs {
         ensure!(self.consumers >= 1, "--consumers must be at least 1");
         ensure!(
             self.size >= STAMP_BYTES as u64,
-            "--size must be at least {STAMP_BYTES} bytes (the send time), got {}",
+            "--size must be at least {STAMP_BYTES} bytes (the scheduled and actual send times), got {}",
             self.size
         );
         ensure!(
@@ -159,6 +210,22 @@ impl BenchArgs {
             levee_proto::MAX_BATCH
         );
         ensure!(self.inflight >= 1, "--inflight must be at least 1");
+        ensure!(self.queues >= 1, "--queues must be at least 1");
+        ensure!(
+            self.producers >= self.queues && self.consumers >= self.queues,
+            "--queues {} needs at least as many producers and consumers (got {} / {}): \
+             every queue gets one of each",
+            self.queues,
+            self.producers,
+            self.consumers
+        );
+        ensure!(
+            !(self.calibrate && self.target == TargetKind::Echo),
+            "--calibrate runs --target echo before the target; --target echo is itself the calibration"
+        );
+        if let Some(p) = &self.plot {
+            PlotFormat::of(p)?;
+        }
         ensure!(self.credit >= 1, "--credit must be at least 1");
         if let Some(r) = self.rate {
             ensure!(r >= 1, "--rate must be at least 1 msg/s");
@@ -166,7 +233,7 @@ impl BenchArgs {
         if let Some(r) = self.consumer_rate {
             ensure!(r >= 1, "--consumer-rate must be at least 1 msg/s");
         }
-        if self.target != TargetKind::Levee {
+        if matches!(self.target, TargetKind::Rabbitmq | TargetKind::Nats) {
             ensure!(
                 self.durability == "disk",
                 "--durability memory is a levee option; {} queues are always on disk here",
@@ -231,7 +298,17 @@ impl BenchArgs {
                 RabbitQueue::Classic => "classic".into(),
             },
             TargetKind::Nats => "jetstream-file".into(),
+            TargetKind::Echo => "in-process".into(),
         }
+    }
+
+    /// The levee producer's linger: `--linger`, else 0 with `--rate`, else the client default.
+    pub fn linger(&self) -> Duration {
+        self.linger.unwrap_or(if self.rate.is_some() {
+            Duration::ZERO
+        } else {
+            levee_client::ProducerOptions::default().linger
+        })
     }
 }
 
@@ -355,7 +432,12 @@ mod tests {
         assert!(parse(&["--fsync", "sometimes"]).is_err());
         assert!(parse(&["--size", "lots"]).is_err());
         let err = |args: &[&str]| parse(args).unwrap().validate().unwrap_err().to_string();
-        assert!(err(&["--size", "4"]).contains("at least 8"));
+        assert!(err(&["--size", "15"]).contains("at least 16"));
+        assert!(err(&["--queues", "2"]).contains("--queues 2 needs"));
+        assert!(err(&["--queues", "0"]).contains("at least 1"));
+        assert!(err(&["--target", "echo", "--calibrate"]).contains("itself the calibration"));
+        assert!(err(&["--plot", "run.jpg"]).contains("unsupported file type .jpg"));
+        assert!(err(&["--plot", "run"]).contains("(no extension)"));
         assert!(err(&["--producers", "0"]).contains("--producers"));
         assert!(err(&["--credit", "0"]).contains("--credit"));
         assert!(err(&["--duration", "0s"]).contains("--duration"));
@@ -373,5 +455,29 @@ mod tests {
         assert_eq!(v(&["--durability", "memory"]), "memory");
         assert_eq!(v(&["--target", "rabbitmq"]), "quorum");
         assert_eq!(v(&["--target", "nats"]), "jetstream-file");
+        assert_eq!(v(&["--target", "echo"]), "in-process");
+    }
+
+    #[test]
+    fn paced_runs_send_at_once_unless_told_otherwise() {
+        let l = |args: &[&str]| parse(args).unwrap().linger();
+        assert_eq!(l(&["--rate", "5000"]), Duration::ZERO);
+        assert_eq!(l(&[]), Duration::from_millis(1));
+        assert_eq!(
+            l(&["--rate", "5000", "--linger", "2ms"]),
+            Duration::from_millis(2)
+        );
+    }
+
+    #[test]
+    fn plot_formats_by_extension() {
+        use std::path::Path;
+        assert_eq!(PlotFormat::of(Path::new("a.SVG")).unwrap(), PlotFormat::Svg);
+        assert_eq!(PlotFormat::of(Path::new("a.png")).unwrap(), PlotFormat::Png);
+        assert_eq!(
+            PlotFormat::of(Path::new("a.htm")).unwrap(),
+            PlotFormat::Html
+        );
+        assert!(PlotFormat::of(Path::new("a.pdf")).is_err());
     }
 }

@@ -2,11 +2,20 @@
 //! up, measures, samples the server's RSS, shows progress, stops every worker, cleans up, and
 //! hands the [`Summary`] to the report.
 //!
-//! Invariants: every payload carries its send time in its first [`STAMP_BYTES`] bytes
-//! (nanoseconds since [`Ctx::epoch`], little-endian), so latency is measured the same way for every
-//! target. With `--rate`, the send time is the message's *scheduled* time, so a stalled producer
-//! shows up as latency rather than as fewer samples (no coordinated omission). Workers stop when
-//! [`Ctx::stop`] is called; stragglers are aborted after a grace period.
+//! Invariants: every payload carries two send times in its first [`STAMP_BYTES`] bytes
+//! (nanoseconds since [`Ctx::epoch`], little-endian `u64`s): the *scheduled* one, then the
+//! *actual* one (taken just before the message is handed to the client), so latency is measured
+//! the same way for every target and in two bases. With `--rate`, latency from the scheduled time
+//! makes a stalled producer show up as latency rather than as fewer samples (no coordinated
+//! omission); latency from the actual time shows what the broker added; their difference is the
+//! pacer's send-time error, reported on its own. Workers stop when [`Ctx::stop`] is called;
+//! stragglers are aborted after a grace period.
+//!
+//! The producer pacer is precise ([`Pacer`]): it sleeps on a `timerfd` (a high-resolution
+//! kernel timer, not tokio's millisecond wheel) until shortly before each slot, then spins
+//! (yielding to the runtime, so I/O keeps flowing) until the slot. How far ahead it wakes adapts
+//! to the wake-up lateness it observes, so the spin stays short (a paced producer costs CPU in
+//! proportion to that lead, not a whole core).
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -18,8 +27,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::Notify;
 
-use super::args::{BenchArgs, STAMP_BYTES};
-use super::stats::{self, Counts, LatencyRecorder, Series, Summary, Timeline};
+use super::args::{BenchArgs, PlotFormat, STAMP_BYTES, TargetKind};
+use super::stats::{
+    self, Calibration, Counts, LatencyRecorder, Sample, SecondPercentiles, Series, Summary,
+    Timeline,
+};
 use super::{plot, report, rss, targets};
 
 /// A boxed worker future.
@@ -97,11 +109,18 @@ impl Ctx {
         (e.as_secs() as usize, e >= self.warmup && e < self.end)
     }
 
-    /// A payload of the run's size stamped with send time `t`.
-    pub fn payload(&self, t: Instant) -> Vec<u8> {
+    /// A payload of the run's size stamped with its scheduled send time and the actual one
+    /// (now).
+    pub fn payload(&self, scheduled: Instant) -> Vec<u8> {
+        self.payload_at(scheduled, Instant::now())
+    }
+
+    /// A payload stamped with scheduled send time `scheduled` and actual send time `actual`.
+    pub fn payload_at(&self, scheduled: Instant, actual: Instant) -> Vec<u8> {
         let mut v = vec![0u8; self.size];
-        let ns = t.saturating_duration_since(self.epoch).as_nanos() as u64;
-        v[..STAMP_BYTES].copy_from_slice(&ns.to_le_bytes());
+        let ns = |t: Instant| t.saturating_duration_since(self.epoch).as_nanos() as u64;
+        v[..8].copy_from_slice(&ns(scheduled).to_le_bytes());
+        v[8..STAMP_BYTES].copy_from_slice(&ns(actual).to_le_bytes());
         v
     }
 
@@ -127,14 +146,14 @@ impl Ctx {
         n.await;
     }
 
-    /// A pacer for one producer (`--rate` split over producers).
+    /// A precise pacer for one producer (`--rate` split over producers).
     pub fn producer_pacer(&self) -> Pacer {
-        Pacer::new(self.producer_interval)
+        Pacer::new(self.producer_interval, true)
     }
 
-    /// A pacer for one consumer's acks (`--consumer-rate`).
+    /// A pacer for one consumer's acks (`--consumer-rate`; tokio's timer is precise enough).
     pub fn consumer_pacer(&self) -> Pacer {
-        Pacer::new(self.consumer_interval)
+        Pacer::new(self.consumer_interval, false)
     }
 
     /// A latency recorder sized for this run.
@@ -164,16 +183,23 @@ impl Ctx {
         }
     }
 
-    /// Records the receipt of `payload` (latency from its stamp) into `rec`.
+    /// Records the receipt of `payload` (latencies from its two stamps) into `rec`.
     pub fn on_received(&self, rec: &mut LatencyRecorder, payload: &[u8]) {
         let now = Instant::now();
         let Some(stamp) = payload.get(..STAMP_BYTES) else {
             return;
         };
-        let ns = u64::from_le_bytes(stamp.try_into().expect("8 bytes"));
-        let sent = self.epoch + Duration::from_nanos(ns);
+        let at = |b: &[u8]| {
+            self.epoch + Duration::from_nanos(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        };
+        let (scheduled, actual) = (at(&stamp[..8]), at(&stamp[8..]));
         let (sec, in_window) = self.position(now);
-        rec.record(sec, now.saturating_duration_since(sent), in_window);
+        let sample = Sample {
+            scheduled: now.saturating_duration_since(scheduled),
+            actual: now.saturating_duration_since(actual),
+            send_error: actual.saturating_duration_since(scheduled),
+        };
+        rec.record(sec, sample, in_window);
     }
 
     /// Counts an acked message.
@@ -209,18 +235,22 @@ impl Ctx {
 pub struct Pacer {
     interval: Option<Duration>,
     next: Option<Instant>,
+    precise: Option<PreciseSleep>,
 }
 
 impl Pacer {
-    fn new(interval: Option<Duration>) -> Pacer {
+    fn new(interval: Option<Duration>, precise: bool) -> Pacer {
         Pacer {
             interval,
             next: None,
+            precise: interval.filter(|_| precise).map(PreciseSleep::new),
         }
     }
 
     /// Waits for the next slot and returns its scheduled time (now, when unpaced), or `None`
-    /// once the run is over. Cancel-safe (a cancelled wait keeps its slot).
+    /// once the run is over. A precise pacer returns within microseconds after the slot (the
+    /// caller measures by how much: actual - scheduled). Cancel-safe (a cancelled wait keeps its
+    /// slot).
     pub async fn tick(&mut self, ctx: &Ctx) -> Option<Instant> {
         if ctx.is_stopped() {
             return None;
@@ -230,9 +260,15 @@ impl Pacer {
         };
         let at = *self.next.get_or_insert_with(Instant::now);
         if at > Instant::now() {
-            tokio::select! {
-                _ = tokio::time::sleep_until(at.into()) => {}
-                _ = ctx.wait_stop() => return None,
+            match &mut self.precise {
+                Some(p) => tokio::select! {
+                    _ = p.sleep_until(at) => {}
+                    _ = ctx.wait_stop() => return None,
+                },
+                None => tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = ctx.wait_stop() => return None,
+                },
             }
         }
         self.next = Some(at + interval);
@@ -240,14 +276,226 @@ impl Pacer {
     }
 }
 
-/// Runs one benchmark as `args` describe and prints its report.
+/// Sleeps until an instant with microsecond precision: a kernel timer (`timerfd`, where there is
+/// one; tokio's millisecond timer otherwise) until `lead` before it, then a spin that yields to
+/// the runtime on every turn. `lead` adapts to twice the typical (moving average) lateness of
+/// the timer's wake-up plus a margin, within bounds: at most a quarter of the interval, so the
+/// thread sleeps most of the time. On a busy machine a thread that spins through its whole
+/// interval is a CPU hog to the scheduler, which then preempts it for whole time slices (tens of
+/// milliseconds late); one that sleeps is woken promptly.
+#[derive(Debug)]
+struct PreciseSleep {
+    #[cfg(target_os = "linux")]
+    timer: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    lead: Duration,
+    /// Largest lead: a quarter of the pacing interval, at most [`MAX_LEAD`].
+    max_lead: Duration,
+    /// Moving average of the timer's wake-up lateness.
+    late: Duration,
+}
+
+/// Bounds and margin of the spin lead (tokio's timer needs the 2 ms: it rounds up to whole
+/// milliseconds).
+const MIN_LEAD: Duration = Duration::from_micros(20);
+const MAX_LEAD: Duration = Duration::from_micros(500);
+const TOKIO_LEAD: Duration = Duration::from_millis(2);
+const LEAD_MARGIN: Duration = Duration::from_micros(20);
+
+impl PreciseSleep {
+    fn new(interval: Duration) -> PreciseSleep {
+        let max_lead = (interval / 4).clamp(MIN_LEAD, MAX_LEAD);
+        #[cfg(target_os = "linux")]
+        {
+            let timer = timerfd().ok();
+            let lead = if timer.is_some() {
+                max_lead
+            } else {
+                TOKIO_LEAD
+            };
+            PreciseSleep {
+                timer,
+                lead,
+                max_lead,
+                late: Duration::ZERO,
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        PreciseSleep {
+            lead: TOKIO_LEAD,
+            max_lead,
+            late: Duration::ZERO,
+        }
+    }
+
+    fn adapts(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.timer.is_some();
+        #[cfg(not(target_os = "linux"))]
+        false
+    }
+
+    /// Completes at `at` or within microseconds after it. Cancel-safe (nothing is consumed).
+    async fn sleep_until(&mut self, at: Instant) {
+        let now = Instant::now();
+        if at > now + self.lead {
+            let wake = at - self.lead;
+            self.coarse_sleep_until(wake).await;
+            if self.adapts() {
+                let late = Instant::now().saturating_duration_since(wake);
+                self.late = self.late.mul_f64(0.9) + late.mul_f64(0.1);
+                self.lead = (self.late * 2 + LEAD_MARGIN).clamp(MIN_LEAD, self.max_lead);
+            }
+        }
+        while Instant::now() < at {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn coarse_sleep_until(&mut self, wake: Instant) {
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.timer
+            && arm(fd.get_ref(), wake.saturating_duration_since(Instant::now())).is_ok()
+        {
+            loop {
+                let Ok(mut guard) = fd.readable().await else {
+                    break;
+                };
+                let mut buf = [0u8; 8];
+                // SAFETY: read(2) of 8 bytes into a local buffer of 8 bytes.
+                let n = unsafe {
+                    libc::read(
+                        std::os::fd::AsRawFd::as_raw_fd(fd.get_ref()),
+                        buf.as_mut_ptr().cast(),
+                        8,
+                    )
+                };
+                if n == 8 {
+                    return;
+                }
+                guard.clear_ready();
+                if Instant::now() >= wake {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep_until(wake.into()).await;
+    }
+}
+
+/// A non-blocking monotonic `timerfd`, registered with the runtime.
+#[cfg(target_os = "linux")]
+fn timerfd() -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: timerfd_create(2) has no memory arguments; a valid fd is owned by us alone.
+    let fd = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is not owned by anything else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the `OwnedFd` moves into the `AsyncFd`, so it stays open and the same fd for the
+    // AsyncFd's whole life.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// Arms the one-shot timer `after` from now (at least 1 ns: zero would disarm it). Re-arming
+/// resets a pending expiration.
+#[cfg(target_os = "linux")]
+fn arm(fd: &std::os::fd::OwnedFd, after: Duration) -> std::io::Result<()> {
+    let after = after.max(Duration::from_nanos(1));
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: after.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(after.subsec_nanos() as i32),
+        },
+    };
+    // SAFETY: `spec` is a valid itimerspec; the old value is not requested (null).
+    let r = unsafe {
+        libc::timerfd_settime(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            0,
+            &spec,
+            std::ptr::null_mut(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs one benchmark as `args` describe (after the calibration run, with `--calibrate`) and
+/// prints its report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let prepared = targets::prepare(&args)
+    let calibration = if args.calibrate {
+        let echo = BenchArgs {
+            target: TargetKind::Echo,
+            calibrate: false,
+            plot: None,
+            server: None,
+            server_pid: None,
+            ..args.clone()
+        };
+        let s = run_once(&echo)
+            .await
+            .context("the calibration run (echo)")?;
+        Some(Calibration {
+            target: s.target,
+            msgs_per_sec: s.msgs_per_sec,
+            latency_us: s.latency_us,
+            latency_actual_us: s.latency_actual_us,
+            send_error_us: s.send_error_us,
+        })
+    } else {
+        None
+    };
+    let mut summary = run_once(&args).await?;
+    summary.calibration = calibration;
+    let mut plot_note = None;
+    if let Some(path) = &args.plot {
+        let bytes = match PlotFormat::of(path)? {
+            PlotFormat::Png => plot::png(&summary)?,
+            f => plot::render(&summary, f).into_bytes(),
+        };
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        plot_note = Some(format!("plot written to {}", path.display()));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+        if let Some(n) = plot_note {
+            eprintln!("levee bench: {n}");
+        }
+    } else {
+        print!("{}", report::table(std::slice::from_ref(&summary)));
+        if let Some(n) = plot_note {
+            println!("{n}");
+        }
+    }
+    anyhow::ensure!(
+        summary.consumed > 0,
+        "no message was consumed in the measurement window"
+    );
+    Ok(())
+}
+
+/// One measured run against `args.target`: prepare, measure, clean up, summarize.
+async fn run_once(args: &BenchArgs) -> anyhow::Result<Summary> {
+    let prepared = targets::prepare(args)
         .await
         .with_context(|| format!("preparing the {} target", args.target.as_str()))?;
     let result = measure(
-        &args,
+        args,
         prepared.consumers,
         prepared.producers,
         prepared.server_pid,
@@ -258,7 +506,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Err(e) = cleanup {
         eprintln!("levee bench: cleanup failed: {e:#}");
     }
-    let summary = summarize(&args, &ctx, &latency, prepared.version, rss_series);
+    let summary = summarize(args, &ctx, &latency, prepared.version, rss_series);
     if let Some(e) = ctx
         .first_error
         .lock()
@@ -267,20 +515,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     {
         eprintln!("levee bench: a worker failed: {e}");
     }
-    if let Some(path) = &args.plot {
-        std::fs::write(path, plot::render(&summary, path))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
-        print!("{}", report::table(std::slice::from_ref(&summary)));
-    }
-    anyhow::ensure!(
-        summary.consumed > 0,
-        "no message was consumed in the measurement window"
-    );
-    Ok(())
+    Ok(summary)
 }
 
 type Measured = (Arc<Ctx>, LatencyRecorder, Vec<Option<u64>>);
@@ -384,9 +619,13 @@ fn summarize(
 ) -> Summary {
     let counts = ctx.counts();
     let (msgs, mb, confirmed, growth) = stats::rates(counts, args.size, args.duration);
-    let per = latency.per_second();
     let used = ctx.end.as_secs_f64().ceil() as usize;
     let cut = |v: Vec<u64>| v.into_iter().take(used).collect::<Vec<_>>();
+    let series = |per: Vec<Option<SecondPercentiles>>, f: fn(SecondPercentiles) -> u64| {
+        cut(per.into_iter().map(|p| p.map_or(0, f)).collect())
+    };
+    let p50 = |p: SecondPercentiles| p.p50;
+    let p99 = |p: SecondPercentiles| p.p99;
     Summary {
         target: args.target.as_str(),
         variant: args.variant(),
@@ -407,14 +646,22 @@ fn summarize(
         mb_per_sec: mb,
         confirmed_per_sec: confirmed,
         backlog_growth_per_sec: growth,
+        queues: args.queues,
+        linger_us: (args.target == TargetKind::Levee).then(|| args.linger().as_micros() as u64),
         latency_us: latency.window(),
+        latency_actual_us: latency.window_actual(),
+        send_error_us: latency.window_send_error(),
+        calibration: None,
         peak_rss_bytes: rss_series.iter().flatten().copied().max(),
         timeline: Timeline {
             warmup_s: args.warmup.as_secs_f64(),
             confirmed: cut(ctx.confirmed_per_sec.snapshot()),
             consumed: cut(ctx.consumed_per_sec.snapshot()),
-            p50_us: cut(per.iter().map(|p| p.map_or(0, |p| p.0)).collect()),
-            p99_us: cut(per.iter().map(|p| p.map_or(0, |p| p.1)).collect()),
+            p50_us: series(latency.per_second(), p50),
+            p99_us: series(latency.per_second(), p99),
+            actual_p50_us: series(latency.per_second_actual(), p50),
+            actual_p99_us: series(latency.per_second_actual(), p99),
+            send_error_p99_us: series(latency.per_second_send_error(), p99),
             rss_bytes: cut(rss_series.iter().map(|r| r.unwrap_or(0)).collect()),
         },
     }
@@ -441,18 +688,31 @@ mod tests {
     fn payload_carries_its_send_time() {
         let ctx = Ctx::new(&args(&["--size", "64"]));
         let t = ctx.epoch + Duration::from_millis(1500);
-        let p = ctx.payload(t);
+        let p = ctx.payload_at(t, t + Duration::from_micros(7));
         assert_eq!(p.len(), 64);
         let ns = u64::from_le_bytes(p[..8].try_into().unwrap());
         assert_eq!(ns, 1_500_000_000);
+        let ns = u64::from_le_bytes(p[8..16].try_into().unwrap());
+        assert_eq!(ns, 1_500_007_000);
         let mut rec = ctx.recorder();
-        let sent = ctx.payload(ctx.epoch);
-        std::thread::sleep(Duration::from_millis(20));
+        // Scheduled at the epoch, sent 10 ms late, received 20 ms after it was sent.
+        let sent = ctx.payload_at(ctx.epoch, ctx.epoch + Duration::from_millis(10));
+        std::thread::sleep(
+            (ctx.epoch + Duration::from_millis(30)).saturating_duration_since(Instant::now()),
+        );
         ctx.on_received(&mut rec, &sent);
         let l = rec.window();
         // Received during the warm-up: only in the per-second series.
         assert_eq!(l.count, 0);
-        assert!(rec.per_second()[0].unwrap().0 >= 19_000);
+        let sched = rec.per_second()[0].unwrap().p50;
+        let actual = rec.per_second_actual()[0].unwrap().p50;
+        let err = rec.per_second_send_error()[0].unwrap().p50;
+        assert!(sched >= 29_000, "{sched}");
+        assert!(
+            actual >= 19_000 && actual + 9_000 <= sched,
+            "{actual} {sched}"
+        );
+        assert!((9_900..=10_100).contains(&err), "{err}");
     }
 
     #[test]
@@ -490,6 +750,25 @@ mod tests {
         assert!(p.tick(&ctx).await.is_none());
         let mut free = ctx.consumer_pacer();
         assert!(free.tick(&ctx).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn precise_pacer_keeps_the_schedule_in_real_time() {
+        // 1,000 msg/s: 20 slots, each scheduled 1 ms after the last. Only ordering and a
+        // generous bound are asserted (the machine is shared); the error itself is reported by
+        // `levee bench` as `send_error_us`.
+        let ctx = Ctx::new(&args(&["--rate", "1000"]));
+        let mut p = ctx.producer_pacer();
+        let first = p.tick(&ctx).await.unwrap();
+        let mut prev = first;
+        for _ in 0..20 {
+            let t = p.tick(&ctx).await.unwrap();
+            let now = Instant::now();
+            assert_eq!(t - prev, Duration::from_millis(1));
+            assert!(now >= t, "a slot is never returned early");
+            prev = t;
+        }
+        assert!(Instant::now() - first < Duration::from_secs(5));
     }
 
     #[tokio::test]

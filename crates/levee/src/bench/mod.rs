@@ -4,14 +4,17 @@
 //!
 //! Every run uses the same semantics on every target: a fresh durable queue, persistent
 //! messages, publisher confirms with a bounded in-flight window (`--inflight` per producer),
-//! manual acks with a prefetch / credit (`--credit` per consumer). Each payload carries its send
-//! time, so end-to-end latency lands in an HDR histogram. Output: a table, or one JSON line per
-//! run with `--json`; `--plot FILE` draws throughput, latency and server RSS over time.
+//! manual acks with a prefetch / credit (`--credit` per consumer). Each payload carries its
+//! scheduled and its actual send time, so end-to-end latency lands in HDR histograms from both,
+//! next to the pacer's send-time error. Output: a table, or one JSON line per run with `--json`;
+//! `--plot FILE` draws throughput, latency and server RSS over time; `--calibrate` (or
+//! `--target echo`) measures the harness's own floor without a broker.
 //!
 //! Modules: [`args`] (flags and their parsing), [`driver`] (the run: warm-up, window, stop,
-//! progress), [`stats`] (histograms, counters, the summary), [`report`] (table), [`plot`] (SVG /
-//! HTML), [`rss`] (server memory from `/proc`), [`targets`] (one module per system under test;
-//! the peers' client crates are behind the `peers` cargo feature).
+//! progress, the precise pacer), [`stats`] (histograms, counters, the summary), [`report`]
+//! (table), [`plot`] (SVG / PNG / HTML), [`rss`] (server memory from `/proc`), [`targets`] (one
+//! module per system under test, plus the in-process echo; the peers' client crates are behind
+//! the `peers` cargo feature).
 
 pub mod args;
 pub mod driver;

