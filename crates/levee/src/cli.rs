@@ -249,7 +249,7 @@ pub struct DeclareArgs {
     /// When a disk queue fsyncs [default: always]: always, never or interval:MS.
     #[arg(long, value_name = "POLICY")]
     pub fsync: Option<Fsync>,
-    /// Requeue a delivery not acked within this time [default: 30s; at most 24h].
+    /// Requeue a delivery not acked within this time; 0 = never [default: 30s; at most 24h].
     #[arg(long, alias = "ack-timeout", value_name = "DURATION", value_parser = parse_millis)]
     pub ack_timeout_ms: Option<u64>,
     /// Dead-letter (or, without --dead-letter, drop) a message after this many deliveries; 0 or
@@ -434,7 +434,11 @@ pub fn render_config(c: &QueueConfig) -> String {
     };
     out.push_str(&format!(
         " ack_timeout={} max_deliveries={} dead_letter={} ttl={} rate_msgs={} rate_bytes={}",
-        format_millis(c.ack_timeout_ms),
+        if c.ack_timeout_ms == 0 {
+            "never".to_string()
+        } else {
+            format_millis(c.ack_timeout_ms)
+        },
         c.max_deliveries
             .map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
         c.dead_letter.clone().unwrap_or_else(none),
