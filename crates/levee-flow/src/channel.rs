@@ -29,6 +29,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::error::{ConfigError, RecvError, SendError};
+use crate::key::Key;
 
 /// How many times an empty receiver yields to the scheduler before it parks.
 const SPINS: u32 = 1;
@@ -69,7 +70,7 @@ impl Weigh for &'static str {
 
 type WeighFn<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
 type PrioFn<T> = Arc<dyn Fn(&T) -> u8 + Send + Sync>;
-type KeyFn<T> = Arc<dyn Fn(&T) -> Bytes + Send + Sync>;
+type KeyFn<T> = Arc<dyn Fn(&T) -> Key + Send + Sync>;
 type DropFn<T> = Arc<dyn Fn(T, DropReason) + Send + Sync>;
 
 /// Channel configuration: limits, overflow policy, delivery order, and how to read a message's
@@ -162,8 +163,11 @@ impl<T> Config<T> {
         self.priority = Some(Arc::new(f));
         self
     }
-    /// Conflates per key: sets the `Conflate` policy and the key extractor.
-    pub fn conflate_by<K: Into<Bytes>>(
+    /// Conflates per key: sets the `Conflate` policy and the key extractor. A newer message
+    /// replaces the queued one with the same key in place (newest value, oldest position).
+    /// Return an integer, a `&'static str`, a byte array or `Bytes` (or anything short) to keep
+    /// the send path free of allocation: see [`Key`].
+    pub fn conflate_by<K: Into<Key>>(
         mut self,
         f: impl Fn(&T) -> K + Send + Sync + 'static,
     ) -> Self {
@@ -221,7 +225,7 @@ pub enum Sent {
 }
 
 struct State<T> {
-    q: PolicyQueue<T, Bytes>,
+    q: PolicyQueue<T, Key>,
     next_seq: u64,
     closed: bool,
     c: Counters,
@@ -300,16 +304,51 @@ struct Shared<T> {
     created: Instant,
 }
 
-/// Dropped messages collected under the lock, delivered to the hook after it is released.
-type Dropped<T> = Vec<(T, DropReason)>;
+/// Dropped messages collected under the lock, delivered to the hook after it is released. The
+/// first is held inline: an offer drops at most one message on the hot path, and allocating
+/// for it would put an allocation on every send of a drop policy under overload.
+struct Dropped<T> {
+    first: Option<(T, DropReason)>,
+    rest: Vec<(T, DropReason)>,
+}
+
+impl<T> Dropped<T> {
+    fn new() -> Self {
+        Dropped {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+    fn push(&mut self, m: T, r: DropReason) {
+        if self.first.is_none() {
+            self.first = Some((m, r));
+        } else {
+            self.rest.push((m, r));
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+}
+
+impl<T> IntoIterator for Dropped<T> {
+    type Item = (T, DropReason);
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<(T, DropReason)>,
+        std::vec::IntoIter<(T, DropReason)>,
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
+}
 
 enum Attempt<T> {
     Done(Result<Sent, SendError<T>>),
-    Full(T, Meta<Bytes>),
+    Full(T, Meta<Key>),
 }
 
 impl<T> Shared<T> {
-    fn meta(&self, m: &T) -> Meta<Bytes> {
+    fn meta(&self, m: &T) -> Meta<Key> {
         Meta {
             weight: self.weigher.as_ref().map_or(0, |f| f(m)),
             priority: self.priority.as_ref().map_or(0, |f| f(m)),
@@ -317,7 +356,7 @@ impl<T> Shared<T> {
         }
     }
 
-    fn deliver_drops(&self, dropped: Dropped<T>) {
+    fn deliver_drops(&self, dropped: impl IntoIterator<Item = (T, DropReason)>) {
         if let Some(h) = &self.on_drop {
             for (m, r) in dropped {
                 h(m, r);
@@ -330,7 +369,7 @@ impl<T> Shared<T> {
         &self,
         st: &mut State<T>,
         msg: T,
-        meta: Meta<Bytes>,
+        meta: Meta<Key>,
         dropped: &mut Dropped<T>,
     ) -> Attempt<T> {
         if st.closed {
@@ -344,7 +383,7 @@ impl<T> Shared<T> {
                 let n = evicted.len();
                 for e in evicted {
                     st.c.dropped.add(e.reason, 1);
-                    dropped.push((e.entry.item, e.reason));
+                    dropped.push(e.entry.item, e.reason);
                 }
                 let (len, bytes) = (st.q.len(), st.q.bytes());
                 if len > st.c.high_water_len {
@@ -358,7 +397,7 @@ impl<T> Shared<T> {
             Offer::Dropped { entry, reason } => {
                 st.c.sent += 1;
                 st.c.dropped.add(reason, 1);
-                dropped.push((entry.item, reason));
+                dropped.push(entry.item, reason);
                 Attempt::Done(Ok(Sent::Dropped(reason)))
             }
             Offer::Full(i) => Attempt::Full(i.item, i.meta),
@@ -374,11 +413,11 @@ impl<T> Shared<T> {
     }
 
     /// Fast path: one offer, no waiting.
-    fn try_offer(&self, msg: T, meta: Meta<Bytes>) -> Attempt<T> {
+    fn try_offer(&self, msg: T, meta: Meta<Key>) -> Attempt<T> {
         if self.receivers.load(Ordering::Acquire) == 0 {
             return Attempt::Done(Err(SendError::Closed(msg)));
         }
-        let mut dropped = Vec::new();
+        let mut dropped = Dropped::new();
         let (r, wake_recv) = {
             let mut st = self.state.lock();
             let r = self.offer_locked(&mut st, msg, meta, &mut dropped);
@@ -414,7 +453,7 @@ impl<T> Shared<T> {
         loop {
             let notified = self.send_wait.notified();
             tokio::pin!(notified);
-            let mut dropped = Vec::new();
+            let mut dropped = Dropped::new();
             let (r, wake_recv, wake_send) = {
                 let mut st = self.state.lock();
                 reg.settle(&mut st);
@@ -854,8 +893,7 @@ impl<T> Drop for Receiver<T> {
             self.shared.deliver_drops(
                 drained
                     .into_iter()
-                    .map(|i| (i.item, DropReason::Disconnected))
-                    .collect(),
+                    .map(|i| (i.item, DropReason::Disconnected)),
             );
         }
     }
