@@ -28,9 +28,10 @@
 //!
 //! # Memory bound
 //! With `max_messages = n` and `max_bytes = b` the container holds at most `n` items and at most
-//! `b` bytes of declared weight, plus a fixed per-item overhead (`Entry`: sequence number, weight,
-//! priority and key) and, for [`Order::Priority`] or [`Overflow::ShedPriority`], 256 empty deque
-//! headers (about 8 KiB). An unbounded limit (`None`) has no bound: ask for it explicitly.
+//! `b` bytes of declared weight, plus a fixed per-item overhead (`Entry`: sequence number,
+//! position, weight, priority and key) and, for [`Order::Priority`] or
+//! [`Overflow::ShedPriority`], 256 empty deque headers (about 8 KiB). An unbounded limit
+//! (`None`) has no bound: ask for it explicitly.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
