@@ -424,7 +424,7 @@ enum Attempt<T> {
 /// traffic between producer and consumer cores.
 enum Queue<T> {
     Plain(PolicyQueue<T, ()>),
-    Keyed(PolicyQueue<T, Key>),
+    Keyed(PolicyQueue<T, Key, foldhash::fast::RandomState>),
 }
 
 macro_rules! on_queue {

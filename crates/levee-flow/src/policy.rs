@@ -33,8 +33,9 @@
 //! [`Overflow::ShedPriority`], 256 empty deque headers (about 8 KiB). An unbounded limit
 //! (`None`) has no bound: ask for it explicitly.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 
 /// What to do with an incoming message when the container is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -580,11 +581,13 @@ struct Slot {
 
 /// A bounded container with a declared overflow policy and delivery order.
 ///
-/// `K` is the conflation key type (use `()` if unused). See the module docs for the invariants.
-pub struct PolicyQueue<T, K = ()> {
+/// `K` is the conflation key type (use `()` if unused); `S` hashes keys for `Conflate` (the
+/// default, std's SipHash, resists flooding by keys an outside client chooses, as the broker's
+/// are; the in-process channel uses a faster one). See the module docs for the invariants.
+pub struct PolicyQueue<T, K = (), S = RandomState> {
     store: Store<T, K>,
     /// For `Conflate`: key -> where the queued message holding that key is.
-    keys: HashMap<Option<K>, Slot>,
+    keys: HashMap<Option<K>, Slot, S>,
     /// For `Conflate`: (seq, position) of the item popped last, so that putting it straight back
     /// ([`PolicyQueue::reinsert`]) restores the position it held rather than its sequence's.
     last_pop: Option<(u64, u64)>,
@@ -597,13 +600,13 @@ pub struct PolicyQueue<T, K = ()> {
     ext_bytes: u64,
 }
 
-impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
+impl<T, K: Hash + Eq + Clone, S: BuildHasher + Default> PolicyQueue<T, K, S> {
     /// An empty container. Limits are validated by the caller (see `Config`); a zero limit
     /// simply never accepts anything.
     pub fn new(limits: Limits, overflow: Overflow, order: Order) -> Self {
         PolicyQueue {
             store: Store::new(order, overflow),
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             last_pop: None,
             overflow,
             order,
@@ -744,7 +747,7 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
     /// value at the oldest position); a new key is queued at the back, evicting the oldest
     /// position if there is no room.
     fn offer_conflate(&mut self, mut entry: Entry<T, K>) -> Offer<T, K> {
-        let Some(&slot) = self.keys.get(&entry.key) else {
+        let Some(slot_ref) = self.keys.get_mut(&entry.key) else {
             if self.fits(entry.weight) {
                 self.push_entry(entry);
                 return Offer::Accepted {
@@ -753,8 +756,10 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
             }
             return self.evict_then_push(entry, Taken::new(), DropReason::Oldest);
         };
+        let slot = *slot_ref;
         // Fast path: same level and the swap fits the byte limit (or does not grow the
-        // content): swap the value into the queued entry, no memory moved, nothing allocated.
+        // content): swap the value into the queued entry, no memory moved, nothing allocated,
+        // one hash lookup.
         let (bytes, ext_bytes, limit) = (self.bytes, self.ext_bytes, self.limits.max_bytes);
         if slot.priority == entry.priority
             && let Some(old) = self.store.get_mut(slot.pos, slot.priority)
@@ -765,11 +770,8 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
                 std::mem::swap(&mut old.item, &mut entry.item);
                 std::mem::swap(&mut old.weight, &mut entry.weight);
                 std::mem::swap(&mut old.key, &mut entry.key);
+                slot_ref.seq = old.seq;
                 self.bytes = after;
-                let new_seq = old.seq;
-                if let Some(s) = self.keys.get_mut(&entry.key) {
-                    s.seq = new_seq;
-                }
                 // `entry` now holds the replaced message (with the position it had).
                 let mut evicted = Evictions::default();
                 evicted.push(Evicted {
