@@ -83,8 +83,8 @@ type KeyFn<T> = Arc<dyn Fn(&T) -> Key + Send + Sync>;
 type DropFn<T> = Arc<dyn Fn(T, DropReason) + Send + Sync>;
 
 /// Channel configuration: limits, overflow policy, delivery order, and how to read a message's
-/// weight, priority and conflation key. Build with [`Config::bounded`], [`Config::bytes`] or
-/// [`Config::unbounded`], then chain setters.
+/// weight, priority and conflation key. Build with [`Config::bounded`] or
+/// [`Config::unbounded`], then chain setters ([`Config::max_bytes`] for a byte limit).
 pub struct Config<T> {
     limits: Limits,
     unbounded: bool,

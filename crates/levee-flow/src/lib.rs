@@ -16,10 +16,10 @@
 //! # }
 //! ```
 //!
-//! Modules: [`policy`] (pure overflow decisions), [`channel`] (the async MPMC channel), [`key`]
-//! (allocation-free conflation keys),
-//! [`stats`] (accounting and rates), [`adaptive`] (capacity controller), [`rate`] (pacing with
-//! `governor`, concurrency limit), [`breaker`] (circuit breaker), [`error`].
+//! Modules: [`policy`] (pure overflow decisions), [`channel`](mod@channel) (the async MPMC
+//! channel), [`key`] (allocation-free conflation keys), [`stats`] (accounting and rates),
+//! [`adaptive`] (capacity controller), [`rate`] (pacing with `governor`, concurrency limit),
+//! [`breaker`] (circuit breaker), [`error`].
 
 pub mod adaptive;
 pub mod breaker;
