@@ -224,7 +224,7 @@ fn overload(cr: &mut Criterion) {
                             .overflow(policy)
                             .priority_by(|v| (*v % 4) as u8);
                         let cfg = if policy == Overflow::Conflate {
-                            cfg.conflate_by(|v: &u64| (*v % 64).to_le_bytes().to_vec())
+                            cfg.conflate_by(|v: &u64| *v % 64)
                         } else {
                             cfg
                         };

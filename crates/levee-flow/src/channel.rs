@@ -2,10 +2,13 @@
 //! [`Config`]; both halves are `Clone`.
 //!
 //! It owns a [`PolicyQueue`] behind a `parking_lot::Mutex` (never held across an `.await`, never
-//! held while user hooks run) plus two `tokio::sync::Notify` queues: one for receivers waiting
-//! for a message, one for `Block`-policy senders waiting for room. A queued message wakes one
-//! receiver; a dequeued message wakes one waiting sender; a woken waiter that is cancelled
-//! passes its wake-up on (tokio `Notify` semantics), so wake-ups are precise and none is lost.
+//! held while user hooks or wakers run) plus two queues of waiting tasks kept under the same
+//! lock: receivers waiting for a message, and `Block`-policy senders waiting for room. A waiter
+//! registers in the critical section that saw the channel empty (or full), and a notifier picks
+//! whom to wake in the critical section that changed it, so no wake-up can be missed. A queued
+//! message wakes one receiver; a dequeued message wakes one waiting sender (each taken out of
+//! its queue, so one event never wakes the same waiter twice); a woken waiter that is
+//! cancelled before acting passes its wake-up on, so wake-ups are precise and none is lost.
 //!
 //! # Invariants
 //! - Stats snapshots are taken under the mutating lock, so `sent == received + dropped + len`
@@ -20,8 +23,11 @@
 //! The queue holds at most `max_messages` messages and `max_bytes` bytes (by the weigher), plus
 //! per-message overhead; an unbounded channel (only by [`Config::unbounded`]) has no bound.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,6 +35,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::error::{ConfigError, RecvError, SendError};
+use crate::key::Key;
+
+/// How many waiting senders a batch receive picks in one critical section.
+const WAKE_BATCH: usize = 8;
 
 /// How many times an empty receiver yields to the scheduler before it parks.
 const SPINS: u32 = 1;
@@ -69,12 +79,12 @@ impl Weigh for &'static str {
 
 type WeighFn<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
 type PrioFn<T> = Arc<dyn Fn(&T) -> u8 + Send + Sync>;
-type KeyFn<T> = Arc<dyn Fn(&T) -> Bytes + Send + Sync>;
+type KeyFn<T> = Arc<dyn Fn(&T) -> Key + Send + Sync>;
 type DropFn<T> = Arc<dyn Fn(T, DropReason) + Send + Sync>;
 
 /// Channel configuration: limits, overflow policy, delivery order, and how to read a message's
-/// weight, priority and conflation key. Build with [`Config::bounded`], [`Config::bytes`] or
-/// [`Config::unbounded`], then chain setters.
+/// weight, priority and conflation key. Build with [`Config::bounded`] or
+/// [`Config::unbounded`], then chain setters ([`Config::max_bytes`] for a byte limit).
 pub struct Config<T> {
     limits: Limits,
     unbounded: bool,
@@ -162,8 +172,11 @@ impl<T> Config<T> {
         self.priority = Some(Arc::new(f));
         self
     }
-    /// Conflates per key: sets the `Conflate` policy and the key extractor.
-    pub fn conflate_by<K: Into<Bytes>>(
+    /// Conflates per key: sets the `Conflate` policy and the key extractor. A newer message
+    /// replaces the queued one with the same key in place (newest value, oldest position).
+    /// Return an integer, a `&'static str`, a byte array or `Bytes` (or anything short) to keep
+    /// the send path free of allocation: see [`Key`].
+    pub fn conflate_by<K: Into<Key>>(
         mut self,
         f: impl Fn(&T) -> K + Send + Sync + 'static,
     ) -> Self {
@@ -221,15 +234,14 @@ pub enum Sent {
 }
 
 struct State<T> {
-    q: PolicyQueue<T, Bytes>,
+    q: Queue<T>,
     next_seq: u64,
     closed: bool,
     c: Counters,
-    /// Receivers registered on `recv_wait` (counted under this lock, so a sender knows whether
-    /// to notify without touching the `Notify` when nobody waits).
-    recv_waiting: usize,
-    /// Senders registered on `send_wait`.
-    send_waiting: usize,
+    /// Receivers waiting for a message.
+    recv_w: Waiters,
+    /// `Block`-policy senders waiting for room.
+    send_w: Waiters,
 }
 
 #[derive(Clone, Copy)]
@@ -238,55 +250,119 @@ enum Side {
     Send,
 }
 
-/// A waiter's entry in the `recv_waiting` / `send_waiting` count. Registered under the state
-/// lock together with enabling the `Notified`; settled under the lock when the waiter retries,
-/// or on drop if the waiting future is cancelled.
-struct Registration<'a, T> {
+/// The tasks waiting on one side, in arrival order, under the state lock (so registering, and
+/// picking whom to wake, happen atomically with the queue change they are about).
+///
+/// Each registration gets a fresh, increasing id, so the queue is sorted by id and a waiter
+/// finds its entry by binary search. A notifier *removes* the entry it wakes: a waiter whose
+/// entry is gone was notified, and a woken waiter is never woken twice for one event. Waking
+/// happens after the lock is released. Nothing here allocates once the deque has grown to the
+/// largest number of concurrent waiters (a `Waker` clone is a reference count).
+struct Waiters {
+    next_id: u64,
+    q: VecDeque<(u64, Waker)>,
+}
+
+impl Waiters {
+    fn new() -> Self {
+        Waiters {
+            next_id: 0,
+            q: VecDeque::new(),
+        }
+    }
+    fn find(&self, id: u64) -> Result<usize, usize> {
+        self.q.binary_search_by_key(&id, |e| e.0)
+    }
+    /// Takes the oldest waiter, to be woken once the lock is released.
+    fn pop(&mut self) -> Option<Waker> {
+        self.q.pop_front().map(|e| e.1)
+    }
+    fn take_all(&mut self) -> VecDeque<(u64, Waker)> {
+        std::mem::take(&mut self.q)
+    }
+}
+
+/// A waiting future's place in [`Waiters`]: `id` is the entry it registered, if it may still
+/// be queued. Checked and updated under the state lock; on drop (cancellation) the entry is
+/// removed, or, if a notifier already took it, the wake-up is passed on to the next waiter.
+struct Slot<'a, T> {
     shared: &'a Shared<T>,
     side: Side,
-    counted: bool,
+    id: Option<u64>,
 }
 
-impl<'a, T> Registration<'a, T> {
+impl<'a, T> Slot<'a, T> {
     fn new(shared: &'a Shared<T>, side: Side) -> Self {
-        Registration {
+        Slot {
             shared,
             side,
-            counted: false,
+            id: None,
         }
     }
-    fn counter<'s>(&self, st: &'s mut State<T>) -> &'s mut usize {
+    fn waiters<'s>(&self, st: &'s mut State<T>) -> &'s mut Waiters {
         match self.side {
-            Side::Recv => &mut st.recv_waiting,
-            Side::Send => &mut st.send_waiting,
+            Side::Recv => &mut st.recv_w,
+            Side::Send => &mut st.send_w,
         }
     }
-    fn register(&mut self, st: &mut State<T>) {
-        debug_assert!(!self.counted);
-        *self.counter(st) += 1;
-        self.counted = true;
+    /// The attempt succeeded (or the wait is over): leave the queue if still in it.
+    fn done(&mut self, st: &mut State<T>) {
+        if let Some(id) = self.id.take() {
+            let w = self.waiters(st);
+            if let Ok(i) = w.find(id) {
+                w.q.remove(i);
+            }
+        }
     }
-    fn settle(&mut self, st: &mut State<T>) {
-        if self.counted {
-            *self.counter(st) -= 1;
-            self.counted = false;
+    /// The attempt failed: wait (stay queued with an up-to-date waker, or queue again at the
+    /// back if a notifier took the entry).
+    fn wait(&mut self, st: &mut State<T>, waker: &Waker) {
+        let prev = self.id;
+        let w = self.waiters(st);
+        if let Some(id) = prev
+            && let Ok(i) = w.find(id)
+        {
+            if !w.q[i].1.will_wake(waker) {
+                w.q[i].1 = waker.clone();
+            }
+            return;
+        }
+        let id = w.next_id;
+        w.next_id += 1;
+        w.q.push_back((id, waker.clone()));
+        self.id = Some(id);
+    }
+}
+
+impl<T> Drop for Slot<'_, T> {
+    fn drop(&mut self) {
+        let Some(id) = self.id else { return };
+        let pass_on = {
+            let mut st = self.shared.state.lock();
+            let w = self.waiters(&mut st);
+            match w.find(id) {
+                Ok(i) => {
+                    w.q.remove(i);
+                    None
+                }
+                // Notified, then cancelled before acting on it: pass the wake-up on.
+                Err(_) => w.pop(),
+            }
+        };
+        if let Some(w) = pass_on {
+            w.wake();
         }
     }
 }
 
-impl<T> Drop for Registration<'_, T> {
-    fn drop(&mut self) {
-        if self.counted {
-            let mut st = self.shared.state.lock();
-            self.settle(&mut st);
-        }
+fn wake_all(q: VecDeque<(u64, Waker)>) {
+    for (_, w) in q {
+        w.wake();
     }
 }
 
 struct Shared<T> {
     state: Mutex<State<T>>,
-    recv_wait: Notify,
-    send_wait: Notify,
     /// Futures waiting for the channel to close (`Sender::closed`, `Monitor::closed`).
     closed_wait: Notify,
     senders: AtomicUsize,
@@ -300,16 +376,146 @@ struct Shared<T> {
     created: Instant,
 }
 
-/// Dropped messages collected under the lock, delivered to the hook after it is released.
-type Dropped<T> = Vec<(T, DropReason)>;
+/// Dropped messages collected under the lock, delivered to the hook after it is released. The
+/// first is held inline: an offer drops at most one message on the hot path, and allocating
+/// for it would put an allocation on every send of a drop policy under overload.
+struct Dropped<T> {
+    first: Option<(T, DropReason)>,
+    rest: Vec<(T, DropReason)>,
+}
+
+impl<T> Dropped<T> {
+    fn new() -> Self {
+        Dropped {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+    fn push(&mut self, m: T, r: DropReason) {
+        if self.first.is_none() {
+            self.first = Some((m, r));
+        } else {
+            self.rest.push((m, r));
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+}
+
+impl<T> IntoIterator for Dropped<T> {
+    type Item = (T, DropReason);
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<(T, DropReason)>,
+        std::vec::IntoIter<(T, DropReason)>,
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
+}
 
 enum Attempt<T> {
     Done(Result<Sent, SendError<T>>),
-    Full(T, Meta<Bytes>),
+    Full(T, Meta<Key>),
+}
+
+/// The channel's policy core. Keyed only under `Conflate`: the other policies keep entries
+/// without a key slot (40 instead of 80 bytes per queued `u64`), which halves the memory
+/// traffic between producer and consumer cores.
+enum Queue<T> {
+    Plain(PolicyQueue<T, ()>),
+    Keyed(PolicyQueue<T, Key, foldhash::fast::RandomState>),
+}
+
+macro_rules! on_queue {
+    ($q:expr, |$x:ident| $e:expr) => {
+        match $q {
+            Queue::Plain($x) => $e,
+            Queue::Keyed($x) => $e,
+        }
+    };
+}
+
+impl<T> Queue<T> {
+    fn new(limits: Limits, overflow: Overflow, order: Order) -> Self {
+        if overflow == Overflow::Conflate {
+            Queue::Keyed(PolicyQueue::new(limits, overflow, order))
+        } else {
+            Queue::Plain(PolicyQueue::new(limits, overflow, order))
+        }
+    }
+    fn len(&self) -> usize {
+        on_queue!(self, |q| q.len())
+    }
+    fn bytes(&self) -> u64 {
+        on_queue!(self, |q| q.bytes())
+    }
+    fn is_empty(&self) -> bool {
+        on_queue!(self, |q| q.is_empty())
+    }
+    fn limits(&self) -> Limits {
+        on_queue!(self, |q| q.limits())
+    }
+    fn set_limits(&mut self, l: Limits) {
+        on_queue!(self, |q| q.set_limits(l))
+    }
+    fn fits(&self, weight: u64) -> bool {
+        on_queue!(self, |q| q.fits(weight))
+    }
+    fn pop(&mut self) -> Option<T> {
+        on_queue!(self, |q| q.pop().map(|i| i.item))
+    }
+    fn drain(&mut self) -> Vec<T> {
+        on_queue!(self, |q| q.drain().into_iter().map(|i| i.item).collect())
+    }
+}
+
+/// Books the outcome of one offer in the counters (under the lock) and collects what it
+/// dropped for the hook.
+fn settle<T, K>(
+    c: &mut Counters,
+    len: usize,
+    bytes: u64,
+    o: Offer<T, K>,
+    dropped: &mut Dropped<T>,
+    back: impl FnOnce(Meta<K>) -> Meta<Key>,
+) -> Attempt<T> {
+    match o {
+        Offer::Accepted { evicted } => {
+            c.sent += 1;
+            let n = evicted.len();
+            for e in evicted {
+                c.dropped.add(e.reason, 1);
+                dropped.push(e.entry.item, e.reason);
+            }
+            if len > c.high_water_len {
+                c.high_water_len = len;
+            }
+            if bytes > c.high_water_bytes {
+                c.high_water_bytes = bytes;
+            }
+            Attempt::Done(Ok(Sent::Queued { evicted: n }))
+        }
+        Offer::Dropped { entry, reason } => {
+            c.sent += 1;
+            c.dropped.add(reason, 1);
+            dropped.push(entry.item, reason);
+            Attempt::Done(Ok(Sent::Dropped(reason)))
+        }
+        Offer::Full(i) => Attempt::Full(i.item, back(i.meta)),
+        Offer::Rejected(i) => {
+            c.rejected += 1;
+            Attempt::Done(Err(SendError::Rejected(i.item)))
+        }
+        Offer::TooLarge(i) => {
+            c.rejected += 1;
+            Attempt::Done(Err(SendError::TooLarge(i.item)))
+        }
+    }
 }
 
 impl<T> Shared<T> {
-    fn meta(&self, m: &T) -> Meta<Bytes> {
+    fn meta(&self, m: &T) -> Meta<Key> {
         Meta {
             weight: self.weigher.as_ref().map_or(0, |f| f(m)),
             priority: self.priority.as_ref().map_or(0, |f| f(m)),
@@ -317,7 +523,7 @@ impl<T> Shared<T> {
         }
     }
 
-    fn deliver_drops(&self, dropped: Dropped<T>) {
+    fn deliver_drops(&self, dropped: impl IntoIterator<Item = (T, DropReason)>) {
         if let Some(h) = &self.on_drop {
             for (m, r) in dropped {
                 h(m, r);
@@ -330,7 +536,7 @@ impl<T> Shared<T> {
         &self,
         st: &mut State<T>,
         msg: T,
-        meta: Meta<Bytes>,
+        meta: Meta<Key>,
         dropped: &mut Dropped<T>,
     ) -> Attempt<T> {
         if st.closed {
@@ -338,55 +544,46 @@ impl<T> Shared<T> {
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        match st.q.offer(seq, msg, meta) {
-            Offer::Accepted { evicted } => {
-                st.c.sent += 1;
-                let n = evicted.len();
-                for e in evicted {
-                    st.c.dropped.add(e.reason, 1);
-                    dropped.push((e.entry.item, e.reason));
-                }
-                let (len, bytes) = (st.q.len(), st.q.bytes());
-                if len > st.c.high_water_len {
-                    st.c.high_water_len = len;
-                }
-                if bytes > st.c.high_water_bytes {
-                    st.c.high_water_bytes = bytes;
-                }
-                Attempt::Done(Ok(Sent::Queued { evicted: n }))
+        let State { q, c, .. } = st;
+        match q {
+            Queue::Plain(q) => {
+                let meta = Meta {
+                    weight: meta.weight,
+                    priority: meta.priority,
+                    key: None,
+                };
+                let o = q.offer(seq, msg, meta);
+                settle(c, q.len(), q.bytes(), o, dropped, |m| Meta {
+                    weight: m.weight,
+                    priority: m.priority,
+                    key: None,
+                })
             }
-            Offer::Dropped { entry, reason } => {
-                st.c.sent += 1;
-                st.c.dropped.add(reason, 1);
-                dropped.push((entry.item, reason));
-                Attempt::Done(Ok(Sent::Dropped(reason)))
-            }
-            Offer::Full(i) => Attempt::Full(i.item, i.meta),
-            Offer::Rejected(i) => {
-                st.c.rejected += 1;
-                Attempt::Done(Err(SendError::Rejected(i.item)))
-            }
-            Offer::TooLarge(i) => {
-                st.c.rejected += 1;
-                Attempt::Done(Err(SendError::TooLarge(i.item)))
+            Queue::Keyed(q) => {
+                let o = q.offer(seq, msg, meta);
+                settle(c, q.len(), q.bytes(), o, dropped, |m| m)
             }
         }
     }
 
     /// Fast path: one offer, no waiting.
-    fn try_offer(&self, msg: T, meta: Meta<Bytes>) -> Attempt<T> {
+    fn try_offer(&self, msg: T, meta: Meta<Key>) -> Attempt<T> {
         if self.receivers.load(Ordering::Acquire) == 0 {
             return Attempt::Done(Err(SendError::Closed(msg)));
         }
-        let mut dropped = Vec::new();
-        let (r, wake_recv) = {
+        let mut dropped = Dropped::new();
+        let (r, wake) = {
             let mut st = self.state.lock();
             let r = self.offer_locked(&mut st, msg, meta, &mut dropped);
-            let wake = matches!(r, Attempt::Done(Ok(Sent::Queued { .. }))) && st.recv_waiting > 0;
+            let wake = if matches!(r, Attempt::Done(Ok(Sent::Queued { .. }))) {
+                st.recv_w.pop()
+            } else {
+                None
+            };
             (r, wake)
         };
-        if wake_recv {
-            self.recv_wait.notify_one();
+        if let Some(w) = wake {
+            w.wake();
         }
         if !dropped.is_empty() {
             self.deliver_drops(dropped);
@@ -398,76 +595,125 @@ impl<T> Shared<T> {
         self.state.lock().c.rejected += 1;
     }
 
-    /// Slow path of `send`: registers as a waiting sender (under the lock, so no wake-up can be
-    /// missed) and retries whenever a receiver makes room.
+    /// One attempt of a waiting sender, under the lock: offer, and on `Full` wait in `slot`.
+    /// Returns the attempt and whom to wake (a receiver for the queued message; another sender
+    /// if room is left, since the wake-up this one consumed may have signalled more room).
+    fn send_attempt(
+        &self,
+        slot: &mut Slot<'_, T>,
+        waker: &Waker,
+        msg: T,
+        meta: Meta<Key>,
+        dropped: &mut Dropped<T>,
+    ) -> (Attempt<T>, Option<Waker>, Option<Waker>) {
+        let mut st = self.state.lock();
+        if self.receivers.load(Ordering::Acquire) == 0 {
+            slot.done(&mut st);
+            return (Attempt::Done(Err(SendError::Closed(msg))), None, None);
+        }
+        let r = self.offer_locked(&mut st, msg, meta, dropped);
+        if matches!(r, Attempt::Full(..)) {
+            slot.wait(&mut st, waker);
+            return (r, None, None);
+        }
+        slot.done(&mut st);
+        let wake_recv = if matches!(r, Attempt::Done(Ok(Sent::Queued { .. }))) {
+            st.recv_w.pop()
+        } else {
+            None
+        };
+        let wake_send = if matches!(r, Attempt::Done(Ok(_))) && st.q.fits(0) {
+            st.send_w.pop()
+        } else {
+            None
+        };
+        (r, wake_recv, wake_send)
+    }
+
+    /// `send`: the fast path, then, while full, waits as a registered sender (registered under
+    /// the lock that saw the channel full, so no wake-up can be missed) and retries when woken.
     async fn send(
         &self,
         msg: T,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Sent, SendError<T>> {
         let meta = self.meta(&msg);
-        let (mut msg, mut meta) = match self.try_offer(msg, meta) {
+        let pending = match self.try_offer(msg, meta) {
             Attempt::Done(r) => return r,
             Attempt::Full(m, mt) => (m, mt),
         };
-        let mut reg = Registration::new(self, Side::Send);
-        loop {
-            let notified = self.send_wait.notified();
-            tokio::pin!(notified);
-            let mut dropped = Vec::new();
-            let (r, wake_recv, wake_send) = {
-                let mut st = self.state.lock();
-                reg.settle(&mut st);
-                if self.receivers.load(Ordering::Acquire) == 0 {
-                    return Err(SendError::Closed(msg));
-                }
-                let r = self.offer_locked(&mut st, msg, meta, &mut dropped);
-                if matches!(r, Attempt::Full(..)) {
-                    notified.as_mut().enable();
-                    reg.register(&mut st);
-                }
-                let queued = matches!(r, Attempt::Done(Ok(Sent::Queued { .. })));
-                // A wake-up we consumed may have signalled room for more: pass it on.
-                let more_room =
-                    matches!(r, Attempt::Done(Ok(_))) && st.send_waiting > 0 && st.q.fits(0);
-                (r, queued && st.recv_waiting > 0, more_room)
-            };
-            if wake_recv {
-                self.recv_wait.notify_one();
-            }
-            if wake_send {
-                self.send_wait.notify_one();
+        let mut pending = Some(pending);
+        let mut slot = Slot::new(self, Side::Send);
+        let wait = poll_fn(|cx| {
+            let (msg, meta) = pending.take().expect("polled after completion");
+            let mut dropped = Dropped::new();
+            let (r, wake_recv, wake_send) =
+                self.send_attempt(&mut slot, cx.waker(), msg, meta, &mut dropped);
+            for w in [wake_recv, wake_send].into_iter().flatten() {
+                w.wake();
             }
             if !dropped.is_empty() {
                 self.deliver_drops(dropped);
             }
             match r {
-                Attempt::Done(r) => return r,
+                Attempt::Done(r) => Poll::Ready(r),
                 Attempt::Full(m, mt) => {
-                    msg = m;
-                    meta = mt;
+                    pending = Some((m, mt));
+                    Poll::Pending
                 }
             }
-            match deadline {
-                None => notified.await,
-                Some(d) => {
-                    if tokio::time::timeout_at(d, notified).await.is_err() {
-                        drop(reg);
-                        self.count_rejected();
-                        return Err(SendError::Timeout(msg));
-                    }
-                }
+        });
+        let Some(d) = deadline else {
+            return wait.await;
+        };
+        match tokio::time::timeout_at(d, wait).await {
+            Ok(r) => r,
+            Err(_) => {
+                drop(slot);
+                self.count_rejected();
+                let (msg, _) = pending
+                    .take()
+                    .expect("a timed-out send still holds its message");
+                Err(SendError::Timeout(msg))
             }
         }
     }
 
-    fn pop_locked(&self, st: &mut State<T>) -> Option<T> {
-        let i = st.q.pop()?;
-        st.c.received += 1;
-        Some(i.item)
+    /// Sends the message at the front of `msgs`, waiting for room. The message leaves `msgs`
+    /// only in the critical section that accepts it (or in the error that hands it back), so
+    /// when this future is dropped every unsent message is still in `msgs`.
+    async fn send_front(&self, msgs: &mut VecDeque<T>) -> Result<Sent, SendError<T>> {
+        let mut slot = Slot::new(self, Side::Send);
+        poll_fn(|cx| {
+            let msg = msgs.pop_front().expect("send_front on an empty deque");
+            let meta = self.meta(&msg);
+            let mut dropped = Dropped::new();
+            let (r, wake_recv, wake_send) =
+                self.send_attempt(&mut slot, cx.waker(), msg, meta, &mut dropped);
+            for w in [wake_recv, wake_send].into_iter().flatten() {
+                w.wake();
+            }
+            if !dropped.is_empty() {
+                self.deliver_drops(dropped);
+            }
+            match r {
+                Attempt::Done(r) => Poll::Ready(r),
+                Attempt::Full(m, _) => {
+                    msgs.push_front(m);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
     }
 
-    /// Pops up to `max - out.len()` into `out` under `st`; returns how many senders to wake.
+    fn pop_locked(&self, st: &mut State<T>) -> Option<T> {
+        let m = st.q.pop()?;
+        st.c.received += 1;
+        Some(m)
+    }
+
+    /// Pops up to `max - out.len()` into `out` under `st`; returns how many were popped.
     fn pop_into(&self, st: &mut State<T>, out: &mut Vec<T>, max: usize) -> usize {
         let before = out.len();
         while out.len() < max {
@@ -476,77 +722,156 @@ impl<T> Shared<T> {
                 None => break,
             }
         }
-        (out.len() - before).min(st.send_waiting)
-    }
-
-    fn wake_senders(&self, n: usize) {
-        for _ in 0..n {
-            self.send_wait.notify_one();
-        }
+        out.len() - before
     }
 
     fn try_recv(&self) -> Result<T, RecvError> {
         let (r, wake) = {
             let mut st = self.state.lock();
             match self.pop_locked(&mut st) {
-                Some(m) => (Ok(m), st.send_waiting > 0),
-                None if st.closed => (Err(RecvError::Closed), false),
-                None => (Err(RecvError::Empty), false),
+                Some(m) => (Ok(m), st.send_w.pop()),
+                None if st.closed => (Err(RecvError::Closed), None),
+                None => (Err(RecvError::Empty), None),
             }
         };
-        if wake {
-            self.send_wait.notify_one();
+        if let Some(w) = wake {
+            w.wake();
         }
         r
     }
 
     async fn recv(&self, deadline: Option<tokio::time::Instant>) -> Result<T, RecvError> {
-        let mut reg = Registration::new(self, Side::Recv);
         // On an empty channel, yield once before parking: with producers on other workers a
         // message usually arrives within one scheduler turn, and a yield costs far less than a
         // park/wake round trip (this halves the SPSC cost; see docs/BENCHMARKS.md).
-        let mut spins = 0;
-        loop {
-            let notified = self.recv_wait.notified();
-            tokio::pin!(notified);
+        for _ in 0..SPINS {
+            match self.try_recv() {
+                Err(RecvError::Empty) => tokio::task::yield_now().await,
+                r => return r,
+            }
+        }
+        let mut slot = Slot::new(self, Side::Recv);
+        let wait = poll_fn(|cx| {
             let (r, wake) = {
                 let mut st = self.state.lock();
-                reg.settle(&mut st);
                 match self.pop_locked(&mut st) {
-                    Some(m) => (Ok(m), st.send_waiting > 0),
-                    None if st.closed => (Err(RecvError::Closed), false),
-                    None if spins < SPINS => (Err(RecvError::Empty), false),
+                    Some(m) => {
+                        slot.done(&mut st);
+                        (Poll::Ready(Ok(m)), st.send_w.pop())
+                    }
+                    None if st.closed => {
+                        slot.done(&mut st);
+                        (Poll::Ready(Err(RecvError::Closed)), None)
+                    }
                     None => {
-                        notified.as_mut().enable();
-                        reg.register(&mut st);
-                        (Err(RecvError::Empty), false)
+                        slot.wait(&mut st, cx.waker());
+                        (Poll::Pending, None)
                     }
                 }
             };
-            if wake {
-                self.send_wait.notify_one();
+            if let Some(w) = wake {
+                w.wake();
             }
-            match r {
-                Err(RecvError::Empty) if spins < SPINS => {
-                    spins += 1;
-                    tokio::task::yield_now().await;
-                    continue;
+            r
+        });
+        let Some(d) = deadline else {
+            return wait.await;
+        };
+        match tokio::time::timeout_at(d, wait).await {
+            Ok(r) => r,
+            Err(_) => {
+                drop(slot);
+                match self.try_recv() {
+                    Err(RecvError::Empty) => Err(RecvError::Timeout),
+                    r => r,
                 }
-                Err(RecvError::Empty) => {}
-                r => return r,
             }
-            match deadline {
-                None => notified.await,
-                Some(d) => {
-                    if tokio::time::timeout_at(d, notified).await.is_err() {
-                        drop(reg);
-                        return match self.try_recv() {
-                            Err(RecvError::Empty) => Err(RecvError::Timeout),
-                            r => r,
-                        };
+        }
+    }
+
+    /// Collects into `out` until its length is `max`, the deadline passes, or the channel is closed
+    /// and drained. Messages are moved into `out` under the lock, so whatever is in `out` when
+    /// this future is dropped stays there: cancel-safe. Returns whether the channel is closed
+    /// and drained.
+    async fn recv_into(
+        &self,
+        out: &mut Vec<T>,
+        max: usize,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let mut slot = Slot::new(self, Side::Recv);
+        // Wake as many waiting senders as messages were taken (each has room now): the first
+        // few are picked in the same critical section, the rest (if ever) by `wake_senders`.
+        let collect = |st: &mut State<T>, out: &mut Vec<T>| {
+            let n = self.pop_into(st, out, max);
+            let mut wake: [Option<Waker>; WAKE_BATCH] = Default::default();
+            let mut k = 0;
+            while k < n.min(WAKE_BATCH) {
+                match st.send_w.pop() {
+                    Some(w) => wake[k] = Some(w),
+                    None => break,
+                }
+                k += 1;
+            }
+            let more = if k == WAKE_BATCH { n - k } else { 0 };
+            (wake, more)
+        };
+        let wait = poll_fn(|cx| {
+            let (r, wake) = {
+                let mut st = self.state.lock();
+                let wake = collect(&mut st, out);
+                let done = st.closed && st.q.is_empty();
+                if out.len() >= max || done {
+                    slot.done(&mut st);
+                    (Poll::Ready(done), wake)
+                } else {
+                    slot.wait(&mut st, cx.waker());
+                    (Poll::Pending, wake)
+                }
+            };
+            self.wake_batch(wake);
+            r
+        });
+        match tokio::time::timeout_at(deadline, wait).await {
+            Ok(done) => done,
+            Err(_) => {
+                drop(slot);
+                let (wake, done) = {
+                    let mut st = self.state.lock();
+                    let wake = collect(&mut st, out);
+                    (wake, st.closed && st.q.is_empty())
+                };
+                self.wake_batch(wake);
+                done
+            }
+        }
+    }
+
+    /// Wakes the senders picked under the lock, then up to `more` further ones.
+    fn wake_batch(&self, (wake, mut more): ([Option<Waker>; WAKE_BATCH], usize)) {
+        for w in wake.into_iter().flatten() {
+            w.wake();
+        }
+        while more > 0 {
+            let mut batch: [Option<Waker>; WAKE_BATCH] = Default::default();
+            let mut k = 0;
+            {
+                let mut st = self.state.lock();
+                while k < more.min(WAKE_BATCH) {
+                    match st.send_w.pop() {
+                        Some(w) => batch[k] = Some(w),
+                        None => break,
                     }
+                    k += 1;
                 }
             }
+            for w in batch.into_iter().flatten() {
+                w.wake();
+            }
+            if k < WAKE_BATCH {
+                return;
+            }
+            more -= k;
         }
     }
 
@@ -554,48 +879,24 @@ impl<T> Shared<T> {
         let max = max.max(1);
         let deadline = tokio::time::Instant::now() + timeout;
         let mut out = Vec::new();
-        let mut reg = Registration::new(self, Side::Recv);
-        loop {
-            let notified = self.recv_wait.notified();
-            tokio::pin!(notified);
-            let (wake, done) = {
-                let mut st = self.state.lock();
-                reg.settle(&mut st);
-                let wake = self.pop_into(&mut st, &mut out, max);
-                let done = st.closed && st.q.is_empty();
-                if out.len() < max && !done {
-                    notified.as_mut().enable();
-                    reg.register(&mut st);
-                }
-                (wake, done)
-            };
-            self.wake_senders(wake);
-            if out.len() >= max {
-                return Some(out);
-            }
-            if done {
-                return if out.is_empty() { None } else { Some(out) };
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let wake = {
-                    let mut st = self.state.lock();
-                    reg.settle(&mut st);
-                    self.pop_into(&mut st, &mut out, max)
-                };
-                self.wake_senders(wake);
-                return Some(out);
-            }
+        // `max` is the target length of `out`, which starts empty.
+        let done = self.recv_into(&mut out, max, deadline).await;
+        if done && out.is_empty() {
+            None
+        } else {
+            Some(out)
         }
     }
 
     fn close(&self) {
-        let was = {
+        let (was, recv, send) = {
             let mut st = self.state.lock();
-            std::mem::replace(&mut st.closed, true)
+            let was = std::mem::replace(&mut st.closed, true);
+            (was, st.recv_w.take_all(), st.send_w.take_all())
         };
+        wake_all(recv);
+        wake_all(send);
         if !was {
-            self.recv_wait.notify_waiters();
-            self.send_wait.notify_waiters();
             self.closed_wait.notify_waiters();
         }
     }
@@ -646,14 +947,15 @@ impl<T> Shared<T> {
         if limits.max_bytes.is_some() && self.weigher.is_none() {
             return Err(ConfigError::NoWeigher);
         }
-        {
+        let send = {
             let mut st = self.state.lock();
             if st.q.limits() != limits {
                 st.q.set_limits(limits);
                 st.c.resizes += 1;
             }
-        }
-        self.send_wait.notify_waiters();
+            st.send_w.take_all()
+        };
+        wake_all(send);
         Ok(())
     }
 }
@@ -665,15 +967,13 @@ pub fn channel<T>(config: Config<T>) -> Result<(Sender<T>, Receiver<T>), ConfigE
     let now = Instant::now();
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            q: PolicyQueue::new(config.limits, config.overflow, config.order),
+            q: Queue::new(config.limits, config.overflow, config.order),
             next_seq: 0,
             closed: false,
             c: Counters::default(),
-            recv_waiting: 0,
-            send_waiting: 0,
+            recv_w: Waiters::new(),
+            send_w: Waiters::new(),
         }),
-        recv_wait: Notify::new(),
-        send_wait: Notify::new(),
         closed_wait: Notify::new(),
         senders: AtomicUsize::new(1),
         receivers: AtomicUsize::new(1),
@@ -763,7 +1063,8 @@ impl<T> Sender<T> {
     /// messages after it are handed back unsent in the `Vec`.
     ///
     /// Cancel safety: not cancel-safe as a whole: if dropped midway, the messages before the
-    /// current one were sent and the rest are dropped unsent.
+    /// current one were sent and the rest are dropped unsent. [`Sender::send_batch_from`] is
+    /// the cancel-safe form.
     pub async fn send_batch(
         &self,
         msgs: impl IntoIterator<Item = T>,
@@ -775,6 +1076,24 @@ impl<T> Sender<T> {
                 Ok(_) => n += 1,
                 Err(e) => return Err((e, it.collect())),
             }
+        }
+        Ok(n)
+    }
+
+    /// Sends the messages of `msgs` in order, from the front, each waiting for room as
+    /// [`Sender::send`] does; a message leaves `msgs` only once the channel has accepted it.
+    /// Returns how many were accepted; on the first failure, that message is handed back in the
+    /// error and the ones after it stay in `msgs`.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: if the future is dropped, every message not yet accepted is still in
+    /// `msgs`, in order (the one that was waiting for room included), and no wake-up is lost.
+    /// Use this instead of [`Sender::send_batch`] in `select!` or under a timeout.
+    pub async fn send_batch_from(&self, msgs: &mut VecDeque<T>) -> Result<usize, SendError<T>> {
+        let mut n = 0;
+        while !msgs.is_empty() {
+            self.shared.send_front(msgs).await?;
+            n += 1;
         }
         Ok(n)
     }
@@ -840,23 +1159,19 @@ impl<T> Clone for Receiver<T> {
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         if self.shared.receivers.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let drained = {
+            let (drained, recv, send) = {
                 let mut st = self.shared.state.lock();
                 st.closed = true;
                 let items = st.q.drain();
                 st.c.dropped
                     .add(DropReason::Disconnected, items.len() as u64);
-                items
+                (items, st.recv_w.take_all(), st.send_w.take_all())
             };
-            self.shared.send_wait.notify_waiters();
-            self.shared.recv_wait.notify_waiters();
+            wake_all(send);
+            wake_all(recv);
             self.shared.closed_wait.notify_waiters();
-            self.shared.deliver_drops(
-                drained
-                    .into_iter()
-                    .map(|i| (i.item, DropReason::Disconnected))
-                    .collect(),
-            );
+            self.shared
+                .deliver_drops(drained.into_iter().map(|m| (m, DropReason::Disconnected)));
         }
     }
 }
@@ -889,9 +1204,33 @@ impl<T> Receiver<T> {
     /// returned before that. `max = 0` is treated as 1.
     ///
     /// Cancel safety: not cancel-safe: messages collected before cancellation are lost
-    /// (counted as received). Use it as the only branch, or use `recv` in `select!`.
+    /// (counted as received). Use it as the only branch, or use the cancel-safe
+    /// [`Receiver::recv_batch_into`] in `select!`.
     pub async fn recv_batch(&self, max: usize, timeout: Duration) -> Option<Vec<T>> {
         self.shared.recv_batch(max, timeout).await
+    }
+
+    /// Receives up to `max` messages into `buf` (appended): returns as soon as `max` were
+    /// added, or with however many arrived when `timeout` expires (possibly 0). Returns `None`
+    /// only when the channel is closed and drained and nothing was added. `max = 0` is
+    /// treated as 1.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: each message is moved into `buf` in the critical section that takes it
+    /// from the channel, so if the future is dropped every message it received is in `buf`,
+    /// in order, and none is lost; a wake-up it had received is passed on.
+    pub async fn recv_batch_into(
+        &self,
+        buf: &mut Vec<T>,
+        max: usize,
+        timeout: Duration,
+    ) -> Option<usize> {
+        let before = buf.len();
+        let target = before + max.max(1);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let done = self.shared.recv_into(buf, target, deadline).await;
+        let n = buf.len() - before;
+        if done && n == 0 { None } else { Some(n) }
     }
 
     /// Blocking receive for synchronous code. Do not call it from inside an async task.

@@ -16,14 +16,16 @@
 //! # }
 //! ```
 //!
-//! Modules: [`policy`] (pure overflow decisions), [`channel`] (the async MPMC channel),
-//! [`stats`] (accounting and rates), [`adaptive`] (capacity controller), [`rate`] (pacing with
-//! `governor`, concurrency limit), [`breaker`] (circuit breaker), [`error`].
+//! Modules: [`policy`] (pure overflow decisions), [`channel`](mod@channel) (the async MPMC
+//! channel), [`key`] (allocation-free conflation keys), [`stats`] (accounting and rates),
+//! [`adaptive`] (capacity controller), [`rate`] (pacing with `governor`, concurrency limit),
+//! [`breaker`] (circuit breaker), [`error`].
 
 pub mod adaptive;
 pub mod breaker;
 pub mod channel;
 pub mod error;
+pub mod key;
 pub mod policy;
 pub mod rate;
 pub mod stats;
@@ -32,6 +34,9 @@ pub use adaptive::{AdaptiveConfig, AdaptiveSizer, Resize, spawn_adaptive};
 pub use breaker::{BreakerConfig, BreakerState, BreakerStats, CircuitBreaker};
 pub use channel::{Config, Monitor, Receiver, Sender, Sent, Weigh, bounded, channel, unbounded};
 pub use error::{BreakerError, ConfigError, RecvError, SendError, TrySendError};
-pub use policy::{DropReason, Limits, Meta, Offer, Order, Overflow, PolicyQueue};
+pub use key::Key;
+pub use policy::{
+    DropReason, Evicted, Evictions, Limits, Meta, Offer, Order, Overflow, PolicyQueue,
+};
 pub use rate::{ConcurrencyLimit, Paced, RateConfig};
 pub use stats::{DropCounts, Stats};

@@ -14,18 +14,28 @@
 //!   [`PolicyQueue::set_external`]). If the limits were lowered below the current content, an
 //!   eviction policy only *swaps* (the container never grows) and the other policies refuse; the
 //!   content shrinks as items are popped. Lowering limits never drops anything by itself.
-//! - Within one priority level (and in FIFO order overall) items are kept in ascending sequence
-//!   number order. Sequence numbers are supplied by the caller: offers must use increasing
-//!   numbers; [`PolicyQueue::reinsert`] puts an older number back at the position it gives.
+//! - Within one priority level (and in FIFO order overall) items are kept in ascending
+//!   *position* order. An item's position is its sequence number, except under `Conflate`: a
+//!   message that replaces a queued one with the same key takes over that message's position
+//!   (the newest value at the oldest position), so a key updated faster than it is drained is
+//!   still delivered once per pass over the queue instead of being pushed back for ever.
+//!   Sequence numbers are supplied by the caller: offers must use increasing numbers;
+//!   [`PolicyQueue::reinsert`] puts an older number back at the position it gives (or, for the
+//!   item popped last under `Conflate`, at the position it held).
+//! - No offer or pop allocates once the deques have grown to the working size: evictions are
+//!   returned in [`Evictions`] (the first one inline), and a conflated replacement is swapped
+//!   into the queued entry in place (a key is cloned only when a new key enters).
 //!
 //! # Memory bound
 //! With `max_messages = n` and `max_bytes = b` the container holds at most `n` items and at most
-//! `b` bytes of declared weight, plus a fixed per-item overhead (`Entry`: sequence number, weight,
-//! priority and key) and, for [`Order::Priority`] or [`Overflow::ShedPriority`], 256 empty deque
-//! headers (about 8 KiB). An unbounded limit (`None`) has no bound: ask for it explicitly.
+//! `b` bytes of declared weight, plus a fixed per-item overhead (`Entry`: sequence number,
+//! position, weight, priority and key) and, for [`Order::Priority`] or
+//! [`Overflow::ShedPriority`], 256 empty deque headers (about 8 KiB). An unbounded limit
+//! (`None`) has no bound: ask for it explicitly.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 
 /// What to do with an incoming message when the container is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -201,11 +211,11 @@ pub struct Evicted<T, K> {
 #[derive(Debug)]
 #[must_use]
 pub enum Offer<T, K> {
-    /// The item is queued; `evicted` lists queued items discarded to make room (usually empty,
-    /// and then not allocated).
+    /// The item is queued; `evicted` lists queued items discarded to make room or replaced
+    /// (usually none or one, and then nothing is allocated).
     Accepted {
         /// Items evicted, oldest first, each with its reason.
-        evicted: Vec<Evicted<T, K>>,
+        evicted: Evictions<T, K>,
     },
     /// The incoming item was accepted into the accounting and discarded at once.
     Dropped {
@@ -224,6 +234,9 @@ pub enum Offer<T, K> {
 
 struct Entry<T, K> {
     seq: u64,
+    /// Delivery position: the entry's place in the order. Equal to `seq` except under
+    /// `Conflate`, where a replacement keeps the position of the message it replaced.
+    pos: u64,
     item: T,
     weight: u64,
     priority: u8,
@@ -257,11 +270,11 @@ enum Store<T, K> {
 }
 
 fn insert_sorted<T, K>(dq: &mut VecDeque<Entry<T, K>>, e: Entry<T, K>) {
-    if dq.back().is_none_or(|b| b.seq < e.seq) {
+    if dq.back().is_none_or(|b| b.pos < e.pos) {
         dq.push_back(e);
     } else {
-        let pos = dq.partition_point(|x| x.seq < e.seq);
-        dq.insert(pos, e);
+        let i = dq.partition_point(|x| x.pos < e.pos);
+        dq.insert(i, e);
     }
 }
 
@@ -316,9 +329,9 @@ impl<T, K> Store<T, K> {
         })
     }
 
-    /// Level holding the oldest item (smallest front seq).
+    /// Level holding the oldest item (smallest front position).
     fn oldest_level(levels: &[VecDeque<Entry<T, K>>], bitmap: &[u64; 4]) -> Option<usize> {
-        Self::levels_iter(bitmap).min_by_key(|&l| levels[l].front().map_or(u64::MAX, |e| e.seq))
+        Self::levels_iter(bitmap).min_by_key(|&l| levels[l].front().map_or(u64::MAX, |e| e.pos))
     }
 
     fn take_front(
@@ -426,20 +439,31 @@ impl<T, K> Store<T, K> {
         false
     }
 
-    fn remove(&mut self, seq: u64, priority: Option<u8>) -> Option<Entry<T, K>> {
-        fn rm<T, K>(dq: &mut VecDeque<Entry<T, K>>, seq: u64) -> Option<Entry<T, K>> {
-            let i = dq.binary_search_by_key(&seq, |e| e.seq).ok()?;
+    /// The entry at position `pos` (in level `priority` if known), for an in-place update.
+    fn get_mut(&mut self, pos: u64, priority: u8) -> Option<&mut Entry<T, K>> {
+        let dq = match self {
+            Store::Fifo(dq) => dq,
+            Store::Levels { levels, .. } => &mut levels[priority as usize],
+        };
+        let i = dq.binary_search_by_key(&pos, |e| e.pos).ok()?;
+        dq.get_mut(i)
+    }
+
+    /// Removes the entry at position `pos` (in level `priority` if known).
+    fn remove(&mut self, pos: u64, priority: Option<u8>) -> Option<Entry<T, K>> {
+        fn rm<T, K>(dq: &mut VecDeque<Entry<T, K>>, pos: u64) -> Option<Entry<T, K>> {
+            let i = dq.binary_search_by_key(&pos, |e| e.pos).ok()?;
             dq.remove(i)
         }
         match self {
-            Store::Fifo(dq) => rm(dq, seq),
+            Store::Fifo(dq) => rm(dq, pos),
             Store::Levels { levels, bitmap, .. } => {
                 let l = match priority {
                     Some(p) => p as usize,
                     None => Self::levels_iter(bitmap)
-                        .find(|&l| levels[l].binary_search_by_key(&seq, |e| e.seq).is_ok())?,
+                        .find(|&l| levels[l].binary_search_by_key(&pos, |e| e.pos).is_ok())?,
                 };
-                let e = rm(&mut levels[l], seq)?;
+                let e = rm(&mut levels[l], pos)?;
                 if levels[l].is_empty() {
                     bitmap[l / 64] &= !(1 << (l % 64));
                 }
@@ -449,13 +473,124 @@ impl<T, K> Store<T, K> {
     }
 }
 
+/// A short list that holds its first element inline: the evictions of one offer (almost always
+/// zero or one), so the hot path of every policy allocates nothing. More than one element (an
+/// offer that had to evict several messages to make room by bytes) spills into a `Vec`.
+#[derive(Debug)]
+pub struct Evictions<T, K> {
+    first: Option<Evicted<T, K>>,
+    rest: Vec<Evicted<T, K>>,
+}
+
+impl<T, K> Default for Evictions<T, K> {
+    fn default() -> Self {
+        Evictions {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+}
+
+impl<T, K> Evictions<T, K> {
+    fn push(&mut self, e: Evicted<T, K>) {
+        if self.first.is_none() {
+            self.first = Some(e);
+        } else {
+            self.rest.push(e);
+        }
+    }
+    /// How many items were evicted.
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+    /// Whether nothing was evicted.
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+    /// The evicted items, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Evicted<T, K>> {
+        self.first.iter().chain(self.rest.iter())
+    }
+}
+
+impl<T, K> IntoIterator for Evictions<T, K> {
+    type Item = Evicted<T, K>;
+    type IntoIter =
+        std::iter::Chain<std::option::IntoIter<Evicted<T, K>>, std::vec::IntoIter<Evicted<T, K>>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
+}
+
+/// Entries taken out during one offer, kept with their positions until the offer is settled
+/// (so an offer that turns out impossible can put them back exactly where they were).
+struct Taken<T, K> {
+    first: Option<(Entry<T, K>, DropReason)>,
+    rest: Vec<(Entry<T, K>, DropReason)>,
+}
+
+impl<T, K> Taken<T, K> {
+    fn new() -> Self {
+        Taken {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+    fn push(&mut self, e: Entry<T, K>, reason: DropReason) {
+        if self.first.is_none() {
+            self.first = Some((e, reason));
+        } else {
+            self.rest.push((e, reason));
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+    fn weight(&self) -> u64 {
+        self.first
+            .iter()
+            .chain(&self.rest)
+            .map(|(e, _)| e.weight)
+            .sum()
+    }
+    fn into_evictions(self) -> Evictions<T, K> {
+        let conv = |(e, reason): (Entry<T, K>, DropReason)| Evicted {
+            entry: e.into_item(),
+            reason,
+        };
+        Evictions {
+            first: self.first.map(conv),
+            rest: self.rest.into_iter().map(conv).collect(),
+        }
+    }
+    fn into_entries(self) -> impl Iterator<Item = Entry<T, K>> {
+        self.first.into_iter().chain(self.rest).map(|(e, _)| e)
+    }
+}
+
+/// Where a `Conflate` key's queued message is.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    seq: u64,
+    pos: u64,
+    priority: u8,
+}
+
 /// A bounded container with a declared overflow policy and delivery order.
 ///
-/// `K` is the conflation key type (use `()` if unused). See the module docs for the invariants.
-pub struct PolicyQueue<T, K = ()> {
+/// `K` is the conflation key type (use `()` if unused); `S` hashes keys for `Conflate` (the
+/// default, std's SipHash, resists flooding by keys an outside client chooses, as the broker's
+/// are; the in-process channel uses a faster one). See the module docs for the invariants.
+pub struct PolicyQueue<T, K = (), S = RandomState> {
     store: Store<T, K>,
-    /// For `Conflate`: key -> (seq, priority) of the queued message holding that key.
-    keys: HashMap<Option<K>, (u64, u8)>,
+    /// For `Conflate`: key -> where the queued message holding that key is.
+    keys: HashMap<Option<K>, Slot, S>,
+    /// For `Conflate`: (seq, position) of the item popped last, so that putting it straight back
+    /// ([`PolicyQueue::reinsert`]) restores the position it held rather than its sequence's.
+    last_pop: Option<(u64, u64)>,
     overflow: Overflow,
     order: Order,
     limits: Limits,
@@ -465,13 +600,14 @@ pub struct PolicyQueue<T, K = ()> {
     ext_bytes: u64,
 }
 
-impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
+impl<T, K: Hash + Eq + Clone, S: BuildHasher + Default> PolicyQueue<T, K, S> {
     /// An empty container. Limits are validated by the caller (see `Config`); a zero limit
     /// simply never accepts anything.
     pub fn new(limits: Limits, overflow: Overflow, order: Order) -> Self {
         PolicyQueue {
             store: Store::new(order, overflow),
-            keys: HashMap::new(),
+            keys: HashMap::default(),
+            last_pop: None,
             overflow,
             order,
             limits,
@@ -545,7 +681,18 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
         self.len += 1;
         self.bytes += e.weight;
         if self.overflow == Overflow::Conflate {
-            self.keys.insert(e.key.clone(), (e.seq, e.priority));
+            let slot = Slot {
+                seq: e.seq,
+                pos: e.pos,
+                priority: e.priority,
+            };
+            match self.keys.get_mut(&e.key) {
+                // No clone (for a heap key: no allocation) when the key's entry already exists.
+                Some(s) => *s = slot,
+                None => {
+                    self.keys.insert(e.key.clone(), slot);
+                }
+            }
         }
         self.store.push(e);
     }
@@ -554,7 +701,7 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
         self.len -= 1;
         self.bytes -= e.weight;
         if self.overflow == Overflow::Conflate
-            && self.keys.get(&e.key).is_some_and(|&(s, _)| s == e.seq)
+            && self.keys.get(&e.key).is_some_and(|s| s.seq == e.seq)
         {
             self.keys.remove(&e.key);
         }
@@ -565,6 +712,7 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
     pub fn offer(&mut self, seq: u64, item: T, meta: Meta<K>) -> Offer<T, K> {
         let entry = Entry {
             seq,
+            pos: seq,
             item,
             weight: meta.weight,
             priority: meta.priority,
@@ -573,10 +721,13 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
         if !self.could_ever_fit(entry.weight) {
             return Offer::TooLarge(entry.into_item());
         }
-        if self.fits(entry.weight) && self.overflow != Overflow::Conflate {
+        if self.overflow == Overflow::Conflate {
+            return self.offer_conflate(entry);
+        }
+        if self.fits(entry.weight) {
             self.push_entry(entry);
             return Offer::Accepted {
-                evicted: Vec::new(),
+                evicted: Evictions::default(),
             };
         }
         match self.overflow {
@@ -586,75 +737,112 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
                 entry: entry.into_item(),
                 reason: DropReason::Newest,
             },
-            Overflow::DropOldest => self.evict_then_push(entry, Vec::new(), DropReason::Oldest),
-            Overflow::Conflate => {
-                let mut evicted = Vec::new();
-                if let Some(&(old_seq, old_prio)) = self.keys.get(&entry.key)
-                    && let Some(old) = self.store.remove(old_seq, Some(old_prio))
-                {
-                    self.account_out(&old);
-                    evicted.push(Evicted {
-                        entry: old.into_item(),
-                        reason: DropReason::Conflated,
-                    });
-                }
-                self.evict_then_push(entry, evicted, DropReason::Oldest)
-            }
-            Overflow::ShedPriority => {
-                let (len0, bytes0) = (self.len, self.bytes);
-                // How much must go: enough to fit, or (over shrunk limits) enough not to grow.
-                // Per dimension, what must go: one message if the count is at its limit; enough
-                // bytes to fit, or (over a lowered limit) to not grow.
-                let need_n = match self.limits.max_messages {
-                    Some(m) if len0 + self.ext_count >= m => 1,
-                    _ => 0,
-                };
-                let need_bytes = match self.limits.max_bytes {
-                    Some(m) => (bytes0 + self.ext_bytes + entry.weight)
-                        .saturating_sub(m)
-                        .min(entry.weight),
-                    None => 0,
-                };
-                if need_n > len0 || !self.store.can_shed(entry.priority, need_n, need_bytes) {
-                    let reason = if self.store.lowest_priority().is_some() {
-                        DropReason::Outranked
-                    } else {
-                        DropReason::Newest
-                    };
-                    return Offer::Dropped {
-                        entry: entry.into_item(),
-                        reason,
-                    };
-                }
-                let mut evicted = Vec::new();
-                while !self.room_after_evictions(len0, bytes0, entry.weight) {
-                    if self
-                        .store
-                        .lowest_priority()
-                        .is_none_or(|p| p >= entry.priority)
-                    {
-                        break;
-                    }
-                    let Some(e) = self.store.pop_lowest() else {
-                        break;
-                    };
-                    self.account_out(&e);
-                    evicted.push(Evicted {
-                        entry: e.into_item(),
-                        reason: DropReason::Shed,
-                    });
-                }
-                if !self.room_after_evictions(len0, bytes0, entry.weight) {
-                    // Not reachable when can_shed said yes; never exceed the limits regardless.
-                    self.restore(evicted);
-                    return Offer::Dropped {
-                        entry: entry.into_item(),
-                        reason: DropReason::Outranked,
-                    };
-                }
+            Overflow::DropOldest => self.evict_then_push(entry, Taken::new(), DropReason::Oldest),
+            Overflow::Conflate => unreachable!("handled above"),
+            Overflow::ShedPriority => self.offer_shed(entry),
+        }
+    }
+
+    /// `Conflate`: a message whose key is queued replaces that message in place (the newest
+    /// value at the oldest position); a new key is queued at the back, evicting the oldest
+    /// position if there is no room.
+    fn offer_conflate(&mut self, mut entry: Entry<T, K>) -> Offer<T, K> {
+        let Some(slot_ref) = self.keys.get_mut(&entry.key) else {
+            if self.fits(entry.weight) {
                 self.push_entry(entry);
-                Offer::Accepted { evicted }
+                return Offer::Accepted {
+                    evicted: Evictions::default(),
+                };
             }
+            return self.evict_then_push(entry, Taken::new(), DropReason::Oldest);
+        };
+        let slot = *slot_ref;
+        // Fast path: same level and the swap fits the byte limit (or does not grow the
+        // content): swap the value into the queued entry, no memory moved, nothing allocated,
+        // one hash lookup.
+        let (bytes, ext_bytes, limit) = (self.bytes, self.ext_bytes, self.limits.max_bytes);
+        if slot.priority == entry.priority
+            && let Some(old) = self.store.get_mut(slot.pos, slot.priority)
+        {
+            let after = bytes - old.weight + entry.weight;
+            if limit.is_none_or(|m| after.saturating_add(ext_bytes) <= m) || after <= bytes {
+                std::mem::swap(&mut old.seq, &mut entry.seq);
+                std::mem::swap(&mut old.item, &mut entry.item);
+                std::mem::swap(&mut old.weight, &mut entry.weight);
+                std::mem::swap(&mut old.key, &mut entry.key);
+                slot_ref.seq = old.seq;
+                self.bytes = after;
+                // `entry` now holds the replaced message (with the position it had).
+                let mut evicted = Evictions::default();
+                evicted.push(Evicted {
+                    entry: entry.into_item(),
+                    reason: DropReason::Conflated,
+                });
+                return Offer::Accepted { evicted };
+            }
+        }
+        // Slow path: take the predecessor out, then place the newcomer at its position,
+        // evicting the oldest positions if the newcomer is heavier than the room left.
+        let mut taken = Taken::new();
+        if let Some(old) = self.store.remove(slot.pos, Some(slot.priority)) {
+            self.account_out(&old);
+            entry.pos = old.pos;
+            taken.push(old, DropReason::Conflated);
+        }
+        self.evict_then_push(entry, taken, DropReason::Oldest)
+    }
+
+    fn offer_shed(&mut self, entry: Entry<T, K>) -> Offer<T, K> {
+        let (len0, bytes0) = (self.len, self.bytes);
+        // Per dimension, what must go: one message if the count is at its limit; enough
+        // bytes to fit, or (over a lowered limit) to not grow.
+        let need_n = match self.limits.max_messages {
+            Some(m) if len0 + self.ext_count >= m => 1,
+            _ => 0,
+        };
+        let need_bytes = match self.limits.max_bytes {
+            Some(m) => (bytes0 + self.ext_bytes + entry.weight)
+                .saturating_sub(m)
+                .min(entry.weight),
+            None => 0,
+        };
+        if need_n > len0 || !self.store.can_shed(entry.priority, need_n, need_bytes) {
+            let reason = if self.store.lowest_priority().is_some() {
+                DropReason::Outranked
+            } else {
+                DropReason::Newest
+            };
+            return Offer::Dropped {
+                entry: entry.into_item(),
+                reason,
+            };
+        }
+        let mut taken = Taken::new();
+        while !self.room_after_evictions(len0, bytes0, entry.weight) {
+            if self
+                .store
+                .lowest_priority()
+                .is_none_or(|p| p >= entry.priority)
+            {
+                break;
+            }
+            let Some(e) = self.store.pop_lowest() else {
+                break;
+            };
+            self.account_out(&e);
+            taken.push(e, DropReason::Shed);
+        }
+        if !self.room_after_evictions(len0, bytes0, entry.weight) {
+            // Not reachable when can_shed said yes; never exceed the limits regardless.
+            self.restore(taken);
+            return Offer::Dropped {
+                entry: entry.into_item(),
+                reason: DropReason::Outranked,
+            };
+        }
+        self.push_entry(entry);
+        Offer::Accepted {
+            evicted: taken.into_evictions(),
         }
     }
 
@@ -678,33 +866,27 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
         msgs && by
     }
 
-    /// Puts evicted items back (an offer that turned out impossible must not lose them).
-    fn restore(&mut self, evicted: Vec<Evicted<T, K>>) {
-        for b in evicted.into_iter().rev() {
-            let e = b.entry;
-            self.push_entry(Entry {
-                seq: e.seq,
-                item: e.item,
-                weight: e.meta.weight,
-                priority: e.meta.priority,
-                key: e.meta.key,
-            });
+    /// Puts taken entries back where they were (an offer that turned out impossible must not
+    /// lose them).
+    fn restore(&mut self, taken: Taken<T, K>) {
+        for e in taken.into_entries() {
+            self.push_entry(e);
         }
     }
 
     fn evict_then_push(
         &mut self,
         entry: Entry<T, K>,
-        mut evicted: Vec<Evicted<T, K>>,
+        mut taken: Taken<T, K>,
         reason: DropReason,
     ) -> Offer<T, K> {
-        let len0 = self.len + evicted.len();
-        let bytes0 = self.bytes + evicted.iter().map(|e| e.entry.meta.weight).sum::<u64>();
+        let len0 = self.len + taken.len();
+        let bytes0 = self.bytes + taken.weight();
         // If even an empty container has no room (the load is held outside it) and swapping is
         // impossible, evicting would only lose more: drop the incoming message instead. A
         // conflated predecessor (already removed above) stays reported as replaced.
         if !self.room_at(0, 0, len0, bytes0, entry.weight) {
-            if evicted.is_empty() {
+            if taken.is_empty() {
                 return Offer::Dropped {
                     entry: entry.into_item(),
                     reason: DropReason::Newest,
@@ -714,9 +896,11 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
             // does not grow the content; otherwise the predecessor goes back and the newer drops.
             if entry.weight <= bytes0 - self.bytes {
                 self.push_entry(entry);
-                return Offer::Accepted { evicted };
+                return Offer::Accepted {
+                    evicted: taken.into_evictions(),
+                };
             }
-            self.restore(evicted);
+            self.restore(taken);
             return Offer::Dropped {
                 entry: entry.into_item(),
                 reason: DropReason::Newest,
@@ -726,70 +910,88 @@ impl<T, K: Hash + Eq + Clone> PolicyQueue<T, K> {
             match self.store.pop_oldest() {
                 Some(e) => {
                     self.account_out(&e);
-                    evicted.push(Evicted {
-                        entry: e.into_item(),
-                        reason,
-                    });
+                    taken.push(e, reason);
                 }
                 // Unreachable after the pre-check above; stop rather than loop.
                 None => break,
             }
         }
         self.push_entry(entry);
-        Offer::Accepted { evicted }
+        Offer::Accepted {
+            evicted: taken.into_evictions(),
+        }
     }
 
     /// Takes the next item in delivery order.
     pub fn pop(&mut self) -> Option<Item<T, K>> {
         let e = self.store.pop()?;
         self.account_out(&e);
+        if self.overflow == Overflow::Conflate {
+            self.last_pop = Some((e.seq, e.pos));
+        }
         Some(e.into_item())
     }
 
     /// Removes the item with sequence number `seq` (TTL expiry, purge). `None` if absent.
     pub fn remove(&mut self, seq: u64) -> Option<Item<T, K>> {
-        let prio = if self.overflow == Overflow::Conflate {
-            self.keys.values().find(|(s, _)| *s == seq).map(|&(_, p)| p)
+        let (pos, prio) = if self.overflow == Overflow::Conflate {
+            let s = self.keys.values().find(|s| s.seq == seq)?;
+            (s.pos, Some(s.priority))
         } else {
-            None
+            (seq, None)
         };
-        let e = self.store.remove(seq, prio)?;
+        let e = self.store.remove(pos, prio)?;
         self.account_out(&e);
         Some(e.into_item())
     }
 
-    /// Puts back an item that was already admitted (nacked or timed out) at the position its
-    /// sequence number gives, without applying the overflow policy or limits. Under `Conflate`,
-    /// if another message with the same key is queued, the older of the two (by sequence number)
-    /// is returned as superseded ([`DropReason::Conflated`]); the caller must account for it.
+    /// Puts back an item that was already admitted (nacked, timed out, recovered) without
+    /// applying the overflow policy or limits, at the position its sequence number gives, or,
+    /// under `Conflate`, at the position it held if it is the item popped last (an item popped
+    /// and put straight back keeps its place). Under `Conflate`, if another message with the
+    /// same key is queued, the older of the two (by sequence number) is returned as superseded
+    /// ([`DropReason::Conflated`]; the caller must account for it) and the newer one keeps the
+    /// older (earlier) of the two positions.
     pub fn reinsert(&mut self, seq: u64, item: T, meta: Meta<K>) -> Option<Evicted<T, K>> {
-        let entry = Entry {
+        let mut entry = Entry {
             seq,
+            pos: seq,
             item,
             weight: meta.weight,
             priority: meta.priority,
             key: meta.key,
         };
-        if self.overflow == Overflow::Conflate
-            && let Some(&(other_seq, other_prio)) = self.keys.get(&entry.key)
-        {
-            if other_seq > seq {
-                return Some(Evicted {
-                    entry: entry.into_item(),
-                    reason: DropReason::Conflated,
-                });
-            }
-            if let Some(old) = self.store.remove(other_seq, Some(other_prio)) {
-                self.account_out(&old);
-                self.push_entry(entry);
-                return Some(Evicted {
-                    entry: old.into_item(),
-                    reason: DropReason::Conflated,
-                });
-            }
+        if self.overflow != Overflow::Conflate {
+            self.push_entry(entry);
+            return None;
         }
-        self.push_entry(entry);
-        None
+        if let Some((s, p)) = self.last_pop
+            && s == seq
+        {
+            entry.pos = p;
+            self.last_pop = None;
+        }
+        let Some(&other) = self.keys.get(&entry.key) else {
+            self.push_entry(entry);
+            return None;
+        };
+        let Some(old) = self.store.remove(other.pos, Some(other.priority)) else {
+            // Not reachable (the key map tracks the store); never lose the item regardless.
+            self.push_entry(entry);
+            return None;
+        };
+        self.account_out(&old);
+        let (mut newer, older) = if other.seq > seq {
+            (old, entry)
+        } else {
+            (entry, old)
+        };
+        newer.pos = newer.pos.min(older.pos);
+        self.push_entry(newer);
+        Some(Evicted {
+            entry: older.into_item(),
+            reason: DropReason::Conflated,
+        })
     }
 
     /// Removes and returns every item, in delivery order.

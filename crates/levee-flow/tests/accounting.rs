@@ -59,6 +59,12 @@ fn check_core(policy: Overflow, order: Order, ops: Vec<Op>) -> Result<(), TestCa
     let (mut sent, mut received, mut dropped) = (0u64, 0u64, 0u64);
     let mut next = 0u64;
     let mut ext = (0usize, 0u64);
+    // The model of delivery positions: an item's sequence number, except that under `Conflate` a
+    // replacement takes over the replaced item's position, and the item popped last goes back
+    // to the position it held.
+    let mut pos: HashMap<u64, u64> = HashMap::new();
+    let mut keyof: HashMap<u64, u8> = HashMap::new();
+    let mut last_pop: Option<u64> = None;
     for op in ops {
         match op {
             Op::Offer { weight, prio, key } => {
@@ -72,11 +78,17 @@ fn check_core(policy: Overflow, order: Order, ops: Vec<Op>) -> Result<(), TestCa
                     priority: prio,
                     key: Some(key),
                 };
+                keyof.insert(id, key);
                 match q.offer(id, id, meta) {
                     Offer::Accepted { evicted } => {
                         sent += 1;
                         fate.insert(id, Fate::Queued);
+                        pos.insert(id, id);
                         for e in evicted {
+                            if e.reason == DropReason::Conflated {
+                                prop_assert_eq!(keyof[&e.entry.item], key);
+                                pos.insert(id, pos[&e.entry.item]);
+                            }
                             prop_assert_eq!(fate.get(&e.entry.item), Some(&Fate::Queued));
                             fate.insert(e.entry.item, Fate::Dropped);
                             dropped += 1;
@@ -145,6 +157,7 @@ fn check_core(policy: Overflow, order: Order, ops: Vec<Op>) -> Result<(), TestCa
                     prop_assert_eq!(fate.get(&i.item), Some(&Fate::Queued));
                     fate.insert(i.item, Fate::Popped);
                     received += 1;
+                    last_pop = Some(i.item);
                     popped.push((i.seq, i.item, i.meta));
                 }
             }
@@ -169,8 +182,27 @@ fn check_core(policy: Overflow, order: Order, ops: Vec<Op>) -> Result<(), TestCa
                     prop_assert_eq!(fate.get(&item), Some(&Fate::Popped));
                     received -= 1;
                     fate.insert(item, Fate::Queued);
+                    let mut p = item;
+                    if policy == Overflow::Conflate && last_pop == Some(item) {
+                        p = pos[&item];
+                        last_pop = None;
+                    }
+                    pos.insert(item, p);
+                    let other = fate.iter().find(|(i, f)| {
+                        **f == Fate::Queued && **i != item && keyof[*i] == keyof[&item]
+                    });
+                    let other = other.map(|(i, _)| *i);
                     if let Some(e) = q.reinsert(seq, item, meta) {
+                        prop_assert_eq!(policy, Overflow::Conflate);
                         prop_assert_eq!(e.reason, DropReason::Conflated);
+                        let other = other.expect("superseded only by a same-key item");
+                        let (newer, older) = if other > item {
+                            (other, item)
+                        } else {
+                            (item, other)
+                        };
+                        prop_assert_eq!(e.entry.item, older);
+                        pos.insert(newer, pos[&newer].min(pos[&older]));
                         fate.insert(e.entry.item, Fate::Dropped);
                         dropped += 1;
                     }
@@ -192,14 +224,15 @@ fn check_core(policy: Overflow, order: Order, ops: Vec<Op>) -> Result<(), TestCa
         prop_assert_eq!(queued.len(), q.len());
         prop_assert_eq!(queued.iter().map(|i| weights[i]).sum::<u64>(), q.bytes());
     }
-    // Drain: delivery order must respect the declared order.
+    // Drain: delivery order must respect the declared order, by position.
     let rest = q.drain();
     for w in rest.windows(2) {
+        let (a, b) = (pos[&w[0].item], pos[&w[1].item]);
         match order {
-            Order::Fifo => prop_assert!(w[0].seq < w[1].seq),
+            Order::Fifo => prop_assert!(a < b, "position order {} then {}", a, b),
             _ => prop_assert!(
                 w[0].meta.priority > w[1].meta.priority
-                    || (w[0].meta.priority == w[1].meta.priority && w[0].seq < w[1].seq)
+                    || (w[0].meta.priority == w[1].meta.priority && a < b)
             ),
         }
     }
