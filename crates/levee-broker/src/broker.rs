@@ -2,10 +2,11 @@
 //! accept loop.
 //!
 //! On disk (`data_dir`): `LOCK`, the lock file one broker holds while it uses the directory;
-//! `queues/<dir>/queue.meta` holds a durable queue's name and config (an atomically replaced file,
-//! encoded as a `Declare` frame of the wire protocol) and `queues/<dir>/log/` its [`QueueLog`]
-//! (`<dir>` is `q-<name>` for names that fit, see `data_dir` for the others). Memory queues have
-//! no files and do not survive a restart (like RabbitMQ's transient queues).
+//! `queues/<dir>/queue.meta` holds a queue's name and config (an atomically replaced file,
+//! encoded as a `Declare` frame of the wire protocol) and, for a disk queue, `queues/<dir>/log/`
+//! its [`QueueLog`] (`<dir>` is `q-<name>` for names that fit, see `data_dir` for the others). A
+//! memory queue has only its `queue.meta`: it comes back empty after a restart. A transient queue
+//! has no files and is gone after a restart (like RabbitMQ's `durable=false` queues).
 //!
 //! # Invariants
 //! - At most one broker uses a data directory: [`Broker::open`] takes its lock (released when the
@@ -384,7 +385,8 @@ impl Broker {
                 None,
             ),
         };
-        let dir = if log.is_some() { queue_dir } else { None };
+        // Memory queues have a directory too: their catalog entry (not a transient one).
+        let dir = queue_dir;
         let messages = core.stats().ready;
         let router: Arc<dyn Router> = self.inner.clone();
         let actor = QueueActor::new(core, log.clone(), router, tx.downgrade(), rx);
@@ -438,7 +440,9 @@ impl Broker {
             )));
         }
         let mut queue_dir = None;
-        if matches!(config.durability, Durability::Disk(_)) {
+        // Every queue but a transient one has a catalog entry, so its definition survives a
+        // restart (a memory queue's messages do not).
+        if config.durability.keeps_definition() {
             let root = self.inner.config.data_dir.join("queues");
             let backend = self.inner.backend.clone();
             let meta = encode_meta(name, &config);
@@ -504,9 +508,9 @@ impl Broker {
         let _ = entry.tx.send(Cmd::Delete(reply));
         let dropped = rx.await.unwrap_or(0);
         let _ = entry.task.await;
-        if let (Some(slot), Some(dir)) = (entry.log, entry.dir) {
+        if let Some(dir) = entry.dir {
             let backend = self.inner.backend.clone();
-            let log = slot.write().take();
+            let log = entry.log.and_then(|slot| slot.write().take());
             tokio::task::spawn_blocking(move || -> Result<(), BrokerError> {
                 if let Some(log) = log
                     && let Ok(log) = Arc::try_unwrap(log)

@@ -309,8 +309,12 @@ impl<'a> From<&'a QueueConfig> for ConfigView<'a> {
             Durability::Disk(Fsync::Interval(ms)) => {
                 ("disk", Some(FsyncView::Interval { interval_ms: ms }))
             }
+            // Fsync::Never, or a mode added to the wire later (shown as the weakest).
             Durability::Disk(_) => ("disk", Some(FsyncView::Named("never"))),
-            _ => ("memory", None),
+            Durability::Memory => ("memory", None),
+            Durability::Transient => ("transient", None),
+            // A kind added to the wire later: named by the proto crate.
+            other => (other.as_str(), None),
         };
         ConfigView {
             max_messages: c.max_messages,

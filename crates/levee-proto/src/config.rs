@@ -215,10 +215,14 @@ impl FromStr for Fsync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Durability {
-    /// In memory only; lost on restart. Wire value 0.
+    /// Messages in memory only, lost on restart; the queue's definition is kept in the catalog,
+    /// so the queue itself comes back (empty). Wire value 0.
     Memory,
     /// On disk with the given fsync policy. Wire value 1 + fsync.
     Disk(Fsync),
+    /// Messages in memory and no catalog entry: the queue is gone after a restart (RabbitMQ's
+    /// `durable=false`). Wire value 2.
+    Transient,
 }
 
 impl Default for Durability {
@@ -236,32 +240,39 @@ impl Durability {
     pub fn from_parts(durability: Option<&str>, fsync: Option<Fsync>) -> Result<Durability> {
         match durability {
             None | Some("disk") => Ok(Durability::Disk(fsync.unwrap_or_default())),
-            Some("memory") => match fsync {
-                None => Ok(Durability::Memory),
+            Some(kind @ ("memory" | "transient")) => match fsync {
+                None if kind == "memory" => Ok(Durability::Memory),
+                None => Ok(Durability::Transient),
                 Some(f) => Err(ProtoError::InvalidConfig {
                     field: "fsync",
-                    reason: format!("{f} applies only to disk queues, not to a memory queue"),
+                    reason: format!("{f} applies only to disk queues, not to a {kind} queue"),
                 }),
             },
             Some(other) => Err(ProtoError::InvalidConfig {
                 field: "durability",
-                reason: format!("unknown durability {other:?}: expected memory or disk"),
+                reason: format!("unknown durability {other:?}: expected disk, memory or transient"),
             }),
         }
     }
 
-    /// `"memory"` or `"disk"`.
+    /// `"memory"`, `"disk"` or `"transient"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Durability::Memory => "memory",
             Durability::Disk(_) => "disk",
+            Durability::Transient => "transient",
         }
+    }
+
+    /// Whether the queue's definition is kept in the catalog (it comes back after a restart).
+    pub const fn keeps_definition(self) -> bool {
+        !matches!(self, Durability::Transient)
     }
 
     /// The fsync policy of a disk queue (`None` for memory).
     pub const fn fsync(self) -> Option<Fsync> {
         match self {
-            Durability::Memory => None,
+            Durability::Memory | Durability::Transient => None,
             Durability::Disk(f) => Some(f),
         }
     }
@@ -273,6 +284,7 @@ impl fmt::Display for Durability {
         match self {
             Durability::Memory => f.write_str("memory"),
             Durability::Disk(fs) => write!(f, "disk fsync={fs}"),
+            Durability::Transient => f.write_str("transient"),
         }
     }
 }
@@ -543,6 +555,7 @@ pub(crate) fn encode_config(dst: &mut BytesMut, c: &QueueConfig) -> Result<()> {
     });
     match c.durability {
         Durability::Memory => dst.put_u8(0),
+        Durability::Transient => dst.put_u8(2),
         Durability::Disk(fsync) => {
             dst.put_u8(1);
             match fsync {
@@ -606,6 +619,7 @@ pub(crate) fn decode_config(r: &mut Reader) -> Result<QueueConfig> {
     };
     let durability = match r.u8("durability")? {
         0 => Durability::Memory,
+        2 => Durability::Transient,
         1 => Durability::Disk(match r.u8("fsync")? {
             0 => Fsync::Always,
             1 => Fsync::Interval(r.u32("fsync interval")?),

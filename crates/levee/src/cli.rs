@@ -243,9 +243,13 @@ pub struct DeclareArgs {
     /// Delivery order [default: fifo]: fifo or priority.
     #[arg(long, value_name = "ORDER")]
     pub order: Option<Order>,
-    /// Where messages are kept [default: disk]: memory (lost on restart) or disk.
-    #[arg(long, value_name = "KIND", value_parser = ["memory", "disk"])]
+    /// Where messages are kept [default: disk]: disk; memory (messages lost on restart, the
+    /// queue's definition kept); transient (the queue itself is gone after a restart).
+    #[arg(long, value_name = "KIND", value_parser = ["memory", "disk", "transient"])]
     pub durability: Option<String>,
+    /// Same as `--durability transient`.
+    #[arg(long, conflicts_with = "durability")]
+    pub transient: bool,
     /// When a disk queue fsyncs [default: always]: always, never or interval:MS.
     #[arg(long, value_name = "POLICY")]
     pub fsync: Option<Fsync>,
@@ -299,9 +303,13 @@ impl DeclareArgs {
             c.order = v;
         }
         // The shared rule on the combination (an fsync policy on a memory queue is refused).
-        let named = Durability::from_parts(self.durability.as_deref(), self.fsync)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        c.durability = match (self.durability.as_deref(), self.fsync, base.durability) {
+        let kind = if self.transient {
+            Some("transient")
+        } else {
+            self.durability.as_deref()
+        };
+        let named = Durability::from_parts(kind, self.fsync).map_err(|e| anyhow::anyhow!("{e}"))?;
+        c.durability = match (kind, self.fsync, base.durability) {
             (None, None, existing) => existing,
             // `--durability disk` alone keeps an existing disk queue's fsync policy.
             (Some("disk"), None, Durability::Disk(f)) => Durability::Disk(f),

@@ -881,3 +881,32 @@ fn a_consume_that_loses_its_broker_prints_its_counts() {
         "{err}"
     );
 }
+
+/// A memory queue's definition comes back after a restart (empty); a transient one does not.
+#[test]
+fn memory_queues_come_back_empty_after_a_restart_and_transient_ones_do_not() {
+    let mut server = Server::start();
+    ok(levee(
+        &server,
+        &["queue", "declare", "cache", "--durability", "memory"],
+    ));
+    ok(levee(
+        &server,
+        &["queue", "declare", "scratch", "--transient"],
+    ));
+    let text = ok(levee(&server, &["queue", "inspect", "scratch"]));
+    assert!(text.contains("durability=transient"), "{text}");
+    let out = levee(
+        &server,
+        &["queue", "declare", "bad", "--transient", "--fsync", "never"],
+    );
+    assert!(
+        !out.status.success(),
+        "fsync with a transient queue is refused"
+    );
+    assert!(stderr_of(&out).contains("transient"), "{}", stderr_of(&out));
+    server.restart_after_kill9();
+    let list = ok(levee(&server, &["queue", "list"]));
+    assert!(list.contains("cache"), "{list}");
+    assert!(!list.contains("scratch"), "{list}");
+}

@@ -167,29 +167,86 @@ fn confirmed_messages_survive_kill_9_and_acked_ones_stay_acked() {
 }
 
 #[test]
-fn a_queue_declaration_survives_a_restart_and_memory_queues_do_not() {
+fn memory_queue_definitions_survive_a_restart_empty_and_transient_queues_do_not() {
     let mut server = Server::start();
     let mut raw = Raw::handshake(server.wire);
     for (req, name, durability) in [
         (1, "durable", levee_proto::Durability::default()),
-        (2, "transient", levee_proto::Durability::Memory),
+        (2, "memory", levee_proto::Durability::Memory),
+        (3, "transient", levee_proto::Durability::Transient),
     ] {
         raw.send(&ClientFrame::Declare {
             req,
             queue: name.into(),
             config: QueueConfig {
                 durability,
+                overflow: levee_proto::Overflow::DropNewest,
                 ..QueueConfig::default()
             },
         });
         assert!(matches!(raw.recv(), Some(ServerFrame::QueueOk { .. })));
     }
+    // A message in the memory queue: it is lost with the restart, the queue is not.
+    let confirmed = publish_confirmed_once(&mut raw, "memory");
+    assert!(confirmed);
     server.restart_after_kill9();
     let mut raw = Raw::handshake(server.wire);
     raw.send(&ClientFrame::ListQueues { req: 3 });
     match raw.recv() {
+        Some(ServerFrame::QueueList { queues, .. }) => {
+            assert_eq!(queues, vec!["durable", "memory"])
+        }
+        other => panic!("{other:?}"),
+    }
+    raw.send(&ClientFrame::Inspect {
+        req: 4,
+        queue: "memory".into(),
+    });
+    loop {
+        match raw.recv() {
+            Some(ServerFrame::QueueStats { info, .. }) => {
+                assert_eq!(info.config.durability, levee_proto::Durability::Memory);
+                assert_eq!((info.stats.ready, info.stats.stored), (0, 0));
+                break;
+            }
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    }
+    // Deleting it removes its catalog entry: it does not come back.
+    raw.send(&ClientFrame::Delete {
+        req: 5,
+        queue: "memory".into(),
+    });
+    loop {
+        if let Some(ServerFrame::QueueOk { req: 5, .. }) = raw.recv() {
+            break;
+        }
+    }
+    server.restart_after_kill9();
+    let mut raw = Raw::handshake(server.wire);
+    raw.send(&ClientFrame::ListQueues { req: 6 });
+    match raw.recv() {
         Some(ServerFrame::QueueList { queues, .. }) => assert_eq!(queues, vec!["durable"]),
         other => panic!("{other:?}"),
+    }
+}
+
+/// Publishes one message to a non-block queue and waits for its confirm: whether it was stored.
+fn publish_confirmed_once(raw: &mut Raw, queue: &str) -> bool {
+    raw.send(&ClientFrame::Publish {
+        req: 77,
+        queue: queue.into(),
+        messages: vec![Message::new(b"m".to_vec())],
+    });
+    loop {
+        match raw.recv() {
+            Some(ServerFrame::PublishConfirm { req: 77, outcomes }) => {
+                return matches!(outcomes[0], PublishOutcome::Stored { .. });
+            }
+            Some(_) => {}
+            None => panic!("closed"),
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub fn drop_reason() -> impl Strategy<Value = DropReason> {
 pub fn durability() -> impl Strategy<Value = Durability> {
     prop_oneof![
         Just(Durability::Memory),
+        Just(Durability::Transient),
         Just(Durability::Disk(Fsync::Always)),
         any::<u32>().prop_map(|ms| Durability::Disk(Fsync::Interval(ms))),
         Just(Durability::Disk(Fsync::Never)),
