@@ -10,7 +10,9 @@
 //! The actor never blocks on a connection: frames for clients go to each connection's
 //! [`crate::outbox`], deliveries only within the room it has.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+
+use levee_flow::RateWindow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -98,56 +100,15 @@ pub(crate) trait Router: Send + Sync + 'static {
     fn route(&self, queue: &str) -> Option<mpsc::UnboundedSender<Cmd>>;
 }
 
-/// Counter samples (published, delivered, acked) for rates over a sliding window.
-///
-/// The actor records a sample at most every [`Rates::EVERY_MS`] while the counters move,
-/// whether or not anyone inspects the queue, so a rate is always an average over about
-/// [`Rates::WINDOW_MS`] of history (never over the few milliseconds between two inspects).
-/// Invariant: when no sample is due (`next_due` is `None`), the counters equal the last sample,
-/// so their value at any time since that sample is known exactly; an idle queue is not woken.
-struct Rates {
-    samples: VecDeque<(u64, [u64; 3])>,
-}
+/// Rates of (published, delivered, acked) over 5 s, sampled at most every second by the actor's
+/// own clock while the counters move (levee-flow's [`RateWindow`], the one rate window of Levee),
+/// so a rate is never computed over the few ms between two inspects, and an idle queue is not
+/// woken.
+type Rates = RateWindow<3>;
 
-impl Rates {
-    const WINDOW_MS: u64 = 5_000;
-    const EVERY_MS: u64 = 1_000;
-
-    /// When the next sample must be taken: `None` while the counters have not moved since the
-    /// last one.
-    fn next_due(&self, c: [u64; 3]) -> Option<u64> {
-        match self.samples.back() {
-            None => Some(0),
-            Some((_, last)) if *last == c => None,
-            Some((t, _)) => Some(t + Self::EVERY_MS),
-        }
-    }
-
-    /// Takes a sample if one is due; keeps one sample at or before the window's start.
-    fn record(&mut self, now: u64, c: [u64; 3]) {
-        if self.next_due(c).is_some_and(|due| now >= due) {
-            self.samples.push_back((now, c));
-        }
-        let start = now.saturating_sub(Self::WINDOW_MS);
-        while self.samples.len() > 1 && self.samples.get(1).is_some_and(|(t, _)| *t <= start) {
-            self.samples.pop_front();
-        }
-    }
-
-    /// Per-second rates over the last [`Rates::WINDOW_MS`] (from the latest sample at or
-    /// before its start); 0 until a queue has a second of history.
-    fn rates(&mut self, now: u64, c: [u64; 3]) -> [u64; 3] {
-        self.record(now, c);
-        let Some(&(t0, c0)) = self.samples.front() else {
-            return [0; 3];
-        };
-        let dt = now.saturating_sub(t0);
-        if dt < Self::EVERY_MS {
-            return [0; 3];
-        }
-        std::array::from_fn(|i| c[i].saturating_sub(c0[i]) * 1_000 / dt)
-    }
-}
+/// Width of the stats rate window and the sampling period.
+const RATE_WINDOW_MS: u64 = 5_000;
+const RATE_EVERY_MS: u64 = 1_000;
 
 /// Where a publisher session's confirms go.
 struct Session {
@@ -188,9 +149,7 @@ impl QueueActor {
             consumers: HashMap::new(),
             producers: HashMap::new(),
             router,
-            rates: Rates {
-                samples: VecDeque::new(),
-            },
+            rates: Rates::new(RATE_WINDOW_MS, RATE_EVERY_MS),
             rx,
             stop_reason: None,
         }
@@ -461,42 +420,5 @@ impl QueueActor {
             config: self.core.config().clone(),
             stats,
         }
-    }
-}
-#[cfg(test)]
-mod rate_tests {
-    use super::Rates;
-
-    fn rates() -> Rates {
-        Rates {
-            samples: Default::default(),
-        }
-    }
-
-    #[test]
-    fn two_messages_a_few_ms_apart_are_not_a_rate_of_hundreds() {
-        let mut r = rates();
-        r.record(10_000, [0, 0, 0]);
-        r.record(10_003, [1, 0, 0]);
-        assert_eq!(r.rates(10_006, [2, 0, 0]), [0, 0, 0]);
-        // Sampled by the actor's own clock, not by the inspects: a second later it is 2/s.
-        r.record(11_000, [2, 0, 0]);
-        assert_eq!(r.rates(11_000, [2, 0, 0]), [2, 0, 0]);
-    }
-
-    #[test]
-    fn a_steady_flow_is_averaged_over_the_window_and_an_idle_queue_goes_to_zero() {
-        let mut r = rates();
-        let mut c = 0;
-        for s in 0..=20u64 {
-            r.record(s * 1_000, [c, c, c]);
-            c += 100;
-        }
-        let c = c - 100;
-        assert_eq!(r.rates(20_000, [c, c, c]), [100, 100, 100]);
-        assert!(r.samples.len() <= 7, "bounded: {}", r.samples.len());
-        // Traffic stops: no sample is due (nothing to wake for), the rate decays to 0.
-        assert_eq!(r.next_due([c, c, c]), None);
-        assert_eq!(r.rates(40_000, [c, c, c]), [0, 0, 0]);
     }
 }

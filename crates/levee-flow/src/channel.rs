@@ -45,6 +45,9 @@ const SPINS: u32 = 1;
 use crate::policy::{DropReason, Limits, Meta, Offer, Order, Overflow, PolicyQueue};
 use crate::stats::{Counters, RateWindow, Stats};
 
+/// Channel rates are sampled at most this often (at stats snapshots).
+const RATE_SAMPLE_MS: u64 = 50;
+
 /// How many bytes a message weighs, for `max_bytes`.
 pub trait Weigh {
     /// The message's size in bytes.
@@ -372,7 +375,8 @@ struct Shared<T> {
     key: Option<KeyFn<T>>,
     on_drop: Option<DropFn<T>>,
     unbounded_ok: bool,
-    rates: Mutex<RateWindow>,
+    /// Rates of (sent, received, dropped), time in ms since `created`.
+    rates: Mutex<RateWindow<3>>,
     created: Instant,
 }
 
@@ -914,8 +918,11 @@ impl<T> Shared<T> {
         };
         let now = Instant::now();
         let dropped = c.dropped.total();
-        let [send_rate, recv_rate, drop_rate] =
-            self.rates.lock().observe(now, c.sent, c.received, dropped);
+        let at = now.duration_since(self.created).as_millis() as u64;
+        let [send_rate, recv_rate, drop_rate] = self
+            .rates
+            .lock()
+            .rates_f64(at, [c.sent, c.received, dropped]);
         Stats {
             sent: c.sent,
             received: c.received,
@@ -982,7 +989,10 @@ pub fn channel<T>(config: Config<T>) -> Result<(Sender<T>, Receiver<T>), ConfigE
         key: config.key,
         on_drop: config.on_drop,
         unbounded_ok: config.unbounded,
-        rates: Mutex::new(RateWindow::new(config.rate_window, now)),
+        rates: Mutex::new(
+            RateWindow::new(config.rate_window.as_millis() as u64, RATE_SAMPLE_MS)
+                .starting_at(0, [0; 3]),
+        ),
         created: now,
     });
     Ok((

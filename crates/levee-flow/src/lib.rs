@@ -39,4 +39,4 @@ pub use policy::{
     DropReason, Evicted, Evictions, Limits, Meta, Offer, Order, Overflow, PolicyQueue,
 };
 pub use rate::{ConcurrencyLimit, Paced, RateConfig};
-pub use stats::{DropCounts, Stats};
+pub use stats::{DropCounts, RateWindow, Stats};

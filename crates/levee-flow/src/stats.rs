@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::policy::DropReason;
 
@@ -144,65 +144,88 @@ pub(crate) struct Counters {
     pub resizes: u64,
 }
 
-#[derive(Clone, Copy)]
-struct Sample {
-    at: Instant,
-    sent: u64,
-    received: u64,
-    dropped: u64,
+/// Counter samples over a sliding window, for per-second rates: the one rate window of Levee (the
+/// channels' [`Stats`] and the broker's queue stats both use it). Time is milliseconds on any
+/// monotonic clock of the caller's (no clock is read here).
+///
+/// A sample is recorded at most every `every_ms`, and only while the counters move, so an idle
+/// owner need not be woken: when [`RateWindow::next_due`] is `None` the counters equal the last
+/// sample, so their value at any time since is known exactly. A rate is the counter delta since
+/// the newest sample at or before the window's start, divided by the time since it — never over a
+/// few milliseconds between two looks (0 until `every_ms` of history exist).
+///
+/// Memory bound: at most `window_ms / every_ms + 2` samples, and never more than 1,024.
+#[derive(Debug, Clone)]
+pub struct RateWindow<const N: usize> {
+    window_ms: u64,
+    every_ms: u64,
+    samples: VecDeque<(u64, [u64; N])>,
 }
 
-/// Samples of the counters at snapshot times, for rates over a sliding window.
-pub(crate) struct RateWindow {
-    window: Duration,
-    samples: VecDeque<Sample>,
-}
+impl<const N: usize> RateWindow<N> {
+    /// Most samples kept, whatever the window.
+    const MAX_SAMPLES: usize = 1024;
 
-impl RateWindow {
-    pub fn new(window: Duration, start: Instant) -> Self {
-        let mut samples = VecDeque::new();
-        samples.push_back(Sample {
-            at: start,
-            sent: 0,
-            received: 0,
-            dropped: 0,
-        });
-        RateWindow { window, samples }
+    /// A window of `window_ms`, sampled at most every `every_ms` (both at least 1).
+    pub fn new(window_ms: u64, every_ms: u64) -> Self {
+        RateWindow {
+            window_ms: window_ms.max(1),
+            every_ms: every_ms.max(1),
+            samples: VecDeque::new(),
+        }
     }
 
-    /// Records the current counters and returns (send, recv, drop) rates per second.
-    pub fn observe(&mut self, now: Instant, sent: u64, received: u64, dropped: u64) -> [f64; 3] {
-        // Keep the newest sample older than the window start so the window is fully covered.
-        while self.samples.len() >= 2 && now.duration_since(self.samples[1].at) >= self.window {
+    /// The same, with a first sample (`counters` at `at_ms`, e.g. zeros at creation).
+    pub fn starting_at(mut self, at_ms: u64, counters: [u64; N]) -> Self {
+        self.samples.push_back((at_ms, counters));
+        self
+    }
+
+    /// When the next sample must be taken: `None` while the counters have not moved since the
+    /// last one.
+    pub fn next_due(&self, c: [u64; N]) -> Option<u64> {
+        match self.samples.back() {
+            None => Some(0),
+            Some((_, last)) if *last == c => None,
+            Some((t, _)) => Some(t + self.every_ms),
+        }
+    }
+
+    /// Takes a sample if one is due; keeps one sample at or before the window's start.
+    pub fn record(&mut self, now_ms: u64, c: [u64; N]) {
+        if self.next_due(c).is_some_and(|due| now_ms >= due) {
+            self.samples.push_back((now_ms, c));
+        }
+        let start = now_ms.saturating_sub(self.window_ms);
+        while self.samples.len() > 1 && self.samples.get(1).is_some_and(|(t, _)| *t <= start) {
             self.samples.pop_front();
         }
-        let base = self.samples[0];
-        let dt = now.duration_since(base.at).as_secs_f64();
-        let rates = if dt > 0.0 {
-            [
-                (sent - base.sent) as f64 / dt,
-                (received - base.received) as f64 / dt,
-                (dropped - base.dropped) as f64 / dt,
-            ]
-        } else {
-            [0.0; 3]
+        while self.samples.len() > Self::MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Records, then gives the per-second rates over the window as whole numbers.
+    pub fn rates(&mut self, now_ms: u64, c: [u64; N]) -> [u64; N] {
+        self.rates_f64(now_ms, c).map(|r| r as u64)
+    }
+
+    /// Records, then gives the per-second rates over the window.
+    pub fn rates_f64(&mut self, now_ms: u64, c: [u64; N]) -> [f64; N] {
+        self.record(now_ms, c);
+        let Some(&(t0, c0)) = self.samples.front() else {
+            return [0.0; N];
         };
-        if self
-            .samples
-            .back()
-            .is_none_or(|s| now.duration_since(s.at) >= Duration::from_millis(50))
-        {
-            self.samples.push_back(Sample {
-                at: now,
-                sent,
-                received,
-                dropped,
-            });
+        let dt = now_ms.saturating_sub(t0);
+        if dt < self.every_ms {
+            return [0.0; N];
         }
-        if self.samples.len() > 1024 {
-            self.samples.pop_front();
-        }
-        rates
+        std::array::from_fn(|i| c[i].saturating_sub(c0[i]) as f64 * 1_000.0 / dt as f64)
+    }
+
+    /// Samples held now.
+    pub fn samples(&self) -> usize {
+        self.samples.len()
     }
 }
 
@@ -212,15 +235,40 @@ mod tests {
 
     #[test]
     fn rates_cover_the_sliding_window_only() {
-        let t0 = Instant::now();
-        let mut w = RateWindow::new(Duration::from_secs(2), t0);
-        let s = |n: u64| t0 + Duration::from_secs(n);
-        assert_eq!(w.observe(s(1), 100, 50, 10), [100.0, 50.0, 10.0]);
-        assert_eq!(w.observe(s(2), 200, 100, 20), [100.0, 50.0, 10.0]);
+        let mut w = RateWindow::new(2_000, 50).starting_at(0, [0; 3]);
+        let s = |n: u64| n * 1_000;
+        assert_eq!(w.rates_f64(s(1), [100, 50, 10]), [100.0, 50.0, 10.0]);
+        assert_eq!(w.rates_f64(s(2), [200, 100, 20]), [100.0, 50.0, 10.0]);
         // Rate changes: only the last ~2 s count.
-        let r = w.observe(s(3), 1200, 100, 20);
+        let r = w.rates_f64(s(3), [1200, 100, 20]);
         assert_eq!(r, [550.0, 25.0, 5.0], "window starts at the 1 s sample");
-        let r = w.observe(s(4), 2200, 100, 20);
+        let r = w.rates_f64(s(4), [2200, 100, 20]);
         assert_eq!(r, [1000.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn two_events_a_few_ms_apart_are_not_a_rate_of_hundreds() {
+        let mut r = RateWindow::new(5_000, 1_000);
+        r.record(10_000, [0, 0, 0]);
+        r.record(10_003, [1, 0, 0]);
+        assert_eq!(r.rates(10_006, [2, 0, 0]), [0, 0, 0]);
+        // Sampled by the owner's own clock, not by the looks: a second later it is 2/s.
+        r.record(11_000, [2, 0, 0]);
+        assert_eq!(r.rates(11_000, [2, 0, 0]), [2, 0, 0]);
+    }
+
+    #[test]
+    fn a_steady_flow_is_averaged_and_an_idle_owner_is_not_woken() {
+        let mut r = RateWindow::new(5_000, 1_000);
+        let mut c = 0;
+        for s in 0..=20u64 {
+            r.record(s * 1_000, [c, c, c]);
+            c += 100;
+        }
+        let c = c - 100;
+        assert_eq!(r.rates(20_000, [c, c, c]), [100, 100, 100]);
+        assert!(r.samples() <= 7, "bounded: {}", r.samples());
+        assert_eq!(r.next_due([c, c, c]), None);
+        assert_eq!(r.rates(40_000, [c, c, c]), [0, 0, 0]);
     }
 }
