@@ -1,5 +1,5 @@
-//! The broker: the registry of queues, their durable catalog, recovery at start, and the TCP
-//! accept loop.
+//! The broker: the registry of queues, their durable catalog, recovery at start. The accept
+//! loops that serve connections on it are in `net` (this module knows nothing of connections).
 //!
 //! On disk (`data_dir`): `LOCK`, the lock file one broker holds while it uses the directory;
 //! `queues/<dir>/queue.meta` holds a durable queue's name and config (an atomically replaced file,
@@ -16,10 +16,10 @@
 //! - A durable queue's catalog entry is written (and fsynced) before it is announced to the client.
 //! - Open connections stay within `max_connections`; frames still arriving that are larger than a
 //!   connection's standing read buffer hold a reservation of the broker-wide
-//!   `max_partial_frame_bytes` budget (see `limits`).
+//!   `max_partial_frame_bytes` budget (see `net::limits`; the broker owns the budgets, the
+//!   listeners and connections draw from them).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,13 +30,12 @@ use levee_proto::{
 };
 use levee_store::{Backend, FsBackend};
 use parking_lot::RwLock;
-use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::actor::{Cmd, LogSlot, QueueActor, Router};
 use crate::data_dir::DataDirLock;
 use crate::error::BrokerError;
-use crate::limits::Limits;
+use crate::net::limits::Limits;
 use crate::queue::QueueState;
 use crate::queue::core::QueueCore;
 
@@ -278,7 +277,11 @@ impl Broker {
         lock: Option<DataDirLock>,
     ) -> Result<Broker, BrokerError> {
         let inner = Arc::new(Inner {
-            limits: Limits::new(&config),
+            limits: Limits::new(
+                config.max_connections,
+                config.max_http_connections,
+                config.max_partial_frame_bytes,
+            ),
             config,
             backend,
             queues: RwLock::new(HashMap::new()),
@@ -609,91 +612,5 @@ impl Broker {
     /// The broker's settings.
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.config
-    }
-
-    /// Accepts connections on `listener` until the task is dropped.
-    ///
-    /// Cancel-safe: dropping the future stops accepting; connections already accepted go on.
-    ///
-    /// At most `max_connections` connections are served at once; one more is answered with a
-    /// `Close` saying so and closed (see `limits`).
-    pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
-        let mut backoff = AcceptBackoff::default();
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(x) => {
-                    backoff.reset();
-                    x
-                }
-                Err(e) => {
-                    backoff.wait(&e).await;
-                    continue;
-                }
-            };
-            let Some(slot) = self.inner.limits.admit() else {
-                tracing::debug!(%peer, "refused: max_connections reached");
-                self.inner.limits.refuse(stream);
-                continue;
-            };
-            let broker = self.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                if let Err(e) = crate::conn::serve(broker, stream).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
-        }
-    }
-
-    /// Binds `addr` and serves on it; returns the bound address (useful with port 0) and the
-    /// serving task.
-    ///
-    /// Cancel-safe: dropped before it returns, nothing is listening.
-    pub async fn bind(
-        &self,
-        addr: SocketAddr,
-    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
-        let listener = TcpListener::bind(addr).await?;
-        let local = listener.local_addr()?;
-        let broker = self.clone();
-        Ok((
-            local,
-            tokio::spawn(async move { broker.serve(listener).await }),
-        ))
-    }
-}
-
-/// What an accept loop does after `accept` failed: per-connection errors (the peer reset before
-/// it was accepted) are skipped at once; others (EMFILE, ENFILE, ENOBUFS: out of descriptors or
-/// memory) wait a short, bounded backoff (1 ms doubling to 20 ms) so the loop neither spins nor
-/// stalls clients once descriptors are free again. One warning per burst of failures.
-#[derive(Default)]
-pub(crate) struct AcceptBackoff {
-    failures: u32,
-}
-
-impl AcceptBackoff {
-    const MAX: std::time::Duration = std::time::Duration::from_millis(20);
-
-    pub(crate) fn reset(&mut self) {
-        self.failures = 0;
-    }
-
-    /// # Cancel safety
-    /// Cancel-safe (a sleep).
-    pub(crate) async fn wait(&mut self, e: &std::io::Error) {
-        use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-        if matches!(
-            e.kind(),
-            ConnectionAborted | ConnectionReset | ConnectionRefused
-        ) {
-            return;
-        }
-        if self.failures == 0 {
-            tracing::warn!(error = %e, "accept failed; retrying (is the file descriptor limit too low for max_connections?)");
-        }
-        let delay = std::time::Duration::from_millis(1 << self.failures.min(5)).min(Self::MAX);
-        self.failures = self.failures.saturating_add(1);
-        tokio::time::sleep(delay).await;
     }
 }

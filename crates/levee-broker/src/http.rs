@@ -1020,7 +1020,7 @@ pub async fn serve_http(broker: Broker, listener: TcpListener) -> std::io::Resul
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(timeout);
-    let mut backoff = crate::broker::AcceptBackoff::default();
+    let mut backoff = crate::net::listener::AcceptBackoff::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => {

@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use crate::actor::{Cmd, InFlight};
 use crate::broker::Broker;
 use crate::error::BrokerError;
-use crate::limits::{FrameReservation, Limits, UNRESERVED_FRAME};
+use crate::net::limits::{FrameReservation, Limits, UNRESERVED_FRAME};
 use crate::outbox::{ConnRx, ConnTx, conn_channel};
 
 /// Writes frames from the channel, coalescing whatever is queued into one write, and reports
