@@ -2,8 +2,8 @@
 //! loops that serve connections on it are in `net` (this module knows nothing of connections).
 //!
 //! On disk (`data_dir`): `LOCK`, the lock file one broker holds while it uses the directory;
-//! `queues/<dir>/queue.meta` holds a durable queue's name and config (an atomically replaced file,
-//! encoded as a `Declare` frame of the wire protocol) and `queues/<dir>/log/` its [`QueueLog`]
+//! `queues/<dir>/queue.meta` holds a durable queue's name and config (its catalog entry, see
+//! `catalog`) and `queues/<dir>/log/` its [`QueueLog`]
 //! (`<dir>` is `q-<name>` for names that fit, see `data_dir` for the others). Memory queues have
 //! no files and do not survive a restart (like RabbitMQ's transient queues).
 //!
@@ -20,14 +20,11 @@
 //!   listeners and connections draw from them).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::BytesMut;
-use levee_proto::{
-    ClientFrame, DEFAULT_MAX_FRAME, Durability, QueueConfig, QueueInfo, validate_queue_name,
-};
+use levee_proto::{DEFAULT_MAX_FRAME, Durability, QueueConfig, QueueInfo, validate_queue_name};
 use levee_store::{Backend, FsBackend};
 use parking_lot::RwLock;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -217,30 +214,6 @@ pub struct Broker {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// The catalog entry: the queue's declaration, in the wire encoding.
-fn encode_meta(name: &str, config: &QueueConfig) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    ClientFrame::Declare {
-        req: 0,
-        queue: name.to_string(),
-        config: config.clone(),
-    }
-    .encode(&mut buf)
-    .expect("a validated config encodes");
-    buf.to_vec()
-}
-
-pub(crate) fn decode_meta(path: &Path, bytes: &[u8]) -> Result<(String, QueueConfig), BrokerError> {
-    let mut buf = BytesMut::from(bytes);
-    match ClientFrame::decode(&mut buf, DEFAULT_MAX_FRAME) {
-        Ok(Some(ClientFrame::Declare { queue, config, .. })) => Ok((queue, config)),
-        other => Err(BrokerError::Catalog {
-            path: path.to_path_buf(),
-            reason: format!("not a queue declaration: {other:?}"),
-        }),
-    }
-}
-
 impl Broker {
     /// Opens the broker: checks the settings ([`BrokerConfig::validate`]), locks
     /// `config.data_dir` (creating it if needed; [`BrokerError::DataDirLocked`] if another broker
@@ -298,55 +271,15 @@ impl Broker {
     async fn recover(&self) -> Result<(), BrokerError> {
         let root = self.inner.config.data_dir.join("queues");
         let backend = self.inner.backend.clone();
-        let names = {
-            let root = root.clone();
-            let backend = backend.clone();
-            tokio::task::spawn_blocking(move || -> Result<Vec<String>, BrokerError> {
-                backend
-                    .create_dir_all(&root)
-                    .map_err(|e| BrokerError::io("create data dir", &root, e))?;
-                backend
-                    .list_dir(&root)
-                    .map_err(|e| BrokerError::io("list data dir", &root, e))
-            })
-            .await
-            .map_err(BrokerError::join)??
-        };
-        let mut recovered: Vec<(String, QueueConfig, PathBuf)> = Vec::new();
-        for dir_name in names {
-            if !crate::data_dir::is_queue_dir_name(&dir_name) {
-                continue;
-            }
-            let dir = root.join(&dir_name);
-            let meta_path = dir.join("queue.meta");
-            let backend = backend.clone();
-            let mp = meta_path.clone();
-            let bytes = tokio::task::spawn_blocking(move || {
-                levee_store::meta::read_meta(backend.as_ref(), &mp)
-            })
-            .await
-            .map_err(BrokerError::join)??;
-            let Some(bytes) = bytes else {
-                // A directory without a catalog entry: a declare that crashed half-way.
-                tracing::warn!(dir = %dir.display(), "queue directory without queue.meta: ignored");
-                continue;
-            };
-            let (name, config) = decode_meta(&meta_path, &bytes)?;
-            if let Some((_, _, first)) = recovered.iter().find(|(n, _, _)| *n == name) {
-                return Err(BrokerError::Catalog {
-                    path: meta_path,
-                    reason: format!(
-                        "queue {name} is also in {}: remove one of the two directories",
-                        first.display()
-                    ),
-                });
-            }
-            recovered.push((name, config, dir));
-        }
+        let recovered =
+            tokio::task::spawn_blocking(move || crate::catalog::load(backend.as_ref(), &root))
+                .await
+                .map_err(BrokerError::join)??;
         // Dead-letter targets are looked up when a message is dead-lettered, not at start, so
         // the order in which queues come back does not matter.
-        for (name, config, dir) in recovered {
-            self.start_queue(name, config, Some(dir)).await?;
+        for entry in recovered {
+            self.start_queue(entry.name, entry.config, Some(entry.dir))
+                .await?;
         }
         Ok(())
     }
@@ -444,19 +377,9 @@ impl Broker {
         if matches!(config.durability, Durability::Disk(_)) {
             let root = self.inner.config.data_dir.join("queues");
             let backend = self.inner.backend.clone();
-            let meta = encode_meta(name, &config);
-            let name = name.to_string();
-            let dir = tokio::task::spawn_blocking(move || -> Result<PathBuf, BrokerError> {
-                let dir = crate::data_dir::choose_queue_dir(backend.as_ref(), &root, &name)?;
-                backend
-                    .create_dir_all(&dir)
-                    .map_err(|e| BrokerError::io("create queue dir", &dir, e))?;
-                levee_store::meta::write_meta_atomic(
-                    backend.as_ref(),
-                    &dir.join("queue.meta"),
-                    &meta,
-                )?;
-                Ok(dir)
+            let (name, config) = (name.to_string(), config.clone());
+            let dir = tokio::task::spawn_blocking(move || {
+                crate::catalog::create(backend.as_ref(), &root, &name, &config)
             })
             .await
             .map_err(BrokerError::join)??;

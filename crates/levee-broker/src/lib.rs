@@ -11,11 +11,13 @@
 //!   pair per client connection speaking the levee-proto wire protocol) and `net::limits` (the
 //!   broker-wide bounds on connections and on bytes of frames still arriving);
 //! - `outbox`: each connection's bounded outbound queue;
-//! - [`Broker`]: the registry of queues, the durable catalog, recovery;
-//!   `data_dir`: the lock file and queue directory names.
+//! - [`Broker`]: the registry of queues, declare/delete, recovery; `catalog`: the catalog file
+//!   codec (`queue.meta`) and its reads and writes; `data_dir`: the lock file and queue directory
+//!   names.
 
 mod actor;
 mod broker;
+mod catalog;
 mod data_dir;
 mod error;
 pub mod http;
