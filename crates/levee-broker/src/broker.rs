@@ -315,10 +315,17 @@ impl Broker {
                     "disk queue {name} started without its directory"
                 )));
             }
-            _ => (
+            (Durability::Memory, _) => (
                 QueueCore::memory(name.clone(), QueueState::new(config.clone(), 1)),
                 None,
             ),
+            // levee-proto's enum is non_exhaustive: a durability this broker does not know is
+            // refused, never served as a memory queue (which would lose what it promised to keep).
+            (other, _) => {
+                return Err(BrokerError::Internal(format!(
+                    "queue {name}: durability {other:?} is not supported by this broker"
+                )));
+            }
         };
         let dir = if log.is_some() { queue_dir } else { None };
         let messages = core.stats().ready;

@@ -59,6 +59,8 @@ impl HttpError {
                 ErrorCode::QueueConfigMismatch => StatusCode::CONFLICT,
                 ErrorCode::InvalidName | ErrorCode::InvalidConfig => StatusCode::BAD_REQUEST,
                 ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+                // Every other code (and any levee-proto adds: non_exhaustive) is a failure the
+                // API cannot blame on the request: an explicit 500, never a success.
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }

@@ -173,8 +173,14 @@ impl<'a> From<&'a QueueConfig> for ConfigView<'a> {
             Durability::Disk(Fsync::Interval(ms)) => {
                 ("disk", Some(FsyncView::Interval { interval_ms: ms }))
             }
-            Durability::Disk(_) => ("disk", Some(FsyncView::Named("never"))),
-            _ => ("memory", None),
+            Durability::Disk(Fsync::Never) => ("disk", Some(FsyncView::Named("never"))),
+            // levee-proto's enums are non_exhaustive. A fsync mode this broker does not know runs
+            // as `always` (`storage::log_config`: the strictest), so show that, never a weaker one.
+            Durability::Disk(_) => ("disk", Some(FsyncView::Named("always"))),
+            Durability::Memory => ("memory", None),
+            // A durability this broker does not know cannot be started (`Broker::start_queue`
+            // refuses it); were one shown, it must not claim to be either known kind.
+            _ => ("unknown", None),
         };
         ConfigView {
             max_messages: c.max_messages,

@@ -324,6 +324,8 @@ impl Conn {
                     let _ = self.send_to(q, Cmd::Reject(subscription, tags));
                 }
             }
+            // levee-proto's `ClientFrame` is non_exhaustive: a frame this server does not know is
+            // answered with an explicit error, never ignored.
             _ => {
                 let _ = self.tx.send(ServerFrame::Error {
                     req: 0,
