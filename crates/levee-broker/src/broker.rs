@@ -3,7 +3,7 @@
 //!
 //! On disk (`data_dir`): `LOCK`, the lock file one broker holds while it uses the directory;
 //! `queues/<dir>/queue.meta` holds a durable queue's name and config (its catalog entry, see
-//! `catalog`) and `queues/<dir>/log/` its [`QueueLog`]
+//! `catalog`) and `queues/<dir>/log/` its [`QueueLog`](levee_store::QueueLog)
 //! (`<dir>` is `q-<name>` for names that fit, see `data_dir` for the others). Memory queues have
 //! no files and do not survive a restart (like RabbitMQ's transient queues).
 //!
