@@ -270,7 +270,9 @@ impl Conn {
                     Ok(qtx) => {
                         // The reply goes out before any delivery can.
                         let _ = self.tx.send(ServerFrame::Subscribed { req, subscription });
-                        self.tx.outbox().add_subscription(subscription, &qtx);
+                        self.tx
+                            .outbox()
+                            .add_subscription(subscription, qtx.downgrade());
                         let _ = qtx.send(Cmd::Subscribe {
                             consumer: subscription,
                             auto_ack,
