@@ -21,7 +21,7 @@ use levee_proto::{ErrorCode, Message, QueueInfo, QueueStats, ServerFrame};
 use levee_store::{QueueLog, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::outbox::ConnTx;
+use crate::outbox::{ConnTx, QueueAddr};
 use crate::queue::confirms::SessionId;
 use crate::queue::core::{Output, QueueCore};
 use crate::queue::{ConsumerId, ProducerId};
@@ -50,6 +50,21 @@ impl InFlight {
     fn release(&self, messages: u64, bytes: u64) {
         self.messages.fetch_sub(messages, Ordering::AcqRel);
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// How an outbox reaches a queue actor: its weak command sender (a gone actor is ignored).
+impl QueueAddr for mpsc::WeakUnboundedSender<Cmd> {
+    fn outbox_room(&self) {
+        if let Some(tx) = self.upgrade() {
+            let _ = tx.send(Cmd::OutboxRoom);
+        }
+    }
+
+    fn written(&self, subscription: u64, tag: u64) {
+        if let Some(tx) = self.upgrade() {
+            let _ = tx.send(Cmd::Written(subscription, tag));
+        }
     }
 }
 

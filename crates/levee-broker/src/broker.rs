@@ -1,12 +1,12 @@
-//! The broker: the registry of queues, their durable catalog, recovery at start, and the TCP
-//! accept loop.
+//! The broker: the registry of queues, their durable catalog, recovery at start. The accept
+//! loops that serve connections on it are in `net` (this module knows nothing of connections).
 //!
 //! On disk (`data_dir`): `LOCK`, the lock file one broker holds while it uses the directory;
-//! `queues/<dir>/queue.meta` holds a queue's name and config (an atomically replaced file,
-//! encoded as a `Declare` frame of the wire protocol) and, for a disk queue, `queues/<dir>/log/`
-//! its [`QueueLog`] (`<dir>` is `q-<name>` for names that fit, see `data_dir` for the others). A
-//! memory queue has only its `queue.meta`: it comes back empty after a restart. A transient queue
-//! has no files and is gone after a restart (like RabbitMQ's `durable=false` queues).
+//! `queues/<dir>/queue.meta` holds a queue's name and config (its catalog entry, see `catalog`)
+//! and, for a disk queue, `queues/<dir>/log/` its [`QueueLog`](levee_store::QueueLog) (`<dir>` is
+//! `q-<name>` for names that fit, see `data_dir` for the others). A memory queue has only its
+//! `queue.meta`: it comes back empty after a restart. A transient queue has no files and is gone
+//! after a restart (like RabbitMQ's `durable=false` queues).
 //!
 //! # Invariants
 //! - At most one broker uses a data directory: [`Broker::open`] takes its lock (released when the
@@ -17,27 +17,23 @@
 //! - A durable queue's catalog entry is written (and fsynced) before it is announced to the client.
 //! - Open connections stay within `max_connections`; frames still arriving that are larger than a
 //!   connection's standing read buffer hold a reservation of the broker-wide
-//!   `max_partial_frame_bytes` budget (see `limits`).
+//!   `max_partial_frame_bytes` budget (see `net::limits`; the broker owns the budgets, the
+//!   listeners and connections draw from them).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::BytesMut;
-use levee_proto::{
-    ClientFrame, DEFAULT_MAX_FRAME, Durability, QueueConfig, QueueInfo, validate_queue_name,
-};
+use levee_proto::{DEFAULT_MAX_FRAME, Durability, QueueConfig, QueueInfo, validate_queue_name};
 use levee_store::{Backend, FsBackend};
 use parking_lot::RwLock;
-use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::actor::{Cmd, LogSlot, QueueActor, Router};
 use crate::data_dir::DataDirLock;
 use crate::error::BrokerError;
-use crate::limits::Limits;
+use crate::net::limits::Limits;
 use crate::queue::QueueState;
 use crate::queue::core::QueueCore;
 
@@ -219,30 +215,6 @@ pub struct Broker {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// The catalog entry: the queue's declaration, in the wire encoding.
-fn encode_meta(name: &str, config: &QueueConfig) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    ClientFrame::Declare {
-        req: 0,
-        queue: name.to_string(),
-        config: config.clone(),
-    }
-    .encode(&mut buf)
-    .expect("a validated config encodes");
-    buf.to_vec()
-}
-
-pub(crate) fn decode_meta(path: &Path, bytes: &[u8]) -> Result<(String, QueueConfig), BrokerError> {
-    let mut buf = BytesMut::from(bytes);
-    match ClientFrame::decode(&mut buf, DEFAULT_MAX_FRAME) {
-        Ok(Some(ClientFrame::Declare { queue, config, .. })) => Ok((queue, config)),
-        other => Err(BrokerError::Catalog {
-            path: path.to_path_buf(),
-            reason: format!("not a queue declaration: {other:?}"),
-        }),
-    }
-}
-
 impl Broker {
     /// Opens the broker: checks the settings ([`BrokerConfig::validate`]), locks
     /// `config.data_dir` (creating it if needed; [`BrokerError::DataDirLocked`] if another broker
@@ -279,7 +251,11 @@ impl Broker {
         lock: Option<DataDirLock>,
     ) -> Result<Broker, BrokerError> {
         let inner = Arc::new(Inner {
-            limits: Limits::new(&config),
+            limits: Limits::new(
+                config.max_connections,
+                config.max_http_connections,
+                config.max_partial_frame_bytes,
+            ),
             config,
             backend,
             queues: RwLock::new(HashMap::new()),
@@ -296,55 +272,15 @@ impl Broker {
     async fn recover(&self) -> Result<(), BrokerError> {
         let root = self.inner.config.data_dir.join("queues");
         let backend = self.inner.backend.clone();
-        let names = {
-            let root = root.clone();
-            let backend = backend.clone();
-            tokio::task::spawn_blocking(move || -> Result<Vec<String>, BrokerError> {
-                backend
-                    .create_dir_all(&root)
-                    .map_err(|e| BrokerError::io("create data dir", &root, e))?;
-                backend
-                    .list_dir(&root)
-                    .map_err(|e| BrokerError::io("list data dir", &root, e))
-            })
-            .await
-            .map_err(BrokerError::join)??
-        };
-        let mut recovered: Vec<(String, QueueConfig, PathBuf)> = Vec::new();
-        for dir_name in names {
-            if !crate::data_dir::is_queue_dir_name(&dir_name) {
-                continue;
-            }
-            let dir = root.join(&dir_name);
-            let meta_path = dir.join("queue.meta");
-            let backend = backend.clone();
-            let mp = meta_path.clone();
-            let bytes = tokio::task::spawn_blocking(move || {
-                levee_store::meta::read_meta(backend.as_ref(), &mp)
-            })
-            .await
-            .map_err(BrokerError::join)??;
-            let Some(bytes) = bytes else {
-                // A directory without a catalog entry: a declare that crashed half-way.
-                tracing::warn!(dir = %dir.display(), "queue directory without queue.meta: ignored");
-                continue;
-            };
-            let (name, config) = decode_meta(&meta_path, &bytes)?;
-            if let Some((_, _, first)) = recovered.iter().find(|(n, _, _)| *n == name) {
-                return Err(BrokerError::Catalog {
-                    path: meta_path,
-                    reason: format!(
-                        "queue {name} is also in {}: remove one of the two directories",
-                        first.display()
-                    ),
-                });
-            }
-            recovered.push((name, config, dir));
-        }
+        let recovered =
+            tokio::task::spawn_blocking(move || crate::catalog::load(backend.as_ref(), &root))
+                .await
+                .map_err(BrokerError::join)??;
         // Dead-letter targets are looked up when a message is dead-lettered, not at start, so
         // the order in which queues come back does not matter.
-        for (name, config, dir) in recovered {
-            self.start_queue(name, config, Some(dir)).await?;
+        for entry in recovered {
+            self.start_queue(entry.name, entry.config, Some(entry.dir))
+                .await?;
         }
         Ok(())
     }
@@ -380,10 +316,17 @@ impl Broker {
                     "disk queue {name} started without its directory"
                 )));
             }
-            _ => (
+            (Durability::Memory | Durability::Transient, _) => (
                 QueueCore::memory(name.clone(), QueueState::new(config.clone(), 1)),
                 None,
             ),
+            // levee-proto's enum is non_exhaustive: a durability this broker does not know is
+            // refused, never served as a memory queue (which would lose what it promised to keep).
+            (other, _) => {
+                return Err(BrokerError::Internal(format!(
+                    "queue {name}: durability {other:?} is not supported by this broker"
+                )));
+            }
         };
         // Memory queues have a directory too: their catalog entry (not a transient one).
         let dir = queue_dir;
@@ -445,19 +388,9 @@ impl Broker {
         if config.durability.keeps_definition() {
             let root = self.inner.config.data_dir.join("queues");
             let backend = self.inner.backend.clone();
-            let meta = encode_meta(name, &config);
-            let name = name.to_string();
-            let dir = tokio::task::spawn_blocking(move || -> Result<PathBuf, BrokerError> {
-                let dir = crate::data_dir::choose_queue_dir(backend.as_ref(), &root, &name)?;
-                backend
-                    .create_dir_all(&dir)
-                    .map_err(|e| BrokerError::io("create queue dir", &dir, e))?;
-                levee_store::meta::write_meta_atomic(
-                    backend.as_ref(),
-                    &dir.join("queue.meta"),
-                    &meta,
-                )?;
-                Ok(dir)
+            let (name, config) = (name.to_string(), config.clone());
+            let dir = tokio::task::spawn_blocking(move || {
+                crate::catalog::create(backend.as_ref(), &root, &name, &config)
             })
             .await
             .map_err(BrokerError::join)??;
@@ -613,91 +546,5 @@ impl Broker {
     /// The broker's settings.
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.config
-    }
-
-    /// Accepts connections on `listener` until the task is dropped.
-    ///
-    /// Cancel-safe: dropping the future stops accepting; connections already accepted go on.
-    ///
-    /// At most `max_connections` connections are served at once; one more is answered with a
-    /// `Close` saying so and closed (see `limits`).
-    pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
-        let mut backoff = AcceptBackoff::default();
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(x) => {
-                    backoff.reset();
-                    x
-                }
-                Err(e) => {
-                    backoff.wait(&e).await;
-                    continue;
-                }
-            };
-            let Some(slot) = self.inner.limits.admit() else {
-                tracing::debug!(%peer, "refused: max_connections reached");
-                self.inner.limits.refuse(stream);
-                continue;
-            };
-            let broker = self.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                if let Err(e) = crate::conn::serve(broker, stream).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
-        }
-    }
-
-    /// Binds `addr` and serves on it; returns the bound address (useful with port 0) and the
-    /// serving task.
-    ///
-    /// Cancel-safe: dropped before it returns, nothing is listening.
-    pub async fn bind(
-        &self,
-        addr: SocketAddr,
-    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
-        let listener = TcpListener::bind(addr).await?;
-        let local = listener.local_addr()?;
-        let broker = self.clone();
-        Ok((
-            local,
-            tokio::spawn(async move { broker.serve(listener).await }),
-        ))
-    }
-}
-
-/// What an accept loop does after `accept` failed: per-connection errors (the peer reset before
-/// it was accepted) are skipped at once; others (EMFILE, ENFILE, ENOBUFS: out of descriptors or
-/// memory) wait a short, bounded backoff (1 ms doubling to 20 ms) so the loop neither spins nor
-/// stalls clients once descriptors are free again. One warning per burst of failures.
-#[derive(Default)]
-pub(crate) struct AcceptBackoff {
-    failures: u32,
-}
-
-impl AcceptBackoff {
-    const MAX: std::time::Duration = std::time::Duration::from_millis(20);
-
-    pub(crate) fn reset(&mut self) {
-        self.failures = 0;
-    }
-
-    /// # Cancel safety
-    /// Cancel-safe (a sleep).
-    pub(crate) async fn wait(&mut self, e: &std::io::Error) {
-        use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-        if matches!(
-            e.kind(),
-            ConnectionAborted | ConnectionReset | ConnectionRefused
-        ) {
-            return;
-        }
-        if self.failures == 0 {
-            tracing::warn!(error = %e, "accept failed; retrying (is the file descriptor limit too low for max_connections?)");
-        }
-        let delay = std::time::Duration::from_millis(1 << self.failures.min(5)).min(Self::MAX);
-        self.failures = self.failures.saturating_add(1);
-        tokio::time::sleep(delay).await;
     }
 }

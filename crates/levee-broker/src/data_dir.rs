@@ -15,13 +15,14 @@
 //! - The queue's real name is in its `queue.meta`; recovery takes the name from there and
 //!   remembers the directory it found, so a directory name is never parsed back into a name.
 //! - Two queues never share a directory: a long name's candidate directory whose `queue.meta` names
-//!   another queue (or cannot be read) is skipped.
+//!   another queue (or cannot be read) is skipped (`catalog::choose_queue_dir`, which reads them).
+//!
+//! This module only names things (and holds the lock); it reads no catalog entry, so it depends
+//! on nothing of the catalog, which depends on it.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
-
-use levee_store::Backend;
+use std::path::Path;
 
 use crate::error::BrokerError;
 
@@ -30,7 +31,7 @@ pub const PLAIN_NAME_MAX: usize = 253;
 /// How many bytes of a long name its `h-` directory name keeps (for people reading the directory).
 const HASHED_PREFIX: usize = 200;
 /// Most `-<n>` suffixes tried for colliding long names before declaring gives up.
-const MAX_PROBES: u32 = 1000;
+pub(crate) const MAX_PROBES: u32 = 1000;
 
 /// The name of the lock file in the data directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -104,7 +105,7 @@ pub(crate) fn is_queue_dir_name(dir_name: &str) -> bool {
 }
 
 /// The `n`th candidate directory name of a valid queue name (`n = 0` is the usual one).
-fn candidate(name: &str, n: u32) -> String {
+pub(crate) fn candidate(name: &str, n: u32) -> String {
     if name.len() <= PLAIN_NAME_MAX {
         // Unique by construction: only n = 0 is ever used.
         return format!("q-{name}");
@@ -116,37 +117,6 @@ fn candidate(name: &str, n: u32) -> String {
         0 => format!("h-{prefix}-{hash:08x}"),
         n => format!("h-{prefix}-{hash:08x}-{n}"),
     }
-}
-
-/// Chooses the directory for a new durable queue called `name` (a valid queue name) under
-/// `root` (`<data_dir>/queues`): its usual directory, unless that holds another queue's catalog
-/// entry. Blocking (reads catalog entries of colliding candidates).
-pub(crate) fn choose_queue_dir(
-    backend: &dyn Backend,
-    root: &Path,
-    name: &str,
-) -> Result<PathBuf, BrokerError> {
-    if name.len() <= PLAIN_NAME_MAX {
-        return Ok(root.join(candidate(name, 0)));
-    }
-    for n in 0..MAX_PROBES {
-        let dir = root.join(candidate(name, n));
-        let meta = dir.join("queue.meta");
-        match levee_store::meta::read_meta(backend, &meta) {
-            // Free, or left by a declare that crashed before its catalog entry was written.
-            Ok(None) => return Ok(dir),
-            Ok(Some(bytes)) => match crate::broker::decode_meta(&meta, &bytes) {
-                Ok((other, _)) if other == name => return Ok(dir),
-                Ok(_) | Err(_) => {}
-            },
-            // Unreadable: it may belong to some queue; never reuse it.
-            Err(_) => {}
-        }
-    }
-    Err(BrokerError::Catalog {
-        path: root.join(candidate(name, 0)),
-        reason: format!("{MAX_PROBES} directories for long names like this one are taken"),
-    })
 }
 
 #[cfg(test)]

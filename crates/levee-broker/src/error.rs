@@ -89,7 +89,17 @@ impl BrokerError {
             BrokerError::ConfigMismatch { .. } => ErrorCode::QueueConfigMismatch,
             BrokerError::Proto(e) => e.code(),
             BrokerError::Store(StoreError::DiskFull { .. }) => ErrorCode::StorageFull,
-            _ => ErrorCode::Internal,
+            // Every other storage failure (I/O, corruption, format version, and any variant
+            // levee-store adds: its enum is non_exhaustive) is the broker's failure, not the
+            // client's: `internal`, never a code that would tell the client to change its request.
+            BrokerError::Store(_) => ErrorCode::Internal,
+            // Failures of the broker's own files and tasks; settings are refused at start and
+            // never reach a client.
+            BrokerError::Catalog { .. }
+            | BrokerError::Io { .. }
+            | BrokerError::DataDirLocked { .. }
+            | BrokerError::InvalidSetting { .. }
+            | BrokerError::Internal(_) => ErrorCode::Internal,
         }
     }
 }

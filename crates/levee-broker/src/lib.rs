@@ -7,19 +7,21 @@
 //!   log and confirm ledger: every decision of a queue, with no async and no clock;
 //! - `storage`: every mapping between broker and levee-store types, and recovery;
 //! - `actor`: one task per queue, a thin shell around its core;
-//! - `conn`: one task pair per client connection speaking the levee-proto wire protocol;
+//! - `net`: the network front ends: `net::listener` (the accept loop), `net::conn` (one task
+//!   pair per client connection speaking the levee-proto wire protocol) and `net::limits` (the
+//!   broker-wide bounds on connections and on bytes of frames still arriving);
 //! - `outbox`: each connection's bounded outbound queue;
-//! - [`Broker`]: the registry of queues, the durable catalog, recovery, the accept loop;
-//!   `data_dir`: the lock file and queue directory names; `limits`: the broker-wide bounds on
-//!   connections and on bytes of frames still arriving.
+//! - [`Broker`]: the registry of queues, declare/delete, recovery; `catalog`: the catalog file
+//!   codec (`queue.meta`) and its reads and writes; `data_dir`: the lock file and queue directory
+//!   names.
 
 mod actor;
 mod broker;
-mod conn;
+mod catalog;
 mod data_dir;
 mod error;
 pub mod http;
-mod limits;
+mod net;
 mod outbox;
 pub mod queue;
 mod rate;

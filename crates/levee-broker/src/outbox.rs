@@ -7,10 +7,11 @@
 //! charged at their encoded size ([`ConnTx::send_deliveries`]) and gives back what it did not use
 //! ([`Outbox::settle_claim`]); the writer releases a frame's charge when it takes the frame. An
 //! actor whose claim found no room registers for a wake-up ([`Outbox::wait_for_room`]); it is sent
-//! [`Cmd::OutboxRoom`] once the charged bytes fall below half the bound.
+//! woken ([`QueueAddr::outbox_room`]: the actor gets `Cmd::OutboxRoom`) once the charged bytes fall below half the bound.
 //!
 //! Written reports. The writer tells each queue which of its deliveries were written to the socket
-//! ([`Cmd::Written`], through the subscriptions registered here), so a delivery's ack deadline
+//! ([`QueueAddr::written`]: the actor gets `Cmd::Written`, through the subscriptions registered
+//! here), so a delivery's ack deadline
 //! starts when it left the broker, and one that never left returns without a raised delivery
 //! count when the connection closes.
 //!
@@ -22,6 +23,9 @@
 //!   wait; one more marks the connection stalled and its reader closes it.
 //! - A registered waiter is always woken once room is back: registration re-checks the room
 //!   after publishing itself, and every release re-checks the waiters.
+//!
+//! Queue actors are reached through [`QueueAddr`] (implemented by the actor's weak command
+//! sender in `actor`), so this module does not depend on the actor: `actor` -> `outbox`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,8 +35,6 @@ use levee_proto::ServerFrame;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::actor::Cmd;
-
 /// Most frames other than deliveries that may wait for one connection's writer. A client that
 /// keeps sending requests but never reads its socket is disconnected once its outbox holds this
 /// many. Memory bound: this many small frames (a `QueueList` or `QueueStats` reply is at most
@@ -41,6 +43,15 @@ pub(crate) const MAX_QUEUED_CONTROL: usize = 65_536;
 
 /// Default bound on the delivery bytes waiting for one connection's writer.
 pub const DEFAULT_OUTBOX_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A queue actor as an outbox sees it: held weakly (it must not keep the actor alive), told when
+/// the outbox has room again and which of its deliveries were written. A gone actor is ignored.
+pub(crate) trait QueueAddr: Send + Sync + std::fmt::Debug {
+    /// The outbox this actor waited on has room again.
+    fn outbox_room(&self);
+    /// Every delivery of `subscription` up to `tag` was written to the socket.
+    fn written(&self, subscription: u64, tag: u64);
+}
 
 /// Shared between a connection's senders (its reader, queue actors) and its writer.
 #[derive(Debug)]
@@ -52,9 +63,9 @@ pub(crate) struct Outbox {
     limit: i64,
     waiting: AtomicBool,
     /// Queue actors waiting for room, by actor id.
-    waiters: Mutex<HashMap<u64, mpsc::WeakUnboundedSender<Cmd>>>,
+    waiters: Mutex<HashMap<u64, Box<dyn QueueAddr>>>,
     /// Subscription id -> its queue actor, for written reports.
-    subs: Mutex<HashMap<u64, mpsc::WeakUnboundedSender<Cmd>>>,
+    subs: Mutex<HashMap<u64, Box<dyn QueueAddr>>>,
     /// Woken when the connection must be closed: its control queue overflowed, or its writer
     /// could not write within the drain deadline.
     pub(crate) stalled: tokio::sync::Notify,
@@ -103,9 +114,10 @@ impl Outbox {
         }
     }
 
-    /// Registers queue actor `id` to be sent [`Cmd::OutboxRoom`] once there is room again.
-    pub(crate) fn wait_for_room(&self, id: u64, tx: mpsc::WeakUnboundedSender<Cmd>) {
-        self.waiters.lock().insert(id, tx);
+    /// Registers queue actor `id` to be woken ([`QueueAddr::outbox_room`]) once there is room
+    /// again.
+    pub(crate) fn wait_for_room(&self, id: u64, addr: impl QueueAddr + 'static) {
+        self.waiters.lock().insert(id, Box::new(addr));
         self.waiting.store(true, Ordering::Release);
         // The room may have come back before we were listed.
         self.freed();
@@ -127,10 +139,8 @@ impl Outbox {
             self.waiting.store(false, Ordering::Release);
             std::mem::take(&mut *w)
         };
-        for tx in waiters.into_values() {
-            if let Some(tx) = tx.upgrade() {
-                let _ = tx.send(Cmd::OutboxRoom);
-            }
+        for addr in waiters.into_values() {
+            addr.outbox_room();
         }
     }
 
@@ -141,8 +151,8 @@ impl Outbox {
     }
 
     /// Registers a subscription's queue actor for written reports.
-    pub(crate) fn add_subscription(&self, subscription: u64, queue: &mpsc::UnboundedSender<Cmd>) {
-        self.subs.lock().insert(subscription, queue.downgrade());
+    pub(crate) fn add_subscription(&self, subscription: u64, queue: impl QueueAddr + 'static) {
+        self.subs.lock().insert(subscription, Box::new(queue));
     }
 
     /// Forgets a subscription.
@@ -157,8 +167,8 @@ impl Outbox {
         }
         let subs = self.subs.lock();
         for &(subscription, tag) in written {
-            if let Some(tx) = subs.get(&subscription).and_then(|tx| tx.upgrade()) {
-                let _ = tx.send(Cmd::Written(subscription, tag));
+            if let Some(addr) = subs.get(&subscription) {
+                addr.written(subscription, tag);
             }
         }
     }
@@ -271,6 +281,23 @@ impl ConnRx {
 mod tests {
     use super::*;
 
+    /// Counts wake-ups.
+    #[derive(Debug, Clone, Default)]
+    struct Wakes(Arc<AtomicUsize>);
+
+    impl QueueAddr for Wakes {
+        fn outbox_room(&self) {
+            self.0.fetch_add(1, Ordering::AcqRel);
+        }
+        fn written(&self, _: u64, _: u64) {}
+    }
+
+    impl Wakes {
+        fn take(&self) -> usize {
+            self.0.swap(0, Ordering::AcqRel)
+        }
+    }
+
     #[test]
     fn a_claim_takes_the_free_room_and_a_full_outbox_gives_none() {
         let o = Outbox::new(1000);
@@ -289,23 +316,22 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_is_woken_once_the_outbox_drains_below_half() {
         let o = Outbox::new(1000);
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let wakes = Wakes::default();
         assert_eq!(o.claim(), 1000);
         o.settle_claim(1000, 1000);
-        o.wait_for_room(1, tx.downgrade());
-        o.wait_for_room(1, tx.downgrade()); // listed once
+        o.wait_for_room(1, wakes.clone());
+        o.wait_for_room(1, wakes.clone()); // listed once
         o.release(400);
-        assert!(rx.try_recv().is_err(), "still above half");
+        assert_eq!(wakes.take(), 0, "still above half");
         o.release(200);
-        assert!(matches!(rx.try_recv(), Ok(Cmd::OutboxRoom)));
-        assert!(rx.try_recv().is_err(), "woken once");
+        assert_eq!(wakes.take(), 1, "woken once");
     }
 
     #[tokio::test]
     async fn a_waiter_registering_after_the_room_came_back_is_woken_at_once() {
         let o = Outbox::new(1000);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        o.wait_for_room(7, tx.downgrade());
-        assert!(matches!(rx.try_recv(), Ok(Cmd::OutboxRoom)));
+        let wakes = Wakes::default();
+        o.wait_for_room(7, wakes.clone());
+        assert_eq!(wakes.take(), 1);
     }
 }

@@ -27,18 +27,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use levee_proto::{ClientFrame, Overflow, QueueConfig, QueueInfo, ServerFrame};
+use futures::future::BoxFuture;
+use levee_proto::{ClientFrame, QueueConfig, QueueInfo, ServerFrame};
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::net::ToSocketAddrs;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::conn::{self, Conn, Counters, unexpected};
-use crate::consumer::{Consumer, ConsumerShared};
 use crate::error::{ClientError, Result};
-use crate::options::{ClientOptions, ConsumerOptions, ProducerOptions};
-use crate::producer::{Producer, ProducerShared};
+use crate::options::ClientOptions;
+use crate::window::Window;
 
 /// Reply to [`Client::declare`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,50 +82,26 @@ pub(crate) enum State {
     Closed,
 }
 
-/// An in-flight window (messages and payload bytes) made of two semaphores.
-#[derive(Debug)]
-pub(crate) struct Window {
-    msgs: Arc<Semaphore>,
-    bytes: Arc<Semaphore>,
-    max_bytes: u32,
+/// A producer as the client's supervisor sees it: registered again on every new connection,
+/// told when one is lost. Implemented by the producer module (so this module does not depend on it).
+pub(crate) trait ProducerHandle: Send + Sync {
+    /// The queue it publishes to.
+    fn queue(&self) -> &str;
+    /// The connection `epoch` died.
+    fn on_disconnect(&self, epoch: u64);
 }
 
-impl Window {
-    pub fn new(msgs: u32, bytes: u32) -> Self {
-        Window {
-            msgs: Arc::new(Semaphore::new(msgs as usize)),
-            bytes: Arc::new(Semaphore::new(bytes as usize)),
-            max_bytes: bytes,
-        }
-    }
-
-    /// A message larger than the whole byte window takes all of it (it then travels alone).
-    fn weight(&self, bytes: usize) -> u32 {
-        u32::try_from(bytes).unwrap_or(u32::MAX).min(self.max_bytes)
-    }
-
-    /// Waits for room. Cancel-safe: a cancelled wait holds nothing.
-    pub async fn acquire(&self, bytes: usize) -> [OwnedSemaphorePermit; 2] {
-        // The semaphores are never closed.
-        let m = self.msgs.clone().acquire_many_owned(1).await.expect("open");
-        let b = self
-            .bytes
-            .clone()
-            .acquire_many_owned(self.weight(bytes))
-            .await
-            .expect("open");
-        [m, b]
-    }
-
-    pub fn try_acquire(&self, bytes: usize) -> Option<[OwnedSemaphorePermit; 2]> {
-        let m = self.msgs.clone().try_acquire_many_owned(1).ok()?;
-        let b = self
-            .bytes
-            .clone()
-            .try_acquire_many_owned(self.weight(bytes))
-            .ok()?;
-        Some([m, b])
-    }
+/// A consumer as the client's supervisor sees it: subscribed again on every new connection, ended
+/// when the client gives up. Implemented by the consumer module.
+pub(crate) trait ConsumerHandle: Send + Sync {
+    /// The queue it consumes from.
+    fn queue(&self) -> &str;
+    /// Whether it was closed (it is then dropped from the client's list).
+    fn is_closed(&self) -> bool;
+    /// Subscribes it on `conn` (no-op if already subscribed there).
+    fn resubscribe_on<'a>(self: Arc<Self>, conn: &'a Arc<Conn>) -> BoxFuture<'a, Result<()>>;
+    /// No more deliveries will come: its stream yields `e` (unless `Closed`) and ends.
+    fn finish(&self, e: ClientError);
 }
 
 pub(crate) struct Inner {
@@ -135,8 +111,8 @@ pub(crate) struct Inner {
     epoch: AtomicU64,
     pub counters: Arc<Counters>,
     pub window: Window,
-    producers: Mutex<Vec<Weak<ProducerShared>>>,
-    consumers: Mutex<Vec<Weak<ConsumerShared>>>,
+    pub(crate) producers: Mutex<Vec<Weak<dyn ProducerHandle>>>,
+    pub(crate) consumers: Mutex<Vec<Weak<dyn ConsumerHandle>>>,
 }
 
 impl Drop for Inner {
@@ -185,13 +161,13 @@ impl Inner {
         self.conn().await?.request(make).await
     }
 
-    fn live_producers(&self) -> Vec<Arc<ProducerShared>> {
+    fn live_producers(&self) -> Vec<Arc<dyn ProducerHandle>> {
         let mut ps = self.producers.lock();
         ps.retain(|w| w.strong_count() > 0);
         ps.iter().filter_map(Weak::upgrade).collect()
     }
 
-    fn live_consumers(&self) -> Vec<Arc<ConsumerShared>> {
+    fn live_consumers(&self) -> Vec<Arc<dyn ConsumerHandle>> {
         let mut cs = self.consumers.lock();
         cs.retain(|w| w.upgrade().is_some_and(|c| !c.is_closed()));
         cs.iter().filter_map(Weak::upgrade).collect()
@@ -212,7 +188,7 @@ impl Inner {
             }
         }
         for s in self.live_consumers() {
-            match s.resubscribe(c).await {
+            match s.clone().resubscribe_on(c).await {
                 Ok(()) => {}
                 Err(e @ ClientError::Server { .. }) => {
                     tracing::warn!(queue = s.queue(), error = %e, "consumer not resubscribed");
@@ -237,7 +213,8 @@ impl Inner {
     }
 }
 
-async fn register_producer(c: &Conn, queue: &str) -> Result<()> {
+/// Registers a producer of `queue` on `c` (`Produce`), so publish credit flows on it.
+pub(crate) async fn register_producer(c: &Conn, queue: &str) -> Result<()> {
     c.credit(queue);
     match c
         .request(|req| ClientFrame::Produce {
@@ -438,43 +415,6 @@ impl Client {
         {
             ServerFrame::QueueList { queues, .. } => Ok(queues),
             other => Err(unexpected(&other)),
-        }
-    }
-
-    /// A producer of `queue` (which must exist). It learns the queue's overflow policy (on a
-    /// `block` queue it waits for publish credit) and registers with `Produce`.
-    ///
-    /// Cancel-safe.
-    pub async fn producer(&self, queue: &str, opts: ProducerOptions) -> Result<Producer> {
-        opts.validate()?;
-        let info = self.inspect(queue).await?;
-        let block = info.config.overflow == Overflow::Block;
-        let shared = ProducerShared::new(self.clone(), queue, opts, block)?;
-        self.inner.producers.lock().push(Arc::downgrade(&shared));
-        let conn = self.inner.conn().await?;
-        register_producer(&conn, queue).await?;
-        Ok(Producer::new(shared))
-    }
-
-    /// A consumer of `queue`: subscribes with the initial credit of `opts.credit`.
-    ///
-    /// Cancel-safe (a cancelled subscribe is undone when its reply arrives and the consumer is
-    /// dropped).
-    pub async fn consumer(&self, queue: &str, opts: ConsumerOptions) -> Result<Consumer> {
-        opts.validate()?;
-        let (consumer, shared) = Consumer::new(self, queue, opts);
-        self.inner.consumers.lock().push(Arc::downgrade(&shared));
-        loop {
-            let conn = self.inner.conn().await?;
-            match shared.resubscribe(&conn).await {
-                Ok(()) => return Ok(consumer),
-                // The supervisor may have subscribed it on a newer connection already.
-                Err(ClientError::ConnectionLost) if shared.is_subscribed() => {
-                    return Ok(consumer);
-                }
-                Err(ClientError::ConnectionLost) if self.inner.opts.reconnect.is_some() => {}
-                Err(e) => return Err(e),
-            }
         }
     }
 

@@ -39,7 +39,6 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::consumer::ConsumerShared;
 use crate::credit::RttFilter;
 use crate::error::ClientError;
 use crate::options::ClientOptions;
@@ -122,11 +121,23 @@ impl Waiter {
     }
 }
 
+/// A subscription's receiver, as the reader sees it: told of its `Subscribed`, of each delivery
+/// and of the connection's end. Implemented by the consumer module (so this module does not
+/// depend on it).
+pub(crate) trait Subscriber: Send + Sync {
+    /// The reader read `Subscribed` (before any delivery of it).
+    fn on_subscribed(&self, epoch: u64, subscription: u64, rtt: Option<Duration>);
+    /// The reader read a delivery for this subscription.
+    fn on_delivery(&self, epoch: u64, d: levee_proto::Delivery);
+    /// The connection `epoch` died: what it held is gone (the broker requeues it).
+    fn on_conn_lost(&self, epoch: u64);
+}
+
 type Reply = Result<ServerFrame, ClientError>;
 
 enum Pending {
     Request(oneshot::Sender<Reply>, Instant),
-    Subscribe(Arc<ConsumerShared>, oneshot::Sender<Reply>, Instant),
+    Subscribe(Arc<dyn Subscriber>, oneshot::Sender<Reply>, Instant),
     Publish(Vec<Waiter>),
 }
 
@@ -174,7 +185,7 @@ impl PublishCredit {
 struct Routes {
     dead: bool,
     pending: HashMap<u64, Pending>,
-    subs: HashMap<u64, Arc<ConsumerShared>>,
+    subs: HashMap<u64, Arc<dyn Subscriber>>,
     credits: HashMap<String, Arc<PublishCredit>>,
 }
 
@@ -281,7 +292,7 @@ impl Conn {
     /// Returns the subscription id. Cancel-safe like [`Conn::request`].
     pub async fn subscribe(
         &self,
-        shared: Arc<ConsumerShared>,
+        shared: Arc<dyn Subscriber>,
         queue: &str,
         credit: u32,
         auto_ack: bool,

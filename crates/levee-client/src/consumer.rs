@@ -27,12 +27,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
+use futures::future::BoxFuture;
 use levee_proto::{ClientFrame, MAX_TAGS, Message, ServerFrame};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
-use crate::client::Client;
-use crate::conn::{Conn, unexpected};
+use crate::client::{Client, ConsumerHandle};
+use crate::conn::{Conn, Subscriber, unexpected};
 use crate::credit::{AdaptiveCredit, Ledger};
 use crate::error::{ClientError, Result};
 use crate::options::{ConsumerOptions, Credit};
@@ -649,6 +650,64 @@ impl Drop for Delivery {
             let _ = self
                 .shared
                 .settle(self.epoch, self.inner.tag, Settle::Nack(0), self.handed);
+        }
+    }
+}
+
+impl ConsumerHandle for ConsumerShared {
+    fn queue(&self) -> &str {
+        ConsumerShared::queue(self)
+    }
+
+    fn is_closed(&self) -> bool {
+        ConsumerShared::is_closed(self)
+    }
+
+    fn resubscribe_on<'a>(self: Arc<Self>, conn: &'a Arc<Conn>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.resubscribe(conn).await })
+    }
+
+    fn finish(&self, e: ClientError) {
+        ConsumerShared::finish(self, e);
+    }
+}
+
+impl Subscriber for ConsumerShared {
+    fn on_subscribed(&self, epoch: u64, subscription: u64, rtt: Option<Duration>) {
+        ConsumerShared::on_subscribed(self, epoch, subscription, rtt);
+    }
+
+    fn on_delivery(&self, epoch: u64, d: levee_proto::Delivery) {
+        ConsumerShared::on_delivery(self, epoch, d);
+    }
+
+    fn on_conn_lost(&self, epoch: u64) {
+        ConsumerShared::on_conn_lost(self, epoch);
+    }
+}
+
+/// Making consumers (here, not in `client`, so that `client` does not depend on this module).
+impl Client {
+    /// A consumer of `queue`: subscribes with the initial credit of `opts.credit`.
+    ///
+    /// Cancel-safe (a cancelled subscribe is undone when its reply arrives and the consumer is
+    /// dropped).
+    pub async fn consumer(&self, queue: &str, opts: ConsumerOptions) -> Result<Consumer> {
+        opts.validate()?;
+        let (consumer, shared) = Consumer::new(self, queue, opts);
+        let handle: Weak<dyn ConsumerHandle> = Arc::downgrade(&shared) as Weak<dyn ConsumerHandle>;
+        self.inner.consumers.lock().push(handle);
+        loop {
+            let conn = self.inner.conn().await?;
+            match shared.resubscribe(&conn).await {
+                Ok(()) => return Ok(consumer),
+                // The supervisor may have subscribed it on a newer connection already.
+                Err(ClientError::ConnectionLost) if shared.is_subscribed() => {
+                    return Ok(consumer);
+                }
+                Err(ClientError::ConnectionLost) if self.inner.opts.reconnect.is_some() => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 }

@@ -23,8 +23,15 @@
 //! ```
 //!
 //! Modules: `client` (connection state, requests, reconnection), `conn` (one connection's
-//! reader / writer tasks), `producer`, `consumer`, [`credit`] (credit bookkeeping and the
-//! adaptive algorithm), `options`, `error`. Every async method documents its cancel-safety.
+//! reader / writer tasks), `producer`, `consumer`, `window` (the in-flight window), [`credit`]
+//! (credit bookkeeping and the adaptive algorithm), `options`, `error`. Every async method
+//! documents its cancel-safety.
+//!
+//! Dependencies point one way, with no loop: `producer` and `consumer` -> `client` -> `conn`.
+//! `conn` reaches a subscription through the `conn::Subscriber` trait and `client` reaches its
+//! producers and consumers (to re-register them after a reconnection) through the
+//! `client::ProducerHandle` and `client::ConsumerHandle` traits, which `producer` and `consumer`
+//! implement; [`Client::producer`] and [`Client::consumer`] are defined in those modules.
 
 mod client;
 mod conn;
@@ -33,6 +40,7 @@ pub mod credit;
 mod error;
 mod options;
 mod producer;
+mod window;
 
 pub use client::{Client, ClientStats, DeclareOk};
 pub use consumer::{Consumer, CreditStats, Delivery};

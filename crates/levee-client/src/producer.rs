@@ -25,14 +25,15 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use levee_flow::{BreakerState, BreakerStats, CircuitBreaker};
-use levee_proto::{Message, PublishOutcome};
+use levee_proto::{Message, Overflow, PublishOutcome};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 
-use crate::client::{Client, Window};
+use crate::client::{Client, ProducerHandle, register_producer};
 use crate::conn::{Conn, TrackGuard, Tracker, Waiter};
 use crate::error::{ClientError, Result, TryPublishError};
 use crate::options::ProducerOptions;
+use crate::window::Window;
 
 /// Bytes of a `Publish` frame besides its messages, without the queue name: length prefix 4,
 /// type 1, request id 8, queue-name length 1, message count 4.
@@ -445,5 +446,34 @@ impl Producer {
     /// The circuit breaker's counters, if the producer has one.
     pub fn breaker_stats(&self) -> Option<BreakerStats> {
         self.shared.breaker.as_ref().map(CircuitBreaker::stats)
+    }
+}
+
+impl ProducerHandle for ProducerShared {
+    fn queue(&self) -> &str {
+        ProducerShared::queue(self)
+    }
+
+    fn on_disconnect(&self, epoch: u64) {
+        ProducerShared::on_disconnect(self, epoch);
+    }
+}
+
+/// Making producers (here, not in `client`, so that `client` does not depend on this module).
+impl Client {
+    /// A producer of `queue` (which must exist). It learns the queue's overflow policy (on a
+    /// `block` queue it waits for publish credit) and registers with `Produce`.
+    ///
+    /// Cancel-safe.
+    pub async fn producer(&self, queue: &str, opts: ProducerOptions) -> Result<Producer> {
+        opts.validate()?;
+        let info = self.inspect(queue).await?;
+        let block = info.config.overflow == Overflow::Block;
+        let shared = ProducerShared::new(self.clone(), queue, opts, block)?;
+        let handle: Weak<dyn ProducerHandle> = Arc::downgrade(&shared) as Weak<dyn ProducerHandle>;
+        self.inner.producers.lock().push(handle);
+        let conn = self.inner.conn().await?;
+        register_producer(&conn, queue).await?;
+        Ok(Producer::new(shared))
     }
 }

@@ -255,7 +255,13 @@ fn flow_reason(r: policy::DropReason) -> DropReason {
         policy::DropReason::Newest => DropReason::OverflowNewest,
         policy::DropReason::Conflated => DropReason::Conflated,
         policy::DropReason::Shed | policy::DropReason::Outranked => DropReason::ShedPriority,
-        // Oldest, and anything levee-flow adds later that evicts a queued message.
+        policy::DropReason::Oldest => DropReason::EvictedOldest,
+        // Only levee-flow's channel reports it (every receiver gone); a broker queue has no
+        // receivers in that sense. Should it happen, a queued message was evicted.
+        policy::DropReason::Disconnected => DropReason::EvictedOldest,
+        // levee-flow's enum is non_exhaustive. The message is already gone and counted (the
+        // accounting stays exact); only the reason label is unknown, so it is reported as the
+        // eviction it is rather than hidden. No behaviour depends on the label.
         _ => DropReason::EvictedOldest,
     }
 }
@@ -267,7 +273,12 @@ fn flow_overflow(o: Overflow) -> policy::Overflow {
         Overflow::DropNewest => policy::Overflow::DropNewest,
         Overflow::DropOldest => policy::Overflow::DropOldest,
         Overflow::ConflateByKey => policy::Overflow::Conflate,
-        _ => policy::Overflow::ShedPriority,
+        Overflow::ShedPriority => policy::Overflow::ShedPriority,
+        // levee-proto's enum is non_exhaustive; a policy this broker does not know (a newer
+        // levee-proto than this code) gets the strictest one that loses nothing: refuse publishes
+        // when full (the publisher is told), never drop a stored message. Every policy levee-proto has
+        // today is listed above, so this arm is reached only if it gains one before this mapping.
+        _ => policy::Overflow::Reject,
     }
 }
 
@@ -357,6 +368,9 @@ impl QueueState {
         };
         let order = match config.order {
             Order::Priority => policy::Order::Priority,
+            Order::Fifo => policy::Order::Fifo,
+            // levee-proto's enum is non_exhaustive: an order this broker does not know is served
+            // in publish order, the one that never reorders.
             _ => policy::Order::Fifo,
         };
         let rate = config
@@ -609,10 +623,9 @@ impl QueueState {
                 let Queued { message, .. } = item.item;
                 return Err(Box::new(message.expect("a published message has its body")));
             }
+            // `Offer` is not non_exhaustive: every outcome is listed, so one levee-flow adds is a
+            // compile error here, not a silent default.
             Offer::Rejected(_) => self.refuse(ErrorCode::QueueFull, "queue is full".into()),
-            // levee-flow may add outcomes; treat any other refusal as full.
-            #[allow(unreachable_patterns)]
-            _ => self.refuse(ErrorCode::QueueFull, "queue is full".into()),
         })
     }
 

@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use crate::actor::{Cmd, InFlight};
 use crate::broker::Broker;
 use crate::error::BrokerError;
-use crate::limits::{FrameReservation, Limits, UNRESERVED_FRAME};
+use crate::net::limits::{FrameReservation, Limits, UNRESERVED_FRAME};
 use crate::outbox::{ConnRx, ConnTx, conn_channel};
 
 /// Writes frames from the channel, coalescing whatever is queued into one write, and reports
@@ -270,7 +270,9 @@ impl Conn {
                     Ok(qtx) => {
                         // The reply goes out before any delivery can.
                         let _ = self.tx.send(ServerFrame::Subscribed { req, subscription });
-                        self.tx.outbox().add_subscription(subscription, &qtx);
+                        self.tx
+                            .outbox()
+                            .add_subscription(subscription, qtx.downgrade());
                         let _ = qtx.send(Cmd::Subscribe {
                             consumer: subscription,
                             auto_ack,
@@ -324,6 +326,8 @@ impl Conn {
                     let _ = self.send_to(q, Cmd::Reject(subscription, tags));
                 }
             }
+            // levee-proto's `ClientFrame` is non_exhaustive: a frame this server does not know is
+            // answered with an explicit error, never ignored.
             _ => {
                 let _ = self.tx.send(ServerFrame::Error {
                     req: 0,

@@ -2,6 +2,11 @@
 //! connections (`max_connections`), open HTTP connections (`max_http_connections`) and bytes
 //! buffered for large frames still arriving (`max_partial_frame_bytes`).
 //!
+//! It lives in `net` because everything it bounds is a connection or bytes arriving on one, and
+//! it writes the refusals in each front end's own terms (a wire `Close`, an HTTP 503). The broker
+//! owns the one instance (`Inner::limits`), so every front end, HTTP included, shares the same
+//! budgets; it takes plain numbers, not the `BrokerConfig`, so it depends on nothing of the broker.
+//!
 //! # Invariants
 //! - Every served connection holds one permit of `connections` (wire) or `http` from accept to
 //!   its end; a connection over the cap is refused (`Limits::refuse`, a `Close` frame or a 503)
@@ -23,8 +28,6 @@ use levee_proto::ServerFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::broker::BrokerConfig;
 
 /// Frames up to this size (the standing read buffer of a connection) need no reservation.
 pub(crate) const UNRESERVED_FRAME: usize = 64 * 1024;
@@ -51,15 +54,20 @@ pub(crate) type FrameReservation = OwnedSemaphorePermit;
 pub(crate) type ConnectionSlot = OwnedSemaphorePermit;
 
 impl Limits {
-    /// Budgets for a validated config.
-    pub(crate) fn new(config: &BrokerConfig) -> Limits {
+    /// Budgets from a validated `BrokerConfig`'s `max_connections`, `max_http_connections` and
+    /// `max_partial_frame_bytes` (plain numbers, so this module does not depend on the broker).
+    pub(crate) fn new(
+        max_connections: usize,
+        max_http_connections: usize,
+        max_partial_frame_bytes: u64,
+    ) -> Limits {
         // Validated: at most u32::MAX, far below Semaphore::MAX_PERMITS.
-        let frame_budget = config.max_partial_frame_bytes;
+        let frame_budget = max_partial_frame_bytes;
         Limits {
-            max_connections: config.max_connections,
-            connections: Arc::new(Semaphore::new(config.max_connections)),
-            max_http_connections: config.max_http_connections,
-            http: Arc::new(Semaphore::new(config.max_http_connections)),
+            max_connections,
+            connections: Arc::new(Semaphore::new(max_connections)),
+            max_http_connections,
+            http: Arc::new(Semaphore::new(max_http_connections)),
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             frame_budget,
             frames: Arc::new(Semaphore::new(frame_budget as usize)),

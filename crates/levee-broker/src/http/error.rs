@@ -1,0 +1,106 @@
+//! The HTTP layer's error, [`HttpError`], and how every response of the JSON API is written
+//! (`json_response`, `json_text_response`: `application/json`, `no-store`).
+//!
+//! # Invariants
+//! - Every error is answered with a JSON body `{"error": code, "message": text}` and a 4xx/5xx
+//!   status ([`HttpError::status`]); [`HttpError::code`] is stable (clients match on it).
+//!
+//! It is a module of its own, not part of `http/mod.rs`, so that `json` and `snapshot` can use the
+//! error without a loop through the router.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use levee_proto::ErrorCode;
+use serde_json::{Value, json};
+
+use crate::error::BrokerError;
+
+/// An error of the HTTP layer, answered as a JSON body with [`HttpError::status`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The request body is not valid JSON, or not of the expected shape (400).
+    #[error("invalid JSON body: {0}")]
+    BadJson(String),
+    /// A config field has a value outside its range or vocabulary (400).
+    #[error("invalid config field {field}: {reason}")]
+    InvalidConfig {
+        /// The field, e.g. `"overflow"`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A queue is registered but did not answer an inspect: it took longer than
+    /// [`INSPECT_TIMEOUT`](super::INSPECT_TIMEOUT) or its task has stopped (503).
+    #[error("queue {queue} is unavailable: {reason}")]
+    Unavailable {
+        /// The queue.
+        queue: String,
+        /// Why, e.g. `"no answer within 2s"`.
+        reason: String,
+    },
+    /// No route for this path (404).
+    #[error("no such endpoint: {0}")]
+    NoRoute(String),
+    /// The broker refused or failed the operation; the status follows its error code.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl HttpError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HttpError::BadJson(_) | HttpError::InvalidConfig { .. } => StatusCode::BAD_REQUEST,
+            HttpError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::NoRoute(_) => StatusCode::NOT_FOUND,
+            HttpError::Broker(e) => match e.code() {
+                ErrorCode::UnknownQueue => StatusCode::NOT_FOUND,
+                ErrorCode::QueueConfigMismatch => StatusCode::CONFLICT,
+                ErrorCode::InvalidName | ErrorCode::InvalidConfig => StatusCode::BAD_REQUEST,
+                ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+                // Every other code (and any levee-proto adds: non_exhaustive) is a failure the
+                // API cannot blame on the request: an explicit 500, never a success.
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    /// A short stable code for the JSON body, e.g. `"unknown-queue"`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            HttpError::BadJson(_) => "bad-json",
+            HttpError::InvalidConfig { .. } => ErrorCode::InvalidConfig.name(),
+            HttpError::Unavailable { .. } => "unavailable",
+            HttpError::NoRoute(_) => "not-found",
+            HttpError::Broker(e) => e.code().name(),
+        }
+    }
+
+    pub(super) fn body(&self) -> Value {
+        json!({ "error": self.code(), "message": self.to_string() })
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        json_response(self.status(), &self.body())
+    }
+}
+
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut text = serde_json::to_string(body).unwrap_or_else(|_| "null".into());
+    text.push('\n');
+    json_text_response(status, text)
+}
+
+pub(super) fn json_text_response(status: StatusCode, text: String) -> Response {
+    let mut resp = (status, text).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

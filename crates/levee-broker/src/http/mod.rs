@@ -1,0 +1,232 @@
+//! The broker's HTTP side: a JSON management API, Prometheus metrics and a live dashboard.
+//!
+//! Endpoints (see `docs/design.md`, section "HTTP API and metrics", for the JSON shapes):
+//! - `GET /api/queues`: every queue with its config, counters, rates, loss % and, for disk queues,
+//!   storage figures; `GET /api/queues/{name}`: one queue;
+//! - `PUT /api/queues/{name}` (JSON config body; missing fields take their defaults): declare,
+//!   answering 201 created, 200 existed with this config, 409 exists with another config (with
+//!   the differences), 400 invalid; `DELETE /api/queues/{name}`;
+//!   `POST /api/queues/{name}/purge`;
+//! - `GET /metrics`: Prometheus text exposition format 0.0.4;
+//! - `GET /`: a self-contained HTML dashboard (no external assets) polling `/api/queues`.
+//!
+//! Modules: `mod.rs` (this file) the router, the handlers and [`serve_http`]; `error`
+//! ([`HttpError`] and the JSON response writers); `json` (the JSON form of a
+//! [`QueueConfig`](levee_proto::QueueConfig), which round-trips: a config read from `GET` can be
+//! `PUT` back unchanged, and the JSON views of queues); `snapshot` ([`QueueSnapshot`]: inspecting
+//! queues with a deadline); `metrics` (Prometheus rendering). Dependencies point one way: `mod` ->
+//! `json`, `metrics` -> `snapshot` -> `error`.
+//!
+//! # Invariants
+//! - Every error is answered with a JSON body `{"error": code, "message": text}` and a 4xx/5xx
+//!   status; bad input never panics.
+//! - A queue whose actor does not answer an inspect within [`INSPECT_TIMEOUT`] (or has stopped)
+//!   does not stall the API nor vanish from it: it is listed with an `error` (and counted in
+//!   `/metrics` as `levee_queue_available{queue} 0`); other queues are unaffected.
+//!
+//! # Memory bounds
+//! - A connection waits at most `http_header_timeout_ms` for each request's headers (idle
+//!   keep-alive connections included), so idle or half-sent requests do not pile up.
+//! - Request bodies are limited to [`MAX_BODY`] (64 KiB); larger ones get 413.
+//! - A `/api/queues` or `/metrics` response holds one snapshot of every queue: O(queues +
+//!   consumers) (consumers per queue are at most `levee_proto::MAX_LIST`). The HTTP server keeps
+//!   no state between requests.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::broker::Broker;
+use crate::error::BrokerError;
+
+mod error;
+mod json;
+mod metrics;
+mod snapshot;
+
+pub use error::HttpError;
+use error::{json_response, json_text_response};
+pub use json::{config_from_json, config_to_json, render_queues_json};
+use metrics::render_limits;
+pub use metrics::{PROMETHEUS_CONTENT_TYPE, render_metrics};
+pub use snapshot::{INSPECT_TIMEOUT, QueueSnapshot, snapshot, snapshot_all};
+
+/// Longest request body accepted (64 KiB): a queue config is a few hundred bytes.
+pub const MAX_BODY: usize = 64 * 1024;
+
+static DASHBOARD: &str = include_str!("../../assets/dashboard.html");
+
+async fn list_queues(State(broker): State<Broker>) -> Response {
+    let (ok, failed) = snapshot_all(&broker).await;
+    json_text_response(StatusCode::OK, render_queues_json(&ok, &failed))
+}
+
+async fn get_queue(State(broker): State<Broker>, Path(name): Path<String>) -> Response {
+    match snapshot(&broker, &name).await {
+        Ok(s) => json_response(StatusCode::OK, &s.to_json()),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn put_queue(
+    State(broker): State<Broker>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let config = match config_from_json(&body) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    match broker.declare(&name, config.clone()).await {
+        Ok((created, messages)) => {
+            if created {
+                tracing::info!(queue = %name, "queue declared over HTTP");
+            }
+            json_response(
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                &json!({ "queue": name, "created": created, "messages": messages }),
+            )
+        }
+        Err(e @ BrokerError::ConfigMismatch { .. }) => {
+            let http = HttpError::from(e);
+            let mut body = http.body();
+            // Structured differences, against the config the queue has now.
+            if let Ok(Ok(existing)) =
+                tokio::time::timeout(INSPECT_TIMEOUT, broker.inspect(&name)).await
+            {
+                body["differences"] = existing
+                    .config
+                    .differences(&config)
+                    .into_iter()
+                    .map(|d| {
+                        json!({ "field": d.field, "existing": d.existing, "requested": d.requested })
+                    })
+                    .collect();
+            }
+            json_response(http.status(), &body)
+        }
+        // The only unknown queue a declare can name is its dead-letter queue: bad input.
+        Err(e @ BrokerError::UnknownQueue(_)) => json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": "unknown-queue", "message": e.to_string() }),
+        ),
+        Err(e) => HttpError::from(e).into_response(),
+    }
+}
+
+async fn delete_queue(State(broker): State<Broker>, Path(name): Path<String>) -> Response {
+    match broker.delete(&name).await {
+        Ok(dropped) => {
+            tracing::info!(queue = %name, messages = dropped, "queue deleted over HTTP");
+            json_response(
+                StatusCode::OK,
+                &json!({ "queue": name, "deleted": true, "messages": dropped }),
+            )
+        }
+        Err(e) => HttpError::from(e).into_response(),
+    }
+}
+
+async fn purge_queue(State(broker): State<Broker>, Path(name): Path<String>) -> Response {
+    match broker.purge(&name).await {
+        Ok(purged) => json_response(StatusCode::OK, &json!({ "queue": name, "purged": purged })),
+        Err(e) => HttpError::from(e).into_response(),
+    }
+}
+
+async fn metrics(State(broker): State<Broker>) -> Response {
+    let (ok, failed) = snapshot_all(&broker).await;
+    let failed: Vec<String> = failed.into_iter().map(|(name, _)| name).collect();
+    let mut text = render_metrics(&ok, &failed);
+    render_limits(&mut text, &broker);
+    let mut resp = text.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+async fn fallback(uri: axum::http::Uri) -> Response {
+    HttpError::NoRoute(uri.path().to_string()).into_response()
+}
+
+/// The HTTP API, metrics and dashboard of `broker`, as an axum router (to be served, or nested
+/// into a larger application).
+pub fn router(broker: Broker) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/metrics", get(metrics))
+        .route("/api/queues", get(list_queues))
+        .route(
+            "/api/queues/{name}",
+            get(get_queue).put(put_queue).delete(delete_queue),
+        )
+        .route("/api/queues/{name}/purge", post(purge_queue))
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(broker)
+}
+
+/// Serves [`router`] on `listener` (HTTP/1.1) until the future is dropped.
+///
+/// At most `max_http_connections` connections are served at once; one more is answered `503`
+/// (`{"error": "too-many-connections", ...}`) and closed. Each connection must send a request's
+/// headers within `http_header_timeout_ms` of opening or of
+/// the previous response, else it is closed: a client that sends half a header, or keeps an idle
+/// connection open, does not hold it forever. A request being answered is not timed. Accept
+/// failures (EMFILE, ...) are retried after a short bounded backoff.
+///
+/// # Cancel safety
+/// Cancel-safe: dropping the future stops accepting; requests already being served go on in
+/// their own tasks.
+pub async fn serve_http(broker: Broker, listener: TcpListener) -> std::io::Result<()> {
+    let timeout = Duration::from_millis(broker.config().http_header_timeout_ms.into());
+    let limits = broker.clone();
+    let service = hyper_util::service::TowerToHyperService::new(router(broker));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout);
+    let mut backoff = crate::net::listener::AcceptBackoff::default();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => {
+                backoff.reset();
+                x
+            }
+            Err(e) => {
+                backoff.wait(&e).await;
+                continue;
+            }
+        };
+        let Some(slot) = limits.inner.limits.admit_http() else {
+            tracing::debug!(%peer, "http refused: max_http_connections reached");
+            limits.inner.limits.refuse_http(stream);
+            continue;
+        };
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,106 @@
+//! The wire protocol's accept loop: [`Broker::serve`] and [`Broker::bind`], the admission of each
+//! accepted socket against `max_connections`, and the accept back-off shared with the HTTP
+//! listener.
+//!
+//! It is the only place that starts a `conn` (the broker registry itself knows nothing of
+//! connections), so a second protocol front end gets a listener of its own beside this one.
+//!
+//! # Invariants
+//! - Every served connection holds one `max_connections` slot from accept to its end; one more
+//!   is refused with a `Close` saying so (`limits`), never served.
+//! - A failing `accept` never spins the loop nor stops it: per-connection errors are skipped,
+//!   resource errors (out of descriptors or memory) wait a bounded back-off of at most 20 ms.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+
+use crate::broker::Broker;
+
+impl Broker {
+    /// Accepts connections on `listener` until the task is dropped.
+    ///
+    /// Cancel-safe: dropping the future stops accepting; connections already accepted go on.
+    ///
+    /// At most `max_connections` connections are served at once; one more is answered with a
+    /// `Close` saying so and closed (see `limits`).
+    pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        let mut backoff = AcceptBackoff::default();
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => {
+                    backoff.reset();
+                    x
+                }
+                Err(e) => {
+                    backoff.wait(&e).await;
+                    continue;
+                }
+            };
+            let Some(slot) = self.inner.limits.admit() else {
+                tracing::debug!(%peer, "refused: max_connections reached");
+                self.inner.limits.refuse(stream);
+                continue;
+            };
+            let broker = self.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                if let Err(e) = super::conn::serve(broker, stream).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    }
+
+    /// Binds `addr` and serves on it; returns the bound address (useful with port 0) and the
+    /// serving task.
+    ///
+    /// Cancel-safe: dropped before it returns, nothing is listening.
+    pub async fn bind(
+        &self,
+        addr: SocketAddr,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let broker = self.clone();
+        Ok((
+            local,
+            tokio::spawn(async move { broker.serve(listener).await }),
+        ))
+    }
+}
+
+/// What an accept loop does after `accept` failed: per-connection errors (the peer reset before
+/// it was accepted) are skipped at once; others (EMFILE, ENFILE, ENOBUFS: out of descriptors or
+/// memory) wait a short, bounded backoff (1 ms doubling to 20 ms) so the loop neither spins nor
+/// stalls clients once descriptors are free again. One warning per burst of failures.
+#[derive(Default)]
+pub(crate) struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    const MAX: std::time::Duration = std::time::Duration::from_millis(20);
+
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// # Cancel safety
+    /// Cancel-safe (a sleep).
+    pub(crate) async fn wait(&mut self, e: &std::io::Error) {
+        use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+        if matches!(
+            e.kind(),
+            ConnectionAborted | ConnectionReset | ConnectionRefused
+        ) {
+            return;
+        }
+        if self.failures == 0 {
+            tracing::warn!(error = %e, "accept failed; retrying (is the file descriptor limit too low for max_connections?)");
+        }
+        let delay = std::time::Duration::from_millis(1 << self.failures.min(5)).min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        tokio::time::sleep(delay).await;
+    }
+}
