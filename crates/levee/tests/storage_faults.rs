@@ -66,11 +66,32 @@ async fn after_a_failed_fsync_messages_are_delivered_only_once_rewritten_durably
     let (_broker, addr) = start(&disk).await;
     let c = client(addr).await;
     c.declare("jobs", disk_queue()).await.unwrap();
-    let mut consumer = c.consumer("jobs", fixed(100)).await.unwrap();
     let producer = c
         .producer("jobs", ProducerOptions::default())
         .await
         .unwrap();
+    // One confirmed, consumed message first: the log's first sync cycle (which also runs start-up
+    // maintenance) is behind us, so the fault below hits the publishes, not an idle log.
+    let warm = producer
+        .publish(Message::new(b"warm".to_vec()))
+        .await
+        .unwrap();
+    assert!(matches!(warm.await.unwrap(), PublishOutcome::Stored { .. }));
+    {
+        let mut first = c.consumer("jobs", fixed(1)).await.unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(10), first.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        d.ack().unwrap();
+        first.close().await.unwrap();
+    }
+    eventually("the warm-up ack", async || {
+        c.inspect("jobs").await.unwrap().stats.acked == 1
+    })
+    .await;
+    let mut consumer = c.consumer("jobs", fixed(100)).await.unwrap();
 
     // The disk starts failing every fsync: the confirms fail...
     disk.fail_syncs(Some(std::io::ErrorKind::Other));
