@@ -91,7 +91,7 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    pub fn new(msgs: u32, bytes: u32) -> Self {
+    pub(crate) fn new(msgs: u32, bytes: u32) -> Self {
         Window {
             msgs: Arc::new(Semaphore::new(msgs as usize)),
             bytes: Arc::new(Semaphore::new(bytes as usize)),
@@ -105,7 +105,7 @@ impl Window {
     }
 
     /// Waits for room. Cancel-safe: a cancelled wait holds nothing.
-    pub async fn acquire(&self, bytes: usize) -> [OwnedSemaphorePermit; 2] {
+    pub(crate) async fn acquire(&self, bytes: usize) -> [OwnedSemaphorePermit; 2] {
         // The semaphores are never closed.
         let m = self.msgs.clone().acquire_many_owned(1).await.expect("open");
         let b = self
@@ -117,7 +117,7 @@ impl Window {
         [m, b]
     }
 
-    pub fn try_acquire(&self, bytes: usize) -> Option<[OwnedSemaphorePermit; 2]> {
+    pub(crate) fn try_acquire(&self, bytes: usize) -> Option<[OwnedSemaphorePermit; 2]> {
         let m = self.msgs.clone().try_acquire_many_owned(1).ok()?;
         let b = self
             .bytes
@@ -152,7 +152,7 @@ impl Drop for Inner {
 
 impl Inner {
     /// The live connection, waiting (at most `request_timeout`) while reconnecting.
-    pub async fn conn(&self) -> Result<Arc<Conn>> {
+    pub(crate) async fn conn(&self) -> Result<Arc<Conn>> {
         let mut rx = self.state.subscribe();
         let wait = async {
             loop {
@@ -173,7 +173,7 @@ impl Inner {
     }
 
     /// The live connection if there is one now.
-    pub fn conn_now(&self) -> Result<Arc<Conn>> {
+    pub(crate) fn conn_now(&self) -> Result<Arc<Conn>> {
         match &*self.state.borrow() {
             State::Connected(c) if !c.is_dead() => Ok(c.clone()),
             State::Closed => Err(ClientError::Closed),
@@ -181,7 +181,10 @@ impl Inner {
         }
     }
 
-    pub async fn request(&self, make: impl FnOnce(u64) -> ClientFrame) -> Result<ServerFrame> {
+    pub(crate) async fn request(
+        &self,
+        make: impl FnOnce(u64) -> ClientFrame,
+    ) -> Result<ServerFrame> {
         self.conn().await?.request(make).await
     }
 

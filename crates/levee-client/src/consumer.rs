@@ -129,15 +129,15 @@ async fn settle_task(weak: Weak<ConsumerShared>, wake: Arc<Notify>, linger: Dura
 }
 
 impl ConsumerShared {
-    pub fn queue(&self) -> &str {
+    pub(crate) fn queue(&self) -> &str {
         &self.queue
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
-    pub fn is_subscribed(&self) -> bool {
+    pub(crate) fn is_subscribed(&self) -> bool {
         let st = self.st.lock();
         st.subscription != 0 && st.conn.as_ref().is_some_and(|c| !c.is_dead())
     }
@@ -152,7 +152,7 @@ impl ConsumerShared {
 
     /// Subscribes on `conn` with the current target as initial credit (no-op if already
     /// subscribed there).
-    pub async fn resubscribe(self: &Arc<Self>, conn: &Arc<Conn>) -> Result<()> {
+    pub(crate) async fn resubscribe(self: &Arc<Self>, conn: &Arc<Conn>) -> Result<()> {
         let _g = self.sub_lock.lock().await;
         if self.is_closed() {
             return Err(ClientError::Closed);
@@ -190,7 +190,7 @@ impl ConsumerShared {
     }
 
     /// The reader read `Subscribed` (before any delivery of it).
-    pub fn on_subscribed(&self, epoch: u64, subscription: u64, rtt: Option<Duration>) {
+    pub(crate) fn on_subscribed(&self, epoch: u64, subscription: u64, rtt: Option<Duration>) {
         let mut st = self.st.lock();
         if st.epoch == epoch {
             st.subscription = subscription;
@@ -201,7 +201,7 @@ impl ConsumerShared {
     }
 
     /// The reader read a delivery for this consumer.
-    pub fn on_delivery(&self, epoch: u64, d: levee_proto::Delivery) {
+    pub(crate) fn on_delivery(&self, epoch: u64, d: levee_proto::Delivery) {
         let mut st = self.st.lock();
         if st.epoch != epoch {
             return;
@@ -220,7 +220,7 @@ impl ConsumerShared {
     }
 
     /// The connection `epoch` died: what it held is gone (the broker requeues it).
-    pub fn on_conn_lost(&self, epoch: u64) {
+    pub(crate) fn on_conn_lost(&self, epoch: u64) {
         let mut st = self.st.lock();
         if st.epoch == epoch {
             st.epoch = 0;
@@ -234,7 +234,7 @@ impl ConsumerShared {
     }
 
     /// No more deliveries will come: the stream yields `e` (unless it is `Closed`) and ends.
-    pub fn finish(&self, e: ClientError) {
+    pub(crate) fn finish(&self, e: ClientError) {
         if let Some(tx) = self.tx.lock().take()
             && e != ClientError::Closed
         {

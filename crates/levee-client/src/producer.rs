@@ -108,7 +108,7 @@ struct Admission {
 }
 
 impl ProducerShared {
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         queue: &str,
         opts: ProducerOptions,
@@ -141,7 +141,7 @@ impl ProducerShared {
         Ok(shared)
     }
 
-    pub fn queue(&self) -> &str {
+    pub(crate) fn queue(&self) -> &str {
         &self.queue
     }
 
@@ -184,7 +184,7 @@ impl ProducerShared {
         }
     }
 
-    pub fn flush_now(&self) {
+    pub(crate) fn flush_now(&self) {
         let mut b = self.batch.lock();
         self.send_batch(&mut b);
     }
@@ -286,7 +286,7 @@ impl ProducerShared {
     }
 
     /// The connection `epoch` died: its open batch can no longer be sent.
-    pub fn on_disconnect(&self, epoch: u64) {
+    pub(crate) fn on_disconnect(&self, epoch: u64) {
         let mut b = self.batch.lock();
         if b.conn.as_ref().is_some_and(|c| c.epoch == epoch) {
             let waiters = std::mem::take(&mut b.waiters);

@@ -457,7 +457,7 @@ impl<T> Queue<T> {
         on_queue!(self, |q| q.limits())
     }
     fn set_limits(&mut self, l: Limits) {
-        on_queue!(self, |q| q.set_limits(l))
+        on_queue!(self, |q| q.set_limits(l));
     }
     fn fits(&self, weight: u64) -> bool {
         on_queue!(self, |q| q.fits(weight))

@@ -159,7 +159,7 @@ pub(crate) struct RateWindow {
 }
 
 impl RateWindow {
-    pub fn new(window: Duration, start: Instant) -> Self {
+    pub(crate) fn new(window: Duration, start: Instant) -> Self {
         let mut samples = VecDeque::new();
         samples.push_back(Sample {
             at: start,
@@ -171,7 +171,13 @@ impl RateWindow {
     }
 
     /// Records the current counters and returns (send, recv, drop) rates per second.
-    pub fn observe(&mut self, now: Instant, sent: u64, received: u64, dropped: u64) -> [f64; 3] {
+    pub(crate) fn observe(
+        &mut self,
+        now: Instant,
+        sent: u64,
+        received: u64,
+        dropped: u64,
+    ) -> [f64; 3] {
         // Keep the newest sample older than the window start so the window is fully covered.
         while self.samples.len() >= 2 && now.duration_since(self.samples[1].at) >= self.window {
             self.samples.pop_front();
