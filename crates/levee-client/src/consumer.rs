@@ -370,6 +370,10 @@ impl ConsumerShared {
 /// lost for good (no reconnection), one `Err(ConnectionLost)` before the end. With reconnection,
 /// the stream simply goes on after the client reconnects. [`Consumer::close`] unsubscribes;
 /// dropping the consumer unsubscribes too, without waiting for the reply.
+///
+/// # Cancel safety
+/// `StreamExt::next` is cancel-safe (use it in `select!`): a delivery leaves the consumer's
+/// channel only in the poll that returns it, so a dropped `next()` future loses nothing.
 pub struct Consumer {
     shared: Arc<ConsumerShared>,
     /// Keeps the connection (and its reconnection supervisor) alive while the consumer lives.
@@ -451,6 +455,7 @@ impl Consumer {
     /// settled by then are requeued by the broker; settling them afterwards returns
     /// [`ClientError::Closed`].
     ///
+    /// # Cancel safety
     /// Cancel-safe: the consumer is closed once this is called; cancelling only skips the wait.
     pub async fn close(mut self) -> Result<()> {
         let (conn, sub) = self.begin_close();

@@ -347,14 +347,19 @@ impl Producer {
     /// drops the message (clone it first if you want to retry; payloads are `Bytes`, so clones are
     /// cheap).
     ///
-    /// Cancel-safe: if the returned future is dropped before it completes, the message was not
-    /// published and any window room or credit it waited for is released.
+    /// # Cancel safety
+    /// Cancel-safe: if the future is dropped before it completes, the message was not
+    /// published and any window room or credit it waited for is released. (Dropping the
+    /// [`ConfirmFuture`] it returned does not withdraw the message: only its outcome is lost.)
     pub async fn publish(&self, message: Message) -> Result<ConfirmFuture> {
         self.shared.publish(message).await
     }
 
     /// [`Producer::publish`] waiting at most `timeout` for window room and publish credit;
-    /// [`ClientError::Timeout`] after that (the message was not published). Cancel-safe.
+    /// [`ClientError::Timeout`] after that (the message was not published).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, as [`Producer::publish`].
     pub async fn publish_timeout(
         &self,
         message: Message,
@@ -379,8 +384,10 @@ impl Producer {
     /// `Rejected` outcome is [`ClientError::Rejected`]). The open batch is sent at once rather
     /// than after `linger`, since the caller waits for it.
     ///
+    /// # Cancel safety
     /// Not cancel-safe in the sense that matters: once the message has entered a batch,
-    /// dropping this future does not withdraw it (it will be published; only its outcome is lost).
+    /// dropping this future does not withdraw it (it will be published; only its outcome is
+    /// lost). Dropped while still waiting for window room or credit, it was not published.
     pub async fn send(&self, message: Message) -> Result<PublishOutcome> {
         let confirm = self.shared.publish(message).await?;
         self.shared.flush_now();
@@ -390,7 +397,9 @@ impl Producer {
     /// Publishes every message (in as few frames as the batch limits allow, sending the last
     /// batch at once) and waits for all confirms; one result per message, in order.
     ///
-    /// Cancel-safety as [`Producer::send`]: messages already batched are published.
+    /// # Cancel safety
+    /// As [`Producer::send`]: messages already batched are published (their outcomes are lost),
+    /// the rest are not.
     pub async fn send_batch(&self, messages: Vec<Message>) -> Vec<Result<PublishOutcome>> {
         let mut confirms = Vec::with_capacity(messages.len());
         for m in messages {
@@ -410,7 +419,8 @@ impl Producer {
     /// Sends the open batch now and waits until every message published so far is confirmed
     /// (or failed).
     ///
-    /// Cancel-safe: cancelling only stops the wait.
+    /// # Cancel safety
+    /// Cancel-safe: the open batch is sent on the first poll; cancelling only stops the wait.
     pub async fn flush(&self) {
         self.shared.flush_now();
         loop {
