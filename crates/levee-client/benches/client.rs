@@ -86,7 +86,7 @@ fn bench(c: &mut Criterion) {
                 for c in confirms {
                     c.await.unwrap();
                 }
-            })
+            });
         });
     }
     let producer = rt
@@ -98,7 +98,7 @@ fn bench(c: &mut Criterion) {
             for _ in 0..100 {
                 producer.send(Message::new(payload.clone())).await.unwrap();
             }
-        })
+        });
     });
     g.finish();
 
@@ -147,7 +147,7 @@ fn bench(c: &mut Criterion) {
                     };
                     tokio::join!(publish, consume);
                 }
-            })
+            });
         });
         rt.block_on(consumer.into_inner().close()).unwrap();
     }

@@ -128,7 +128,7 @@ impl Drop for Inner {
 
 impl Inner {
     /// The live connection, waiting (at most `request_timeout`) while reconnecting.
-    pub async fn conn(&self) -> Result<Arc<Conn>> {
+    pub(crate) async fn conn(&self) -> Result<Arc<Conn>> {
         let mut rx = self.state.subscribe();
         let wait = async {
             loop {
@@ -149,7 +149,7 @@ impl Inner {
     }
 
     /// The live connection if there is one now.
-    pub fn conn_now(&self) -> Result<Arc<Conn>> {
+    pub(crate) fn conn_now(&self) -> Result<Arc<Conn>> {
         match &*self.state.borrow() {
             State::Connected(c) if !c.is_dead() => Ok(c.clone()),
             State::Closed => Err(ClientError::Closed),
@@ -157,7 +157,10 @@ impl Inner {
         }
     }
 
-    pub async fn request(&self, make: impl FnOnce(u64) -> ClientFrame) -> Result<ServerFrame> {
+    pub(crate) async fn request(
+        &self,
+        make: impl FnOnce(u64) -> ClientFrame,
+    ) -> Result<ServerFrame> {
         self.conn().await?.request(make).await
     }
 
@@ -324,6 +327,7 @@ impl Client {
     /// Connects and runs the handshake. Fails if the first connection cannot be made (no retry
     /// here: reconnection starts once a connection has existed).
     ///
+    /// # Cancel safety
     /// Cancel-safe: a cancelled connect leaves nothing behind.
     pub async fn connect(addr: impl ToSocketAddrs, opts: ClientOptions) -> Result<Client> {
         opts.validate()?;
@@ -353,7 +357,10 @@ impl Client {
     /// Creates a queue, or checks that the existing one has this config (a different config is
     /// a [`ClientError::Server`] with code `queue-config-mismatch` listing the differences).
     ///
-    /// Cancel-safe (the reply is discarded; the queue may or may not have been created).
+    /// # Cancel safety
+    /// Cancel-safe in that nothing is left waiting (the reply is discarded when it arrives), but
+    /// the request may already have been sent: the queue may or may not have been created.
+    /// Declaring again is idempotent, so retry to find out.
     pub async fn declare(&self, queue: &str, config: QueueConfig) -> Result<DeclareOk> {
         match self
             .inner
@@ -378,20 +385,31 @@ impl Client {
         }
     }
 
-    /// Deletes a queue with its messages; returns how many it held. Cancel-safe like `declare`.
+    /// Deletes a queue with its messages; returns how many it held.
+    ///
+    /// # Cancel safety
+    /// As [`Client::declare`]: nothing is left waiting, but the queue may or may not have been
+    /// deleted.
     pub async fn delete(&self, queue: &str) -> Result<u64> {
         let queue = queue.to_string();
         self.queue_ok(|req| ClientFrame::Delete { req, queue })
             .await
     }
 
-    /// Drops every ready message of a queue; returns how many. Cancel-safe like `declare`.
+    /// Drops every ready message of a queue; returns how many.
+    ///
+    /// # Cancel safety
+    /// As [`Client::declare`]: nothing is left waiting, but the purge may or may not have
+    /// happened (and its count is lost).
     pub async fn purge(&self, queue: &str) -> Result<u64> {
         let queue = queue.to_string();
         self.queue_ok(|req| ClientFrame::Purge { req, queue }).await
     }
 
-    /// A queue's config and counters. Cancel-safe.
+    /// A queue's config and counters.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads; the reply is discarded when it arrives.
     pub async fn inspect(&self, queue: &str) -> Result<QueueInfo> {
         match self
             .inner
@@ -406,7 +424,10 @@ impl Client {
         }
     }
 
-    /// Every queue's name. Cancel-safe.
+    /// Every queue's name.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads; the reply is discarded when it arrives.
     pub async fn list_queues(&self) -> Result<Vec<String>> {
         match self
             .inner
@@ -443,8 +464,9 @@ impl Client {
     /// Closes the connection (sending `Close`) and stops reconnecting. Unconfirmed publishes fail
     /// with `ConnectionLost`; consumers end; later operations fail with [`ClientError::Closed`].
     ///
-    /// Cancel-safe: once called, the client is closed even if the wait for the socket to close is
-    /// cancelled.
+    /// # Cancel safety
+    /// Cancel-safe: once called, the client is closed even if the wait for the socket to close
+    /// is cancelled.
     pub async fn close(&self) -> Result<()> {
         let prev = self.inner.state.send_replace(State::Closed);
         if let State::Connected(c) = prev {

@@ -65,7 +65,7 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.n.load(Ordering::Acquire)
     }
 }
@@ -74,7 +74,7 @@ impl Tracker {
 pub(crate) struct TrackGuard(Arc<Tracker>);
 
 impl TrackGuard {
-    pub fn new(t: &Arc<Tracker>) -> Self {
+    pub(crate) fn new(t: &Arc<Tracker>) -> Self {
         t.n.fetch_add(1, Ordering::AcqRel);
         TrackGuard(t.clone())
     }
@@ -100,7 +100,7 @@ pub(crate) struct Waiter {
 impl Waiter {
     /// Resolves the confirm: `Rejected` becomes [`ClientError::Rejected`]; the breaker counts
     /// `Stored` and `Dropped` as successes, anything else as a failure.
-    pub fn resolve(self, r: Result<PublishOutcome, ClientError>) {
+    pub(crate) fn resolve(self, r: Result<PublishOutcome, ClientError>) {
         let r = match r {
             Ok(PublishOutcome::Rejected { code, reason }) => {
                 Err(ClientError::Rejected { code, reason })
@@ -161,7 +161,7 @@ pub(crate) struct PublishCredit {
 
 impl PublishCredit {
     /// Takes one unit if there is one.
-    pub fn try_take(&self) -> bool {
+    pub(crate) fn try_take(&self) -> bool {
         let mut a = self.avail.lock();
         if *a > 0 {
             *a -= 1;
@@ -171,7 +171,7 @@ impl PublishCredit {
         }
     }
 
-    pub fn available(&self) -> u64 {
+    pub(crate) fn available(&self) -> u64 {
         *self.avail.lock()
     }
 
@@ -214,18 +214,18 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    pub fn is_dead(&self) -> bool {
+    pub(crate) fn is_dead(&self) -> bool {
         *self.dead_tx.borrow()
     }
 
     /// Resolves when the connection is dead.
-    pub async fn dead(&self) {
+    pub(crate) async fn dead(&self) {
         let mut rx = self.dead_tx.subscribe();
         let _ = rx.wait_for(|d| *d).await;
     }
 
     /// The smallest recent round trip of this connection.
-    pub fn rtt(&self) -> Option<Duration> {
+    pub(crate) fn rtt(&self) -> Option<Duration> {
         self.rtt.lock().get(Instant::now())
     }
 
@@ -235,7 +235,7 @@ impl Conn {
     }
 
     /// Queues a frame for the writer.
-    pub fn send(&self, frame: ClientFrame) -> Result<(), ClientError> {
+    pub(crate) fn send(&self, frame: ClientFrame) -> Result<(), ClientError> {
         if self.is_dead() {
             return Err(ClientError::ConnectionLost);
         }
@@ -277,7 +277,7 @@ impl Conn {
     ///
     /// Cancel-safe: dropping the future abandons the reply (it is discarded when it arrives); the
     /// request itself may or may not have been sent.
-    pub async fn request(&self, make: impl FnOnce(u64) -> ClientFrame) -> Reply {
+    pub(crate) async fn request(&self, make: impl FnOnce(u64) -> ClientFrame) -> Reply {
         let req = self.next_req();
         let (tx, rx) = oneshot::channel();
         self.register(req, Pending::Request(tx, Instant::now()))?;
@@ -290,7 +290,7 @@ impl Conn {
 
     /// Subscribes `shared` to `queue`; the reader installs its route when `Subscribed` arrives.
     /// Returns the subscription id. Cancel-safe like [`Conn::request`].
-    pub async fn subscribe(
+    pub(crate) async fn subscribe(
         &self,
         shared: Arc<dyn Subscriber>,
         queue: &str,
@@ -317,17 +317,20 @@ impl Conn {
     }
 
     /// Sends a request whose reply nobody waits for (it is discarded when it arrives).
-    pub fn send_untracked(&self, make: impl FnOnce(u64) -> ClientFrame) -> Result<(), ClientError> {
+    pub(crate) fn send_untracked(
+        &self,
+        make: impl FnOnce(u64) -> ClientFrame,
+    ) -> Result<(), ClientError> {
         self.send(make(self.next_req()))
     }
 
     /// Forgets a subscription's route (after unsubscribing).
-    pub fn remove_route(&self, subscription: u64) {
+    pub(crate) fn remove_route(&self, subscription: u64) {
         self.routes.lock().subs.remove(&subscription);
     }
 
     /// The publish-credit counter of `queue`, created if needed.
-    pub fn credit(&self, queue: &str) -> Arc<PublishCredit> {
+    pub(crate) fn credit(&self, queue: &str) -> Arc<PublishCredit> {
         let mut r = self.routes.lock();
         if let Some(c) = r.credits.get(queue) {
             return c.clone();
@@ -339,7 +342,12 @@ impl Conn {
 
     /// Sends one `Publish` frame; each waiter is resolved by its outcome (or by the connection's
     /// death). Never blocks.
-    pub fn publish(&self, queue: &str, messages: Vec<levee_proto::Message>, waiters: Vec<Waiter>) {
+    pub(crate) fn publish(
+        &self,
+        queue: &str,
+        messages: Vec<levee_proto::Message>,
+        waiters: Vec<Waiter>,
+    ) {
         let req = self.next_req();
         let n = messages.len() as u64;
         if self.register(req, Pending::Publish(waiters)).is_err() {
@@ -360,7 +368,7 @@ impl Conn {
     }
 
     /// Marks the connection dead and fails everything waiting on it.
-    pub fn kill(&self, why: ClientError) {
+    pub(crate) fn kill(&self, why: ClientError) {
         let routes = {
             let mut r = self.routes.lock();
             if r.dead {

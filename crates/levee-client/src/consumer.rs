@@ -130,15 +130,15 @@ async fn settle_task(weak: Weak<ConsumerShared>, wake: Arc<Notify>, linger: Dura
 }
 
 impl ConsumerShared {
-    pub fn queue(&self) -> &str {
+    pub(crate) fn queue(&self) -> &str {
         &self.queue
     }
 
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
-    pub fn is_subscribed(&self) -> bool {
+    pub(crate) fn is_subscribed(&self) -> bool {
         let st = self.st.lock();
         st.subscription != 0 && st.conn.as_ref().is_some_and(|c| !c.is_dead())
     }
@@ -153,7 +153,7 @@ impl ConsumerShared {
 
     /// Subscribes on `conn` with the current target as initial credit (no-op if already
     /// subscribed there).
-    pub async fn resubscribe(self: &Arc<Self>, conn: &Arc<Conn>) -> Result<()> {
+    pub(crate) async fn resubscribe(self: &Arc<Self>, conn: &Arc<Conn>) -> Result<()> {
         let _g = self.sub_lock.lock().await;
         if self.is_closed() {
             return Err(ClientError::Closed);
@@ -191,7 +191,7 @@ impl ConsumerShared {
     }
 
     /// The reader read `Subscribed` (before any delivery of it).
-    pub fn on_subscribed(&self, epoch: u64, subscription: u64, rtt: Option<Duration>) {
+    pub(crate) fn on_subscribed(&self, epoch: u64, subscription: u64, rtt: Option<Duration>) {
         let mut st = self.st.lock();
         if st.epoch == epoch {
             st.subscription = subscription;
@@ -202,7 +202,7 @@ impl ConsumerShared {
     }
 
     /// The reader read a delivery for this consumer.
-    pub fn on_delivery(&self, epoch: u64, d: levee_proto::Delivery) {
+    pub(crate) fn on_delivery(&self, epoch: u64, d: levee_proto::Delivery) {
         let mut st = self.st.lock();
         if st.epoch != epoch {
             return;
@@ -221,7 +221,7 @@ impl ConsumerShared {
     }
 
     /// The connection `epoch` died: what it held is gone (the broker requeues it).
-    pub fn on_conn_lost(&self, epoch: u64) {
+    pub(crate) fn on_conn_lost(&self, epoch: u64) {
         let mut st = self.st.lock();
         if st.epoch == epoch {
             st.epoch = 0;
@@ -235,7 +235,7 @@ impl ConsumerShared {
     }
 
     /// No more deliveries will come: the stream yields `e` (unless it is `Closed`) and ends.
-    pub fn finish(&self, e: ClientError) {
+    pub(crate) fn finish(&self, e: ClientError) {
         if let Some(tx) = self.tx.lock().take()
             && e != ClientError::Closed
         {
@@ -371,6 +371,10 @@ impl ConsumerShared {
 /// lost for good (no reconnection), one `Err(ConnectionLost)` before the end. With reconnection,
 /// the stream simply goes on after the client reconnects. [`Consumer::close`] unsubscribes;
 /// dropping the consumer unsubscribes too, without waiting for the reply.
+///
+/// # Cancel safety
+/// `StreamExt::next` is cancel-safe (use it in `select!`): a delivery leaves the consumer's
+/// channel only in the poll that returns it, so a dropped `next()` future loses nothing.
 pub struct Consumer {
     shared: Arc<ConsumerShared>,
     /// Keeps the connection (and its reconnection supervisor) alive while the consumer lives.
@@ -452,6 +456,7 @@ impl Consumer {
     /// settled by then are requeued by the broker; settling them afterwards returns
     /// [`ClientError::Closed`].
     ///
+    /// # Cancel safety
     /// Cancel-safe: the consumer is closed once this is called; cancelling only skips the wait.
     pub async fn close(mut self) -> Result<()> {
         let (conn, sub) = self.begin_close();
@@ -690,8 +695,9 @@ impl Subscriber for ConsumerShared {
 impl Client {
     /// A consumer of `queue`: subscribes with the initial credit of `opts.credit`.
     ///
-    /// Cancel-safe (a cancelled subscribe is undone when its reply arrives and the consumer is
-    /// dropped).
+    /// # Cancel safety
+    /// Cancel-safe: a cancelled subscribe is undone when its reply arrives and the consumer is
+    /// dropped.
     pub async fn consumer(&self, queue: &str, opts: ConsumerOptions) -> Result<Consumer> {
         opts.validate()?;
         let (consumer, shared) = Consumer::new(self, queue, opts);

@@ -109,7 +109,7 @@ struct Admission {
 }
 
 impl ProducerShared {
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         queue: &str,
         opts: ProducerOptions,
@@ -142,7 +142,7 @@ impl ProducerShared {
         Ok(shared)
     }
 
-    pub fn queue(&self) -> &str {
+    pub(crate) fn queue(&self) -> &str {
         &self.queue
     }
 
@@ -185,7 +185,7 @@ impl ProducerShared {
         }
     }
 
-    pub fn flush_now(&self) {
+    pub(crate) fn flush_now(&self) {
         let mut b = self.batch.lock();
         self.send_batch(&mut b);
     }
@@ -287,7 +287,7 @@ impl ProducerShared {
     }
 
     /// The connection `epoch` died: its open batch can no longer be sent.
-    pub fn on_disconnect(&self, epoch: u64) {
+    pub(crate) fn on_disconnect(&self, epoch: u64) {
         let mut b = self.batch.lock();
         if b.conn.as_ref().is_some_and(|c| c.epoch == epoch) {
             let waiters = std::mem::take(&mut b.waiters);
@@ -348,14 +348,19 @@ impl Producer {
     /// drops the message (clone it first if you want to retry; payloads are `Bytes`, so clones are
     /// cheap).
     ///
-    /// Cancel-safe: if the returned future is dropped before it completes, the message was not
-    /// published and any window room or credit it waited for is released.
+    /// # Cancel safety
+    /// Cancel-safe: if the future is dropped before it completes, the message was not
+    /// published and any window room or credit it waited for is released. (Dropping the
+    /// [`ConfirmFuture`] it returned does not withdraw the message: only its outcome is lost.)
     pub async fn publish(&self, message: Message) -> Result<ConfirmFuture> {
         self.shared.publish(message).await
     }
 
     /// [`Producer::publish`] waiting at most `timeout` for window room and publish credit;
-    /// [`ClientError::Timeout`] after that (the message was not published). Cancel-safe.
+    /// [`ClientError::Timeout`] after that (the message was not published).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, as [`Producer::publish`].
     pub async fn publish_timeout(
         &self,
         message: Message,
@@ -380,8 +385,10 @@ impl Producer {
     /// `Rejected` outcome is [`ClientError::Rejected`]). The open batch is sent at once rather
     /// than after `linger`, since the caller waits for it.
     ///
+    /// # Cancel safety
     /// Not cancel-safe in the sense that matters: once the message has entered a batch,
-    /// dropping this future does not withdraw it (it will be published; only its outcome is lost).
+    /// dropping this future does not withdraw it (it will be published; only its outcome is
+    /// lost). Dropped while still waiting for window room or credit, it was not published.
     pub async fn send(&self, message: Message) -> Result<PublishOutcome> {
         let confirm = self.shared.publish(message).await?;
         self.shared.flush_now();
@@ -391,7 +398,9 @@ impl Producer {
     /// Publishes every message (in as few frames as the batch limits allow, sending the last
     /// batch at once) and waits for all confirms; one result per message, in order.
     ///
-    /// Cancel-safety as [`Producer::send`]: messages already batched are published.
+    /// # Cancel safety
+    /// As [`Producer::send`]: messages already batched are published (their outcomes are lost),
+    /// the rest are not.
     pub async fn send_batch(&self, messages: Vec<Message>) -> Vec<Result<PublishOutcome>> {
         let mut confirms = Vec::with_capacity(messages.len());
         for m in messages {
@@ -411,7 +420,8 @@ impl Producer {
     /// Sends the open batch now and waits until every message published so far is confirmed
     /// (or failed).
     ///
-    /// Cancel-safe: cancelling only stops the wait.
+    /// # Cancel safety
+    /// Cancel-safe: the open batch is sent on the first poll; cancelling only stops the wait.
     pub async fn flush(&self) {
         self.shared.flush_now();
         loop {
@@ -464,7 +474,9 @@ impl Client {
     /// A producer of `queue` (which must exist). It learns the queue's overflow policy (on a
     /// `block` queue it waits for publish credit) and registers with `Produce`.
     ///
-    /// Cancel-safe.
+    /// # Cancel safety
+    /// Cancel-safe: no producer is created. A `Produce` registration the server already
+    /// received stays with the connection, as any producer's does.
     pub async fn producer(&self, queue: &str, opts: ProducerOptions) -> Result<Producer> {
         opts.validate()?;
         let info = self.inspect(queue).await?;

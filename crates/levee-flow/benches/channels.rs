@@ -133,11 +133,11 @@ fn topologies(cr: &mut Criterion) {
                         )
                     })
                     .sum()
-            })
+            });
         });
         if c == 1 {
             g.bench_function(BenchmarkId::new("tokio_mpsc", name), |b| {
-                b.iter_custom(|iters| (0..iters).map(|_| tokio_mpsc(&rt, n, p)).sum())
+                b.iter_custom(|iters| (0..iters).map(|_| tokio_mpsc(&rt, n, p)).sum());
             });
         }
         g.bench_function(BenchmarkId::new("flume", name), |b| {
@@ -155,7 +155,7 @@ fn topologies(cr: &mut Criterion) {
                         )
                     })
                     .sum()
-            })
+            });
         });
         g.bench_function(BenchmarkId::new("async_channel", name), |b| {
             b.iter_custom(|iters| {
@@ -172,7 +172,7 @@ fn topologies(cr: &mut Criterion) {
                         )
                     })
                     .sum()
-            })
+            });
         });
         g.bench_function(BenchmarkId::new("kanal", name), |b| {
             b.iter_custom(|iters| {
@@ -192,7 +192,7 @@ fn topologies(cr: &mut Criterion) {
                         )
                     })
                     .sum()
-            })
+            });
         });
     }
     g.finish();
@@ -257,7 +257,7 @@ fn overload(cr: &mut Criterion) {
                         })
                     })
                     .sum()
-            })
+            });
         });
     }
     g.finish();

@@ -8,7 +8,7 @@ use levee_flow::{Config, Receiver, Sender, Stats, channel};
 
 /// Timings and sizes.
 #[derive(Debug, Clone)]
-pub struct Params {
+pub(crate) struct Params {
     pub produce_every: Duration,
     pub consume_every: Duration,
     pub duration: Duration,
@@ -18,7 +18,7 @@ pub struct Params {
 
 impl Params {
     /// The source's timings.
-    pub fn source() -> Self {
+    pub(crate) fn source() -> Self {
         Params {
             produce_every: Duration::from_millis(1),
             consume_every: Duration::from_millis(100),
@@ -28,7 +28,8 @@ impl Params {
         }
     }
     /// Shortened for the scenario tour.
-    pub fn quick() -> Self {
+    #[allow(dead_code)] // Used by tests/scenarios.rs, which includes this file.
+    pub(crate) fn quick() -> Self {
         Params {
             duration: Duration::from_secs(2),
             ..Self::source()
@@ -38,7 +39,7 @@ impl Params {
 
 /// What happened.
 #[derive(Debug, Clone)]
-pub struct Report {
+pub(crate) struct Report {
     pub unbounded: Stats,
     pub bounded: Stats,
 }
@@ -79,7 +80,7 @@ async fn drive(tx: Sender<u64>, rx: Receiver<u64>, p: &Params, label: &str) -> S
     stats
 }
 
-pub async fn run(p: Params) -> Report {
+pub(crate) async fn run(p: Params) -> Report {
     let (tx, rx) = levee_flow::unbounded::<u64>();
     let unbounded = drive(tx, rx, &p, "s01 unbounded").await;
     let (tx, rx) = channel(Config::bounded(p.bounded_capacity)).expect("valid config");

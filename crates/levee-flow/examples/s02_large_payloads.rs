@@ -10,7 +10,7 @@ use bytes::Bytes;
 use levee_flow::{Config, Stats, channel};
 
 #[derive(Debug, Clone)]
-pub struct Params {
+pub(crate) struct Params {
     pub messages: usize,
     pub payload: usize,
     pub max_messages: usize,
@@ -22,7 +22,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn source() -> Self {
+    pub(crate) fn source() -> Self {
         Params {
             messages: 10_000,
             payload: 1 << 20,
@@ -33,7 +33,8 @@ impl Params {
             print_every: Some(Duration::from_secs(1)),
         }
     }
-    pub fn quick() -> Self {
+    #[allow(dead_code)] // Used by tests/scenarios.rs, which includes this file.
+    pub(crate) fn quick() -> Self {
         Params {
             messages: 2_000,
             consume_every: Duration::from_millis(2),
@@ -44,7 +45,8 @@ impl Params {
 }
 
 #[derive(Debug, Clone)]
-pub struct Report {
+#[allow(dead_code)] // Fields read by tests/scenarios.rs, which includes this file.
+pub(crate) struct Report {
     pub stats: Stats,
     /// Checksums computed by the consumer match the producer's.
     pub checksums_ok: bool,
@@ -62,7 +64,7 @@ fn rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-pub async fn run(p: Params) -> Report {
+pub(crate) async fn run(p: Params) -> Report {
     let (tx, rx) = channel(
         Config::<Bytes>::bounded(p.max_messages)
             .max_bytes(p.max_bytes)

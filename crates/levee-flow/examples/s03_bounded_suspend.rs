@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use levee_flow::{Config, SendError, Stats, channel};
 
 #[derive(Debug, Clone)]
-pub struct Params {
+pub(crate) struct Params {
     pub messages: u32,
     pub capacity: usize,
     pub consume_every: Duration,
@@ -15,7 +15,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn source() -> Self {
+    pub(crate) fn source() -> Self {
         Params {
             messages: 100,
             capacity: 10,
@@ -23,7 +23,8 @@ impl Params {
             print_every: Some(Duration::from_secs(1)),
         }
     }
-    pub fn quick() -> Self {
+    #[allow(dead_code)] // Used by tests/scenarios.rs, which includes this file.
+    pub(crate) fn quick() -> Self {
         Params {
             consume_every: Duration::from_millis(20),
             ..Self::source()
@@ -32,7 +33,7 @@ impl Params {
 }
 
 #[derive(Debug, Clone)]
-pub struct Report {
+pub(crate) struct Report {
     pub stats: Stats,
     /// A `try_send` while full returned `Full` with the message.
     pub try_send_full: bool,
@@ -42,7 +43,7 @@ pub struct Report {
     pub consumer_time: Duration,
 }
 
-pub async fn run(p: Params) -> Report {
+pub(crate) async fn run(p: Params) -> Report {
     let (tx, rx) = channel(Config::<u32>::bounded(p.capacity)).expect("valid config");
     let mon = tx.monitor();
     let printer = p.print_every.map(|e| mon.spawn_printer("s03", e));

@@ -9,7 +9,7 @@ use std::time::Duration;
 use levee_flow::{Config, DropReason, Overflow, Stats, channel};
 
 #[derive(Debug, Clone)]
-pub struct Params {
+pub(crate) struct Params {
     pub values: u32,
     pub produce_every: Duration,
     pub consume_every: Duration,
@@ -18,7 +18,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn source() -> Self {
+    pub(crate) fn source() -> Self {
         Params {
             values: 100,
             produce_every: Duration::from_millis(10),
@@ -27,7 +27,8 @@ impl Params {
             print_every: Some(Duration::from_secs(1)),
         }
     }
-    pub fn quick() -> Self {
+    #[allow(dead_code)] // Used by tests/scenarios.rs, which includes this file.
+    pub(crate) fn quick() -> Self {
         Params {
             consume_every: Duration::from_millis(100),
             ..Self::source()
@@ -36,7 +37,7 @@ impl Params {
 }
 
 #[derive(Debug, Clone)]
-pub struct Report {
+pub(crate) struct Report {
     /// (a): values the consumer saw, and the stats.
     pub latest_received: Vec<u32>,
     pub latest_stats: Stats,
@@ -82,7 +83,7 @@ async fn sensors(
     (got, producer.await.expect("producer"), mon.stats())
 }
 
-pub async fn run(p: Params) -> Report {
+pub(crate) async fn run(p: Params) -> Report {
     // (a) capacity-1 latest wins.
     let (tx, rx) = channel(Config::<u32>::bounded(1).overflow(Overflow::Conflate)).expect("valid");
     let mon = tx.monitor();

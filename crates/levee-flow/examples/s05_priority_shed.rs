@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use levee_flow::{Config, DropReason, Overflow, Stats, channel};
 
-pub const HIGH: u8 = 1;
-pub const LOW: u8 = 0;
+pub(crate) const HIGH: u8 = 1;
+pub(crate) const LOW: u8 = 0;
 
 #[derive(Debug, Clone)]
-pub struct Params {
+pub(crate) struct Params {
     pub messages: u32,
     pub capacity: usize,
     pub produce_every: Duration,
@@ -21,7 +21,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn source() -> Self {
+    pub(crate) fn source() -> Self {
         Params {
             messages: 20,
             capacity: 5,
@@ -30,7 +30,8 @@ impl Params {
             print_every: Some(Duration::from_secs(1)),
         }
     }
-    pub fn quick() -> Self {
+    #[allow(dead_code)] // Used by tests/scenarios.rs, which includes this file.
+    pub(crate) fn quick() -> Self {
         Params {
             messages: 40,
             produce_every: Duration::from_millis(10),
@@ -44,14 +45,14 @@ impl Params {
 type DropLog = Vec<((u32, u8), DropReason)>;
 
 #[derive(Debug, Clone)]
-pub struct Report {
+pub(crate) struct Report {
     pub stats: Stats,
     pub received: Vec<(u32, u8)>,
     pub dropped: Vec<((u32, u8), DropReason)>,
     pub high_sent: usize,
 }
 
-pub async fn run(p: Params) -> Report {
+pub(crate) async fn run(p: Params) -> Report {
     let dropped: Arc<Mutex<DropLog>> = Arc::default();
     let d = dropped.clone();
     let (tx, rx) = channel(

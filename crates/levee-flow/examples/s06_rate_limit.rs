@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use levee_flow::{Config, Paced, RateConfig, Stats, channel};
 
 #[derive(Debug, Clone)]
-pub struct Params {
+pub(crate) struct Params {
     pub messages: u32,
     pub capacity: usize,
     pub max_in_flight: usize,
@@ -23,7 +23,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn source() -> Self {
+    pub(crate) fn source() -> Self {
         Params {
             messages: 100,
             capacity: 50,
@@ -37,7 +37,8 @@ impl Params {
             print_every: Some(Duration::from_secs(1)),
         }
     }
-    pub fn quick() -> Self {
+    #[allow(dead_code)] // Used by tests/scenarios.rs, which includes this file.
+    pub(crate) fn quick() -> Self {
         Params {
             consume_every: Duration::from_millis(20),
             ..Self::source()
@@ -46,7 +47,7 @@ impl Params {
 }
 
 #[derive(Debug, Clone)]
-pub struct Report {
+pub(crate) struct Report {
     pub stats: Stats,
     pub failed_sends: usize,
     pub peak_in_flight: usize,
@@ -54,7 +55,7 @@ pub struct Report {
     pub received: usize,
 }
 
-pub async fn run(p: Params) -> Report {
+pub(crate) async fn run(p: Params) -> Report {
     let (tx, rx) = channel(
         Config::<Vec<u8>>::bounded(p.capacity)
             .max_bytes(p.capacity as u64 * p.payload as u64)

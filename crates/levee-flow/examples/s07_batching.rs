@@ -6,7 +6,7 @@ use std::time::Duration;
 use levee_flow::{Config, Stats, channel};
 
 #[derive(Debug, Clone)]
-pub struct Params {
+pub(crate) struct Params {
     pub messages: u32,
     pub produce_every: Duration,
     /// Publish in batches of this size (1 = one by one).
@@ -18,7 +18,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn source() -> Self {
+    pub(crate) fn source() -> Self {
         Params {
             messages: 100,
             produce_every: Duration::from_millis(10),
@@ -29,7 +29,8 @@ impl Params {
             print_every: Some(Duration::from_secs(1)),
         }
     }
-    pub fn quick() -> Self {
+    #[allow(dead_code)] // Used by tests/scenarios.rs, which includes this file.
+    pub(crate) fn quick() -> Self {
         Params {
             messages: 95,
             process_batch: Duration::from_millis(50),
@@ -40,12 +41,12 @@ impl Params {
 }
 
 #[derive(Debug, Clone)]
-pub struct Report {
+pub(crate) struct Report {
     pub batches: Vec<Vec<u32>>,
     pub stats: Stats,
 }
 
-pub async fn run(p: Params) -> Report {
+pub(crate) async fn run(p: Params) -> Report {
     let (tx, rx) = channel(Config::<u32>::bounded(1_000)).expect("valid config");
     let mon = tx.monitor();
     let printer = p.print_every.map(|e| mon.spawn_printer("s07", e));

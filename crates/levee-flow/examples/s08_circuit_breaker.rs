@@ -14,7 +14,7 @@ use levee_flow::{
 };
 
 #[derive(Debug, Clone)]
-pub struct Params {
+pub(crate) struct Params {
     pub messages: u32,
     /// Sends with an index above this fail until `recover_after` has elapsed since the first
     /// failure (the downstream recovers).
@@ -27,7 +27,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn source() -> Self {
+    pub(crate) fn source() -> Self {
         Params {
             messages: 60,
             fail_above: 10,
@@ -38,7 +38,8 @@ impl Params {
             print: true,
         }
     }
-    pub fn quick() -> Self {
+    #[allow(dead_code)] // Used by tests/scenarios.rs, which includes this file.
+    pub(crate) fn quick() -> Self {
         Params {
             recover_after: Duration::from_millis(800),
             send_every: Duration::from_millis(50),
@@ -49,7 +50,7 @@ impl Params {
 }
 
 #[derive(Debug, Clone)]
-pub struct Report {
+pub(crate) struct Report {
     pub breaker: BreakerStats,
     pub channel: Stats,
     /// Distinct breaker states in the order they were observed.
@@ -58,7 +59,7 @@ pub struct Report {
     pub failed: u32,
 }
 
-pub async fn run(p: Params) -> Report {
+pub(crate) async fn run(p: Params) -> Report {
     let breaker = CircuitBreaker::new(BreakerConfig::new(p.failure_threshold, p.open_for))
         .expect("valid breaker config");
     let (tx, rx) = channel(Config::<u32>::bounded(10)).expect("valid config");

@@ -9,14 +9,15 @@ use std::time::Duration;
 use levee_flow::{Config, DropReason, Overflow, Stats, channel};
 
 #[derive(Debug, Clone)]
-pub struct LogEntry {
+#[allow(dead_code)] // Fields read by tests/scenarios.rs, which includes this file.
+pub(crate) struct LogEntry {
     pub seq: u32,
     pub level: &'static str,
     pub message: String,
 }
 
 #[derive(Debug, Clone)]
-pub struct Params {
+pub(crate) struct Params {
     pub lines: u32,
     /// Pause between lines (zero: just yield every 10 lines).
     pub line_every: Duration,
@@ -28,7 +29,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn source() -> Self {
+    pub(crate) fn source() -> Self {
         Params {
             lines: 10_000,
             line_every: Duration::from_millis(1),
@@ -39,7 +40,8 @@ impl Params {
             print_every: Some(Duration::from_secs(1)),
         }
     }
-    pub fn quick() -> Self {
+    #[allow(dead_code)] // Used by tests/scenarios.rs, which includes this file.
+    pub(crate) fn quick() -> Self {
         Params {
             line_every: Duration::ZERO,
             info_cost: Duration::from_millis(1),
@@ -50,7 +52,7 @@ impl Params {
 }
 
 #[derive(Debug, Clone)]
-pub struct Report {
+pub(crate) struct Report {
     pub stats: Stats,
     pub per_consumer: Vec<u64>,
     pub errors_processed: u64,
@@ -58,7 +60,7 @@ pub struct Report {
     pub dropped_reported: u64,
 }
 
-pub async fn run(p: Params) -> Report {
+pub(crate) async fn run(p: Params) -> Report {
     let dropped = Arc::new(AtomicU64::new(0));
     let d = dropped.clone();
     let (tx, rx) = channel(

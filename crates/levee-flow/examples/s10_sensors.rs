@@ -10,7 +10,7 @@ use levee_flow::{Config, Stats, channel};
 use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct SensorData {
+pub(crate) struct SensorData {
     pub sensor: String,
     pub round: u32,
     pub temperature: f64,
@@ -18,7 +18,7 @@ pub struct SensorData {
 }
 
 #[derive(Debug, Clone)]
-pub struct Params {
+pub(crate) struct Params {
     pub rounds: u32,
     pub sensors: usize,
     pub report_every: Duration,
@@ -28,7 +28,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn source() -> Self {
+    pub(crate) fn source() -> Self {
         Params {
             rounds: 100,
             sensors: 3,
@@ -38,7 +38,8 @@ impl Params {
             print: true,
         }
     }
-    pub fn quick() -> Self {
+    #[allow(dead_code)] // Used by tests/scenarios.rs, which includes this file.
+    pub(crate) fn quick() -> Self {
         Params {
             rounds: 40,
             report_every: Duration::from_millis(20),
@@ -50,7 +51,7 @@ impl Params {
 }
 
 #[derive(Debug, Clone)]
-pub struct Report {
+pub(crate) struct Report {
     pub stats: Stats,
     pub received: Vec<SensorData>,
     pub last_sent: BTreeMap<String, SensorData>,
@@ -59,7 +60,7 @@ pub struct Report {
     pub lagging_alerts: usize,
 }
 
-pub async fn run(p: Params) -> Report {
+pub(crate) async fn run(p: Params) -> Report {
     let (tx, rx) = channel(
         Config::<SensorData>::bounded(p.sensors).conflate_by(|d: &SensorData| d.sensor.clone()),
     )

@@ -7,7 +7,7 @@ use std::time::Duration;
 use levee_flow::{Config, Overflow, Stats, channel};
 
 #[derive(Debug, Clone)]
-pub struct Params {
+pub(crate) struct Params {
     pub messages: u32,
     pub capacity: usize,
     pub produce_every: Duration,
@@ -17,7 +17,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn source() -> Self {
+    pub(crate) fn source() -> Self {
         Params {
             messages: 1_000,
             capacity: 10,
@@ -27,7 +27,8 @@ impl Params {
             print: true,
         }
     }
-    pub fn quick() -> Self {
+    #[allow(dead_code)] // Used by tests/scenarios.rs, which includes this file.
+    pub(crate) fn quick() -> Self {
         Params {
             messages: 300,
             ..Self::source()
@@ -36,13 +37,14 @@ impl Params {
 }
 
 #[derive(Debug, Clone)]
-pub struct Report {
+#[allow(dead_code)] // Fields read by tests/scenarios.rs, which includes this file.
+pub(crate) struct Report {
     /// One snapshot per sampling period.
     pub snapshots: Vec<Stats>,
     pub last: Stats,
 }
 
-pub async fn run(p: Params) -> Report {
+pub(crate) async fn run(p: Params) -> Report {
     let (tx, rx) = channel(
         Config::<u32>::bounded(p.capacity)
             .overflow(Overflow::DropNewest)

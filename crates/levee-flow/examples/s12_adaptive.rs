@@ -9,7 +9,7 @@ use std::time::Duration;
 use levee_flow::{AdaptiveConfig, Config, Resize, Stats, channel, spawn_adaptive};
 
 #[derive(Debug, Clone)]
-pub struct Params {
+pub(crate) struct Params {
     pub burst_messages: u32,
     pub calm_messages: u32,
     /// Producer pause in the calm phase.
@@ -22,7 +22,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn source() -> Self {
+    pub(crate) fn source() -> Self {
         Params {
             burst_messages: 3_000,
             calm_messages: 100,
@@ -34,7 +34,8 @@ impl Params {
             print: true,
         }
     }
-    pub fn quick() -> Self {
+    #[allow(dead_code)] // Used by tests/scenarios.rs, which includes this file.
+    pub(crate) fn quick() -> Self {
         Params {
             burst_messages: 1_500,
             calm_messages: 80,
@@ -46,7 +47,7 @@ impl Params {
 }
 
 #[derive(Debug, Clone)]
-pub struct Report {
+pub(crate) struct Report {
     pub resizes: Vec<Resize>,
     pub received: Vec<u32>,
     pub peak_capacity: usize,
@@ -54,7 +55,7 @@ pub struct Report {
     pub stats: Stats,
 }
 
-pub async fn run(p: Params) -> Report {
+pub(crate) async fn run(p: Params) -> Report {
     let (tx, rx) = channel(Config::<u32>::bounded(p.min)).expect("valid config");
     let mon = tx.monitor();
     let resizes = Arc::new(Mutex::new(Vec::new()));

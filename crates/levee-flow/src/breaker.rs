@@ -343,7 +343,9 @@ impl CircuitBreaker {
     /// the breaker is open; otherwise its `Err` counts as a failure and is returned as
     /// [`BreakerError::Inner`].
     ///
-    /// Cancel safety: cancelling the returned future records no outcome (a probe slot is freed).
+    /// # Cancel safety
+    /// Dropping the future drops `op` with it and records no outcome (a probe slot it held is
+    /// freed), so cancellation neither trips nor closes the breaker.
     pub async fn call<T, E, F>(&self, op: F) -> Result<T, BreakerError<E>>
     where
         F: Future<Output = Result<T, E>>,

@@ -461,7 +461,7 @@ impl<T> Queue<T> {
         on_queue!(self, |q| q.limits())
     }
     fn set_limits(&mut self, l: Limits) {
-        on_queue!(self, |q| q.set_limits(l))
+        on_queue!(self, |q| q.set_limits(l));
     }
     fn fits(&self, weight: u64) -> bool {
         on_queue!(self, |q| q.fits(weight))
@@ -1041,14 +1041,19 @@ impl<T> Sender<T> {
     /// `Ok` says the message was accepted into the accounting ([`Sent`] tells whether it was
     /// queued or dropped by the policy). `Err` hands it back: `Rejected`, `TooLarge`, `Closed`.
     ///
-    /// Cancel safety: if the future is dropped before completing, the message was not sent
-    /// (and is dropped with the future); no other message is affected and no wake-up is lost.
+    /// # Cancel safety
+    /// If the future is dropped before completing, the message was not sent (and is dropped
+    /// with the future); no other message is affected and no wake-up is lost. To keep the
+    /// message on cancellation, use [`Sender::send_batch_from`] with a one-element queue.
     pub async fn send(&self, msg: T) -> Result<Sent, SendError<T>> {
         self.shared.send(msg, None).await
     }
 
     /// Like [`Sender::send`] but gives up after `timeout`, handing the message back as
-    /// [`SendError::Timeout`]. Needs a tokio runtime with time enabled. Cancel-safe as `send`.
+    /// [`SendError::Timeout`]. Needs a tokio runtime with time enabled.
+    ///
+    /// # Cancel safety
+    /// As [`Sender::send`]: if dropped, the message was not sent and is dropped with the future.
     pub async fn send_timeout(&self, msg: T, timeout: Duration) -> Result<Sent, SendError<T>> {
         self.shared
             .send(msg, Some(tokio::time::Instant::now() + timeout))
@@ -1072,9 +1077,10 @@ impl<T> Sender<T> {
     /// many were accepted; on the first failure, returns the error for that message and the
     /// messages after it are handed back unsent in the `Vec`.
     ///
-    /// Cancel safety: not cancel-safe as a whole: if dropped midway, the messages before the
-    /// current one were sent and the rest are dropped unsent. [`Sender::send_batch_from`] is
-    /// the cancel-safe form.
+    /// # Cancel safety
+    /// Not cancel-safe as a whole: if dropped midway, the messages before the current one were
+    /// sent and the rest are dropped unsent. [`Sender::send_batch_from`] is the cancel-safe
+    /// form.
     pub async fn send_batch(
         &self,
         msgs: impl IntoIterator<Item = T>,
@@ -1138,7 +1144,10 @@ impl<T> Sender<T> {
         self.shared.weigher.as_ref().map_or(0, |f| f(msg))
     }
 
-    /// Resolves when the channel is closed for sending. Cancel-safe.
+    /// Resolves when the channel is closed for sending.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits; dropping it changes nothing.
     pub async fn closed(&self) {
         loop {
             let n = self.shared.closed_wait.notified();
@@ -1189,8 +1198,9 @@ impl<T> Drop for Receiver<T> {
 impl<T> Receiver<T> {
     /// Receives the next message; `None` once the channel is closed and drained.
     ///
-    /// Cancel safety: cancel-safe. If the future is dropped, no message was taken, and a
-    /// wake-up it had received is passed to another waiting receiver.
+    /// # Cancel safety
+    /// Cancel-safe: if the future is dropped, no message was taken, and a wake-up it had
+    /// received is passed to another waiting receiver.
     pub async fn recv(&self) -> Option<T> {
         self.shared.recv(None).await.ok()
     }
@@ -1201,7 +1211,9 @@ impl<T> Receiver<T> {
     }
 
     /// Receives, waiting at most `timeout`: [`RecvError::Timeout`] or [`RecvError::Closed`].
-    /// Cancel-safe like [`Receiver::recv`].
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, like [`Receiver::recv`]: if dropped, no message was taken.
     pub async fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvError> {
         self.shared
             .recv(Some(tokio::time::Instant::now() + timeout))
@@ -1213,9 +1225,10 @@ impl<T> Receiver<T> {
     /// channel is closed and drained and nothing was collected; a final partial batch is
     /// returned before that. `max = 0` is treated as 1.
     ///
-    /// Cancel safety: not cancel-safe: messages collected before cancellation are lost
-    /// (counted as received). Use it as the only branch, or use the cancel-safe
-    /// [`Receiver::recv_batch_into`] in `select!`.
+    /// # Cancel safety
+    /// Not cancel-safe: messages collected before cancellation are lost (counted as received).
+    /// Use it as the only branch, or use the cancel-safe [`Receiver::recv_batch_into`] in
+    /// `select!`.
     pub async fn recv_batch(&self, max: usize, timeout: Duration) -> Option<Vec<T>> {
         self.shared.recv_batch(max, timeout).await
     }
@@ -1296,7 +1309,10 @@ impl<T> Monitor<T> {
     pub fn is_closed(&self) -> bool {
         self.shared.state.lock().closed
     }
-    /// Resolves when the channel is closed for sending. Cancel-safe.
+    /// Resolves when the channel is closed for sending.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits; dropping it changes nothing.
     pub async fn closed(&self) {
         loop {
             let n = self.shared.closed_wait.notified();

@@ -78,7 +78,10 @@ impl ConcurrencyLimit {
         })
     }
     /// Waits for a slot; the slot is released when the permit is dropped.
-    /// Cancel-safe (a cancelled wait holds no slot).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a cancelled wait holds no slot (it does lose its place in the FIFO queue
+    /// of waiters).
     pub async fn acquire(&self) -> OwnedSemaphorePermit {
         self.sem
             .clone()
@@ -87,6 +90,10 @@ impl ConcurrencyLimit {
             .expect("the semaphore is never closed")
     }
     /// Runs `f` while holding a slot.
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops `f` with it (cancelling it wherever it was) and releases the
+    /// slot; before `f` started, it is cancel-safe as [`ConcurrencyLimit::acquire`].
     pub async fn run<F: Future>(&self, f: F) -> F::Output {
         let _p = self.acquire().await;
         f.await
@@ -141,8 +148,10 @@ impl<T> Paced<T> {
     /// wait, reject or drop by its policy). A message heavier than the byte burst is admitted in
     /// burst-sized installments, so it is paced, never refused.
     ///
-    /// Cancel safety: if cancelled, the message was not sent; rate tokens already taken are
-    /// spent (the next send is not delayed further than the configured rate allows).
+    /// # Cancel safety
+    /// If cancelled, the message was not sent (it is dropped with the future); rate tokens
+    /// already taken are spent (the next send is not delayed further than the configured rate
+    /// allows).
     pub async fn send(&self, msg: T) -> Result<Sent, SendError<T>> {
         let _permit = match &self.conc {
             Some(c) => Some(c.acquire().await),

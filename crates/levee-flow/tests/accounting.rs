@@ -98,7 +98,7 @@ fn check_core(policy: Overflow, order: Order, ops: Vec<Op>) -> Result<(), TestCa
                                     Overflow::DropOldest | Overflow::Conflate
                                 )),
                                 DropReason::Conflated => {
-                                    prop_assert_eq!(policy, Overflow::Conflate)
+                                    prop_assert_eq!(policy, Overflow::Conflate);
                                 }
                                 DropReason::Shed => {
                                     prop_assert_eq!(policy, Overflow::ShedPriority);

@@ -14,7 +14,7 @@ async fn grows_under_pressure_and_shrinks_when_idle_without_losing_order() {
     let mut cfg = AdaptiveConfig::new(10, 100);
     cfg.window = 3;
     let task = spawn_adaptive(&tx.monitor(), cfg, Duration::from_millis(5), move |x| {
-        r.lock().unwrap().push(x)
+        r.lock().unwrap().push(x);
     })
     .unwrap();
 

@@ -24,20 +24,26 @@ fn note() {
     });
 }
 
+// SAFETY: every method forwards to the system allocator with the caller's arguments unchanged,
+// so this allocator upholds `GlobalAlloc`'s contract exactly as `System` does.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         note();
+        // SAFETY: the caller's arguments, forwarded unchanged to the system allocator.
         unsafe { System.alloc(l) }
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
         note();
+        // SAFETY: the caller's arguments, forwarded unchanged to the system allocator.
         unsafe { System.alloc_zeroed(l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         note();
+        // SAFETY: the caller's arguments, forwarded unchanged to the system allocator.
         unsafe { System.realloc(p, l, n) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: the caller's arguments, forwarded unchanged to the system allocator.
         unsafe { System.dealloc(p, l) }
     }
 }
@@ -160,7 +166,7 @@ fn no_policy_allocates_per_message_on_async_send_and_recv() {
                         }
                     };
                     futures::join!(producer, consumer);
-                })
+                });
             })
         };
         run(0, 21_000); // warm-up

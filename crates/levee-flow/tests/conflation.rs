@@ -40,7 +40,7 @@ fn core_a_hot_key_keeps_its_place_while_cold_keys_keep_arriving() {
             };
             match q.offer(seq, (key, seq), meta) {
                 Offer::Accepted { evicted } => {
-                    assert!(evicted.iter().all(|e| e.reason == DropReason::Conflated))
+                    assert!(evicted.iter().all(|e| e.reason == DropReason::Conflated));
                 }
                 o => panic!("unexpected {o:?}"),
             }

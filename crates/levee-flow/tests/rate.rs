@@ -47,7 +47,7 @@ async fn concurrency_limit_caps_in_flight_work() {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     live.fetch_sub(1, Ordering::SeqCst);
                 })
-                .await
+                .await;
             })
         })
         .collect();

@@ -36,7 +36,7 @@ fn bench(c: &mut Criterion) {
             dst.clear();
             black_box(&publish).encode(&mut dst).unwrap();
             black_box(dst.len())
-        })
+        });
     });
     g.bench_function("decode", |b| {
         // The copy into a fresh buffer stands in for the socket read and is not timed.
@@ -44,7 +44,7 @@ fn bench(c: &mut Criterion) {
             || BytesMut::from(&wire[..]),
             |mut buf| black_box(ClientFrame::decode(&mut buf, DEFAULT_MAX_FRAME).unwrap()),
             BatchSize::SmallInput,
-        )
+        );
     });
     g.finish();
 
@@ -73,14 +73,14 @@ fn bench(c: &mut Criterion) {
             dst.clear();
             black_box(&deliver).encode(&mut dst).unwrap();
             black_box(dst.len())
-        })
+        });
     });
     g.bench_function("decode", |b| {
         b.iter_batched(
             || BytesMut::from(&wire[..]),
             |mut buf| black_box(ServerFrame::decode(&mut buf, DEFAULT_MAX_FRAME).unwrap()),
             BatchSize::SmallInput,
-        )
+        );
     });
     g.finish();
 }

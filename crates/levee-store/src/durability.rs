@@ -84,7 +84,7 @@ pub(crate) struct SyncShared {
 
 impl SyncShared {
     /// Publishes a completed sync cycle and wakes every handle it covers.
-    pub fn publish(&self, position: u64) {
+    pub(crate) fn publish(&self, position: u64) {
         let mut wake = Vec::new();
         {
             let mut st = self.state.lock();
@@ -106,7 +106,7 @@ impl SyncShared {
     }
 
     /// Wakes everyone after a failure or shutdown.
-    pub fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         let wake: Vec<Waker> = {
             let mut st = self.state.lock();
             st.wakers.drain().map(|(_, (_, w))| w).collect()
@@ -116,7 +116,7 @@ impl SyncShared {
     }
 
     /// Asks the sync thread to cover `target`.
-    pub fn request(&self, target: u64) {
+    pub(crate) fn request(&self, target: u64) {
         let mut st = self.state.lock();
         if target > st.requested {
             st.requested = target;

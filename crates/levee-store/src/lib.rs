@@ -13,7 +13,7 @@
 //! All disk access goes through the [`backend::Backend`] trait; [`backend::fault::FaultyBackend`]
 //! simulates power loss and injects I/O errors for tests. [`meta`] offers atomically replaced metadata
 //! files for the broker's queue catalog. The on-disk format is documented byte by byte in
-//! `docs/design.md` and implemented in [`format`].
+//! `docs/design.md` and implemented in [`format`](mod@format).
 //!
 //! ```
 //! use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The decoders are total: arbitrary bytes (and mutations of valid encodings) give records or an
-//! error, never a panic. The same entry points are fuzzed by `fuzz/fuzz_targets/decode.rs`.
+//! error, never a panic. The same entry points are fuzzed by `fuzz/fuzz_targets/records.rs`.
 
 use levee_store::format::{
     SegmentHeader, decode_all, decode_segment_header, encode_segment_header,

@@ -38,11 +38,11 @@ use levee_client::{
 use crate::units::{format_millis, format_size, parse_millis, parse_size, parse_size_usize};
 
 /// Default wire address of the broker.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:5680";
+pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:5680";
 
 /// How a command ended, as a process exit status (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Everything asked for was done: exit 0.
     Done,
     /// Some published messages were dropped or rejected by the broker: exit 3.
@@ -55,7 +55,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The process exit status.
-    pub fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             Outcome::Done => 0,
             Outcome::NotStored => 3,
@@ -68,7 +68,7 @@ impl Outcome {
 /// The client options: where the broker is. Accepted before the subcommand (`levee --addr H:P
 /// queue list`) and after it (`levee queue list --addr H:P`); not by `serve` or `bench`.
 #[derive(Args, Debug, Clone, Default)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// Broker wire address [env: LEVEE_ADDR] [default: 127.0.0.1:5680].
     #[arg(long, value_name = "HOST:PORT")]
     pub addr: Option<String>,
@@ -76,7 +76,7 @@ pub struct Conn {
 
 /// [`Conn`] for `levee queue`: the same option, also accepted after `queue`'s own subcommand.
 #[derive(Args, Debug, Clone, Default)]
-pub struct QueueConn {
+pub(crate) struct QueueConn {
     /// Broker wire address [env: LEVEE_ADDR] [default: 127.0.0.1:5680].
     #[arg(long, value_name = "HOST:PORT", global = true)]
     pub addr: Option<String>,
@@ -84,19 +84,19 @@ pub struct QueueConn {
 
 impl Conn {
     /// These options, with those given before the subcommand (`outer`) filling the gaps.
-    pub fn or(&self, outer: &Conn) -> Conn {
+    pub(crate) fn or(&self, outer: &Conn) -> Conn {
         Conn {
             addr: self.addr.clone().or_else(|| outer.addr.clone()),
         }
     }
 
     /// Whether any client option was given on the command line.
-    pub fn is_given(&self) -> bool {
+    pub(crate) fn is_given(&self) -> bool {
         self.addr.is_some()
     }
 
     /// The address: the flag, else `LEVEE_ADDR`, else the default.
-    pub fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         self.addr
             .clone()
             .or_else(|| std::env::var("LEVEE_ADDR").ok().filter(|a| !a.is_empty()))
@@ -157,7 +157,7 @@ impl Interrupt {
     levee queue list --json\n  \
     levee queue inspect jobs\n  \
     levee --addr 10.0.0.5:5680 queue delete jobs")]
-pub struct QueueArgs {
+pub(crate) struct QueueArgs {
     #[command(subcommand)]
     pub cmd: QueueCmd,
     #[command(flatten)]
@@ -166,7 +166,7 @@ pub struct QueueArgs {
 
 /// `levee queue …` subcommands.
 #[derive(Subcommand, Debug)]
-pub enum QueueCmd {
+pub(crate) enum QueueCmd {
     /// Create a queue, or check that the existing one has the settings given.
     Declare(DeclareArgs),
     /// List queue names.
@@ -227,7 +227,7 @@ fn parse_deliveries(s: &str) -> Result<u32, String> {
     levee queue declare events --durability memory --overflow drop-oldest --ttl 5m\n  \
     levee queue declare work --max-deliveries 5 --dead-letter work.dead --ack-timeout 2m"
 )]
-pub struct DeclareArgs {
+pub(crate) struct DeclareArgs {
     /// Queue name (1-255 bytes of A-Z a-z 0-9 . _ -).
     pub name: String,
     /// Most messages held, ready + unacked [default: 100000].
@@ -282,13 +282,13 @@ pub struct DeclareArgs {
 
 impl DeclareArgs {
     /// The config these flags describe for a new queue: defaults where no flag is given.
-    pub fn config(&self) -> anyhow::Result<QueueConfig> {
+    pub(crate) fn config(&self) -> anyhow::Result<QueueConfig> {
         self.config_over(&QueueConfig::default())
     }
 
     /// `base` with the settings given as flags applied: what a redeclare of a queue whose
     /// config is `base` must request so that only the given flags are compared.
-    pub fn config_over(&self, base: &QueueConfig) -> anyhow::Result<QueueConfig> {
+    pub(crate) fn config_over(&self, base: &QueueConfig) -> anyhow::Result<QueueConfig> {
         let mut c = base.clone();
         if let Some(v) = self.max_messages {
             c.max_messages = v;
@@ -355,7 +355,7 @@ fn is_unknown_queue(e: &ClientError) -> bool {
 }
 
 /// `levee queue …`
-pub async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<Outcome> {
+pub(crate) async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<Outcome> {
     let client = conn.client().await?;
     match cmd {
         QueueCmd::Declare(args) => {
@@ -401,7 +401,7 @@ pub async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<Outcome> {
         }
         QueueCmd::Purge { name } => println!("purged {} messages", client.purge(&name).await?),
         QueueCmd::Delete { name } => {
-            println!("deleted {name} ({} messages)", client.delete(&name).await?)
+            println!("deleted {name} ({} messages)", client.delete(&name).await?);
         }
     }
     client.close().await.ok();
@@ -421,7 +421,7 @@ fn snapshot_json(info: QueueInfo) -> String {
 
 /// A queue's config in the words and units its flags take: `max_bytes=64MiB`,
 /// `durability=disk fsync=interval:50`, `max_deliveries=unlimited`, `ttl=none`.
-pub fn render_config(c: &QueueConfig) -> String {
+pub(crate) fn render_config(c: &QueueConfig) -> String {
     let none = || "none".to_string();
     let mut out = format!(
         "max_messages={} max_bytes={} overflow={} order={} durability={}",
@@ -570,7 +570,7 @@ impl std::fmt::Display for Ranges {
     tail -f app.log | levee publish logs\n  \
     levee publish prices --key EURUSD 1.0842 --ttl 10s"
 )]
-pub struct PublishArgs {
+pub(crate) struct PublishArgs {
     /// Queue name.
     pub queue: String,
     /// Messages to publish; with none, one message per line of standard input, published as
@@ -715,7 +715,7 @@ impl Tally {
 
 /// `levee publish`: prints one summary line of outcomes (stdout when it ran to the end, stderr
 /// with the reason when it was cut short).
-pub async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<Outcome> {
+pub(crate) async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<Outcome> {
     let mut sigint = Interrupt::install()?;
     let mut source = if !args.messages.is_empty() {
         let given: Vec<Bytes> = args
@@ -903,7 +903,7 @@ pub async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<Outcome> 
     levee consume jobs --quiet --idle 2s\n  \
     levee consume jobs | head -5    (unread messages are returned to the queue)"
 )]
-pub struct ConsumeArgs {
+pub(crate) struct ConsumeArgs {
     /// Queue name.
     pub queue: String,
     /// Fixed credit (messages outstanding); default adaptive.
@@ -930,7 +930,7 @@ pub struct ConsumeArgs {
 
 /// `levee consume`: prints each message (or counts them) and acks it after processing; the
 /// summary (consumed, acked) goes to stderr however it ends.
-pub async fn consume(conn: &Conn, args: ConsumeArgs) -> anyhow::Result<Outcome> {
+pub(crate) async fn consume(conn: &Conn, args: ConsumeArgs) -> anyhow::Result<Outcome> {
     let mut sigint = Interrupt::install()?;
     let client = conn.client().await?;
     let opts = ConsumerOptions {
@@ -1037,7 +1037,7 @@ pub async fn consume(conn: &Conn, args: ConsumeArgs) -> anyhow::Result<Outcome> 
     levee stats --watch\n  \
     levee stats jobs\n  \
     levee stats --json --watch | jq -c '.queues[] | {name, ready: .stats.ready}'")]
-pub struct StatsArgs {
+pub(crate) struct StatsArgs {
     /// Only this queue.
     pub queue: Option<String>,
     /// Print again every second until Ctrl-C, which ends it with status 0 (redrawn in place on
@@ -1053,7 +1053,7 @@ pub struct StatsArgs {
 }
 
 /// A UTC timestamp, `2026-12-01T21:40:05Z`.
-pub fn utc_timestamp(t: SystemTime) -> String {
+pub(crate) fn utc_timestamp(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
@@ -1128,7 +1128,7 @@ fn render_table(infos: &[QueueInfo]) -> String {
 }
 
 /// `levee stats`: one line per queue (or the full view of one queue); `--json` for scripts.
-pub async fn stats(conn: &Conn, args: StatsArgs) -> anyhow::Result<Outcome> {
+pub(crate) async fn stats(conn: &Conn, args: StatsArgs) -> anyhow::Result<Outcome> {
     let mut sigint = Interrupt::install()?;
     let client = conn.client().await?;
     let redraw = args.watch && !args.json && std::io::stdout().is_terminal();

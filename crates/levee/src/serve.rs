@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 /// Flags of `levee serve`.
 #[derive(Args, Debug, Default)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// TOML config file (keys as the flags, with underscores: `listen`, `http`, `data_dir`, ...).
     #[arg(long, env = "LEVEE_CONFIG")]
     config: Option<PathBuf>,
@@ -251,7 +251,7 @@ fn banner(wire: SocketAddr, http: SocketAddr, data_dir: &std::path::Path, r: &Re
 }
 
 /// Runs the broker until a shutdown signal.
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let s = settings(args)?;
     raise_fd_limit(s.broker.max_connections + s.broker.max_http_connections);
     let data_dir = s.broker.data_dir.clone();

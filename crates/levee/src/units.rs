@@ -27,7 +27,7 @@ fn split_number(t: &str) -> (&str, &str) {
 
 /// Parses a byte size: a plain number, or a number with `B`, `k`/`kB` (1000), `KiB` (1024), `MB`,
 /// `MiB`, `GB`, `GiB` (case-insensitive units, fractions allowed: `1.5KiB`).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let (num, unit) = split_number(s.trim());
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -56,13 +56,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// [`parse_size`] for a `usize` value.
-pub fn parse_size_usize(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_size_usize(s: &str) -> Result<usize, String> {
     let v = parse_size(s)?;
     usize::try_from(v).map_err(|_| format!("size {s:?} is too large"))
 }
 
 /// Parses a duration: `10s`, `500ms`, `2m`, `1h`, `250us`, or a bare number of seconds (`1.5`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = split_number(s.trim());
     let n: f64 = num
         .parse()
@@ -80,7 +80,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses a duration in whole milliseconds: a bare number is milliseconds (`30000`), a number
 /// with a unit is that unit (`30s`, `1.5s`, `2m`, `500ms`).
-pub fn parse_millis(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_millis(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, unit) = split_number(t);
     if unit.is_empty() {
@@ -99,14 +99,14 @@ pub fn parse_millis(s: &str) -> Result<u64, String> {
 }
 
 /// [`parse_millis`] for a `u32` value.
-pub fn parse_millis_u32(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_millis_u32(s: &str) -> Result<u32, String> {
     let v = parse_millis(s)?;
     u32::try_from(v).map_err(|_| format!("duration {s:?} is too long"))
 }
 
 /// A byte count in the largest binary unit that divides it exactly: `64MiB`, `1536` → `1536`
 /// only when no unit divides it (`1.5KiB` is printed as `1536`).
-pub fn format_size(n: u64) -> String {
+pub(crate) fn format_size(n: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (m, u) in UNITS {
         if n >= m && n.is_multiple_of(m) {
@@ -117,7 +117,7 @@ pub fn format_size(n: u64) -> String {
 }
 
 /// Milliseconds in the largest unit that divides them exactly: `30s`, `2m`, `1h`, `250ms`.
-pub fn format_millis(ms: u64) -> String {
+pub(crate) fn format_millis(ms: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(3_600_000, "h"), (60_000, "m"), (1_000, "s")];
     for (m, u) in UNITS {
         if ms >= m && ms.is_multiple_of(m) {
@@ -150,17 +150,21 @@ where
 }
 
 /// Config-file form of a size: `16777216` or `"16MiB"` (use with `#[serde(default)]`).
-pub fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(crate) fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     de_with(d, parse_size)
 }
 
 /// [`de_size`] for a `usize`.
-pub fn de_size_usize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+pub(crate) fn de_size_usize<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
     de_with(d, parse_size_usize)
 }
 
 /// Config-file form of a duration in milliseconds: `1500` or `"1.5s"`.
-pub fn de_millis_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+pub(crate) fn de_millis_u32<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u32>, D::Error> {
     de_with(d, parse_millis_u32)
 }
 

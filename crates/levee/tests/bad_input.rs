@@ -35,7 +35,7 @@ fn still_serves(server: &Server) {
     });
     match ok.recv() {
         Some(ServerFrame::PublishConfirm { req: 2, outcomes }) => {
-            assert!(matches!(outcomes[..], [PublishOutcome::Stored { .. }]))
+            assert!(matches!(outcomes[..], [PublishOutcome::Stored { .. }]));
         }
         other => panic!("expected a confirm, got {other:?}"),
     }

@@ -194,7 +194,7 @@ fn memory_queue_definitions_survive_a_restart_empty_and_transient_queues_do_not(
     raw.send(&ClientFrame::ListQueues { req: 3 });
     match raw.recv() {
         Some(ServerFrame::QueueList { queues, .. }) => {
-            assert_eq!(queues, vec!["durable", "memory"])
+            assert_eq!(queues, vec!["durable", "memory"]);
         }
         other => panic!("{other:?}"),
     }

@@ -208,7 +208,7 @@ async fn a_breaker_opens_after_repeated_failures_and_fails_fast() {
                 break;
             }
             Ok(PublishOutcome::Rejected { .. }) | Err(ClientError::Rejected { .. }) => {
-                failures += 1
+                failures += 1;
             }
             other => panic!("{other:?}"),
         }

@@ -13,18 +13,18 @@ use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-pub struct TestBroker {
+pub(crate) struct TestBroker {
     pub broker: Broker,
     pub addr: SocketAddr,
     pub task: JoinHandle<std::io::Result<()>>,
     _dir: tempfile::TempDir,
 }
 
-pub async fn broker() -> TestBroker {
+pub(crate) async fn broker() -> TestBroker {
     broker_with(|_| {}).await
 }
 
-pub async fn broker_with(tweak: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
+pub(crate) async fn broker_with(tweak: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
     let mut config = BrokerConfig {
         data_dir: dir.path().to_path_buf(),
@@ -41,14 +41,14 @@ pub async fn broker_with(tweak: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
     }
 }
 
-pub async fn client(addr: SocketAddr) -> Client {
+pub(crate) async fn client(addr: SocketAddr) -> Client {
     Client::connect(addr, ClientOptions::default())
         .await
         .unwrap()
 }
 
 /// An in-memory queue with the given overflow policy and message limit.
-pub fn memory(overflow: Overflow, max_messages: u64) -> QueueConfig {
+pub(crate) fn memory(overflow: Overflow, max_messages: u64) -> QueueConfig {
     QueueConfig {
         overflow,
         max_messages,
@@ -58,7 +58,7 @@ pub fn memory(overflow: Overflow, max_messages: u64) -> QueueConfig {
 }
 
 /// Polls `f` until it returns true (at most 10 s).
-pub async fn eventually<F, Fut>(what: &str, mut f: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -74,7 +74,7 @@ where
 }
 
 /// A TCP proxy: forwards connections to `target` until [`Proxy::cut`] closes them all.
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub addr: SocketAddr,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     refuse: Arc<AtomicBool>,
@@ -89,12 +89,12 @@ impl Drop for Proxy {
 }
 
 impl Proxy {
-    pub async fn start(target: SocketAddr) -> Proxy {
+    pub(crate) async fn start(target: SocketAddr) -> Proxy {
         Self::with_latency(target, Duration::ZERO).await
     }
 
     /// A proxy adding `latency` to everything the broker sends (a longer round trip).
-    pub async fn with_latency(target: SocketAddr, latency: Duration) -> Proxy {
+    pub(crate) async fn with_latency(target: SocketAddr, latency: Duration) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
@@ -131,14 +131,14 @@ impl Proxy {
     }
 
     /// Closes every proxied connection (both sides see the socket close).
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         for t in self.conns.lock().drain(..) {
             t.abort();
         }
     }
 
     /// While set, new connections are accepted and closed at once (the broker looks down).
-    pub fn refuse(&self, on: bool) {
+    pub(crate) fn refuse(&self, on: bool) {
         self.refuse.store(on, Ordering::Release);
     }
 }
@@ -175,7 +175,7 @@ async fn delayed(inbound: TcpStream, outbound: TcpStream, latency: Duration) {
 }
 
 /// A consumer of `queue` with this credit policy (other options default).
-pub async fn consumer(
+pub(crate) async fn consumer(
     client: &Client,
     queue: &str,
     credit: levee_client::Credit,

@@ -7,28 +7,28 @@ use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 
-pub fn blob(max: usize) -> impl Strategy<Value = Bytes> {
+pub(crate) fn blob(max: usize) -> impl Strategy<Value = Bytes> {
     vec(any::<u8>(), 0..max).prop_map(Bytes::from)
 }
 
 /// Any UTF-8 string short enough for a `u8` length prefix (<= 30 chars of <= 4 bytes).
-pub fn name() -> impl Strategy<Value = String> {
+pub(crate) fn name() -> impl Strategy<Value = String> {
     "\\PC{0,30}"
 }
 
-pub fn text() -> impl Strategy<Value = String> {
+pub(crate) fn text() -> impl Strategy<Value = String> {
     "\\PC{0,60}"
 }
 
-pub fn error_code() -> impl Strategy<Value = ErrorCode> {
+pub(crate) fn error_code() -> impl Strategy<Value = ErrorCode> {
     prop::sample::select(ErrorCode::ALL.to_vec())
 }
 
-pub fn drop_reason() -> impl Strategy<Value = DropReason> {
+pub(crate) fn drop_reason() -> impl Strategy<Value = DropReason> {
     prop::sample::select(DropReason::ALL.to_vec())
 }
 
-pub fn durability() -> impl Strategy<Value = Durability> {
+pub(crate) fn durability() -> impl Strategy<Value = Durability> {
     prop_oneof![
         Just(Durability::Memory),
         Just(Durability::Transient),
@@ -38,7 +38,7 @@ pub fn durability() -> impl Strategy<Value = Durability> {
     ]
 }
 
-pub fn rate_limit() -> impl Strategy<Value = RateLimit> {
+pub(crate) fn rate_limit() -> impl Strategy<Value = RateLimit> {
     (
         option::of(any::<u32>()),
         option::of(any::<u64>()),
@@ -53,7 +53,7 @@ pub fn rate_limit() -> impl Strategy<Value = RateLimit> {
         })
 }
 
-pub fn queue_config() -> impl Strategy<Value = QueueConfig> {
+pub(crate) fn queue_config() -> impl Strategy<Value = QueueConfig> {
     (
         any::<u64>(),
         any::<u64>(),
@@ -80,7 +80,7 @@ pub fn queue_config() -> impl Strategy<Value = QueueConfig> {
         })
 }
 
-pub fn message() -> impl Strategy<Value = Message> {
+pub(crate) fn message() -> impl Strategy<Value = Message> {
     (
         option::of(blob(16)),
         any::<u8>(),
@@ -101,7 +101,7 @@ pub fn message() -> impl Strategy<Value = Message> {
         )
 }
 
-pub fn delivery() -> impl Strategy<Value = Delivery> {
+pub(crate) fn delivery() -> impl Strategy<Value = Delivery> {
     (
         any::<u64>(),
         any::<u64>(),
@@ -122,7 +122,7 @@ pub fn delivery() -> impl Strategy<Value = Delivery> {
         )
 }
 
-pub fn outcome() -> impl Strategy<Value = PublishOutcome> {
+pub(crate) fn outcome() -> impl Strategy<Value = PublishOutcome> {
     prop_oneof![
         any::<u64>().prop_map(|seq| PublishOutcome::Stored { seq }),
         drop_reason().prop_map(|reason| PublishOutcome::Dropped { reason }),
@@ -131,7 +131,7 @@ pub fn outcome() -> impl Strategy<Value = PublishOutcome> {
     ]
 }
 
-pub fn stats() -> impl Strategy<Value = QueueStats> {
+pub(crate) fn stats() -> impl Strategy<Value = QueueStats> {
     (
         vec(any::<u64>(), 13),
         vec((drop_reason(), any::<u64>()), 0..5),
@@ -163,7 +163,7 @@ pub fn stats() -> impl Strategy<Value = QueueStats> {
         })
 }
 
-pub fn hello() -> impl Strategy<Value = Hello> {
+pub(crate) fn hello() -> impl Strategy<Value = Hello> {
     (
         any::<u16>(),
         any::<u16>(),
@@ -180,7 +180,7 @@ pub fn hello() -> impl Strategy<Value = Hello> {
         )
 }
 
-pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
+pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
     let req = any::<u64>();
     prop_oneof![
         hello().prop_map(ClientFrame::Hello),
@@ -230,7 +230,7 @@ pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
     ]
 }
 
-pub fn server_frame() -> impl Strategy<Value = ServerFrame> {
+pub(crate) fn server_frame() -> impl Strategy<Value = ServerFrame> {
     prop_oneof![
         (any::<u16>(), text(), any::<u32>(), any::<u32>()).prop_map(
             |(version, server_name, max_frame, heartbeat_ms)| ServerFrame::Welcome(Welcome {
@@ -279,13 +279,13 @@ pub fn server_frame() -> impl Strategy<Value = ServerFrame> {
     ]
 }
 
-pub fn encode_client(f: &ClientFrame) -> BytesMut {
+pub(crate) fn encode_client(f: &ClientFrame) -> BytesMut {
     let mut b = BytesMut::new();
     f.encode(&mut b).expect("strategy frames are encodable");
     b
 }
 
-pub fn encode_server(f: &ServerFrame) -> BytesMut {
+pub(crate) fn encode_server(f: &ServerFrame) -> BytesMut {
     let mut b = BytesMut::new();
     f.encode(&mut b).expect("strategy frames are encodable");
     b

@@ -13,16 +13,16 @@ use clap::{Args, ValueEnum};
 use levee_client::{Durability, Fsync, Overflow, QueueConfig};
 use serde::Serialize;
 
-pub use crate::units::{parse_duration, parse_size};
+pub(crate) use crate::units::{parse_duration, parse_size};
 
 /// Bytes at the start of every payload holding its send times: the scheduled one, then the
 /// actual one (each nanoseconds since the run's epoch, little-endian `u64`).
-pub const STAMP_BYTES: usize = 16;
+pub(crate) const STAMP_BYTES: usize = 16;
 
 /// The system under test.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TargetKind {
+pub(crate) enum TargetKind {
     /// The Levee broker (started by the tool on a temporary data dir unless `--server` is given).
     Levee,
     /// RabbitMQ over AMQP 0-9-1 (`lapin`), quorum or classic queue (`--rabbit-queue`).
@@ -36,7 +36,7 @@ pub enum TargetKind {
 
 impl TargetKind {
     /// Lower-case name, as on the command line.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TargetKind::Levee => "levee",
             TargetKind::Rabbitmq => "rabbitmq",
@@ -49,7 +49,7 @@ impl TargetKind {
 /// RabbitMQ queue type.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum RabbitQueue {
+pub(crate) enum RabbitQueue {
     /// Raft-replicated queue; fsyncs before confirming.
     Quorum,
     /// Classic durable queue (persistent messages).
@@ -58,7 +58,7 @@ pub enum RabbitQueue {
 
 /// Flags of `levee bench`.
 #[derive(Args, Debug, Clone)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// System under test.
     #[arg(long, value_enum, default_value_t = TargetKind::Levee)]
     pub target: TargetKind,
@@ -155,7 +155,7 @@ pub struct BenchArgs {
 
 /// Chart formats `--plot` writes, by file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlotFormat {
+pub(crate) enum PlotFormat {
     /// SVG.
     Svg,
     /// PNG (the SVG rasterised).
@@ -166,7 +166,7 @@ pub enum PlotFormat {
 
 impl PlotFormat {
     /// The format for `path`'s extension (case-insensitive), or a clear error.
-    pub fn of(path: &std::path::Path) -> anyhow::Result<PlotFormat> {
+    pub(crate) fn of(path: &std::path::Path) -> anyhow::Result<PlotFormat> {
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
@@ -186,7 +186,7 @@ impl PlotFormat {
 
 impl BenchArgs {
     /// Checks the flags together; a clear error for anything no target can run.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         ensure!(self.producers >= 1, "--producers must be at least 1");
         ensure!(self.consumers >= 1, "--consumers must be at least 1");
         ensure!(
@@ -259,7 +259,7 @@ impl BenchArgs {
     }
 
     /// The Levee queue config these flags describe.
-    pub fn levee_config(&self) -> anyhow::Result<QueueConfig> {
+    pub(crate) fn levee_config(&self) -> anyhow::Result<QueueConfig> {
         let mut c = QueueConfig {
             overflow: self.overflow,
             ..QueueConfig::default()
@@ -284,7 +284,7 @@ impl BenchArgs {
     }
 
     /// Short description of the storage guarantee, for the table (e.g. `fsync=always`).
-    pub fn variant(&self) -> String {
+    pub(crate) fn variant(&self) -> String {
         match self.target {
             TargetKind::Levee => match (self.durability.as_str(), self.fsync) {
                 ("memory", _) => "memory".into(),
@@ -303,7 +303,7 @@ impl BenchArgs {
     }
 
     /// The levee producer's linger: `--linger`, else 0 with `--rate`, else the client default.
-    pub fn linger(&self) -> Duration {
+    pub(crate) fn linger(&self) -> Duration {
         self.linger.unwrap_or(if self.rate.is_some() {
             Duration::ZERO
         } else {
@@ -313,7 +313,7 @@ impl BenchArgs {
 }
 
 /// Parses an fsync policy: `always`, `never` or `interval:MS`.
-pub fn parse_fsync(s: &str) -> Result<Fsync, String> {
+pub(crate) fn parse_fsync(s: &str) -> Result<Fsync, String> {
     match s {
         "always" => Ok(Fsync::Always),
         "never" => Ok(Fsync::Never),

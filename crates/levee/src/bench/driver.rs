@@ -35,12 +35,12 @@ use super::stats::{
 use super::{plot, report, rss, targets};
 
 /// A boxed worker future.
-pub type BoxFut<T> = Pin<Box<dyn Future<Output = anyhow::Result<T>> + Send + 'static>>;
+pub(crate) type BoxFut<T> = Pin<Box<dyn Future<Output = anyhow::Result<T>> + Send + 'static>>;
 /// A producer or consumer, started once the run's context exists.
-pub type Worker = Box<dyn FnOnce(Arc<Ctx>) -> BoxFut<Option<LatencyRecorder>> + Send>;
+pub(crate) type Worker = Box<dyn FnOnce(Arc<Ctx>) -> BoxFut<Option<LatencyRecorder>> + Send>;
 
 /// What a target prepared for one run.
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// Consumer workers (each returns its latency recorder).
     pub consumers: Vec<Worker>,
     /// Producer workers.
@@ -55,7 +55,7 @@ pub struct Prepared {
 
 /// Shared state of a running benchmark.
 #[derive(Debug)]
-pub struct Ctx {
+pub(crate) struct Ctx {
     /// Time zero of the run; send-time stamps are relative to it.
     pub epoch: Instant,
     warmup: Duration,
@@ -111,12 +111,12 @@ impl Ctx {
 
     /// A payload of the run's size stamped with its scheduled send time and the actual one
     /// (now).
-    pub fn payload(&self, scheduled: Instant) -> Vec<u8> {
+    pub(crate) fn payload(&self, scheduled: Instant) -> Vec<u8> {
         self.payload_at(scheduled, Instant::now())
     }
 
     /// A payload stamped with scheduled send time `scheduled` and actual send time `actual`.
-    pub fn payload_at(&self, scheduled: Instant, actual: Instant) -> Vec<u8> {
+    pub(crate) fn payload_at(&self, scheduled: Instant, actual: Instant) -> Vec<u8> {
         let mut v = vec![0u8; self.size];
         let ns = |t: Instant| t.saturating_duration_since(self.epoch).as_nanos() as u64;
         v[..8].copy_from_slice(&ns(scheduled).to_le_bytes());
@@ -125,18 +125,18 @@ impl Ctx {
     }
 
     /// Whether the run is over.
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }
 
     /// Ends the run: every worker's [`Ctx::wait_stop`] completes.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         self.stop_notify.notify_waiters();
     }
 
     /// Completes once the run is over. Cancel-safe.
-    pub async fn wait_stop(&self) {
+    pub(crate) async fn wait_stop(&self) {
         let n = self.stop_notify.notified();
         tokio::pin!(n);
         n.as_mut().enable();
@@ -147,29 +147,29 @@ impl Ctx {
     }
 
     /// A precise pacer for one producer (`--rate` split over producers).
-    pub fn producer_pacer(&self) -> Pacer {
+    pub(crate) fn producer_pacer(&self) -> Pacer {
         Pacer::new(self.producer_interval, true)
     }
 
     /// A pacer for one consumer's acks (`--consumer-rate`; tokio's timer is precise enough).
-    pub fn consumer_pacer(&self) -> Pacer {
+    pub(crate) fn consumer_pacer(&self) -> Pacer {
         Pacer::new(self.consumer_interval, false)
     }
 
     /// A latency recorder sized for this run.
-    pub fn recorder(&self) -> LatencyRecorder {
+    pub(crate) fn recorder(&self) -> LatencyRecorder {
         LatencyRecorder::new(self.seconds)
     }
 
     /// Counts a message handed to the client.
-    pub fn on_published(&self) {
+    pub(crate) fn on_published(&self) {
         if self.position(Instant::now()).1 {
             self.published.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Counts a publisher confirm: `stored` or refused / dropped.
-    pub fn on_confirm(&self, stored: bool) {
+    pub(crate) fn on_confirm(&self, stored: bool) {
         let (sec, in_window) = self.position(Instant::now());
         if stored {
             self.confirmed_per_sec.add(sec);
@@ -184,7 +184,7 @@ impl Ctx {
     }
 
     /// Records the receipt of `payload` (latencies from its two stamps) into `rec`.
-    pub fn on_received(&self, rec: &mut LatencyRecorder, payload: &[u8]) {
+    pub(crate) fn on_received(&self, rec: &mut LatencyRecorder, payload: &[u8]) {
         let now = Instant::now();
         let Some(stamp) = payload.get(..STAMP_BYTES) else {
             return;
@@ -203,7 +203,7 @@ impl Ctx {
     }
 
     /// Counts an acked message.
-    pub fn on_acked(&self) {
+    pub(crate) fn on_acked(&self) {
         let (sec, in_window) = self.position(Instant::now());
         self.consumed_per_sec.add(sec);
         self.total_consumed.fetch_add(1, Ordering::Relaxed);
@@ -213,7 +213,7 @@ impl Ctx {
     }
 
     /// Notes a worker error (the first one is reported).
-    pub fn note_error(&self, e: impl std::fmt::Display) {
+    pub(crate) fn note_error(&self, e: impl std::fmt::Display) {
         let mut f = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
         if f.is_none() {
             *f = Some(e.to_string());
@@ -232,7 +232,7 @@ impl Ctx {
 
 /// Paces a worker at a fixed interval (or not at all).
 #[derive(Debug)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     interval: Option<Duration>,
     next: Option<Instant>,
     precise: Option<PreciseSleep>,
@@ -251,7 +251,7 @@ impl Pacer {
     /// once the run is over. A precise pacer returns within microseconds after the slot (the
     /// caller measures by how much: actual - scheduled). Cancel-safe (a cancelled wait keeps its
     /// slot).
-    pub async fn tick(&mut self, ctx: &Ctx) -> Option<Instant> {
+    pub(crate) async fn tick(&mut self, ctx: &Ctx) -> Option<Instant> {
         if ctx.is_stopped() {
             return None;
         }
@@ -436,7 +436,7 @@ fn arm(fd: &std::os::fd::OwnedFd, after: Duration) -> std::io::Result<()> {
 
 /// Runs one benchmark as `args` describe (after the calibration run, with `--calibrate`) and
 /// prints its report.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     args.validate()?;
     let calibration = if args.calibrate {
         let echo = BenchArgs {

@@ -16,17 +16,17 @@
 //! module per system under test, plus the in-process echo; the peers' client crates are behind
 //! the `peers` cargo feature).
 
-pub mod args;
-pub mod driver;
-pub mod plot;
-pub mod report;
-pub mod rss;
-pub mod stats;
-pub mod targets;
+pub(crate) mod args;
+pub(crate) mod driver;
+pub(crate) mod plot;
+pub(crate) mod report;
+pub(crate) mod rss;
+pub(crate) mod stats;
+pub(crate) mod targets;
 
-pub use args::BenchArgs;
+pub(crate) use args::BenchArgs;
 
 /// Runs `levee bench` with these flags.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     driver::run(args).await
 }

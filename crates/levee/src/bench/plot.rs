@@ -81,7 +81,7 @@ fn esc(s: &str) -> String {
 }
 
 /// The chart as SVG.
-pub fn svg(s: &Summary) -> String {
+pub(crate) fn svg(s: &Summary) -> String {
     let f = |v: &[u64]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let ms = |v: &[u64]| v.iter().map(|&u| u as f64 / 1e3).collect::<Vec<_>>();
     let dashed = |l: Line<'static>| Line {
@@ -305,7 +305,7 @@ pub fn svg(s: &Summary) -> String {
 }
 
 /// The chart as text: SVG, or a self-contained HTML page around it (PNG: [`png`]).
-pub fn render(s: &Summary, format: PlotFormat) -> String {
+pub(crate) fn render(s: &Summary, format: PlotFormat) -> String {
     let svg = svg(s);
     match format {
         PlotFormat::Html => format!(
@@ -320,7 +320,7 @@ pub fn render(s: &Summary, format: PlotFormat) -> String {
 
 /// The chart as a PNG image: the SVG rendered by `resvg`, text in the system's sans-serif font
 /// (DejaVu Sans where installed).
-pub fn png(s: &Summary) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn png(s: &Summary) -> anyhow::Result<Vec<u8>> {
     use resvg::{tiny_skia, usvg};
     let mut opt = usvg::Options::default();
     let db = opt.fontdb_mut();

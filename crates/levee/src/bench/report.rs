@@ -9,7 +9,7 @@ use std::fmt::Write;
 use super::stats::Summary;
 
 /// Formats microseconds as milliseconds with enough precision.
-pub fn ms(us: u64) -> String {
+pub(crate) fn ms(us: u64) -> String {
     let v = us as f64 / 1000.0;
     if v < 1.0 {
         format!("{v:.3}")
@@ -23,7 +23,7 @@ pub fn ms(us: u64) -> String {
 }
 
 /// The table of `runs`.
-pub fn table(runs: &[Summary]) -> String {
+pub(crate) fn table(runs: &[Summary]) -> String {
     let header = [
         "target",
         "variant",

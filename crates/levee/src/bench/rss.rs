@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fs;
 
 /// Parses the `VmRSS:` line of a `/proc/<pid>/status` text, in bytes.
-pub fn parse_vm_rss(status: &str) -> Option<u64> {
+pub(crate) fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let mut it = line["VmRSS:".len()..].split_whitespace();
     let n: u64 = it.next()?.parse().ok()?;
@@ -21,13 +21,13 @@ pub fn parse_vm_rss(status: &str) -> Option<u64> {
 
 /// Parses the parent pid out of a `/proc/<pid>/stat` line (field 4, after the parenthesised
 /// command name, which may itself contain spaces and parentheses).
-pub fn parse_ppid(stat: &str) -> Option<u32> {
+pub(crate) fn parse_ppid(stat: &str) -> Option<u32> {
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The pids of `root` and all its descendants, given every (pid, ppid) pair.
-pub fn descendants(root: u32, parents: &HashMap<u32, u32>) -> Vec<u32> {
+pub(crate) fn descendants(root: u32, parents: &HashMap<u32, u32>) -> Vec<u32> {
     let mut out = vec![root];
     let mut i = 0;
     while i < out.len() {
@@ -44,7 +44,7 @@ pub fn descendants(root: u32, parents: &HashMap<u32, u32>) -> Vec<u32> {
 }
 
 /// RSS in bytes of `pid` plus its descendants; `None` if `pid` cannot be read.
-pub fn tree_rss(pid: u32) -> Option<u64> {
+pub(crate) fn tree_rss(pid: u32) -> Option<u64> {
     let own = parse_vm_rss(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)?;
     let mut parents = HashMap::new();
     if let Ok(dir) = fs::read_dir("/proc") {

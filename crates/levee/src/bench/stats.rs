@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// Largest latency recorded exactly (60 s, in µs); longer ones are clamped to it.
-pub const MAX_LATENCY_US: u64 = 60_000_000;
+pub(crate) const MAX_LATENCY_US: u64 = 60_000_000;
 
 fn histogram(sigfig: u8) -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, sigfig).expect("valid histogram bounds")
@@ -26,7 +26,7 @@ fn histogram(sigfig: u8) -> Histogram<u64> {
 /// One latency sample: end-to-end from the scheduled and from the actual send time, and the
 /// pacer's error (actual - scheduled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Receipt - scheduled send time (coordinated-omission corrected).
     pub scheduled: Duration,
     /// Receipt - actual send time.
@@ -37,7 +37,7 @@ pub struct Sample {
 
 /// Per-second percentiles of one latency base (µs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SecondPercentiles {
+pub(crate) struct SecondPercentiles {
     /// Median.
     pub p50: u64,
     /// 99th percentile.
@@ -103,7 +103,7 @@ impl Base {
 /// Latencies seen by one consumer, for both bases and the send-time error: the whole window and
 /// one histogram per second of the run for each.
 #[derive(Debug, Clone)]
-pub struct LatencyRecorder {
+pub(crate) struct LatencyRecorder {
     scheduled: Base,
     actual: Base,
     send_error: Base,
@@ -111,7 +111,7 @@ pub struct LatencyRecorder {
 
 impl LatencyRecorder {
     /// A recorder for a run of `seconds` seconds (later seconds go to the last slot).
-    pub fn new(seconds: usize) -> Self {
+    pub(crate) fn new(seconds: usize) -> Self {
         LatencyRecorder {
             scheduled: Base::new(seconds, 1),
             actual: Base::new(seconds, 1),
@@ -121,54 +121,54 @@ impl LatencyRecorder {
 
     /// Records `s`, received `second` seconds into the run; counted in the window histograms
     /// when `in_window`.
-    pub fn record(&mut self, second: usize, s: Sample, in_window: bool) {
+    pub(crate) fn record(&mut self, second: usize, s: Sample, in_window: bool) {
         self.scheduled.record(second, s.scheduled, in_window);
         self.actual.record(second, s.actual, in_window);
         self.send_error.record(second, s.send_error, in_window);
     }
 
     /// Adds another recorder's samples to this one.
-    pub fn merge(&mut self, other: &LatencyRecorder) {
+    pub(crate) fn merge(&mut self, other: &LatencyRecorder) {
         self.scheduled.merge(&other.scheduled);
         self.actual.merge(&other.actual);
         self.send_error.merge(&other.send_error);
     }
 
     /// Percentiles of the measurement window, from the scheduled send time.
-    pub fn window(&self) -> Latency {
+    pub(crate) fn window(&self) -> Latency {
         Latency::of(&self.scheduled.window)
     }
 
     /// Percentiles of the measurement window, from the actual send time.
-    pub fn window_actual(&self) -> Latency {
+    pub(crate) fn window_actual(&self) -> Latency {
         Latency::of(&self.actual.window)
     }
 
     /// Percentiles of the send-time error (actual - scheduled) in the measurement window.
-    pub fn window_send_error(&self) -> Latency {
+    pub(crate) fn window_send_error(&self) -> Latency {
         Latency::of(&self.send_error.window)
     }
 
     /// p50 / p99 from the scheduled send time per second of the run (`None` for a second
     /// without deliveries).
-    pub fn per_second(&self) -> Vec<Option<SecondPercentiles>> {
+    pub(crate) fn per_second(&self) -> Vec<Option<SecondPercentiles>> {
         self.scheduled.per_second()
     }
 
     /// p50 / p99 from the actual send time per second of the run.
-    pub fn per_second_actual(&self) -> Vec<Option<SecondPercentiles>> {
+    pub(crate) fn per_second_actual(&self) -> Vec<Option<SecondPercentiles>> {
         self.actual.per_second()
     }
 
     /// p50 / p99 of the send-time error per second of the run.
-    pub fn per_second_send_error(&self) -> Vec<Option<SecondPercentiles>> {
+    pub(crate) fn per_second_send_error(&self) -> Vec<Option<SecondPercentiles>> {
         self.send_error.per_second()
     }
 }
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
-pub struct Latency {
+pub(crate) struct Latency {
     /// Samples.
     pub count: u64,
     /// Median.
@@ -202,26 +202,26 @@ impl Latency {
 /// Counters per second of the run, shared by all workers (relaxed atomics: each is a plain
 /// count).
 #[derive(Debug)]
-pub struct Series {
+pub(crate) struct Series {
     slots: Vec<AtomicU64>,
 }
 
 impl Series {
     /// `seconds` slots; events after the last second are counted in the last slot.
-    pub fn new(seconds: usize) -> Self {
+    pub(crate) fn new(seconds: usize) -> Self {
         Series {
             slots: (0..seconds.max(1)).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
     /// Counts one event `second` seconds into the run.
-    pub fn add(&self, second: usize) {
+    pub(crate) fn add(&self, second: usize) {
         let i = second.min(self.slots.len() - 1);
         self.slots[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counts.
-    pub fn snapshot(&self) -> Vec<u64> {
+    pub(crate) fn snapshot(&self) -> Vec<u64> {
         self.slots
             .iter()
             .map(|s| s.load(Ordering::Relaxed))
@@ -231,7 +231,7 @@ impl Series {
 
 /// What one run measured, as printed in the table and the JSON line.
 #[derive(Debug, Clone, Serialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// `levee`, `rabbitmq` or `nats`.
     pub target: &'static str,
     /// Storage guarantee (`fsync=always`, `quorum`, `jetstream-file`, ...).
@@ -295,7 +295,7 @@ pub struct Summary {
 /// The harness floor measured by `--calibrate`: the same producers, consumers, rate and size
 /// through the in-process echo target (no broker, no socket).
 #[derive(Debug, Clone, Serialize)]
-pub struct Calibration {
+pub(crate) struct Calibration {
     /// Always `echo`.
     pub target: &'static str,
     /// Sustained consumed rate of the echo run.
@@ -310,7 +310,7 @@ pub struct Calibration {
 
 /// Per-second series of a run.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct Timeline {
+pub(crate) struct Timeline {
     /// Seconds of warm-up at the start of the series.
     pub warmup_s: f64,
     /// Messages confirmed per second.
@@ -334,7 +334,7 @@ pub struct Timeline {
 
 /// Window counts of a run.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Messages handed to the client.
     pub published: u64,
     /// Messages confirmed as stored.
@@ -346,7 +346,7 @@ pub struct Counts {
 }
 
 /// Rates derived from window counts: (msgs/s consumed, MB/s, confirmed/s, backlog growth/s).
-pub fn rates(c: Counts, size: u64, window: Duration) -> (f64, f64, f64, f64) {
+pub(crate) fn rates(c: Counts, size: u64, window: Duration) -> (f64, f64, f64, f64) {
     let secs = window.as_secs_f64().max(1e-9);
     let consumed = c.consumed as f64 / secs;
     let confirmed = c.confirmed as f64 / secs;

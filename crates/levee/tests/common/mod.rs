@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use levee_proto::{ClientFrame, DEFAULT_MAX_FRAME, Hello, ServerFrame};
 
 /// A running `levee serve` child process.
-pub struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
     pub wire: SocketAddr,
     pub http: SocketAddr,
@@ -22,12 +22,12 @@ pub struct Server {
 
 impl Server {
     /// Starts a server on a fresh temporary data directory.
-    pub fn start() -> Server {
+    pub(crate) fn start() -> Server {
         Self::start_with(&[])
     }
 
     /// Starts a server with extra flags.
-    pub fn start_with(extra: &[&str]) -> Server {
+    pub(crate) fn start_with(extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("data");
         let mut s = Self::spawn(&dir, None, extra);
@@ -80,7 +80,7 @@ impl Server {
     }
 
     /// `kill -9`: the process gets no chance to flush or sync anything.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().expect("SIGKILL");
             c.wait().expect("reaping");
@@ -88,7 +88,7 @@ impl Server {
     }
 
     /// SIGKILLs the server and starts a new one on the same data directory and wire port.
-    pub fn restart_after_kill9(&mut self) {
+    pub(crate) fn restart_after_kill9(&mut self) {
         self.kill9();
         let tmp = self._tmp.take();
         let mut s = Self::spawn(&self.data_dir, Some(self.wire), &[]);
@@ -97,12 +97,12 @@ impl Server {
     }
 
     /// The server process's PID.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("server running").id()
     }
 
     /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
             .is_some_and(|c| c.try_wait().expect("try_wait").is_none())
@@ -117,7 +117,7 @@ impl Drop for Server {
 
 /// Runs `levee serve` on `data_dir` with `extra` flags, expecting it to exit on its own (at most
 /// 10 s, else it is killed and the test fails): returns whether it succeeded and its stderr.
-pub fn serve_expecting_exit(data_dir: &Path, extra: &[&str]) -> (bool, String) {
+pub(crate) fn serve_expecting_exit(data_dir: &Path, extra: &[&str]) -> (bool, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
         .args([
             "serve",
@@ -157,14 +157,14 @@ pub fn serve_expecting_exit(data_dir: &Path, extra: &[&str]) -> (bool, String) {
 }
 
 /// A raw protocol connection over a blocking socket.
-pub struct Raw {
+pub(crate) struct Raw {
     pub sock: TcpStream,
     buf: BytesMut,
 }
 
 impl Raw {
     /// Connects without a handshake.
-    pub fn connect(addr: SocketAddr) -> Raw {
+    pub(crate) fn connect(addr: SocketAddr) -> Raw {
         let sock = TcpStream::connect(addr).expect("connect");
         sock.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -175,7 +175,7 @@ impl Raw {
     }
 
     /// Connects and completes the handshake.
-    pub fn handshake(addr: SocketAddr) -> Raw {
+    pub(crate) fn handshake(addr: SocketAddr) -> Raw {
         let mut raw = Raw::connect(addr);
         raw.send(&ClientFrame::Hello(Hello::new("raw-test")));
         match raw.recv() {
@@ -184,18 +184,18 @@ impl Raw {
         }
     }
 
-    pub fn send(&mut self, f: &ClientFrame) {
+    pub(crate) fn send(&mut self, f: &ClientFrame) {
         let mut b = BytesMut::new();
         f.encode(&mut b).expect("encode");
         self.sock.write_all(&b).expect("write");
     }
 
-    pub fn send_bytes(&mut self, bytes: &[u8]) {
+    pub(crate) fn send_bytes(&mut self, bytes: &[u8]) {
         self.sock.write_all(bytes).expect("write");
     }
 
     /// The next frame other than a heartbeat, or `None` when the server closed the socket.
-    pub fn recv(&mut self) -> Option<ServerFrame> {
+    pub(crate) fn recv(&mut self) -> Option<ServerFrame> {
         loop {
             match ServerFrame::decode(&mut self.buf, DEFAULT_MAX_FRAME).expect("server frame") {
                 Some(ServerFrame::Heartbeat) => continue,
@@ -216,7 +216,7 @@ impl Raw {
     }
 
     /// The next frame other than a heartbeat within `wait`: [`Recv::Silent`] if none came.
-    pub fn recv_within(&mut self, wait: Duration) -> Recv {
+    pub(crate) fn recv_within(&mut self, wait: Duration) -> Recv {
         self.sock.set_read_timeout(Some(wait)).unwrap();
         let got = loop {
             match ServerFrame::decode(&mut self.buf, DEFAULT_MAX_FRAME).expect("server frame") {
@@ -247,7 +247,7 @@ impl Raw {
     }
 
     /// Whether the server closed the connection (reads until EOF, skipping frames).
-    pub fn closed_by_server(&mut self) -> bool {
+    pub(crate) fn closed_by_server(&mut self) -> bool {
         loop {
             match self.recv() {
                 None => return true,
@@ -260,14 +260,14 @@ impl Raw {
 
 /// What [`Raw::recv_within`] saw.
 #[derive(Debug)]
-pub enum Recv {
+pub(crate) enum Recv {
     Frame(ServerFrame),
     Closed,
     Silent,
 }
 
 /// A client connected to `server` (no reconnection: a lost connection is a test failure).
-pub async fn client(server: &Server) -> levee_client::Client {
+pub(crate) async fn client(server: &Server) -> levee_client::Client {
     let opts = levee_client::ClientOptions {
         reconnect: None,
         ..levee_client::ClientOptions::default()
@@ -278,7 +278,7 @@ pub async fn client(server: &Server) -> levee_client::Client {
 }
 
 /// A memory queue config with this policy and limits (other fields default).
-pub fn memory_queue(
+pub(crate) fn memory_queue(
     overflow: levee_proto::Overflow,
     max_messages: u64,
     max_bytes: u64,
@@ -293,19 +293,19 @@ pub fn memory_queue(
 }
 
 /// The message's id: its first 4 payload bytes, little-endian.
-pub fn id_of(payload: &[u8]) -> u32 {
+pub(crate) fn id_of(payload: &[u8]) -> u32 {
     u32::from_le_bytes(payload[..4].try_into().expect("4-byte id"))
 }
 
 /// A message whose payload starts with `id` and is `size` bytes long (at least 4).
-pub fn numbered(id: u32, size: usize) -> levee_proto::Message {
+pub(crate) fn numbered(id: u32, size: usize) -> levee_proto::Message {
     let mut p = vec![0u8; size.max(4)];
     p[..4].copy_from_slice(&id.to_le_bytes());
     levee_proto::Message::new(p)
 }
 
 /// A plain HTTP/1.1 GET against the broker's HTTP port: (status, body).
-pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -328,7 +328,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// The value of an unlabelled gauge or counter in `/metrics`.
-pub fn metric(http: SocketAddr, name: &str) -> u64 {
+pub(crate) fn metric(http: SocketAddr, name: &str) -> u64 {
     let (status, body) = http_get(http, "/metrics");
     assert_eq!(status, 200, "{body}");
     body.lines()
@@ -337,7 +337,7 @@ pub fn metric(http: SocketAddr, name: &str) -> u64 {
 }
 
 /// Polls `cond` every 10 ms until it holds (at most 10 s, then panics saying `what`).
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !cond() {
         assert!(
@@ -350,7 +350,7 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// A `levee consume` process that takes one message of `queue` and "works" on it for a minute,
 /// never acking: kill it to simulate a consumer crashing mid-message.
-pub fn stuck_worker(server: &Server, queue: &str) -> Child {
+pub(crate) fn stuck_worker(server: &Server, queue: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_levee"))
         .args([
             "consume",
@@ -371,7 +371,7 @@ pub fn stuck_worker(server: &Server, queue: &str) -> Child {
 
 /// Polls `queue`'s stats until `cond` holds (at most 10 s, then panics with the last stats):
 /// for states reached by background work, without guessing how long it takes.
-pub async fn wait_for_stats(
+pub(crate) async fn wait_for_stats(
     c: &levee_client::Client,
     queue: &str,
     cond: impl Fn(&levee_proto::QueueStats) -> bool,

@@ -16,7 +16,7 @@ use crate::bench::args::BenchArgs;
 use crate::bench::driver::{Ctx, Prepared, Worker};
 
 /// Prepares an echo run.
-pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
+pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for _ in 0..args.queues {

@@ -24,7 +24,7 @@ use crate::bench::args::BenchArgs;
 use crate::bench::driver::{Ctx, Prepared, Worker};
 
 /// A `levee serve` child process on a temporary data directory; killed when dropped.
-pub struct Server {
+pub(crate) struct Server {
     child: Child,
     /// The wire protocol address it listens on.
     pub addr: String,
@@ -32,14 +32,14 @@ pub struct Server {
 }
 
 /// Parses `levee: wire listening on ADDR` out of one stdout line of `levee serve`.
-pub fn parse_listen_line(line: &str) -> Option<&str> {
+pub(crate) fn parse_listen_line(line: &str) -> Option<&str> {
     line.trim().strip_prefix("levee: wire listening on ")
 }
 
 impl Server {
     /// Starts `levee serve` with a fresh data dir on 127.0.0.1, waiting up to 30 s for its
     /// address.
-    pub fn start() -> anyhow::Result<Server> {
+    pub(crate) fn start() -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("locating the levee binary")?;
         let data = tempfile::Builder::new()
             .prefix("levee-bench-")
@@ -85,12 +85,12 @@ impl Server {
     }
 
     /// The server's process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within 5 s.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
@@ -127,7 +127,7 @@ async fn connect(addr: &str, inflight: u32, name: &str) -> anyhow::Result<Client
 }
 
 /// Prepares a Levee run.
-pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
+pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
     let server = match &args.server {
         Some(_) => None,
         None => Some(tokio::task::spawn_blocking(Server::start).await??),

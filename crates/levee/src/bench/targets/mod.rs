@@ -5,8 +5,8 @@
 //! Producer workers share one shape: publish, then hand the confirm future to a confirm task
 //! through a channel of `--inflight` slots, so at most that many publishes are unconfirmed.
 
-pub mod echo;
-pub mod levee;
+pub(crate) mod echo;
+pub(crate) mod levee;
 #[cfg(feature = "peers")]
 pub mod nats;
 #[cfg(feature = "peers")]
@@ -16,7 +16,7 @@ use super::args::{BenchArgs, TargetKind};
 use super::driver::Prepared;
 
 /// Prepares the target `args.target`.
-pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
+pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
     match args.target {
         TargetKind::Levee => levee::prepare(args).await,
         TargetKind::Echo => echo::prepare(args).await,
@@ -34,7 +34,7 @@ pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
 
 /// The queue names of this run: [`queue_name`] for one queue, `NAME-0` .. `NAME-{N-1}` for
 /// `--queues N`.
-pub fn queue_names(args: &BenchArgs) -> Vec<String> {
+pub(crate) fn queue_names(args: &BenchArgs) -> Vec<String> {
     let base = queue_name(args);
     if args.queues <= 1 {
         return vec![base];
@@ -43,7 +43,7 @@ pub fn queue_names(args: &BenchArgs) -> Vec<String> {
 }
 
 /// The queue name of this run: `--queue`, or a fresh `bench-<pid>-<millis>`.
-pub fn queue_name(args: &BenchArgs) -> String {
+pub(crate) fn queue_name(args: &BenchArgs) -> String {
     args.queue.clone().unwrap_or_else(|| {
         let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
