@@ -49,10 +49,10 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("http_render_1000_queues");
     g.throughput(Throughput::Elements(queues.len() as u64));
     g.bench_function("prometheus_text", |b| {
-        b.iter(|| render_metrics(black_box(&queues), &[]))
+        b.iter(|| render_metrics(black_box(&queues), &[]));
     });
     g.bench_function("queues_json", |b| {
-        b.iter(|| render_queues_json(black_box(&queues), &[]))
+        b.iter(|| render_queues_json(black_box(&queues), &[]));
     });
     g.finish();
 }

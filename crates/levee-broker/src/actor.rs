@@ -183,7 +183,7 @@ impl QueueActor {
                 match deadline {
                     Some(at) => {
                         let wait = at.saturating_sub(now_ms());
-                        tokio::time::sleep(Duration::from_millis(wait)).await
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
                     }
                     None => std::future::pending().await,
                 }

@@ -27,14 +27,14 @@ use std::path::Path;
 use crate::error::BrokerError;
 
 /// Longest queue name stored in a `q-<name>` directory: `q-` plus 253 bytes is 255 bytes.
-pub const PLAIN_NAME_MAX: usize = 253;
+pub(crate) const PLAIN_NAME_MAX: usize = 253;
 /// How many bytes of a long name its `h-` directory name keeps (for people reading the directory).
 const HASHED_PREFIX: usize = 200;
 /// Most `-<n>` suffixes tried for colliding long names before declaring gives up.
 pub(crate) const MAX_PROBES: u32 = 1000;
 
 /// The name of the lock file in the data directory.
-pub const LOCK_FILE: &str = "LOCK";
+pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// An exclusive lock on a data directory, held until dropped (or the process ends).
 #[derive(Debug)]

@@ -42,7 +42,7 @@ use tokio::sync::mpsc;
 pub(crate) const MAX_QUEUED_CONTROL: usize = 65_536;
 
 /// Default bound on the delivery bytes waiting for one connection's writer.
-pub const DEFAULT_OUTBOX_BYTES: u64 = 8 * 1024 * 1024;
+pub(crate) const DEFAULT_OUTBOX_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A queue actor as an outbox sees it: held weakly (it must not keep the actor alive), told when
 /// the outbox has room again and which of its deliveries were written. A gone actor is ignored.

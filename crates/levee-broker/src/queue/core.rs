@@ -14,7 +14,7 @@
 //!   fsync policy (after an fsync under `always`), and a message is delivered only once durable:
 //!   the durability watermark moves only on a successful fsync.
 //! - Messages accepted by the state machine are appended in sequence order (one place appends:
-//!   [`QueueCore::append`]), so the log's sequence numbers and the state machine's agree.
+//!   `QueueCore::append`), so the log's sequence numbers and the state machine's agree.
 //! - Settlement records are appended after the messages they settle; one the log cannot take (a
 //!   full disk, a failed log) is kept and retried until written.
 //! - After a failed fsync the messages past the watermark are written again into a reopened log
@@ -697,7 +697,7 @@ impl QueueCore {
         for effect in effects {
             match effect {
                 Effect::Settle { seq, how } => {
-                    settles.push((seq, to_settlement(how, self.state.config())))
+                    settles.push((seq, to_settlement(how, self.state.config())));
                 }
                 Effect::DeliveryCount { seq, count } => counts.push((seq, count)),
                 Effect::DeadLetter {
@@ -786,9 +786,8 @@ impl QueueCore {
             self.keep_for_retry(now, settles, None);
             return;
         };
-        let e = match log.settle_batch(&settles) {
-            Ok(_) => return,
-            Err(e) => e,
+        let Err(e) = log.settle_batch(&settles) else {
+            return;
         };
         if !retriable(&e) {
             // A batch is all-or-nothing: settle one by one so one bad entry (a message whose
@@ -799,7 +798,7 @@ impl QueueCore {
                     Ok(_) => {}
                     Err(e) if retriable(&e) => failed.push(item),
                     Err(e) => {
-                        tracing::warn!(queue = %self.name, seq = item.0, error = %e, "settlement failed")
+                        tracing::warn!(queue = %self.name, seq = item.0, error = %e, "settlement failed");
                     }
                 }
             }

@@ -729,7 +729,7 @@ fn rate_limit_slows_publishers_and_throttles_under_reject() {
     }
     match q.publish(0, 1, 0, msg(10)) {
         Some(PublishOutcome::Throttled { retry_after_ms }) => {
-            assert!((1..=100).contains(&retry_after_ms), "{retry_after_ms}")
+            assert!((1..=100).contains(&retry_after_ms), "{retry_after_ms}");
         }
         other => panic!("{other:?}"),
     }
