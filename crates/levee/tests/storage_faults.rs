@@ -52,6 +52,18 @@ fn fixed(credit: u32) -> ConsumerOptions {
     }
 }
 
+/// A broker on `disk` with a disk queue `jobs`, a client and a producer of it.
+async fn jobs_queue(disk: &FaultyBackend) -> (Broker, Client, levee_client::Producer) {
+    let (broker, addr) = start(disk).await;
+    let c = client(addr).await;
+    c.declare("jobs", disk_queue()).await.unwrap();
+    let producer = c
+        .producer("jobs", ProducerOptions::default())
+        .await
+        .unwrap();
+    (broker, c, producer)
+}
+
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !f().await {
@@ -63,13 +75,7 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_failed_fsync_messages_are_delivered_only_once_rewritten_durably() {
     let disk = FaultyBackend::new();
-    let (_broker, addr) = start(&disk).await;
-    let c = client(addr).await;
-    c.declare("jobs", disk_queue()).await.unwrap();
-    let producer = c
-        .producer("jobs", ProducerOptions::default())
-        .await
-        .unwrap();
+    let (_broker, c, producer) = jobs_queue(&disk).await;
     // One confirmed, consumed message first: the log's first sync cycle (which also runs start-up
     // maintenance) is behind us, so the fault below hits the publishes, not an idle log.
     let warm = producer
@@ -152,13 +158,7 @@ async fn after_a_failed_fsync_messages_are_delivered_only_once_rewritten_durably
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_made_while_the_disk_is_full_are_written_once_space_returns() {
     let disk = FaultyBackend::new();
-    let (broker, addr) = start(&disk).await;
-    let c = client(addr).await;
-    c.declare("jobs", disk_queue()).await.unwrap();
-    let producer = c
-        .producer("jobs", ProducerOptions::default())
-        .await
-        .unwrap();
+    let (broker, c, producer) = jobs_queue(&disk).await;
     let mut confirms = Vec::new();
     for i in 0..20u32 {
         confirms.push(

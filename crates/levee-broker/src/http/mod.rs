@@ -206,16 +206,7 @@ pub async fn serve_http(broker: Broker, listener: TcpListener) -> std::io::Resul
         .header_read_timeout(timeout);
     let mut backoff = crate::net::listener::AcceptBackoff::default();
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => {
-                backoff.reset();
-                x
-            }
-            Err(e) => {
-                backoff.wait(&e).await;
-                continue;
-            }
-        };
+        let (stream, peer) = backoff.accept(&listener).await;
         let Some(slot) = limits.inner.limits.admit_http() else {
             tracing::debug!(%peer, "http refused: max_http_connections reached");
             limits.inner.limits.refuse_http(stream);

@@ -129,6 +129,15 @@ impl Conn {
             .map_err(|_| BrokerError::UnknownQueue(queue.to_string()))
     }
 
+    /// Answers a request that may take time (it waits on a queue or the disk) from a task of its
+    /// own, so this reader never waits on a queue.
+    fn reply_later(&self, reply: impl std::future::Future<Output = ServerFrame> + Send + 'static) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(reply.await);
+        });
+    }
+
     fn sub_queue(&self, subscription: u64) -> Option<&String> {
         let q = self.subs.get(&subscription);
         if q.is_none() {
@@ -178,52 +187,39 @@ impl Conn {
                 self.producing.remove(&queue);
                 match self.broker.begin_delete(&queue) {
                     Ok(deletion) => {
-                        let (tx, conn) = (self.tx.clone(), self.id);
-                        tokio::spawn(async move {
-                            let frame = match deletion.await {
+                        let conn = self.id;
+                        self.reply_later(async move {
+                            match deletion.await {
                                 Ok(messages) => {
                                     tracing::info!(conn, %queue, messages, "queue deleted");
-                                    ServerFrame::QueueOk {
-                                        req,
-                                        queue,
-                                        created: false,
-                                        messages,
-                                    }
+                                    queue_ok(req, queue, messages)
                                 }
                                 Err(e) => error_frame(req, &e),
-                            };
-                            let _ = tx.send(frame);
+                            }
                         });
                     }
                     Err(e) => self.error(req, &e),
                 }
             }
             ClientFrame::Purge { req, queue } => {
-                let (broker, tx) = (self.broker.clone(), self.tx.clone());
-                tokio::spawn(async move {
-                    let frame = match broker.purge(&queue).await {
-                        Ok(messages) => ServerFrame::QueueOk {
-                            req,
-                            queue,
-                            created: false,
-                            messages,
-                        },
+                let broker = self.broker.clone();
+                self.reply_later(async move {
+                    match broker.purge(&queue).await {
+                        Ok(messages) => queue_ok(req, queue, messages),
                         Err(e) => error_frame(req, &e),
-                    };
-                    let _ = tx.send(frame);
+                    }
                 });
             }
             ClientFrame::Inspect { req, queue } => {
-                let (broker, tx) = (self.broker.clone(), self.tx.clone());
-                tokio::spawn(async move {
-                    let frame = match broker.inspect(&queue).await {
+                let broker = self.broker.clone();
+                self.reply_later(async move {
+                    match broker.inspect(&queue).await {
                         Ok(info) => ServerFrame::QueueStats {
                             req,
                             info: Box::new(info),
                         },
                         Err(e) => error_frame(req, &e),
-                    };
-                    let _ = tx.send(frame);
+                    }
                 });
             }
             ClientFrame::ListQueues { req } => {
@@ -414,6 +410,16 @@ fn detach(mut m: levee_proto::Message) -> levee_proto::Message {
         *v = Bytes::copy_from_slice(v);
     }
     m
+}
+
+/// `QueueOk` for a request that did not create a queue.
+fn queue_ok(req: u64, queue: String, messages: u64) -> ServerFrame {
+    ServerFrame::QueueOk {
+        req,
+        queue,
+        created: false,
+        messages,
+    }
 }
 
 fn error_frame(req: u64, e: &BrokerError) -> ServerFrame {

@@ -27,16 +27,7 @@ impl Broker {
     pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
         let mut backoff = AcceptBackoff::default();
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(x) => {
-                    backoff.reset();
-                    x
-                }
-                Err(e) => {
-                    backoff.wait(&e).await;
-                    continue;
-                }
-            };
+            let (stream, peer) = backoff.accept(&listener).await;
             let Some(slot) = self.inner.limits.admit() else {
                 tracing::debug!(%peer, "refused: max_connections reached");
                 self.inner.limits.refuse(stream);
@@ -80,6 +71,25 @@ pub(crate) struct AcceptBackoff {
 }
 
 impl AcceptBackoff {
+    /// Accepts the next connection, backing off on each failure (EMFILE and friends).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: `TcpListener::accept` is, and nothing else is held across an await.
+    pub(crate) async fn accept(
+        &mut self,
+        listener: &TcpListener,
+    ) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+        loop {
+            match listener.accept().await {
+                Ok(x) => {
+                    self.reset();
+                    return x;
+                }
+                Err(e) => self.wait(&e).await,
+            }
+        }
+    }
+
     const MAX: std::time::Duration = std::time::Duration::from_millis(20);
 
     pub(crate) fn reset(&mut self) {
