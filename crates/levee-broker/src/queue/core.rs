@@ -125,6 +125,14 @@ struct Disk {
     retry_at: Option<u64>,
 }
 
+impl Disk {
+    /// A reopen attempt failed: try again later, backing off (doubling up to 5 s).
+    fn reopen_later(&mut self, now: u64) {
+        self.reopen_backoff_ms = (self.reopen_backoff_ms * 2).min(5_000);
+        self.reopen_at = Some(now + self.reopen_backoff_ms);
+    }
+}
+
 /// See the module documentation.
 pub struct QueueCore {
     name: String,
@@ -520,8 +528,7 @@ impl QueueCore {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(queue = %self.name, error = %e, "reopening the queue log failed; retrying");
-                d.reopen_backoff_ms = (d.reopen_backoff_ms * 2).min(5_000);
-                d.reopen_at = Some(now + d.reopen_backoff_ms);
+                d.reopen_later(now);
                 return;
             }
         };
@@ -594,8 +601,7 @@ impl QueueCore {
                     self.state.restore_rewritten(seq, queued, meta);
                 }
                 tracing::error!(queue = %self.name, error = %e, "rewriting after a log failure failed; retrying");
-                d.reopen_backoff_ms = (d.reopen_backoff_ms * 2).min(5_000);
-                d.reopen_at = Some(now + d.reopen_backoff_ms);
+                d.reopen_later(now);
             }
         }
     }
@@ -792,22 +798,33 @@ impl QueueCore {
         if !retriable(&e) {
             // A batch is all-or-nothing: settle one by one so one bad entry (a message whose
             // append failed) does not keep the others unsettled.
-            let mut failed = Vec::new();
-            for item in settles {
-                match log.settle(item.0, item.1.clone()) {
-                    Ok(_) => {}
-                    Err(e) if retriable(&e) => failed.push(item),
-                    Err(e) => {
-                        tracing::warn!(queue = %self.name, seq = item.0, error = %e, "settlement failed");
-                    }
-                }
-            }
+            let failed = self.settle_each(&log, settles);
             if !failed.is_empty() {
                 self.keep_for_retry(now, failed, None);
             }
             return;
         }
         self.keep_for_retry(now, settles, Some(&e));
+    }
+
+    /// Settles one by one; returns those worth retrying. A final failure (already settled, or
+    /// gone because its message's append failed) has nothing left to write: it is logged.
+    fn settle_each(
+        &self,
+        log: &QueueLog,
+        items: Vec<(u64, levee_store::Settlement)>,
+    ) -> Vec<(u64, levee_store::Settlement)> {
+        let mut retry = Vec::new();
+        for item in items {
+            match log.settle(item.0, item.1.clone()) {
+                Ok(_) => {}
+                Err(e) if retriable(&e) => retry.push(item),
+                Err(e) => {
+                    tracing::warn!(queue = %self.name, seq = item.0, error = %e, "settlement failed");
+                }
+            }
+        }
+        retry
     }
 
     fn keep_for_retry(
@@ -851,15 +868,8 @@ impl QueueCore {
             tracing::info!(queue = %self.name, settlements = n, "kept settlements written");
             return;
         }
-        let mut still = Vec::new();
-        for item in items {
-            match log.settle(item.0, item.1.clone()) {
-                Ok(_) => {}
-                Err(e) if retriable(&e) => still.push(item),
-                // Already settled or gone (its message's append failed): nothing to write.
-                Err(_) => {}
-            }
-        }
+        let still = self.settle_each(&log, items);
+        let Some(d) = &mut self.disk else { return };
         if still.is_empty() {
             tracing::info!(queue = %self.name, settlements = n, "kept settlements written");
         } else {

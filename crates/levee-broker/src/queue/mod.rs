@@ -438,11 +438,6 @@ impl QueueState {
         self.durable_below = below;
     }
 
-    /// The durability watermark (exclusive).
-    pub fn durable_below(&self) -> u64 {
-        self.durable_below
-    }
-
     /// Takes every ready message at or past the durability watermark out of the queue, in
     /// sequence order: an fsync failed, so their log records are not trusted and they must be
     /// written again ([`QueueState::restore_rewritten`]) before anyone may see them. (Messages

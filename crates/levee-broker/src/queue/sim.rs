@@ -177,7 +177,7 @@ impl Sim {
 
     fn step(&mut self) {
         let pick = self.rng.random_range(0..100);
-        if std::env::var_os("LEVEE_SIM_TRACE").is_some() {
+        if tracing_on() {
             eprintln!(
                 "step {} pick {pick} now {} stats {:?}",
                 self.steps,
@@ -322,7 +322,7 @@ impl Sim {
             .collect();
         match self.rng.random_range(0..10) {
             0..=6 => {
-                if std::env::var_os("LEVEE_SIM_TRACE").is_some() {
+                if tracing_on() {
                     eprintln!("  ack {ids:?} tags {tags:?} by {c}");
                 }
                 self.core.ack(self.now, c, &tags);
@@ -410,7 +410,7 @@ impl Sim {
                     for (id, o) in ids.iter().zip(&c.outcomes) {
                         match o {
                             PublishOutcome::Stored { seq } => {
-                                if std::env::var_os("LEVEE_SIM_TRACE").is_some() {
+                                if tracing_on() {
                                     eprintln!("  confirmed {id} seq {seq}");
                                 }
                                 if self.orphans.contains(id) {
@@ -451,7 +451,7 @@ impl Sim {
                         // A body read back from the log was estimated by its payload alone.
                         u.2 += cost - (d.message.payload.len() as u64 + super::DELIVERY_OVERHEAD);
                         let id = id_of(&d.message);
-                        if std::env::var_os("LEVEE_SIM_TRACE").is_some() {
+                        if tracing_on() {
                             eprintln!(
                                 "  delivered {id} to {consumer} tag {} auto {}",
                                 d.tag,
@@ -498,7 +498,7 @@ impl Sim {
                         let Some(id) = self.settling.get(&(consumer, *t)).copied() else {
                             continue; // a refused nack
                         };
-                        if std::env::var_os("LEVEE_SIM_TRACE").is_some() {
+                        if tracing_on() {
                             eprintln!("  refused tag {t} of {consumer}: {id}");
                         }
                         if let Some(n) = self.settled.get_mut(&id) {
@@ -542,7 +542,7 @@ impl Sim {
 
     /// Power loss now; then recovery, and the promises checked against what came back.
     fn crash(&mut self, mode: CrashMode) {
-        if std::env::var_os("LEVEE_SIM_TRACE").is_some() {
+        if tracing_on() {
             eprintln!("  crash {mode:?}");
         }
         self.disk.crash(mode);
@@ -591,7 +591,7 @@ impl Sim {
             }
         }
         let set: HashSet<u32> = back.iter().copied().collect();
-        if std::env::var_os("LEVEE_SIM_TRACE").is_some() {
+        if tracing_on() {
             let mut v: Vec<_> = set.iter().copied().collect();
             v.sort();
             eprintln!("  recovered (acks_final {acks_final}) {v:?}");
@@ -636,6 +636,12 @@ impl Sim {
         self.settled.clear();
         self.auto_settled.clear();
     }
+}
+
+/// Whether `LEVEE_SIM_TRACE` asks for a step-by-step trace on stderr.
+fn tracing_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("LEVEE_SIM_TRACE").is_some())
 }
 
 fn seeds() -> Vec<u64> {
