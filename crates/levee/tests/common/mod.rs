@@ -37,18 +37,7 @@ impl Server {
 
     fn spawn(data_dir: &Path, wire: Option<SocketAddr>, extra: &[&str]) -> Server {
         let listen = wire.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
-            .args([
-                "serve",
-                "--listen",
-                &listen,
-                "--http",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(extra)
-            .env("LEVEE_LOG", "warn")
+        let mut child = serve_command(data_dir, &listen, extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -115,21 +104,28 @@ impl Drop for Server {
     }
 }
 
+/// `levee serve` on `data_dir`, the wire port on `listen`, HTTP on an ephemeral port, logging
+/// warnings, with `extra` flags.
+fn serve_command(data_dir: &Path, listen: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_levee"));
+    cmd.args([
+        "serve",
+        "--listen",
+        listen,
+        "--http",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(data_dir)
+    .args(extra)
+    .env("LEVEE_LOG", "warn");
+    cmd
+}
+
 /// Runs `levee serve` on `data_dir` with `extra` flags, expecting it to exit on its own (at most
 /// 10 s, else it is killed and the test fails): returns whether it succeeded and its stderr.
 pub(crate) fn serve_expecting_exit(data_dir: &Path, extra: &[&str]) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(extra)
-        .env("LEVEE_LOG", "warn")
+    let mut child = serve_command(data_dir, "127.0.0.1:0", extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
