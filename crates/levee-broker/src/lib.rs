@@ -11,6 +11,8 @@
 //!   pair per client connection speaking the levee-proto wire protocol) and `net::limits` (the
 //!   broker-wide bounds on connections and on bytes of frames still arriving);
 //! - `outbox`: each connection's bounded outbound queue;
+//! - [`routing`]: exchanges, bindings, the routing decision and the confirm aggregation of a
+//!   publish routed to several queues (shared by every front end);
 //! - [`Broker`]: the registry of queues, declare/delete, recovery; `catalog`: the catalog file
 //!   codec (`queue.meta`) and its reads and writes; `data_dir`: the lock file and queue directory
 //!   names.
@@ -25,8 +27,10 @@ mod net;
 mod outbox;
 pub mod queue;
 mod rate;
+pub mod routing;
 mod storage;
 
 pub use broker::{Broker, BrokerConfig, MAX_MAX_FRAME, MIN_MAX_FRAME};
 pub use error::BrokerError;
 pub use http::{HttpError, router, serve_http};
+pub use routing::{RoutedConfirm, RoutedPublisher};
