@@ -11,7 +11,7 @@
 //!   pair per client connection speaking the levee-proto wire protocol) and `net::limits` (the
 //!   broker-wide bounds on connections and on bytes of frames still arriving);
 //! - `outbox`: each connection's bounded outbound queue;
-//! - [`routing`]: exchanges, bindings, the routing decision and the confirm aggregation of a
+//! - `routing`: exchanges, bindings, the routing decision and the confirm aggregation of a
 //!   publish routed to several queues (shared by every front end);
 //! - [`Broker`]: the registry of queues, declare/delete, recovery; `catalog`: the catalog file
 //!   codec (`queue.meta`) and its reads and writes; `data_dir`: the lock file and queue directory
@@ -27,10 +27,10 @@ mod net;
 mod outbox;
 pub mod queue;
 mod rate;
-pub mod routing;
+mod routing;
 mod storage;
 
 pub use broker::{Broker, BrokerConfig, MAX_MAX_FRAME, MIN_MAX_FRAME};
 pub use error::BrokerError;
 pub use http::{HttpError, router, serve_http};
-pub use routing::{RoutedConfirm, RoutedPublisher};
+pub use routing::{ConfirmCallback, RoutedConfirm, RoutedPublisher, combine};

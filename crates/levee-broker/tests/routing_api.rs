@@ -213,3 +213,75 @@ async fn durable_exchanges_and_bindings_survive_a_restart_and_others_do_not() {
     let b = open(dir.path()).await;
     assert!(b.bindings(None).unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn routed_publishes_held_by_a_full_block_queue_are_bounded_by_the_in_flight_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::open(BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        max_in_flight_messages: 2,
+        ..BrokerConfig::default()
+    })
+    .await
+    .unwrap();
+    b.declare("one", memory(1, Overflow::Block)).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut p = b.routed_publisher(move |c| {
+        let _ = tx.send(c);
+    });
+    let next = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<levee_broker::RoutedConfirm>| {
+        let c = rx.try_recv();
+        c.ok()
+    };
+    p.publish(1, "", "one", vec![Message::new("stored")])
+        .unwrap();
+    let c = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.req, 1);
+    assert!(c.outcomes[0].is_stored());
+    // The queue is full: the next two are held (no confirm), within the limit of 2.
+    p.publish(2, "", "one", vec![Message::new("held-1")])
+        .unwrap();
+    p.publish(3, "", "one", vec![Message::new("held-2")])
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(next(&mut rx).is_none());
+    // One more is over the limit: refused at once, nothing held for it.
+    p.publish(4, "", "one", vec![Message::new("refused")])
+        .unwrap();
+    let c = next(&mut rx).expect("refused at once");
+    assert_eq!(c.req, 4);
+    assert!(matches!(
+        &c.outcomes[0],
+        RoutedOutcome::Routed {
+            targets: 0,
+            outcome: PublishOutcome::Rejected {
+                code: ErrorCode::NoPublishCredit,
+                ..
+            }
+        }
+    ));
+    // Room frees: the first held one is stored and confirmed.
+    assert_eq!(b.purge("one").await.unwrap(), 1);
+    let c = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.req, 2);
+    assert!(c.outcomes[0].is_stored());
+    // The publisher goes: what is still held is discarded and counted.
+    drop(p);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = b.inspect("one").await.unwrap().stats;
+        if s.dropped_total() == 2 {
+            // purged + publisher-gone
+            assert_eq!(s.ready, 1);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

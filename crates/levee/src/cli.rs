@@ -168,7 +168,7 @@ pub(crate) struct QueueArgs {
 #[derive(Subcommand, Debug)]
 pub(crate) enum QueueCmd {
     /// Create a queue, or check that the existing one has the settings given.
-    Declare(DeclareArgs),
+    Declare(Box<DeclareArgs>),
     /// List queue names.
     #[command(after_help = "Example:\n  levee queue list --json | jq -r '.[]'")]
     List {
@@ -468,6 +468,13 @@ pub(crate) fn render_config(c: &QueueConfig) -> String {
             .to_string()),
         rate(rl.bytes_per_sec, rl.burst_bytes, format_size),
     ));
+    // Shown only when set, so the line of a queue without them reads as before.
+    if let Some(x) = &c.dead_letter_exchange {
+        out.push_str(&format!(" dead_letter_exchange={x}"));
+        if let Some(k) = &c.dead_letter_routing_key {
+            out.push_str(&format!(" dead_letter_routing_key={k}"));
+        }
+    }
     out
 }
 
