@@ -10,6 +10,7 @@
 //! - `net`: the network front ends: `net::listener` (the accept loop), `net::conn` (one task
 //!   pair per client connection speaking the levee-proto wire protocol) and `net::limits` (the
 //!   broker-wide bounds on connections and on bytes of frames still arriving);
+//! - [`security`]: users, permissions, logins, TLS (every listener goes through it);
 //! - `outbox`: each connection's bounded outbound queue;
 //! - [`Broker`]: the registry of queues, declare/delete, recovery; `catalog`: the catalog file
 //!   codec (`queue.meta`) and its reads and writes; `data_dir`: the lock file and queue directory
@@ -25,6 +26,7 @@ mod net;
 mod outbox;
 pub mod queue;
 mod rate;
+pub mod security;
 mod storage;
 
 pub use broker::{Broker, BrokerConfig, MAX_MAX_FRAME, MIN_MAX_FRAME};
