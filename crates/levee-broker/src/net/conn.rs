@@ -244,7 +244,13 @@ impl Conn {
                 });
             }
             ClientFrame::Inspect { req, queue } => {
-                if !self.allowed(req, Action::Monitor, &queue) {
+                // `monitor`, or a producer / consumer of the queue (a producer needs to know its
+                // overflow policy).
+                let security = self.broker.security();
+                let user = [Action::Publish, Action::Consume]
+                    .into_iter()
+                    .any(|a| security.permits(&self.principal, a, Resource::Queue(&queue)));
+                if !user && !self.allowed(req, Action::Monitor, &queue) {
                     return true;
                 }
                 let broker = self.broker.clone();
