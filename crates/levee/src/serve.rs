@@ -343,6 +343,33 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .bind(s.listen)
         .await
         .with_context(|| format!("listening on {}", s.listen))?;
+    // `[tls] plaintext_loopback`: one plaintext wire listener, loopback only.
+    let plain = match broker
+        .config()
+        .security
+        .tls
+        .as_ref()
+        .and_then(|t| t.plaintext_loopback)
+    {
+        Some(addr) => {
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "[tls] plaintext_loopback = {addr} is not a loopback address: a plaintext \
+                 listener is allowed only on 127.0.0.1 or ::1"
+            );
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            let local = listener.local_addr()?;
+            let b = broker.clone();
+            let task = tokio::spawn(async move {
+                b.serve_with(listener, levee_broker::security::Acceptor::plain())
+                    .await
+            });
+            Some((local, task))
+        }
+        None => None,
+    };
     let http_listener = tokio::net::TcpListener::bind(s.http)
         .await
         .with_context(|| format!("listening on {}", s.http))?;
@@ -357,11 +384,17 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if broker.security().tls_enabled() {
         println!("levee: tls on every listener");
     }
+    if let Some((addr, _)) = &plain {
+        println!("levee: plaintext wire listening on {addr}");
+    }
     reload_on_sighup(broker.clone(), config_path)?;
     banner(wire_addr, http_addr, &data_dir, &recovered);
     shutdown_signal().await;
     tracing::info!("shutting down");
     wire.abort();
+    if let Some((_, task)) = plain {
+        task.abort();
+    }
     http.abort();
     broker.shutdown().await;
     Ok(())

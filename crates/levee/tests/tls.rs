@@ -32,7 +32,10 @@ fn tls(ca: &Path, client: Option<&(std::path::PathBuf, std::path::PathBuf)>) -> 
         .server_name("localhost")
 }
 
-fn rustls_client(ca: &Path, client: Option<&(std::path::PathBuf, std::path::PathBuf)>) -> rustls::ClientConfig {
+fn rustls_client(
+    ca: &Path,
+    client: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
@@ -46,7 +49,10 @@ fn rustls_client(ca: &Path, client: Option<&(std::path::PathBuf, std::path::Path
     match client {
         Some((c, k)) => b
             .with_client_auth_cert(
-                CertificateDer::pem_file_iter(c).unwrap().map(Result::unwrap).collect(),
+                CertificateDer::pem_file_iter(c)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
                 PrivateKeyDer::from_pem_file(k).unwrap(),
             )
             .unwrap(),
@@ -62,7 +68,9 @@ async fn https(
     path: &str,
     auth: Option<(&str, &str)>,
 ) -> Result<(u16, String), String> {
-    let tcp = tokio::net::TcpStream::connect(server.http).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(server.http)
+        .await
+        .map_err(|e| e.to_string())?;
     let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -81,11 +89,19 @@ async fn https(
         req = req.header("authorization", format!("Basic {b}"));
     }
     let resp = sender
-        .send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap())
+        .send_request(
+            req.body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
         .await
         .map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
@@ -107,9 +123,12 @@ async fn native_http_and_cli_speak_tls_and_an_untrusting_client_fails() {
         &(user("admin", Some("pw"), &[ADMIN]) + &tls_section(&pki, false)),
     );
     // Native client over TLS: a message goes through.
-    let c = Client::connect(server.wire, opts_tls(login("admin", "pw"), tls(&pki.ca, None)))
-        .await
-        .unwrap();
+    let c = Client::connect(
+        server.wire,
+        opts_tls(login("admin", "pw"), tls(&pki.ca, None)),
+    )
+    .await
+    .unwrap();
     c.declare("jobs", memory_queue(Overflow::Reject, 10, 1 << 20))
         .await
         .unwrap();
@@ -131,9 +150,12 @@ async fn native_http_and_cli_speak_tls_and_an_untrusting_client_fails() {
     d.ack().unwrap();
 
     // A client that does not trust the CA fails; so does a plaintext one.
-    let e = Client::connect(server.wire, opts_tls(login("admin", "pw"), tls(&other.ca, None)))
-        .await
-        .unwrap_err();
+    let e = Client::connect(
+        server.wire,
+        opts_tls(login("admin", "pw"), tls(&other.ca, None)),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("TLS"), "{e}");
     let plain = ClientOptions {
         connect_timeout: Duration::from_secs(10),
@@ -143,17 +165,35 @@ async fn native_http_and_cli_speak_tls_and_an_untrusting_client_fails() {
 
     // HTTPS with hyper over rustls.
     let cfg = || rustls_client(&pki.ca, None);
-    assert_eq!(https(&server, cfg(), "GET", "/healthz", None).await.unwrap().0, 200);
+    assert_eq!(
+        https(&server, cfg(), "GET", "/healthz", None)
+            .await
+            .unwrap()
+            .0,
+        200
+    );
     let (status, body) = https(&server, cfg(), "GET", "/api/queues", Some(("admin", "pw")))
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"jobs\""), "{body}");
-    assert_eq!(https(&server, cfg(), "GET", "/api/queues", None).await.unwrap().0, 401);
-    assert!(
-        https(&server, rustls_client(&other.ca, None), "GET", "/healthz", None)
+    assert_eq!(
+        https(&server, cfg(), "GET", "/api/queues", None)
             .await
-            .is_err(),
+            .unwrap()
+            .0,
+        401
+    );
+    assert!(
+        https(
+            &server,
+            rustls_client(&other.ca, None),
+            "GET",
+            "/healthz",
+            None
+        )
+        .await
+        .is_err(),
         "an untrusted server certificate must fail the handshake"
     );
 
@@ -167,7 +207,11 @@ async fn native_http_and_cli_speak_tls_and_an_untrusting_client_fails() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("jobs"), "{stdout}");
 }
 
@@ -176,7 +220,11 @@ async fn a_client_certificate_names_the_user() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), "ca");
     let config = user("admin", Some("pw"), &[ADMIN])
-        + &user("encoder", None, &["{ queues = \"video.*\", actions = [\"publish\"] }"])
+        + &user(
+            "encoder",
+            None,
+            &["{ queues = \"video.*\", actions = [\"publish\"] }"],
+        )
         + &format!(
             "[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
             pki.cert.display(),
@@ -207,28 +255,114 @@ async fn a_client_certificate_names_the_user() {
             .declare("video.hd", memory_queue(Overflow::Reject, 10, 1 << 20))
             .await
             .unwrap_err();
-        assert!(matches!(e, ClientError::Server { code: ErrorCode::AccessDenied, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ClientError::Server {
+                    code: ErrorCode::AccessDenied,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
-    let e = Client::connect(server.wire, opts_tls(no_login(), tls(&pki.ca, Some(&mallory))))
-        .await
-        .unwrap_err();
-    assert!(matches!(e, ClientError::Server { code: ErrorCode::AuthFailed, .. }), "{e}");
+    let e = Client::connect(
+        server.wire,
+        opts_tls(no_login(), tls(&pki.ca, Some(&mallory))),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::Server {
+                code: ErrorCode::AuthFailed,
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Without a certificate the handshake fails (client_ca requires one by default).
     assert!(
-        Client::connect(server.wire, opts_tls(login("admin", "pw"), tls(&pki.ca, None)))
-            .await
-            .is_err()
+        Client::connect(
+            server.wire,
+            opts_tls(login("admin", "pw"), tls(&pki.ca, None))
+        )
+        .await
+        .is_err()
     );
     // HTTP: the certificate's user, no Authorization header.
-    let (status, _) = https(&server, rustls_client(&pki.ca, Some(&encoder)), "GET", "/api/queues", None)
-        .await
-        .unwrap();
+    let (status, _) = https(
+        &server,
+        rustls_client(&pki.ca, Some(&encoder)),
+        "GET",
+        "/api/queues",
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200);
-    let (status, body) =
-        https(&server, rustls_client(&pki.ca, Some(&encoder)), "GET", "/metrics", None)
-            .await
-            .unwrap();
+    let (status, body) = https(
+        &server,
+        rustls_client(&pki.ca, Some(&encoder)),
+        "GET",
+        "/metrics",
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 403, "{body}");
+}
+
+#[tokio::test]
+async fn a_plaintext_listener_is_kept_only_on_loopback_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let base = user("admin", Some("pw"), &[ADMIN]) + &tls_section(&pki, false);
+    let public = dir.path().join("public.toml");
+    std::fs::write(
+        &public,
+        format!("{base}plaintext_loopback = \"0.0.0.0:0\"\n"),
+    )
+    .unwrap();
+    let (ok, stderr) = serve_expecting_exit(
+        &dir.path().join("d1"),
+        &["--config", public.to_str().unwrap()],
+    );
+    assert!(!ok && stderr.contains("loopback"), "{stderr}");
+
+    let path = dir.path().join("levee.toml");
+    std::fs::write(
+        &path,
+        format!("{base}plaintext_loopback = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let mut child = common::serve_command(
+        &dir.path().join("d2"),
+        "127.0.0.1:0",
+        &["--config", path.to_str().unwrap()],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let addr: std::net::SocketAddr = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find_map(|l| {
+            l.strip_prefix("levee: plaintext wire listening on ")
+                .map(str::to_string)
+        })
+        .expect("the plaintext listener's line")
+        .parse()
+        .unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    let c = Client::connect(addr, login("admin", "pw")).await;
+    let wrong = Client::connect(addr, login("admin", "nope")).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    c.expect("plaintext login on loopback");
+    assert!(wrong.is_err(), "logins still apply");
 }
 
 #[test]
@@ -253,7 +387,10 @@ fn missing_unreadable_or_mismatched_certificates_stop_the_start() {
             ),
         )
         .unwrap();
-        let (ok, stderr) = serve_expecting_exit(&dir.path().join("data"), &["--config", path.to_str().unwrap()]);
+        let (ok, stderr) = serve_expecting_exit(
+            &dir.path().join("data"),
+            &["--config", path.to_str().unwrap()],
+        );
         assert!(!ok, "started with {cert:?} / {key:?}");
         assert!(stderr.contains(expect), "expected {expect:?} in: {stderr}");
     }

@@ -49,6 +49,10 @@ pub struct TlsConfig {
     /// clients without one log in with a password.
     #[serde(default = "yes")]
     pub require_client_cert: bool,
+    /// A plaintext native-protocol listener kept beside the TLS ones, for local tools; it must be
+    /// a loopback address (logins and permissions still apply).
+    #[serde(default)]
+    pub plaintext_loopback: Option<SocketAddr>,
 }
 
 fn yes() -> bool {
@@ -429,6 +433,7 @@ mod tests {
             key: key.into(),
             client_ca: None,
             require_client_cert: true,
+            plaintext_loopback: None,
         };
         assert!(server_config(&cfg(&cert, &key)).is_ok());
         let e = server_config(&cfg(&dir.path().join("nope.pem"), &key)).unwrap_err();
