@@ -129,8 +129,10 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         Some(path) => read_file_config(path)?,
         None => FileConfig::default(),
     };
-    let mut broker = BrokerConfig::default();
-    broker.security = file.security();
+    let mut broker = BrokerConfig {
+        security: file.security(),
+        ..BrokerConfig::default()
+    };
     if let Some(v) = args.data_dir.or(file.data_dir) {
         broker.data_dir = v;
     }
@@ -303,10 +305,10 @@ fn reload_on_sighup(broker: Broker, config: Option<PathBuf>) -> anyhow::Result<(
                 read_file_config(path).and_then(|f| Ok(broker.security().reload(&f.security())?));
             match loaded {
                 Ok(()) => {
-                    tracing::info!(config = %path.display(), "SIGHUP: security config reloaded")
+                    tracing::info!(config = %path.display(), "SIGHUP: security config reloaded");
                 }
                 Err(e) => {
-                    tracing::error!("SIGHUP: config not reloaded, the previous one stays: {e:#}")
+                    tracing::error!("SIGHUP: config not reloaded, the previous one stays: {e:#}");
                 }
             }
         }
