@@ -53,6 +53,7 @@ for which in ("plain", "tls"):
             j = json.load(open(f"{which}-{r}.json"))
         except Exception as e:
             print(which, r, "no result:", e); continue
-        rates.append(j.get("throughput_msgs_per_sec") or j.get("consumed_per_sec") or j)
-    print(which, rates)
+        rates.append((j["msgs_per_sec"], j["latency_actual_us"]["p50"], j["latency_actual_us"]["p99"], j["peak_rss_bytes"] >> 20))
+    med = sorted(r[0] for r in rates)[len(rates) // 2] if rates else 0
+    print(which, "msgs/s, p50 us, p99 us, peak RSS MiB per round:", rates, "median msgs/s:", med)
 PY

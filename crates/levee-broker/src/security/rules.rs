@@ -158,19 +158,19 @@ pub(crate) fn allows(rules: &[Rule], action: Action, resource: Resource<'_>) -> 
     rules.iter().any(|r| r.allows(action, resource))
 }
 
-/// Glob match: `*` matches any run of characters (also none), `?` exactly one, anything else
+/// Glob match: `*` matches any run of bytes (also none), `?` exactly one, anything else
 /// itself. Linear-time (the classic two-pointer algorithm with one back-track point), so a
 /// pattern from the config cannot make a match expensive.
 pub(crate) fn glob(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
+    // Bytes, not chars: names are ASCII (queue names are `[A-Za-z0-9._-]`), and no allocation.
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == n[ni])) {
+        if pi < p.len() && (p[pi] == b'?' || (p[pi] != b'*' && p[pi] == n[ni])) {
             pi += 1;
             ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == b'*' {
             star = Some((pi, ni));
             pi += 1;
         } else if let Some((sp, sn)) = star {
@@ -181,7 +181,7 @@ pub(crate) fn glob(pattern: &str, name: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
