@@ -365,6 +365,47 @@ async fn a_plaintext_listener_is_kept_only_on_loopback_when_asked() {
     assert!(wrong.is_err(), "logins still apply");
 }
 
+#[tokio::test]
+async fn sighup_swaps_the_certificates_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Pki::new(dir.path(), "old");
+    let new = Pki::new(dir.path(), "new");
+    let users = user("admin", Some("pw"), &[ADMIN]);
+    let path = dir.path().join("levee.toml");
+    std::fs::write(&path, users.clone() + &tls_section(&old, false)).unwrap();
+    let server = Server::start_with(&["--config", path.to_str().unwrap()]);
+    let open = Client::connect(
+        server.wire,
+        opts_tls(login("admin", "pw"), tls(&old.ca, None)),
+    )
+    .await
+    .unwrap();
+    std::fs::write(&path, users + &tls_section(&new, false)).unwrap();
+    // SAFETY: kill(2) on our own child's PID.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    common::wait_until_async_ok(|| async {
+        Client::connect(
+            server.wire,
+            opts_tls(login("admin", "pw"), tls(&new.ca, None)),
+        )
+        .await
+        .is_ok()
+    })
+    .await;
+    assert!(
+        Client::connect(
+            server.wire,
+            opts_tls(login("admin", "pw"), tls(&old.ca, None))
+        )
+        .await
+        .is_err(),
+        "new connections get the new certificate"
+    );
+    open.list_queues()
+        .await
+        .expect("the open connection goes on");
+}
+
 #[test]
 fn missing_unreadable_or_mismatched_certificates_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -73,14 +73,46 @@ pub(crate) const ROUTES: &[(&str, &str, Needs)] = &[
         Needs::Queue(Action::Manage, "name"),
     ),
     // Messaging over HTTP and queue updates (ops branch; inert until those routes exist).
-    ("PATCH", "/api/queues/{name}", Needs::Queue(Action::Manage, "name")),
-    ("POST", "/api/queues/{name}/messages", Needs::Queue(Action::Publish, "name")),
-    ("GET", "/api/queues/{name}/messages", Needs::Queue(Action::Consume, "name")),
-    ("POST", "/api/queues/{name}/receive", Needs::Queue(Action::Consume, "name")),
-    ("POST", "/api/queues/{name}/ack", Needs::Queue(Action::Consume, "name")),
-    ("POST", "/api/queues/{name}/nack", Needs::Queue(Action::Consume, "name")),
-    ("POST", "/api/queues/{name}/reject", Needs::Queue(Action::Consume, "name")),
-    ("POST", "/api/queues/{name}/extend", Needs::Queue(Action::Consume, "name")),
+    (
+        "PATCH",
+        "/api/queues/{name}",
+        Needs::Queue(Action::Manage, "name"),
+    ),
+    (
+        "POST",
+        "/api/queues/{name}/messages",
+        Needs::Queue(Action::Publish, "name"),
+    ),
+    (
+        "GET",
+        "/api/queues/{name}/messages",
+        Needs::Queue(Action::Consume, "name"),
+    ),
+    (
+        "POST",
+        "/api/queues/{name}/receive",
+        Needs::Queue(Action::Consume, "name"),
+    ),
+    (
+        "POST",
+        "/api/queues/{name}/ack",
+        Needs::Queue(Action::Consume, "name"),
+    ),
+    (
+        "POST",
+        "/api/queues/{name}/nack",
+        Needs::Queue(Action::Consume, "name"),
+    ),
+    (
+        "POST",
+        "/api/queues/{name}/reject",
+        Needs::Queue(Action::Consume, "name"),
+    ),
+    (
+        "POST",
+        "/api/queues/{name}/extend",
+        Needs::Queue(Action::Consume, "name"),
+    ),
 ];
 
 /// The connection a request came on (put in the request's extensions by `serve_http`).
