@@ -244,10 +244,10 @@ impl Conn {
                 });
             }
             ClientFrame::Inspect { req, queue } => {
-                // `monitor`, or a producer / consumer of the queue (a producer needs to know its
-                // overflow policy).
+                // `monitor`, or any other right on the queue (a producer needs to know its
+                // overflow policy; what `ListQueues` shows, `Inspect` answers).
                 let security = self.broker.security();
-                let user = [Action::Publish, Action::Consume]
+                let user = [Action::Publish, Action::Consume, Action::Manage]
                     .into_iter()
                     .any(|a| security.permits(&self.principal, a, Resource::Queue(&queue)));
                 if !user && !self.allowed(req, Action::Monitor, &queue) {
