@@ -406,6 +406,38 @@ async fn sighup_swaps_the_certificates_without_dropping_connections() {
         .expect("the open connection goes on");
 }
 
+#[tokio::test]
+async fn an_over_cap_tls_connection_is_closed_not_left_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let path = dir.path().join("levee.toml");
+    std::fs::write(
+        &path,
+        user("admin", Some("pw"), &[ADMIN]) + &tls_section(&pki, false),
+    )
+    .unwrap();
+    let server =
+        Server::start_with(&["--config", path.to_str().unwrap(), "--max-connections", "1"]);
+    let first = Client::connect(
+        server.wire,
+        opts_tls(login("admin", "pw"), tls(&pki.ca, None)),
+    )
+    .await
+    .unwrap();
+    let t = std::time::Instant::now();
+    let second = Client::connect(
+        server.wire,
+        opts_tls(login("admin", "pw"), tls(&pki.ca, None)),
+    )
+    .await;
+    assert!(second.is_err(), "over the cap");
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "refused at once, not timed out"
+    );
+    first.list_queues().await.unwrap();
+}
+
 #[test]
 fn missing_unreadable_or_mismatched_certificates_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -258,7 +258,10 @@ pub async fn serve_http_with(
         let (stream, peer) = backoff.accept(&listener).await;
         let Some(slot) = limits.inner.limits.admit_http() else {
             tracing::debug!(%peer, "http refused: max_http_connections reached");
-            limits.inner.limits.refuse_http(stream);
+            // A TLS peer could not read a plaintext 503: it is just closed.
+            if !acceptor.is_tls() {
+                limits.inner.limits.refuse_http(stream);
+            }
             continue;
         };
         let service = service.clone();

@@ -10,7 +10,8 @@
 //!
 //! # Invariants
 //! - Every served connection holds one `max_connections` slot from accept to its end; one more
-//!   is refused with a `Close` saying so (`limits`), never served.
+//!   is refused with a `Close` saying so (`limits`; on a TLS listener it is only closed), never
+//!   served.
 //! - A failing `accept` never spins the loop nor stops it: per-connection errors are skipped,
 //!   resource errors (out of descriptors or memory) wait a bounded back-off of at most 20 ms.
 
@@ -48,7 +49,10 @@ impl Broker {
             let (stream, peer) = backoff.accept(&listener).await;
             let Some(slot) = self.inner.limits.admit() else {
                 tracing::debug!(%peer, "refused: max_connections reached");
-                self.inner.limits.refuse(stream);
+                // A TLS peer could not read a plaintext `Close`: it is just closed.
+                if !acceptor.is_tls() {
+                    self.inner.limits.refuse(stream);
+                }
                 continue;
             };
             let broker = self.clone();
