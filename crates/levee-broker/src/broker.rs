@@ -77,6 +77,9 @@ pub struct BrokerConfig {
     /// the previous response was sent, so it is also the idle timeout between requests (default
     /// 30 000). A request being answered is not limited by it.
     pub http_header_timeout_ms: u32,
+    /// Users, permissions, TLS (see [`crate::security`]; default: no users, no TLS, loopback
+    /// only). Loaded (TLS files read) by [`Broker::open`].
+    pub security: crate::security::SecurityConfig,
 }
 
 impl Default for BrokerConfig {
@@ -94,6 +97,7 @@ impl Default for BrokerConfig {
             max_http_connections: 1024,
             max_partial_frame_bytes: 256 * 1024 * 1024,
             http_header_timeout_ms: 30_000,
+            security: crate::security::SecurityConfig::default(),
         }
     }
 }
@@ -202,6 +206,7 @@ pub(crate) struct Inner {
     pub(crate) limits: Limits,
     /// Exchanges and bindings (see `routing`).
     pub(crate) exchanges: crate::routing::Exchanges,
+    pub(crate) security: crate::security::Security,
     /// Held for the broker's lifetime: no other broker opens this data directory meanwhile
     /// (`None` on a caller-provided backend).
     _lock: Option<DataDirLock>,
@@ -273,7 +278,9 @@ impl Broker {
         config: BrokerConfig,
         lock: Option<DataDirLock>,
     ) -> Result<Broker, BrokerError> {
+        let security = crate::security::Security::new(&config.security)?;
         let inner = Arc::new(Inner {
+            security,
             limits: Limits::new(
                 config.max_connections,
                 config.max_http_connections,
@@ -570,7 +577,14 @@ impl Broker {
         self.inner.limits.partial_frame_bytes()
     }
 
-    /// The broker's settings.
+    /// The broker's users, permissions and certificates: what every listener logs in and
+    /// authorizes with (see [`crate::security`]), and what a reload replaces.
+    pub fn security(&self) -> &crate::security::Security {
+        &self.inner.security
+    }
+
+    /// The settings the broker was opened with (`security` as at start: reloads go to
+    /// [`Broker::security`]).
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.config
     }

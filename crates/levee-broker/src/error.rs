@@ -92,6 +92,12 @@ pub enum BrokerError {
         /// What is wrong with it, with the accepted range.
         reason: String,
     },
+    /// A security setting is unusable (a TLS file, a user entry, no users on a public address).
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
+    /// The principal may not do this (wire `AccessDenied`, stable string `forbidden`).
+    #[error(transparent)]
+    Forbidden(#[from] crate::security::Forbidden),
     /// An internal task failed (a bug: it panicked or was cancelled).
     #[error("internal task failed: {0}")]
     Internal(String),
@@ -120,6 +126,7 @@ impl BrokerError {
             BrokerError::ExchangeInUse { .. } => ErrorCode::ExchangeInUse,
             BrokerError::ExchangeAccess { .. } => ErrorCode::AccessDenied,
             BrokerError::Proto(e) => e.code(),
+            BrokerError::Forbidden(_) => ErrorCode::AccessDenied,
             BrokerError::Store(StoreError::DiskFull { .. }) => ErrorCode::StorageFull,
             // Every other storage failure (I/O, corruption, format version, and any variant
             // levee-store adds: its enum is non_exhaustive) is the broker's failure, not the
@@ -131,6 +138,7 @@ impl BrokerError {
             | BrokerError::Io { .. }
             | BrokerError::DataDirLocked { .. }
             | BrokerError::InvalidSetting { .. }
+            | BrokerError::Security(_)
             | BrokerError::Internal(_) => ErrorCode::Internal,
         }
     }

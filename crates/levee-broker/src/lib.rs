@@ -10,6 +10,7 @@
 //! - `net`: the network front ends: `net::listener` (the accept loop), `net::conn` (one task
 //!   pair per client connection speaking the levee-proto wire protocol) and `net::limits` (the
 //!   broker-wide bounds on connections and on bytes of frames still arriving);
+//! - [`security`]: users, permissions, logins, TLS (every listener goes through it);
 //! - `outbox`: each connection's bounded outbound queue;
 //! - `routing`: exchanges, bindings, the routing decision and the confirm aggregation of a
 //!   publish routed to several queues (shared by every front end);
@@ -28,6 +29,7 @@ mod outbox;
 pub mod queue;
 mod rate;
 mod routing;
+pub mod security;
 mod storage;
 
 pub use broker::{Broker, BrokerConfig, MAX_MAX_FRAME, MIN_MAX_FRAME};

@@ -1,4 +1,4 @@
-//! One TCP connection to the broker: the handshake, a reader task and a writer task.
+//! One connection to the broker (plain TCP or TLS, see `tls`): the handshake, a reader task and a writer task.
 //!
 //! The reader routes every server frame: replies by request id to their waiter (a oneshot for
 //! requests, the per-message confirm waiters for publishes), `Deliver` to the consumer owning the
@@ -33,9 +33,13 @@ use levee_proto::{
     ClientFrame, ErrorCode, FrameHeader, Hello, PublishOutcome, ServerFrame, Welcome,
 };
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// The connection's read half (plain or TLS).
+type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
+/// The connection's write half (plain or TLS).
+type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -541,12 +545,24 @@ pub(crate) async fn connect(
 async fn handshake(
     addrs: &[SocketAddr],
     opts: &ClientOptions,
-) -> Result<(OwnedReadHalf, OwnedWriteHalf, BytesMut, Welcome), ClientError> {
+) -> Result<(ReadHalf, WriteHalf, BytesMut, Welcome), ClientError> {
     let stream = TcpStream::connect(addrs).await?;
     stream.set_nodelay(true)?;
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr): (ReadHalf, WriteHalf) = match &opts.tls {
+        None => {
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        Some(tls) => {
+            let ip = stream.peer_addr()?.ip().to_string();
+            let (r, w) = tokio::io::split(tls.connect(stream, &ip).await?);
+            (Box::new(r), Box::new(w))
+        }
+    };
     let mut out = BytesMut::new();
-    ClientFrame::Hello(Hello::new(opts.name.clone())).encode(&mut out)?;
+    let mut hello = Hello::new(opts.name.clone());
+    hello.credentials = opts.credentials.clone();
+    ClientFrame::Hello(hello).encode(&mut out)?;
     wr.write_all(&out).await?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut checked = false;
@@ -588,7 +604,7 @@ async fn handshake(
 
 async fn writer(
     mut rx: mpsc::UnboundedReceiver<ClientFrame>,
-    mut sock: OwnedWriteHalf,
+    mut sock: WriteHalf,
     mut dead: watch::Receiver<bool>,
     heartbeat: Option<Duration>,
     counters: &Counters,
@@ -652,7 +668,7 @@ async fn writer(
 
 async fn reader(
     conn: &Conn,
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     mut buf: BytesMut,
     max_in: usize,
     heartbeat: Option<Duration>,

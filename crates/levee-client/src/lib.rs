@@ -31,7 +31,7 @@
 //! `conn` reaches a subscription through the `conn::Subscriber` trait and `client` reaches its
 //! producers and consumers (to re-register them after a reconnection) through the
 //! `client::ProducerHandle` and `client::ConsumerHandle` traits, which `producer` and `consumer`
-//! implement; [`Client::producer`] and [`Client::consumer`] are defined in those modules.
+//! implement; `tls` ([`TlsOptions`]) is used by `conn` to wrap the socket. [`Client::producer`] and [`Client::consumer`] are defined in those modules.
 
 mod client;
 mod conn;
@@ -41,12 +41,14 @@ mod error;
 mod options;
 mod producer;
 mod routing;
+mod tls;
 mod window;
 
 pub use client::{Client, ClientStats, DeclareOk};
 pub use consumer::{Consumer, CreditStats, Delivery};
 pub use error::{ClientError, Result, TryPublishError};
 pub use levee_flow::{BreakerConfig, BreakerState, BreakerStats};
+pub use levee_proto::Credentials;
 pub use levee_proto::{
     Binding, ConsumerStats, DropReason, Durability, ErrorCode, ExchangeConfig, ExchangeInfo,
     ExchangeKind, Fsync, Message, Order, Overflow, PublishOutcome, QueueConfig, QueueInfo,
@@ -54,3 +56,4 @@ pub use levee_proto::{
 };
 pub use options::{Backoff, ClientOptions, ConsumerOptions, Credit, ProducerOptions};
 pub use producer::{ConfirmFuture, Producer};
+pub use tls::TlsOptions;

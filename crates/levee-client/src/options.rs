@@ -63,6 +63,10 @@ pub struct ClientOptions {
     /// Unconfirmed payload bytes across all producers of this client (default 32 MiB, below the
     /// broker's 64 MiB). Memory bound of what the client holds for confirms.
     pub max_in_flight_bytes: u32,
+    /// User and password sent in `Hello` (default none; needed when the broker has users).
+    pub credentials: Option<levee_proto::Credentials>,
+    /// Speak TLS (default `None`: plain TCP).
+    pub tls: Option<crate::TlsOptions>,
 }
 
 impl Default for ClientOptions {
@@ -75,6 +79,8 @@ impl Default for ClientOptions {
             max_incoming_frame: 64 * 1024 * 1024,
             max_in_flight_messages: 16_384,
             max_in_flight_bytes: 32 * 1024 * 1024,
+            credentials: None,
+            tls: None,
         }
     }
 }

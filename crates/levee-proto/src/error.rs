@@ -108,7 +108,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedVersion => "unsupported-version",
             ErrorCode::ProtocolViolation => "protocol-violation",
             ErrorCode::AuthFailed => "auth-failed",
-            ErrorCode::AccessDenied => "access-denied",
+            ErrorCode::AccessDenied => "forbidden",
             ErrorCode::UnknownQueue => "unknown-queue",
             ErrorCode::QueueConfigMismatch => "queue-config-mismatch",
             ErrorCode::InvalidName => "invalid-name",

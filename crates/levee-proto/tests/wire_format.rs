@@ -199,7 +199,7 @@ fn error_codes_are_stable() {
             (3, "unsupported-version"),
             (4, "protocol-violation"),
             (5, "auth-failed"),
-            (6, "access-denied"),
+            (6, "forbidden"),
             (16, "unknown-queue"),
             (17, "queue-config-mismatch"),
             (18, "invalid-name"),

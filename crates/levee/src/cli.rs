@@ -72,6 +72,41 @@ pub(crate) struct Conn {
     /// Broker wire address [env: LEVEE_ADDR] [default: 127.0.0.1:5680].
     #[arg(long, value_name = "HOST:PORT")]
     pub addr: Option<String>,
+    /// User to log in as [env: LEVEE_USER].
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Password of --user [env: LEVEE_PASSWORD, better than the flag: not in `ps`].
+    #[arg(long, value_name = "PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Speak TLS, trusting the CA certificates in FILE (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Speak TLS, trusting the system's root certificates (or --tls-ca).
+    #[arg(long)]
+    pub tls: bool,
+    /// Client certificate (PEM) for mTLS; its CN or SAN URI `user:NAME` names the user.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+/// How a client logs in and whether it speaks TLS: from [`Conn`]'s options, passed to
+/// `levee bench` too.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Access {
+    pub credentials: Option<levee_client::Credentials>,
+    pub tls: Option<levee_client::TlsOptions>,
+}
+
+impl Access {
+    /// `opts` with these credentials and TLS settings.
+    pub(crate) fn apply(&self, mut opts: ClientOptions) -> ClientOptions {
+        opts.credentials = self.credentials.clone();
+        opts.tls = self.tls.clone();
+        opts
+    }
 }
 
 /// [`Conn`] for `levee queue`: the same option, also accepted after `queue`'s own subcommand.
@@ -87,12 +122,57 @@ impl Conn {
     pub(crate) fn or(&self, outer: &Conn) -> Conn {
         Conn {
             addr: self.addr.clone().or_else(|| outer.addr.clone()),
+            user: self.user.clone().or_else(|| outer.user.clone()),
+            password: self.password.clone().or_else(|| outer.password.clone()),
+            tls_ca: self.tls_ca.clone().or_else(|| outer.tls_ca.clone()),
+            tls: self.tls || outer.tls,
+            tls_cert: self.tls_cert.clone().or_else(|| outer.tls_cert.clone()),
+            tls_key: self.tls_key.clone().or_else(|| outer.tls_key.clone()),
         }
+    }
+
+    /// Credentials (`--user`, `--password` or `LEVEE_PASSWORD`) and TLS (`--tls-ca`, `--tls`,
+    /// `--tls-cert/--tls-key`) for a connection to `addr` (whose host part names the server for
+    /// TLS).
+    pub(crate) fn access(&self, addr: &str) -> anyhow::Result<Access> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let user = self.user.clone().or_else(|| env("LEVEE_USER"));
+        let password = self.password.clone().or_else(|| env("LEVEE_PASSWORD"));
+        let credentials = match (user, password) {
+            (Some(user), password) => Some(levee_client::Credentials {
+                user,
+                password: password.unwrap_or_default(),
+            }),
+            (None, Some(_)) => anyhow::bail!("--password (or LEVEE_PASSWORD) needs --user"),
+            (None, None) => None,
+        };
+        let tls = if self.tls || self.tls_ca.is_some() || self.tls_cert.is_some() {
+            let client = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+            let mut t = levee_client::TlsOptions::new(self.tls_ca.as_deref(), client)?;
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if !host.is_empty() {
+                t = t.server_name(host);
+            }
+            Some(t)
+        } else {
+            None
+        };
+        Ok(Access { credentials, tls })
     }
 
     /// Whether any client option was given on the command line.
     pub(crate) fn is_given(&self) -> bool {
         self.addr.is_some()
+    }
+
+    /// Whether a login or TLS option was given on the command line (`levee bench` takes them).
+    pub(crate) fn access_given(&self) -> bool {
+        self.user.is_some()
+            || self.password.is_some()
+            || self.tls
+            || self.tls_ca.is_some()
+            || self.tls_cert.is_some()
     }
 
     /// The address: the flag, else `LEVEE_ADDR`, else the default.
@@ -110,6 +190,7 @@ impl Conn {
             ..ClientOptions::default()
         };
         let addr = self.addr();
+        let opts = self.access(&addr)?.apply(opts);
         Client::connect(addr.as_str(), opts)
             .await
             .with_context(|| format!("connecting to {addr}"))
@@ -120,6 +201,7 @@ impl From<&QueueConn> for Conn {
     fn from(c: &QueueConn) -> Conn {
         Conn {
             addr: c.addr.clone(),
+            ..Conn::default()
         }
     }
 }

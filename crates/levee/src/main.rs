@@ -7,6 +7,7 @@
 //!   client commands against `--addr` (or `LEVEE_ADDR`), given before or after
 //!   the subcommand. `serve` and `bench` refuse it (`serve` listens on `--listen`).
 //! - `levee bench`: end-to-end benchmarks.
+//! - `levee passwd`: prints the argon2id hash of a password (for `[[users]] password_hash`).
 //!
 //! Exit status: see [`cli::Outcome`] (0 done, 1 error, 2 usage, 3 not every message stored, 4
 //! messages unconfirmed after a lost connection, 130 interrupted).
@@ -118,6 +119,14 @@ enum Command {
         levee bench --size 1KiB --duration 10s\n  \
         levee bench --rate 5000 --fsync interval:10 --json")]
     Bench(bench::BenchArgs),
+    /// Print the argon2id hash of a password, for a `[[users]]` entry's `password_hash`.
+    #[command(
+        after_help = "Reads the password from standard input when it is a pipe (one line), \
+        else prompts for it without echo (twice). Examples:\n  \
+        levee passwd\n  \
+        printf '%s' \"$SECRET\" | levee passwd"
+    )]
+    Passwd,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Examples:\n  \
         levee completions bash > /etc/bash_completion.d/levee\n  \
@@ -166,6 +175,29 @@ fn generate_docs(command: &Command) -> anyhow::Result<()> {
     }
 }
 
+/// `levee passwd`: the password from a pipe (its first line) or a no-echo prompt, its argon2id
+/// PHC string on stdout.
+fn passwd() -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("password: ")?;
+        let again = rpassword::prompt_password("again: ")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    let mut salt = [0u8; 16];
+    rand::fill(&mut salt);
+    let hash = levee_broker::security::hash_password(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("hashing: {e}"))?;
+    println!("{hash}");
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(outcome) => std::process::ExitCode::from(outcome.code()),
@@ -180,7 +212,7 @@ fn run() -> anyhow::Result<cli::Outcome> {
     let cli = Cli::parse();
     let client_options_refused = |what: &str| {
         anyhow::ensure!(
-            !cli.conn.is_given(),
+            !cli.conn.is_given() && (what == "bench" || !cli.conn.access_given()),
             "--addr is a client option and `levee {what}` does not take it{}",
             if what == "serve" {
                 " (the broker listens on --listen)"
@@ -195,6 +227,10 @@ fn run() -> anyhow::Result<cli::Outcome> {
         Command::Bench(_) => client_options_refused("bench")?,
         Command::Completions { .. } | Command::Man { .. } => {
             generate_docs(&cli.command)?;
+            return Ok(cli::Outcome::Done);
+        }
+        Command::Passwd => {
+            passwd()?;
             return Ok(cli::Outcome::Done);
         }
         _ => {}
@@ -215,8 +251,14 @@ fn run() -> anyhow::Result<cli::Outcome> {
             Command::Bind(args) => cli_routing::bind(&args.conn.or(&cli.conn), args, false).await,
             Command::Unbind(args) => cli_routing::bind(&args.conn.or(&cli.conn), args, true).await,
             Command::Stats(args) => cli::stats(&args.conn.or(&cli.conn), args).await,
-            Command::Bench(args) => bench::run(args).await.map(|()| cli::Outcome::Done),
-            Command::Completions { .. } | Command::Man { .. } => Ok(cli::Outcome::Done),
+            Command::Bench(mut args) => {
+                let addr = args.server.clone().unwrap_or_default();
+                args.access = cli.conn.access(&addr)?;
+                bench::run(args).await.map(|()| cli::Outcome::Done)
+            }
+            Command::Completions { .. } | Command::Man { .. } | Command::Passwd => {
+                Ok(cli::Outcome::Done)
+            }
         }
     })
 }

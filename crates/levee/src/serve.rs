@@ -1,6 +1,9 @@
 //! `levee serve`: settings from defaults, then a TOML config file, then `LEVEE_*` environment
 //! variables, then flags (each overriding the one before); runs until SIGINT / SIGTERM.
 //!
+//! Security (`[[users]]`, `[tls]`, `allow_anonymous`) comes from the config file only, and is
+//! read again on SIGHUP (users, permissions, certificates; other settings need a restart).
+//!
 //! On start it prints one line per listener to stdout, `levee: wire listening on ADDR` and
 //! `levee: http listening on ADDR`, with the bound addresses (so port 0 can be used in tests).
 
@@ -74,6 +77,44 @@ struct FileConfig {
     max_http_connections: Option<usize>,
     max_partial_frame_bytes: Option<u64>,
     http_header_timeout_ms: Option<u32>,
+    /// Users (see docs/security.md): `[[users]] name, password_hash, permissions, ...`.
+    #[serde(default)]
+    users: Vec<levee_broker::security::UserConfig>,
+    /// TLS on every listener: `[tls] cert, key, client_ca`.
+    tls: Option<levee_broker::security::TlsConfig>,
+    /// No users, yet listen on a public address (a warning at start).
+    #[serde(default)]
+    allow_anonymous: bool,
+}
+
+impl FileConfig {
+    fn security(&self) -> levee_broker::security::SecurityConfig {
+        levee_broker::security::SecurityConfig {
+            users: self.users.clone(),
+            tls: self.tls.clone(),
+            allow_anonymous: self.allow_anonymous,
+        }
+    }
+}
+
+fn read_file_config(path: &std::path::Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let mut file: FileConfig =
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+    // Relative TLS paths are relative to the config file.
+    if let Some(tls) = &mut file.tls {
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        for p in [&mut tls.cert, &mut tls.key]
+            .into_iter()
+            .chain(tls.client_ca.as_mut())
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+    Ok(file)
 }
 
 /// Final settings.
@@ -85,15 +126,13 @@ struct Settings {
 
 fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     let file: FileConfig = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading config file {}", path.display()))?;
-            toml::from_str(&text)
-                .with_context(|| format!("invalid config file {}", path.display()))?
-        }
+        Some(path) => read_file_config(path)?,
         None => FileConfig::default(),
     };
-    let mut broker = BrokerConfig::default();
+    let mut broker = BrokerConfig {
+        security: file.security(),
+        ..BrokerConfig::default()
+    };
     if let Some(v) = args.data_dir.or(file.data_dir) {
         broker.data_dir = v;
     }
@@ -250,20 +289,89 @@ fn banner(wire: SocketAddr, http: SocketAddr, data_dir: &std::path::Path, r: &Re
     );
 }
 
+/// On each SIGHUP, reads the config file again and hands its security part to the broker; a
+/// config that does not load is logged and the one in force kept.
+#[cfg(unix)]
+fn reload_on_sighup(broker: Broker, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing a SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(path) = &config else {
+                tracing::warn!("SIGHUP: no config file to reload (start with --config FILE)");
+                continue;
+            };
+            let loaded =
+                read_file_config(path).and_then(|f| Ok(broker.security().reload(&f.security())?));
+            match loaded {
+                Ok(()) => {
+                    tracing::info!(config = %path.display(), "SIGHUP: security config reloaded");
+                }
+                Err(e) => {
+                    tracing::error!("SIGHUP: config not reloaded, the previous one stays: {e:#}");
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_broker: Broker, _config: Option<PathBuf>) -> anyhow::Result<()> {
+    Ok(())
+}
+
 /// Runs the broker until a shutdown signal.
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config_path = args.config.clone();
     let s = settings(args)?;
     raise_fd_limit(s.broker.max_connections + s.broker.max_http_connections);
     let data_dir = s.broker.data_dir.clone();
+    // Users, certificates and the safe default are checked before the data directory is opened:
+    // a bad certificate or a public address without users is the error, not the directory.
+    let probe = levee_broker::security::Security::new(&s.broker.security)?;
+    probe.check_exposure(s.listen)?;
+    probe.check_exposure(s.http)?;
+    drop(probe);
     let opening = std::time::Instant::now();
     let broker = Broker::open(s.broker)
         .await
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    // Marks the broker as exposed (a reload may then not remove every user).
+    broker.security().check_exposure(s.listen)?;
+    broker.security().check_exposure(s.http)?;
     let recovered = Recovered::of(&broker, opening.elapsed()).await;
     let (wire_addr, wire) = broker
         .bind(s.listen)
         .await
         .with_context(|| format!("listening on {}", s.listen))?;
+    // `[tls] plaintext_loopback`: one plaintext wire listener, loopback only.
+    let plain = match broker
+        .config()
+        .security
+        .tls
+        .as_ref()
+        .and_then(|t| t.plaintext_loopback)
+    {
+        Some(addr) => {
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "[tls] plaintext_loopback = {addr} is not a loopback address: a plaintext \
+                 listener is allowed only on 127.0.0.1 or ::1"
+            );
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            let local = listener.local_addr()?;
+            let b = broker.clone();
+            let task = tokio::spawn(async move {
+                b.serve_with(listener, levee_broker::security::Acceptor::plain())
+                    .await
+            });
+            Some((local, task))
+        }
+        None => None,
+    };
     let http_listener = tokio::net::TcpListener::bind(s.http)
         .await
         .with_context(|| format!("listening on {}", s.http))?;
@@ -275,10 +383,20 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("levee: wire listening on {wire_addr}");
     println!("levee: http listening on {http_addr}");
     println!("levee: data in {}", data_dir.display());
+    if broker.security().tls_enabled() {
+        println!("levee: tls on every listener");
+    }
+    if let Some((addr, _)) = &plain {
+        println!("levee: plaintext wire listening on {addr}");
+    }
+    reload_on_sighup(broker.clone(), config_path)?;
     banner(wire_addr, http_addr, &data_dir, &recovered);
     shutdown_signal().await;
     tracing::info!("shutting down");
     wire.abort();
+    if let Some((_, task)) = plain {
+        task.abort();
+    }
     http.abort();
     broker.shutdown().await;
     Ok(())

@@ -483,7 +483,7 @@ fn exchange_endpoints_over_http() {
     let (s, b) = http(h, "PUT", "/api/exchanges/amq.mine", r#"{"type": "direct"}"#);
     assert_eq!(
         (s, json(&b)["error"].clone()),
-        (403, "access-denied".into())
+        (403, "forbidden".into())
     );
     let (s, b) = http(
         h,

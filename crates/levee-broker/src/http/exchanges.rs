@@ -5,7 +5,7 @@
 //! - `PUT /api/exchanges/{name}` with `{"type": "topic", "durable": true, "auto_delete": false,
 //!   "internal": false, "arguments": {"k": "v"}}` (only `type` is required): declare, answering
 //!   201 created, 200 existed with this config, 409 `exchange-config-mismatch` (with the
-//!   differences), 403 `access-denied` (the default exchange, `amq.` names), 400 invalid;
+//!   differences), 403 `forbidden` (the default exchange, `amq.` names), 400 invalid;
 //! - `DELETE /api/exchanges/{name}[?if_unused=true]`: 200, 404 `unknown-exchange`, 409
 //!   `exchange-in-use`, 403 for predeclared exchanges;
 //! - `GET /api/exchanges/{name}/bindings`: its bindings;

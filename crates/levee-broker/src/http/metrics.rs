@@ -315,4 +315,25 @@ pub(super) fn render_limits(out: &mut String, broker: &Broker) {
     for (name, help, value) in gauges {
         Family::new(out, name, "gauge", help).sample(name, &[], value);
     }
+    let sec = broker.security().counters();
+    let counters: [(&str, &str, u64); 3] = [
+        (
+            "levee_logins_total",
+            "Successful logins (all listeners).",
+            sec.logins,
+        ),
+        (
+            "levee_login_failures_total",
+            "Refused logins: unknown user, wrong password, no credentials.",
+            sec.login_failures,
+        ),
+        (
+            "levee_forbidden_total",
+            "Operations refused for lack of permission.",
+            sec.forbidden,
+        ),
+    ];
+    for (name, help, value) in counters {
+        Family::new(out, name, "counter", help).sample(name, &[], value);
+    }
 }

@@ -9,9 +9,15 @@
 //!   `POST /api/queues/{name}/purge`;
 //! - `/api/exchanges…`: exchanges, bindings and publishing to an exchange (see `exchanges`);
 //! - `GET /metrics`: Prometheus text exposition format 0.0.4;
-//! - `GET /`: a self-contained HTML dashboard (no external assets) polling `/api/queues`.
+//! - `GET /`: a self-contained HTML dashboard (no external assets) polling `/api/queues`;
+//! - `GET /healthz`, `GET /readyz`: probes (`{"status": "ok"}`), open without a login.
 //!
-//! Modules: `mod.rs` (this file) the router, the handlers and [`serve_http`]; `error`
+//! Every other route needs a login and a right, as listed in `auth::ROUTES` (one line per
+//! endpoint); `GET /api/queues` shows only the queues the user has a right on.
+//! With `[tls]`, the listener speaks HTTPS only.
+//!
+//! Modules: `mod.rs` (this file) the router, the handlers and [`serve_http`]; `auth`
+//! (the route table and the login / authorize middleware); `error`
 //! ([`HttpError`] and the JSON response writers); `json` (the JSON form of a
 //! [`QueueConfig`](levee_proto::QueueConfig), which round-trips: a config read from `GET` can be
 //! `PUT` back unchanged, and the JSON views of queues); `snapshot` ([`QueueSnapshot`]: inspecting
@@ -47,6 +53,7 @@ use tokio::net::TcpListener;
 use crate::broker::Broker;
 use crate::error::BrokerError;
 
+mod auth;
 mod error;
 mod exchanges;
 mod json;
@@ -66,8 +73,27 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 static DASHBOARD: &str = include_str!("../../assets/dashboard.html");
 
-async fn list_queues(State(broker): State<Broker>) -> Response {
-    let (ok, failed) = snapshot_all(&broker).await;
+async fn list_queues(
+    State(broker): State<Broker>,
+    principal: Option<axum::Extension<crate::security::Principal>>,
+) -> Response {
+    let (mut ok, mut failed) = snapshot_all(&broker).await;
+    if let Some(axum::Extension(p)) = principal {
+        use crate::security::{Action, Resource};
+        let security = broker.security();
+        let visible = |q: &str| {
+            [
+                Action::Monitor,
+                Action::Publish,
+                Action::Consume,
+                Action::Manage,
+            ]
+            .into_iter()
+            .any(|a| security.permits(&p, a, Resource::Queue(q)))
+        };
+        ok.retain(|s| visible(&s.info.queue));
+        failed.retain(|(name, _)| visible(name));
+    }
     json_text_response(StatusCode::OK, render_queues_json(&ok, &failed))
 }
 
@@ -164,6 +190,10 @@ async fn metrics(State(broker): State<Broker>) -> Response {
     resp
 }
 
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, &json!({ "status": "ok" }))
+}
+
 async fn dashboard() -> Html<&'static str> {
     Html(DASHBOARD)
 }
@@ -185,7 +215,13 @@ pub fn router(broker: Broker) -> Router {
         )
         .route("/api/queues/{name}/purge", post(purge_queue))
         .merge(exchanges::routes())
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(healthz))
         .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            broker.clone(),
+            auth::layer,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(broker)
 }
@@ -203,6 +239,19 @@ pub fn router(broker: Broker) -> Router {
 /// Cancel-safe: dropping the future stops accepting; requests already being served go on in
 /// their own tasks.
 pub async fn serve_http(broker: Broker, listener: TcpListener) -> std::io::Result<()> {
+    let acceptor = crate::security::Acceptor::new(broker.security());
+    serve_http_with(broker, listener, acceptor).await
+}
+
+/// [`serve_http`] with an explicit acceptor (plain or TLS).
+///
+/// # Cancel safety
+/// Cancel-safe, as [`serve_http`].
+pub async fn serve_http_with(
+    broker: Broker,
+    listener: TcpListener,
+    acceptor: crate::security::Acceptor,
+) -> std::io::Result<()> {
     let timeout = Duration::from_millis(broker.config().http_header_timeout_ms.into());
     let limits = broker.clone();
     let service = hyper_util::service::TowerToHyperService::new(router(broker));
@@ -214,12 +263,37 @@ pub async fn serve_http(broker: Broker, listener: TcpListener) -> std::io::Resul
         let (stream, peer) = backoff.accept(&listener).await;
         let Some(slot) = limits.inner.limits.admit_http() else {
             tracing::debug!(%peer, "http refused: max_http_connections reached");
-            limits.inner.limits.refuse_http(stream);
+            // A TLS peer could not read a plaintext 503: it is just closed.
+            if !acceptor.is_tls() {
+                limits.inner.limits.refuse_http(stream);
+            }
             continue;
         };
-        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
+        let service = service.clone();
+        let acceptor = acceptor.clone();
+        let http = http.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let accepted = match acceptor.accept(stream).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "http: TLS handshake failed");
+                    return;
+                }
+            };
+            let info = auth::ConnInfo {
+                peer: accepted.peer,
+                cert_user: accepted.cert_user,
+            };
+            // Each request carries its connection's peer and certificate user to the auth layer.
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(info.clone());
+                    hyper::service::Service::call(&service, req)
+                },
+            );
+            let conn =
+                http.serve_connection(hyper_util::rt::TokioIo::new(accepted.stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
             }

@@ -1,4 +1,5 @@
-//! One client connection: the handshake, the frame read loop, and the writer task.
+//! One client connection: the handshake (with its login), the frame read loop, and the writer
+//! task. Generic over the stream (plain TCP or TLS, from `security::Acceptor`).
 //!
 //! The reader decodes frames (never buffering more than one frame of at most `max_frame` bytes)
 //! and routes them to queue actors without ever waiting on a queue, so a full or slow queue
@@ -8,6 +9,11 @@
 //! the registry inline, so that a client's next frame sees their effect.
 //!
 //! # Invariants
+//! - Nothing but the handshake is served before the login succeeded (`Security::login` with
+//!   `Hello.credentials` and the client certificate's user); a refused login is answered with a
+//!   `Close` (`auth-failed`) after the failed-login delay. Every operation on a queue is
+//!   authorized first (`Security::authorize`); a refusal is an `Error` (`forbidden`) and the
+//!   connection goes on. A connection whose user a reload removed is closed.
 //! - Unconfirmed publishes per connection stay within `max_in_flight_{messages,bytes}`; beyond
 //!   that, publishes are refused with `no-publish-credit`, never buffered.
 //! - A bad frame gets an `Error` frame; a frame that breaks the stream (undecodable, too large)
@@ -32,9 +38,9 @@ use levee_proto::{
     ClientFrame, ErrorCode, FrameHeader, HANDSHAKE_MAX_FRAME, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION, ProtoError, PublishOutcome, ServerFrame, Welcome,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::actor::{Cmd, ConfirmTo, InFlight};
@@ -45,12 +51,13 @@ use crate::outbox::{ConnRx, ConnTx, conn_channel};
 use crate::routing::RoutedPublisher;
 
 mod routing;
+use crate::security::{Action, AuthError, Principal, Resource};
 
 /// Writes frames from the channel, coalescing whatever is queued into one write, and reports
 /// to each subscription's queue which deliveries were written. A peer that does not take the
 /// bytes within `drain` (it does not read its socket) has its connection closed: the reader is
 /// told through the outbox's `stalled`, and the queues take back what was not written.
-async fn writer(mut rx: ConnRx, mut sock: OwnedWriteHalf, drain: Duration) {
+async fn writer<W: AsyncWrite + Unpin>(mut rx: ConnRx, mut sock: W, drain: Duration) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     // (subscription, highest tag) of the deliveries in `buf`.
     let mut written: Vec<(u64, u64)> = Vec::new();
@@ -104,6 +111,8 @@ async fn writer(mut rx: ConnRx, mut sock: OwnedWriteHalf, drain: Duration) {
 
 struct Conn {
     broker: Broker,
+    /// Who logged in on this connection.
+    principal: Principal,
     id: u64,
     tx: ConnTx,
     in_flight: Arc<InFlight>,
@@ -124,6 +133,26 @@ impl Conn {
             code: e.code(),
             message: e.to_string(),
         });
+    }
+
+    /// Authorizes one operation; a refusal is answered (`forbidden`) and the connection goes on.
+    fn allowed(&self, req: u64, action: Action, queue: &str) -> bool {
+        self.allowed_on(req, action, Resource::Queue(queue))
+    }
+
+    /// Like `allowed`, on any resource (exchanges for the exchange frames).
+    fn allowed_on(&self, req: u64, action: Action, resource: Resource<'_>) -> bool {
+        match self
+            .broker
+            .security()
+            .authorize(&self.principal, action, resource)
+        {
+            Ok(()) => true,
+            Err(e) => {
+                self.error(req, &BrokerError::Forbidden(e));
+                false
+            }
+        }
     }
 
     fn send_to(&self, queue: &str, cmd: Cmd) -> Result<(), BrokerError> {
@@ -167,6 +196,9 @@ impl Conn {
             ClientFrame::Heartbeat => {}
             ClientFrame::Close { .. } => return false,
             ClientFrame::Declare { req, queue, config } => {
+                if !self.allowed(req, Action::Manage, &queue) {
+                    return true;
+                }
                 match self.broker.declare(&queue, config).await {
                     Ok((created, messages)) => {
                         if created {
@@ -188,6 +220,9 @@ impl Conn {
                 // The queue leaves the registry now (the next frame already sees it gone); its
                 // actor is stopped and its files removed in a task of their own, so this reader
                 // never waits on a queue.
+                if !self.allowed(req, Action::Manage, &queue) {
+                    return true;
+                }
                 self.producing.remove(&queue);
                 match self.broker.begin_delete(&queue) {
                     Ok(deletion) => {
@@ -206,6 +241,9 @@ impl Conn {
                 }
             }
             ClientFrame::Purge { req, queue } => {
+                if !self.allowed(req, Action::Manage, &queue) {
+                    return true;
+                }
                 let broker = self.broker.clone();
                 self.reply_later(async move {
                     match broker.purge(&queue).await {
@@ -215,6 +253,15 @@ impl Conn {
                 });
             }
             ClientFrame::Inspect { req, queue } => {
+                // `monitor`, or any other right on the queue (a producer needs to know its
+                // overflow policy; what `ListQueues` shows, `Inspect` answers).
+                let security = self.broker.security();
+                let user = [Action::Publish, Action::Consume, Action::Manage]
+                    .into_iter()
+                    .any(|a| security.permits(&self.principal, a, Resource::Queue(&queue)));
+                if !user && !self.allowed(req, Action::Monitor, &queue) {
+                    return true;
+                }
                 let broker = self.broker.clone();
                 self.reply_later(async move {
                     match broker.inspect(&queue).await {
@@ -227,12 +274,29 @@ impl Conn {
                 });
             }
             ClientFrame::ListQueues { req } => {
-                let _ = self.tx.send(ServerFrame::QueueList {
-                    req,
-                    queues: self.broker.list(),
-                });
+                // Only the queues this user has some right on.
+                let security = self.broker.security();
+                let queues = self
+                    .broker
+                    .list()
+                    .into_iter()
+                    .filter(|q| {
+                        [
+                            Action::Monitor,
+                            Action::Publish,
+                            Action::Consume,
+                            Action::Manage,
+                        ]
+                        .into_iter()
+                        .any(|a| security.permits(&self.principal, a, Resource::Queue(q)))
+                    })
+                    .collect();
+                let _ = self.tx.send(ServerFrame::QueueList { req, queues });
             }
             ClientFrame::Produce { req, queue } => {
+                if !self.allowed(req, Action::Publish, &queue) {
+                    return true;
+                }
                 let result = self.broker.sender(&queue).and_then(|tx| {
                     tx.send(Cmd::AddProducer {
                         producer: self.id,
@@ -265,6 +329,9 @@ impl Conn {
                 credit,
                 auto_ack,
             } => {
+                if !self.allowed(req, Action::Consume, &queue) {
+                    return true;
+                }
                 let subscription = self.broker.next_id();
                 match self.broker.sender(&queue) {
                     Ok(qtx) => {
@@ -347,6 +414,21 @@ impl Conn {
     }
 
     fn publish(&mut self, req: u64, queue: String, messages: Vec<levee_proto::Message>) {
+        if !self.allowed(req, Action::Publish, &queue) {
+            return;
+        }
+        if let Err(e) = self.principal.check_publish(messages.len() as u32) {
+            let reason = e.to_string();
+            let outcomes = messages
+                .iter()
+                .map(|_| PublishOutcome::Rejected {
+                    code: ErrorCode::Throttled,
+                    reason: reason.clone(),
+                })
+                .collect();
+            let _ = self.tx.send(ServerFrame::PublishConfirm { req, outcomes });
+            return;
+        }
         // Decoded fields are slices of the read buffer; a queued message must not pin it.
         let messages: Vec<levee_proto::Message> = messages.into_iter().map(detach).collect();
         let n = messages.len() as u64;
@@ -454,8 +536,8 @@ fn fatal(tx: &ConnTx, e: &ProtoError) {
 /// # Cancel safety
 /// Cancel-safe: bytes read stay in `buf` and a reservation taken stays in `reservation`, so the
 /// next call goes on where this one stopped.
-async fn read_frame(
-    stream: &mut tokio::net::tcp::OwnedReadHalf,
+async fn read_frame<R: AsyncRead + Unpin>(
+    stream: &mut R,
     buf: &mut BytesMut,
     max_frame: usize,
     idle: Duration,
@@ -508,13 +590,18 @@ enum ReadError {
     Idle,
 }
 
-/// Serves one connection to the end.
-pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), BrokerError> {
-    let _ = stream.set_nodelay(true);
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
-    let (mut rd, wr) = stream.into_split();
+/// Serves one connection to the end: `stream` is past its TLS handshake (if any), `cert_user`
+/// the user its client certificate names.
+pub(crate) async fn serve<S>(
+    broker: Broker,
+    stream: S,
+    peer: SocketAddr,
+    cert_user: Option<String>,
+) -> Result<(), BrokerError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(stream);
     let cfg = broker.config().clone();
     let heartbeat = Duration::from_millis(cfg.heartbeat_ms.max(100).into());
     let (tx, rx) = conn_channel(cfg.max_outbox_bytes);
@@ -565,25 +652,50 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
             return Ok(());
         }
     };
-    match hello.negotiate(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION) {
-        Ok(version) => {
-            let _ = tx.send(ServerFrame::Welcome(Welcome {
-                version,
-                server_name: cfg.server_name.clone(),
-                max_frame: cfg.max_frame as u32,
-                heartbeat_ms: cfg.heartbeat_ms,
-            }));
-        }
+    let version = match hello.negotiate(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION) {
+        Ok(version) => version,
         Err(e) => {
             fatal(&tx, &e);
             drop(tx);
             let _ = writer.await;
             return Ok(());
         }
-    }
+    };
+    let security = broker.security().clone();
+    let credentials = hello
+        .credentials
+        .as_ref()
+        .map(|c| (c.user.as_str(), c.password.as_str()));
+    let login = security
+        .login(credentials, cert_user.as_deref(), peer)
+        .await
+        .and_then(|p| security.open_session(p));
+    let mut session = match login {
+        Ok(session) => session,
+        Err(e) => {
+            let code = match &e {
+                AuthError::BadCredentials | AuthError::Required => ErrorCode::AuthFailed,
+                AuthError::TooManyConnections { .. } => ErrorCode::AccessDenied,
+            };
+            let _ = tx.send(ServerFrame::Close {
+                code: Some(code),
+                reason: e.to_string(),
+            });
+            drop(tx);
+            let _ = writer.await;
+            return Ok(());
+        }
+    };
+    let _ = tx.send(ServerFrame::Welcome(Welcome {
+        version,
+        server_name: cfg.server_name.clone(),
+        max_frame: cfg.max_frame as u32,
+        heartbeat_ms: cfg.heartbeat_ms,
+    }));
 
     let mut conn = Conn {
         id: broker.next_id(),
+        principal: session.principal().clone(),
         broker,
         tx: tx.clone(),
         in_flight: Arc::new(InFlight::default()),
@@ -592,7 +704,8 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
         routed: None,
     };
     let id = conn.id;
-    tracing::debug!(conn = id, %peer, client = %hello.client_name, "client connected");
+    tracing::debug!(conn = id, %peer, client = %hello.client_name, user = conn.principal.name(), "client connected");
+    drop(hello);
     let hb_tx = tx.clone();
     let heartbeats = tokio::spawn(async move {
         let mut tick = tokio::time::interval(heartbeat);
@@ -616,6 +729,14 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
                 Some(&conn.broker.inner.limits),
                 &mut reservation,
             ) => next,
+            () = session.revoked() => {
+                tracing::warn!(conn = conn.id, user = conn.principal.name(), "user removed by a reload: disconnecting");
+                let _ = tx.send(ServerFrame::Close {
+                    code: Some(ErrorCode::AuthFailed),
+                    reason: "the user was removed from the configuration".into(),
+                });
+                break;
+            }
             () = outbox.stalled.notified() => {
                 tracing::warn!(conn = conn.id, "client does not read its replies: disconnecting");
                 stalled = true;

@@ -2,12 +2,16 @@
 //! accepted socket against `max_connections`, and the accept back-off shared with the HTTP
 //! listener.
 //!
+//! Each accepted socket goes through the listener's `security::Acceptor` (plain, or a TLS
+//! handshake) in the connection's own task, never in the accept loop.
+//!
 //! It is the only place that starts a `conn` (the broker registry itself knows nothing of
 //! connections), so a second protocol front end gets a listener of its own beside this one.
 //!
 //! # Invariants
 //! - Every served connection holds one `max_connections` slot from accept to its end; one more
-//!   is refused with a `Close` saying so (`limits`), never served.
+//!   is refused with a `Close` saying so (`limits`; on a TLS listener it is only closed), never
+//!   served.
 //! - A failing `accept` never spins the loop nor stops it: per-connection errors are skipped,
 //!   resource errors (out of descriptors or memory) wait a bounded back-off of at most 20 ms.
 
@@ -16,6 +20,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
+use crate::security::Acceptor;
 
 impl Broker {
     /// Accepts connections on `listener` until the task is dropped.
@@ -24,26 +29,55 @@ impl Broker {
     ///
     /// At most `max_connections` connections are served at once; one more is answered with a
     /// `Close` saying so and closed (see `limits`).
+    /// Speaks TLS if the broker's config has `[tls]` (see [`Broker::serve_with`]).
     pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        self.serve_with(listener, Acceptor::new(self.security()))
+            .await
+    }
+
+    /// [`Broker::serve`] with an explicit acceptor (plain for a loopback listener kept beside
+    /// TLS ones, say).
+    ///
+    /// Cancel-safe, as [`Broker::serve`].
+    pub async fn serve_with(
+        &self,
+        listener: TcpListener,
+        acceptor: Acceptor,
+    ) -> std::io::Result<()> {
         let mut backoff = AcceptBackoff::default();
         loop {
             let (stream, peer) = backoff.accept(&listener).await;
             let Some(slot) = self.inner.limits.admit() else {
                 tracing::debug!(%peer, "refused: max_connections reached");
-                self.inner.limits.refuse(stream);
+                // A TLS peer could not read a plaintext `Close`: it is just closed.
+                if !acceptor.is_tls() {
+                    self.inner.limits.refuse(stream);
+                }
                 continue;
             };
             let broker = self.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                if let Err(e) = super::conn::serve(broker, stream).await {
+                let accepted = match acceptor.accept(stream).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let r =
+                    super::conn::serve(broker, accepted.stream, accepted.peer, accepted.cert_user)
+                        .await;
+                if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });
         }
     }
 
-    /// Binds `addr` and serves on it; returns the bound address (useful with port 0) and the
+    /// Binds `addr` and serves on it (refused with `PermissionDenied` if `addr` is not loopback
+    /// and no users are configured, see `Security::check_exposure`); returns the bound address (useful with port 0) and the
     /// serving task.
     ///
     /// Cancel-safe: dropped before it returns, nothing is listening.
@@ -51,6 +85,9 @@ impl Broker {
         &self,
         addr: SocketAddr,
     ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+        self.security().check_exposure(addr).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string())
+        })?;
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let broker = self.clone();

@@ -67,6 +67,10 @@ pub(crate) struct BenchArgs {
     /// 127.0.0.1:4222).
     #[arg(long)]
     pub server: Option<String>,
+    /// Login and TLS for the Levee target (the top-level `--user`, `--password`, `--tls-ca`,
+    /// ... options, given before `bench`).
+    #[arg(skip)]
+    pub access: crate::cli::Access,
     /// PID of the server process, for RSS sampling (its descendants are included). Automatic
     /// for a Levee broker the tool started.
     #[arg(long)]

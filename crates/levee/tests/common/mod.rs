@@ -2,6 +2,8 @@
 //! and speaks the wire protocol over a plain blocking TCP socket where a test needs raw frames.
 #![allow(dead_code)]
 
+pub(crate) mod pki;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -106,7 +108,7 @@ impl Drop for Server {
 
 /// `levee serve` on `data_dir`, the wire port on `listen`, HTTP on an ephemeral port, logging
 /// warnings, with `extra` flags.
-fn serve_command(data_dir: &Path, listen: &str, extra: &[&str]) -> Command {
+pub(crate) fn serve_command(data_dir: &Path, listen: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_levee"));
     cmd.args([
         "serve",
@@ -383,5 +385,18 @@ pub(crate) async fn wait_for_stats(
             "condition never held: {s:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls the async `cond` every 20 ms until it holds (at most 20 s, then panics).
+pub(crate) async fn wait_until_async_ok<F, Fut>(mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond().await {
+        assert!(std::time::Instant::now() < deadline, "never happened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -114,13 +114,18 @@ impl Drop for Server {
     }
 }
 
-async fn connect(addr: &str, inflight: u32, name: &str) -> anyhow::Result<Client> {
-    let opts = ClientOptions {
+async fn connect(
+    addr: &str,
+    inflight: u32,
+    name: &str,
+    access: &crate::cli::Access,
+) -> anyhow::Result<Client> {
+    let opts = access.apply(ClientOptions {
         name: name.into(),
         reconnect: None,
         max_in_flight_messages: inflight.max(16_384),
         ..ClientOptions::default()
-    };
+    });
     Client::connect(addr, opts)
         .await
         .with_context(|| format!("connecting to levee at {addr}"))
@@ -138,7 +143,7 @@ pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
         .unwrap_or_else(|| server.as_ref().expect("started").addr.clone());
     let server_pid = args.server_pid.or(server.as_ref().map(Server::pid));
     let queues = queue_names(args);
-    let admin = connect(&addr, args.inflight, "levee-bench-admin").await?;
+    let admin = connect(&addr, args.inflight, "levee-bench-admin", &args.access).await?;
     let config = args.levee_config()?;
     for queue in &queues {
         admin
@@ -155,9 +160,11 @@ pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
             args.credit,
             args.inflight,
         );
+        let access = args.access.clone();
         consumers.push(Box::new(move |ctx: Arc<Ctx>| {
             Box::pin(async move {
-                let client = connect(&addr, inflight, &format!("bench-consumer-{i}")).await?;
+                let client =
+                    connect(&addr, inflight, &format!("bench-consumer-{i}"), &access).await?;
                 let opts = ConsumerOptions {
                     credit: Credit::Fixed(credit),
                     ..ConsumerOptions::default()
@@ -188,9 +195,11 @@ pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
     for i in 0..args.producers {
         let (addr, queue) = (addr.clone(), queues[i % queues.len()].clone());
         let (batch, inflight, size, linger) = (args.batch, args.inflight, args.size, args.linger());
+        let access = args.access.clone();
         producers.push(Box::new(move |ctx: Arc<Ctx>| {
             Box::pin(async move {
-                let client = connect(&addr, inflight, &format!("bench-producer-{i}")).await?;
+                let client =
+                    connect(&addr, inflight, &format!("bench-producer-{i}"), &access).await?;
                 let window_bytes = (u64::from(inflight) * (size + 64)).clamp(64 << 10, 32 << 20);
                 let opts = ProducerOptions {
                     batch_size: batch,
