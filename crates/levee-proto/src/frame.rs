@@ -18,7 +18,7 @@
 
 use bytes::{Buf, BufMut, BytesMut};
 
-use crate::config::{QueueConfig, decode_config, encode_config};
+use crate::config::{QueueConfig, decode_config, decode_dedup, encode_config, encode_dedup};
 use crate::error::{ErrorCode, ProtoError};
 use crate::message::{
     DELIVERY_MIN_LEN, Delivery, MESSAGE_MIN_LEN, Message, OUTCOME_MIN_LEN, PublishOutcome,
@@ -33,7 +33,7 @@ type Result<T> = std::result::Result<T, ProtoError>;
 /// First four bytes of a `Hello` body.
 pub const MAGIC: [u8; 4] = *b"LEVE";
 /// Highest protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Lowest protocol version this crate speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Bytes of the length prefix.
@@ -74,6 +74,8 @@ pub mod frame_type {
     pub const NACK: u8 = 0x34;
     /// Client `Reject`.
     pub const REJECT: u8 = 0x35;
+    /// Client `Extend` (protocol 2).
+    pub const EXTEND: u8 = 0x36;
 
     /// Server `Welcome`.
     pub const WELCOME: u8 = 0x81;
@@ -317,6 +319,17 @@ pub enum ClientFrame {
         /// Delivery tags (at most [`MAX_TAGS`]).
         tags: Vec<u64>,
     },
+    /// Renew the leases of unacked deliveries: each one's ack deadline becomes now + `extend_ms`
+    /// (0: now + the queue's ack timeout). No reply; unknown tags are reported like an `Ack`'s.
+    /// Protocol 2.
+    Extend {
+        /// Subscription id.
+        subscription: u64,
+        /// Delivery tags (at most [`MAX_TAGS`]).
+        tags: Vec<u64>,
+        /// New lease from now, in ms (at most 24 h).
+        extend_ms: u64,
+    },
 }
 
 /// A frame sent by the server.
@@ -550,6 +563,7 @@ impl ClientFrame {
             ClientFrame::Ack { .. } => ft::ACK,
             ClientFrame::Nack { .. } => ft::NACK,
             ClientFrame::Reject { .. } => ft::REJECT,
+            ClientFrame::Extend { .. } => ft::EXTEND,
         }
     }
 
@@ -598,7 +612,8 @@ impl ClientFrame {
             ClientFrame::Declare { req, queue, config } => {
                 d.put_u64_le(*req);
                 put_queue(d, queue)?;
-                encode_config(d, config)
+                encode_config(d, config)?;
+                encode_dedup(d, config.dedup.as_ref())
             }
             ClientFrame::Delete { req, queue }
             | ClientFrame::Purge { req, queue }
@@ -660,6 +675,15 @@ impl ClientFrame {
                 d.put_u64_le(*delay_ms);
                 put_tags(d, tags)
             }
+            ClientFrame::Extend {
+                subscription,
+                tags,
+                extend_ms,
+            } => {
+                d.put_u64_le(*subscription);
+                d.put_u64_le(*extend_ms);
+                put_tags(d, tags)
+            }
         }
     }
 
@@ -702,11 +726,15 @@ impl ClientFrame {
                 let (code, reason) = read_close(r)?;
                 ClientFrame::Close { code, reason }
             }
-            ft::DECLARE => ClientFrame::Declare {
-                req: r.u64("request id")?,
-                queue: r.str8("queue name")?,
-                config: decode_config(r)?,
-            },
+            ft::DECLARE => {
+                let req = r.u64("request id")?;
+                let queue = r.str8("queue name")?;
+                let mut config = decode_config(r)?;
+                if r.has_more() {
+                    config.dedup = decode_dedup(r)?;
+                }
+                ClientFrame::Declare { req, queue, config }
+            }
             ft::DELETE => ClientFrame::Delete {
                 req: r.u64("request id")?,
                 queue: r.str8("queue name")?,
@@ -771,6 +799,15 @@ impl ClientFrame {
                 subscription: r.u64("subscription")?,
                 tags: read_tags(r)?,
             },
+            ft::EXTEND => {
+                let subscription = r.u64("subscription")?;
+                let extend_ms = r.u64("extend_ms")?;
+                ClientFrame::Extend {
+                    subscription,
+                    tags: read_tags(r)?,
+                    extend_ms,
+                }
+            }
             other => return Err(ProtoError::UnknownFrameType(other)),
         })
     }
@@ -861,7 +898,10 @@ impl ServerFrame {
                 d.put_u64_le(*req);
                 put_queue(d, &info.queue)?;
                 encode_config(d, &info.config)?;
-                encode_stats(d, &info.stats)
+                encode_stats(d, &info.stats)?;
+                encode_dedup(d, info.config.dedup.as_ref())?;
+                d.put_u64_le(info.stats.duplicates);
+                Ok(())
             }
             ServerFrame::QueueList { req, queues } => {
                 d.put_u64_le(*req);
@@ -925,14 +965,22 @@ impl ServerFrame {
                 created: r.bool("created")?,
                 messages: r.u64("messages")?,
             },
-            ft::QUEUE_STATS => ServerFrame::QueueStats {
-                req: r.u64("request id")?,
-                info: Box::new(QueueInfo {
+            ft::QUEUE_STATS => {
+                let req = r.u64("request id")?;
+                let mut info = QueueInfo {
                     queue: r.str8("queue name")?,
                     config: decode_config(r)?,
                     stats: decode_stats(r)?,
-                }),
-            },
+                };
+                if r.has_more() {
+                    info.config.dedup = decode_dedup(r)?;
+                    info.stats.duplicates = r.u64("duplicates")?;
+                }
+                ServerFrame::QueueStats {
+                    req,
+                    info: Box::new(info),
+                }
+            }
             ft::QUEUE_LIST => ServerFrame::QueueList {
                 req: r.u64("request id")?,
                 queues: r.vec32("queue list", MAX_LIST, 1, |r| r.str8("queue name"))?,

@@ -65,8 +65,9 @@ pub(crate) fn queue_config() -> impl Strategy<Value = QueueConfig> {
         option::of(name()),
         option::of(any::<u64>()),
         option::of(rate_limit()),
+        option::of((option::of(any::<u64>()), any::<u32>())),
     )
-        .prop_map(|(mm, mb, ov, or, du, at, md, dl, ttl, rl)| QueueConfig {
+        .prop_map(|(mm, mb, ov, or, du, at, md, dl, ttl, rl, dd)| QueueConfig {
             max_messages: mm,
             max_bytes: mb,
             overflow: ov,
@@ -77,6 +78,7 @@ pub(crate) fn queue_config() -> impl Strategy<Value = QueueConfig> {
             dead_letter: dl,
             message_ttl_ms: ttl,
             rate_limit: rl,
+            dedup: dd.map(|(window_ms, max_ids)| levee_proto::Dedup { window_ms, max_ids }),
         })
 }
 
@@ -86,16 +88,16 @@ pub(crate) fn message() -> impl Strategy<Value = Message> {
         any::<u8>(),
         option::of(any::<u64>()),
         vec((name(), blob(8)), 0..4),
-        option::of(any::<u64>()),
+        option::of(blob(255)),
         blob(64),
     )
         .prop_map(
-            |(key, priority, ttl_ms, headers, producer_id, payload)| Message {
+            |(key, priority, ttl_ms, headers, message_id, payload)| Message {
                 key,
                 priority,
                 ttl_ms,
                 headers,
-                producer_id,
+                message_id,
                 payload,
             },
         )
@@ -128,12 +130,13 @@ pub(crate) fn outcome() -> impl Strategy<Value = PublishOutcome> {
         drop_reason().prop_map(|reason| PublishOutcome::Dropped { reason }),
         (error_code(), text()).prop_map(|(code, reason)| PublishOutcome::Rejected { code, reason }),
         any::<u32>().prop_map(|retry_after_ms| PublishOutcome::Throttled { retry_after_ms }),
+        any::<u64>().prop_map(|seq| PublishOutcome::Duplicate { seq }),
     ]
 }
 
 pub(crate) fn stats() -> impl Strategy<Value = QueueStats> {
     (
-        vec(any::<u64>(), 13),
+        vec(any::<u64>(), 14),
         vec((drop_reason(), any::<u64>()), 0..5),
         vec(
             (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(s, c, u)| ConsumerStats {
@@ -160,6 +163,7 @@ pub(crate) fn stats() -> impl Strategy<Value = QueueStats> {
             publish_rate: n[10],
             deliver_rate: n[11],
             ack_rate: n[12],
+            duplicates: n[13],
         })
 }
 
@@ -227,6 +231,13 @@ pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
         ),
         (any::<u64>(), vec(any::<u64>(), 0..20))
             .prop_map(|(subscription, tags)| ClientFrame::Reject { subscription, tags }),
+        (any::<u64>(), vec(any::<u64>(), 0..8), any::<u64>()).prop_map(
+            |(subscription, tags, extend_ms)| ClientFrame::Extend {
+                subscription,
+                tags,
+                extend_ms,
+            }
+        ),
     ]
 }
 
