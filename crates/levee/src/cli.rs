@@ -671,7 +671,10 @@ impl Tally {
             Err(ClientError::ConnectionLost | ClientError::Timeout(_))
         );
         match r {
-            Ok(PublishOutcome::Stored { .. }) => self.stored += 1,
+            // A duplicate (its message id was stored before) is in the queue once: stored.
+            Ok(PublishOutcome::Stored { .. } | PublishOutcome::Duplicate { .. }) => {
+                self.stored += 1;
+            }
             Ok(PublishOutcome::Dropped { reason }) => {
                 self.dropped += 1;
                 self.not_stored.add(n);

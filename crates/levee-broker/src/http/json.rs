@@ -8,7 +8,8 @@
 //!   never panics on input; ranges are left to [`QueueConfig::validate`].
 
 use levee_proto::{
-    DropReason, Durability, Fsync, Order, Overflow, ProtoError, QueueConfig, QueueStats, RateLimit,
+    Dedup, DropReason, Durability, Fsync, Order, Overflow, ProtoError, QueueConfig, QueueStats,
+    RateLimit,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -41,6 +42,16 @@ struct ConfigBody {
     dead_letter: Option<String>,
     message_ttl_ms: Option<u64>,
     rate_limit: Option<RateLimitBody>,
+    #[serde(default, deserialize_with = "present")]
+    dedup: Option<Option<DedupBody>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DedupBody {
+    #[serde(default, deserialize_with = "present")]
+    window_ms: Option<Option<u64>>,
+    max_ids: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +137,17 @@ pub fn config_from_json(body: &[u8]) -> Result<QueueConfig, HttpError> {
         dead_letter: body.dead_letter,
         message_ttl_ms: body.message_ttl_ms,
         rate_limit,
+        dedup: match body.dedup {
+            None => d.dedup,
+            Some(None) => None,
+            Some(Some(b)) => {
+                let def = Dedup::default();
+                Some(Dedup {
+                    window_ms: b.window_ms.unwrap_or(def.window_ms),
+                    max_ids: b.max_ids.unwrap_or(def.max_ids),
+                })
+            }
+        },
     })
 }
 
@@ -164,6 +186,13 @@ struct ConfigView<'a> {
     dead_letter: Option<&'a str>,
     message_ttl_ms: Option<u64>,
     rate_limit: Option<RateLimitView>,
+    dedup: Option<DedupView>,
+}
+
+#[derive(Serialize)]
+struct DedupView {
+    window_ms: Option<u64>,
+    max_ids: u32,
 }
 
 impl<'a> From<&'a QueueConfig> for ConfigView<'a> {
@@ -199,6 +228,10 @@ impl<'a> From<&'a QueueConfig> for ConfigView<'a> {
                 bytes_per_sec: r.bytes_per_sec,
                 burst_msgs: r.burst_msgs,
                 burst_bytes: r.burst_bytes,
+            }),
+            dedup: c.dedup.map(|d| DedupView {
+                window_ms: d.window_ms,
+                max_ids: d.max_ids,
             }),
         }
     }
@@ -243,6 +276,7 @@ struct StatsView<'a> {
     publish_rate: u64,
     deliver_rate: u64,
     ack_rate: u64,
+    duplicates: u64,
     balanced: bool,
 }
 
@@ -345,6 +379,7 @@ impl QueueSnapshot {
                 publish_rate: s.publish_rate,
                 deliver_rate: s.deliver_rate,
                 ack_rate: s.ack_rate,
+                duplicates: s.duplicates,
                 balanced: s.is_balanced(),
             },
             loss_pct: self.loss_pct(),

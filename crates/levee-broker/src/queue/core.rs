@@ -266,10 +266,21 @@ impl QueueCore {
             if let (Some(PublishOutcome::Stored { seq }), Some(m)) = (&outcome, copy) {
                 stored.push((*seq, m));
             }
+            if let Some(PublishOutcome::Duplicate { seq }) = &outcome {
+                self.wait_for_original(slot, *seq);
+            }
             self.confirms.push(slot, outcome);
         }
         let _kept = self.append(now, stored, Some(slot));
         self.apply_effects(now);
+    }
+
+    /// A duplicate is confirmed only once the copy it names is durable (it may have been stored
+    /// moments ago, in a batch not yet fsynced).
+    fn wait_for_original(&mut self, slot: u64, seq: u64) {
+        if self.disk.as_ref().is_some_and(|d| d.fsync_waits) && seq >= self.durable {
+            self.confirms.wait_for(slot, seq + 1);
+        }
     }
 
     /// A message dead-lettered into this queue. It needs no credit; on a full `block` queue it is
@@ -342,7 +353,9 @@ impl QueueCore {
                 let code = storage_code(&e);
                 if let Some(outcomes) = slot.and_then(|s| self.confirms.outcomes_mut(s)) {
                     for o in outcomes.iter_mut() {
-                        if let Some(PublishOutcome::Stored { seq }) = o
+                        if let Some(
+                            PublishOutcome::Stored { seq } | PublishOutcome::Duplicate { seq },
+                        ) = o
                             && seqs.contains(seq)
                         {
                             *o = Some(PublishOutcome::Rejected {
@@ -745,6 +758,9 @@ impl QueueCore {
                 } => {
                     let slot = Confirms::slot_of(token);
                     let mut outcome = outcome;
+                    if let PublishOutcome::Duplicate { seq } = &outcome {
+                        self.wait_for_original(slot, *seq);
+                    }
                     if let (PublishOutcome::Stored { seq }, Some(m)) = (&outcome, stored) {
                         let seq = *seq;
                         // Appended now: nothing published later may reach the log first.

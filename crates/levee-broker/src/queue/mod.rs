@@ -241,6 +241,8 @@ pub struct Counters {
     pub delivered: u64,
     /// Deliveries of messages delivered before.
     pub redelivered: u64,
+    /// Publishes answered `Duplicate` (not counted in `published`).
+    pub duplicates: u64,
 }
 
 fn reason_index(r: DropReason) -> usize {
@@ -356,6 +358,8 @@ pub struct QueueState {
     rate_retry_at: Option<u64>,
     counters: Counters,
     effects: Vec<Effect>,
+    /// The message ids stored within the dedup window (`None`: dedup off).
+    dedup: Option<dedup::DedupWindow>,
 }
 
 impl QueueState {
@@ -377,6 +381,7 @@ impl QueueState {
             .rate_limit
             .as_ref()
             .and_then(crate::rate::RateGate::new);
+        let config_copy = config.clone();
         QueueState {
             ready: PolicyQueue::new(limits, flow_overflow(config.overflow), order),
             config,
@@ -400,6 +405,7 @@ impl QueueState {
             rate_retry_at: None,
             counters: Counters::default(),
             effects: Vec::new(),
+            dedup: config_dedup(&config_copy),
         }
     }
 
@@ -430,6 +436,19 @@ impl QueueState {
         if let Some(superseded) = self.ready.reinsert(r.seq, r.queued, meta) {
             self.account_evicted(superseded);
         }
+    }
+
+    /// Puts back a message id found in the log (settled or not), in sequence order, with its
+    /// publish time: rebuilds the dedup window after a restart.
+    pub fn restore_id(&mut self, seq: u64, at: u64, id: &[u8]) {
+        if let Some(w) = &mut self.dedup {
+            w.insert(at, id, seq);
+        }
+    }
+
+    /// Message ids in the dedup window now (after pruning at the last publish).
+    pub fn dedup_len(&self) -> usize {
+        self.dedup.as_ref().map_or(0, dedup::DedupWindow::len)
     }
 
     /// Sets the durability watermark: messages with `seq < below` are safely stored and may be
@@ -542,6 +561,13 @@ impl QueueState {
     /// Offers a message to the ready set; `Err` hands it back when it must be held (a `block`
     /// queue without room by bytes, or over the rate limit).
     fn admit(&mut self, now: u64, msg: Message) -> Result<PublishOutcome, Box<Message>> {
+        if let (Some(w), Some(id)) = (&mut self.dedup, &msg.message_id)
+            && let Some(seq) = w.check(now, id)
+        {
+            // Not a new publish: nothing is counted but the duplicate itself.
+            self.counters.duplicates += 1;
+            return Ok(PublishOutcome::Duplicate { seq });
+        }
         let weight = msg.payload.len() as u64;
         if let Some(gate) = &mut self.rate {
             match gate.check(now, weight) {
@@ -580,6 +606,7 @@ impl QueueState {
         };
         let expires_at = self.expiry_for(now, &msg);
         let seq = self.next_seq;
+        let id = msg.message_id.clone();
         let queued = Queued {
             message: Some(msg),
             timestamp_ms: now,
@@ -590,6 +617,9 @@ impl QueueState {
             Offer::Accepted { evicted } => {
                 self.next_seq += 1;
                 self.counters.stored += 1;
+                if let (Some(w), Some(id)) = (&mut self.dedup, &id) {
+                    w.insert(now, id, seq);
+                }
                 if let Some(at) = expires_at {
                     self.expiries.push(Reverse((at, seq)));
                 }
@@ -657,9 +687,15 @@ impl QueueState {
     /// count as rejected instead of stored. `seqs` are the last ones assigned, in order.
     pub fn abort_publish(&mut self, seqs: &[u64]) {
         for &seq in seqs {
-            if self.ready.remove(seq).is_some() {
+            if let Some(item) = self.ready.remove(seq) {
                 self.counters.stored -= 1;
                 self.counters.rejected += 1;
+                if let (Some(w), Some(id)) = (
+                    &mut self.dedup,
+                    item.item.message.as_ref().and_then(|m| m.message_id.as_ref()),
+                ) {
+                    w.remove(id, seq);
+                }
             }
         }
         if let Some(&first) = seqs.first() {
@@ -1277,12 +1313,18 @@ impl QueueState {
             publish_rate: 0,
             deliver_rate: 0,
             ack_rate: 0,
+            duplicates: self.counters.duplicates,
         }
     }
 }
 
+fn config_dedup(config: &QueueConfig) -> Option<dedup::DedupWindow> {
+    config.dedup.map(dedup::DedupWindow::new)
+}
+
 pub mod confirms;
 pub mod core;
+pub mod dedup;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

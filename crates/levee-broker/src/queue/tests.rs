@@ -848,3 +848,89 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_republished_message_id_is_a_duplicate_and_not_stored_again() {
+    let mut q = QueueState::new(cfg(), 1);
+    let with_id = |n: u32, id: &str| msg(n).with_message_id(id.to_owned());
+    let first = q.publish(1_000, 1, 0, with_id(1, "a")).unwrap();
+    let PublishOutcome::Stored { seq } = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        q.publish(1_500, 1, 1, with_id(2, "a")),
+        Some(PublishOutcome::Duplicate { seq })
+    );
+    // Without an id nothing is deduplicated, even with the same payload.
+    assert!(matches!(publish(&mut q, 1_600, 1), PublishOutcome::Stored { .. }));
+    assert!(matches!(publish(&mut q, 1_600, 1), PublishOutcome::Stored { .. }));
+    // Acking the message does not forget its id: the window is about what was published.
+    q.subscribe(7, false);
+    q.add_credit(7, 10);
+    let out = dispatch(&mut q, 1_700);
+    q.ack(1_700, 7, &out.iter().map(|o| o.tag).collect::<Vec<_>>());
+    assert!(matches!(
+        q.publish(1_800, 1, 2, with_id(3, "a")),
+        Some(PublishOutcome::Duplicate { .. })
+    ));
+    // Two minutes later (the default window) it is new again.
+    assert!(matches!(
+        q.publish(1_000 + 120_000, 1, 3, with_id(4, "a")),
+        Some(PublishOutcome::Stored { .. })
+    ));
+    let s = q.stats();
+    assert_eq!(s.duplicates, 2);
+    assert_eq!(s.published, 4, "duplicates are not publishes");
+    assert!(s.is_balanced());
+}
+
+#[test]
+fn a_refused_publish_leaves_its_id_free_for_a_retry() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            max_messages: 1,
+            overflow: Overflow::Reject,
+            ..cfg()
+        },
+        1,
+    );
+    let with_id = |n: u32, id: &str| msg(n).with_message_id(id.to_owned());
+    assert!(matches!(
+        q.publish(0, 1, 0, with_id(1, "a")),
+        Some(PublishOutcome::Stored { .. })
+    ));
+    assert!(matches!(
+        q.publish(0, 1, 1, with_id(2, "b")),
+        Some(PublishOutcome::Rejected { .. })
+    ));
+    q.purge(0);
+    assert!(matches!(
+        q.publish(0, 1, 2, with_id(2, "b")),
+        Some(PublishOutcome::Stored { .. })
+    ));
+}
+
+#[test]
+fn dedup_off_stores_every_copy() {
+    let mut q = QueueState::new(QueueConfig { dedup: None, ..cfg() }, 1);
+    for i in 0..3 {
+        assert!(matches!(
+            q.publish(0, 1, i, msg(1).with_message_id("same")),
+            Some(PublishOutcome::Stored { .. })
+        ));
+    }
+}
+
+#[test]
+fn restored_ids_rebuild_the_window_with_their_publish_time() {
+    let mut q = QueueState::new(cfg(), 10);
+    q.restore_id(3, 1_000, b"a");
+    assert_eq!(
+        q.publish(60_000, 1, 0, msg(1).with_message_id("a")),
+        Some(PublishOutcome::Duplicate { seq: 3 })
+    );
+    assert!(matches!(
+        q.publish(121_000, 1, 1, msg(1).with_message_id("a")),
+        Some(PublishOutcome::Stored { .. })
+    ));
+}
