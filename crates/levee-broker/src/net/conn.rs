@@ -322,6 +322,15 @@ impl Conn {
                     let _ = self.send_to(q, Cmd::Reject(subscription, tags));
                 }
             }
+            ClientFrame::Extend {
+                subscription,
+                tags,
+                extend_ms,
+            } => {
+                if let Some(q) = self.sub_queue(subscription) {
+                    let _ = self.send_to(q, Cmd::Extend(subscription, tags, extend_ms));
+                }
+            }
             // levee-proto's `ClientFrame` is non_exhaustive: a frame this server does not know is
             // answered with an explicit error, never ignored.
             _ => {

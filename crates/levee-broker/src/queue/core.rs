@@ -88,6 +88,25 @@ pub enum Output {
     },
 }
 
+/// What a checked settlement does ([`QueueCore::settle_checked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleKind {
+    /// Acknowledge.
+    Ack,
+    /// Return to the queue after a delay.
+    Nack {
+        /// Requeue delay.
+        delay_ms: u64,
+    },
+    /// To the dead-letter queue.
+    Reject,
+    /// Renew the lease.
+    Extend {
+        /// New lease from now (0: the queue's ack timeout).
+        extend_ms: u64,
+    },
+}
+
 /// A blocking job: reopen the failed log at `dir` (run it, then [`QueueCore::reopened`]).
 pub struct Reopen {
     /// The backend.
@@ -462,6 +481,45 @@ impl QueueCore {
         let errors = self.state.reject(now, consumer, tags);
         self.report(consumer, errors);
         self.apply_effects(now);
+    }
+
+    /// Renews leases ([`QueueState::extend`]).
+    pub fn extend(&mut self, now: u64, consumer: ConsumerId, tags: &[u64], extend_ms: u64) {
+        let errors = self.state.extend(now, consumer, tags, extend_ms);
+        self.report(consumer, errors);
+    }
+
+    /// Sets a consumer's credit ([`QueueState::set_credit`]).
+    pub fn set_credit(&mut self, consumer: ConsumerId, n: u64) {
+        self.state.set_credit(consumer, n);
+    }
+
+    /// Deliveries that never reached their receiver go back unchanged ([`QueueState::unsent`]).
+    pub fn unsent(&mut self, now: u64, consumer: ConsumerId, tags: &[u64]) {
+        self.state.unsent(now, consumer, tags);
+        self.apply_effects(now);
+    }
+
+    /// Settles (or extends) and answers which tags were not outstanding, instead of reporting
+    /// them to the consumer's connection: the HTTP API answers per receipt.
+    pub fn settle_checked(
+        &mut self,
+        now: u64,
+        consumer: ConsumerId,
+        how: SettleKind,
+        tags: &[u64],
+    ) -> Vec<u64> {
+        let errors = match how {
+            SettleKind::Ack => self.state.ack(now, consumer, tags),
+            SettleKind::Nack { delay_ms } => self.state.nack(now, consumer, tags, delay_ms),
+            SettleKind::Reject => self.state.reject(now, consumer, tags),
+            SettleKind::Extend { extend_ms } => self.state.extend(now, consumer, tags, extend_ms),
+        };
+        self.apply_effects(now);
+        errors
+            .into_iter()
+            .map(|SettleError::UnknownTag(t)| t)
+            .collect()
     }
 
     /// Drops every ready message; returns how many.

@@ -1008,6 +1008,49 @@ impl QueueState {
         errors
     }
 
+    /// Renews the leases of unacked deliveries: each one's ack deadline becomes `now + extend_ms`
+    /// (`extend_ms = 0`: now + the queue's ack timeout; with an ack timeout of 0 as well the
+    /// delivery keeps no deadline). Unknown tags (settled, returned after their deadline, another
+    /// consumer's) are reported: a lease that ended cannot be renewed.
+    pub fn extend(
+        &mut self,
+        now: u64,
+        consumer: ConsumerId,
+        tags: &[u64],
+        extend_ms: u64,
+    ) -> Vec<SettleError> {
+        let ms = if extend_ms == 0 {
+            self.config.ack_timeout_ms
+        } else {
+            extend_ms.min(levee_proto::MAX_ACK_TIMEOUT_MS)
+        };
+        let mut errors = Vec::new();
+        for &tag in tags {
+            match self.unacked.get_mut(&tag) {
+                Some(u) if u.consumer == consumer => {
+                    if let Some(d) = u.deadline.take() {
+                        self.deadlines.remove(&(d, tag));
+                    }
+                    if ms > 0 {
+                        let d = now.saturating_add(ms);
+                        u.deadline = Some(d);
+                        self.deadlines.insert((d, tag));
+                    }
+                }
+                _ => errors.push(SettleError::UnknownTag(tag)),
+            }
+        }
+        errors
+    }
+
+    /// Sets a consumer's credit to `n` (whatever it had left): the HTTP receive session takes
+    /// back the credit of a long poll that ended.
+    pub fn set_credit(&mut self, consumer: ConsumerId, n: u64) {
+        if let Some(c) = self.consumers.get_mut(&consumer) {
+            c.credit = n;
+        }
+    }
+
     /// Returns deliveries that never left the broker (their message could not be read for
     /// sending): back to their positions, their delivery count unchanged.
     pub fn unsent(&mut self, now: u64, consumer: ConsumerId, tags: &[u64]) {

@@ -934,3 +934,31 @@ fn restored_ids_rebuild_the_window_with_their_publish_time() {
         Some(PublishOutcome::Stored { .. })
     ));
 }
+
+#[test]
+fn an_extended_lease_moves_the_ack_deadline_and_an_ended_one_cannot_be_renewed() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            ack_timeout_ms: 1_000,
+            ..cfg()
+        },
+        1,
+    );
+    publish(&mut q, 0, 1);
+    q.subscribe(7, false);
+    q.add_credit(7, 1);
+    let tag = dispatch(&mut q, 0)[0].tag;
+    assert!(q.extend(900, 7, &[tag], 5_000).is_empty());
+    q.tick(1_000);
+    assert_eq!(q.stats().unacked, 1, "the old deadline no longer applies");
+    assert_eq!(q.next_deadline(), Some(5_900));
+    // Another consumer cannot renew it.
+    assert_eq!(q.extend(1_000, 8, &[tag], 5_000), vec![SettleError::UnknownTag(tag)]);
+    // Extend 0 = the queue's ack timeout from now.
+    assert!(q.extend(2_000, 7, &[tag], 0).is_empty());
+    assert_eq!(q.next_deadline(), Some(3_000));
+    q.tick(3_000);
+    assert_eq!(q.stats().unacked, 0, "the lease ended: back in the queue");
+    assert_eq!(q.extend(3_001, 7, &[tag], 5_000), vec![SettleError::UnknownTag(tag)]);
+    assert!(q.stats().is_balanced());
+}
