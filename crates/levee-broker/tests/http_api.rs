@@ -775,13 +775,14 @@ fn arb_config() -> impl Strategy<Value = QueueConfig> {
             proptest::option::of("[a-z]{1,8}"),
             proptest::option::of(1u64..=1_000_000),
             proptest::option::of(rate),
+            proptest::option::of((proptest::option::of(1u64..), 1u32..)),
         ),
     )
         .prop_map(
             |(
                 (max_messages, max_bytes, overflow),
                 (order, durability, ack_timeout_ms),
-                (max_deliveries, dead_letter, message_ttl_ms, rate_limit),
+                (max_deliveries, dead_letter, message_ttl_ms, rate_limit, dedup),
             )| QueueConfig {
                 max_messages,
                 max_bytes,
@@ -793,6 +794,7 @@ fn arb_config() -> impl Strategy<Value = QueueConfig> {
                 dead_letter,
                 message_ttl_ms,
                 rate_limit,
+                dedup: dedup.map(|(window_ms, max_ids)| levee_proto::Dedup { window_ms, max_ids }),
             },
         )
 }

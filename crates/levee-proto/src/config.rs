@@ -516,7 +516,9 @@ impl QueueConfig {
             }
         }
         if let Some(d) = &self.dedup {
-            if d.window_ms.is_some_and(|w| !(1..=MAX_DEDUP_WINDOW_MS).contains(&w)) {
+            if d.window_ms
+                .is_some_and(|w| !(1..=MAX_DEDUP_WINDOW_MS).contains(&w))
+            {
                 return invalid(
                     "dedup.window_ms",
                     format!(

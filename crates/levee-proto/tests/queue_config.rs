@@ -229,10 +229,7 @@ fn dedup_ranges_are_checked() {
         ..QueueConfig::default()
     };
     assert_eq!(off.validate("q"), Ok(()));
-    assert_eq!(
-        QueueConfig::default().differences(&off)[0].field,
-        "dedup"
-    );
+    assert_eq!(QueueConfig::default().differences(&off)[0].field, "dedup");
 }
 
 #[test]

@@ -511,8 +511,7 @@ pub(crate) fn message_frame_len(m: &NewMessage) -> Result<u64, String> {
         Some(id) => 1 + id.len() as u64,
         None => 0,
     };
-    let mut len =
-        FRAME_PREFIX_LEN as u64 + 1 + 8 + 8 + 8 + 1 + 1 + 2 + key_len as u64 + id_len + 2;
+    let mut len = FRAME_PREFIX_LEN as u64 + 1 + 8 + 8 + 8 + 1 + 1 + 2 + key_len as u64 + id_len + 2;
     for (name, value) in &m.headers {
         if name.len() > u16::MAX as usize {
             return Err(format!("header name of {} bytes exceeds 65535", name.len()));

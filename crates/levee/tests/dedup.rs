@@ -91,7 +91,10 @@ async fn a_producer_republishing_after_kill9_stores_each_message_once() {
         d.ack().unwrap();
     }
     assert!(seen.values().all(|n| *n == 1), "each message once");
-    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (0..N).collect::<Vec<_>>());
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (0..N).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +102,10 @@ async fn messages_without_an_id_are_never_deduplicated() {
     let server = Server::start();
     let c = client(&server).await;
     c.declare("plain", QueueConfig::default()).await.unwrap();
-    let p = c.producer("plain", ProducerOptions::default()).await.unwrap();
+    let p = c
+        .producer("plain", ProducerOptions::default())
+        .await
+        .unwrap();
     for _ in 0..3 {
         let o = p.send(numbered(1, 8)).await.unwrap();
         assert!(matches!(o, PublishOutcome::Stored { .. }), "{o:?}");

@@ -48,7 +48,9 @@ use crate::error::BrokerError;
 
 mod error;
 mod json;
+mod messages;
 mod metrics;
+pub mod session;
 mod snapshot;
 
 pub use error::HttpError;
@@ -168,6 +170,23 @@ async fn fallback(uri: axum::http::Uri) -> Response {
     HttpError::NoRoute(uri.path().to_string()).into_response()
 }
 
+/// Messaging over HTTP (`messages.rs`) and the health probes. Publishing takes bodies up to
+/// [`messages::MAX_PUBLISH_BODY`].
+fn messaging_routes() -> Router<Broker> {
+    Router::new()
+        .route(
+            "/api/queues/{name}/messages",
+            post(messages::publish).layer(DefaultBodyLimit::max(messages::MAX_PUBLISH_BODY)),
+        )
+        .route("/api/queues/{name}/receive", post(messages::receive))
+        .route("/api/queues/{name}/ack", post(messages::ack))
+        .route("/api/queues/{name}/nack", post(messages::nack))
+        .route("/api/queues/{name}/reject", post(messages::reject))
+        .route("/api/queues/{name}/extend", post(messages::extend))
+        .route("/healthz", get(messages::healthz))
+        .route("/readyz", get(messages::readyz))
+}
+
 /// The HTTP API, metrics and dashboard of `broker`, as an axum router (to be served, or nested
 /// into a larger application).
 pub fn router(broker: Broker) -> Router {
@@ -180,8 +199,13 @@ pub fn router(broker: Broker) -> Router {
             get(get_queue).put(put_queue).delete(delete_queue),
         )
         .route("/api/queues/{name}/purge", post(purge_queue))
+        .merge(messaging_routes())
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(error::json_errors))
+        .layer(axum::Extension(std::sync::Arc::new(
+            session::Sessions::default(),
+        )))
         .with_state(broker)
 }
 

@@ -415,6 +415,9 @@ fn detach(mut m: levee_proto::Message) -> levee_proto::Message {
     if let Some(k) = &mut m.key {
         *k = Bytes::copy_from_slice(k);
     }
+    if let Some(id) = &mut m.message_id {
+        *id = Bytes::copy_from_slice(id);
+    }
     for (_, v) in &mut m.headers {
         *v = Bytes::copy_from_slice(v);
     }

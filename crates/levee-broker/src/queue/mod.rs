@@ -692,7 +692,10 @@ impl QueueState {
                 self.counters.rejected += 1;
                 if let (Some(w), Some(id)) = (
                     &mut self.dedup,
-                    item.item.message.as_ref().and_then(|m| m.message_id.as_ref()),
+                    item.item
+                        .message
+                        .as_ref()
+                        .and_then(|m| m.message_id.as_ref()),
                 ) {
                     w.remove(id, seq);
                 }

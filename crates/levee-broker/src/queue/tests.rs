@@ -862,8 +862,14 @@ fn a_republished_message_id_is_a_duplicate_and_not_stored_again() {
         Some(PublishOutcome::Duplicate { seq })
     );
     // Without an id nothing is deduplicated, even with the same payload.
-    assert!(matches!(publish(&mut q, 1_600, 1), PublishOutcome::Stored { .. }));
-    assert!(matches!(publish(&mut q, 1_600, 1), PublishOutcome::Stored { .. }));
+    assert!(matches!(
+        publish(&mut q, 1_600, 1),
+        PublishOutcome::Stored { .. }
+    ));
+    assert!(matches!(
+        publish(&mut q, 1_600, 1),
+        PublishOutcome::Stored { .. }
+    ));
     // Acking the message does not forget its id: the window is about what was published.
     q.subscribe(7, false);
     q.add_credit(7, 10);
@@ -912,7 +918,13 @@ fn a_refused_publish_leaves_its_id_free_for_a_retry() {
 
 #[test]
 fn dedup_off_stores_every_copy() {
-    let mut q = QueueState::new(QueueConfig { dedup: None, ..cfg() }, 1);
+    let mut q = QueueState::new(
+        QueueConfig {
+            dedup: None,
+            ..cfg()
+        },
+        1,
+    );
     for i in 0..3 {
         assert!(matches!(
             q.publish(0, 1, i, msg(1).with_message_id("same")),
@@ -953,12 +965,18 @@ fn an_extended_lease_moves_the_ack_deadline_and_an_ended_one_cannot_be_renewed()
     assert_eq!(q.stats().unacked, 1, "the old deadline no longer applies");
     assert_eq!(q.next_deadline(), Some(5_900));
     // Another consumer cannot renew it.
-    assert_eq!(q.extend(1_000, 8, &[tag], 5_000), vec![SettleError::UnknownTag(tag)]);
+    assert_eq!(
+        q.extend(1_000, 8, &[tag], 5_000),
+        vec![SettleError::UnknownTag(tag)]
+    );
     // Extend 0 = the queue's ack timeout from now.
     assert!(q.extend(2_000, 7, &[tag], 0).is_empty());
     assert_eq!(q.next_deadline(), Some(3_000));
     q.tick(3_000);
     assert_eq!(q.stats().unacked, 0, "the lease ended: back in the queue");
-    assert_eq!(q.extend(3_001, 7, &[tag], 5_000), vec![SettleError::UnknownTag(tag)]);
+    assert_eq!(
+        q.extend(3_001, 7, &[tag], 5_000),
+        vec![SettleError::UnknownTag(tag)]
+    );
     assert!(q.stats().is_balanced());
 }

@@ -67,19 +67,21 @@ pub(crate) fn queue_config() -> impl Strategy<Value = QueueConfig> {
         option::of(rate_limit()),
         option::of((option::of(any::<u64>()), any::<u32>())),
     )
-        .prop_map(|(mm, mb, ov, or, du, at, md, dl, ttl, rl, dd)| QueueConfig {
-            max_messages: mm,
-            max_bytes: mb,
-            overflow: ov,
-            order: or,
-            durability: du,
-            ack_timeout_ms: at,
-            max_deliveries: md,
-            dead_letter: dl,
-            message_ttl_ms: ttl,
-            rate_limit: rl,
-            dedup: dd.map(|(window_ms, max_ids)| levee_proto::Dedup { window_ms, max_ids }),
-        })
+        .prop_map(
+            |(mm, mb, ov, or, du, at, md, dl, ttl, rl, dd)| QueueConfig {
+                max_messages: mm,
+                max_bytes: mb,
+                overflow: ov,
+                order: or,
+                durability: du,
+                ack_timeout_ms: at,
+                max_deliveries: md,
+                dead_letter: dl,
+                message_ttl_ms: ttl,
+                rate_limit: rl,
+                dedup: dd.map(|(window_ms, max_ids)| levee_proto::Dedup { window_ms, max_ids }),
+            },
+        )
 }
 
 pub(crate) fn message() -> impl Strategy<Value = Message> {
