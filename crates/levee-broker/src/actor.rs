@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use levee_proto::{ErrorCode, Message, QueueInfo, QueueStats, ServerFrame};
+use levee_proto::{ErrorCode, Message, QueueConfig, QueueInfo, QueueStats, ServerFrame};
 use levee_store::{QueueLog, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -112,6 +112,11 @@ pub(crate) enum Cmd {
     },
     /// Answers once every command sent before it was handled (and its flush done).
     Barrier(oneshot::Sender<()>),
+    /// Change the queue's configuration.
+    Reconfigure(
+        QueueConfig,
+        oneshot::Sender<Result<(), crate::queue::reconfigure::ReconfigureError>>,
+    ),
     /// The consumer's connection wrote every delivery up to this tag to its socket.
     Written(ConsumerId, u64),
     /// A connection whose outbox was full has room again.
@@ -318,6 +323,9 @@ impl QueueActor {
                 reply,
             } => {
                 let _ = reply.send(self.core.settle_checked(now, consumer, how, &tags));
+            }
+            Cmd::Reconfigure(config, reply) => {
+                let _ = reply.send(self.core.reconfigure(now, config));
             }
             Cmd::Barrier(reply) => {
                 // Flushed before the reply: whatever the commands before it dispatched is

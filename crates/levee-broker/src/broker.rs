@@ -183,6 +183,9 @@ struct QueueEntry {
     task: tokio::task::JoinHandle<()>,
 }
 
+#[path = "broker_ops.rs"]
+mod ops;
+
 /// A deletion in progress: resolves to the number of messages the queue held.
 pub(crate) type Deletion =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, BrokerError>> + Send>>;

@@ -385,6 +385,18 @@ impl Client {
         }
     }
 
+    /// Changes a live queue's configuration to `config` (the complete new config: inspect, change
+    /// fields, update). Durability and order cannot change; lowering limits drops nothing (the
+    /// queue refuses new messages until drained below them). Returns the messages it holds.
+    ///
+    /// # Cancel safety
+    /// As [`Client::declare`]: the change may or may not have been applied.
+    pub async fn update(&self, queue: &str, config: QueueConfig) -> Result<u64> {
+        let queue = queue.to_string();
+        self.queue_ok(|req| ClientFrame::Update { req, queue, config })
+            .await
+    }
+
     /// Deletes a queue with its messages; returns how many it held.
     ///
     /// # Cancel safety

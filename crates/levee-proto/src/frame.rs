@@ -76,6 +76,8 @@ pub mod frame_type {
     pub const REJECT: u8 = 0x35;
     /// Client `Extend` (protocol 2).
     pub const EXTEND: u8 = 0x36;
+    /// Client `Update` (protocol 2).
+    pub const UPDATE: u8 = 0x50;
 
     /// Server `Welcome`.
     pub const WELCOME: u8 = 0x81;
@@ -318,6 +320,16 @@ pub enum ClientFrame {
         subscription: u64,
         /// Delivery tags (at most [`MAX_TAGS`]).
         tags: Vec<u64>,
+    },
+    /// Change a live queue's configuration (limits, overflow, TTL, rate limit, dead letter, ack
+    /// timeout, max deliveries, dedup; not durability or order). Reply `QueueOk`. Protocol 2.
+    Update {
+        /// Request id.
+        req: u64,
+        /// Queue name.
+        queue: String,
+        /// The complete new config.
+        config: QueueConfig,
     },
     /// Renew the leases of unacked deliveries: each one's ack deadline becomes now + `extend_ms`
     /// (0: now + the queue's ack timeout). No reply; unknown tags are reported like an `Ack`'s.
@@ -564,6 +576,7 @@ impl ClientFrame {
             ClientFrame::Nack { .. } => ft::NACK,
             ClientFrame::Reject { .. } => ft::REJECT,
             ClientFrame::Extend { .. } => ft::EXTEND,
+            ClientFrame::Update { .. } => ft::UPDATE,
         }
     }
 
@@ -578,7 +591,8 @@ impl ClientFrame {
             | ClientFrame::Publish { req, .. }
             | ClientFrame::Produce { req, .. }
             | ClientFrame::Subscribe { req, .. }
-            | ClientFrame::Unsubscribe { req, .. } => Some(*req),
+            | ClientFrame::Unsubscribe { req, .. }
+            | ClientFrame::Update { req, .. } => Some(*req),
             _ => None,
         }
     }
@@ -609,7 +623,8 @@ impl ClientFrame {
             }
             ClientFrame::Heartbeat => Ok(()),
             ClientFrame::Close { code, reason } => put_close(d, *code, reason),
-            ClientFrame::Declare { req, queue, config } => {
+            ClientFrame::Declare { req, queue, config }
+            | ClientFrame::Update { req, queue, config } => {
                 d.put_u64_le(*req);
                 put_queue(d, queue)?;
                 encode_config(d, config)?;
@@ -734,6 +749,15 @@ impl ClientFrame {
                     config.dedup = decode_dedup(r)?;
                 }
                 ClientFrame::Declare { req, queue, config }
+            }
+            ft::UPDATE => {
+                let req = r.u64("request id")?;
+                let queue = r.str8("queue name")?;
+                let mut config = decode_config(r)?;
+                if r.has_more() {
+                    config.dedup = decode_dedup(r)?;
+                }
+                ClientFrame::Update { req, queue, config }
             }
             ft::DELETE => ClientFrame::Delete {
                 req: r.u64("request id")?,

@@ -169,6 +169,15 @@ pub(crate) struct QueueArgs {
 pub(crate) enum QueueCmd {
     /// Create a queue, or check that the existing one has the settings given.
     Declare(DeclareArgs),
+    /// Change a live queue's settings (the flags given; the others stay). Limits, overflow,
+    /// TTL, rate limit, dead letter, ack timeout, max deliveries and dedup can change, without
+    /// losing a message: lowering a limit below what the queue holds drops nothing (the queue
+    /// takes no new messages until drained below it). Durability and order cannot change.
+    #[command(
+        after_help = "Examples:\n  levee queue update jobs --max-messages 500\n  \
+        levee queue update jobs --overflow reject --ack-timeout 2m --dead-letter jobs.dead"
+    )]
+    Update(DeclareArgs),
     /// List queue names.
     #[command(after_help = "Example:\n  levee queue list --json | jq -r '.[]'")]
     List {
@@ -274,6 +283,16 @@ pub(crate) struct DeclareArgs {
     /// none].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub rate_bytes: Option<u64>,
+    /// How long a message id is remembered for deduplication (a publish whose id was stored
+    /// within it is a duplicate, not stored again) [default: 2m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_millis)]
+    pub dedup_window: Option<u64>,
+    /// Most message ids remembered for deduplication [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub dedup_max_ids: Option<u32>,
+    /// Turn deduplication by message id off.
+    #[arg(long, conflicts_with_all = ["dedup_window", "dedup_max_ids"])]
+    pub no_dedup: bool,
     /// Compare every setting, given or not, with the existing queue (flags not given mean the
     /// defaults), as the wire protocol's Declare does.
     #[arg(long)]
@@ -339,6 +358,18 @@ impl DeclareArgs {
             }
             c.rate_limit = Some(rl);
         }
+        if self.no_dedup {
+            c.dedup = None;
+        } else if self.dedup_window.is_some() || self.dedup_max_ids.is_some() {
+            let mut d = c.dedup.unwrap_or_default();
+            if let Some(w) = self.dedup_window {
+                d.window_ms = Some(w);
+            }
+            if let Some(n) = self.dedup_max_ids {
+                d.max_ids = n;
+            }
+            c.dedup = Some(d);
+        }
         Ok(c)
     }
 }
@@ -380,6 +411,20 @@ pub(crate) async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<Outcome>
                 args.name,
                 ok.messages
             );
+        }
+        QueueCmd::Update(args) => {
+            let existing = client.inspect(&args.name).await?.config;
+            let config = args.config_over(&existing)?;
+            config
+                .validate(&args.name)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let messages = client.update(&args.name, config.clone()).await?;
+            let changed = existing.describe_differences(&config);
+            if changed.is_empty() {
+                println!("unchanged {} ({messages} messages)", args.name);
+            } else {
+                println!("updated {} ({messages} messages): {changed}", args.name);
+            }
         }
         QueueCmd::List { json } => {
             let names = client.list_queues().await?;

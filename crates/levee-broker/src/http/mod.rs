@@ -46,6 +46,7 @@ use tokio::net::TcpListener;
 use crate::broker::Broker;
 use crate::error::BrokerError;
 
+mod admin;
 mod error;
 mod json;
 mod messages;
@@ -196,7 +197,10 @@ pub fn router(broker: Broker) -> Router {
         .route("/api/queues", get(list_queues))
         .route(
             "/api/queues/{name}",
-            get(get_queue).put(put_queue).delete(delete_queue),
+            get(get_queue)
+                .put(put_queue)
+                .delete(delete_queue)
+                .patch(admin::patch_queue),
         )
         .route("/api/queues/{name}/purge", post(purge_queue))
         .merge(messaging_routes())

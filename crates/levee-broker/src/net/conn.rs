@@ -180,6 +180,23 @@ impl Conn {
                     Err(e) => self.error(req, &e),
                 }
             }
+            ClientFrame::Update { req, queue, config } => {
+                match self.broker.update(&queue, config).await {
+                    Ok(_) => {
+                        let messages = match self.broker.inspect(&queue).await {
+                            Ok(i) => i.stats.ready + i.stats.unacked,
+                            Err(_) => 0,
+                        };
+                        let _ = self.tx.send(ServerFrame::QueueOk {
+                            req,
+                            queue,
+                            created: false,
+                            messages,
+                        });
+                    }
+                    Err(e) => self.error(req, &e),
+                }
+            }
             ClientFrame::Delete { req, queue } => {
                 // The queue leaves the registry now (the next frame already sees it gone); its
                 // actor is stopped and its files removed in a task of their own, so this reader

@@ -522,6 +522,17 @@ impl QueueCore {
             .collect()
     }
 
+    /// Changes the queue's configuration ([`QueueState::reconfigure`]).
+    pub fn reconfigure(
+        &mut self,
+        now: u64,
+        config: QueueConfig,
+    ) -> Result<(), super::reconfigure::ReconfigureError> {
+        self.state.reconfigure(now, config)?;
+        self.apply_effects(now);
+        Ok(())
+    }
+
     /// Drops every ready message; returns how many.
     pub fn purge(&mut self, now: u64) -> u64 {
         let n = self.state.purge(now);

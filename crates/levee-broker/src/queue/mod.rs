@@ -1371,6 +1371,7 @@ fn config_dedup(config: &QueueConfig) -> Option<dedup::DedupWindow> {
 pub mod confirms;
 pub mod core;
 pub mod dedup;
+pub mod reconfigure;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

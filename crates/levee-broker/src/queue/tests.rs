@@ -980,3 +980,71 @@ fn an_extended_lease_moves_the_ack_deadline_and_an_ended_one_cannot_be_renewed()
     );
     assert!(q.stats().is_balanced());
 }
+
+#[test]
+fn lowering_limits_drops_nothing_and_refuses_until_drained() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            overflow: Overflow::Reject,
+            ..cfg()
+        },
+        1,
+    );
+    for i in 0..10 {
+        publish(&mut q, 0, i);
+    }
+    let c = q.config().clone();
+    q.reconfigure(
+        0,
+        QueueConfig {
+            max_messages: 5,
+            ..c.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(q.stats().ready, 10, "nothing dropped to fit");
+    assert!(matches!(
+        publish(&mut q, 0, 99),
+        PublishOutcome::Rejected { .. }
+    ));
+    q.subscribe(7, false);
+    q.add_credit(7, 6);
+    let out = dispatch(&mut q, 0);
+    q.ack(0, 7, &out.iter().map(|o| o.tag).collect::<Vec<_>>());
+    assert_eq!(q.stats().ready, 4);
+    assert!(matches!(
+        publish(&mut q, 0, 100),
+        PublishOutcome::Stored { .. }
+    ));
+    // Under an eviction policy a shrunk queue only swaps: it never grows.
+    q.reconfigure(
+        0,
+        QueueConfig {
+            max_messages: 2,
+            overflow: Overflow::DropOldest,
+            ..c.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(q.stats().ready, 5);
+    publish(&mut q, 0, 101);
+    assert_eq!(q.stats().ready, 5, "one in, the oldest out");
+    assert!(q.stats().is_balanced());
+    // Order, durability and conflation cannot change.
+    for bad in [
+        QueueConfig {
+            order: Order::Priority,
+            ..c.clone()
+        },
+        QueueConfig {
+            overflow: Overflow::ConflateByKey,
+            ..c.clone()
+        },
+        QueueConfig {
+            durability: levee_proto::Durability::default(),
+            ..c.clone()
+        },
+    ] {
+        assert!(q.reconfigure(0, bad).is_err());
+    }
+}

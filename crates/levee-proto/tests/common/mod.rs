@@ -233,6 +233,8 @@ pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
         ),
         (any::<u64>(), vec(any::<u64>(), 0..20))
             .prop_map(|(subscription, tags)| ClientFrame::Reject { subscription, tags }),
+        (any::<u64>(), name(), queue_config())
+            .prop_map(|(req, queue, config)| ClientFrame::Update { req, queue, config }),
         (any::<u64>(), vec(any::<u64>(), 0..8), any::<u64>()).prop_map(
             |(subscription, tags, extend_ms)| ClientFrame::Extend {
                 subscription,
