@@ -112,6 +112,8 @@ pub(crate) enum Cmd {
     },
     /// Answers once every command sent before it was handled (and its flush done).
     Barrier(oneshot::Sender<()>),
+    /// The next ready messages, not consumed.
+    Peek(usize, oneshot::Sender<Vec<levee_proto::Delivery>>),
     /// Change the queue's configuration.
     Reconfigure(
         QueueConfig,
@@ -323,6 +325,9 @@ impl QueueActor {
                 reply,
             } => {
                 let _ = reply.send(self.core.settle_checked(now, consumer, how, &tags));
+            }
+            Cmd::Peek(n, reply) => {
+                let _ = reply.send(self.core.peek(n));
             }
             Cmd::Reconfigure(config, reply) => {
                 let _ = reply.send(self.core.reconfigure(now, config));

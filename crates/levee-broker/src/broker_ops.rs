@@ -1,5 +1,5 @@
 //! Operations on live queues beyond declare / delete: changing a queue's configuration
-//! ([`Broker::update`]). A child module of `broker` (it uses the registry and the catalog lock),
+//! ([`Broker::update`]), browsing it ([`Broker::peek`]), moving messages ([`Broker::move_messages`]). A child module of `broker` (it uses the registry and the catalog lock),
 //! kept in a file of its own.
 //!
 //! # Invariants
@@ -25,7 +25,25 @@ fn refused(e: ReconfigureError) -> BrokerError {
     })
 }
 
+/// Most messages one peek returns.
+pub(crate) const MAX_PEEK: usize = 1_000;
+
 impl Broker {
+    /// The next `count` (at most 1000) ready messages of `name` in delivery order,
+    /// without consuming them (`subscription` and `tag` are 0: they cannot be settled).
+    pub async fn peek(
+        &self,
+        name: &str,
+        count: usize,
+    ) -> Result<Vec<levee_proto::Delivery>, BrokerError> {
+        let tx = self.sender(name)?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        tx.send(Cmd::Peek(count.min(MAX_PEEK), reply))
+            .map_err(|_| BrokerError::UnknownQueue(name.to_string()))?;
+        rx.await
+            .map_err(|_| BrokerError::UnknownQueue(name.to_string()))
+    }
+
     /// Replaces the configuration of the live queue `name` by `config` without losing a message
     /// (see `queue::reconfigure` for what may change and how lowered limits apply). Returns the
     /// previous configuration.

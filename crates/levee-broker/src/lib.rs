@@ -25,6 +25,7 @@ mod net;
 mod outbox;
 pub mod queue;
 mod rate;
+pub mod redrive;
 mod storage;
 
 pub use broker::{Broker, BrokerConfig, MAX_MAX_FRAME, MIN_MAX_FRAME};

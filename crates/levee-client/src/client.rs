@@ -397,6 +397,33 @@ impl Client {
             .await
     }
 
+    /// The next `count` ready messages of `queue` (at most 1000), in delivery order, without
+    /// consuming them (their `subscription` and `tag` are 0: they cannot be settled).
+    pub async fn peek(&self, queue: &str, count: u32) -> Result<Vec<levee_proto::Delivery>> {
+        let queue = queue.to_string();
+        match self
+            .inner
+            .request(|req| ClientFrame::Peek { req, queue, count })
+            .await?
+        {
+            ServerFrame::Peeked { messages, .. } => Ok(messages),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Moves up to `max` (all if `None`) ready messages of `queue` to `to`, each settled in
+    /// `queue` only once `to` stored it; returns how many moved (fewer if `to` filled up).
+    pub async fn move_messages(&self, queue: &str, to: &str, max: Option<u64>) -> Result<u64> {
+        let (queue, to) = (queue.to_string(), to.to_string());
+        self.queue_ok(|req| ClientFrame::Move {
+            req,
+            queue,
+            to,
+            max,
+        })
+        .await
+    }
+
     /// Deletes a queue with its messages; returns how many it held.
     ///
     /// # Cancel safety

@@ -78,6 +78,10 @@ pub mod frame_type {
     pub const EXTEND: u8 = 0x36;
     /// Client `Update` (protocol 2).
     pub const UPDATE: u8 = 0x50;
+    /// Client `Peek` (protocol 2).
+    pub const PEEK: u8 = 0x51;
+    /// Client `Move` (protocol 2).
+    pub const MOVE: u8 = 0x52;
 
     /// Server `Welcome`.
     pub const WELCOME: u8 = 0x81;
@@ -103,6 +107,8 @@ pub mod frame_type {
     pub const UNSUBSCRIBED: u8 = 0xb1;
     /// Server `Deliver`.
     pub const DELIVER: u8 = 0xb2;
+    /// Server `Peeked` (protocol 2).
+    pub const PEEKED: u8 = 0xd0;
 }
 use frame_type as ft;
 
@@ -331,6 +337,27 @@ pub enum ClientFrame {
         /// The complete new config.
         config: QueueConfig,
     },
+    /// Show the next `count` ready messages without consuming them. Reply `Peeked`. Protocol 2.
+    Peek {
+        /// Request id.
+        req: u64,
+        /// Queue name.
+        queue: String,
+        /// Most messages (the broker caps it at 1000).
+        count: u32,
+    },
+    /// Move up to `max` (all if `None`) ready messages to queue `to`, each settled here only
+    /// once `to` stored it. Reply `QueueOk` with `messages` = how many moved. Protocol 2.
+    Move {
+        /// Request id.
+        req: u64,
+        /// Source queue.
+        queue: String,
+        /// Target queue.
+        to: String,
+        /// Most messages.
+        max: Option<u64>,
+    },
     /// Renew the leases of unacked deliveries: each one's ack deadline becomes now + `extend_ms`
     /// (0: now + the queue's ack timeout). No reply; unknown tags are reported like an `Ack`'s.
     /// Protocol 2.
@@ -425,6 +452,13 @@ pub enum ServerFrame {
     Deliver {
         /// The deliveries.
         deliveries: Vec<Delivery>,
+    },
+    /// Reply to `Peek`: the messages (subscription and tag 0: not deliveries). Protocol 2.
+    Peeked {
+        /// Request id.
+        req: u64,
+        /// The messages, in delivery order.
+        messages: Vec<Delivery>,
     },
 }
 
@@ -577,6 +611,8 @@ impl ClientFrame {
             ClientFrame::Reject { .. } => ft::REJECT,
             ClientFrame::Extend { .. } => ft::EXTEND,
             ClientFrame::Update { .. } => ft::UPDATE,
+            ClientFrame::Peek { .. } => ft::PEEK,
+            ClientFrame::Move { .. } => ft::MOVE,
         }
     }
 
@@ -592,7 +628,9 @@ impl ClientFrame {
             | ClientFrame::Produce { req, .. }
             | ClientFrame::Subscribe { req, .. }
             | ClientFrame::Unsubscribe { req, .. }
-            | ClientFrame::Update { req, .. } => Some(*req),
+            | ClientFrame::Update { req, .. }
+            | ClientFrame::Peek { req, .. }
+            | ClientFrame::Move { req, .. } => Some(*req),
             _ => None,
         }
     }
@@ -698,6 +736,26 @@ impl ClientFrame {
                 d.put_u64_le(*subscription);
                 d.put_u64_le(*extend_ms);
                 put_tags(d, tags)
+            }
+            ClientFrame::Peek { req, queue, count } => {
+                d.put_u64_le(*req);
+                put_queue(d, queue)?;
+                d.put_u32_le(*count);
+                Ok(())
+            }
+            ClientFrame::Move {
+                req,
+                queue,
+                to,
+                max,
+            } => {
+                d.put_u64_le(*req);
+                put_queue(d, queue)?;
+                put_queue(d, to)?;
+                put_option(d, max.as_ref(), |d, v| {
+                    d.put_u64_le(*v);
+                    Ok(())
+                })
             }
         }
     }
@@ -823,6 +881,17 @@ impl ClientFrame {
                 subscription: r.u64("subscription")?,
                 tags: read_tags(r)?,
             },
+            ft::PEEK => ClientFrame::Peek {
+                req: r.u64("request id")?,
+                queue: r.str8("queue name")?,
+                count: r.u32("count")?,
+            },
+            ft::MOVE => ClientFrame::Move {
+                req: r.u64("request id")?,
+                queue: r.str8("queue name")?,
+                to: r.str8("target queue")?,
+                max: r.option("max", |r| r.u64("max"))?,
+            },
             ft::EXTEND => {
                 let subscription = r.u64("subscription")?;
                 let extend_ms = r.u64("extend_ms")?;
@@ -853,6 +922,7 @@ impl ServerFrame {
             ServerFrame::Subscribed { .. } => ft::SUBSCRIBED,
             ServerFrame::Unsubscribed { .. } => ft::UNSUBSCRIBED,
             ServerFrame::Deliver { .. } => ft::DELIVER,
+            ServerFrame::Peeked { .. } => ft::PEEKED,
         }
     }
 
@@ -865,7 +935,8 @@ impl ServerFrame {
             | ServerFrame::QueueList { req, .. }
             | ServerFrame::PublishConfirm { req, .. }
             | ServerFrame::Subscribed { req, .. }
-            | ServerFrame::Unsubscribed { req, .. } => Some(*req),
+            | ServerFrame::Unsubscribed { req, .. }
+            | ServerFrame::Peeked { req, .. } => Some(*req),
             _ => None,
         }
     }
@@ -952,6 +1023,11 @@ impl ServerFrame {
                 put_count32(d, deliveries.len(), MAX_BATCH, "deliver batch")?;
                 deliveries.iter().try_for_each(|x| encode_delivery(d, x))
             }
+            ServerFrame::Peeked { req, messages } => {
+                d.put_u64_le(*req);
+                put_count32(d, messages.len(), MAX_BATCH, "peeked messages")?;
+                messages.iter().try_for_each(|x| encode_delivery(d, x))
+            }
         }
     }
 
@@ -1033,6 +1109,15 @@ impl ServerFrame {
             ft::DELIVER => ServerFrame::Deliver {
                 deliveries: r.vec32(
                     "deliver batch",
+                    MAX_BATCH,
+                    DELIVERY_MIN_LEN,
+                    decode_delivery,
+                )?,
+            },
+            ft::PEEKED => ServerFrame::Peeked {
+                req: r.u64("request id")?,
+                messages: r.vec32(
+                    "peeked messages",
                     MAX_BATCH,
                     DELIVERY_MIN_LEN,
                     decode_delivery,

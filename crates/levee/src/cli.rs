@@ -195,6 +195,32 @@ pub(crate) enum QueueCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show the next ready messages without consuming them (headers incl. x-death-*, payload
+    /// preview).
+    #[command(after_help = "Example:\n  levee queue peek jobs.dead --count 10")]
+    Peek {
+        /// Queue name.
+        name: String,
+        /// Most messages shown (at most 1000).
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        /// One JSON document per message (the receive shape of the HTTP API, without receipts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move ready messages to another queue (redrive), each settled here only once the target
+    /// stored it.
+    #[command(after_help = "Example:\n  levee queue move jobs.dead --to jobs --max 100")]
+    Move {
+        /// Source queue.
+        name: String,
+        /// Target queue.
+        #[arg(long, value_name = "QUEUE")]
+        to: String,
+        /// Most messages moved [default: all].
+        #[arg(long, value_name = "N")]
+        max: Option<u64>,
+    },
     /// Drop every ready message.
     #[command(after_help = "Example:\n  levee queue purge jobs")]
     Purge {
@@ -444,6 +470,19 @@ pub(crate) async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<Outcome>
                 print!("{}", render_info(&info));
             }
         }
+        QueueCmd::Peek { name, count, json } => {
+            for d in client.peek(&name, count).await? {
+                if json {
+                    println!("{}", levee_broker::http::peek_json(&d));
+                } else {
+                    println!("{}", render_peeked(&d));
+                }
+            }
+        }
+        QueueCmd::Move { name, to, max } => {
+            let n = client.move_messages(&name, &to, max).await?;
+            println!("moved {n} messages from {name} to {to}");
+        }
         QueueCmd::Purge { name } => println!("purged {} messages", client.purge(&name).await?),
         QueueCmd::Delete { name } => {
             println!("deleted {name} ({} messages)", client.delete(&name).await?);
@@ -451,6 +490,26 @@ pub(crate) async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<Outcome>
     }
     client.close().await.ok();
     Ok(Outcome::Done)
+}
+
+/// One peeked message on one line: seq, delivery count, headers, payload preview (80 bytes).
+fn render_peeked(d: &levee_proto::Delivery) -> String {
+    let m = &d.message;
+    let mut line = format!("seq={} deliveries={}", d.seq, d.delivery_count);
+    if let Some(id) = &m.message_id {
+        line.push_str(&format!(" id={}", String::from_utf8_lossy(id)));
+    }
+    for (n, v) in &m.headers {
+        line.push_str(&format!(" {n}={}", String::from_utf8_lossy(v)));
+    }
+    let cut = m.payload.len().min(80);
+    let preview = String::from_utf8_lossy(&m.payload[..cut]);
+    let more = if m.payload.len() > cut { "…" } else { "" };
+    line.push_str(&format!(
+        " payload={preview:?}{more} ({} bytes)",
+        m.payload.len()
+    ));
+    line
 }
 
 /// The JSON of one queue, the same document as the HTTP API's (no storage figures: those are

@@ -1,8 +1,9 @@
 //! Changing and inspecting queues over HTTP: `PATCH /api/queues/{name}` (change a live queue's
-//! configuration). The JSON shapes are in `docs/http.md`.
+//! configuration), `GET /api/queues/{name}/messages?count=N` (peek), `POST
+//! /api/queues/{name}/move` (redrive). The JSON shapes are in `docs/http.md`.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -63,4 +64,92 @@ pub(super) async fn patch_queue(
 /// the request's fault, not a missing resource.
 fn name_differs(e: &crate::error::BrokerError, name: &str) -> bool {
     matches!(e, crate::error::BrokerError::UnknownQueue(q) if q != name)
+}
+
+/// Query of a peek.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PeekQuery {
+    count: Option<usize>,
+    preview: Option<usize>,
+}
+
+/// Longest payload preview a peek returns by default, in bytes.
+const PREVIEW_BYTES: usize = 1024;
+
+/// `GET /api/queues/{name}/messages?count=N&preview=BYTES`: the next ready messages (receive
+/// shape without receipts), not consumed; payloads cut to `preview` bytes (default 1 KiB),
+/// with `payload_bytes` the full length and `payload_truncated` when cut.
+pub(super) async fn peek(
+    State(broker): State<Broker>,
+    Path(name): Path<String>,
+    Query(q): Query<PeekQuery>,
+) -> Response {
+    let count = q.count.unwrap_or(10);
+    if !(1..=1000).contains(&count) {
+        return HttpError::BadRequest("count must be in 1..=1000".into()).into_response();
+    }
+    let preview = q.preview.unwrap_or(PREVIEW_BYTES);
+    match broker.peek(&name, count).await {
+        Ok(list) => {
+            let messages: Vec<Value> = list
+                .into_iter()
+                .map(|mut d| {
+                    let full = d.message.payload.len();
+                    let cut = full > preview;
+                    if cut {
+                        d.message.payload.truncate(preview);
+                    }
+                    let mut v = super::messages::delivery_json(&d, None);
+                    v["payload_bytes"] = full.into();
+                    if cut {
+                        v["payload_truncated"] = true.into();
+                        if v.get("payload").is_none() && v.get("payload_base64").is_none() {
+                            v["payload"] = "".into();
+                        }
+                    }
+                    v
+                })
+                .collect();
+            json_response(StatusCode::OK, &json!({ "messages": messages }))
+        }
+        Err(e) => HttpError::from(e).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveBody {
+    to: String,
+    max: Option<u64>,
+}
+
+/// `POST /api/queues/{name}/move` `{"to": "queue", "max": N}`: moves ready messages (all, or at
+/// most `max`) to `to`; answers `{"moved": N}` (and `"stopped"`: why it ended early, e.g. the
+/// target is full).
+pub(super) async fn move_messages(
+    State(broker): State<Broker>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let b: MoveBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return HttpError::BadJson(e.to_string()).into_response(),
+    };
+    if let Err(e) = broker.sender(&b.to) {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": "unknown-queue", "message": format!("target: {e}") }),
+        );
+    }
+    match crate::redrive::move_messages(&broker, &name, &b.to, b.max).await {
+        Ok(m) => {
+            let mut v = json!({ "moved": m.moved });
+            if let Some(s) = m.stopped {
+                v["stopped"] = s.into();
+            }
+            json_response(StatusCode::OK, &v)
+        }
+        Err(e) => HttpError::from(e).into_response(),
+    }
 }

@@ -227,6 +227,12 @@ pub(crate) fn delivery_json(d: &Delivery, receipt: Option<&str>) -> Value {
     v
 }
 
+/// The JSON of a peeked message (the receive shape without a receipt), as `levee queue peek
+/// --json` prints it.
+pub fn peek_json(d: &Delivery) -> Value {
+    delivery_json(d, None)
+}
+
 /// `POST /api/queues/{name}/receive?max=N&wait=S`.
 pub(super) async fn receive(
     State(broker): State<Broker>,

@@ -57,6 +57,7 @@ mod snapshot;
 pub use error::HttpError;
 use error::{json_response, json_text_response};
 pub use json::{config_from_json, config_to_json, render_queues_json};
+pub use messages::peek_json;
 use metrics::render_limits;
 pub use metrics::{PROMETHEUS_CONTENT_TYPE, render_metrics};
 pub use snapshot::{INSPECT_TIMEOUT, QueueSnapshot, snapshot, snapshot_all};
@@ -177,13 +178,16 @@ fn messaging_routes() -> Router<Broker> {
     Router::new()
         .route(
             "/api/queues/{name}/messages",
-            post(messages::publish).layer(DefaultBodyLimit::max(messages::MAX_PUBLISH_BODY)),
+            post(messages::publish)
+                .layer(DefaultBodyLimit::max(messages::MAX_PUBLISH_BODY))
+                .get(admin::peek),
         )
         .route("/api/queues/{name}/receive", post(messages::receive))
         .route("/api/queues/{name}/ack", post(messages::ack))
         .route("/api/queues/{name}/nack", post(messages::nack))
         .route("/api/queues/{name}/reject", post(messages::reject))
         .route("/api/queues/{name}/extend", post(messages::extend))
+        .route("/api/queues/{name}/move", post(admin::move_messages))
         .route("/healthz", get(messages::healthz))
         .route("/readyz", get(messages::readyz))
 }

@@ -197,6 +197,33 @@ impl Conn {
                     Err(e) => self.error(req, &e),
                 }
             }
+            ClientFrame::Peek { req, queue, count } => {
+                match self.broker.peek(&queue, count as usize).await {
+                    Ok(messages) => {
+                        let _ = self.tx.send(ServerFrame::Peeked { req, messages });
+                    }
+                    Err(e) => self.error(req, &e),
+                }
+            }
+            ClientFrame::Move {
+                req,
+                queue,
+                to,
+                max,
+            } => {
+                // Runs in a task of its own: a long move does not stall this connection.
+                let broker = self.broker.clone();
+                self.reply_later(async move {
+                    match crate::redrive::move_messages(&broker, &queue, &to, max).await {
+                        Ok(m) => queue_ok(req, queue, m.moved),
+                        Err(e) => ServerFrame::Error {
+                            req,
+                            code: e.code(),
+                            message: e.to_string(),
+                        },
+                    }
+                });
+            }
             ClientFrame::Delete { req, queue } => {
                 // The queue leaves the registry now (the next frame already sees it gone); its
                 // actor is stopped and its files removed in a task of their own, so this reader

@@ -522,6 +522,29 @@ impl QueueCore {
             .collect()
     }
 
+    /// The next `n` ready messages, read back from the log when their body is not in memory
+    /// (a message that cannot be read is left out). Nothing is consumed or counted.
+    pub fn peek(&self, n: usize) -> Vec<Delivery> {
+        self.state
+            .peek(n)
+            .into_iter()
+            .filter_map(|(seq, deliveries, ts, message)| {
+                let (message, timestamp_ms) = match message {
+                    Some(m) => (m, ts),
+                    None => self.read(seq)?,
+                };
+                Some(Delivery {
+                    subscription: 0,
+                    tag: 0,
+                    seq,
+                    delivery_count: deliveries,
+                    timestamp_ms,
+                    message,
+                })
+            })
+            .collect()
+    }
+
     /// Changes the queue's configuration ([`QueueState::reconfigure`]).
     pub fn reconfigure(
         &mut self,

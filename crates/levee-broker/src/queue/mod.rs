@@ -1046,6 +1046,17 @@ impl QueueState {
         errors
     }
 
+    /// The next `n` ready messages in delivery order, without taking them (peek / browse):
+    /// `(seq, deliveries so far, publish time, body if held in memory)`. Messages waiting for a
+    /// nack delay and unacked ones are not ready and not shown.
+    pub fn peek(&self, n: usize) -> Vec<(u64, u32, u64, Option<Message>)> {
+        self.ready
+            .peek(n)
+            .into_iter()
+            .map(|(seq, q)| (seq, q.deliveries, q.timestamp_ms, q.message.clone()))
+            .collect()
+    }
+
     /// Sets a consumer's credit to `n` (whatever it had left): the HTTP receive session takes
     /// back the credit of a long poll that ended.
     pub fn set_credit(&mut self, consumer: ConsumerId, n: u64) {

@@ -235,6 +235,19 @@ pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
             .prop_map(|(subscription, tags)| ClientFrame::Reject { subscription, tags }),
         (any::<u64>(), name(), queue_config())
             .prop_map(|(req, queue, config)| ClientFrame::Update { req, queue, config }),
+        (any::<u64>(), name(), any::<u32>()).prop_map(|(req, queue, count)| ClientFrame::Peek {
+            req,
+            queue,
+            count
+        }),
+        (any::<u64>(), name(), name(), option::of(any::<u64>())).prop_map(
+            |(req, queue, to, max)| ClientFrame::Move {
+                req,
+                queue,
+                to,
+                max
+            }
+        ),
         (any::<u64>(), vec(any::<u64>(), 0..8), any::<u64>()).prop_map(
             |(subscription, tags, extend_ms)| ClientFrame::Extend {
                 subscription,
@@ -291,6 +304,8 @@ pub(crate) fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (any::<u64>(), any::<u64>())
             .prop_map(|(req, subscription)| ServerFrame::Unsubscribed { req, subscription }),
         vec(delivery(), 0..4).prop_map(|deliveries| ServerFrame::Deliver { deliveries }),
+        (any::<u64>(), vec(delivery(), 0..4))
+            .prop_map(|(req, messages)| ServerFrame::Peeked { req, messages }),
     ]
 }
 
