@@ -19,6 +19,7 @@ mod actor;
 mod broker;
 mod catalog;
 mod data_dir;
+pub mod definitions;
 mod error;
 pub mod http;
 mod net;

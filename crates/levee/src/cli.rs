@@ -103,7 +103,7 @@ impl Conn {
             .unwrap_or_else(|| DEFAULT_ADDR.to_string())
     }
 
-    async fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) async fn client(&self) -> anyhow::Result<Client> {
         let opts = ClientOptions {
             name: "levee-cli".into(),
             reconnect: None,

@@ -12,6 +12,7 @@
 
 mod bench;
 mod cli;
+mod definitions;
 mod serve;
 mod units;
 
@@ -105,6 +106,8 @@ enum Command {
     Consume(cli::ConsumeArgs),
     /// Show queue statistics.
     Stats(cli::StatsArgs),
+    /// Export or import the queues' definitions as JSON.
+    Definitions(definitions::DefinitionsArgs),
     /// Benchmark a broker (levee, rabbitmq, nats) end to end: throughput, latency, server RSS.
     #[command(after_help = "Examples:\n  \
         levee bench --size 1KiB --duration 10s\n  \
@@ -202,6 +205,9 @@ fn run() -> anyhow::Result<cli::Outcome> {
             Command::Publish(args) => cli::publish(&args.conn.or(&cli.conn), args).await,
             Command::Consume(args) => cli::consume(&args.conn.or(&cli.conn), args).await,
             Command::Stats(args) => cli::stats(&args.conn.or(&cli.conn), args).await,
+            Command::Definitions(d) => {
+                definitions::run(&cli::Conn::from(&d.conn).or(&cli.conn), d.cmd).await
+            }
             Command::Bench(args) => bench::run(args).await.map(|()| cli::Outcome::Done),
             Command::Completions { .. } | Command::Man { .. } => Ok(cli::Outcome::Done),
         }

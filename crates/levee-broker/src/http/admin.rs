@@ -153,3 +153,28 @@ pub(super) async fn move_messages(
         Err(e) => HttpError::from(e).into_response(),
     }
 }
+
+/// `GET /api/definitions`: every queue's definition (see `crate::definitions`).
+pub(super) async fn export_definitions(State(broker): State<Broker>) -> Response {
+    match crate::definitions::export(&broker).await {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => HttpError::from(e).into_response(),
+    }
+}
+
+/// `POST /api/definitions`: imports a definitions document; 200 with what was created,
+/// unchanged and updated, or 409 listing the queues that could not be imported (the others
+/// were).
+pub(super) async fn import_definitions(State(broker): State<Broker>, body: Bytes) -> Response {
+    let queues = match crate::definitions::from_json(&body) {
+        Ok(q) => q,
+        Err(e) => return HttpError::BadRequest(e.to_string()).into_response(),
+    };
+    let report = crate::definitions::import(&broker, queues).await;
+    let status = if report.errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    json_response(status, &report.to_json())
+}

@@ -188,6 +188,13 @@ fn messaging_routes() -> Router<Broker> {
         .route("/api/queues/{name}/reject", post(messages::reject))
         .route("/api/queues/{name}/extend", post(messages::extend))
         .route("/api/queues/{name}/move", post(admin::move_messages))
+        .route(
+            "/api/definitions",
+            get(admin::export_definitions).merge(
+                post(admin::import_definitions)
+                    .layer(DefaultBodyLimit::max(messages::MAX_PUBLISH_BODY)),
+            ),
+        )
         .route("/healthz", get(messages::healthz))
         .route("/readyz", get(messages::readyz))
 }
