@@ -51,6 +51,7 @@ mod error;
 mod json;
 mod messages;
 mod metrics;
+pub mod openapi;
 pub mod session;
 mod snapshot;
 
@@ -194,6 +195,10 @@ fn messaging_routes() -> Router<Broker> {
                 post(admin::import_definitions)
                     .layer(DefaultBodyLimit::max(messages::MAX_PUBLISH_BODY)),
             ),
+        )
+        .route(
+            "/openapi.json",
+            get(|| async { error::json_response(StatusCode::OK, &openapi::document()) }),
         )
         .route("/healthz", get(messages::healthz))
         .route("/readyz", get(messages::readyz))
