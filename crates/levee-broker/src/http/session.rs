@@ -7,7 +7,7 @@
 //!   [`PublishError::Full`], i.e. 429, since HTTP cannot hold credit), sends the batch, waits for
 //!   the `PublishConfirm` (sent only once durable under the queue's fsync policy) and
 //!   unregisters.
-//! - A receive ([`Sessions::receive`]) borrows an idle [`Session`] of the queue (a subscription
+//! - A receive ([`Sessions::receive`]) borrows an idle session of the queue (a subscription
 //!   of its own, with no credit between receives), grants it `max` credit, waits up to `wait` for
 //!   a first delivery, takes the credit back (`SetCredit 0`), and starts the deliveries' ack
 //!   deadlines (`Written`) as it hands them out. A receipt names the session's subscription and

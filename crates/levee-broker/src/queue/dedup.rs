@@ -58,6 +58,11 @@ impl DedupWindow {
         self.ids.len()
     }
 
+    /// Whether no id is held.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
     /// The sequence number of the stored message with this id, if it is within the window.
     pub fn check(&mut self, now: u64, id: &[u8]) -> Option<u64> {
         self.prune(now);
