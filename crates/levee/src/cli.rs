@@ -559,6 +559,14 @@ pub(crate) fn render_config(c: &QueueConfig) -> String {
             .to_string()),
         rate(rl.bytes_per_sec, rl.burst_bytes, format_size),
     ));
+    match c.dedup {
+        None => out.push_str(" dedup=off"),
+        Some(d) => out.push_str(&format!(
+            " dedup={}/{}",
+            d.window_ms.map_or_else(none, format_millis),
+            d.max_ids
+        )),
+    }
     out
 }
 

@@ -137,6 +137,11 @@ fn publish_receive_and_ack_over_http() {
     );
     assert_eq!(s["duplicates"], 1);
     assert_eq!(s["balanced"], true);
+    let (_, metrics) = common::http_get(server.http, "/metrics");
+    assert!(
+        metrics.contains("levee_queue_duplicates_total{queue=\"jobs\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
