@@ -17,6 +17,12 @@
 //! every moved message carries a message id (its own, or `levee-move:{source}:{seq}` if it had
 //! none) and a repeated move is answered `Duplicate` by the target's dedup window (on by
 //! default) and only settled in the source.
+//!
+//! # Matching a header
+//! With a header filter, messages without that header value are passed over: the mover keeps
+//! them (leased to it, not delivered anywhere, no ack deadline) until its single pass over the
+//! ready messages ends, then hands them all back unchanged, in their places. Meanwhile no other
+//! consumer sees them; a pass over a large queue holds that many leases (their tags only).
 
 use std::time::Duration;
 
@@ -49,6 +55,18 @@ pub async fn move_messages(
     to: &str,
     max: Option<u64>,
 ) -> Result<Moved, BrokerError> {
+    move_matching(broker, from, to, max, None).await
+}
+
+/// [`move_messages`], only the messages whose header `name` has value `value` (the others stay,
+/// in their places).
+pub async fn move_matching(
+    broker: &Broker,
+    from: &str,
+    to: &str,
+    max: Option<u64>,
+    header: Option<(&str, &[u8])>,
+) -> Result<Moved, BrokerError> {
     if from == to {
         return Err(BrokerError::Proto(levee_proto::ProtoError::InvalidConfig {
             field: "to",
@@ -69,6 +87,8 @@ pub async fn move_messages(
     .map_err(|_| gone())?;
     let mut moved = 0u64;
     let mut stopped = None;
+    // Passed over (not matching the header), handed back when the pass ends.
+    let mut skipped: Vec<u64> = Vec::new();
     let result = async {
         loop {
             let want = max.map_or(u64::from(BATCH), |m| (m - moved).min(u64::from(BATCH)));
@@ -88,6 +108,20 @@ pub async fn move_messages(
             }
             if batch.is_empty() {
                 break; // nothing ready
+            }
+            if let Some((name, value)) = header {
+                let (keep, pass): (Vec<Delivery>, Vec<Delivery>) =
+                    batch.into_iter().partition(|d| {
+                        d.message
+                            .headers
+                            .iter()
+                            .any(|(n, v)| n == name && v.as_ref() == value)
+                    });
+                skipped.extend(pass.iter().map(|d| d.tag));
+                batch = keep;
+                if batch.is_empty() {
+                    continue;
+                }
             }
             let messages = batch
                 .iter()
@@ -145,6 +179,9 @@ pub async fn move_messages(
         Ok::<(), BrokerError>(())
     }
     .await;
+    if !skipped.is_empty() {
+        let _ = src.send(Cmd::Unsent(sub, skipped));
+    }
     let _ = src.send(Cmd::Unsubscribe(sub));
     result?;
     Ok(Moved { moved, stopped })

@@ -411,15 +411,24 @@ impl Client {
         }
     }
 
-    /// Moves up to `max` (all if `None`) ready messages of `queue` to `to`, each settled in
-    /// `queue` only once `to` stored it; returns how many moved (fewer if `to` filled up).
-    pub async fn move_messages(&self, queue: &str, to: &str, max: Option<u64>) -> Result<u64> {
+    /// Moves up to `max` (all if `None`) ready messages of `queue` to `to` (with `header`, only
+    /// those whose header `name` has this value), each settled in `queue` only once `to` stored
+    /// it; returns how many moved (fewer if `to` filled up).
+    pub async fn move_messages(
+        &self,
+        queue: &str,
+        to: &str,
+        max: Option<u64>,
+        header: Option<(&str, &[u8])>,
+    ) -> Result<u64> {
         let (queue, to) = (queue.to_string(), to.to_string());
+        let header = header.map(|(n, v)| (n.to_string(), bytes::Bytes::copy_from_slice(v)));
         self.queue_ok(|req| ClientFrame::Move {
             req,
             queue,
             to,
             max,
+            header,
         })
         .await
     }

@@ -347,7 +347,8 @@ pub enum ClientFrame {
         count: u32,
     },
     /// Move up to `max` (all if `None`) ready messages to queue `to`, each settled here only
-    /// once `to` stored it. Reply `QueueOk` with `messages` = how many moved. Protocol 2.
+    /// once `to` stored it (with `header`, only messages carrying that header value). Reply
+    /// `QueueOk` with `messages` = how many moved. Protocol 2.
     Move {
         /// Request id.
         req: u64,
@@ -357,6 +358,8 @@ pub enum ClientFrame {
         to: String,
         /// Most messages.
         max: Option<u64>,
+        /// Only messages whose header `name` has this value.
+        header: Option<(String, bytes::Bytes)>,
     },
     /// Renew the leases of unacked deliveries: each one's ack deadline becomes now + `extend_ms`
     /// (0: now + the queue's ack timeout). No reply; unknown tags are reported like an `Ack`'s.
@@ -748,6 +751,7 @@ impl ClientFrame {
                 queue,
                 to,
                 max,
+                header,
             } => {
                 d.put_u64_le(*req);
                 put_queue(d, queue)?;
@@ -755,6 +759,10 @@ impl ClientFrame {
                 put_option(d, max.as_ref(), |d, v| {
                     d.put_u64_le(*v);
                     Ok(())
+                })?;
+                put_option(d, header.as_ref(), |d, (n, v)| {
+                    put_bytes8(d, n.as_bytes(), "header name")?;
+                    put_bytes16(d, v, "header value")
                 })
             }
         }
@@ -891,6 +899,9 @@ impl ClientFrame {
                 queue: r.str8("queue name")?,
                 to: r.str8("target queue")?,
                 max: r.option("max", |r| r.u64("max"))?,
+                header: r.option("header", |r| {
+                    Ok((r.str8("header name")?, r.bytes16("header value")?))
+                })?,
             },
             ft::EXTEND => {
                 let subscription = r.u64("subscription")?;

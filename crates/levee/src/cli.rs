@@ -220,6 +220,9 @@ pub(crate) enum QueueCmd {
         /// Most messages moved [default: all].
         #[arg(long, value_name = "N")]
         max: Option<u64>,
+        /// Only messages with this header value (NAME=VALUE); the others stay in place.
+        #[arg(long, value_name = "NAME=VALUE")]
+        header: Option<String>,
     },
     /// Drop every ready message.
     #[command(after_help = "Example:\n  levee queue purge jobs")]
@@ -479,8 +482,21 @@ pub(crate) async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<Outcome>
                 }
             }
         }
-        QueueCmd::Move { name, to, max } => {
-            let n = client.move_messages(&name, &to, max).await?;
+        QueueCmd::Move {
+            name,
+            to,
+            max,
+            header,
+        } => {
+            let header = match &header {
+                Some(h) => Some(
+                    h.split_once('=')
+                        .ok_or_else(|| anyhow::anyhow!("--header {h:?}: expected NAME=VALUE"))?,
+                ),
+                None => None,
+            };
+            let header = header.map(|(n, v)| (n, v.as_bytes()));
+            let n = client.move_messages(&name, &to, max, header).await?;
             println!("moved {n} messages from {name} to {to}");
         }
         QueueCmd::Purge { name } => println!("purged {} messages", client.purge(&name).await?),

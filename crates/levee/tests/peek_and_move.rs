@@ -175,3 +175,38 @@ async fn a_move_into_a_full_queue_stops_and_loses_nothing() {
     let back = c.peek("work.dead", 10).await.unwrap();
     assert!(back.iter().all(|d| d.delivery_count == 0), "{back:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_matching_a_header_takes_only_those_and_leaves_the_rest_in_place() {
+    let server = Server::start();
+    let c = dead_letters(&server).await; // headers trace=t0..t4
+    let (st, b) = http(
+        &server,
+        "POST",
+        "/api/queues/work.dead/move",
+        Some(json!({"to": "work", "header": {"name": "trace", "value": "t3"}})),
+    );
+    assert_eq!((st, b["moved"].as_u64()), (200, Some(1)), "{b}");
+    let text = levee(
+        &server,
+        &[
+            "queue",
+            "move",
+            "work.dead",
+            "--to",
+            "work",
+            "--header",
+            "trace=t1",
+        ],
+    );
+    assert!(text.contains("moved 1 messages"), "{text}");
+    let left = c.peek("work.dead", 10).await.unwrap();
+    let ids: Vec<u32> = left.iter().map(|d| id_of(&d.message.payload)).collect();
+    assert_eq!(ids, vec![0, 2, 4], "the others stay, in order");
+    assert!(left.iter().all(|d| d.delivery_count == 0), "{left:?}");
+    let dead = c.inspect("work.dead").await.unwrap().stats;
+    assert_eq!((dead.ready, dead.unacked), (3, 0));
+    let moved = c.peek("work", 10).await.unwrap();
+    let ids: Vec<u32> = moved.iter().map(|d| id_of(&d.message.payload)).collect();
+    assert_eq!(ids, vec![3, 1]);
+}

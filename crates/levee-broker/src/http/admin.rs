@@ -122,10 +122,18 @@ pub(super) async fn peek(
 struct MoveBody {
     to: String,
     max: Option<u64>,
+    header: Option<HeaderMatch>,
 }
 
-/// `POST /api/queues/{name}/move` `{"to": "queue", "max": N}`: moves ready messages (all, or at
-/// most `max`) to `to`; answers `{"moved": N}` (and `"stopped"`: why it ended early, e.g. the
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderMatch {
+    name: String,
+    value: String,
+}
+
+/// `POST /api/queues/{name}/move` `{"to": "queue", "max": N, "header": {"name", "value"}}`:
+/// moves ready messages (all, or at most `max`; with `header`, only those carrying it) to `to`; answers `{"moved": N}` (and `"stopped"`: why it ended early, e.g. the
 /// target is full).
 pub(super) async fn move_messages(
     State(broker): State<Broker>,
@@ -142,7 +150,11 @@ pub(super) async fn move_messages(
             &json!({ "error": "unknown-queue", "message": format!("target: {e}") }),
         );
     }
-    match crate::redrive::move_messages(&broker, &name, &b.to, b.max).await {
+    let header = b
+        .header
+        .as_ref()
+        .map(|h| (h.name.as_str(), h.value.as_bytes()));
+    match crate::redrive::move_matching(&broker, &name, &b.to, b.max, header).await {
         Ok(m) => {
             let mut v = json!({ "moved": m.moved });
             if let Some(s) = m.stopped {

@@ -278,6 +278,16 @@ pub struct SettledDoc {
 pub struct MoveDoc {
     to: String,
     max: Option<u64>,
+    /// Only messages with this header value.
+    header: Option<HeaderMatchDoc>,
+}
+
+/// A header to match.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatchDoc {
+    name: String,
+    value: String,
 }
 
 /// Answer of a move.

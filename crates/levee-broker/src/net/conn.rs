@@ -210,11 +210,13 @@ impl Conn {
                 queue,
                 to,
                 max,
+                header,
             } => {
                 // Runs in a task of its own: a long move does not stall this connection.
                 let broker = self.broker.clone();
                 self.reply_later(async move {
-                    match crate::redrive::move_messages(&broker, &queue, &to, max).await {
+                    let header = header.as_ref().map(|(n, v)| (n.as_str(), v.as_ref()));
+                    match crate::redrive::move_matching(&broker, &queue, &to, max, header).await {
                         Ok(m) => queue_ok(req, queue, m.moved),
                         Err(e) => ServerFrame::Error {
                             req,
