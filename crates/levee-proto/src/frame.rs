@@ -18,7 +18,7 @@
 
 use bytes::{Buf, BufMut, BytesMut};
 
-use crate::config::{QueueConfig, decode_config, decode_dedup, encode_config, encode_dedup};
+use crate::config::{Dedup, QueueConfig, decode_config, decode_dedup, encode_config, encode_dedup};
 use crate::error::{ErrorCode, ProtoError};
 use crate::message::{
     DELIVERY_MIN_LEN, Delivery, MESSAGE_MIN_LEN, Message, OUTCOME_MIN_LEN, PublishOutcome,
@@ -507,6 +507,19 @@ impl FrameHeader {
     }
 }
 
+/// Reads a `Declare` / `Update` protocol-2 trailer (the dedup setting). A trailer naming the
+/// default is refused: the encoder omits it, and only canonical frames decode.
+fn decode_trailer(r: &mut Reader) -> Result<Option<Dedup>> {
+    let d = decode_dedup(r)?;
+    if d == Some(Dedup::default()) {
+        return Err(ProtoError::InvalidValue {
+            what: "protocol-2 trailer of defaults",
+            value: 0,
+        });
+    }
+    Ok(d)
+}
+
 /// Splits one complete frame off `buf`, or `Ok(None)` if it is not complete yet.
 fn take_frame(buf: &mut BytesMut, max_frame: usize) -> Result<Option<(u8, Reader)>> {
     let Some(header) = FrameHeader::peek(buf) else {
@@ -669,7 +682,12 @@ impl ClientFrame {
                 d.put_u64_le(*req);
                 put_queue(d, queue)?;
                 encode_config(d, config)?;
-                encode_dedup(d, config.dedup.as_ref())
+                // The protocol-2 trailer, omitted for the default: the frame stays canonical
+                // and a protocol-1 peer's frame means the default.
+                if config.dedup != Some(Dedup::default()) {
+                    encode_dedup(d, config.dedup.as_ref())?;
+                }
+                Ok(())
             }
             ClientFrame::Delete { req, queue }
             | ClientFrame::Purge { req, queue }
@@ -812,7 +830,7 @@ impl ClientFrame {
                 let queue = r.str8("queue name")?;
                 let mut config = decode_config(r)?;
                 if r.has_more() {
-                    config.dedup = decode_dedup(r)?;
+                    config.dedup = decode_trailer(r)?;
                 }
                 ClientFrame::Declare { req, queue, config }
             }
@@ -821,7 +839,7 @@ impl ClientFrame {
                 let queue = r.str8("queue name")?;
                 let mut config = decode_config(r)?;
                 if r.has_more() {
-                    config.dedup = decode_dedup(r)?;
+                    config.dedup = decode_trailer(r)?;
                 }
                 ClientFrame::Update { req, queue, config }
             }
@@ -1005,8 +1023,10 @@ impl ServerFrame {
                 put_queue(d, &info.queue)?;
                 encode_config(d, &info.config)?;
                 encode_stats(d, &info.stats)?;
-                encode_dedup(d, info.config.dedup.as_ref())?;
-                d.put_u64_le(info.stats.duplicates);
+                if info.config.dedup != Some(Dedup::default()) || info.stats.duplicates != 0 {
+                    encode_dedup(d, info.config.dedup.as_ref())?;
+                    d.put_u64_le(info.stats.duplicates);
+                }
                 Ok(())
             }
             ServerFrame::QueueList { req, queues } => {
@@ -1086,6 +1106,13 @@ impl ServerFrame {
                 if r.has_more() {
                     info.config.dedup = decode_dedup(r)?;
                     info.stats.duplicates = r.u64("duplicates")?;
+                    if info.config.dedup == Some(Dedup::default()) && info.stats.duplicates == 0 {
+                        // The encoder omits a trailer of defaults: only canonical frames decode.
+                        return Err(ProtoError::InvalidValue {
+                            what: "protocol-2 trailer of defaults",
+                            value: 0,
+                        });
+                    }
                 }
                 ServerFrame::QueueStats {
                     req,

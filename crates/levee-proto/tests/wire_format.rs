@@ -110,7 +110,7 @@ fn declare_with_default_config_layout() {
     };
     #[rustfmt::skip]
     let expected = [
-        61, 0, 0, 0, 0x10,
+        47, 0, 0, 0, 0x10,
         1, 0, 0, 0, 0, 0, 0, 0,            // request id
         1, b'q',                           // queue
         0xa0, 0x86, 1, 0, 0, 0, 0, 0,      // max_messages = 100 000
@@ -123,9 +123,7 @@ fn declare_with_default_config_layout() {
         0,                                 // dead_letter = None
         0,                                 // message_ttl_ms = None
         0,                                 // rate_limit = None
-        1,                                 // protocol 2 trailer: dedup = Some
-        1, 0xc0, 0xd4, 1, 0, 0, 0, 0, 0,   // window_ms = Some(120 000)
-        0xa0, 0x86, 1, 0,                  // max_ids = 100 000
+                                           // (no protocol-2 trailer: dedup is the default)
     ];
     assert_eq!(client(&f), expected);
 }
@@ -150,18 +148,29 @@ fn protocol1_producer_id_becomes_the_message_id() {
 }
 
 #[test]
-fn protocol1_declare_without_trailer_gets_default_dedup() {
-    let f = ClientFrame::Declare {
+fn a_dedup_setting_other_than_the_default_is_a_protocol2_trailer() {
+    let off = ClientFrame::Declare {
         req: 1,
         queue: "q".into(),
-        config: QueueConfig::default(),
+        config: QueueConfig {
+            dedup: None,
+            ..QueueConfig::default()
+        },
     };
-    let mut bytes = client(&f);
-    bytes.truncate(bytes.len() - 14);
+    let bytes = client(&off);
+    assert_eq!(bytes.len(), 4 + 47 + 1, "one byte: dedup = None");
+    assert_eq!(bytes[bytes.len() - 1], 0);
+    // A trailer spelling out the default is not canonical (the encoder omits it): refused.
+    let mut bytes = bytes;
+    bytes.pop();
+    bytes.extend_from_slice(&[1, 1, 0xc0, 0xd4, 1, 0, 0, 0, 0, 0, 0xa0, 0x86, 1, 0]);
     let len = (bytes.len() - 4) as u32;
     bytes[..4].copy_from_slice(&len.to_le_bytes());
     let mut buf = BytesMut::from(&bytes[..]);
-    assert_eq!(ClientFrame::decode(&mut buf, 1 << 20).unwrap(), Some(f));
+    assert!(matches!(
+        ClientFrame::decode(&mut buf, 1 << 20),
+        Err(ProtoError::InvalidValue { .. })
+    ));
 }
 
 #[test]

@@ -240,14 +240,20 @@ pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
             queue,
             count
         }),
-        (any::<u64>(), name(), name(), option::of(any::<u64>())).prop_map(
-            |(req, queue, to, max)| ClientFrame::Move {
+        (
+            any::<u64>(),
+            name(),
+            name(),
+            option::of(any::<u64>()),
+            option::of((name(), blob(8)))
+        )
+            .prop_map(|(req, queue, to, max, header)| ClientFrame::Move {
                 req,
                 queue,
                 to,
-                max
-            }
-        ),
+                max,
+                header
+            }),
         (any::<u64>(), vec(any::<u64>(), 0..8), any::<u64>()).prop_map(
             |(subscription, tags, extend_ms)| ClientFrame::Extend {
                 subscription,
