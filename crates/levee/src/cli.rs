@@ -1374,7 +1374,7 @@ mod tests {
             render_config(&c),
             "max_messages=100000 max_bytes=64MiB overflow=block order=fifo durability=disk \
              fsync=interval:50 ack_timeout=30s max_deliveries=unlimited dead_letter=none \
-             ttl=none rate_msgs=none rate_bytes=none"
+             ttl=none rate_msgs=none rate_bytes=none dedup=2m/100000"
         );
         let c = QueueConfig {
             durability: Durability::Memory,
@@ -1388,6 +1388,11 @@ mod tests {
             text.contains("ttl=5s rate_msgs=100 rate_bytes=none"),
             "{text}"
         );
+        let off = QueueConfig {
+            dedup: None,
+            ..QueueConfig::default()
+        };
+        assert!(render_config(&off).ends_with(" dedup=off"));
     }
 
     #[test]
