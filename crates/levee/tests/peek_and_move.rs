@@ -210,3 +210,31 @@ async fn a_move_matching_a_header_takes_only_those_and_leaves_the_rest_in_place(
     let ids: Vec<u32> = moved.iter().map(|d| id_of(&d.message.payload)).collect();
     assert_eq!(ids, vec![3, 1]);
 }
+
+/// A move repeated after a crash between the target's store and the source's ack (simulated:
+/// the target already holds the copy under the id the mover gives it) stores nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_move_is_a_duplicate_in_the_target() {
+    let server = Server::start();
+    let c = dead_letters(&server).await;
+    let first = c.peek("work.dead", 1).await.unwrap().remove(0);
+    let copy = first
+        .message
+        .clone()
+        .with_message_id(format!("levee-move:work.dead:{}", first.seq));
+    c.producer("work", ProducerOptions::default())
+        .await
+        .unwrap()
+        .send(copy)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.move_messages("work.dead", "work", None, None)
+            .await
+            .unwrap(),
+        5
+    );
+    let work = c.inspect("work").await.unwrap().stats;
+    assert_eq!((work.ready, work.duplicates), (5, 1), "{work:?}");
+    assert_eq!(c.inspect("work.dead").await.unwrap().stats.ready, 0);
+}
