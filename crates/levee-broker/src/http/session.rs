@@ -195,6 +195,11 @@ impl Sessions {
     ) -> Result<(Arc<Session>, tokio::sync::OwnedMutexGuard<ConnRx>), ReceiveError> {
         let qtx = broker.sender(queue)?;
         let mut queues = self.queues.lock();
+        // Sessions of deleted queues go (their actor is gone): the map holds live queues only.
+        queues.retain(|_, l| {
+            l.retain(|s| !s.qtx.is_closed());
+            !l.is_empty()
+        });
         let list = queues.entry(queue.to_string()).or_default();
         // A queue deleted and declared again has a new actor: its old sessions are void.
         list.retain(|s| s.qtx.same_channel(&qtx));
