@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use levee_proto::{ErrorCode, Message, QueueInfo, QueueStats, ServerFrame};
+use levee_proto::{ErrorCode, Message, QueueConfig, QueueInfo, QueueStats, ServerFrame};
 use levee_store::{QueueLog, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -137,6 +137,28 @@ pub(crate) enum Cmd {
     Ack(ConsumerId, Vec<u64>),
     Nack(ConsumerId, Vec<u64>, u64),
     Reject(ConsumerId, Vec<u64>),
+    /// Renew leases (`Extend` frame): tags, new lease in ms.
+    Extend(ConsumerId, Vec<u64>, u64),
+    /// Set a consumer's credit (the HTTP receive session ending a long poll).
+    SetCredit(ConsumerId, u64),
+    /// Deliveries that never reached their receiver: back unchanged.
+    Unsent(ConsumerId, Vec<u64>),
+    /// Settle or extend and answer the tags that were not outstanding (the HTTP API).
+    SettleChecked {
+        consumer: ConsumerId,
+        how: crate::queue::core::SettleKind,
+        tags: Vec<u64>,
+        reply: oneshot::Sender<Vec<u64>>,
+    },
+    /// Answers once every command sent before it was handled (and its flush done).
+    Barrier(oneshot::Sender<()>),
+    /// The next ready messages, not consumed.
+    Peek(usize, oneshot::Sender<Vec<levee_proto::Delivery>>),
+    /// Change the queue's configuration.
+    Reconfigure(
+        QueueConfig,
+        oneshot::Sender<Result<(), crate::queue::reconfigure::ReconfigureError>>,
+    ),
     /// The consumer's connection wrote every delivery up to this tag to its socket.
     Written(ConsumerId, u64),
     /// A connection whose outbox was full has room again.
@@ -329,6 +351,29 @@ impl QueueActor {
             Cmd::Ack(consumer, tags) => self.core.ack(now, consumer, &tags),
             Cmd::Nack(consumer, tags, delay) => self.core.nack(now, consumer, &tags, delay),
             Cmd::Reject(consumer, tags) => self.core.reject(now, consumer, &tags),
+            Cmd::Extend(consumer, tags, ms) => self.core.extend(now, consumer, &tags, ms),
+            Cmd::SetCredit(consumer, n) => self.core.set_credit(consumer, n),
+            Cmd::Unsent(consumer, tags) => self.core.unsent(now, consumer, &tags),
+            Cmd::SettleChecked {
+                consumer,
+                how,
+                tags,
+                reply,
+            } => {
+                let _ = reply.send(self.core.settle_checked(now, consumer, how, &tags));
+            }
+            Cmd::Peek(n, reply) => {
+                let _ = reply.send(self.core.peek(n));
+            }
+            Cmd::Reconfigure(config, reply) => {
+                let _ = reply.send(self.core.reconfigure(now, config));
+            }
+            Cmd::Barrier(reply) => {
+                // Flushed before the reply: whatever the commands before it dispatched is
+                // already queued on its connections.
+                self.flush();
+                let _ = reply.send(());
+            }
             Cmd::Inspect(reply) => {
                 let _ = reply.send(self.info(now));
             }

@@ -189,6 +189,9 @@ struct QueueEntry {
     task: tokio::task::JoinHandle<()>,
 }
 
+#[path = "broker_ops.rs"]
+mod ops;
+
 /// A deletion in progress: resolves to the number of messages the queue held.
 pub(crate) type Deletion =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, BrokerError>> + Send>>;
@@ -326,10 +329,10 @@ impl Broker {
     ) -> Result<u64, BrokerError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (core, log) = match (config.durability, &queue_dir) {
-            (Durability::Disk(fsync), Some(queue_dir)) => {
+            (Durability::Disk(_), Some(queue_dir)) => {
                 let dir = queue_dir.join("log");
                 let backend = self.inner.backend.clone();
-                let lc = crate::storage::log_config(fsync, self.inner.config.segment_bytes);
+                let lc = crate::storage::log_config_for(&config, self.inner.config.segment_bytes);
                 let cfg = config.clone();
                 let b = backend.clone();
                 let (state, log) =

@@ -123,6 +123,18 @@ pub(crate) fn create(
     Ok(dir)
 }
 
+/// Replaces the catalog entry of the queue in `dir` (a configuration change), atomically.
+pub(crate) fn rewrite(
+    backend: &dyn Backend,
+    dir: &Path,
+    name: &str,
+    config: &QueueConfig,
+) -> Result<(), BrokerError> {
+    let meta = encode_meta(name, config);
+    levee_store::meta::write_meta_atomic(backend, &dir.join(META_FILE), &meta)?;
+    Ok(())
+}
+
 /// Chooses the directory for a new durable queue called `name` (a valid queue name) under
 /// `root` (`<data_dir>/queues`): its usual directory, unless that holds another queue's catalog
 /// entry. Blocking (reads catalog entries of colliding candidates).

@@ -1,8 +1,8 @@
 //! Every mapping between the broker's types and levee-store's, and recovery of a queue from its
 //! log into a [`QueueState`].
 //!
-//! Owns: the log record of a message (TTL made absolute from the publish time, the producer id
-//! kept as a reserved header), settlements as the log records them, the wire error code of a
+//! Owns: the log record of a message (TTL made absolute from the publish time, the message id in
+//! the record's own field; a version-1 record's reserved producer-id header still read), settlements as the log records them, the wire error code of a
 //! storage error, which storage errors are worth retrying, and the log configuration of a queue.
 //!
 //! # Invariants
@@ -21,37 +21,37 @@ use levee_store::{Backend, FsyncPolicy, LogConfig, NewMessage, QueueLog, StoreEr
 use crate::error::BrokerError;
 use crate::queue::{QueueState, Queued, Recovered, Settlement, effective_ttl};
 
-/// The producer message id is kept in the log as a reserved header.
+/// Format version 1 kept the (then unused) producer id as this reserved header; such a record's
+/// id becomes its message id in decimal, as on the wire.
 const PRODUCER_ID_HEADER: &str = "\0levee-producer-id";
 
 /// The log record for a message published at `timestamp_ms`.
 pub(crate) fn to_record(timestamp_ms: u64, m: &Message, config: &QueueConfig) -> NewMessage {
-    let mut headers = m.headers.clone();
-    if let Some(id) = m.producer_id {
-        headers.push((
-            PRODUCER_ID_HEADER.into(),
-            Bytes::copy_from_slice(&id.to_le_bytes()),
-        ));
-    }
     NewMessage {
         timestamp_ms,
         key: m.key.clone(),
         priority: m.priority,
         ttl_ms: effective_ttl(m, config),
-        headers,
+        headers: m.headers.clone(),
+        message_id: m.message_id.clone(),
         payload: m.payload.clone(),
     }
 }
 
 /// The message of a log record.
 pub(crate) fn from_record(r: NewMessage) -> Message {
-    let mut producer_id = None;
+    let mut message_id = r.message_id;
     let headers = r
         .headers
         .into_iter()
         .filter(|(name, value)| {
             if name == PRODUCER_ID_HEADER {
-                producer_id = value[..].try_into().ok().map(u64::from_le_bytes);
+                if message_id.is_none() {
+                    message_id = value[..]
+                        .try_into()
+                        .ok()
+                        .map(|b| Bytes::from(u64::from_le_bytes(b).to_string()));
+                }
                 false
             } else {
                 true
@@ -63,7 +63,7 @@ pub(crate) fn from_record(r: NewMessage) -> Message {
         priority: r.priority,
         ttl_ms: r.ttl_ms,
         headers,
-        producer_id,
+        message_id,
         payload: r.payload,
     }
 }
@@ -101,6 +101,20 @@ pub(crate) fn retriable(e: &StoreError) -> bool {
     )
 }
 
+/// The log configuration of a disk queue with this fsync mode and dedup window: segments keep
+/// ids for the window's time and recovery returns up to its count, so the window survives a
+/// restart. (A count-only window keeps no settled segment for it: after a restart it holds the
+/// ids that recovery still finds.)
+pub(crate) fn log_config_for(config: &QueueConfig, segment_bytes: u64) -> LogConfig {
+    let fsync = config.durability.fsync().unwrap_or_default();
+    let mut lc = log_config(fsync, segment_bytes);
+    if let Some(d) = config.dedup {
+        lc.keep_ids_ms = d.window_ms.unwrap_or(0);
+        lc.recover_ids = d.max_ids as usize;
+    }
+    lc
+}
+
 /// The log configuration of a disk queue with this fsync mode.
 pub(crate) fn log_config(fsync: Fsync, segment_bytes: u64) -> LogConfig {
     let fsync = match fsync {
@@ -132,6 +146,9 @@ pub(crate) fn recover(
             bytes = t.bytes, reason = %t.reason, "truncated a torn log tail");
     }
     let mut state = QueueState::new(config, log.stats().next_seq);
+    for m in &rec.message_ids {
+        state.restore_id(m.seq, m.timestamp_ms, &m.id);
+    }
     for m in rec.unsettled {
         // Conflation needs the key bytes; other policies need no payload.
         let key = if conflate && m.key_hash.is_some() {

@@ -775,6 +775,7 @@ fn arb_config() -> impl Strategy<Value = QueueConfig> {
             proptest::option::of("[a-z]{1,8}"),
             proptest::option::of(1u64..=1_000_000),
             proptest::option::of(rate),
+            proptest::option::of((proptest::option::of(1u64..), 1u32..)),
         ),
         (
             proptest::option::of("[a-z.]{1,8}"),
@@ -785,7 +786,7 @@ fn arb_config() -> impl Strategy<Value = QueueConfig> {
             |(
                 (max_messages, max_bytes, overflow),
                 (order, durability, ack_timeout_ms),
-                (max_deliveries, dead_letter, message_ttl_ms, rate_limit),
+                (max_deliveries, dead_letter, message_ttl_ms, rate_limit, dedup),
                 (dead_letter_exchange, dead_letter_routing_key),
             )| QueueConfig {
                 max_messages,
@@ -800,6 +801,7 @@ fn arb_config() -> impl Strategy<Value = QueueConfig> {
                 rate_limit,
                 dead_letter_exchange,
                 dead_letter_routing_key,
+                dedup: dedup.map(|(window_ms, max_ids)| levee_proto::Dedup { window_ms, max_ids }),
             },
         )
 }

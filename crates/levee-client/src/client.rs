@@ -385,6 +385,54 @@ impl Client {
         }
     }
 
+    /// Changes a live queue's configuration to `config` (the complete new config: inspect, change
+    /// fields, update). Durability and order cannot change; lowering limits drops nothing (the
+    /// queue refuses new messages until drained below them). Returns the messages it holds.
+    ///
+    /// # Cancel safety
+    /// As [`Client::declare`]: the change may or may not have been applied.
+    pub async fn update(&self, queue: &str, config: QueueConfig) -> Result<u64> {
+        let queue = queue.to_string();
+        self.queue_ok(|req| ClientFrame::Update { req, queue, config })
+            .await
+    }
+
+    /// The next `count` ready messages of `queue` (at most 1000), in delivery order, without
+    /// consuming them (their `subscription` and `tag` are 0: they cannot be settled).
+    pub async fn peek(&self, queue: &str, count: u32) -> Result<Vec<levee_proto::Delivery>> {
+        let queue = queue.to_string();
+        match self
+            .inner
+            .request(|req| ClientFrame::Peek { req, queue, count })
+            .await?
+        {
+            ServerFrame::Peeked { messages, .. } => Ok(messages),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Moves up to `max` (all if `None`) ready messages of `queue` to `to` (with `header`, only
+    /// those whose header `name` has this value), each settled in `queue` only once `to` stored
+    /// it; returns how many moved (fewer if `to` filled up).
+    pub async fn move_messages(
+        &self,
+        queue: &str,
+        to: &str,
+        max: Option<u64>,
+        header: Option<(&str, &[u8])>,
+    ) -> Result<u64> {
+        let (queue, to) = (queue.to_string(), to.to_string());
+        let header = header.map(|(n, v)| (n.to_string(), bytes::Bytes::copy_from_slice(v)));
+        self.queue_ok(|req| ClientFrame::Move {
+            req,
+            queue,
+            to,
+            max,
+            header,
+        })
+        .await
+    }
+
     /// Deletes a queue with its messages; returns how many it held.
     ///
     /// # Cancel safety

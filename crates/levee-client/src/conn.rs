@@ -103,7 +103,7 @@ pub(crate) struct Waiter {
 
 impl Waiter {
     /// Resolves the confirm: `Rejected` becomes [`ClientError::Rejected`]; the breaker counts
-    /// `Stored` and `Dropped` as successes, anything else as a failure.
+    /// `Stored`, `Dropped` and `Duplicate` as successes, anything else as a failure.
     pub(crate) fn resolve(self, r: Result<PublishOutcome, ClientError>) {
         let r = match r {
             Ok(PublishOutcome::Rejected { code, reason }) => {
@@ -113,7 +113,11 @@ impl Waiter {
         };
         if let Some(p) = self.breaker {
             match r {
-                Ok(PublishOutcome::Stored { .. } | PublishOutcome::Dropped { .. }) => p.success(),
+                Ok(
+                    PublishOutcome::Stored { .. }
+                    | PublishOutcome::Dropped { .. }
+                    | PublishOutcome::Duplicate { .. },
+                ) => p.success(),
                 _ => p.failure(),
             }
         }

@@ -268,6 +268,24 @@ impl ConsumerShared {
         Ok(())
     }
 
+    /// Sends an `Extend` for one delivery at once (a lease renewal is not batched: it is
+    /// usually sent close to the deadline).
+    fn extend(&self, epoch: u64, tag: u64, extend_ms: u64) -> Result<()> {
+        let st = self.st.lock();
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        let (Some(conn), true) = (&st.conn, epoch == st.epoch) else {
+            return Err(ClientError::ConnectionLost);
+        };
+        let _ = conn.send(ClientFrame::Extend {
+            subscription: st.subscription,
+            tags: vec![tag],
+            extend_ms,
+        });
+        Ok(())
+    }
+
     fn send_settles(&self, st: &mut State) {
         if st.settles.is_empty() {
             return;
@@ -645,6 +663,18 @@ impl Delivery {
     /// Rejects: the message goes to the queue's dead-letter queue (dropped if it has none).
     pub fn reject(self) -> Result<()> {
         self.settle(Settle::Reject)
+    }
+
+    /// Renews the lease: the broker's ack deadline of this delivery becomes now + `lease`
+    /// (zero: now + the queue's ack timeout), for a consumer working on a long job. Does nothing
+    /// on an auto-acked delivery. A delivery whose lease already ended was returned to the queue
+    /// and cannot be renewed (the broker reports the unknown tag).
+    pub fn extend(&self, lease: Duration) -> Result<()> {
+        if self.settled {
+            return Ok(());
+        }
+        let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        self.shared.extend(self.epoch, self.inner.tag, ms)
     }
 }
 

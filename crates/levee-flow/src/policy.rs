@@ -994,6 +994,31 @@ impl<T, K: Hash + Eq + Clone, S: BuildHasher + Default> PolicyQueue<T, K, S> {
         })
     }
 
+    /// The first `n` items in delivery order (sequence number and item), without taking them:
+    /// what [`PolicyQueue::pop`] would return next. O(n) in FIFO order, O(len log len) for a
+    /// `ShedPriority` container in FIFO order (its levels are merged by position).
+    pub fn peek(&self, n: usize) -> Vec<(u64, &T)> {
+        match &self.store {
+            Store::Fifo(dq) => dq.iter().take(n).map(|e| (e.seq, &e.item)).collect(),
+            Store::Levels {
+                levels,
+                by_priority: true,
+                ..
+            } => levels
+                .iter()
+                .rev()
+                .flat_map(|l| l.iter())
+                .take(n)
+                .map(|e| (e.seq, &e.item))
+                .collect(),
+            Store::Levels { levels, .. } => {
+                let mut all: Vec<&Entry<T, K>> = levels.iter().flat_map(|l| l.iter()).collect();
+                all.sort_by_key(|e| e.pos);
+                all.into_iter().take(n).map(|e| (e.seq, &e.item)).collect()
+            }
+        }
+    }
+
     /// Removes and returns every item, in delivery order.
     pub fn drain(&mut self) -> Vec<Item<T, K>> {
         let mut out = Vec::with_capacity(self.len);

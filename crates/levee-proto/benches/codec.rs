@@ -13,7 +13,7 @@ fn batch() -> Vec<Message> {
             Message::new(Bytes::from(vec![i as u8; 1024]))
                 .with_key(Bytes::from(format!("key-{}", i % 10)))
                 .with_header("trace-id", Bytes::from_static(b"0123456789abcdef"))
-                .with_producer_id(i)
+                .with_message_id(format!("p1:{i}"))
         })
         .collect()
 }

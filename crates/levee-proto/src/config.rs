@@ -337,6 +337,44 @@ impl RateLimit {
     }
 }
 
+/// Most message ids a deduplication window may hold ([`Dedup::max_ids`]).
+pub const MAX_DEDUP_IDS: u32 = 10_000_000;
+/// Longest deduplication window ([`Dedup::window_ms`]): 24 h.
+pub const MAX_DEDUP_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// A queue's deduplication window of message ids ([`crate::Message::message_id`]): a publish
+/// whose id the queue stored within the window is confirmed
+/// [`crate::PublishOutcome::Duplicate`] and not stored again. An id leaves the window when it is
+/// older than `window_ms` or when `max_ids` newer ids have been stored, whichever comes first
+/// (the count bounds the memory: at most `max_ids` × (id length + about 80 bytes)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Dedup {
+    /// How long an id is remembered, in ms (`None`: only the count bounds it). Default 120 000
+    /// (JetStream's default duplicate window); 1..=86 400 000.
+    pub window_ms: Option<u64>,
+    /// Most ids remembered. Default 100 000; 1..=10 000 000.
+    pub max_ids: u32,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Dedup {
+            window_ms: Some(120_000),
+            max_ids: 100_000,
+        }
+    }
+}
+
+impl fmt::Display for Dedup {
+    /// `window_ms=120000 max_ids=100000`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.window_ms {
+            Some(w) => write!(f, "window_ms={w} max_ids={}", self.max_ids),
+            None => write!(f, "window_ms=none max_ids={}", self.max_ids),
+        }
+    }
+}
+
 /// A queue's declared configuration. See each field for its default and valid range.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct QueueConfig {
@@ -370,6 +408,10 @@ pub struct QueueConfig {
     /// own routing key (as RabbitMQ). Default `None`; needs `dead_letter_exchange`. Wire:
     /// extension tag 2.
     pub dead_letter_routing_key: Option<String>,
+    /// Deduplication of publishes by message id. Default `Some(Dedup::default())` (on, 2
+    /// minutes); `None` = off. Sent at the end of protocol-2 `Declare` / `QueueStats` frames
+    /// (a protocol-1 `Declare` gets the default).
+    pub dedup: Option<Dedup>,
 }
 
 impl Default for QueueConfig {
@@ -387,6 +429,7 @@ impl Default for QueueConfig {
             rate_limit: None,
             dead_letter_exchange: None,
             dead_letter_routing_key: None,
+            dedup: Some(Dedup::default()),
         }
     }
 }
@@ -497,6 +540,25 @@ impl QueueConfig {
                 _ => {}
             }
         }
+        if let Some(d) = &self.dedup {
+            if d.window_ms
+                .is_some_and(|w| !(1..=MAX_DEDUP_WINDOW_MS).contains(&w))
+            {
+                return invalid(
+                    "dedup.window_ms",
+                    format!(
+                        "{} is outside 1..={MAX_DEDUP_WINDOW_MS}",
+                        d.window_ms.unwrap_or(0)
+                    ),
+                );
+            }
+            if !(1..=MAX_DEDUP_IDS).contains(&d.max_ids) {
+                return invalid(
+                    "dedup.max_ids",
+                    format!("{} is outside 1..={MAX_DEDUP_IDS}", d.max_ids),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -566,6 +628,8 @@ impl QueueConfig {
             name(&self.dead_letter_routing_key),
             name(&r.dead_letter_routing_key),
         );
+        let dedup = |v: &Option<Dedup>| v.map_or("off".into(), |d| d.to_string());
+        cmp("dedup", dedup(&self.dedup), dedup(&r.dedup));
         out
     }
 
@@ -666,6 +730,28 @@ pub(crate) fn encode_config(dst: &mut BytesMut, c: &QueueConfig) -> Result<()> {
     Ok(())
 }
 
+/// The protocol-2 trailer of a config (at the very end of its frame): the dedup setting.
+pub(crate) fn encode_dedup(dst: &mut BytesMut, d: Option<&Dedup>) -> Result<()> {
+    put_option(dst, d, |d, v| {
+        put_option(d, v.window_ms.as_ref(), |d, w| {
+            d.put_u64_le(*w);
+            Ok(())
+        })?;
+        d.put_u32_le(v.max_ids);
+        Ok(())
+    })
+}
+
+/// Reads [`encode_dedup`]'s trailer.
+pub(crate) fn decode_dedup(r: &mut Reader) -> Result<Option<Dedup>> {
+    r.option("dedup", |r| {
+        Ok(Dedup {
+            window_ms: r.option("dedup window", |r| r.u64("dedup window_ms"))?,
+            max_ids: r.u32("dedup max_ids")?,
+        })
+    })
+}
+
 pub(crate) fn decode_config(r: &mut Reader) -> Result<QueueConfig> {
     let max_messages = r.u64("max_messages")?;
     let max_bytes = r.u64("max_bytes")?;
@@ -763,5 +849,7 @@ pub(crate) fn decode_config(r: &mut Reader) -> Result<QueueConfig> {
         rate_limit,
         dead_letter_exchange,
         dead_letter_routing_key,
+        // The frame's protocol-2 trailer overrides it (`decode_dedup`).
+        dedup: Some(Dedup::default()),
     })
 }

@@ -18,7 +18,7 @@
 
 use bytes::{Buf, BufMut, BytesMut};
 
-use crate::config::{QueueConfig, decode_config, encode_config};
+use crate::config::{Dedup, QueueConfig, decode_config, decode_dedup, encode_config, encode_dedup};
 use crate::error::{ErrorCode, ProtoError};
 use crate::exchange::{
     BINDING_MIN_LEN, Binding, EXCHANGE_INFO_MIN_LEN, ExchangeConfig, ExchangeInfo,
@@ -94,6 +94,14 @@ pub mod frame_type {
     pub const LIST_BINDINGS: u8 = 0x45;
     /// Client `PublishRouted` (protocol 2).
     pub const PUBLISH_ROUTED: u8 = 0x46;
+    /// Client `Extend` (protocol 2).
+    pub const EXTEND: u8 = 0x36;
+    /// Client `Update` (protocol 2).
+    pub const UPDATE: u8 = 0x50;
+    /// Client `Peek` (protocol 2).
+    pub const PEEK: u8 = 0x51;
+    /// Client `Move` (protocol 2).
+    pub const MOVE: u8 = 0x52;
 
     /// Server `Welcome`.
     pub const WELCOME: u8 = 0x81;
@@ -127,6 +135,8 @@ pub mod frame_type {
     pub const BINDING_LIST: u8 = 0xc2;
     /// Server `RoutedConfirm` (protocol 2).
     pub const ROUTED_CONFIRM: u8 = 0xc3;
+    /// Server `Peeked` (protocol 2).
+    pub const PEEKED: u8 = 0xd0;
 }
 use frame_type as ft;
 
@@ -405,6 +415,51 @@ pub enum ClientFrame {
         /// The messages.
         messages: Vec<Message>,
     },
+    /// Change a live queue's configuration (limits, overflow, TTL, rate limit, dead letter, ack
+    /// timeout, max deliveries, dedup; not durability or order). Reply `QueueOk`. Protocol 2.
+    Update {
+        /// Request id.
+        req: u64,
+        /// Queue name.
+        queue: String,
+        /// The complete new config.
+        config: QueueConfig,
+    },
+    /// Show the next `count` ready messages without consuming them. Reply `Peeked`. Protocol 2.
+    Peek {
+        /// Request id.
+        req: u64,
+        /// Queue name.
+        queue: String,
+        /// Most messages (the broker caps it at 1000).
+        count: u32,
+    },
+    /// Move up to `max` (all if `None`) ready messages to queue `to`, each settled here only
+    /// once `to` stored it (with `header`, only messages carrying that header value). Reply
+    /// `QueueOk` with `messages` = how many moved. Protocol 2.
+    Move {
+        /// Request id.
+        req: u64,
+        /// Source queue.
+        queue: String,
+        /// Target queue.
+        to: String,
+        /// Most messages.
+        max: Option<u64>,
+        /// Only messages whose header `name` has this value.
+        header: Option<(String, bytes::Bytes)>,
+    },
+    /// Renew the leases of unacked deliveries: each one's ack deadline becomes now + `extend_ms`
+    /// (0: now + the queue's ack timeout). No reply; unknown tags are reported like an `Ack`'s.
+    /// Protocol 2.
+    Extend {
+        /// Subscription id.
+        subscription: u64,
+        /// Delivery tags (at most [`MAX_TAGS`]).
+        tags: Vec<u64>,
+        /// New lease from now, in ms (at most 24 h).
+        extend_ms: u64,
+    },
 }
 
 /// A frame sent by the server.
@@ -519,6 +574,13 @@ pub enum ServerFrame {
         /// One outcome per published message.
         outcomes: Vec<RoutedOutcome>,
     },
+    /// Reply to `Peek`: the messages (subscription and tag 0: not deliveries). Protocol 2.
+    Peeked {
+        /// Request id.
+        req: u64,
+        /// The messages, in delivery order.
+        messages: Vec<Delivery>,
+    },
 }
 
 /// The first bytes of a frame, readable before the frame is complete.
@@ -561,6 +623,19 @@ impl FrameHeader {
             Ok(())
         }
     }
+}
+
+/// Reads a `Declare` / `Update` protocol-2 trailer (the dedup setting). A trailer naming the
+/// default is refused: the encoder omits it, and only canonical frames decode.
+fn decode_trailer(r: &mut Reader) -> Result<Option<Dedup>> {
+    let d = decode_dedup(r)?;
+    if d == Some(Dedup::default()) {
+        return Err(ProtoError::InvalidValue {
+            what: "protocol-2 trailer of defaults",
+            value: 0,
+        });
+    }
+    Ok(d)
 }
 
 /// Splits one complete frame off `buf`, or `Ok(None)` if it is not complete yet.
@@ -675,6 +750,10 @@ impl ClientFrame {
             ClientFrame::ListExchanges { .. } => ft::LIST_EXCHANGES,
             ClientFrame::ListBindings { .. } => ft::LIST_BINDINGS,
             ClientFrame::PublishRouted { .. } => ft::PUBLISH_ROUTED,
+            ClientFrame::Extend { .. } => ft::EXTEND,
+            ClientFrame::Update { .. } => ft::UPDATE,
+            ClientFrame::Peek { .. } => ft::PEEK,
+            ClientFrame::Move { .. } => ft::MOVE,
         }
     }
 
@@ -697,6 +776,9 @@ impl ClientFrame {
             | ClientFrame::ListExchanges { req }
             | ClientFrame::ListBindings { req, .. }
             | ClientFrame::PublishRouted { req, .. } => Some(*req),
+            ClientFrame::Update { req, .. }
+            | ClientFrame::Peek { req, .. }
+            | ClientFrame::Move { req, .. } => Some(*req),
             _ => None,
         }
     }
@@ -727,10 +809,17 @@ impl ClientFrame {
             }
             ClientFrame::Heartbeat => Ok(()),
             ClientFrame::Close { code, reason } => put_close(d, *code, reason),
-            ClientFrame::Declare { req, queue, config } => {
+            ClientFrame::Declare { req, queue, config }
+            | ClientFrame::Update { req, queue, config } => {
                 d.put_u64_le(*req);
                 put_queue(d, queue)?;
-                encode_config(d, config)
+                encode_config(d, config)?;
+                // The protocol-2 trailer, omitted for the default: the frame stays canonical
+                // and a protocol-1 peer's frame means the default.
+                if config.dedup != Some(Dedup::default()) {
+                    encode_dedup(d, config.dedup.as_ref())?;
+                }
+                Ok(())
             }
             ClientFrame::Delete { req, queue }
             | ClientFrame::Purge { req, queue }
@@ -838,6 +927,40 @@ impl ClientFrame {
                 put_count32(d, messages.len(), MAX_BATCH, "publish batch")?;
                 messages.iter().try_for_each(|m| encode_message(d, m))
             }
+            ClientFrame::Extend {
+                subscription,
+                tags,
+                extend_ms,
+            } => {
+                d.put_u64_le(*subscription);
+                d.put_u64_le(*extend_ms);
+                put_tags(d, tags)
+            }
+            ClientFrame::Peek { req, queue, count } => {
+                d.put_u64_le(*req);
+                put_queue(d, queue)?;
+                d.put_u32_le(*count);
+                Ok(())
+            }
+            ClientFrame::Move {
+                req,
+                queue,
+                to,
+                max,
+                header,
+            } => {
+                d.put_u64_le(*req);
+                put_queue(d, queue)?;
+                put_queue(d, to)?;
+                put_option(d, max.as_ref(), |d, v| {
+                    d.put_u64_le(*v);
+                    Ok(())
+                })?;
+                put_option(d, header.as_ref(), |d, (n, v)| {
+                    put_bytes8(d, n.as_bytes(), "header name")?;
+                    put_bytes16(d, v, "header value")
+                })
+            }
         }
     }
 
@@ -880,11 +1003,24 @@ impl ClientFrame {
                 let (code, reason) = read_close(r)?;
                 ClientFrame::Close { code, reason }
             }
-            ft::DECLARE => ClientFrame::Declare {
-                req: r.u64("request id")?,
-                queue: r.str8("queue name")?,
-                config: decode_config(r)?,
-            },
+            ft::DECLARE => {
+                let req = r.u64("request id")?;
+                let queue = r.str8("queue name")?;
+                let mut config = decode_config(r)?;
+                if r.has_more() {
+                    config.dedup = decode_trailer(r)?;
+                }
+                ClientFrame::Declare { req, queue, config }
+            }
+            ft::UPDATE => {
+                let req = r.u64("request id")?;
+                let queue = r.str8("queue name")?;
+                let mut config = decode_config(r)?;
+                if r.has_more() {
+                    config.dedup = decode_trailer(r)?;
+                }
+                ClientFrame::Update { req, queue, config }
+            }
             ft::DELETE => ClientFrame::Delete {
                 req: r.u64("request id")?,
                 queue: r.str8("queue name")?,
@@ -981,6 +1117,29 @@ impl ClientFrame {
                 routing_key: r.str8("routing key")?,
                 messages: r.vec32("publish batch", MAX_BATCH, MESSAGE_MIN_LEN, decode_message)?,
             },
+            ft::PEEK => ClientFrame::Peek {
+                req: r.u64("request id")?,
+                queue: r.str8("queue name")?,
+                count: r.u32("count")?,
+            },
+            ft::MOVE => ClientFrame::Move {
+                req: r.u64("request id")?,
+                queue: r.str8("queue name")?,
+                to: r.str8("target queue")?,
+                max: r.option("max", |r| r.u64("max"))?,
+                header: r.option("header", |r| {
+                    Ok((r.str8("header name")?, r.bytes16("header value")?))
+                })?,
+            },
+            ft::EXTEND => {
+                let subscription = r.u64("subscription")?;
+                let extend_ms = r.u64("extend_ms")?;
+                ClientFrame::Extend {
+                    subscription,
+                    tags: read_tags(r)?,
+                    extend_ms,
+                }
+            }
             other => return Err(ProtoError::UnknownFrameType(other)),
         })
     }
@@ -1006,6 +1165,7 @@ impl ServerFrame {
             ServerFrame::ExchangeList { .. } => ft::EXCHANGE_LIST,
             ServerFrame::BindingList { .. } => ft::BINDING_LIST,
             ServerFrame::RoutedConfirm { .. } => ft::ROUTED_CONFIRM,
+            ServerFrame::Peeked { .. } => ft::PEEKED,
         }
     }
 
@@ -1023,6 +1183,7 @@ impl ServerFrame {
             | ServerFrame::ExchangeList { req, .. }
             | ServerFrame::BindingList { req, .. }
             | ServerFrame::RoutedConfirm { req, .. } => Some(*req),
+            ServerFrame::Peeked { req, .. } => Some(*req),
             _ => None,
         }
     }
@@ -1079,7 +1240,12 @@ impl ServerFrame {
                 d.put_u64_le(*req);
                 put_queue(d, &info.queue)?;
                 encode_config(d, &info.config)?;
-                encode_stats(d, &info.stats)
+                encode_stats(d, &info.stats)?;
+                if info.config.dedup != Some(Dedup::default()) || info.stats.duplicates != 0 {
+                    encode_dedup(d, info.config.dedup.as_ref())?;
+                    d.put_u64_le(info.stats.duplicates);
+                }
+                Ok(())
             }
             ServerFrame::QueueList { req, queues } => {
                 d.put_u64_le(*req);
@@ -1135,6 +1301,11 @@ impl ServerFrame {
                     .iter()
                     .try_for_each(|o| encode_routed_outcome(d, o))
             }
+            ServerFrame::Peeked { req, messages } => {
+                d.put_u64_le(*req);
+                put_count32(d, messages.len(), MAX_BATCH, "peeked messages")?;
+                messages.iter().try_for_each(|x| encode_delivery(d, x))
+            }
         }
     }
 
@@ -1172,14 +1343,29 @@ impl ServerFrame {
                 created: r.bool("created")?,
                 messages: r.u64("messages")?,
             },
-            ft::QUEUE_STATS => ServerFrame::QueueStats {
-                req: r.u64("request id")?,
-                info: Box::new(QueueInfo {
+            ft::QUEUE_STATS => {
+                let req = r.u64("request id")?;
+                let mut info = QueueInfo {
                     queue: r.str8("queue name")?,
                     config: decode_config(r)?,
                     stats: decode_stats(r)?,
-                }),
-            },
+                };
+                if r.has_more() {
+                    info.config.dedup = decode_dedup(r)?;
+                    info.stats.duplicates = r.u64("duplicates")?;
+                    if info.config.dedup == Some(Dedup::default()) && info.stats.duplicates == 0 {
+                        // The encoder omits a trailer of defaults: only canonical frames decode.
+                        return Err(ProtoError::InvalidValue {
+                            what: "protocol-2 trailer of defaults",
+                            value: 0,
+                        });
+                    }
+                }
+                ServerFrame::QueueStats {
+                    req,
+                    info: Box::new(info),
+                }
+            }
             ft::QUEUE_LIST => ServerFrame::QueueList {
                 req: r.u64("request id")?,
                 queues: r.vec32("queue list", MAX_LIST, 1, |r| r.str8("queue name"))?,
@@ -1238,6 +1424,15 @@ impl ServerFrame {
                     MAX_BATCH,
                     ROUTED_OUTCOME_MIN_LEN,
                     decode_routed_outcome,
+                )?,
+            },
+            ft::PEEKED => ServerFrame::Peeked {
+                req: r.u64("request id")?,
+                messages: r.vec32(
+                    "peeked messages",
+                    MAX_BATCH,
+                    DELIVERY_MIN_LEN,
+                    decode_delivery,
                 )?,
             },
             other => return Err(ProtoError::UnknownFrameType(other)),

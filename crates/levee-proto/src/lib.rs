@@ -37,9 +37,9 @@ mod message;
 mod wire;
 
 pub use config::{
-    ConfigDifference, Durability, Fsync, MAX_ACK_TIMEOUT_MS, MAX_FSYNC_INTERVAL_MS,
-    MAX_MESSAGE_TTL_MS, MAX_QUEUE_NAME_LEN, Order, Overflow, QueueConfig, RateLimit,
-    validate_queue_name,
+    ConfigDifference, Dedup, Durability, Fsync, MAX_ACK_TIMEOUT_MS, MAX_DEDUP_IDS,
+    MAX_DEDUP_WINDOW_MS, MAX_FSYNC_INTERVAL_MS, MAX_MESSAGE_TTL_MS, MAX_QUEUE_NAME_LEN, Order,
+    Overflow, QueueConfig, RateLimit, validate_queue_name,
 };
 pub use error::{ErrorCode, ProtoError};
 pub use exchange::{

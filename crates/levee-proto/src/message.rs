@@ -28,9 +28,12 @@ pub struct Message {
     /// Application headers: names of at most 255 bytes, values of at most 65 535 bytes, at most
     /// [`MAX_HEADERS`] of them.
     pub headers: Vec<(String, Bytes)>,
-    /// Producer-chosen id, echoed nowhere by the broker but kept with the message (idempotence and
-    /// correlation are the application's).
-    pub producer_id: Option<u64>,
+    /// Producer-chosen message id (at most 255 bytes, opaque): the key of the queue's
+    /// deduplication window (a publish whose id the queue saw within its window is confirmed
+    /// [`PublishOutcome::Duplicate`] and not stored again). A producer that retries after a lost
+    /// connection uses a stable id per message, e.g. `producer-id:sequence`. Kept with the message
+    /// and delivered with it. `None`: never deduplicated.
+    pub message_id: Option<Bytes>,
     /// The body (at most `u32::MAX` bytes; in practice bounded by the max frame size).
     pub payload: Bytes,
 }
@@ -68,9 +71,9 @@ impl Message {
         self
     }
 
-    /// Sets the producer message id.
-    pub fn with_producer_id(mut self, id: u64) -> Self {
-        self.producer_id = Some(id);
+    /// Sets the message id (the deduplication key; at most 255 bytes).
+    pub fn with_message_id(mut self, id: impl Into<Bytes>) -> Self {
+        self.message_id = Some(id.into());
         self
     }
 
@@ -80,7 +83,7 @@ impl Message {
         MESSAGE_MIN_LEN
             + self.key.as_ref().map_or(0, |k| 2 + k.len())
             + self.ttl_ms.map_or(0, |_| 8)
-            + self.producer_id.map_or(0, |_| 8)
+            + self.message_id.as_ref().map_or(0, |id| 1 + id.len())
             + self
                 .headers
                 .iter()
@@ -94,8 +97,12 @@ impl Message {
 pub(crate) const MESSAGE_MIN_LEN: usize = 1 + 1 + 1 + 4;
 const FLAG_KEY: u8 = 1;
 const FLAG_TTL: u8 = 2;
+/// Protocol 1's `producer_id: u64`. Still decoded (it becomes the message id in decimal), never
+/// encoded: the message id replaced it.
 const FLAG_PRODUCER_ID: u8 = 4;
-const KNOWN_FLAGS: u8 = FLAG_KEY | FLAG_TTL | FLAG_PRODUCER_ID;
+/// A message id (`u8` length + bytes) follows the TTL. Bit 8 is the AMQP branch's.
+const FLAG_MESSAGE_ID: u8 = 16;
+const KNOWN_FLAGS: u8 = FLAG_KEY | FLAG_TTL | FLAG_PRODUCER_ID | FLAG_MESSAGE_ID;
 
 pub(crate) fn encode_message(dst: &mut BytesMut, m: &Message) -> Result<()> {
     let mut flags = 0;
@@ -105,8 +112,8 @@ pub(crate) fn encode_message(dst: &mut BytesMut, m: &Message) -> Result<()> {
     if m.ttl_ms.is_some() {
         flags |= FLAG_TTL;
     }
-    if m.producer_id.is_some() {
-        flags |= FLAG_PRODUCER_ID;
+    if m.message_id.is_some() {
+        flags |= FLAG_MESSAGE_ID;
     }
     dst.put_u8(flags);
     dst.put_u8(m.priority);
@@ -116,8 +123,8 @@ pub(crate) fn encode_message(dst: &mut BytesMut, m: &Message) -> Result<()> {
     if let Some(t) = m.ttl_ms {
         dst.put_u64_le(t);
     }
-    if let Some(p) = m.producer_id {
-        dst.put_u64_le(p);
+    if let Some(id) = &m.message_id {
+        put_bytes8(dst, id, "message id")?;
     }
     put_count8(dst, m.headers.len(), MAX_HEADERS, "message headers")?;
     for (name, value) in &m.headers {
@@ -146,11 +153,14 @@ pub(crate) fn decode_message(r: &mut Reader) -> Result<Message> {
     } else {
         None
     };
-    let producer_id = if flags & FLAG_PRODUCER_ID != 0 {
-        Some(r.u64("producer_id")?)
+    let mut message_id = if flags & FLAG_PRODUCER_ID != 0 {
+        Some(Bytes::from(r.u64("producer_id")?.to_string()))
     } else {
         None
     };
+    if flags & FLAG_MESSAGE_ID != 0 {
+        message_id = Some(r.bytes8("message id")?);
+    }
     let headers = r.vec8("message headers", MAX_HEADERS, 3, |r| {
         Ok((r.str8("header name")?, r.bytes16("header value")?))
     })?;
@@ -160,7 +170,7 @@ pub(crate) fn decode_message(r: &mut Reader) -> Result<Message> {
         priority,
         ttl_ms,
         headers,
-        producer_id,
+        message_id,
         payload,
     })
 }
@@ -332,6 +342,12 @@ pub enum PublishOutcome {
         /// Suggested wait before retrying, in ms.
         retry_after_ms: u32,
     },
+    /// The queue saw this message id within its deduplication window: not stored again (and not
+    /// counted as published; counted in `duplicates`). Wire 4.
+    Duplicate {
+        /// Sequence number the message got when first stored.
+        seq: u64,
+    },
 }
 
 pub(crate) const OUTCOME_MIN_LEN: usize = 2;
@@ -355,6 +371,10 @@ pub(crate) fn encode_outcome(dst: &mut BytesMut, o: &PublishOutcome) -> Result<(
             dst.put_u8(3);
             dst.put_u32_le(*retry_after_ms);
         }
+        PublishOutcome::Duplicate { seq } => {
+            dst.put_u8(4);
+            dst.put_u64_le(*seq);
+        }
     }
     Ok(())
 }
@@ -372,6 +392,7 @@ pub(crate) fn decode_outcome(r: &mut Reader) -> Result<PublishOutcome> {
         3 => PublishOutcome::Throttled {
             retry_after_ms: r.u32("retry_after_ms")?,
         },
+        4 => PublishOutcome::Duplicate { seq: r.u64("seq")? },
         v => {
             return Err(ProtoError::InvalidValue {
                 what: "publish outcome",
@@ -431,6 +452,9 @@ pub struct QueueStats {
     pub deliver_rate: u64,
     /// Messages acked per second over the broker's stats window.
     pub ack_rate: u64,
+    /// Publishes confirmed [`PublishOutcome::Duplicate`] (not in `published`). Sent at the end of
+    /// a protocol-2 `QueueStats` frame.
+    pub duplicates: u64,
 }
 
 impl QueueStats {
@@ -531,5 +555,6 @@ pub(crate) fn decode_stats(r: &mut Reader) -> Result<QueueStats> {
         publish_rate: r.u64("publish_rate")?,
         deliver_rate: r.u64("deliver_rate")?,
         ack_rate: r.u64("ack_rate")?,
+        duplicates: 0,
     })
 }

@@ -172,6 +172,11 @@ impl Reader {
         Ok(out)
     }
 
+    /// Whether the frame has bytes left (a protocol-2 trailer follows).
+    pub(crate) fn has_more(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// Fails with [`ProtoError::TrailingBytes`] unless the whole frame was consumed.
     pub(crate) fn finish(self, frame_type: u8) -> Result<()> {
         if self.buf.is_empty() {

@@ -187,6 +187,10 @@ fn valid_edge_values_pass() {
         }),
         dead_letter_exchange: Some("amq.topic".into()),
         dead_letter_routing_key: Some("k".repeat(255)),
+        dedup: Some(levee_proto::Dedup {
+            window_ms: Some(levee_proto::MAX_DEDUP_WINDOW_MS),
+            max_ids: levee_proto::MAX_DEDUP_IDS,
+        }),
     };
     assert_eq!(c.validate("q"), Ok(()));
     let memory = QueueConfig {
@@ -194,6 +198,40 @@ fn valid_edge_values_pass() {
         ..c
     };
     assert_eq!(memory.validate("q"), Ok(()));
+}
+
+#[test]
+fn dedup_ranges_are_checked() {
+    let bad = |d: levee_proto::Dedup, field: &str| {
+        let c = QueueConfig {
+            dedup: Some(d),
+            ..QueueConfig::default()
+        };
+        match c.validate("q") {
+            Err(ProtoError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{other:?}"),
+        }
+    };
+    bad(
+        levee_proto::Dedup {
+            window_ms: Some(0),
+            max_ids: 1,
+        },
+        "dedup.window_ms",
+    );
+    bad(
+        levee_proto::Dedup {
+            window_ms: None,
+            max_ids: 0,
+        },
+        "dedup.max_ids",
+    );
+    let off = QueueConfig {
+        dedup: None,
+        ..QueueConfig::default()
+    };
+    assert_eq!(off.validate("q"), Ok(()));
+    assert_eq!(QueueConfig::default().differences(&off)[0].field, "dedup");
 }
 
 #[test]

@@ -148,7 +148,7 @@ fn limits_at_the_boundary_roundtrip_and_one_beyond_fails_to_encode() {
         headers: (0..MAX_HEADERS)
             .map(|i| ("h".repeat(255 - (i % 2)), Bytes::from(vec![2; 100])))
             .collect(),
-        producer_id: Some(0),
+        message_id: Some(Bytes::from(vec![b'i'; 255])),
         payload: Bytes::from(vec![3; 1000]),
     };
     let frame = ClientFrame::Publish {

@@ -79,21 +79,21 @@ fn publish_layout() {
                 .with_priority(7)
                 .with_ttl_ms(1000)
                 .with_header("h", Bytes::from_static(b"v"))
-                .with_producer_id(9),
+                .with_message_id("9"),
         ],
     };
     #[rustfmt::skip]
     let expected = [
-        48, 0, 0, 0,                 // length
+        42, 0, 0, 0,                 // length
         0x20,                        // Publish
         5, 0, 0, 0, 0, 0, 0, 0,      // request id
         1, b'q',                     // queue name
         1, 0, 0, 0,                  // message count
-        0x07,                        // flags: key | ttl | producer id
+        0x13,                        // flags: key | ttl | message id
         7,                           // priority
         1, 0, b'k',                  // key
         0xe8, 3, 0, 0, 0, 0, 0, 0,   // ttl_ms = 1000
-        9, 0, 0, 0, 0, 0, 0, 0,      // producer id
+        1, b'9',                     // message id
         1,                           // header count
         1, b'h', 1, 0, b'v',         // header
         2, 0, 0, 0, b'h', b'i',      // payload
@@ -123,8 +123,54 @@ fn declare_with_default_config_layout() {
         0,                                 // dead_letter = None
         0,                                 // message_ttl_ms = None
         0,                                 // rate_limit = None
+                                           // (no protocol-2 trailer: dedup is the default)
     ];
     assert_eq!(client(&f), expected);
+}
+
+#[test]
+fn protocol1_producer_id_becomes_the_message_id() {
+    // A protocol-1 publish with flag 4 (a u64 producer id) still decodes: its id is the decimal.
+    #[rustfmt::skip]
+    let body = [
+        0x20, 5, 0, 0, 0, 0, 0, 0, 0, 1, b'q', 1, 0, 0, 0,
+        0x04, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, b'h', b'i',
+    ];
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&body);
+    let Some(ClientFrame::Publish { messages, .. }) =
+        ClientFrame::decode(&mut buf, 1 << 20).unwrap()
+    else {
+        panic!("a publish");
+    };
+    assert_eq!(messages[0].message_id.as_deref(), Some(&b"9"[..]));
+}
+
+#[test]
+fn a_dedup_setting_other_than_the_default_is_a_protocol2_trailer() {
+    let off = ClientFrame::Declare {
+        req: 1,
+        queue: "q".into(),
+        config: QueueConfig {
+            dedup: None,
+            ..QueueConfig::default()
+        },
+    };
+    let bytes = client(&off);
+    assert_eq!(bytes.len(), 4 + 47 + 1, "one byte: dedup = None");
+    assert_eq!(bytes[bytes.len() - 1], 0);
+    // A trailer spelling out the default is not canonical (the encoder omits it): refused.
+    let mut bytes = bytes;
+    bytes.pop();
+    bytes.extend_from_slice(&[1, 1, 0xc0, 0xd4, 1, 0, 0, 0, 0, 0, 0xa0, 0x86, 1, 0]);
+    let len = (bytes.len() - 4) as u32;
+    bytes[..4].copy_from_slice(&len.to_le_bytes());
+    let mut buf = BytesMut::from(&bytes[..]);
+    assert!(matches!(
+        ClientFrame::decode(&mut buf, 1 << 20),
+        Err(ProtoError::InvalidValue { .. })
+    ));
 }
 
 #[test]

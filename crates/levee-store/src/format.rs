@@ -14,8 +14,11 @@
 
 use bytes::Bytes;
 
-/// Format version written in every segment header; a different version is refused on open.
-pub const FORMAT_VERSION: u16 = 1;
+/// Format version written in every segment header. Version 2 added the message id (record flag
+/// 8); flags are additive, so version 1 segments still decode ([`MIN_FORMAT_VERSION`]).
+pub const FORMAT_VERSION: u16 = 2;
+/// Oldest format version still read.
+pub const MIN_FORMAT_VERSION: u16 = 1;
 /// Magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"LEVEESEG";
 /// Size of the segment header.
@@ -38,6 +41,9 @@ pub const SEAL_FRAME_LEN: usize = FRAME_PREFIX_LEN + 1 + 16;
 
 const FLAG_KEY: u8 = 1;
 const FLAG_TTL: u8 = 2;
+/// A message id (`u8` length + bytes) follows the key (format version 2). Bit 4 is the AMQP
+/// branch's.
+const FLAG_MESSAGE_ID: u8 = 8;
 
 const SETTLE_ACKED: u8 = 1;
 const SETTLE_DROPPED: u8 = 2;
@@ -76,7 +82,7 @@ pub enum FrameError {
     /// The segment header's magic is wrong.
     #[error("bad segment magic")]
     BadMagic,
-    /// The segment header's version is not [`FORMAT_VERSION`].
+    /// The segment header's version is outside [`MIN_FORMAT_VERSION`]..=[`FORMAT_VERSION`].
     #[error("unsupported format version {0}")]
     Version(u16),
 }
@@ -107,6 +113,8 @@ pub struct NewMessage {
     pub ttl_ms: Option<u64>,
     /// Headers (at most 65535; names at most 65535 bytes).
     pub headers: Vec<(String, Bytes)>,
+    /// The producer's message id, the deduplication key (at most 255 bytes; format version 2).
+    pub message_id: Option<Bytes>,
     /// The payload.
     pub payload: Bytes,
 }
@@ -195,7 +203,7 @@ pub fn decode_segment_header(buf: &[u8]) -> Result<SegmentHeader, FrameError> {
         return Err(FrameError::BadMagic);
     }
     let version = u16::from_le_bytes(buf[8..10].try_into().expect("2 bytes"));
-    if version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(FrameError::Version(version));
     }
     Ok(SegmentHeader {
@@ -275,6 +283,7 @@ pub fn decode_record(frame: &Frame<'_>, owner: &Bytes) -> Result<Record, FrameEr
                     priority: p.priority,
                     ttl_ms: p.ttl_ms,
                     headers,
+                    message_id: p.message_id.map(|k| owner.slice_ref(k)),
                     payload: owner.slice_ref(p.payload),
                 },
             })
@@ -346,6 +355,7 @@ pub(crate) struct MessageParts<'a> {
     pub ttl_ms: Option<u64>,
     pub priority: u8,
     pub key: Option<&'a [u8]>,
+    pub message_id: Option<&'a [u8]>,
     pub header_count: u16,
     pub headers_raw: &'a [u8],
     pub payload: &'a [u8],
@@ -357,7 +367,7 @@ pub(crate) fn parse_message(body: &[u8]) -> Result<MessageParts<'_>, FrameError>
     let timestamp_ms = c.u64()?;
     let ttl = c.u64()?;
     let flags = c.u8()?;
-    if flags & !(FLAG_KEY | FLAG_TTL) != 0 {
+    if flags & !(FLAG_KEY | FLAG_TTL | FLAG_MESSAGE_ID) != 0 {
         return Err(FrameError::Malformed("unknown message flags"));
     }
     let priority = c.u8()?;
@@ -367,6 +377,12 @@ pub(crate) fn parse_message(body: &[u8]) -> Result<MessageParts<'_>, FrameError>
         Some(key_bytes)
     } else if key_len != 0 {
         return Err(FrameError::Malformed("key bytes without key flag"));
+    } else {
+        None
+    };
+    let message_id = if flags & FLAG_MESSAGE_ID != 0 {
+        let n = c.u8()? as usize;
+        Some(c.take(n)?)
     } else {
         None
     };
@@ -390,6 +406,7 @@ pub(crate) fn parse_message(body: &[u8]) -> Result<MessageParts<'_>, FrameError>
         ttl_ms: (flags & FLAG_TTL != 0).then_some(ttl),
         priority,
         key,
+        message_id,
         header_count,
         headers_raw,
         payload,
@@ -487,7 +504,14 @@ pub(crate) fn message_frame_len(m: &NewMessage) -> Result<u64, String> {
     if m.headers.len() > u16::MAX as usize {
         return Err(format!("{} headers exceed 65535", m.headers.len()));
     }
-    let mut len = FRAME_PREFIX_LEN as u64 + 1 + 8 + 8 + 8 + 1 + 1 + 2 + key_len as u64 + 2;
+    let id_len = match &m.message_id {
+        Some(id) if id.len() > u8::MAX as usize => {
+            return Err(format!("message id of {} bytes exceeds 255", id.len()));
+        }
+        Some(id) => 1 + id.len() as u64,
+        None => 0,
+    };
+    let mut len = FRAME_PREFIX_LEN as u64 + 1 + 8 + 8 + 8 + 1 + 1 + 2 + key_len as u64 + id_len + 2;
     for (name, value) in &m.headers {
         if name.len() > u16::MAX as usize {
             return Err(format!("header name of {} bytes exceeds 65535", name.len()));
@@ -516,11 +540,18 @@ pub(crate) fn encode_message(out: &mut Vec<u8>, seq: u64, m: &NewMessage) -> usi
         if m.ttl_ms.is_some() {
             flags |= FLAG_TTL;
         }
+        if m.message_id.is_some() {
+            flags |= FLAG_MESSAGE_ID;
+        }
         b.push(flags);
         b.push(m.priority);
         let key = m.key.as_deref().unwrap_or(&[]);
         b.extend_from_slice(&(key.len() as u16).to_le_bytes());
         b.extend_from_slice(key);
+        if let Some(id) = &m.message_id {
+            b.push(id.len() as u8);
+            b.extend_from_slice(id);
+        }
         b.extend_from_slice(&(m.headers.len() as u16).to_le_bytes());
         for (name, value) in &m.headers {
             b.extend_from_slice(&(name.len() as u16).to_le_bytes());
@@ -597,6 +628,7 @@ mod tests {
             priority: 3,
             ttl_ms: Some(0),
             headers: vec![("h".into(), Bytes::from_static(b"v"))],
+            message_id: Some(Bytes::from_static(b"id-1")),
             payload: Bytes::from_static(b"payload"),
         };
         let mut buf = Vec::new();
@@ -634,6 +666,22 @@ mod tests {
             ])
         );
         assert_eq!(recs[2], Record::Delivery(vec![(42, 3)]));
+    }
+
+    #[test]
+    fn version_1_segments_are_still_read() {
+        let mut b = encode_segment_header(&SegmentHeader {
+            index: 1,
+            base_seq: 0,
+        });
+        b[8..10].copy_from_slice(&1u16.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..28]);
+        b[28..32].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode_segment_header(&b).is_ok());
+        b[8..10].copy_from_slice(&3u16.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..28]);
+        b[28..32].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_segment_header(&b), Err(FrameError::Version(3)));
     }
 
     #[test]

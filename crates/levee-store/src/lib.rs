@@ -44,6 +44,6 @@ pub use durability::{Durability, DurabilityLevel, Durable};
 pub use error::{Result, StoreError};
 pub use format::{NewMessage, Settlement, StoredMessage, key_hash};
 pub use log::{
-    Appended, FsyncPolicy, LogConfig, LogStats, MessageMeta, QueueLog, Recovered, RecoveryReport,
-    TruncatedTail,
+    Appended, FsyncPolicy, LogConfig, LogStats, MessageId, MessageMeta, QueueLog, Recovered,
+    RecoveryReport, TruncatedTail,
 };

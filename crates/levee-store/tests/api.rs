@@ -26,6 +26,7 @@ fn small(fsync: FsyncPolicy) -> LogConfig {
         fsync,
         segment_bytes: 4096,
         max_record_bytes: 2048,
+        ..LogConfig::default()
     }
 }
 
@@ -45,6 +46,7 @@ fn full_message_roundtrips_through_reopen_on_real_disk() {
             ("content-type".into(), Bytes::from_static(b"json")),
             ("trace".into(), Bytes::from_static(b"")),
         ],
+        message_id: Some(Bytes::from_static(b"producer-7:42")),
         payload: Bytes::from(vec![0xAB; 3000]),
     };
     let seq;
@@ -494,7 +496,7 @@ fn newer_format_version_is_refused() {
     log.close().unwrap();
     let path = Path::new("/data/queues/q/0000000000000000.open");
     let mut bytes = b.file_contents(path).unwrap();
-    bytes[8] = 2; // version 2
+    bytes[8] = 3; // version 3
     let crc = crc32c::crc32c(&bytes[..28]);
     bytes[28..32].copy_from_slice(&crc.to_le_bytes());
     b.set_file_contents(path, bytes);
@@ -503,8 +505,8 @@ fn newer_format_version_is_refused() {
         matches!(
             err,
             StoreError::FormatVersion {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: 2,
                 ..
             }
         ),
@@ -546,4 +548,56 @@ fn meta_files_are_replaced_atomically() {
     log.close().unwrap();
     remove_queue_dir(&FsBackend, &qdir).unwrap();
     assert!(!qdir.exists());
+}
+
+/// Recovery returns the newest message ids, settled messages included, at most `recover_ids`,
+/// and a segment whose ids are younger than `keep_ids_ms` is kept even when fully settled.
+#[test]
+fn recovery_returns_the_newest_message_ids_and_keeps_their_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let cfg = LogConfig {
+        fsync: FsyncPolicy::Always,
+        segment_bytes: 4096,
+        max_record_bytes: 2048,
+        keep_ids_ms: 3_600_000,
+        recover_ids: 1_000,
+    };
+    {
+        let (log, _) = QueueLog::open(FsBackend::shared(), dir.path(), cfg.clone()).unwrap();
+        for i in 0..200u64 {
+            let m = NewMessage {
+                timestamp_ms: now,
+                message_id: (i % 2 == 0).then(|| Bytes::from(format!("id-{i}"))),
+                payload: Bytes::from(vec![b'x'; 100]),
+                ..Default::default()
+            };
+            let a = log.append(&m).unwrap();
+            a.durability.wait().unwrap();
+            log.settle(a.first_seq, Settlement::Acked)
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+        assert!(log.stats().segments > 2, "several segments were written");
+        log.close().unwrap();
+    }
+    let (log, rec) = QueueLog::open(FsBackend::shared(), dir.path(), cfg.clone()).unwrap();
+    assert!(rec.unsettled.is_empty());
+    assert_eq!(log.stats().reclaimed_segments, 0);
+    let ids: Vec<_> = rec.message_ids.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(ids.len(), 100, "every id, also of settled messages");
+    assert_eq!(ids[0], Bytes::from("id-0"));
+    assert_eq!(rec.message_ids[99].seq, 198);
+    log.close().unwrap();
+    let few = LogConfig {
+        recover_ids: 3,
+        ..cfg
+    };
+    let (_log, rec) = QueueLog::open(FsBackend::shared(), dir.path(), few).unwrap();
+    let ids: Vec<_> = rec.message_ids.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(ids, ["id-194", "id-196", "id-198"].map(Bytes::from));
 }

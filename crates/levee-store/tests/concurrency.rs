@@ -23,6 +23,7 @@ fn concurrent_appends_with_a_flapping_full_disk_keep_exactly_what_was_confirmed(
         fsync: FsyncPolicy::Always,
         segment_bytes: 64 << 10,
         max_record_bytes: 8 << 10,
+        ..levee_store::LogConfig::default()
     };
     let (log, _) = QueueLog::open(backend.shared(), "/disk/q", config.clone()).unwrap();
     let log = Arc::new(log);
@@ -127,6 +128,7 @@ fn power_loss_under_concurrent_appenders_keeps_every_confirmed_message() {
             fsync: FsyncPolicy::Always,
             segment_bytes: 16 << 10,
             max_record_bytes: 4 << 10,
+            ..levee_store::LogConfig::default()
         };
         let (log, _) = QueueLog::open(backend.shared(), "/disk/q", config.clone()).unwrap();
         let log = Arc::new(log);

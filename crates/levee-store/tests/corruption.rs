@@ -17,6 +17,7 @@ fn config() -> LogConfig {
         fsync: FsyncPolicy::Never,
         segment_bytes: 4096,
         max_record_bytes: 2048,
+        ..LogConfig::default()
     }
 }
 

@@ -71,6 +71,7 @@ fn verify(dir: &Path, seen: &Seen) {
         fsync: FsyncPolicy::Always,
         segment_bytes: 64 << 10,
         max_record_bytes: 16 << 10,
+        ..levee_store::LogConfig::default()
     };
     let (log, rec) =
         QueueLog::open(FsBackend::shared(), dir, config).expect("recovery after SIGKILL");

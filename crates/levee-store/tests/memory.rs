@@ -44,6 +44,7 @@ fn index_memory_per_message_is_small_and_independent_of_payload_size() {
         fsync: FsyncPolicy::Never,
         segment_bytes: 8 << 20,
         max_record_bytes: 64 << 10,
+        ..levee_store::LogConfig::default()
     };
     let (log, _) = QueueLog::open(FsBackend::shared(), tmp.path(), config).unwrap();
     let payload = bytes::Bytes::from(vec![7u8; 4096]);

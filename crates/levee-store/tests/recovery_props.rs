@@ -94,6 +94,7 @@ fn config(policy: FsyncPolicy) -> LogConfig {
         fsync: policy,
         segment_bytes: 4096,
         max_record_bytes: 1024,
+        ..LogConfig::default()
     }
 }
 

@@ -251,6 +251,15 @@ pub(crate) struct QueueArgs {
 pub(crate) enum QueueCmd {
     /// Create a queue, or check that the existing one has the settings given.
     Declare(Box<DeclareArgs>),
+    /// Change a live queue's settings (the flags given; the others stay). Limits, overflow,
+    /// TTL, rate limit, dead letter, ack timeout, max deliveries and dedup can change, without
+    /// losing a message: lowering a limit below what the queue holds drops nothing (the queue
+    /// takes no new messages until drained below it). Durability and order cannot change.
+    #[command(
+        after_help = "Examples:\n  levee queue update jobs --max-messages 500\n  \
+        levee queue update jobs --overflow reject --ack-timeout 2m --dead-letter jobs.dead"
+    )]
+    Update(Box<DeclareArgs>),
     /// List queue names.
     #[command(after_help = "Example:\n  levee queue list --json | jq -r '.[]'")]
     List {
@@ -267,6 +276,35 @@ pub(crate) enum QueueCmd {
         /// the storage figures).
         #[arg(long)]
         json: bool,
+    },
+    /// Show the next ready messages without consuming them (headers incl. x-death-*, payload
+    /// preview).
+    #[command(after_help = "Example:\n  levee queue peek jobs.dead --count 10")]
+    Peek {
+        /// Queue name.
+        name: String,
+        /// Most messages shown (at most 1000).
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        /// One JSON document per message (the receive shape of the HTTP API, without receipts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move ready messages to another queue (redrive), each settled here only once the target
+    /// stored it.
+    #[command(after_help = "Example:\n  levee queue move jobs.dead --to jobs --max 100")]
+    Move {
+        /// Source queue.
+        name: String,
+        /// Target queue.
+        #[arg(long, value_name = "QUEUE")]
+        to: String,
+        /// Most messages moved [default: all].
+        #[arg(long, value_name = "N")]
+        max: Option<u64>,
+        /// Only messages with this header value (NAME=VALUE); the others stay in place.
+        #[arg(long, value_name = "NAME=VALUE")]
+        header: Option<String>,
     },
     /// Drop every ready message.
     #[command(after_help = "Example:\n  levee queue purge jobs")]
@@ -363,6 +401,16 @@ pub(crate) struct DeclareArgs {
     /// none].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub rate_bytes: Option<u64>,
+    /// How long a message id is remembered for deduplication (a publish whose id was stored
+    /// within it is a duplicate, not stored again) [default: 2m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_millis)]
+    pub dedup_window: Option<u64>,
+    /// Most message ids remembered for deduplication [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub dedup_max_ids: Option<u32>,
+    /// Turn deduplication by message id off.
+    #[arg(long, conflicts_with_all = ["dedup_window", "dedup_max_ids"])]
+    pub no_dedup: bool,
     /// Compare every setting, given or not, with the existing queue (flags not given mean the
     /// defaults), as the wire protocol's Declare does.
     #[arg(long)]
@@ -434,6 +482,18 @@ impl DeclareArgs {
             }
             c.rate_limit = Some(rl);
         }
+        if self.no_dedup {
+            c.dedup = None;
+        } else if self.dedup_window.is_some() || self.dedup_max_ids.is_some() {
+            let mut d = c.dedup.unwrap_or_default();
+            if let Some(w) = self.dedup_window {
+                d.window_ms = Some(w);
+            }
+            if let Some(n) = self.dedup_max_ids {
+                d.max_ids = n;
+            }
+            c.dedup = Some(d);
+        }
         Ok(c)
     }
 }
@@ -476,6 +536,20 @@ pub(crate) async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<Outcome>
                 ok.messages
             );
         }
+        QueueCmd::Update(args) => {
+            let existing = client.inspect(&args.name).await?.config;
+            let config = args.config_over(&existing)?;
+            config
+                .validate(&args.name)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let messages = client.update(&args.name, config.clone()).await?;
+            let changed = existing.describe_differences(&config);
+            if changed.is_empty() {
+                println!("unchanged {} ({messages} messages)", args.name);
+            } else {
+                println!("updated {} ({messages} messages): {changed}", args.name);
+            }
+        }
         QueueCmd::List { json } => {
             let names = client.list_queues().await?;
             if json {
@@ -494,6 +568,32 @@ pub(crate) async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<Outcome>
                 print!("{}", render_info(&info));
             }
         }
+        QueueCmd::Peek { name, count, json } => {
+            for d in client.peek(&name, count).await? {
+                if json {
+                    println!("{}", levee_broker::http::peek_json(&d));
+                } else {
+                    println!("{}", render_peeked(&d));
+                }
+            }
+        }
+        QueueCmd::Move {
+            name,
+            to,
+            max,
+            header,
+        } => {
+            let header = match &header {
+                Some(h) => Some(
+                    h.split_once('=')
+                        .ok_or_else(|| anyhow::anyhow!("--header {h:?}: expected NAME=VALUE"))?,
+                ),
+                None => None,
+            };
+            let header = header.map(|(n, v)| (n, v.as_bytes()));
+            let n = client.move_messages(&name, &to, max, header).await?;
+            println!("moved {n} messages from {name} to {to}");
+        }
         QueueCmd::Purge { name } => println!("purged {} messages", client.purge(&name).await?),
         QueueCmd::Delete { name } => {
             println!("deleted {name} ({} messages)", client.delete(&name).await?);
@@ -501,6 +601,26 @@ pub(crate) async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<Outcome>
     }
     client.close().await.ok();
     Ok(Outcome::Done)
+}
+
+/// One peeked message on one line: seq, delivery count, headers, payload preview (80 bytes).
+fn render_peeked(d: &levee_proto::Delivery) -> String {
+    let m = &d.message;
+    let mut line = format!("seq={} deliveries={}", d.seq, d.delivery_count);
+    if let Some(id) = &m.message_id {
+        line.push_str(&format!(" id={}", String::from_utf8_lossy(id)));
+    }
+    for (n, v) in &m.headers {
+        line.push_str(&format!(" {n}={}", String::from_utf8_lossy(v)));
+    }
+    let cut = m.payload.len().min(80);
+    let preview = String::from_utf8_lossy(&m.payload[..cut]);
+    let more = if m.payload.len() > cut { "…" } else { "" };
+    line.push_str(&format!(
+        " payload={preview:?}{more} ({} bytes)",
+        m.payload.len()
+    ));
+    line
 }
 
 /// The JSON of one queue, the same document as the HTTP API's (no storage figures: those are
@@ -556,6 +676,14 @@ pub(crate) fn render_config(c: &QueueConfig) -> String {
         if let Some(k) = &c.dead_letter_routing_key {
             out.push_str(&format!(" dead_letter_routing_key={k}"));
         }
+    }
+    match c.dedup {
+        None => out.push_str(" dedup=off"),
+        Some(d) => out.push_str(&format!(
+            " dedup={}/{}",
+            d.window_ms.map_or_else(none, format_millis),
+            d.max_ids
+        )),
     }
     out
 }
@@ -783,7 +911,10 @@ impl Tally {
             Err(ClientError::ConnectionLost | ClientError::Timeout(_))
         );
         match r {
-            Ok(PublishOutcome::Stored { .. }) => self.stored += 1,
+            // A duplicate (its message id was stored before) is in the queue once: stored.
+            Ok(PublishOutcome::Stored { .. } | PublishOutcome::Duplicate { .. }) => {
+                self.stored += 1;
+            }
             Ok(PublishOutcome::Dropped { reason }) => {
                 self.dropped += 1;
                 self.not_stored.add(n);
@@ -1359,7 +1490,7 @@ mod tests {
             render_config(&c),
             "max_messages=100000 max_bytes=64MiB overflow=block order=fifo durability=disk \
              fsync=interval:50 ack_timeout=30s max_deliveries=unlimited dead_letter=none \
-             ttl=none rate_msgs=none rate_bytes=none"
+             ttl=none rate_msgs=none rate_bytes=none dedup=2m/100000"
         );
         let c = QueueConfig {
             durability: Durability::Memory,
@@ -1373,6 +1504,11 @@ mod tests {
             text.contains("ttl=5s rate_msgs=100 rate_bytes=none"),
             "{text}"
         );
+        let off = QueueConfig {
+            dedup: None,
+            ..QueueConfig::default()
+        };
+        assert!(render_config(&off).ends_with(" dedup=off"));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 mod bench;
 mod cli;
 mod cli_routing;
+mod definitions;
 mod serve;
 mod units;
 
@@ -114,6 +115,8 @@ enum Command {
     Unbind(cli_routing::BindArgs),
     /// Show queue statistics.
     Stats(cli::StatsArgs),
+    /// Export or import the queues' definitions as JSON.
+    Definitions(definitions::DefinitionsArgs),
     /// Benchmark a broker (levee, rabbitmq, nats) end to end: throughput, latency, server RSS.
     #[command(after_help = "Examples:\n  \
         levee bench --size 1KiB --duration 10s\n  \
@@ -258,6 +261,9 @@ fn run() -> anyhow::Result<cli::Outcome> {
             }
             Command::Completions { .. } | Command::Man { .. } | Command::Passwd => {
                 Ok(cli::Outcome::Done)
+            }
+            Command::Definitions(d) => {
+                definitions::run(&cli::Conn::from(&d.conn).or(&cli.conn), d.cmd).await
             }
         }
     })

@@ -481,10 +481,7 @@ fn exchange_endpoints_over_http() {
     let (s, b) = http(h, "PUT", "/api/exchanges/mail", r#"{"type": "nope"}"#);
     assert_eq!(s, 400, "{b}");
     let (s, b) = http(h, "PUT", "/api/exchanges/amq.mine", r#"{"type": "direct"}"#);
-    assert_eq!(
-        (s, json(&b)["error"].clone()),
-        (403, "forbidden".into())
-    );
+    assert_eq!((s, json(&b)["error"].clone()), (403, "forbidden".into()));
     let (s, b) = http(
         h,
         "PUT",

@@ -111,6 +111,15 @@ pub(crate) const ROUTES: &[(&str, &str, Needs)] = &[
         "/api/queues/{name}/extend",
         Needs::Queue(Action::Consume, "name"),
     ),
+    (
+        "POST",
+        "/api/queues/{name}/move",
+        Needs::Queue(Action::Manage, "name"),
+    ),
+    ("GET", "/api/definitions", Needs::Broker(Action::Monitor)),
+    ("POST", "/api/definitions", Needs::Broker(Action::Manage)),
+    // The API's description is public, as the probes are.
+    ("GET", "/openapi.json", Needs::Open),
     // Exchanges (routing): bindings change what flows into the queue, so they need `manage` on
     // it; publishing to `amq.default` (the default exchange) needs `publish` on the exchange
     // name as written in the path.

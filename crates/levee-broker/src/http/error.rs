@@ -42,6 +42,9 @@ pub enum HttpError {
     /// No route for this path (404).
     #[error("no such endpoint: {0}")]
     NoRoute(String),
+    /// A request that is well-formed JSON but asks for something invalid (400).
+    #[error("bad request: {0}")]
+    BadRequest(String),
     /// The broker refused or failed the operation; the status follows its error code.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -51,7 +54,9 @@ impl HttpError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            HttpError::BadJson(_) | HttpError::InvalidConfig { .. } => StatusCode::BAD_REQUEST,
+            HttpError::BadJson(_) | HttpError::InvalidConfig { .. } | HttpError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
             HttpError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::NoRoute(_) => StatusCode::NOT_FOUND,
             HttpError::Broker(e) => match e.code() {
@@ -76,6 +81,7 @@ impl HttpError {
             HttpError::InvalidConfig { .. } => ErrorCode::InvalidConfig.name(),
             HttpError::Unavailable { .. } => "unavailable",
             HttpError::NoRoute(_) => "not-found",
+            HttpError::BadRequest(_) => "bad-request",
             HttpError::Broker(e) => e.code().name(),
         }
     }
@@ -106,4 +112,51 @@ pub(super) fn json_text_response(status: StatusCode, text: String) -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// The stable code of an error status answered by the framework rather than a handler (a
+/// method not allowed, a body over the limit, ...).
+fn status_code_name(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::NOT_FOUND => "not-found",
+        s if s.is_client_error() => "bad-request",
+        _ => "internal",
+    }
+}
+
+/// Makes every error answer JSON: a 4xx/5xx response whose body is not JSON (axum's own 405,
+/// 413, query rejections) is replaced by `{"error": code, "message": text}` with the same
+/// status and headers (`Allow`, `Retry-After`, ...).
+pub(super) async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut out = json_response(
+        status,
+        &json!({ "error": status_code_name(status), "message": message }),
+    );
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }

@@ -8,7 +8,8 @@
 //!   never panics on input; ranges are left to [`QueueConfig::validate`].
 
 use levee_proto::{
-    DropReason, Durability, Fsync, Order, Overflow, ProtoError, QueueConfig, QueueStats, RateLimit,
+    Dedup, DropReason, Durability, Fsync, Order, Overflow, ProtoError, QueueConfig, QueueStats,
+    RateLimit,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -43,6 +44,16 @@ struct ConfigBody {
     rate_limit: Option<RateLimitBody>,
     dead_letter_exchange: Option<String>,
     dead_letter_routing_key: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    dedup: Option<Option<DedupBody>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DedupBody {
+    #[serde(default, deserialize_with = "present")]
+    window_ms: Option<Option<u64>>,
+    max_ids: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +141,17 @@ pub fn config_from_json(body: &[u8]) -> Result<QueueConfig, HttpError> {
         rate_limit,
         dead_letter_exchange: body.dead_letter_exchange,
         dead_letter_routing_key: body.dead_letter_routing_key,
+        dedup: match body.dedup {
+            None => d.dedup,
+            Some(None) => None,
+            Some(Some(b)) => {
+                let def = Dedup::default();
+                Some(Dedup {
+                    window_ms: b.window_ms.unwrap_or(def.window_ms),
+                    max_ids: b.max_ids.unwrap_or(def.max_ids),
+                })
+            }
+        },
     })
 }
 
@@ -170,6 +192,13 @@ struct ConfigView<'a> {
     rate_limit: Option<RateLimitView>,
     dead_letter_exchange: Option<&'a str>,
     dead_letter_routing_key: Option<&'a str>,
+    dedup: Option<DedupView>,
+}
+
+#[derive(Serialize)]
+struct DedupView {
+    window_ms: Option<u64>,
+    max_ids: u32,
 }
 
 impl<'a> From<&'a QueueConfig> for ConfigView<'a> {
@@ -208,6 +237,10 @@ impl<'a> From<&'a QueueConfig> for ConfigView<'a> {
             }),
             dead_letter_exchange: c.dead_letter_exchange.as_deref(),
             dead_letter_routing_key: c.dead_letter_routing_key.as_deref(),
+            dedup: c.dedup.map(|d| DedupView {
+                window_ms: d.window_ms,
+                max_ids: d.max_ids,
+            }),
         }
     }
 }
@@ -251,6 +284,7 @@ struct StatsView<'a> {
     publish_rate: u64,
     deliver_rate: u64,
     ack_rate: u64,
+    duplicates: u64,
     balanced: bool,
 }
 
@@ -353,6 +387,7 @@ impl QueueSnapshot {
                 publish_rate: s.publish_rate,
                 deliver_rate: s.deliver_rate,
                 ack_rate: s.ack_rate,
+                duplicates: s.duplicates,
                 balanced: s.is_balanced(),
             },
             loss_pct: self.loss_pct(),

@@ -70,7 +70,7 @@ type StorageGetter = fn(&LogStats) -> u64;
 /// could not be inspected (reported as `levee_queue_available 0`).
 pub fn render_metrics(queues: &[QueueSnapshot], unavailable: &[String]) -> String {
     let mut out = String::with_capacity(1024 + queues.len() * 2048);
-    let per_queue: [(&str, &str, &str, Getter); 16] = [
+    let per_queue: [(&str, &str, &str, Getter); 17] = [
         (
             "levee_queue_published_total",
             "counter",
@@ -106,6 +106,12 @@ pub fn render_metrics(queues: &[QueueSnapshot], unavailable: &[String]) -> Strin
             "counter",
             "Messages moved to the dead-letter queue.",
             |q| q.info.stats.dead_lettered,
+        ),
+        (
+            "levee_queue_duplicates_total",
+            "counter",
+            "Publishes answered duplicate (message id seen within the dedup window).",
+            |q| q.info.stats.duplicates,
         ),
         (
             "levee_queue_ready",

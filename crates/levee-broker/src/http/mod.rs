@@ -53,17 +53,22 @@ use tokio::net::TcpListener;
 use crate::broker::Broker;
 use crate::error::BrokerError;
 
+mod admin;
 mod auth;
 mod error;
 mod exchanges;
 mod json;
+mod messages;
 mod metrics;
+pub mod openapi;
+pub mod session;
 mod snapshot;
 
 pub use error::HttpError;
 use error::{json_response, json_text_response};
 pub use exchanges::{PUBLISH_WAIT, exchange_to_json, outcome_to_json};
 pub use json::{config_from_json, config_to_json, render_queues_json};
+pub use messages::peek_json;
 use metrics::render_limits;
 pub use metrics::{PROMETHEUS_CONTENT_TYPE, render_metrics};
 pub use snapshot::{INSPECT_TIMEOUT, QueueSnapshot, snapshot, snapshot_all};
@@ -190,16 +195,43 @@ async fn metrics(State(broker): State<Broker>) -> Response {
     resp
 }
 
-async fn healthz() -> Response {
-    json_response(StatusCode::OK, &json!({ "status": "ok" }))
-}
-
 async fn dashboard() -> Html<&'static str> {
     Html(DASHBOARD)
 }
 
 async fn fallback(uri: axum::http::Uri) -> Response {
     HttpError::NoRoute(uri.path().to_string()).into_response()
+}
+
+/// Messaging over HTTP (`messages.rs`) and the health probes. Publishing takes bodies up to
+/// [`messages::MAX_PUBLISH_BODY`].
+fn messaging_routes() -> Router<Broker> {
+    Router::new()
+        .route(
+            "/api/queues/{name}/messages",
+            post(messages::publish)
+                .layer(DefaultBodyLimit::max(messages::MAX_PUBLISH_BODY))
+                .get(admin::peek),
+        )
+        .route("/api/queues/{name}/receive", post(messages::receive))
+        .route("/api/queues/{name}/ack", post(messages::ack))
+        .route("/api/queues/{name}/nack", post(messages::nack))
+        .route("/api/queues/{name}/reject", post(messages::reject))
+        .route("/api/queues/{name}/extend", post(messages::extend))
+        .route("/api/queues/{name}/move", post(admin::move_messages))
+        .route(
+            "/api/definitions",
+            get(admin::export_definitions).merge(
+                post(admin::import_definitions)
+                    .layer(DefaultBodyLimit::max(messages::MAX_PUBLISH_BODY)),
+            ),
+        )
+        .route(
+            "/openapi.json",
+            get(|| async { error::json_response(StatusCode::OK, &openapi::document()) }),
+        )
+        .route("/healthz", get(messages::healthz))
+        .route("/readyz", get(messages::readyz))
 }
 
 /// The HTTP API, metrics and dashboard of `broker`, as an axum router (to be served, or nested
@@ -211,18 +243,24 @@ pub fn router(broker: Broker) -> Router {
         .route("/api/queues", get(list_queues))
         .route(
             "/api/queues/{name}",
-            get(get_queue).put(put_queue).delete(delete_queue),
+            get(get_queue)
+                .put(put_queue)
+                .delete(delete_queue)
+                .patch(admin::patch_queue),
         )
         .route("/api/queues/{name}/purge", post(purge_queue))
         .merge(exchanges::routes())
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(healthz))
+        .merge(messaging_routes())
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(
             broker.clone(),
             auth::layer,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(error::json_errors))
+        .layer(axum::Extension(std::sync::Arc::new(
+            session::Sessions::default(),
+        )))
         .with_state(broker)
 }
 

@@ -216,6 +216,64 @@ impl Conn {
                     Err(e) => self.error(req, &e),
                 }
             }
+            ClientFrame::Update { req, queue, config } => {
+                if !self.allowed(req, Action::Manage, &queue) {
+                    return true;
+                }
+                match self.broker.update(&queue, config).await {
+                    Ok(_) => {
+                        let messages = match self.broker.inspect(&queue).await {
+                            Ok(i) => i.stats.ready + i.stats.unacked,
+                            Err(_) => 0,
+                        };
+                        let _ = self.tx.send(ServerFrame::QueueOk {
+                            req,
+                            queue,
+                            created: false,
+                            messages,
+                        });
+                    }
+                    Err(e) => self.error(req, &e),
+                }
+            }
+            ClientFrame::Peek { req, queue, count } => {
+                if !self.allowed(req, Action::Consume, &queue) {
+                    return true;
+                }
+                match self.broker.peek(&queue, count as usize).await {
+                    Ok(messages) => {
+                        let _ = self.tx.send(ServerFrame::Peeked { req, messages });
+                    }
+                    Err(e) => self.error(req, &e),
+                }
+            }
+            ClientFrame::Move {
+                req,
+                queue,
+                to,
+                max,
+                header,
+            } => {
+                // Moving takes messages out of `queue` and publishes them into `to`.
+                if !self.allowed(req, Action::Manage, &queue)
+                    || !self.allowed(req, Action::Publish, &to)
+                {
+                    return true;
+                }
+                // Runs in a task of its own: a long move does not stall this connection.
+                let broker = self.broker.clone();
+                self.reply_later(async move {
+                    let header = header.as_ref().map(|(n, v)| (n.as_str(), v.as_ref()));
+                    match crate::redrive::move_matching(&broker, &queue, &to, max, header).await {
+                        Ok(m) => queue_ok(req, queue, m.moved),
+                        Err(e) => ServerFrame::Error {
+                            req,
+                            code: e.code(),
+                            message: e.to_string(),
+                        },
+                    }
+                });
+            }
             ClientFrame::Delete { req, queue } => {
                 // The queue leaves the registry now (the next frame already sees it gone); its
                 // actor is stopped and its files removed in a task of their own, so this reader
@@ -400,6 +458,15 @@ impl Conn {
             | ClientFrame::ListExchanges { .. }
             | ClientFrame::ListBindings { .. }
             | ClientFrame::PublishRouted { .. }) => self.handle_exchange(frame).await,
+            ClientFrame::Extend {
+                subscription,
+                tags,
+                extend_ms,
+            } => {
+                if let Some(q) = self.sub_queue(subscription) {
+                    let _ = self.send_to(q, Cmd::Extend(subscription, tags, extend_ms));
+                }
+            }
             // levee-proto's `ClientFrame` is non_exhaustive: a frame this server does not know is
             // answered with an explicit error, never ignored.
             _ => {
@@ -491,6 +558,9 @@ fn detach(mut m: levee_proto::Message) -> levee_proto::Message {
     m.payload = Bytes::copy_from_slice(&m.payload);
     if let Some(k) = &mut m.key {
         *k = Bytes::copy_from_slice(k);
+    }
+    if let Some(id) = &mut m.message_id {
+        *id = Bytes::copy_from_slice(id);
     }
     for (_, v) in &mut m.headers {
         *v = Bytes::copy_from_slice(v);

@@ -88,6 +88,25 @@ pub enum Output {
     },
 }
 
+/// What a checked settlement does ([`QueueCore::settle_checked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleKind {
+    /// Acknowledge.
+    Ack,
+    /// Return to the queue after a delay.
+    Nack {
+        /// Requeue delay.
+        delay_ms: u64,
+    },
+    /// To the dead-letter queue.
+    Reject,
+    /// Renew the lease.
+    Extend {
+        /// New lease from now (0: the queue's ack timeout).
+        extend_ms: u64,
+    },
+}
+
 /// A blocking job: reopen the failed log at `dir` (run it, then [`QueueCore::reopened`]).
 pub struct Reopen {
     /// The backend.
@@ -278,10 +297,21 @@ impl QueueCore {
             if let (Some(PublishOutcome::Stored { seq }), Some(m)) = (&outcome, copy) {
                 stored.push((*seq, m));
             }
+            if let Some(PublishOutcome::Duplicate { seq }) = &outcome {
+                self.wait_for_original(slot, *seq);
+            }
             self.confirms.push(slot, outcome);
         }
         let _kept = self.append(now, stored, Some(slot));
         self.apply_effects(now);
+    }
+
+    /// A duplicate is confirmed only once the copy it names is durable (it may have been stored
+    /// moments ago, in a batch not yet fsynced).
+    fn wait_for_original(&mut self, slot: u64, seq: u64) {
+        if self.disk.as_ref().is_some_and(|d| d.fsync_waits) && seq >= self.durable {
+            self.confirms.wait_for(slot, seq + 1);
+        }
     }
 
     /// A message dead-lettered into this queue. It needs no credit; on a full `block` queue it is
@@ -354,7 +384,9 @@ impl QueueCore {
                 let code = storage_code(&e);
                 if let Some(outcomes) = slot.and_then(|s| self.confirms.outcomes_mut(s)) {
                     for o in outcomes.iter_mut() {
-                        if let Some(PublishOutcome::Stored { seq }) = o
+                        if let Some(
+                            PublishOutcome::Stored { seq } | PublishOutcome::Duplicate { seq },
+                        ) = o
                             && seqs.contains(seq)
                         {
                             *o = Some(PublishOutcome::Rejected {
@@ -461,6 +493,79 @@ impl QueueCore {
         let errors = self.state.reject(now, consumer, tags);
         self.report(consumer, errors);
         self.apply_effects(now);
+    }
+
+    /// Renews leases ([`QueueState::extend`]).
+    pub fn extend(&mut self, now: u64, consumer: ConsumerId, tags: &[u64], extend_ms: u64) {
+        let errors = self.state.extend(now, consumer, tags, extend_ms);
+        self.report(consumer, errors);
+    }
+
+    /// Sets a consumer's credit ([`QueueState::set_credit`]).
+    pub fn set_credit(&mut self, consumer: ConsumerId, n: u64) {
+        self.state.set_credit(consumer, n);
+    }
+
+    /// Deliveries that never reached their receiver go back unchanged ([`QueueState::unsent`]).
+    pub fn unsent(&mut self, now: u64, consumer: ConsumerId, tags: &[u64]) {
+        self.state.unsent(now, consumer, tags);
+        self.apply_effects(now);
+    }
+
+    /// Settles (or extends) and answers which tags were not outstanding, instead of reporting
+    /// them to the consumer's connection: the HTTP API answers per receipt.
+    pub fn settle_checked(
+        &mut self,
+        now: u64,
+        consumer: ConsumerId,
+        how: SettleKind,
+        tags: &[u64],
+    ) -> Vec<u64> {
+        let errors = match how {
+            SettleKind::Ack => self.state.ack(now, consumer, tags),
+            SettleKind::Nack { delay_ms } => self.state.nack(now, consumer, tags, delay_ms),
+            SettleKind::Reject => self.state.reject(now, consumer, tags),
+            SettleKind::Extend { extend_ms } => self.state.extend(now, consumer, tags, extend_ms),
+        };
+        self.apply_effects(now);
+        errors
+            .into_iter()
+            .map(|SettleError::UnknownTag(t)| t)
+            .collect()
+    }
+
+    /// The next `n` ready messages, read back from the log when their body is not in memory
+    /// (a message that cannot be read is left out). Nothing is consumed or counted.
+    pub fn peek(&self, n: usize) -> Vec<Delivery> {
+        self.state
+            .peek(n)
+            .into_iter()
+            .filter_map(|(seq, deliveries, ts, message)| {
+                let (message, timestamp_ms) = match message {
+                    Some(m) => (m, ts),
+                    None => self.read(seq)?,
+                };
+                Some(Delivery {
+                    subscription: 0,
+                    tag: 0,
+                    seq,
+                    delivery_count: deliveries,
+                    timestamp_ms,
+                    message,
+                })
+            })
+            .collect()
+    }
+
+    /// Changes the queue's configuration ([`QueueState::reconfigure`]).
+    pub fn reconfigure(
+        &mut self,
+        now: u64,
+        config: QueueConfig,
+    ) -> Result<(), super::reconfigure::ReconfigureError> {
+        self.state.reconfigure(now, config)?;
+        self.apply_effects(now);
+        Ok(())
     }
 
     /// Drops every ready message; returns how many.
@@ -757,6 +862,9 @@ impl QueueCore {
                 } => {
                     let slot = Confirms::slot_of(token);
                     let mut outcome = outcome;
+                    if let PublishOutcome::Duplicate { seq } = &outcome {
+                        self.wait_for_original(slot, *seq);
+                    }
                     if let (PublishOutcome::Stored { seq }, Some(m)) = (&outcome, stored) {
                         let seq = *seq;
                         // Appended now: nothing published later may reach the log first.

@@ -270,6 +270,8 @@ pub struct Counters {
     pub delivered: u64,
     /// Deliveries of messages delivered before.
     pub redelivered: u64,
+    /// Publishes answered `Duplicate` (not counted in `published`).
+    pub duplicates: u64,
 }
 
 fn reason_index(r: DropReason) -> usize {
@@ -394,6 +396,8 @@ pub struct QueueState {
     rate_retry_at: Option<u64>,
     counters: Counters,
     effects: Vec<Effect>,
+    /// The message ids stored within the dedup window (`None`: dedup off).
+    dedup: Option<dedup::DedupWindow>,
 }
 
 impl QueueState {
@@ -415,6 +419,7 @@ impl QueueState {
             .rate_limit
             .as_ref()
             .and_then(crate::rate::RateGate::new);
+        let config_copy = config.clone();
         QueueState {
             ready: PolicyQueue::new(limits, flow_overflow(config.overflow), order),
             config,
@@ -438,6 +443,7 @@ impl QueueState {
             rate_retry_at: None,
             counters: Counters::default(),
             effects: Vec::new(),
+            dedup: config_dedup(&config_copy),
         }
     }
 
@@ -468,6 +474,19 @@ impl QueueState {
         if let Some(superseded) = self.ready.reinsert(r.seq, r.queued, meta) {
             self.account_evicted(superseded);
         }
+    }
+
+    /// Puts back a message id found in the log (settled or not), in sequence order, with its
+    /// publish time: rebuilds the dedup window after a restart.
+    pub fn restore_id(&mut self, seq: u64, at: u64, id: &[u8]) {
+        if let Some(w) = &mut self.dedup {
+            w.insert(at, id, seq);
+        }
+    }
+
+    /// Message ids in the dedup window now (after pruning at the last publish).
+    pub fn dedup_len(&self) -> usize {
+        self.dedup.as_ref().map_or(0, dedup::DedupWindow::len)
     }
 
     /// Sets the durability watermark: messages with `seq < below` are safely stored and may be
@@ -580,6 +599,13 @@ impl QueueState {
     /// Offers a message to the ready set; `Err` hands it back when it must be held (a `block`
     /// queue without room by bytes, or over the rate limit).
     fn admit(&mut self, now: u64, msg: Message) -> Result<PublishOutcome, Box<Message>> {
+        if let (Some(w), Some(id)) = (&mut self.dedup, &msg.message_id)
+            && let Some(seq) = w.check(now, id)
+        {
+            // Not a new publish: nothing is counted but the duplicate itself.
+            self.counters.duplicates += 1;
+            return Ok(PublishOutcome::Duplicate { seq });
+        }
         let weight = msg.payload.len() as u64;
         if let Some(gate) = &mut self.rate {
             match gate.check(now, weight) {
@@ -618,6 +644,7 @@ impl QueueState {
         };
         let expires_at = self.expiry_for(now, &msg);
         let seq = self.next_seq;
+        let id = msg.message_id.clone();
         let queued = Queued {
             message: Some(msg),
             timestamp_ms: now,
@@ -628,6 +655,9 @@ impl QueueState {
             Offer::Accepted { evicted } => {
                 self.next_seq += 1;
                 self.counters.stored += 1;
+                if let (Some(w), Some(id)) = (&mut self.dedup, &id) {
+                    w.insert(now, id, seq);
+                }
                 if let Some(at) = expires_at {
                     self.expiries.push(Reverse((at, seq)));
                 }
@@ -695,9 +725,18 @@ impl QueueState {
     /// count as rejected instead of stored. `seqs` are the last ones assigned, in order.
     pub fn abort_publish(&mut self, seqs: &[u64]) {
         for &seq in seqs {
-            if self.ready.remove(seq).is_some() {
+            if let Some(item) = self.ready.remove(seq) {
                 self.counters.stored -= 1;
                 self.counters.rejected += 1;
+                if let (Some(w), Some(id)) = (
+                    &mut self.dedup,
+                    item.item
+                        .message
+                        .as_ref()
+                        .and_then(|m| m.message_id.as_ref()),
+                ) {
+                    w.remove(id, seq);
+                }
             }
         }
         if let Some(&first) = seqs.first() {
@@ -1010,6 +1049,60 @@ impl QueueState {
         errors
     }
 
+    /// Renews the leases of unacked deliveries: each one's ack deadline becomes `now + extend_ms`
+    /// (`extend_ms = 0`: now + the queue's ack timeout; with an ack timeout of 0 as well the
+    /// delivery keeps no deadline). Unknown tags (settled, returned after their deadline, another
+    /// consumer's) are reported: a lease that ended cannot be renewed.
+    pub fn extend(
+        &mut self,
+        now: u64,
+        consumer: ConsumerId,
+        tags: &[u64],
+        extend_ms: u64,
+    ) -> Vec<SettleError> {
+        let ms = if extend_ms == 0 {
+            self.config.ack_timeout_ms
+        } else {
+            extend_ms.min(levee_proto::MAX_ACK_TIMEOUT_MS)
+        };
+        let mut errors = Vec::new();
+        for &tag in tags {
+            match self.unacked.get_mut(&tag) {
+                Some(u) if u.consumer == consumer => {
+                    if let Some(d) = u.deadline.take() {
+                        self.deadlines.remove(&(d, tag));
+                    }
+                    if ms > 0 {
+                        let d = now.saturating_add(ms);
+                        u.deadline = Some(d);
+                        self.deadlines.insert((d, tag));
+                    }
+                }
+                _ => errors.push(SettleError::UnknownTag(tag)),
+            }
+        }
+        errors
+    }
+
+    /// The next `n` ready messages in delivery order, without taking them (peek / browse):
+    /// `(seq, deliveries so far, publish time, body if held in memory)`. Messages waiting for a
+    /// nack delay and unacked ones are not ready and not shown.
+    pub fn peek(&self, n: usize) -> Vec<(u64, u32, u64, Option<Message>)> {
+        self.ready
+            .peek(n)
+            .into_iter()
+            .map(|(seq, q)| (seq, q.deliveries, q.timestamp_ms, q.message.clone()))
+            .collect()
+    }
+
+    /// Sets a consumer's credit to `n` (whatever it had left): the HTTP receive session takes
+    /// back the credit of a long poll that ended.
+    pub fn set_credit(&mut self, consumer: ConsumerId, n: u64) {
+        if let Some(c) = self.consumers.get_mut(&consumer) {
+            c.credit = n;
+        }
+    }
+
     /// Returns deliveries that never left the broker (their message could not be read for
     /// sending): back to their positions, their delivery count unchanged.
     pub fn unsent(&mut self, now: u64, consumer: ConsumerId, tags: &[u64]) {
@@ -1315,12 +1408,19 @@ impl QueueState {
             publish_rate: 0,
             deliver_rate: 0,
             ack_rate: 0,
+            duplicates: self.counters.duplicates,
         }
     }
 }
 
+fn config_dedup(config: &QueueConfig) -> Option<dedup::DedupWindow> {
+    config.dedup.map(dedup::DedupWindow::new)
+}
+
 pub mod confirms;
 pub mod core;
+pub mod dedup;
+pub mod reconfigure;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

@@ -848,3 +848,203 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_republished_message_id_is_a_duplicate_and_not_stored_again() {
+    let mut q = QueueState::new(cfg(), 1);
+    let with_id = |n: u32, id: &str| msg(n).with_message_id(id.to_owned());
+    let first = q.publish(1_000, 1, 0, with_id(1, "a")).unwrap();
+    let PublishOutcome::Stored { seq } = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        q.publish(1_500, 1, 1, with_id(2, "a")),
+        Some(PublishOutcome::Duplicate { seq })
+    );
+    // Without an id nothing is deduplicated, even with the same payload.
+    assert!(matches!(
+        publish(&mut q, 1_600, 1),
+        PublishOutcome::Stored { .. }
+    ));
+    assert!(matches!(
+        publish(&mut q, 1_600, 1),
+        PublishOutcome::Stored { .. }
+    ));
+    // Acking the message does not forget its id: the window is about what was published.
+    q.subscribe(7, false);
+    q.add_credit(7, 10);
+    let out = dispatch(&mut q, 1_700);
+    q.ack(1_700, 7, &out.iter().map(|o| o.tag).collect::<Vec<_>>());
+    assert!(matches!(
+        q.publish(1_800, 1, 2, with_id(3, "a")),
+        Some(PublishOutcome::Duplicate { .. })
+    ));
+    // Two minutes later (the default window) it is new again.
+    assert!(matches!(
+        q.publish(1_000 + 120_000, 1, 3, with_id(4, "a")),
+        Some(PublishOutcome::Stored { .. })
+    ));
+    let s = q.stats();
+    assert_eq!(s.duplicates, 2);
+    assert_eq!(s.published, 4, "duplicates are not publishes");
+    assert!(s.is_balanced());
+}
+
+#[test]
+fn a_refused_publish_leaves_its_id_free_for_a_retry() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            max_messages: 1,
+            overflow: Overflow::Reject,
+            ..cfg()
+        },
+        1,
+    );
+    let with_id = |n: u32, id: &str| msg(n).with_message_id(id.to_owned());
+    assert!(matches!(
+        q.publish(0, 1, 0, with_id(1, "a")),
+        Some(PublishOutcome::Stored { .. })
+    ));
+    assert!(matches!(
+        q.publish(0, 1, 1, with_id(2, "b")),
+        Some(PublishOutcome::Rejected { .. })
+    ));
+    q.purge(0);
+    assert!(matches!(
+        q.publish(0, 1, 2, with_id(2, "b")),
+        Some(PublishOutcome::Stored { .. })
+    ));
+}
+
+#[test]
+fn dedup_off_stores_every_copy() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            dedup: None,
+            ..cfg()
+        },
+        1,
+    );
+    for i in 0..3 {
+        assert!(matches!(
+            q.publish(0, 1, i, msg(1).with_message_id("same")),
+            Some(PublishOutcome::Stored { .. })
+        ));
+    }
+}
+
+#[test]
+fn restored_ids_rebuild_the_window_with_their_publish_time() {
+    let mut q = QueueState::new(cfg(), 10);
+    q.restore_id(3, 1_000, b"a");
+    assert_eq!(
+        q.publish(60_000, 1, 0, msg(1).with_message_id("a")),
+        Some(PublishOutcome::Duplicate { seq: 3 })
+    );
+    assert!(matches!(
+        q.publish(121_000, 1, 1, msg(1).with_message_id("a")),
+        Some(PublishOutcome::Stored { .. })
+    ));
+}
+
+#[test]
+fn an_extended_lease_moves_the_ack_deadline_and_an_ended_one_cannot_be_renewed() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            ack_timeout_ms: 1_000,
+            ..cfg()
+        },
+        1,
+    );
+    publish(&mut q, 0, 1);
+    q.subscribe(7, false);
+    q.add_credit(7, 1);
+    let tag = dispatch(&mut q, 0)[0].tag;
+    assert!(q.extend(900, 7, &[tag], 5_000).is_empty());
+    q.tick(1_000);
+    assert_eq!(q.stats().unacked, 1, "the old deadline no longer applies");
+    assert_eq!(q.next_deadline(), Some(5_900));
+    // Another consumer cannot renew it.
+    assert_eq!(
+        q.extend(1_000, 8, &[tag], 5_000),
+        vec![SettleError::UnknownTag(tag)]
+    );
+    // Extend 0 = the queue's ack timeout from now.
+    assert!(q.extend(2_000, 7, &[tag], 0).is_empty());
+    assert_eq!(q.next_deadline(), Some(3_000));
+    q.tick(3_000);
+    assert_eq!(q.stats().unacked, 0, "the lease ended: back in the queue");
+    assert_eq!(
+        q.extend(3_001, 7, &[tag], 5_000),
+        vec![SettleError::UnknownTag(tag)]
+    );
+    assert!(q.stats().is_balanced());
+}
+
+#[test]
+fn lowering_limits_drops_nothing_and_refuses_until_drained() {
+    let mut q = QueueState::new(
+        QueueConfig {
+            overflow: Overflow::Reject,
+            ..cfg()
+        },
+        1,
+    );
+    for i in 0..10 {
+        publish(&mut q, 0, i);
+    }
+    let c = q.config().clone();
+    q.reconfigure(
+        0,
+        QueueConfig {
+            max_messages: 5,
+            ..c.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(q.stats().ready, 10, "nothing dropped to fit");
+    assert!(matches!(
+        publish(&mut q, 0, 99),
+        PublishOutcome::Rejected { .. }
+    ));
+    q.subscribe(7, false);
+    q.add_credit(7, 6);
+    let out = dispatch(&mut q, 0);
+    q.ack(0, 7, &out.iter().map(|o| o.tag).collect::<Vec<_>>());
+    assert_eq!(q.stats().ready, 4);
+    assert!(matches!(
+        publish(&mut q, 0, 100),
+        PublishOutcome::Stored { .. }
+    ));
+    // Under an eviction policy a shrunk queue only swaps: it never grows.
+    q.reconfigure(
+        0,
+        QueueConfig {
+            max_messages: 2,
+            overflow: Overflow::DropOldest,
+            ..c.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(q.stats().ready, 5);
+    publish(&mut q, 0, 101);
+    assert_eq!(q.stats().ready, 5, "one in, the oldest out");
+    assert!(q.stats().is_balanced());
+    // Order, durability and conflation cannot change.
+    for bad in [
+        QueueConfig {
+            order: Order::Priority,
+            ..c.clone()
+        },
+        QueueConfig {
+            overflow: Overflow::ConflateByKey,
+            ..c.clone()
+        },
+        QueueConfig {
+            durability: levee_proto::Durability::default(),
+            ..c.clone()
+        },
+    ] {
+        assert!(q.reconfigure(0, bad).is_err());
+    }
+}

@@ -66,9 +66,10 @@ pub(crate) fn queue_config() -> impl Strategy<Value = QueueConfig> {
         option::of(any::<u64>()),
         option::of(rate_limit()),
         (option::of(name()), option::of(name())),
+        option::of((option::of(any::<u64>()), any::<u32>())),
     )
         .prop_map(
-            |(mm, mb, ov, or, du, at, md, dl, ttl, rl, (dlx, dlk))| QueueConfig {
+            |(mm, mb, ov, or, du, at, md, dl, ttl, rl, (dlx, dlk), dd)| QueueConfig {
                 max_messages: mm,
                 max_bytes: mb,
                 overflow: ov,
@@ -81,6 +82,7 @@ pub(crate) fn queue_config() -> impl Strategy<Value = QueueConfig> {
                 rate_limit: rl,
                 dead_letter_exchange: dlx,
                 dead_letter_routing_key: dlk,
+                dedup: dd.map(|(window_ms, max_ids)| levee_proto::Dedup { window_ms, max_ids }),
             },
         )
 }
@@ -127,16 +129,16 @@ pub(crate) fn message() -> impl Strategy<Value = Message> {
         any::<u8>(),
         option::of(any::<u64>()),
         vec((name(), blob(8)), 0..4),
-        option::of(any::<u64>()),
+        option::of(blob(255)),
         blob(64),
     )
         .prop_map(
-            |(key, priority, ttl_ms, headers, producer_id, payload)| Message {
+            |(key, priority, ttl_ms, headers, message_id, payload)| Message {
                 key,
                 priority,
                 ttl_ms,
                 headers,
-                producer_id,
+                message_id,
                 payload,
             },
         )
@@ -169,12 +171,13 @@ pub(crate) fn outcome() -> impl Strategy<Value = PublishOutcome> {
         drop_reason().prop_map(|reason| PublishOutcome::Dropped { reason }),
         (error_code(), text()).prop_map(|(code, reason)| PublishOutcome::Rejected { code, reason }),
         any::<u32>().prop_map(|retry_after_ms| PublishOutcome::Throttled { retry_after_ms }),
+        any::<u64>().prop_map(|seq| PublishOutcome::Duplicate { seq }),
     ]
 }
 
 pub(crate) fn stats() -> impl Strategy<Value = QueueStats> {
     (
-        vec(any::<u64>(), 13),
+        vec(any::<u64>(), 14),
         vec((drop_reason(), any::<u64>()), 0..5),
         vec(
             (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(s, c, u)| ConsumerStats {
@@ -201,6 +204,7 @@ pub(crate) fn stats() -> impl Strategy<Value = QueueStats> {
             publish_rate: n[10],
             deliver_rate: n[11],
             ack_rate: n[12],
+            duplicates: n[13],
         })
 }
 
@@ -296,6 +300,34 @@ pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 messages
             }
         ),
+        (any::<u64>(), name(), queue_config())
+            .prop_map(|(req, queue, config)| ClientFrame::Update { req, queue, config }),
+        (any::<u64>(), name(), any::<u32>()).prop_map(|(req, queue, count)| ClientFrame::Peek {
+            req,
+            queue,
+            count
+        }),
+        (
+            any::<u64>(),
+            name(),
+            name(),
+            option::of(any::<u64>()),
+            option::of((name(), blob(8)))
+        )
+            .prop_map(|(req, queue, to, max, header)| ClientFrame::Move {
+                req,
+                queue,
+                to,
+                max,
+                header
+            }),
+        (any::<u64>(), vec(any::<u64>(), 0..8), any::<u64>()).prop_map(
+            |(subscription, tags, extend_ms)| ClientFrame::Extend {
+                subscription,
+                tags,
+                extend_ms,
+            }
+        ),
     ]
 }
 
@@ -386,6 +418,8 @@ pub(crate) fn server_frame() -> impl Strategy<Value = ServerFrame> {
             .prop_map(|(req, bindings)| ServerFrame::BindingList { req, bindings }),
         (any::<u64>(), vec(routed_outcome(), 0..6))
             .prop_map(|(req, outcomes)| ServerFrame::RoutedConfirm { req, outcomes }),
+        (any::<u64>(), vec(delivery(), 0..4))
+            .prop_map(|(req, messages)| ServerFrame::Peeked { req, messages }),
     ]
 }
 

@@ -25,6 +25,7 @@ fn main() {
         fsync: FsyncPolicy::Always,
         segment_bytes: 64 << 10,
         max_record_bytes: 16 << 10,
+        ..levee_store::LogConfig::default()
     };
     let (log, recovered) = match QueueLog::open(FsBackend::shared(), &dir, config) {
         Ok(v) => v,

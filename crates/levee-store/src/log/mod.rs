@@ -82,6 +82,13 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// Maximum size of one encoded record (frame) in bytes (default 8 MiB); must fit in a segment.
     pub max_record_bytes: u64,
+    /// A segment holding a message with a message id published less than this many ms ago is not
+    /// reclaimed even when all its messages are settled, so that recovery still finds the id
+    /// (the broker's deduplication window). Default 0 (reclaim at once).
+    pub keep_ids_ms: u64,
+    /// Most message ids recovery returns in [`Recovered::message_ids`] (the newest ones; default
+    /// 0). Bounds recovery's memory.
+    pub recover_ids: usize,
 }
 
 impl Default for LogConfig {
@@ -90,6 +97,8 @@ impl Default for LogConfig {
             fsync: FsyncPolicy::Always,
             segment_bytes: 64 << 20,
             max_record_bytes: 8 << 20,
+            keep_ids_ms: 0,
+            recover_ids: 0,
         }
     }
 }
@@ -149,6 +158,17 @@ pub struct MessageMeta {
     pub key_hash: Option<u64>,
 }
 
+/// A message id found by recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageId {
+    /// The message's sequence number.
+    pub seq: u64,
+    /// Its timestamp as appended.
+    pub timestamp_ms: u64,
+    /// The id.
+    pub id: bytes::Bytes,
+}
+
 /// What recovery found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -195,6 +215,10 @@ pub struct TruncatedTail {
 pub struct Recovered {
     /// Every unsettled message, in sequence order, with metadata and delivery counts (no payloads).
     pub unsettled: Vec<MessageMeta>,
+    /// The message ids of the newest messages found (settled or not; at most
+    /// [`LogConfig::recover_ids`]), in sequence order: what the broker rebuilds its deduplication
+    /// window from.
+    pub message_ids: Vec<MessageId>,
     /// What recovery found.
     pub report: RecoveryReport,
 }
@@ -253,6 +277,9 @@ struct Segment {
     sealed: bool,
     /// Ends with a seal record: no more writes.
     complete: bool,
+    /// Newest timestamp of a message with a message id in it (0: none); see
+    /// [`LogConfig::keep_ids_ms`].
+    ids_until_ms: u64,
 }
 
 /// Everything behind the state mutex: the segments, the index, positions, counters, the pending
@@ -369,7 +396,7 @@ impl QueueLog {
         config.validate()?;
         let started = Instant::now();
         let dir = dir.into();
-        let (st, mut report) = recovery::scan(&*backend, &dir)?;
+        let (st, mut report, message_ids) = recovery::scan(&*backend, &dir, config.recover_ids)?;
         let inner = Arc::new(Inner {
             backend,
             dir,
@@ -387,7 +414,11 @@ impl QueueLog {
                 inner,
                 thread: Mutex::new(Some(thread)),
             },
-            Recovered { unsettled, report },
+            Recovered {
+                unsettled,
+                message_ids,
+                report,
+            },
         ))
     }
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use super::index::Entry;
 use super::writer::create_segment;
-use super::{Inner, RecoveryReport, Segment, State, TruncatedTail, seg_name};
+use super::{Inner, MessageId, RecoveryReport, Segment, State, TruncatedTail, seg_name};
 use crate::backend::{Backend, OpenMode, StorageFile};
 use crate::error::{Result, StoreError};
 use crate::format::{self, FrameError, SEGMENT_HEADER_LEN};
@@ -44,7 +44,15 @@ fn parse_name(name: &str) -> Option<(u64, bool)> {
 /// Recovery steps 1-6 short of creating a new active segment: lists and checks the segment files in
 /// `dir` (creating it if needed), scans them into a fresh [`State`], cuts a torn tail and seals the
 /// complete unsealed segments. The returned state may have no segment, or only sealed ones.
-pub(super) fn scan(backend: &dyn Backend, dir: &Path) -> Result<(State, RecoveryReport)> {
+pub(super) fn scan(
+    backend: &dyn Backend,
+    dir: &Path,
+    max_ids: usize,
+) -> Result<(State, RecoveryReport, Vec<MessageId>)> {
+    let mut ids = Ids {
+        max: max_ids,
+        list: VecDeque::new(),
+    };
     backend
         .create_dir_all(dir)
         .map_err(|e| StoreError::io("create_dir", dir, e))?;
@@ -114,7 +122,7 @@ pub(super) fn scan(backend: &dyn Backend, dir: &Path) -> Result<(State, Recovery
             .map_err(|e| StoreError::io("read", &path, e))?;
         report.segments += 1;
         report.bytes_scanned += len;
-        match scan_segment(&path, index, sealed, &data, &mut st, &mut report)? {
+        match scan_segment(&path, index, sealed, &data, &mut st, &mut report, &mut ids)? {
             None => {
                 files.push(file);
                 let seg = st.segments.back().expect("scanned segment");
@@ -214,7 +222,13 @@ pub(super) fn scan(backend: &dyn Backend, dir: &Path) -> Result<(State, Recovery
             .sync_dir(dir)
             .map_err(|e| StoreError::io("fsync_dir", dir, e))?;
     }
-    Ok((st, report))
+    Ok((st, report, ids.list.into()))
+}
+
+/// The newest message ids seen, at most `max`.
+struct Ids {
+    max: usize,
+    list: VecDeque<MessageId>,
 }
 
 /// The end of recovery: creates a fresh active segment (fsynced, with the directory) if the last one
@@ -263,6 +277,7 @@ fn scan_segment(
     data: &[u8],
     st: &mut State,
     report: &mut RecoveryReport,
+    ids: &mut Ids,
 ) -> Result<Option<(u64, String)>> {
     let header = match format::decode_segment_header(data) {
         Ok(h) => h,
@@ -336,7 +351,21 @@ fn scan_segment(
                 );
                 st.next_seq = p.seq + 1;
                 st.unsettled_bytes += p.payload.len() as u64;
-                st.segments.back_mut().expect("pushed").live += 1;
+                let seg = st.segments.back_mut().expect("pushed");
+                seg.live += 1;
+                if let Some(id) = p.message_id {
+                    seg.ids_until_ms = seg.ids_until_ms.max(p.timestamp_ms);
+                    if ids.max > 0 {
+                        if ids.list.len() == ids.max {
+                            ids.list.pop_front();
+                        }
+                        ids.list.push_back(MessageId {
+                            seq: p.seq,
+                            timestamp_ms: p.timestamp_ms,
+                            id: bytes::Bytes::copy_from_slice(id),
+                        });
+                    }
+                }
                 report.messages += 1;
             }
             format::TYPE_SETTLE => {
@@ -437,5 +466,6 @@ fn placeholder_segment(index: u64, len: u64) -> Segment {
         live: 0,
         sealed: false,
         complete: false,
+        ids_until_ms: 0,
     }
 }

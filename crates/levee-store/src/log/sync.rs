@@ -179,6 +179,18 @@ fn sync_cycle(inner: &Inner) -> Result<()> {
     Ok(())
 }
 
+/// Whether a segment whose newest message id is from `until_ms` may go (no id, or older than
+/// `keep_ms` by the wall clock).
+fn ids_expired(until_ms: u64, keep_ms: u64) -> bool {
+    if until_ms == 0 || keep_ms == 0 {
+        return true;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    until_ms.saturating_add(keep_ms) <= now
+}
+
 /// Deletes the oldest segments while they are sealed, not active and hold no unsettled message; the
 /// directory is synced after each deletion so deletions become durable strictly oldest first.
 fn reclaim(inner: &Inner) -> Result<()> {
@@ -186,7 +198,14 @@ fn reclaim(inner: &Inner) -> Result<()> {
         let victim = {
             let st = inner.state.lock();
             match st.segments.front() {
-                Some(s) if st.segments.len() > 1 && s.sealed && s.live == 0 => s.index,
+                Some(s)
+                    if st.segments.len() > 1
+                        && s.sealed
+                        && s.live == 0
+                        && ids_expired(s.ids_until_ms, inner.config.keep_ids_ms) =>
+                {
+                    s.index
+                }
                 _ => return Ok(()),
             }
         };

@@ -89,7 +89,9 @@ impl Inner {
             pos += len;
         }
         st.pending = pending;
-        st.segments.back_mut().expect("active segment").len = pos;
+        let active = st.segments.back_mut().expect("active segment");
+        active.len = pos;
+        note_ids(active, messages);
         let n = messages.len() as u64;
         st.next_seq += n;
         st.logical += total;
@@ -188,6 +190,9 @@ impl Inner {
                 return Err(e);
             }
         };
+        if let Some(seg) = st.segment_mut(segment) {
+            note_ids(seg, messages);
+        }
         let mut off = 0u64;
         let mut entries = Vec::with_capacity(messages.len());
         for (i, m) in messages.iter().enumerate() {
@@ -331,6 +336,7 @@ pub(super) fn create_segment(inner: &Inner, st: &mut State, index: u64) -> Resul
         live: 0,
         sealed: false,
         complete: false,
+        ids_until_ms: 0,
     });
     st.written += SEGMENT_HEADER_LEN as u64;
     st.logical += SEGMENT_HEADER_LEN as u64;
@@ -446,4 +452,13 @@ fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<(u64, u64)>
     st.written += len;
     st.logical += len;
     Ok((index, pos))
+}
+
+/// Raises the segment's newest message-id timestamp ([`super::LogConfig::keep_ids_ms`]).
+fn note_ids(seg: &mut Segment, messages: &[NewMessage]) {
+    for m in messages {
+        if m.message_id.is_some() {
+            seg.ids_until_ms = seg.ids_until_ms.max(m.timestamp_ms);
+        }
+    }
 }

@@ -214,7 +214,11 @@ pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
                 let confirmer = tokio::spawn(async move {
                     while let Some(f) = rx.recv().await {
                         match f.await {
-                            Ok(PublishOutcome::Stored { .. }) => c.on_confirm(true),
+                            Ok(
+                                PublishOutcome::Stored { .. } | PublishOutcome::Duplicate { .. },
+                            ) => {
+                                c.on_confirm(true);
+                            }
                             Ok(_) | Err(ClientError::Rejected { .. }) => c.on_confirm(false),
                             Err(e) => return Err(anyhow::Error::from(e)),
                         }

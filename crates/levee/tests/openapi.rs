@@ -1,0 +1,290 @@
+//! `/openapi.json` describes the API as it answers: every endpoint of the document is called
+//! on the real binary and each JSON response is validated (JSON Schema, `jsonschema` crate)
+//! against the document's schema for its status; the document must list every endpoint.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+
+use common::Server;
+use serde_json::{Value, json};
+
+/// The endpoints the router serves (the document must describe each).
+const ENDPOINTS: &[(&str, &str)] = &[
+    ("get", "/"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/api/queues"),
+    ("get", "/api/queues/{name}"),
+    ("put", "/api/queues/{name}"),
+    ("patch", "/api/queues/{name}"),
+    ("delete", "/api/queues/{name}"),
+    ("post", "/api/queues/{name}/purge"),
+    ("post", "/api/queues/{name}/messages"),
+    ("get", "/api/queues/{name}/messages"),
+    ("post", "/api/queues/{name}/receive"),
+    ("post", "/api/queues/{name}/ack"),
+    ("post", "/api/queues/{name}/nack"),
+    ("post", "/api/queues/{name}/reject"),
+    ("post", "/api/queues/{name}/extend"),
+    ("post", "/api/queues/{name}/move"),
+    ("get", "/api/definitions"),
+    ("post", "/api/definitions"),
+];
+
+struct Checker {
+    server: Server,
+    doc: Value,
+    covered: BTreeSet<(String, String)>,
+}
+
+impl Checker {
+    fn raw(&self, method: &str, path: &str, body: &str) -> (u16, String, String) {
+        let mut s = std::net::TcpStream::connect(self.server.http).unwrap();
+        write!(
+            s,
+            "{} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            method.to_uppercase(),
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+        (status, head.to_ascii_lowercase(), body.to_string())
+    }
+
+    /// Calls `path` (an instance of `template`) and validates the answer against the document.
+    fn call(&mut self, method: &str, template: &str, path: &str, body: Option<Value>) -> Value {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let (status, head, text) = self.raw(method, path, &body);
+        self.covered.insert((method.into(), template.into()));
+        let op = &self.doc["paths"][template][method];
+        assert!(op.is_object(), "{method} {template} is not in the document");
+        let resp = &op["responses"][status.to_string()];
+        assert!(
+            resp.is_object(),
+            "{method} {path} answered {status}, which the document does not list: {text}"
+        );
+        let content = resp["content"].as_object().expect("content");
+        let (ctype, media) = content.iter().next().unwrap();
+        assert!(
+            head.contains(&format!("content-type: {ctype}")),
+            "{method} {path}: {head}"
+        );
+        if ctype != "application/json" {
+            return Value::Null;
+        }
+        let value: Value = serde_json::from_str(text.trim()).unwrap();
+        let mut schema = self.doc.clone();
+        schema["allOf"] = json!([media["schema"]]);
+        let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {path} ({status}): {errors:?}\n{value:#}"
+        );
+        value
+    }
+}
+
+#[test]
+fn every_endpoint_answers_as_the_openapi_document_says() {
+    let server = Server::start();
+    let (st, text) = common::http_get(server.http, "/openapi.json");
+    assert_eq!(st, 200);
+    let doc: Value = serde_json::from_str(text.trim()).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for (m, p) in ENDPOINTS {
+        assert!(doc["paths"][p][m].is_object(), "the document lacks {m} {p}");
+    }
+    let mut c = Checker {
+        server,
+        doc,
+        covered: BTreeSet::new(),
+    };
+    let q = "/api/queues/{name}";
+    c.call("get", "/", "/", None);
+    c.call("get", "/metrics", "/metrics", None);
+    c.call("get", "/openapi.json", "/openapi.json", None);
+    c.call("get", "/healthz", "/healthz", None);
+    c.call("get", "/readyz", "/readyz", None);
+    c.call("put", q, "/api/queues/dead", Some(json!({})));
+    c.call(
+        "put",
+        q,
+        "/api/queues/jobs",
+        Some(json!({"dead_letter": "dead", "ack_timeout_ms": 60000})),
+    );
+    c.call("put", q, "/api/queues/jobs", Some(json!({})));
+    c.call(
+        "put",
+        q,
+        "/api/queues/jobs",
+        Some(json!({"overflow": "nope"})),
+    );
+    c.call(
+        "put",
+        q,
+        "/api/queues/mem",
+        Some(json!({"durability": "memory", "rate_limit": {"msgs_per_sec": 100}})),
+    );
+    c.call("get", "/api/queues", "/api/queues", None);
+    c.call("get", q, "/api/queues/jobs", None);
+    c.call("get", q, "/api/queues/mem", None);
+    c.call("get", q, "/api/queues/none", None);
+    c.call(
+        "patch",
+        q,
+        "/api/queues/jobs",
+        Some(json!({"max_messages": 500})),
+    );
+    c.call(
+        "patch",
+        q,
+        "/api/queues/jobs",
+        Some(json!({"order": "priority"})),
+    );
+    c.call("patch", q, "/api/queues/none", Some(json!({})));
+    let m = "/api/queues/{name}/messages";
+    c.call(
+        "post",
+        m,
+        "/api/queues/jobs/messages",
+        Some(json!({"payload": "a", "message_id": "1"})),
+    );
+    c.call(
+        "post",
+        m,
+        "/api/queues/jobs/messages",
+        Some(json!({"messages": [
+        {"payload_base64": "AP8=", "headers": {"h": "v"}, "key": "k", "ttl_ms": 60000},
+        {"payload": "b", "message_id": "1"}, {"payload": "c"}, {"payload": "d"}]})),
+    );
+    c.call(
+        "post",
+        m,
+        "/api/queues/jobs/messages",
+        Some(json!({"messages": []})),
+    );
+    c.call(
+        "post",
+        m,
+        "/api/queues/none/messages",
+        Some(json!({"payload": "x"})),
+    );
+    c.call(
+        "get",
+        m,
+        "/api/queues/jobs/messages?count=10&preview=1",
+        None,
+    );
+    c.call("get", m, "/api/queues/none/messages", None);
+    let got = c.call(
+        "post",
+        "/api/queues/{name}/receive",
+        "/api/queues/jobs/receive?max=4",
+        None,
+    );
+    let r: Vec<Value> = got["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["receipt"].clone())
+        .collect();
+    assert_eq!(r.len(), 4);
+    c.call(
+        "post",
+        "/api/queues/{name}/receive",
+        "/api/queues/jobs/receive?max=0",
+        None,
+    );
+    c.call(
+        "post",
+        "/api/queues/{name}/extend",
+        "/api/queues/jobs/extend",
+        Some(json!({"receipts": [r[0]], "extend_ms": 1000})),
+    );
+    c.call(
+        "post",
+        "/api/queues/{name}/ack",
+        "/api/queues/jobs/ack",
+        Some(json!({"receipts": [r[0], "1.999"]})),
+    );
+    c.call(
+        "post",
+        "/api/queues/{name}/nack",
+        "/api/queues/jobs/nack",
+        Some(json!({"receipts": [r[1]], "delay_ms": 10})),
+    );
+    c.call(
+        "post",
+        "/api/queues/{name}/reject",
+        "/api/queues/jobs/reject",
+        Some(json!({"receipts": [r[2]]})),
+    );
+    c.call(
+        "post",
+        "/api/queues/{name}/reject",
+        "/api/queues/jobs/reject",
+        Some(json!({"nope": 1})),
+    );
+    c.call(
+        "post",
+        "/api/queues/{name}/move",
+        "/api/queues/dead/move",
+        Some(json!({"to": "jobs", "max": 5})),
+    );
+    c.call(
+        "post",
+        "/api/queues/{name}/move",
+        "/api/queues/dead/move",
+        Some(json!({"to": "none"})),
+    );
+    c.call(
+        "post",
+        "/api/queues/{name}/purge",
+        "/api/queues/jobs/purge",
+        None,
+    );
+    c.call(
+        "post",
+        "/api/queues/{name}/purge",
+        "/api/queues/none/purge",
+        None,
+    );
+    let defs = c.call("get", "/api/definitions", "/api/definitions", None);
+    c.call("post", "/api/definitions", "/api/definitions", Some(defs));
+    c.call(
+        "post",
+        "/api/definitions",
+        "/api/definitions",
+        Some(json!({"queues": 5})),
+    );
+    c.call("delete", q, "/api/queues/mem", None);
+    c.call("delete", q, "/api/queues/mem", None);
+    let all: BTreeSet<(String, String)> = ENDPOINTS
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(c.covered, all, "every endpoint was checked");
+    let documented: usize = c.doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        documented,
+        ENDPOINTS.len(),
+        "the document lists no endpoint the router lacks"
+    );
+}
