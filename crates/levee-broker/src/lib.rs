@@ -10,12 +10,15 @@
 //! - `net`: the network front ends: `net::listener` (the accept loop), `net::conn` (one task
 //!   pair per client connection speaking the levee-proto wire protocol) and `net::limits` (the
 //!   broker-wide bounds on connections and on bytes of frames still arriving);
+//! - `amqp`: the AMQP 0-9-1 front end (its own listener, an I/O-free connection state machine
+//!   and a thin tokio shell), plugged into the same queue actors and outboxes as `net::conn`;
 //! - `outbox`: each connection's bounded outbound queue;
 //! - [`Broker`]: the registry of queues, declare/delete, recovery; `catalog`: the catalog file
 //!   codec (`queue.meta`) and its reads and writes; `data_dir`: the lock file and queue directory
 //!   names.
 
 mod actor;
+mod amqp;
 mod broker;
 mod catalog;
 mod data_dir;
@@ -27,6 +30,7 @@ pub mod queue;
 mod rate;
 mod storage;
 
+pub use amqp::{AmqpConfig, AmqpListener};
 pub use broker::{Broker, BrokerConfig, MAX_MAX_FRAME, MIN_MAX_FRAME};
 pub use error::BrokerError;
 pub use http::{HttpError, router, serve_http};

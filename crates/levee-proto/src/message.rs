@@ -31,6 +31,12 @@ pub struct Message {
     /// Producer-chosen id, echoed nowhere by the broker but kept with the message (idempotence and
     /// correlation are the application's).
     pub producer_id: Option<u64>,
+    /// Opaque protocol properties kept and delivered byte for byte (at most `u32::MAX` bytes):
+    /// for a message published over AMQP 0-9-1, the encoded basic property block of its content
+    /// header (property flags + property list), so typed headers and every property come back
+    /// exactly as sent. Native clients may ignore it; the broker never interprets it except to
+    /// map properties onto headers for native consumers (see `docs/amqp.md`). Wire flag 8.
+    pub properties: Option<Bytes>,
     /// The body (at most `u32::MAX` bytes; in practice bounded by the max frame size).
     pub payload: Bytes,
 }
@@ -74,6 +80,12 @@ impl Message {
         self
     }
 
+    /// Sets the opaque protocol properties block.
+    pub fn with_properties(mut self, properties: impl Into<Bytes>) -> Self {
+        self.properties = Some(properties.into());
+        self
+    }
+
     /// Exact number of bytes this message occupies inside a `Publish` or `Deliver` frame; use it to
     /// split batches below the negotiated max frame size.
     pub fn wire_len(&self) -> usize {
@@ -81,6 +93,7 @@ impl Message {
             + self.key.as_ref().map_or(0, |k| 2 + k.len())
             + self.ttl_ms.map_or(0, |_| 8)
             + self.producer_id.map_or(0, |_| 8)
+            + self.properties.as_ref().map_or(0, |p| 4 + p.len())
             + self
                 .headers
                 .iter()
@@ -95,7 +108,8 @@ pub(crate) const MESSAGE_MIN_LEN: usize = 1 + 1 + 1 + 4;
 const FLAG_KEY: u8 = 1;
 const FLAG_TTL: u8 = 2;
 const FLAG_PRODUCER_ID: u8 = 4;
-const KNOWN_FLAGS: u8 = FLAG_KEY | FLAG_TTL | FLAG_PRODUCER_ID;
+const FLAG_PROPERTIES: u8 = 8;
+const KNOWN_FLAGS: u8 = FLAG_KEY | FLAG_TTL | FLAG_PRODUCER_ID | FLAG_PROPERTIES;
 
 pub(crate) fn encode_message(dst: &mut BytesMut, m: &Message) -> Result<()> {
     let mut flags = 0;
@@ -107,6 +121,9 @@ pub(crate) fn encode_message(dst: &mut BytesMut, m: &Message) -> Result<()> {
     }
     if m.producer_id.is_some() {
         flags |= FLAG_PRODUCER_ID;
+    }
+    if m.properties.is_some() {
+        flags |= FLAG_PROPERTIES;
     }
     dst.put_u8(flags);
     dst.put_u8(m.priority);
@@ -123,6 +140,9 @@ pub(crate) fn encode_message(dst: &mut BytesMut, m: &Message) -> Result<()> {
     for (name, value) in &m.headers {
         put_bytes8(dst, name.as_bytes(), "header name")?;
         put_bytes16(dst, value, "header value")?;
+    }
+    if let Some(p) = &m.properties {
+        put_bytes32(dst, p, "properties")?;
     }
     put_bytes32(dst, &m.payload, "payload")
 }
@@ -154,6 +174,11 @@ pub(crate) fn decode_message(r: &mut Reader) -> Result<Message> {
     let headers = r.vec8("message headers", MAX_HEADERS, 3, |r| {
         Ok((r.str8("header name")?, r.bytes16("header value")?))
     })?;
+    let properties = if flags & FLAG_PROPERTIES != 0 {
+        Some(r.bytes32("properties")?)
+    } else {
+        None
+    };
     let payload = r.bytes32("payload")?;
     Ok(Message {
         key,
@@ -161,6 +186,7 @@ pub(crate) fn decode_message(r: &mut Reader) -> Result<Message> {
         ttl_ms,
         headers,
         producer_id,
+        properties,
         payload,
     })
 }

@@ -14,8 +14,12 @@
 
 use bytes::Bytes;
 
-/// Format version written in every segment header; a different version is refused on open.
-pub const FORMAT_VERSION: u16 = 1;
+/// Format version written in every segment header. Version 2 added the message record's
+/// properties field (flag bit 4); its records are a superset of version 1's, so segments of every
+/// version from [`MIN_FORMAT_VERSION`] up are read, and any other version is refused on open.
+pub const FORMAT_VERSION: u16 = 2;
+/// Oldest format version still read (version 1 records have no properties field).
+pub const MIN_FORMAT_VERSION: u16 = 1;
 /// Magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"LEVEESEG";
 /// Size of the segment header.
@@ -38,6 +42,8 @@ pub const SEAL_FRAME_LEN: usize = FRAME_PREFIX_LEN + 1 + 16;
 
 const FLAG_KEY: u8 = 1;
 const FLAG_TTL: u8 = 2;
+/// The record carries a properties block (format version 2).
+const FLAG_PROPERTIES: u8 = 4;
 
 const SETTLE_ACKED: u8 = 1;
 const SETTLE_DROPPED: u8 = 2;
@@ -76,7 +82,7 @@ pub enum FrameError {
     /// The segment header's magic is wrong.
     #[error("bad segment magic")]
     BadMagic,
-    /// The segment header's version is not [`FORMAT_VERSION`].
+    /// The segment header's version is outside [`MIN_FORMAT_VERSION`]..=[`FORMAT_VERSION`].
     #[error("unsupported format version {0}")]
     Version(u16),
 }
@@ -107,6 +113,9 @@ pub struct NewMessage {
     pub ttl_ms: Option<u64>,
     /// Headers (at most 65535; names at most 65535 bytes).
     pub headers: Vec<(String, Bytes)>,
+    /// Opaque protocol properties kept with the message byte for byte (AMQP 0-9-1: the encoded
+    /// basic property block of its content header; at most 4 GiB). Format version 2.
+    pub properties: Option<Bytes>,
     /// The payload.
     pub payload: Bytes,
 }
@@ -195,7 +204,7 @@ pub fn decode_segment_header(buf: &[u8]) -> Result<SegmentHeader, FrameError> {
         return Err(FrameError::BadMagic);
     }
     let version = u16::from_le_bytes(buf[8..10].try_into().expect("2 bytes"));
-    if version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(FrameError::Version(version));
     }
     Ok(SegmentHeader {
@@ -275,6 +284,7 @@ pub fn decode_record(frame: &Frame<'_>, owner: &Bytes) -> Result<Record, FrameEr
                     priority: p.priority,
                     ttl_ms: p.ttl_ms,
                     headers,
+                    properties: p.properties.map(|b| owner.slice_ref(b)),
                     payload: owner.slice_ref(p.payload),
                 },
             })
@@ -348,6 +358,7 @@ pub(crate) struct MessageParts<'a> {
     pub key: Option<&'a [u8]>,
     pub header_count: u16,
     pub headers_raw: &'a [u8],
+    pub properties: Option<&'a [u8]>,
     pub payload: &'a [u8],
 }
 
@@ -357,7 +368,7 @@ pub(crate) fn parse_message(body: &[u8]) -> Result<MessageParts<'_>, FrameError>
     let timestamp_ms = c.u64()?;
     let ttl = c.u64()?;
     let flags = c.u8()?;
-    if flags & !(FLAG_KEY | FLAG_TTL) != 0 {
+    if flags & !(FLAG_KEY | FLAG_TTL | FLAG_PROPERTIES) != 0 {
         return Err(FrameError::Malformed("unknown message flags"));
     }
     let priority = c.u8()?;
@@ -379,6 +390,12 @@ pub(crate) fn parse_message(body: &[u8]) -> Result<MessageParts<'_>, FrameError>
         }
     }
     let headers_raw = &start[..start.len() - c.0.len()];
+    let properties = if flags & FLAG_PROPERTIES != 0 {
+        let n = c.u32()? as usize;
+        Some(c.take(n)?)
+    } else {
+        None
+    };
     let payload_len = c.u32()? as usize;
     let payload = c.take(payload_len)?;
     if !c.0.is_empty() {
@@ -392,6 +409,7 @@ pub(crate) fn parse_message(body: &[u8]) -> Result<MessageParts<'_>, FrameError>
         key,
         header_count,
         headers_raw,
+        properties,
         payload,
     })
 }
@@ -497,6 +515,12 @@ pub(crate) fn message_frame_len(m: &NewMessage) -> Result<u64, String> {
         }
         len += 2 + name.len() as u64 + 4 + value.len() as u64;
     }
+    if let Some(p) = &m.properties {
+        if p.len() as u64 > u32::MAX as u64 {
+            return Err("properties exceed 4 GiB".into());
+        }
+        len += 4 + p.len() as u64;
+    }
     if m.payload.len() as u64 > u32::MAX as u64 {
         return Err("payload exceeds 4 GiB".into());
     }
@@ -516,6 +540,9 @@ pub(crate) fn encode_message(out: &mut Vec<u8>, seq: u64, m: &NewMessage) -> usi
         if m.ttl_ms.is_some() {
             flags |= FLAG_TTL;
         }
+        if m.properties.is_some() {
+            flags |= FLAG_PROPERTIES;
+        }
         b.push(flags);
         b.push(m.priority);
         let key = m.key.as_deref().unwrap_or(&[]);
@@ -527,6 +554,10 @@ pub(crate) fn encode_message(out: &mut Vec<u8>, seq: u64, m: &NewMessage) -> usi
             b.extend_from_slice(name.as_bytes());
             b.extend_from_slice(&(value.len() as u32).to_le_bytes());
             b.extend_from_slice(value);
+        }
+        if let Some(p) = &m.properties {
+            b.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            b.extend_from_slice(p);
         }
         b.extend_from_slice(&(m.payload.len() as u32).to_le_bytes());
         b.extend_from_slice(&m.payload);
@@ -597,6 +628,7 @@ mod tests {
             priority: 3,
             ttl_ms: Some(0),
             headers: vec![("h".into(), Bytes::from_static(b"v"))],
+            properties: Some(Bytes::from_static(b"\x80\x00\x04text")),
             payload: Bytes::from_static(b"payload"),
         };
         let mut buf = Vec::new();
@@ -660,5 +692,48 @@ mod tests {
             b[i] ^= 0x40;
             assert!(decode_all(&b).is_err(), "flip at {i} undetected");
         }
+    }
+
+    #[test]
+    fn segments_of_version_1_are_read_and_unknown_versions_refused() {
+        let h = SegmentHeader {
+            index: 3,
+            base_seq: 10,
+        };
+        let mut bytes = encode_segment_header(&h);
+        assert_eq!(decode_segment_header(&bytes), Ok(h));
+        for (version, ok) in [(1u16, true), (2, true), (0, false), (3, false)] {
+            bytes[8..10].copy_from_slice(&version.to_le_bytes());
+            let crc = crc32c::crc32c(&bytes[..28]);
+            bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+            match decode_segment_header(&bytes) {
+                Ok(got) => assert!(ok && got == h, "version {version}"),
+                Err(e) => assert!(
+                    !ok && e == FrameError::Version(version),
+                    "version {version}: {e}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn a_version_1_message_record_without_properties_still_decodes() {
+        // A record as version 1 wrote it: flags without bit 4, no properties field.
+        let m = NewMessage {
+            timestamp_ms: 1,
+            payload: Bytes::from_static(b"old"),
+            ..NewMessage::default()
+        };
+        let mut buf = Vec::new();
+        encode_message(&mut buf, 5, &m);
+        assert_eq!(
+            buf[FRAME_PREFIX_LEN + 1 + 24],
+            0,
+            "no flag set: the version 1 layout"
+        );
+        assert_eq!(
+            decode_all(&buf).unwrap(),
+            vec![Record::Message { seq: 5, message: m }]
+        );
     }
 }

@@ -45,6 +45,7 @@ fn full_message_roundtrips_through_reopen_on_real_disk() {
             ("content-type".into(), Bytes::from_static(b"json")),
             ("trace".into(), Bytes::from_static(b"")),
         ],
+        properties: Some(Bytes::from_static(b"\x90\x00\x10application/json")),
         payload: Bytes::from(vec![0xAB; 3000]),
     };
     let seq;

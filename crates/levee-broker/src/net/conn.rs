@@ -406,6 +406,9 @@ fn detach(mut m: levee_proto::Message) -> levee_proto::Message {
     if let Some(k) = &mut m.key {
         *k = Bytes::copy_from_slice(k);
     }
+    if let Some(p) = &mut m.properties {
+        *p = Bytes::copy_from_slice(p);
+    }
     for (_, v) in &mut m.headers {
         *v = Bytes::copy_from_slice(v);
     }
