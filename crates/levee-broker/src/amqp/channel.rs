@@ -117,8 +117,8 @@ impl Connection {
         Ok(config)
     }
 
-    /// Handles a method on open channel `id`; `Err` is its exception (codes 5xx close the
-    /// connection, others the channel).
+    /// Handles a method on open channel `id`; `Err` is its exception (a connection exception for
+    /// 501-505, a channel exception otherwise).
     pub(crate) fn channel_dispatch(
         &mut self,
         env: &dyn Env,

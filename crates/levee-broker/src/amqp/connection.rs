@@ -862,7 +862,7 @@ impl Connection {
             return self.connection_exception(e, now);
         }
         if let Err(e) = self.channel_dispatch(env, id, method.clone(), raw, now) {
-            if e.code >= 500 {
+            if is_hard(e.code) {
                 self.connection_exception(e, now);
             } else {
                 self.channel_exception(id, e);
@@ -936,6 +936,12 @@ impl Connection {
             _ => {}
         }
     }
+}
+
+/// Whether a reply code is a connection exception (the rest close only their channel; 530 and
+/// 540 are channel exceptions here, as RabbitMQ sends them).
+fn is_hard(code: u16) -> bool {
+    matches!(code, 320 | 501..=505 | 541)
 }
 
 fn needs_reply(op: &Op) -> bool {

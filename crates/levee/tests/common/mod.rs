@@ -2,6 +2,8 @@
 //! and speaks the wire protocol over a plain blocking TCP socket where a test needs raw frames.
 #![allow(dead_code)]
 
+pub(crate) mod amqp;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
