@@ -24,7 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::outbox::{ConnTx, QueueAddr};
 use crate::queue::confirms::SessionId;
 use crate::queue::core::{Output, QueueCore};
-use crate::queue::{ConsumerId, ProducerId};
+use crate::queue::{ConsumerId, DeadLetterTarget, ProducerId};
+use crate::routing::Aggregator;
 
 /// A disk queue's log, shared with the broker (stats, closing at delete and shutdown). The actor
 /// replaces it when the core reopens the log after a failure.
@@ -47,7 +48,31 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
-    fn release(&self, messages: u64, bytes: u64) {
+    /// Why a request of `n` messages and `bytes` payload bytes cannot be taken now (over the
+    /// connection's `max_in_flight_*` limits), or `None`. A request over the byte limit is
+    /// still taken when nothing is in flight, so that any message that fits a frame can pass.
+    pub(crate) fn refusal(&self, cfg: &crate::BrokerConfig, n: u64, bytes: u64) -> Option<String> {
+        let held_msgs = self.messages.load(Ordering::Acquire);
+        let held_bytes = self.bytes.load(Ordering::Acquire);
+        if held_msgs + n > cfg.max_in_flight_messages
+            || (held_bytes + bytes > cfg.max_in_flight_bytes && held_msgs > 0)
+        {
+            return Some(format!(
+                "too many unconfirmed publishes on this connection ({held_msgs} messages, \
+                 {held_bytes} bytes; limits {} and {}): wait for confirms",
+                cfg.max_in_flight_messages, cfg.max_in_flight_bytes
+            ));
+        }
+        None
+    }
+
+    /// Charges a request taken.
+    pub(crate) fn charge(&self, messages: u64, bytes: u64) {
+        self.messages.fetch_add(messages, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    pub(crate) fn release(&self, messages: u64, bytes: u64) {
         self.messages.fetch_sub(messages, Ordering::AcqRel);
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
@@ -68,14 +93,29 @@ impl QueueAddr for mpsc::WeakUnboundedSender<Cmd> {
     }
 }
 
+/// Where a publisher session's confirms go.
+#[derive(Clone)]
+pub(crate) enum ConfirmTo {
+    /// A native connection publishing to this queue directly: `PublishConfirm` frames, and the
+    /// connection's in-flight charge released per request.
+    Conn {
+        conn: ConnTx,
+        in_flight: Arc<InFlight>,
+    },
+    /// A publish routed through an exchange: this queue's part of each request goes to the
+    /// publisher's aggregator, which releases the charge once every target answered.
+    Routed(Arc<Aggregator>),
+}
+
 /// A command for a queue actor.
 pub(crate) enum Cmd {
+    /// `credited`: the publisher works within publish credit (see `QueueCore::publish`).
     Publish {
         producer: ProducerId,
         req: u64,
         messages: Vec<Message>,
-        conn: ConnTx,
-        in_flight: Arc<InFlight>,
+        confirm_to: ConfirmTo,
+        credited: bool,
     },
     /// A message moved here from another queue's dead-lettering.
     DeadLetter(Message),
@@ -109,10 +149,14 @@ pub(crate) enum Cmd {
     Stop,
 }
 
-/// Resolves dead-letter targets: the broker's queue registry.
+/// Resolves dead-letter targets: the broker's queue registry and exchange table.
 pub(crate) trait Router: Send + Sync + 'static {
     /// The command channel of `queue`, if it exists.
     fn route(&self, queue: &str) -> Option<mpsc::UnboundedSender<Cmd>>;
+    /// Routes a dead letter of queue `from` through `exchange` with `routing_key` to every
+    /// matching queue (each gets a `DeadLetter`). Unroutable dead letters are counted by the
+    /// exchange and dropped.
+    fn dead_letter_via(&self, from: &str, exchange: &str, routing_key: &str, message: Message);
 }
 
 /// Rates of (published, delivered, acked) over 5 s, sampled at most every second by the actor's
@@ -125,12 +169,6 @@ type Rates = RateWindow<3>;
 const RATE_WINDOW_MS: u64 = 5_000;
 const RATE_EVERY_MS: u64 = 1_000;
 
-/// Where a publisher session's confirms go.
-struct Session {
-    conn: ConnTx,
-    in_flight: Arc<InFlight>,
-}
-
 pub(crate) struct QueueActor {
     /// Unique among actors (outbox wake-up registrations are keyed by it).
     id: u64,
@@ -138,7 +176,7 @@ pub(crate) struct QueueActor {
     slot: Option<LogSlot>,
     /// This actor's own channel, weakly (for outbox wake-ups; it must not keep the actor alive).
     self_tx: mpsc::WeakUnboundedSender<Cmd>,
-    sessions: HashMap<SessionId, Session>,
+    sessions: HashMap<SessionId, ConfirmTo>,
     consumers: HashMap<ConsumerId, ConnTx>,
     producers: HashMap<ProducerId, ConnTx>,
     router: Arc<dyn Router>,
@@ -254,13 +292,11 @@ impl QueueActor {
                 producer,
                 req,
                 messages,
-                conn,
-                in_flight,
+                confirm_to,
+                credited,
             } => {
-                self.sessions
-                    .entry(producer)
-                    .or_insert(Session { conn, in_flight });
-                self.core.publish(now, producer, req, messages);
+                self.sessions.entry(producer).or_insert(confirm_to);
+                self.core.publish(now, producer, req, messages, credited);
             }
             Cmd::DeadLetter(message) => self.core.dead_letter_in(now, message),
             Cmd::AddProducer { producer, conn } => {
@@ -367,31 +403,38 @@ impl QueueActor {
         let mut used: HashMap<ConsumerId, u64> = HashMap::new();
         while let Some(out) = self.core.poll_output() {
             match out {
-                Output::Confirm(c) => {
-                    if let Some(s) = self.sessions.get(&c.session) {
-                        s.in_flight.release(c.messages, c.bytes);
-                        let _ = s.conn.send(ServerFrame::PublishConfirm {
+                Output::Confirm(c) => match self.sessions.get(&c.session) {
+                    Some(ConfirmTo::Conn { conn, in_flight }) => {
+                        in_flight.release(c.messages, c.bytes);
+                        let _ = conn.send(ServerFrame::PublishConfirm {
                             req: c.req,
                             outcomes: c.outcomes,
                         });
                     }
-                }
+                    Some(ConfirmTo::Routed(agg)) => {
+                        agg.target_confirmed(c.req, self.core.name(), c.outcomes);
+                    }
+                    None => {}
+                },
                 Output::Void {
                     session,
                     req,
                     messages,
                     bytes,
                 } => {
-                    if let Some(s) = self.sessions.get(&session) {
-                        s.in_flight.release(messages, bytes);
-                        let (code, why) = self
-                            .stop_reason
-                            .unwrap_or((ErrorCode::ShuttingDown, "stopped"));
-                        let _ = s.conn.send(ServerFrame::Error {
-                            req,
-                            code,
-                            message: format!("queue {} {why}", self.core.name()),
-                        });
+                    let (code, why) = self
+                        .stop_reason
+                        .unwrap_or((ErrorCode::ShuttingDown, "stopped"));
+                    let message = format!("queue {} {why}", self.core.name());
+                    match self.sessions.get(&session) {
+                        Some(ConfirmTo::Conn { conn, in_flight }) => {
+                            in_flight.release(messages, bytes);
+                            let _ = conn.send(ServerFrame::Error { req, code, message });
+                        }
+                        Some(ConfirmTo::Routed(agg)) => {
+                            agg.target_failed(req, self.core.name(), code, &message);
+                        }
+                        None => {}
                     }
                 }
                 Output::Deliver {
@@ -415,13 +458,30 @@ impl QueueActor {
                         });
                     }
                 }
-                Output::DeadLetter { target, message } => match self.router.route(&target) {
+                Output::DeadLetter {
+                    target: DeadLetterTarget::Queue(target),
+                    message,
+                } => match self.router.route(&target) {
                     Some(tx) => {
                         let _ = tx.send(Cmd::DeadLetter(message));
                     }
                     None => tracing::warn!(queue = %self.core.name(), %target,
                         "dead-letter queue missing: message dropped"),
                 },
+                Output::DeadLetter {
+                    target:
+                        DeadLetterTarget::Exchange {
+                            exchange,
+                            routing_key,
+                        },
+                    message,
+                } => {
+                    let key = routing_key
+                        .or_else(|| crate::routing::original_routing_key(&message))
+                        .unwrap_or_else(|| self.core.name().to_string());
+                    self.router
+                        .dead_letter_via(self.core.name(), &exchange, &key, message);
+                }
                 Output::UnknownTags { consumer, tags } => {
                     if let Some(conn) = self.consumers.get(&consumer) {
                         let tags: Vec<String> = tags.iter().map(u64::to_string).collect();

@@ -25,7 +25,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use levee_proto::{DEFAULT_MAX_FRAME, Durability, QueueConfig, QueueInfo, validate_queue_name};
+use levee_proto::{
+    DEFAULT_MAX_FRAME, Durability, Message, QueueConfig, QueueInfo, validate_queue_name,
+};
 use levee_store::{Backend, FsBackend};
 use parking_lot::RwLock;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -189,7 +191,7 @@ pub(crate) type Deletion =
 
 pub(crate) struct Inner {
     pub(crate) config: BrokerConfig,
-    backend: Arc<dyn Backend>,
+    pub(crate) backend: Arc<dyn Backend>,
     queues: RwLock<HashMap<String, QueueEntry>>,
     /// Serialises declare and delete.
     catalog: Mutex<()>,
@@ -198,6 +200,8 @@ pub(crate) struct Inner {
     deleting: parking_lot::Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     next_id: AtomicU64,
     pub(crate) limits: Limits,
+    /// Exchanges and bindings (see `routing`).
+    pub(crate) exchanges: crate::routing::Exchanges,
     /// Held for the broker's lifetime: no other broker opens this data directory meanwhile
     /// (`None` on a caller-provided backend).
     _lock: Option<DataDirLock>,
@@ -205,7 +209,26 @@ pub(crate) struct Inner {
 
 impl Router for Inner {
     fn route(&self, queue: &str) -> Option<mpsc::UnboundedSender<Cmd>> {
+        self.queue_sender(queue)
+    }
+
+    fn dead_letter_via(&self, from: &str, exchange: &str, routing_key: &str, message: Message) {
+        crate::routing::dead_letter_via(self, from, exchange, routing_key, message);
+    }
+}
+
+impl Inner {
+    /// The command channel of `queue`, if it exists.
+    pub(crate) fn queue_sender(&self, queue: &str) -> Option<mpsc::UnboundedSender<Cmd>> {
         self.queues.read().get(queue).map(|q| q.tx.clone())
+    }
+
+    /// Whether `queue` keeps its definition across restarts (`None`: no such queue).
+    pub(crate) fn queue_keeps_definition(&self, queue: &str) -> Option<bool> {
+        self.queues
+            .read()
+            .get(queue)
+            .map(|q| q.config.durability.keeps_definition())
     }
 }
 
@@ -262,6 +285,7 @@ impl Broker {
             catalog: Mutex::new(()),
             deleting: parking_lot::Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            exchanges: crate::routing::Exchanges::new(),
             _lock: lock,
         });
         let broker = Broker { inner };
@@ -282,7 +306,8 @@ impl Broker {
             self.start_queue(entry.name, entry.config, Some(entry.dir))
                 .await?;
         }
-        Ok(())
+        // Bindings name queues: exchanges come back once every queue has.
+        self.recover_exchanges().await
     }
 
     /// Opens the log (for a disk queue, in `queue_dir`), rebuilds the state and starts the actor.
@@ -427,6 +452,8 @@ impl Broker {
         let (broker, name) = (self.clone(), name.to_string());
         let task = tokio::spawn(async move {
             let result = broker.finish_delete(entry).await;
+            // Before a queue of this name can be declared again (declare waits for `deleting`).
+            broker.remove_queue_bindings(&name).await;
             broker.inner.deleting.lock().remove(&name);
             let _ = done_tx.send(true);
             result

@@ -20,6 +20,34 @@ pub enum BrokerError {
         /// What differs, field by field.
         differences: String,
     },
+    /// No exchange has this name.
+    #[error("unknown exchange {0}")]
+    UnknownExchange(String),
+    /// The exchange exists with another config; the message lists every difference.
+    #[error("exchange {exchange} exists with a different config: {differences}")]
+    ExchangeMismatch {
+        /// The exchange.
+        exchange: String,
+        /// What differs, field by field.
+        differences: String,
+    },
+    /// `if_unused` delete of an exchange that still has bindings.
+    #[error("exchange {exchange} is in use ({bindings} bindings)")]
+    ExchangeInUse {
+        /// The exchange.
+        exchange: String,
+        /// Its bindings.
+        bindings: u64,
+    },
+    /// An operation an exchange does not allow (declaring the default exchange or an `amq.`
+    /// name, deleting a predeclared one, publishing to an internal one).
+    #[error("exchange {exchange:?}: {reason}")]
+    ExchangeAccess {
+        /// The exchange.
+        exchange: String,
+        /// Why.
+        reason: &'static str,
+    },
     /// A name, config or frame was invalid.
     #[error(transparent)]
     Proto(#[from] ProtoError),
@@ -87,6 +115,10 @@ impl BrokerError {
         match self {
             BrokerError::UnknownQueue(_) => ErrorCode::UnknownQueue,
             BrokerError::ConfigMismatch { .. } => ErrorCode::QueueConfigMismatch,
+            BrokerError::UnknownExchange(_) => ErrorCode::UnknownExchange,
+            BrokerError::ExchangeMismatch { .. } => ErrorCode::ExchangeConfigMismatch,
+            BrokerError::ExchangeInUse { .. } => ErrorCode::ExchangeInUse,
+            BrokerError::ExchangeAccess { .. } => ErrorCode::AccessDenied,
             BrokerError::Proto(e) => e.code(),
             BrokerError::Store(StoreError::DiskFull { .. }) => ErrorCode::StorageFull,
             // Every other storage failure (I/O, corruption, format version, and any variant

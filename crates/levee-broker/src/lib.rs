@@ -13,6 +13,8 @@
 //! - `amqp`: the AMQP 0-9-1 front end (its own listener, an I/O-free connection state machine
 //!   and a thin tokio shell), plugged into the same queue actors and outboxes as `net::conn`;
 //! - `outbox`: each connection's bounded outbound queue;
+//! - `routing`: exchanges, bindings, the routing decision and the confirm aggregation of a
+//!   publish routed to several queues (shared by every front end);
 //! - [`Broker`]: the registry of queues, declare/delete, recovery; `catalog`: the catalog file
 //!   codec (`queue.meta`) and its reads and writes; `data_dir`: the lock file and queue directory
 //!   names.
@@ -28,9 +30,11 @@ mod net;
 mod outbox;
 pub mod queue;
 mod rate;
+mod routing;
 mod storage;
 
 pub use amqp::{AmqpConfig, AmqpListener};
 pub use broker::{Broker, BrokerConfig, MAX_MAX_FRAME, MIN_MAX_FRAME};
 pub use error::BrokerError;
 pub use http::{HttpError, router, serve_http};
+pub use routing::{ConfirmCallback, RoutedConfirm, RoutedPublisher, combine};

@@ -776,12 +776,17 @@ fn arb_config() -> impl Strategy<Value = QueueConfig> {
             proptest::option::of(1u64..=1_000_000),
             proptest::option::of(rate),
         ),
+        (
+            proptest::option::of("[a-z.]{1,8}"),
+            proptest::option::of("[a-z.#*]{0,8}"),
+        ),
     )
         .prop_map(
             |(
                 (max_messages, max_bytes, overflow),
                 (order, durability, ack_timeout_ms),
                 (max_deliveries, dead_letter, message_ttl_ms, rate_limit),
+                (dead_letter_exchange, dead_letter_routing_key),
             )| QueueConfig {
                 max_messages,
                 max_bytes,
@@ -793,6 +798,8 @@ fn arb_config() -> impl Strategy<Value = QueueConfig> {
                 dead_letter,
                 message_ttl_ms,
                 rate_limit,
+                dead_letter_exchange,
+                dead_letter_routing_key,
             },
         )
 }

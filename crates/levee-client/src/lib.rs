@@ -40,6 +40,7 @@ pub mod credit;
 mod error;
 mod options;
 mod producer;
+mod routing;
 mod window;
 
 pub use client::{Client, ClientStats, DeclareOk};
@@ -47,8 +48,9 @@ pub use consumer::{Consumer, CreditStats, Delivery};
 pub use error::{ClientError, Result, TryPublishError};
 pub use levee_flow::{BreakerConfig, BreakerState, BreakerStats};
 pub use levee_proto::{
-    ConsumerStats, DropReason, Durability, ErrorCode, Fsync, Message, Order, Overflow,
-    PublishOutcome, QueueConfig, QueueInfo, QueueStats,
+    Binding, ConsumerStats, DropReason, Durability, ErrorCode, ExchangeConfig, ExchangeInfo,
+    ExchangeKind, Fsync, Message, Order, Overflow, PublishOutcome, QueueConfig, QueueInfo,
+    QueueStats, RoutedOutcome,
 };
 pub use options::{Backoff, ClientOptions, ConsumerOptions, Credit, ProducerOptions};
 pub use producer::{ConfirmFuture, Producer};

@@ -363,6 +363,13 @@ pub struct QueueConfig {
     pub message_ttl_ms: Option<u64>,
     /// Publish rate limit. Default `None` (unlimited).
     pub rate_limit: Option<RateLimit>,
+    /// Exchange receiving this queue's dead letters (rejected, expired, over-delivered), used
+    /// instead of `dead_letter` when set. Default `None`. Wire: extension tag 1.
+    pub dead_letter_exchange: Option<String>,
+    /// Routing key of dead letters sent to `dead_letter_exchange`; `None` keeps each message's
+    /// own routing key (as RabbitMQ). Default `None`; needs `dead_letter_exchange`. Wire:
+    /// extension tag 2.
+    pub dead_letter_routing_key: Option<String>,
 }
 
 impl Default for QueueConfig {
@@ -378,6 +385,8 @@ impl Default for QueueConfig {
             dead_letter: None,
             message_ttl_ms: None,
             rate_limit: None,
+            dead_letter_exchange: None,
+            dead_letter_routing_key: None,
         }
     }
 }
@@ -446,6 +455,22 @@ impl QueueConfig {
             }
             if dl == queue {
                 return invalid("dead_letter", "a queue cannot dead-letter into itself");
+            }
+        }
+        if let Some(x) = &self.dead_letter_exchange
+            && let Err(ProtoError::InvalidName { reason, .. }) = crate::validate_exchange_name(x)
+        {
+            return invalid("dead_letter_exchange", format!("{x:?}: {reason}"));
+        }
+        if let Some(k) = &self.dead_letter_routing_key {
+            if self.dead_letter_exchange.is_none() {
+                return invalid(
+                    "dead_letter_routing_key",
+                    "needs dead_letter_exchange (a dead-letter queue takes no routing key)",
+                );
+            }
+            if k.len() > crate::MAX_ROUTING_KEY_LEN {
+                return invalid("dead_letter_routing_key", "longer than 255 bytes");
             }
         }
         if let Some(ttl) = self.message_ttl_ms
@@ -531,6 +556,16 @@ impl QueueConfig {
         );
         let rate = |v: &Option<RateLimit>| v.map_or("none".into(), |rl| rl.to_string());
         cmp("rate_limit", rate(&self.rate_limit), rate(&r.rate_limit));
+        cmp(
+            "dead_letter_exchange",
+            name(&self.dead_letter_exchange),
+            name(&r.dead_letter_exchange),
+        );
+        cmp(
+            "dead_letter_routing_key",
+            name(&self.dead_letter_routing_key),
+            name(&r.dead_letter_routing_key),
+        );
         out
     }
 
@@ -545,13 +580,41 @@ impl QueueConfig {
     }
 }
 
+/// Set on the `order` byte when an extension section follows the config's version-1 fields: a
+/// `u8` count, then that many `(u8 tag, bytes16 value)` entries in ascending tag order. A config
+/// without extension fields encodes exactly as in protocol version 1 (so version-1 peers and
+/// catalog entries keep working). Tags: 1 = `dead_letter_exchange`, 2 =
+/// `dead_letter_routing_key` (routing); 16..=31 are set aside for the AMQP front end's fields and
+/// 32..=47 for operations' fields. An unknown tag is an error, never skipped (a catalog entry
+/// must not lose a setting).
+const ORDER_EXTENSIONS: u8 = 0x80;
+const EXT_DEAD_LETTER_EXCHANGE: u8 = 1;
+const EXT_DEAD_LETTER_ROUTING_KEY: u8 = 2;
+
+fn extensions(c: &QueueConfig) -> Vec<(u8, &[u8])> {
+    let mut ext: Vec<(u8, &[u8])> = Vec::new();
+    if let Some(x) = &c.dead_letter_exchange {
+        ext.push((EXT_DEAD_LETTER_EXCHANGE, x.as_bytes()));
+    }
+    if let Some(k) = &c.dead_letter_routing_key {
+        ext.push((EXT_DEAD_LETTER_ROUTING_KEY, k.as_bytes()));
+    }
+    ext
+}
+
 pub(crate) fn encode_config(dst: &mut BytesMut, c: &QueueConfig) -> Result<()> {
+    let ext = extensions(c);
     dst.put_u64_le(c.max_messages);
     dst.put_u64_le(c.max_bytes);
     dst.put_u8(c.overflow.wire());
-    dst.put_u8(match c.order {
+    let order = match c.order {
         Order::Fifo => 0,
         Order::Priority => 1,
+    };
+    dst.put_u8(if ext.is_empty() {
+        order
+    } else {
+        order | ORDER_EXTENSIONS
     });
     match c.durability {
         Durability::Memory => dst.put_u8(0),
@@ -592,7 +655,15 @@ pub(crate) fn encode_config(dst: &mut BytesMut, c: &QueueConfig) -> Result<()> {
         d.put_u32_le(rl.burst_msgs);
         d.put_u64_le(rl.burst_bytes);
         Ok(())
-    })
+    })?;
+    if !ext.is_empty() {
+        crate::wire::put_count8(dst, ext.len(), usize::from(u8::MAX), "config extensions")?;
+        for (tag, value) in ext {
+            dst.put_u8(tag);
+            crate::wire::put_bytes16(dst, value, "config extension")?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn decode_config(r: &mut Reader) -> Result<QueueConfig> {
@@ -607,7 +678,9 @@ pub(crate) fn decode_config(r: &mut Reader) -> Result<QueueConfig> {
             });
         }
     };
-    let order = match r.u8("order")? {
+    let order_byte = r.u8("order")?;
+    let has_ext = order_byte & ORDER_EXTENSIONS != 0;
+    let order = match order_byte & !ORDER_EXTENSIONS {
         0 => Order::Fifo,
         1 => Order::Priority,
         v => {
@@ -650,6 +723,33 @@ pub(crate) fn decode_config(r: &mut Reader) -> Result<QueueConfig> {
             burst_bytes: r.u64("burst_bytes")?,
         })
     })?;
+    let mut dead_letter_exchange = None;
+    let mut dead_letter_routing_key = None;
+    if has_ext {
+        let n = r.u8("config extensions")?;
+        let mut last = 0u8;
+        for _ in 0..n {
+            let tag = r.u8("config extension tag")?;
+            if tag <= last {
+                return Err(ProtoError::InvalidValue {
+                    what: "config extension tag (repeated or out of order)",
+                    value: tag.into(),
+                });
+            }
+            last = tag;
+            let value = r.str16("config extension")?;
+            match tag {
+                EXT_DEAD_LETTER_EXCHANGE => dead_letter_exchange = Some(value),
+                EXT_DEAD_LETTER_ROUTING_KEY => dead_letter_routing_key = Some(value),
+                other => {
+                    return Err(ProtoError::InvalidValue {
+                        what: "config extension tag",
+                        value: other.into(),
+                    });
+                }
+            }
+        }
+    }
     Ok(QueueConfig {
         max_messages,
         max_bytes,
@@ -661,5 +761,7 @@ pub(crate) fn decode_config(r: &mut Reader) -> Result<QueueConfig> {
         dead_letter,
         message_ttl_ms,
         rate_limit,
+        dead_letter_exchange,
+        dead_letter_routing_key,
     })
 }

@@ -40,6 +40,13 @@ pub enum ErrorCode {
     UnknownSubscription = 20,
     /// An ack / nack / reject named a delivery tag that is not outstanding.
     UnknownDeliveryTag = 21,
+    /// The named exchange does not exist.
+    UnknownExchange = 22,
+    /// `DeclareExchange` named an existing exchange with a different config; the message says
+    /// what differs.
+    ExchangeConfigMismatch = 23,
+    /// The exchange is in use: `DeleteExchange` with `if_unused` while it has bindings.
+    ExchangeInUse = 24,
     /// A publish to a `block` queue exceeded the publish credit granted for that queue.
     NoPublishCredit = 32,
     /// A message is larger than the queue or server accepts.
@@ -58,7 +65,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in ascending wire value.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -71,6 +78,9 @@ impl ErrorCode {
         ErrorCode::InvalidConfig,
         ErrorCode::UnknownSubscription,
         ErrorCode::UnknownDeliveryTag,
+        ErrorCode::UnknownExchange,
+        ErrorCode::ExchangeConfigMismatch,
+        ErrorCode::ExchangeInUse,
         ErrorCode::NoPublishCredit,
         ErrorCode::MessageTooLarge,
         ErrorCode::Throttled,
@@ -105,6 +115,9 @@ impl ErrorCode {
             ErrorCode::InvalidConfig => "invalid-config",
             ErrorCode::UnknownSubscription => "unknown-subscription",
             ErrorCode::UnknownDeliveryTag => "unknown-delivery-tag",
+            ErrorCode::UnknownExchange => "unknown-exchange",
+            ErrorCode::ExchangeConfigMismatch => "exchange-config-mismatch",
+            ErrorCode::ExchangeInUse => "exchange-in-use",
             ErrorCode::NoPublishCredit => "no-publish-credit",
             ErrorCode::MessageTooLarge => "message-too-large",
             ErrorCode::Throttled => "throttled",

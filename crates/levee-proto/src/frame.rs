@@ -20,6 +20,12 @@ use bytes::{Buf, BufMut, BytesMut};
 
 use crate::config::{QueueConfig, decode_config, encode_config};
 use crate::error::{ErrorCode, ProtoError};
+use crate::exchange::{
+    BINDING_MIN_LEN, Binding, EXCHANGE_INFO_MIN_LEN, ExchangeConfig, ExchangeInfo,
+    ROUTED_OUTCOME_MIN_LEN, RoutedOutcome, decode_binding, decode_exchange_config,
+    decode_exchange_info, decode_routed_outcome, encode_binding, encode_exchange_config,
+    encode_exchange_info, encode_routed_outcome, put_name,
+};
 use crate::message::{
     DELIVERY_MIN_LEN, Delivery, MESSAGE_MIN_LEN, Message, OUTCOME_MIN_LEN, PublishOutcome,
     QueueStats, decode_delivery, decode_error_code, decode_message, decode_outcome, decode_stats,
@@ -33,7 +39,7 @@ type Result<T> = std::result::Result<T, ProtoError>;
 /// First four bytes of a `Hello` body.
 pub const MAGIC: [u8; 4] = *b"LEVE";
 /// Highest protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Lowest protocol version this crate speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Bytes of the length prefix.
@@ -74,6 +80,20 @@ pub mod frame_type {
     pub const NACK: u8 = 0x34;
     /// Client `Reject`.
     pub const REJECT: u8 = 0x35;
+    /// Client `DeclareExchange` (protocol 2).
+    pub const DECLARE_EXCHANGE: u8 = 0x40;
+    /// Client `DeleteExchange` (protocol 2).
+    pub const DELETE_EXCHANGE: u8 = 0x41;
+    /// Client `Bind` (protocol 2).
+    pub const BIND: u8 = 0x42;
+    /// Client `Unbind` (protocol 2).
+    pub const UNBIND: u8 = 0x43;
+    /// Client `ListExchanges` (protocol 2).
+    pub const LIST_EXCHANGES: u8 = 0x44;
+    /// Client `ListBindings` (protocol 2).
+    pub const LIST_BINDINGS: u8 = 0x45;
+    /// Client `PublishRouted` (protocol 2).
+    pub const PUBLISH_ROUTED: u8 = 0x46;
 
     /// Server `Welcome`.
     pub const WELCOME: u8 = 0x81;
@@ -99,6 +119,14 @@ pub mod frame_type {
     pub const UNSUBSCRIBED: u8 = 0xb1;
     /// Server `Deliver`.
     pub const DELIVER: u8 = 0xb2;
+    /// Server `ExchangeOk` (protocol 2).
+    pub const EXCHANGE_OK: u8 = 0xc0;
+    /// Server `ExchangeList` (protocol 2).
+    pub const EXCHANGE_LIST: u8 = 0xc1;
+    /// Server `BindingList` (protocol 2).
+    pub const BINDING_LIST: u8 = 0xc2;
+    /// Server `RoutedConfirm` (protocol 2).
+    pub const ROUTED_CONFIRM: u8 = 0xc3;
 }
 use frame_type as ft;
 
@@ -317,6 +345,66 @@ pub enum ClientFrame {
         /// Delivery tags (at most [`MAX_TAGS`]).
         tags: Vec<u64>,
     },
+    /// Create an exchange, or check that an existing one has this config (`passive`: only check
+    /// that it exists, ignoring `config`). Reply `ExchangeOk`.
+    DeclareExchange {
+        /// Request id.
+        req: u64,
+        /// Exchange name.
+        exchange: String,
+        /// Config.
+        config: ExchangeConfig,
+        /// Only check that it exists.
+        passive: bool,
+    },
+    /// Delete an exchange and its bindings (`if_unused`: refused while it has bindings). Reply
+    /// `ExchangeOk`.
+    DeleteExchange {
+        /// Request id.
+        req: u64,
+        /// Exchange name.
+        exchange: String,
+        /// Refuse if it has bindings.
+        if_unused: bool,
+    },
+    /// Bind a queue to an exchange. Reply `ExchangeOk { created }` (false: it was bound already).
+    Bind {
+        /// Request id.
+        req: u64,
+        /// The binding.
+        binding: Binding,
+    },
+    /// Remove a binding. Reply `ExchangeOk { created }` (false: there was no such binding).
+    Unbind {
+        /// Request id.
+        req: u64,
+        /// The binding.
+        binding: Binding,
+    },
+    /// Ask for every exchange. Reply `ExchangeList`.
+    ListExchanges {
+        /// Request id.
+        req: u64,
+    },
+    /// Ask for the bindings of one exchange (or of all). Reply `BindingList`.
+    ListBindings {
+        /// Request id.
+        req: u64,
+        /// Only this exchange's.
+        exchange: Option<String>,
+    },
+    /// Publish a batch (at most [`MAX_BATCH`]) to an exchange with a routing key. Reply
+    /// `RoutedConfirm` with one outcome per message, in order.
+    PublishRouted {
+        /// Request id.
+        req: u64,
+        /// Exchange name (`""`: the default exchange, routing key = queue name).
+        exchange: String,
+        /// Routing key.
+        routing_key: String,
+        /// The messages.
+        messages: Vec<Message>,
+    },
 }
 
 /// A frame sent by the server.
@@ -400,6 +488,36 @@ pub enum ServerFrame {
     Deliver {
         /// The deliveries.
         deliveries: Vec<Delivery>,
+    },
+    /// Reply to `DeclareExchange`, `DeleteExchange`, `Bind` and `Unbind`.
+    ExchangeOk {
+        /// Request id.
+        req: u64,
+        /// Exchange name.
+        exchange: String,
+        /// Declare: created; delete: existed; bind: the binding is new; unbind: it existed.
+        created: bool,
+    },
+    /// Reply to `ListExchanges` (at most [`MAX_LIST`]).
+    ExchangeList {
+        /// Request id.
+        req: u64,
+        /// The exchanges, by name.
+        exchanges: Vec<ExchangeInfo>,
+    },
+    /// Reply to `ListBindings` (at most [`MAX_LIST`]).
+    BindingList {
+        /// Request id.
+        req: u64,
+        /// The bindings, sorted.
+        bindings: Vec<Binding>,
+    },
+    /// Reply to `PublishRouted`: `outcomes[i]` is the fate of `messages[i]`.
+    RoutedConfirm {
+        /// Request id.
+        req: u64,
+        /// One outcome per published message.
+        outcomes: Vec<RoutedOutcome>,
     },
 }
 
@@ -550,6 +668,13 @@ impl ClientFrame {
             ClientFrame::Ack { .. } => ft::ACK,
             ClientFrame::Nack { .. } => ft::NACK,
             ClientFrame::Reject { .. } => ft::REJECT,
+            ClientFrame::DeclareExchange { .. } => ft::DECLARE_EXCHANGE,
+            ClientFrame::DeleteExchange { .. } => ft::DELETE_EXCHANGE,
+            ClientFrame::Bind { .. } => ft::BIND,
+            ClientFrame::Unbind { .. } => ft::UNBIND,
+            ClientFrame::ListExchanges { .. } => ft::LIST_EXCHANGES,
+            ClientFrame::ListBindings { .. } => ft::LIST_BINDINGS,
+            ClientFrame::PublishRouted { .. } => ft::PUBLISH_ROUTED,
         }
     }
 
@@ -564,7 +689,14 @@ impl ClientFrame {
             | ClientFrame::Publish { req, .. }
             | ClientFrame::Produce { req, .. }
             | ClientFrame::Subscribe { req, .. }
-            | ClientFrame::Unsubscribe { req, .. } => Some(*req),
+            | ClientFrame::Unsubscribe { req, .. }
+            | ClientFrame::DeclareExchange { req, .. }
+            | ClientFrame::DeleteExchange { req, .. }
+            | ClientFrame::Bind { req, .. }
+            | ClientFrame::Unbind { req, .. }
+            | ClientFrame::ListExchanges { req }
+            | ClientFrame::ListBindings { req, .. }
+            | ClientFrame::PublishRouted { req, .. } => Some(*req),
             _ => None,
         }
     }
@@ -659,6 +791,52 @@ impl ClientFrame {
                 d.put_u64_le(*subscription);
                 d.put_u64_le(*delay_ms);
                 put_tags(d, tags)
+            }
+            ClientFrame::DeclareExchange {
+                req,
+                exchange,
+                config,
+                passive,
+            } => {
+                d.put_u64_le(*req);
+                put_name(d, exchange, "exchange name")?;
+                encode_exchange_config(d, config)?;
+                d.put_u8(u8::from(*passive));
+                Ok(())
+            }
+            ClientFrame::DeleteExchange {
+                req,
+                exchange,
+                if_unused,
+            } => {
+                d.put_u64_le(*req);
+                put_name(d, exchange, "exchange name")?;
+                d.put_u8(u8::from(*if_unused));
+                Ok(())
+            }
+            ClientFrame::Bind { req, binding } | ClientFrame::Unbind { req, binding } => {
+                d.put_u64_le(*req);
+                encode_binding(d, binding)
+            }
+            ClientFrame::ListExchanges { req } => {
+                d.put_u64_le(*req);
+                Ok(())
+            }
+            ClientFrame::ListBindings { req, exchange } => {
+                d.put_u64_le(*req);
+                put_option(d, exchange.as_ref(), |d, x| put_name(d, x, "exchange name"))
+            }
+            ClientFrame::PublishRouted {
+                req,
+                exchange,
+                routing_key,
+                messages,
+            } => {
+                d.put_u64_le(*req);
+                put_name(d, exchange, "exchange name")?;
+                put_name(d, routing_key, "routing key")?;
+                put_count32(d, messages.len(), MAX_BATCH, "publish batch")?;
+                messages.iter().try_for_each(|m| encode_message(d, m))
             }
         }
     }
@@ -771,6 +949,38 @@ impl ClientFrame {
                 subscription: r.u64("subscription")?,
                 tags: read_tags(r)?,
             },
+            ft::DECLARE_EXCHANGE => ClientFrame::DeclareExchange {
+                req: r.u64("request id")?,
+                exchange: r.str8("exchange name")?,
+                config: decode_exchange_config(r)?,
+                passive: r.bool("passive")?,
+            },
+            ft::DELETE_EXCHANGE => ClientFrame::DeleteExchange {
+                req: r.u64("request id")?,
+                exchange: r.str8("exchange name")?,
+                if_unused: r.bool("if_unused")?,
+            },
+            ft::BIND => ClientFrame::Bind {
+                req: r.u64("request id")?,
+                binding: decode_binding(r)?,
+            },
+            ft::UNBIND => ClientFrame::Unbind {
+                req: r.u64("request id")?,
+                binding: decode_binding(r)?,
+            },
+            ft::LIST_EXCHANGES => ClientFrame::ListExchanges {
+                req: r.u64("request id")?,
+            },
+            ft::LIST_BINDINGS => ClientFrame::ListBindings {
+                req: r.u64("request id")?,
+                exchange: r.option("exchange", |r| r.str8("exchange name"))?,
+            },
+            ft::PUBLISH_ROUTED => ClientFrame::PublishRouted {
+                req: r.u64("request id")?,
+                exchange: r.str8("exchange name")?,
+                routing_key: r.str8("routing key")?,
+                messages: r.vec32("publish batch", MAX_BATCH, MESSAGE_MIN_LEN, decode_message)?,
+            },
             other => return Err(ProtoError::UnknownFrameType(other)),
         })
     }
@@ -792,6 +1002,10 @@ impl ServerFrame {
             ServerFrame::Subscribed { .. } => ft::SUBSCRIBED,
             ServerFrame::Unsubscribed { .. } => ft::UNSUBSCRIBED,
             ServerFrame::Deliver { .. } => ft::DELIVER,
+            ServerFrame::ExchangeOk { .. } => ft::EXCHANGE_OK,
+            ServerFrame::ExchangeList { .. } => ft::EXCHANGE_LIST,
+            ServerFrame::BindingList { .. } => ft::BINDING_LIST,
+            ServerFrame::RoutedConfirm { .. } => ft::ROUTED_CONFIRM,
         }
     }
 
@@ -804,7 +1018,11 @@ impl ServerFrame {
             | ServerFrame::QueueList { req, .. }
             | ServerFrame::PublishConfirm { req, .. }
             | ServerFrame::Subscribed { req, .. }
-            | ServerFrame::Unsubscribed { req, .. } => Some(*req),
+            | ServerFrame::Unsubscribed { req, .. }
+            | ServerFrame::ExchangeOk { req, .. }
+            | ServerFrame::ExchangeList { req, .. }
+            | ServerFrame::BindingList { req, .. }
+            | ServerFrame::RoutedConfirm { req, .. } => Some(*req),
             _ => None,
         }
     }
@@ -888,6 +1106,35 @@ impl ServerFrame {
                 put_count32(d, deliveries.len(), MAX_BATCH, "deliver batch")?;
                 deliveries.iter().try_for_each(|x| encode_delivery(d, x))
             }
+            ServerFrame::ExchangeOk {
+                req,
+                exchange,
+                created,
+            } => {
+                d.put_u64_le(*req);
+                put_name(d, exchange, "exchange name")?;
+                d.put_u8(u8::from(*created));
+                Ok(())
+            }
+            ServerFrame::ExchangeList { req, exchanges } => {
+                d.put_u64_le(*req);
+                put_count32(d, exchanges.len(), MAX_LIST, "exchange list")?;
+                exchanges
+                    .iter()
+                    .try_for_each(|x| encode_exchange_info(d, x))
+            }
+            ServerFrame::BindingList { req, bindings } => {
+                d.put_u64_le(*req);
+                put_count32(d, bindings.len(), MAX_LIST, "binding list")?;
+                bindings.iter().try_for_each(|b| encode_binding(d, b))
+            }
+            ServerFrame::RoutedConfirm { req, outcomes } => {
+                d.put_u64_le(*req);
+                put_count32(d, outcomes.len(), MAX_BATCH, "routed outcomes")?;
+                outcomes
+                    .iter()
+                    .try_for_each(|o| encode_routed_outcome(d, o))
+            }
         }
     }
 
@@ -964,6 +1211,33 @@ impl ServerFrame {
                     MAX_BATCH,
                     DELIVERY_MIN_LEN,
                     decode_delivery,
+                )?,
+            },
+            ft::EXCHANGE_OK => ServerFrame::ExchangeOk {
+                req: r.u64("request id")?,
+                exchange: r.str8("exchange name")?,
+                created: r.bool("created")?,
+            },
+            ft::EXCHANGE_LIST => ServerFrame::ExchangeList {
+                req: r.u64("request id")?,
+                exchanges: r.vec32(
+                    "exchange list",
+                    MAX_LIST,
+                    EXCHANGE_INFO_MIN_LEN,
+                    decode_exchange_info,
+                )?,
+            },
+            ft::BINDING_LIST => ServerFrame::BindingList {
+                req: r.u64("request id")?,
+                bindings: r.vec32("binding list", MAX_LIST, BINDING_MIN_LEN, decode_binding)?,
+            },
+            ft::ROUTED_CONFIRM => ServerFrame::RoutedConfirm {
+                req: r.u64("request id")?,
+                outcomes: r.vec32(
+                    "routed outcomes",
+                    MAX_BATCH,
+                    ROUTED_OUTCOME_MIN_LEN,
+                    decode_routed_outcome,
                 )?,
             },
             other => return Err(ProtoError::UnknownFrameType(other)),

@@ -31,6 +31,7 @@
 
 mod config;
 mod error;
+mod exchange;
 mod frame;
 mod message;
 mod wire;
@@ -41,6 +42,11 @@ pub use config::{
     validate_queue_name,
 };
 pub use error::{ErrorCode, ProtoError};
+pub use exchange::{
+    Binding, DEFAULT_EXCHANGE, ExchangeConfig, ExchangeInfo, ExchangeKind, MAX_EXCHANGE_NAME_LEN,
+    MAX_ROUTING_KEY_LEN, PREDECLARED_EXCHANGES, RoutedOutcome, describe_arguments,
+    validate_exchange_name, validate_routing_key,
+};
 pub use frame::{
     ClientFrame, Credentials, FrameHeader, Hello, LEN_PREFIX, MAGIC, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION, QueueInfo, ServerFrame, Welcome, frame_type, negotiate_version,

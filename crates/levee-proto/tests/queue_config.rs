@@ -185,6 +185,8 @@ fn valid_edge_values_pass() {
             burst_msgs: 1,
             burst_bytes: 1,
         }),
+        dead_letter_exchange: Some("amq.topic".into()),
+        dead_letter_routing_key: Some("k".repeat(255)),
     };
     assert_eq!(c.validate("q"), Ok(()));
     let memory = QueueConfig {
@@ -305,6 +307,32 @@ fn an_fsync_policy_on_a_memory_queue_is_refused_by_the_shared_rule() {
         Durability::from_parts(Some("tape"), None),
         Err(ProtoError::InvalidConfig {
             field: "durability",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn dead_letter_exchange_settings_are_checked() {
+    let key_alone = QueueConfig {
+        dead_letter_routing_key: Some("k".into()),
+        ..QueueConfig::default()
+    };
+    assert!(matches!(
+        key_alone.validate("q"),
+        Err(ProtoError::InvalidConfig {
+            field: "dead_letter_routing_key",
+            ..
+        })
+    ));
+    let bad_name = QueueConfig {
+        dead_letter_exchange: Some("no spaces".into()),
+        ..QueueConfig::default()
+    };
+    assert!(matches!(
+        bad_name.validate("q"),
+        Err(ProtoError::InvalidConfig {
+            field: "dead_letter_exchange",
             ..
         })
     ));

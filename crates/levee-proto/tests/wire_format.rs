@@ -45,7 +45,7 @@ fn hello_layout() {
             0x01, // Hello
             b'L', b'E', b'V', b'E', // magic
             1, 0, // min version
-            1, 0, // max version
+            2, 0, // max version
             1, 0, b'c', // client name
             0,    // no credentials
         ]
@@ -206,6 +206,9 @@ fn error_codes_are_stable() {
             (19, "invalid-config"),
             (20, "unknown-subscription"),
             (21, "unknown-delivery-tag"),
+            (22, "unknown-exchange"),
+            (23, "exchange-config-mismatch"),
+            (24, "exchange-in-use"),
             (32, "no-publish-credit"),
             (33, "message-too-large"),
             (34, "throttled"),
@@ -283,4 +286,28 @@ fn client_and_server_frame_types_do_not_overlap() {
         frame_type::DELIVER,
     ];
     assert!(server_types.iter().all(|t| *t >= 0x80));
+}
+
+#[test]
+fn a_config_without_extensions_encodes_as_in_version_1_and_one_with_them_is_flagged() {
+    let plain = QueueConfig::default();
+    let mut routed = plain.clone();
+    routed.dead_letter_exchange = Some("x".into());
+    let a = client(&ClientFrame::Declare {
+        req: 0,
+        queue: "q".into(),
+        config: plain,
+    });
+    let b = client(&ClientFrame::Declare {
+        req: 0,
+        queue: "q".into(),
+        config: routed,
+    });
+    // length, type, req, name, max_messages, max_bytes, overflow: then the order byte.
+    let order_at = 4 + 1 + 8 + 2 + 8 + 8 + 1;
+    assert_eq!(a[order_at], 0);
+    assert_eq!(b[order_at], 0x80);
+    // One extension entry: count 1, tag 1, length 1, "x".
+    assert_eq!(&b[b.len() - 5..], &[1, 1, 1, 0, b'x']);
+    assert_eq!(b.len(), a.len() + 5);
 }

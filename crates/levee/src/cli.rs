@@ -103,7 +103,7 @@ impl Conn {
             .unwrap_or_else(|| DEFAULT_ADDR.to_string())
     }
 
-    async fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) async fn client(&self) -> anyhow::Result<Client> {
         let opts = ClientOptions {
             name: "levee-cli".into(),
             reconnect: None,
@@ -168,7 +168,7 @@ pub(crate) struct QueueArgs {
 #[derive(Subcommand, Debug)]
 pub(crate) enum QueueCmd {
     /// Create a queue, or check that the existing one has the settings given.
-    Declare(DeclareArgs),
+    Declare(Box<DeclareArgs>),
     /// List queue names.
     #[command(after_help = "Example:\n  levee queue list --json | jq -r '.[]'")]
     List {
@@ -267,6 +267,13 @@ pub(crate) struct DeclareArgs {
     /// Time-to-live of messages that have none of their own [default: none].
     #[arg(long, alias = "ttl", value_name = "DURATION", value_parser = parse_millis)]
     pub ttl_ms: Option<u64>,
+    /// Exchange receiving dead letters instead of --dead-letter (it need not exist yet)
+    /// [default: none].
+    #[arg(long, value_name = "EXCHANGE")]
+    pub dead_letter_exchange: Option<String>,
+    /// Routing key of dead letters sent to --dead-letter-exchange [default: each message's own].
+    #[arg(long, value_name = "KEY", requires = "dead_letter_exchange")]
+    pub dead_letter_routing_key: Option<String>,
     /// Publish rate limit in messages per second, burst one second's worth [default: none].
     #[arg(long, value_name = "N")]
     pub rate_msgs: Option<u32>,
@@ -326,6 +333,12 @@ impl DeclareArgs {
         }
         if let Some(v) = self.ttl_ms {
             c.message_ttl_ms = Some(v);
+        }
+        if let Some(v) = &self.dead_letter_exchange {
+            c.dead_letter_exchange = Some(v.clone());
+        }
+        if let Some(v) = &self.dead_letter_routing_key {
+            c.dead_letter_routing_key = Some(v.clone());
         }
         if self.rate_msgs.is_some() || self.rate_bytes.is_some() {
             let mut rl = c.rate_limit.unwrap_or_default();
@@ -455,6 +468,13 @@ pub(crate) fn render_config(c: &QueueConfig) -> String {
             .to_string()),
         rate(rl.bytes_per_sec, rl.burst_bytes, format_size),
     ));
+    // Shown only when set, so the line of a queue without them reads as before.
+    if let Some(x) = &c.dead_letter_exchange {
+        out.push_str(&format!(" dead_letter_exchange={x}"));
+        if let Some(k) = &c.dead_letter_routing_key {
+            out.push_str(&format!(" dead_letter_routing_key={k}"));
+        }
+    }
     out
 }
 
@@ -571,8 +591,9 @@ impl std::fmt::Display for Ranges {
     levee publish prices --key EURUSD 1.0842 --ttl 10s"
 )]
 pub(crate) struct PublishArgs {
-    /// Queue name.
-    pub queue: String,
+    /// Queue name (with --exchange: the first message).
+    #[arg(required_unless_present = "exchange")]
+    pub queue: Option<String>,
     /// Messages to publish; with none, one message per line of standard input, published as
     /// each line arrives (or generated payloads with --count).
     pub messages: Vec<String>,
@@ -597,12 +618,21 @@ pub(crate) struct PublishArgs {
     /// Exit 0 even when the broker dropped or rejected some messages.
     #[arg(long)]
     pub allow_drops: bool,
+    /// Publish to this exchange instead of a queue ("" is the default exchange).
+    #[arg(long, value_name = "EXCHANGE")]
+    pub exchange: Option<String>,
+    /// Routing key of messages published to --exchange [default: empty].
+    #[arg(long, value_name = "KEY", requires = "exchange", default_value = "")]
+    pub routing_key: String,
+    /// A header on every message, NAME=VALUE (repeatable; headers exchanges match on them).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
     #[command(flatten)]
     pub conn: Conn,
 }
 
 /// Where `publish` takes its payloads from.
-enum Source {
+pub(crate) enum Source {
     /// Arguments or generated payloads.
     Iter(Box<dyn Iterator<Item = Bytes> + Send>),
     /// Lines of standard input, read by a thread as they arrive.
@@ -613,7 +643,7 @@ impl Source {
     /// Lines read ahead of the producer; bounds the memory of a fast input behind a slow queue.
     const STDIN_AHEAD: usize = 256;
 
-    fn stdin() -> Source {
+    pub(crate) fn stdin() -> Source {
         let (tx, rx) = tokio::sync::mpsc::channel(Self::STDIN_AHEAD);
         std::thread::spawn(move || {
             let stdin = std::io::stdin();
@@ -628,7 +658,7 @@ impl Source {
     }
 
     /// The next payload; `None` at the end. Cancel-safe.
-    async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+    pub(crate) async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
         match self {
             Source::Iter(it) => it.next().map(Ok),
             Source::Stdin(rx) => rx.recv().await,
@@ -716,6 +746,11 @@ impl Tally {
 /// `levee publish`: prints one summary line of outcomes (stdout when it ran to the end, stderr
 /// with the reason when it was cut short).
 pub(crate) async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<Outcome> {
+    if args.exchange.is_some() {
+        return crate::cli_routing::publish(conn, args).await;
+    }
+    let queue = args.queue.clone().unwrap_or_default();
+    let headers = crate::cli_routing::parse_headers(&args.headers)?;
     let mut sigint = Interrupt::install()?;
     let mut source = if !args.messages.is_empty() {
         let given: Vec<Bytes> = args
@@ -735,9 +770,7 @@ pub(crate) async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<Ou
         Source::stdin()
     };
     let client = conn.client().await?;
-    let producer = client
-        .producer(&args.queue, ProducerOptions::default())
-        .await?;
+    let producer = client.producer(&queue, ProducerOptions::default()).await?;
     let started = Instant::now();
     let interval = args
         .rate
@@ -787,6 +820,7 @@ pub(crate) async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<Ou
         if let Some(ttl) = args.ttl_ms {
             m = m.with_ttl_ms(ttl);
         }
+        m.headers.clone_from(&headers);
         // Admission: window room and, on a block queue, publish credit.
         let publishing = producer.publish(m);
         tokio::pin!(publishing);
@@ -841,7 +875,7 @@ pub(crate) async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<Ou
     let secs = started.elapsed().as_secs_f64();
     let unconfirmed = Ranges::from_sorted(t.pending.iter().copied());
     let report_cut_short = |why: &str| {
-        eprintln!("levee: {why}: {}", t.line(&args.queue, secs));
+        eprintln!("levee: {why}: {}", t.line(&queue, secs));
         if !unconfirmed.is_empty() || !t.lost_ids.is_empty() {
             let mut ids = t.lost_ids.to_string();
             if !unconfirmed.is_empty() {
@@ -855,7 +889,7 @@ pub(crate) async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<Ou
     };
     let outcome = match stop {
         Stop::EndOfInput if t.lost == 0 => {
-            println!("{}", t.line(&args.queue, secs));
+            println!("{}", t.line(&queue, secs));
             Outcome::Done
         }
         Stop::EndOfInput => {

@@ -3,7 +3,8 @@
 //! - `levee serve`: runs the broker (zero-config: data in `./levee-data`, wire protocol on
 //!   127.0.0.1:5680, HTTP API / metrics / dashboard on 127.0.0.1:5681).
 //! - `levee queue declare|list|inspect|purge|delete`, `levee publish`, `levee consume`,
-//!   `levee stats`: client commands against `--addr` (or `LEVEE_ADDR`), given before or after
+//!   `levee stats`, `levee exchange declare|list|bindings|delete`, `levee bind`, `levee unbind`:
+//!   client commands against `--addr` (or `LEVEE_ADDR`), given before or after
 //!   the subcommand. `serve` and `bench` refuse it (`serve` listens on `--listen`).
 //! - `levee bench`: end-to-end benchmarks.
 //!
@@ -12,6 +13,7 @@
 
 mod bench;
 mod cli;
+mod cli_routing;
 mod serve;
 mod units;
 
@@ -103,6 +105,12 @@ enum Command {
     Publish(cli::PublishArgs),
     /// Consume messages, printing or counting them.
     Consume(cli::ConsumeArgs),
+    /// Administer exchanges.
+    Exchange(cli_routing::ExchangeArgs),
+    /// Bind a queue to an exchange.
+    Bind(cli_routing::BindArgs),
+    /// Remove a binding.
+    Unbind(cli_routing::BindArgs),
     /// Show queue statistics.
     Stats(cli::StatsArgs),
     /// Benchmark a broker (levee, rabbitmq, nats) end to end: throughput, latency, server RSS.
@@ -201,6 +209,11 @@ fn run() -> anyhow::Result<cli::Outcome> {
             Command::Queue(q) => cli::queue(&cli::Conn::from(&q.conn).or(&cli.conn), q.cmd).await,
             Command::Publish(args) => cli::publish(&args.conn.or(&cli.conn), args).await,
             Command::Consume(args) => cli::consume(&args.conn.or(&cli.conn), args).await,
+            Command::Exchange(x) => {
+                cli_routing::exchange(&cli::Conn::from(&x.conn).or(&cli.conn), x.cmd).await
+            }
+            Command::Bind(args) => cli_routing::bind(&args.conn.or(&cli.conn), args, false).await,
+            Command::Unbind(args) => cli_routing::bind(&args.conn.or(&cli.conn), args, true).await,
             Command::Stats(args) => cli::stats(&args.conn.or(&cli.conn), args).await,
             Command::Bench(args) => bench::run(args).await.map(|()| cli::Outcome::Done),
             Command::Completions { .. } | Command::Man { .. } => Ok(cli::Outcome::Done),

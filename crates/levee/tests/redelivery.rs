@@ -194,9 +194,10 @@ async fn a_nack_with_delay_redelivers_later_and_ttl_expires_waiting_messages() {
     assert!(s.is_balanced());
 }
 
-/// Dead-lettering adds three `x-death-*` headers: a published message may carry at most 61 others,
-/// a message with more is refused at publish with a clear reason, and a message dead-lettered
-/// twice has its `x-death-*` headers replaced, not repeated, so its delivery always encodes.
+/// Dead-lettering adds three `x-death-*` headers and routing two `x-levee-*` ones: a published
+/// message may carry at most 59 others, a message with more is refused at publish with a clear
+/// reason, and a message dead-lettered twice has its `x-death-*` headers replaced, not repeated,
+/// so its delivery always encodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_lettering_always_has_room_for_its_headers() {
     let server = Server::start();
@@ -219,16 +220,16 @@ async fn dead_lettering_always_has_room_for_its_headers() {
             m.with_header(format!("h{i}"), b"v".to_vec())
         })
     };
-    match p.send(with_headers(1, 62)).await {
+    match p.send(with_headers(1, 60)).await {
         Err(levee_client::ClientError::Rejected { code, reason }) => {
             assert_eq!(code, levee_proto::ErrorCode::MessageTooLarge);
-            assert!(reason.contains("62 headers"), "{reason}");
+            assert!(reason.contains("60 headers"), "{reason}");
         }
-        other => panic!("62 headers must be refused at publish, got {other:?}"),
+        other => panic!("60 headers must be refused at publish, got {other:?}"),
     }
-    p.send(with_headers(2, 61)).await.unwrap();
+    p.send(with_headers(2, 59)).await.unwrap();
 
-    // Rejected in "work", then again in "dlq": it reaches "last" with 64 headers.
+    // Rejected in "work", then again in "dlq": it reaches "last" with 62 headers.
     for queue in ["work", "dlq"] {
         let mut consumer = c.consumer(queue, one()).await.unwrap();
         let d = next(&mut consumer).await;
@@ -239,7 +240,7 @@ async fn dead_lettering_always_has_room_for_its_headers() {
     let mut last = c.consumer("last", one()).await.unwrap();
     let d = next(&mut last).await;
     assert_eq!(id_of(d.payload()), 2);
-    assert_eq!(d.message().headers.len(), 64);
+    assert_eq!(d.message().headers.len(), 62);
     assert_eq!(header(&d, "x-death-queue"), Some(&b"dlq"[..]));
     assert_eq!(header(&d, "x-death-reason"), Some(&b"rejected"[..]));
     let s = c.inspect("work").await.unwrap().stats;

@@ -55,8 +55,11 @@ impl HttpError {
             HttpError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::NoRoute(_) => StatusCode::NOT_FOUND,
             HttpError::Broker(e) => match e.code() {
-                ErrorCode::UnknownQueue => StatusCode::NOT_FOUND,
-                ErrorCode::QueueConfigMismatch => StatusCode::CONFLICT,
+                ErrorCode::UnknownQueue | ErrorCode::UnknownExchange => StatusCode::NOT_FOUND,
+                ErrorCode::QueueConfigMismatch
+                | ErrorCode::ExchangeConfigMismatch
+                | ErrorCode::ExchangeInUse => StatusCode::CONFLICT,
+                ErrorCode::AccessDenied => StatusCode::FORBIDDEN,
                 ErrorCode::InvalidName | ErrorCode::InvalidConfig => StatusCode::BAD_REQUEST,
                 ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
                 // Every other code (and any levee-proto adds: non_exhaustive) is a failure the

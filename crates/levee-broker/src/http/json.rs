@@ -41,6 +41,8 @@ struct ConfigBody {
     dead_letter: Option<String>,
     message_ttl_ms: Option<u64>,
     rate_limit: Option<RateLimitBody>,
+    dead_letter_exchange: Option<String>,
+    dead_letter_routing_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +128,8 @@ pub fn config_from_json(body: &[u8]) -> Result<QueueConfig, HttpError> {
         dead_letter: body.dead_letter,
         message_ttl_ms: body.message_ttl_ms,
         rate_limit,
+        dead_letter_exchange: body.dead_letter_exchange,
+        dead_letter_routing_key: body.dead_letter_routing_key,
     })
 }
 
@@ -164,6 +168,8 @@ struct ConfigView<'a> {
     dead_letter: Option<&'a str>,
     message_ttl_ms: Option<u64>,
     rate_limit: Option<RateLimitView>,
+    dead_letter_exchange: Option<&'a str>,
+    dead_letter_routing_key: Option<&'a str>,
 }
 
 impl<'a> From<&'a QueueConfig> for ConfigView<'a> {
@@ -200,6 +206,8 @@ impl<'a> From<&'a QueueConfig> for ConfigView<'a> {
                 burst_msgs: r.burst_msgs,
                 burst_bytes: r.burst_bytes,
             }),
+            dead_letter_exchange: c.dead_letter_exchange.as_deref(),
+            dead_letter_routing_key: c.dead_letter_routing_key.as_deref(),
         }
     }
 }

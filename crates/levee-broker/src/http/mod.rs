@@ -7,6 +7,7 @@
 //!   answering 201 created, 200 existed with this config, 409 exists with another config (with
 //!   the differences), 400 invalid; `DELETE /api/queues/{name}`;
 //!   `POST /api/queues/{name}/purge`;
+//! - `/api/exchanges…`: exchanges, bindings and publishing to an exchange (see `exchanges`);
 //! - `GET /metrics`: Prometheus text exposition format 0.0.4;
 //! - `GET /`: a self-contained HTML dashboard (no external assets) polling `/api/queues`.
 //!
@@ -47,12 +48,14 @@ use crate::broker::Broker;
 use crate::error::BrokerError;
 
 mod error;
+mod exchanges;
 mod json;
 mod metrics;
 mod snapshot;
 
 pub use error::HttpError;
 use error::{json_response, json_text_response};
+pub use exchanges::{PUBLISH_WAIT, exchange_to_json, outcome_to_json};
 pub use json::{config_from_json, config_to_json, render_queues_json};
 use metrics::render_limits;
 pub use metrics::{PROMETHEUS_CONTENT_TYPE, render_metrics};
@@ -150,6 +153,7 @@ async fn metrics(State(broker): State<Broker>) -> Response {
     let failed: Vec<String> = failed.into_iter().map(|(name, _)| name).collect();
     let mut text = render_metrics(&ok, &failed);
     render_limits(&mut text, &broker);
+    exchanges::render_exchange_metrics(&mut text, &broker);
     let mut resp = text.into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -180,6 +184,7 @@ pub fn router(broker: Broker) -> Router {
             get(get_queue).put(put_queue).delete(delete_queue),
         )
         .route("/api/queues/{name}/purge", post(purge_queue))
+        .merge(exchanges::routes())
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(broker)

@@ -25,7 +25,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -38,11 +37,14 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
-use crate::actor::{Cmd, InFlight};
+use crate::actor::{Cmd, ConfirmTo, InFlight};
 use crate::broker::Broker;
 use crate::error::BrokerError;
 use crate::net::limits::{FrameReservation, Limits, UNRESERVED_FRAME};
 use crate::outbox::{ConnRx, ConnTx, conn_channel};
+use crate::routing::RoutedPublisher;
+
+mod routing;
 
 /// Writes frames from the channel, coalescing whatever is queued into one write, and reports
 /// to each subscription's queue which deliveries were written. A peer that does not take the
@@ -111,6 +113,8 @@ struct Conn {
     /// told the producer is gone, so its held publishes are discarded. Bounded by the number of
     /// queues.
     producing: HashMap<String, mpsc::UnboundedSender<Cmd>>,
+    /// Publishes to exchanges (created at the first one; see `conn::routing`).
+    routed: Option<RoutedPublisher>,
 }
 
 impl Conn {
@@ -322,6 +326,13 @@ impl Conn {
                     let _ = self.send_to(q, Cmd::Reject(subscription, tags));
                 }
             }
+            frame @ (ClientFrame::DeclareExchange { .. }
+            | ClientFrame::DeleteExchange { .. }
+            | ClientFrame::Bind { .. }
+            | ClientFrame::Unbind { .. }
+            | ClientFrame::ListExchanges { .. }
+            | ClientFrame::ListBindings { .. }
+            | ClientFrame::PublishRouted { .. }) => self.handle_exchange(frame).await,
             // levee-proto's `ClientFrame` is non_exhaustive: a frame this server does not know is
             // answered with an explicit error, never ignored.
             _ => {
@@ -340,17 +351,7 @@ impl Conn {
         let messages: Vec<levee_proto::Message> = messages.into_iter().map(detach).collect();
         let n = messages.len() as u64;
         let bytes: u64 = messages.iter().map(|m| m.payload.len() as u64).sum();
-        let cfg = self.broker.config();
-        let held_msgs = self.in_flight.messages.load(Ordering::Acquire);
-        let held_bytes = self.in_flight.bytes.load(Ordering::Acquire);
-        if held_msgs + n > cfg.max_in_flight_messages
-            || (held_bytes + bytes > cfg.max_in_flight_bytes && held_msgs > 0)
-        {
-            let reason = format!(
-                "too many unconfirmed publishes on this connection ({held_msgs} messages, \
-                 {held_bytes} bytes; limits {} and {}): wait for confirms",
-                cfg.max_in_flight_messages, cfg.max_in_flight_bytes
-            );
+        if let Some(reason) = self.in_flight.refusal(self.broker.config(), n, bytes) {
             let outcomes = (0..n)
                 .map(|_| PublishOutcome::Rejected {
                     code: ErrorCode::NoPublishCredit,
@@ -370,18 +371,19 @@ impl Conn {
                 Err(e) => return self.error(req, &e),
             },
         };
-        self.in_flight.messages.fetch_add(n, Ordering::AcqRel);
-        self.in_flight.bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.in_flight.charge(n, bytes);
         let cmd = Cmd::Publish {
             producer: self.id,
             req,
             messages,
-            conn: self.tx.clone(),
-            in_flight: self.in_flight.clone(),
+            confirm_to: ConfirmTo::Conn {
+                conn: self.tx.clone(),
+                in_flight: self.in_flight.clone(),
+            },
+            credited: true,
         };
         if qtx.send(cmd).is_err() {
-            self.in_flight.messages.fetch_sub(n, Ordering::AcqRel);
-            self.in_flight.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.in_flight.release(n, bytes);
             self.error(req, &BrokerError::UnknownQueue(queue));
         }
     }
@@ -396,6 +398,8 @@ impl Conn {
         for (_, tx) in self.producing.drain() {
             let _ = tx.send(Cmd::RemoveProducer(self.id));
         }
+        // Its queues discard what they still hold of its routed publishes.
+        self.routed = None;
     }
 }
 
@@ -588,6 +592,7 @@ pub(crate) async fn serve(broker: Broker, stream: TcpStream) -> Result<(), Broke
         in_flight: Arc::new(InFlight::default()),
         subs: HashMap::new(),
         producing: HashMap::new(),
+        routed: None,
     };
     let id = conn.id;
     tracing::debug!(conn = id, %peer, client = %hello.client_name, "client connected");

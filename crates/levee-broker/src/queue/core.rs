@@ -32,8 +32,8 @@ use levee_store::{Appended, Backend, Durability, LogConfig, NewMessage, QueueLog
 
 use super::confirms::{Completed, Confirms, SessionId, token};
 use super::{
-    ConsumerId, DEATH_HEADERS, DELIVERY_OVERHEAD, Effect, Outgoing, ProducerId, QueueState,
-    SettleError,
+    ConsumerId, DEATH_HEADERS, DELIVERY_OVERHEAD, DeadLetterTarget, Effect, Outgoing, ProducerId,
+    QueueState, SettleError,
 };
 use crate::storage::{from_record, retriable, storage_code, to_record, to_settlement};
 
@@ -72,10 +72,10 @@ pub enum Output {
         /// Messages.
         n: u32,
     },
-    /// Publish this message to the dead-letter queue `target`.
+    /// Publish this message to the dead-letter queue or exchange `target`.
     DeadLetter {
-        /// The target queue.
-        target: String,
+        /// The target queue or exchange.
+        target: DeadLetterTarget,
         /// The message, with its `x-death-*` headers.
         message: Message,
     },
@@ -242,12 +242,24 @@ impl QueueCore {
     // ---- publishing -------------------------------------------------------------------------
 
     /// A publish request of `session` (a producer: its connection).
-    pub fn publish(&mut self, now: u64, session: SessionId, req: u64, messages: Vec<Message>) {
+    ///
+    /// `credited`: the publisher works within publish credit (a native `Publish`): on a `block`
+    /// queue a publish without enough credit is refused. Uncredited publishes (routed through an
+    /// exchange) need none: on a full `block` queue they are held until room frees, bounded by
+    /// their publisher's in-flight limits.
+    pub fn publish(
+        &mut self,
+        now: u64,
+        session: SessionId,
+        req: u64,
+        messages: Vec<Message>,
+        credited: bool,
+    ) {
         let n = messages.len();
         let bytes: u64 = messages.iter().map(|m| m.payload.len() as u64).sum();
         let slot = self.confirms.open(session, req, n, bytes);
         let mut stored: Vec<(u64, Message)> = Vec::new();
-        let credit_ok = self.state.has_credit(session, n as u32);
+        let credit_ok = !credited || self.state.has_credit(session, n as u32);
         let keep = self.disk.is_some();
         for (i, m) in messages.into_iter().enumerate() {
             if !credit_ok {
@@ -728,7 +740,7 @@ impl QueueCore {
                         "x-delivery-count".into(),
                         Bytes::from(deliveries.to_string()),
                     ));
-                    if target == self.name {
+                    if target == DeadLetterTarget::Queue(self.name.clone()) {
                         tracing::warn!(queue = %self.name, "a queue cannot be its own dead-letter queue: message dropped");
                     } else {
                         self.outputs

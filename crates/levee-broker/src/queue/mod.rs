@@ -111,6 +111,35 @@ impl DeadLetterReason {
     }
 }
 
+/// Where a queue's dead letters go: its `dead_letter_exchange` when set (routed with its
+/// `dead_letter_routing_key`, or the message's own routing key), else its `dead_letter` queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterTarget {
+    /// A queue, by name.
+    Queue(String),
+    /// An exchange, by name, with the routing key to use (`None`: the message's own).
+    Exchange {
+        /// The exchange.
+        exchange: String,
+        /// The routing key (`None`: the message's original one).
+        routing_key: Option<String>,
+    },
+}
+
+impl DeadLetterTarget {
+    /// The target a queue's config names, if any.
+    pub fn of(config: &QueueConfig) -> Option<DeadLetterTarget> {
+        match (&config.dead_letter_exchange, &config.dead_letter) {
+            (Some(x), _) => Some(DeadLetterTarget::Exchange {
+                exchange: x.clone(),
+                routing_key: config.dead_letter_routing_key.clone(),
+            }),
+            (None, Some(q)) => Some(DeadLetterTarget::Queue(q.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
 /// Something the queue actor must do on the state machine's behalf.
 #[derive(Debug, Clone)]
 pub enum Effect {
@@ -133,8 +162,8 @@ pub enum Effect {
     DeadLetter {
         /// The message's sequence number here.
         seq: u64,
-        /// The target queue.
-        target: String,
+        /// The target queue or exchange.
+        target: DeadLetterTarget,
         /// The message (or `None`: read it from the log by `seq` first).
         message: Option<Message>,
         /// Why.
@@ -288,14 +317,23 @@ fn flow_overflow(o: Overflow) -> policy::Overflow {
 /// encoding a delivery cannot fail on its header count.
 pub const DEATH_HEADERS: [&str; 3] = ["x-death-reason", "x-death-queue", "x-delivery-count"];
 
+/// Headers the broker sets on a message routed through an exchange: the exchange it was
+/// published to and its routing key (kept so that dead-lettering through an exchange can reuse
+/// the original routing key). Existing headers of these names are replaced, so they count
+/// against the header limit like [`DEATH_HEADERS`] do.
+pub const ROUTING_HEADERS: [&str; 2] = ["x-levee-exchange", "x-levee-routing-key"];
+
 /// Most headers a published message may carry besides [`DEATH_HEADERS`].
-pub const MAX_USER_HEADERS: usize = levee_proto::MAX_HEADERS - DEATH_HEADERS.len();
+pub const MAX_USER_HEADERS: usize =
+    levee_proto::MAX_HEADERS - DEATH_HEADERS.len() - ROUTING_HEADERS.len();
 
 /// Headers of `m` that count against [`MAX_USER_HEADERS`].
 pub fn user_headers(m: &Message) -> usize {
     m.headers
         .iter()
-        .filter(|(n, _)| !DEATH_HEADERS.contains(&n.as_str()))
+        .filter(|(n, _)| {
+            !DEATH_HEADERS.contains(&n.as_str()) && !ROUTING_HEADERS.contains(&n.as_str())
+        })
         .count()
 }
 
@@ -520,8 +558,8 @@ impl QueueState {
                 ErrorCode::MessageTooLarge,
                 format!(
                     "message has {headers} headers; at most {MAX_USER_HEADERS} are allowed \
-                     ({} are reserved for dead-lettering)",
-                    DEATH_HEADERS.len()
+                     ({} are reserved for dead-lettering and routing)",
+                    DEATH_HEADERS.len() + ROUTING_HEADERS.len()
                 ),
             ));
         }
@@ -1037,7 +1075,7 @@ impl QueueState {
     /// Settles `seq` as dead-lettered (emitting the move) or, with no dead-letter queue, as
     /// dropped (rejected, max deliveries) or expired.
     fn dead_letter(&mut self, seq: u64, queued: Queued, reason: DeadLetterReason) {
-        if let Some(target) = self.config.dead_letter.clone() {
+        if let Some(target) = DeadLetterTarget::of(&self.config) {
             self.counters.dead_lettered += 1;
             self.effects.push(Effect::DeadLetter {
                 seq,

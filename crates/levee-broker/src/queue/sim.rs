@@ -248,7 +248,7 @@ impl Sim {
             ids.push(id);
             messages.push(m);
         }
-        self.core.publish(self.now, session, req, messages);
+        self.core.publish(self.now, session, req, messages, true);
         self.published.extend(ids.iter().copied());
         self.requests.insert((session, req), ids);
     }

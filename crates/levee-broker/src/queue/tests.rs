@@ -196,7 +196,7 @@ fn max_deliveries_sends_to_the_dead_letter_queue_with_the_reason() {
     assert!(dispatch(&mut q, 0).is_empty());
     let effects = q.take_effects();
     assert!(effects.iter().any(|e| matches!(e,
-        Effect::DeadLetter { target, reason: DeadLetterReason::MaxDeliveries, deliveries: 2, .. } if target == "dlq")));
+        Effect::DeadLetter { target, reason: DeadLetterReason::MaxDeliveries, deliveries: 2, .. } if *target == DeadLetterTarget::Queue("dlq".into()))));
     let s = q.stats();
     assert_eq!(s.dead_lettered, 1);
     assert!(s.is_balanced());

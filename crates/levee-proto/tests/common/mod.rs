@@ -65,19 +65,60 @@ pub(crate) fn queue_config() -> impl Strategy<Value = QueueConfig> {
         option::of(name()),
         option::of(any::<u64>()),
         option::of(rate_limit()),
+        (option::of(name()), option::of(name())),
     )
-        .prop_map(|(mm, mb, ov, or, du, at, md, dl, ttl, rl)| QueueConfig {
-            max_messages: mm,
-            max_bytes: mb,
-            overflow: ov,
-            order: or,
-            durability: du,
-            ack_timeout_ms: at,
-            max_deliveries: md,
-            dead_letter: dl,
-            message_ttl_ms: ttl,
-            rate_limit: rl,
-        })
+        .prop_map(
+            |(mm, mb, ov, or, du, at, md, dl, ttl, rl, (dlx, dlk))| QueueConfig {
+                max_messages: mm,
+                max_bytes: mb,
+                overflow: ov,
+                order: or,
+                durability: du,
+                ack_timeout_ms: at,
+                max_deliveries: md,
+                dead_letter: dl,
+                message_ttl_ms: ttl,
+                rate_limit: rl,
+                dead_letter_exchange: dlx,
+                dead_letter_routing_key: dlk,
+            },
+        )
+}
+
+pub(crate) fn exchange_config() -> impl Strategy<Value = ExchangeConfig> {
+    (
+        prop::sample::select(ExchangeKind::ALL.to_vec()),
+        any::<(bool, bool, bool)>(),
+        vec((name(), blob(8)), 0..4),
+    )
+        .prop_map(
+            |(kind, (durable, auto_delete, internal), arguments)| ExchangeConfig {
+                kind,
+                durable,
+                auto_delete,
+                internal,
+                arguments,
+            },
+        )
+}
+
+pub(crate) fn binding() -> impl Strategy<Value = Binding> {
+    (name(), name(), name(), vec((name(), blob(8)), 0..4)).prop_map(
+        |(exchange, queue, key, arguments)| Binding {
+            exchange,
+            queue,
+            key,
+            arguments,
+        },
+    )
+}
+
+pub(crate) fn routed_outcome() -> impl Strategy<Value = RoutedOutcome> {
+    prop_oneof![
+        Just(RoutedOutcome::Unroutable),
+        (any::<u32>(), outcome())
+            .prop_map(|(targets, outcome)| RoutedOutcome::Routed { targets, outcome }),
+    ]
 }
 
 pub(crate) fn message() -> impl Strategy<Value = Message> {
@@ -229,6 +270,34 @@ pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
         ),
         (any::<u64>(), vec(any::<u64>(), 0..20))
             .prop_map(|(subscription, tags)| ClientFrame::Reject { subscription, tags }),
+        (any::<u64>(), name(), exchange_config(), any::<bool>()).prop_map(
+            |(req, exchange, config, passive)| ClientFrame::DeclareExchange {
+                req,
+                exchange,
+                config,
+                passive
+            }
+        ),
+        (any::<u64>(), name(), any::<bool>()).prop_map(|(req, exchange, if_unused)| {
+            ClientFrame::DeleteExchange {
+                req,
+                exchange,
+                if_unused,
+            }
+        }),
+        (any::<u64>(), binding()).prop_map(|(req, binding)| ClientFrame::Bind { req, binding }),
+        (any::<u64>(), binding()).prop_map(|(req, binding)| ClientFrame::Unbind { req, binding }),
+        any::<u64>().prop_map(|req| ClientFrame::ListExchanges { req }),
+        (any::<u64>(), option::of(name()))
+            .prop_map(|(req, exchange)| ClientFrame::ListBindings { req, exchange }),
+        (any::<u64>(), name(), name(), vec(message(), 0..4)).prop_map(
+            |(req, exchange, routing_key, messages)| ClientFrame::PublishRouted {
+                req,
+                exchange,
+                routing_key,
+                messages
+            }
+        ),
     ]
 }
 
@@ -278,6 +347,47 @@ pub(crate) fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (any::<u64>(), any::<u64>())
             .prop_map(|(req, subscription)| ServerFrame::Unsubscribed { req, subscription }),
         vec(delivery(), 0..4).prop_map(|deliveries| ServerFrame::Deliver { deliveries }),
+        (any::<u64>(), name(), any::<bool>()).prop_map(|(req, exchange, created)| {
+            ServerFrame::ExchangeOk {
+                req,
+                exchange,
+                created,
+            }
+        }),
+        (
+            any::<u64>(),
+            vec(
+                (
+                    name(),
+                    exchange_config(),
+                    any::<bool>(),
+                    any::<(u64, u64, u64)>()
+                ),
+                0..4
+            )
+        )
+            .prop_map(|(req, xs)| ServerFrame::ExchangeList {
+                req,
+                exchanges: xs
+                    .into_iter()
+                    .map(
+                        |(name, config, predeclared, (bindings, routed, unroutable))| {
+                            ExchangeInfo {
+                                name,
+                                config,
+                                predeclared,
+                                bindings,
+                                routed,
+                                unroutable,
+                            }
+                        }
+                    )
+                    .collect(),
+            }),
+        (any::<u64>(), vec(binding(), 0..4))
+            .prop_map(|(req, bindings)| ServerFrame::BindingList { req, bindings }),
+        (any::<u64>(), vec(routed_outcome(), 0..6))
+            .prop_map(|(req, outcomes)| ServerFrame::RoutedConfirm { req, outcomes }),
     ]
 }
 
