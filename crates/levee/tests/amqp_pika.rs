@@ -1,7 +1,9 @@
 //! pika (Python's RabbitMQ client) against the real `levee` binary over AMQP 0-9-1: each test
 //! runs one case of `tests/amqp/pika_cases.py` (declare with arguments, confirms, fair dispatch,
 //! nack/requeue, dead letters with `x-death`, TTL, priority, mandatory returns, exclusive
-//! server-named queues, properties, heartbeats, protocol and channel errors) on a fresh server.
+//! server-named queues, properties, heartbeats, protocol and channel errors, fanout / topic /
+//! headers / direct routing, returns and dead letters through exchanges, a message routed to a
+//! full queue and a roomy one) on a fresh server.
 
 mod common;
 
@@ -84,4 +86,24 @@ fn wrong_protocol_header_gets_the_right_one() {
 #[test]
 fn channel_errors_close_only_the_channel() {
     case("channel_errors_close_only_the_channel");
+}
+
+#[test]
+fn fanout_topic_headers_and_direct_routing() {
+    case("fanout_topic_headers_and_direct_routing");
+}
+
+#[test]
+fn mandatory_return_through_an_exchange() {
+    case("mandatory_return_through_an_exchange");
+}
+
+#[test]
+fn dead_letter_exchange_with_x_death() {
+    case("dead_letter_exchange_with_x_death");
+}
+
+#[test]
+fn one_full_target_nacks_under_reject_and_acks_under_drop_head() {
+    case("one_full_target_nacks_under_reject_and_acks_under_drop_head");
 }

@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, exchange, queue};
 use bytes::{Bytes, BytesMut};
-use levee_proto::{Delivery, DropReason, Overflow, PublishOutcome, validate_queue_name};
+use levee_proto::{
+    Delivery, DropReason, Overflow, PublishOutcome, RoutedOutcome, validate_queue_name,
+};
 
 use super::codec::CLASS_BASIC;
 use super::connection::{
@@ -28,6 +30,17 @@ use super::mapping::{self, ArgError};
 /// Credit given at a time to consumers without a prefetch limit (and no-ack ones); what the
 /// broker buffers for them is bounded by the connection's outbox, not by this.
 const UNLIMITED_CHUNK: u32 = 1024;
+
+/// A routed publish waiting for its confirm.
+#[derive(Debug)]
+pub(crate) struct RoutedReq {
+    channel: u16,
+    /// Its publish seq, with confirms on.
+    seq: Option<u64>,
+    bytes: u64,
+    /// With `mandatory`: what a `basic.return` sends back.
+    returnable: Option<(String, String, Bytes, Bytes)>,
+}
 
 /// A message whose content is being received.
 #[derive(Debug)]
@@ -194,8 +207,10 @@ impl Connection {
         x: exchange::AMQPMethod,
         m: &AMQPClass,
     ) -> Result<(), Exception> {
+        let reply =
+            |nowait: bool, ok: exchange::AMQPMethod| (!nowait).then_some(AMQPClass::Exchange(ok));
         match x {
-            exchange::AMQPMethod::Declare(d) if d.passive || d.exchange.as_str().is_empty() => {
+            exchange::AMQPMethod::Declare(d) if d.passive => {
                 if !env.exchange_exists(d.exchange.as_str()) {
                     return Err(Exception::new(
                         code::NOT_FOUND,
@@ -203,23 +218,88 @@ impl Connection {
                     )
                     .on(m));
                 }
-                if !d.nowait {
-                    self.send(
-                        id,
-                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
-                            exchange::DeclareOk {},
-                        )),
-                    );
+                if let Some(ok) = reply(
+                    d.nowait,
+                    exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {}),
+                ) {
+                    self.send(id, ok);
                 }
                 Ok(())
             }
-            _ => Err(Exception::new(
+            exchange::AMQPMethod::Declare(d) => {
+                let kind = d
+                    .kind
+                    .as_str()
+                    .parse::<levee_proto::ExchangeKind>()
+                    .map_err(|_| {
+                        // RabbitMQ: an unknown type is a connection error.
+                        Exception::new(
+                        code::COMMAND_INVALID,
+                        format!(
+                            "COMMAND_INVALID - unknown exchange type '{}': direct, fanout, topic \
+                             or headers",
+                            d.kind
+                        ),
+                    )
+                    .on(m)
+                    })?;
+                let mut config = levee_proto::ExchangeConfig::new(kind)
+                    .durable(d.durable)
+                    .auto_delete(d.auto_delete)
+                    .internal(d.internal);
+                config.arguments = mapping::table_bytes(&d.arguments);
+                self.ops.push_back(Op::ExchangeDeclare {
+                    channel: id,
+                    name: d.exchange.as_str().to_string(),
+                    config,
+                    ok: reply(
+                        d.nowait,
+                        exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {}),
+                    ),
+                });
+                Ok(())
+            }
+            exchange::AMQPMethod::Delete(d) => {
+                self.ops.push_back(Op::ExchangeDelete {
+                    channel: id,
+                    name: d.exchange.as_str().to_string(),
+                    if_unused: d.if_unused,
+                    ok: reply(
+                        d.nowait,
+                        exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {}),
+                    ),
+                });
+                Ok(())
+            }
+            exchange::AMQPMethod::Bind(_) | exchange::AMQPMethod::Unbind(_) => Err(Exception::new(
                 code::NOT_IMPLEMENTED,
-                "exchanges other than the default exchange are not supported by this build \
-                 (publish with exchange \"\" and the queue name as routing key)",
+                "NOT_IMPLEMENTED - exchange-to-exchange bindings are not supported",
             )
             .on(m)),
+            _ => Err(Exception::new(code::COMMAND_INVALID, "a server-side method").on(m)),
         }
+    }
+
+    fn bind_op(
+        &mut self,
+        env: &dyn Env,
+        id: u16,
+        b: (&str, &str, &str, &amq_protocol::types::FieldTable),
+        unbind: bool,
+        ok: Option<AMQPClass>,
+        m: &AMQPClass,
+    ) -> Result<(), Exception> {
+        let (queue, exchange, key, args) = b;
+        self.usable_queue(env, queue).map_err(|e| e.on(m))?;
+        let mut binding = levee_proto::Binding::new(exchange, queue, key);
+        binding.arguments = mapping::table_bytes(args);
+        self.ops.push_back(Op::Bind {
+            channel: id,
+            binding,
+            unbind,
+            ok,
+        });
+        Ok(())
     }
 
     fn queue_method(
@@ -304,26 +384,41 @@ impl Connection {
                 Ok(())
             }
             queue::AMQPMethod::Bind(b) => {
-                // The default exchange binds every queue by its name; nothing else is supported
-                // by this build.
-                if b.exchange.as_str().is_empty() {
-                    return Err(Exception::new(
-                        code::ACCESS_REFUSED,
-                        "ACCESS_REFUSED - operation not permitted on the default exchange",
-                    )
-                    .on(m));
-                }
-                Err(Exception::new(
-                    code::NOT_IMPLEMENTED,
-                    "bindings to exchanges are not supported by this build",
+                let ok = (!b.nowait).then_some(AMQPClass::Queue(queue::AMQPMethod::BindOk(
+                    queue::BindOk {},
+                )));
+                self.bind_op(
+                    env,
+                    id,
+                    (
+                        b.queue.as_str(),
+                        b.exchange.as_str(),
+                        b.routing_key.as_str(),
+                        &b.arguments,
+                    ),
+                    false,
+                    ok,
+                    m,
                 )
-                .on(m))
             }
-            queue::AMQPMethod::Unbind(_) => Err(Exception::new(
-                code::NOT_IMPLEMENTED,
-                "bindings to exchanges are not supported by this build",
-            )
-            .on(m)),
+            queue::AMQPMethod::Unbind(b) => {
+                let ok = Some(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(
+                    queue::UnbindOk {},
+                )));
+                self.bind_op(
+                    env,
+                    id,
+                    (
+                        b.queue.as_str(),
+                        b.exchange.as_str(),
+                        b.routing_key.as_str(),
+                        &b.arguments,
+                    ),
+                    true,
+                    ok,
+                    m,
+                )
+            }
             _ => Err(Exception::new(code::COMMAND_INVALID, "a server-side method").on(m)),
         }
     }
@@ -881,6 +976,10 @@ impl Connection {
             method_id: 40,
             ..e
         };
+        if !content.exchange.is_empty() {
+            let target = (content.exchange, content.routing_key, content.mandatory);
+            return self.publish_routed(env, id, seq, target, props, body);
+        }
         let targets = match env.route(&content.exchange, &content.routing_key) {
             Ok(t) => t,
             Err(e) => return self.channel_exception(id, fail(e)),
@@ -975,6 +1074,100 @@ impl Connection {
         let _ = now;
     }
 
+    /// A message to a named exchange: routed by the broker (every matching queue stores it; a
+    /// full `block` queue holds it until room frees), confirmed once every target answered.
+    fn publish_routed(
+        &mut self,
+        env: &dyn Env,
+        id: u16,
+        seq: Option<u64>,
+        (exchange, routing_key, mandatory): (String, String, bool),
+        props: Bytes,
+        body: Bytes,
+    ) {
+        let message = match mapping::to_native(&exchange, &routing_key, &props, body.clone()) {
+            Ok(m) => m,
+            Err(e) => {
+                return self.channel_exception(
+                    id,
+                    Exception {
+                        code: code::PRECONDITION_FAILED,
+                        text: format!("PRECONDITION_FAILED - {e}"),
+                        class_id: 60,
+                        method_id: 40,
+                    },
+                );
+            }
+        };
+        let req = env.next_id();
+        let bytes = message.payload.len() as u64;
+        self.routed.insert(
+            req,
+            RoutedReq {
+                channel: id,
+                seq,
+                bytes,
+                returnable: mandatory
+                    .then(|| (exchange.clone(), routing_key.clone(), props.clone(), body)),
+            },
+        );
+        self.routed_bytes += bytes;
+        self.in_flight_bytes += bytes;
+        self.in_flight_messages += 1;
+        if self.routed_bytes > self.settings.max_held_bytes && self.blocked.is_none() {
+            let reason = format!(
+                "publishes through exchange '{}' wait for room in a full queue: {} bytes \
+                 unconfirmed on this connection",
+                exchange, self.routed_bytes
+            );
+            self.block(reason);
+        }
+        self.ops.push_back(Op::PublishRouted {
+            channel: id,
+            exchange,
+            routing_key,
+            req,
+            message,
+        });
+    }
+
+    /// The confirm of routed request `req`: `None` when it was refused before routing (the
+    /// channel is closed by the failure that comes with it).
+    pub(crate) fn routed_confirmed(&mut self, req: u64, outcome: Option<&RoutedOutcome>) {
+        let Some(r) = self.routed.remove(&req) else {
+            return;
+        };
+        self.routed_bytes -= r.bytes;
+        self.in_flight_bytes = self.in_flight_bytes.saturating_sub(r.bytes);
+        self.in_flight_messages = self.in_flight_messages.saturating_sub(1);
+        let ok = match outcome {
+            Some(RoutedOutcome::Unroutable) => {
+                if let Some((x, rk, props, body)) = &r.returnable
+                    && self.channels.get(&r.channel).is_some_and(|c| !c.closing)
+                {
+                    self.send(
+                        r.channel,
+                        AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                            reply_code: code::NO_ROUTE,
+                            reply_text: "NO_ROUTE".into(),
+                            exchange: short(x),
+                            routing_key: short(rk),
+                        })),
+                    );
+                    self.out.content(r.channel, props, body, self.frame_max);
+                }
+                true
+            }
+            Some(RoutedOutcome::Routed { outcome, .. }) => outcome_ok(outcome),
+            // levee-proto's enum is non_exhaustive: an unknown outcome is no promise.
+            Some(_) | None => false,
+        };
+        if let Some(seq) = r.seq {
+            self.send_confirm(r.channel, seq, ok);
+        }
+        self.maybe_unblock();
+    }
+
     fn unique_confirm_key(&self, mut key: u64) -> u64 {
         while self.confirms.contains_key(&key) {
             key = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -1008,7 +1201,8 @@ impl Connection {
     }
 
     fn maybe_unblock(&mut self) {
-        if self.blocked.is_some() && self.held_bytes <= self.settings.max_held_bytes / 2 {
+        let half = self.settings.max_held_bytes / 2;
+        if self.blocked.is_some() && self.held_bytes <= half && self.routed_bytes <= half {
             tracing::info!(conn = self.id, "AMQP connection unblocked");
             self.blocked = None;
             if self.caps.blocked {
@@ -1283,6 +1477,13 @@ impl Connection {
                     }
                 }
             },
+            OpResult::Done { channel, ok } => {
+                if let Some(ok) = ok
+                    && self.channels.get(&channel).is_some_and(|c| !c.closing)
+                {
+                    self.send(channel, ok);
+                }
+            }
             OpResult::Failed { channel, exception } => {
                 if self.channels.get(&channel).is_some_and(|c| !c.closing) {
                     self.channel_exception(channel, exception);

@@ -98,8 +98,9 @@ pub(crate) trait Env {
     fn exclusive_owner(&self, name: &str) -> Option<u64>;
     /// A broker-unique id (subscriptions, publish requests).
     fn next_id(&self) -> u64;
-    /// The queues a message published to `exchange` with `routing_key` goes to; `Err` with a
-    /// channel exception when the exchange does not exist.
+    /// The queues a message published to the default exchange (`exchange` = `""`) with
+    /// `routing_key` goes to (named exchanges are routed by the broker: `Op::PublishRouted`);
+    /// `Err` with a channel exception for another exchange.
     fn route(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, Exception>;
     /// Whether exchange `name` exists (for publishes and passive declares).
     fn exchange_exists(&self, name: &str) -> bool;
@@ -134,6 +135,36 @@ pub(crate) enum Op {
         channel: u16,
         queue: String,
         nowait: bool,
+    },
+    /// (reply) Declare an exchange; `ok` is the reply to send (`None`: nowait).
+    ExchangeDeclare {
+        channel: u16,
+        name: String,
+        config: levee_proto::ExchangeConfig,
+        ok: Option<AMQPClass>,
+    },
+    /// (reply) Delete an exchange.
+    ExchangeDelete {
+        channel: u16,
+        name: String,
+        if_unused: bool,
+        ok: Option<AMQPClass>,
+    },
+    /// (reply) Add (or, with `unbind`, remove) a binding.
+    Bind {
+        channel: u16,
+        binding: levee_proto::Binding,
+        unbind: bool,
+        ok: Option<AMQPClass>,
+    },
+    /// Publish one message through a named exchange (request `req`, answered by a routed
+    /// confirm; a refusal before routing comes back as [`OpResult::Failed`]).
+    PublishRouted {
+        channel: u16,
+        exchange: String,
+        routing_key: String,
+        req: u64,
+        message: Message,
     },
     /// (reply) How many messages `queue` has ready, for `basic.get` on subscription `sub`.
     Inspect { sub: u64, queue: String },
@@ -208,6 +239,8 @@ pub(crate) enum OpResult {
         messages: u64,
         nowait: bool,
     },
+    /// An exchange or binding operation succeeded: send `ok` (if any) on `channel`.
+    Done { channel: u16, ok: Option<AMQPClass> },
     /// The ready count for a `basic.get`.
     Inspected { sub: u64, ready: Option<u64> },
     /// The operation failed with a channel exception.
@@ -331,6 +364,10 @@ pub(crate) struct Connection {
     pub(crate) subs: HashMap<u64, Sub>,
     /// Publish request -> confirm key.
     pub(crate) reqs: HashMap<u64, (Option<u64>, u64)>,
+    /// Routed publish requests waiting for their confirm.
+    pub(crate) routed: HashMap<u64, super::channel::RoutedReq>,
+    /// Payload bytes of routed publishes not confirmed yet.
+    pub(crate) routed_bytes: u64,
     pub(crate) confirms: HashMap<u64, PendingConfirm>,
     pub(crate) producers: HashMap<String, Producer>,
     pub(crate) held_bytes: u64,
@@ -364,6 +401,8 @@ impl Connection {
             channels: HashMap::new(),
             subs: HashMap::new(),
             reqs: HashMap::new(),
+            routed: HashMap::new(),
+            routed_bytes: 0,
             confirms: HashMap::new(),
             producers: HashMap::new(),
             held_bytes: 0,
@@ -947,7 +986,14 @@ fn is_hard(code: u16) -> bool {
 fn needs_reply(op: &Op) -> bool {
     matches!(
         op,
-        Op::Declare { .. } | Op::DeleteQueue { .. } | Op::Purge { .. } | Op::Inspect { .. }
+        Op::Declare { .. }
+            | Op::DeleteQueue { .. }
+            | Op::Purge { .. }
+            | Op::Inspect { .. }
+            | Op::ExchangeDeclare { .. }
+            | Op::ExchangeDelete { .. }
+            | Op::Bind { .. }
+            | Op::PublishRouted { .. }
     )
 }
 

@@ -18,7 +18,34 @@ use bytes::{BufMut, Bytes, BytesMut};
 use levee_proto::{Durability, Fsync, MAX_QUEUE_NAME_LEN, Message, Order, Overflow, QueueConfig};
 
 use super::codec::{encode_props, parse_props};
-use crate::queue::{DEATH_HEADERS, MAX_USER_HEADERS};
+use crate::queue::{DEATH_HEADERS, MAX_USER_HEADERS, ROUTING_HEADERS};
+
+/// Whether a native header is one the broker sets (death records, routing): never copied from
+/// or into AMQP headers tables.
+fn reserved(name: &str) -> bool {
+    DEATH_HEADERS.contains(&name) || ROUTING_HEADERS.contains(&name)
+}
+
+/// The bytes form of an AMQP table value, as native headers (and the header exchange's
+/// matching) see it: strings as their bytes, integers in decimal, booleans as `true`/`false`,
+/// byte arrays as is; `None` for tables, arrays, floats and decimals. Message headers and binding
+/// arguments both go through it, so a headers exchange compares like with like.
+pub(crate) fn value_bytes(value: &AMQPValue) -> Option<Bytes> {
+    match value {
+        AMQPValue::LongString(s) => Some(Bytes::copy_from_slice(s.as_bytes())),
+        AMQPValue::ShortString(s) => Some(Bytes::from(s.as_str().to_string())),
+        AMQPValue::Boolean(b) => Some(Bytes::from(b.to_string())),
+        AMQPValue::ByteArray(b) => Some(Bytes::copy_from_slice(b.as_slice())),
+        other => int(other).map(|n| Bytes::from(n.to_string())),
+    }
+}
+
+/// A field table as `(name, bytes)` pairs ([`value_bytes`]; other values skipped).
+pub(crate) fn table_bytes(t: &FieldTable) -> Vec<(String, Bytes)> {
+    t.into_iter()
+        .filter_map(|(k, v)| value_bytes(v).map(|b| (k.as_str().to_string(), b)))
+        .collect()
+}
 
 /// First byte of a stored AMQP properties block (format 1).
 const STORED_TAG: u8 = 0xA1;
@@ -42,10 +69,6 @@ pub(crate) struct Declared {
     pub(crate) config: QueueConfig,
     /// `x-expires`: delete the queue once unused this long.
     pub(crate) expires_ms: Option<u64>,
-    /// `x-dead-letter-exchange`, when it is not the default exchange (routing does it).
-    pub(crate) dead_letter_exchange: Option<String>,
-    /// `x-dead-letter-routing-key`.
-    pub(crate) dead_letter_routing_key: Option<String>,
 }
 
 fn int(v: &AMQPValue) -> Option<i128> {
@@ -233,15 +256,13 @@ pub(crate) fn declare_args(
                 ));
             }
         },
-        Some(_) => {}
+        Some(x) => {
+            // Through an exchange (routing): the key, if given, replaces each message's own.
+            config.dead_letter_exchange = Some(x.to_string());
+            config.dead_letter_routing_key = dlrk;
+        }
     }
-    let dead_letter_exchange = dlx.filter(|x| !x.is_empty());
-    Ok(Declared {
-        config,
-        expires_ms,
-        dead_letter_exchange,
-        dead_letter_routing_key: dlrk,
-    })
+    Ok(Declared { config, expires_ms })
 }
 
 /// The AMQP header naming a message's conflation key.
@@ -292,7 +313,7 @@ pub(crate) fn to_native(
         if headers.len() < MAX_USER_HEADERS
             && name.len() <= 255
             && value.len() <= usize::from(u16::MAX)
-            && !DEATH_HEADERS.contains(&name)
+            && !reserved(name)
         {
             headers.push((name.to_string(), value));
         }
@@ -323,14 +344,7 @@ pub(crate) fn to_native(
     let mut key = None;
     if let Some(table) = props.headers() {
         for (name, value) in table {
-            let bytes = match value {
-                AMQPValue::LongString(s) => Some(Bytes::copy_from_slice(s.as_bytes())),
-                AMQPValue::ShortString(s) => Some(Bytes::from(s.as_str().to_string())),
-                AMQPValue::Boolean(b) => Some(Bytes::from(b.to_string())),
-                AMQPValue::ByteArray(b) => Some(Bytes::copy_from_slice(b.as_slice())),
-                other => int(other).map(|n| Bytes::from(n.to_string())),
-            };
-            if let Some(b) = bytes {
+            if let Some(b) = value_bytes(value) {
                 if name.as_str() == KEY_HEADER {
                     key = Some(b.clone());
                 }
@@ -384,7 +398,15 @@ pub(crate) fn outgoing(queue: &str, m: &Message) -> Outgoing {
             };
         }
         Some((x, rk, raw)) => (x, rk, Some(raw)),
-        None => (String::new(), queue.to_string(), None),
+        // Published natively: through an exchange (its routing headers), else directly.
+        None => match (header(m, ROUTING_HEADERS[0]), header(m, ROUTING_HEADERS[1])) {
+            (Some(x), Some(rk)) => (
+                String::from_utf8_lossy(x).into_owned(),
+                String::from_utf8_lossy(rk).into_owned(),
+                None,
+            ),
+            _ => (String::new(), queue.to_string(), None),
+        },
     };
     let mut props = match &raw {
         Some(raw) => parse_props(raw),
@@ -418,7 +440,7 @@ fn native_props(m: &Message) -> AMQPProperties {
     let mut table = FieldTable::default();
     let mut props = AMQPProperties::default();
     for (name, value) in &m.headers {
-        if DEATH_HEADERS.contains(&name.as_str()) {
+        if reserved(name) {
             continue;
         }
         let as_short = || {
@@ -548,6 +570,19 @@ mod tests {
         assert_eq!(d.config.order, Order::Priority);
         assert_eq!(d.config.max_deliveries, Some(4));
         assert_eq!(d.config.dead_letter.as_deref(), Some("dlq"));
+        let via = table(&[
+            (
+                "x-dead-letter-exchange",
+                AMQPValue::LongString("dlx".into()),
+            ),
+            (
+                "x-dead-letter-routing-key",
+                AMQPValue::LongString("dead".into()),
+            ),
+        ]);
+        let d = declare_args(true, &via, &QueueConfig::default()).unwrap();
+        assert_eq!(d.config.dead_letter_exchange.as_deref(), Some("dlx"));
+        assert_eq!(d.config.dead_letter_routing_key.as_deref(), Some("dead"));
         assert_eq!(d.config.durability, Durability::Disk(Fsync::Always));
         let transient = declare_args(false, &FieldTable::default(), &QueueConfig::default());
         assert_eq!(transient.unwrap().config.durability, Durability::Transient);

@@ -27,7 +27,7 @@ use super::auth;
 use super::connection::{
     Connection, Env, Exception, MAX_PENDING_OUTPUT, Op, OpResult, Settings, code,
 };
-use crate::actor::{Cmd, InFlight, now_ms};
+use crate::actor::{Cmd, ConfirmTo, InFlight, now_ms};
 use crate::broker::Broker;
 use crate::error::BrokerError;
 use crate::outbox::{ConnTx, conn_channel};
@@ -95,7 +95,7 @@ impl Env for Shared {
     }
 
     fn exchange_exists(&self, name: &str) -> bool {
-        name.is_empty()
+        name.is_empty() || self.broker.exchange(name).is_some()
     }
 
     fn consumers(&self, queue: &str) -> (usize, bool) {
@@ -108,6 +108,10 @@ impl Env for Shared {
 
 /// The connection's side of the broker: its outbox and what it registered with queues.
 struct Link {
+    /// Publishes through named exchanges (created at the first one).
+    routed: Option<crate::routing::RoutedPublisher>,
+    /// Where the routed publisher's confirms come from (its callback runs in queue tasks).
+    routed_tx: mpsc::UnboundedSender<crate::routing::RoutedConfirm>,
     shared: Arc<Shared>,
     id: u64,
     tx: ConnTx,
@@ -138,6 +142,32 @@ fn broker_failure(channel: u16, queue: &str, e: &BrokerError) -> OpResult {
             format!(
                 "PRECONDITION_FAILED - inequivalent arguments for queue '{queue}': {differences}"
             ),
+        ),
+        BrokerError::UnknownExchange(x) => failed(
+            channel,
+            code::NOT_FOUND,
+            format!("NOT_FOUND - no exchange '{x}' in vhost '/'"),
+        ),
+        BrokerError::ExchangeMismatch {
+            exchange,
+            differences,
+        } => failed(
+            channel,
+            code::PRECONDITION_FAILED,
+            format!(
+                "PRECONDITION_FAILED - inequivalent arguments for exchange '{exchange}': \
+                 {differences}"
+            ),
+        ),
+        BrokerError::ExchangeInUse { exchange, .. } => failed(
+            channel,
+            code::PRECONDITION_FAILED,
+            format!("PRECONDITION_FAILED - exchange '{exchange}' in vhost '/' in use"),
+        ),
+        BrokerError::ExchangeAccess { exchange, reason } => failed(
+            channel,
+            code::ACCESS_REFUSED,
+            format!("ACCESS_REFUSED - exchange '{exchange}': {reason}"),
         ),
         BrokerError::Proto(p) => failed(
             channel,
@@ -199,15 +229,6 @@ impl Link {
                         },
                         Err(e) => broker_failure(channel, &queue, &e),
                     });
-                }
-                if declared.dead_letter_exchange.is_some() {
-                    return Some(failed(
-                        channel,
-                        code::NOT_IMPLEMENTED,
-                        "x-dead-letter-exchange other than the default exchange is not \
-                         supported by this build"
-                            .into(),
-                    ));
                 }
                 match broker.declare(&queue, declared.config.clone()).await {
                     Ok((created, messages)) => {
@@ -300,6 +321,64 @@ impl Link {
                 },
                 Err(e) => broker_failure(channel, &queue, &e),
             }),
+            Op::ExchangeDeclare {
+                channel,
+                name,
+                config,
+                ok,
+            } => Some(match broker.declare_exchange(&name, config).await {
+                Ok(_) => OpResult::Done { channel, ok },
+                Err(e) => broker_failure(channel, &name, &e),
+            }),
+            Op::ExchangeDelete {
+                channel,
+                name,
+                if_unused,
+                ok,
+            } => Some(match broker.delete_exchange(&name, if_unused).await {
+                Ok(()) => OpResult::Done { channel, ok },
+                Err(e) => broker_failure(channel, &name, &e),
+            }),
+            Op::Bind {
+                channel,
+                binding,
+                unbind,
+                ok,
+            } => {
+                let r = if unbind {
+                    broker.remove_binding(&binding).await.map(|_| ())
+                } else {
+                    broker.add_binding(&binding).await.map(|_| ())
+                };
+                Some(match r {
+                    Ok(()) => OpResult::Done { channel, ok },
+                    Err(e) => broker_failure(channel, &binding.queue, &e),
+                })
+            }
+            Op::PublishRouted {
+                channel,
+                exchange,
+                routing_key,
+                req,
+                message,
+            } => {
+                let publisher = self.routed.get_or_insert_with(|| {
+                    let tx = self.routed_tx.clone();
+                    broker.routed_publisher_sharing(
+                        self.in_flight.clone(),
+                        Box::new(move |c| {
+                            let _ = tx.send(c);
+                        }),
+                    )
+                });
+                match publisher.publish(req, &exchange, &routing_key, vec![message]) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        conn.routed_confirmed(req, None);
+                        Some(broker_failure(channel, &exchange, &e))
+                    }
+                }
+            }
             Op::Inspect { sub, queue } => Some(OpResult::Inspected {
                 sub,
                 ready: broker.inspect(&queue).await.ok().map(|i| i.stats.ready),
@@ -338,8 +417,13 @@ impl Link {
                         producer: self.id,
                         req,
                         messages: vec![message],
-                        conn: self.tx.clone(),
-                        in_flight: self.in_flight.clone(),
+                        confirm_to: ConfirmTo::Conn {
+                            conn: self.tx.clone(),
+                            in_flight: self.in_flight.clone(),
+                        },
+                        // Sent within the publish credit the queue granted (or to a queue that
+                        // needs none).
+                        credited: true,
                     },
                 );
                 if !sent {
@@ -484,7 +568,10 @@ where
     let (tx, mut rx) = conn_channel(broker.config().max_outbox_bytes);
     let outbox = tx.outbox().clone();
     let mut conn = Connection::new(id, shared.settings.clone(), loopback, now_ms());
+    let (routed_tx, mut routed_rx) = mpsc::unbounded_channel();
     let mut link = Link {
+        routed: None,
+        routed_tx,
         shared: shared.clone(),
         id,
         tx,
@@ -500,6 +587,12 @@ where
     tracing::debug!(conn = id, %peer, "AMQP client connected");
     loop {
         link.drain(&mut conn, &mut rbuf).await;
+        // Routed confirms that came meanwhile (an unroutable one comes from inside publish).
+        while let Ok(c) = routed_rx.try_recv() {
+            for o in &c.outcomes {
+                conn.routed_confirmed(c.req, Some(o));
+            }
+        }
         let out = conn.take_output();
         if !out.is_empty() {
             if wbuf.is_empty() {
@@ -558,6 +651,13 @@ where
                     break;
                 }
                 conn.handle_timeout(link.env(), now);
+            },
+            c = routed_rx.recv(), if can_take => {
+                if let Some(c) = c {
+                    for o in &c.outcomes {
+                        conn.routed_confirmed(c.req, Some(o));
+                    }
+                }
             },
             () = outbox.stalled.notified() => {
                 tracing::warn!(conn = id, "AMQP client does not read its replies: disconnecting");

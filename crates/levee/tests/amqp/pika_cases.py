@@ -309,7 +309,119 @@ def channel_errors_close_only_the_channel():
     c.close()
 
 
+def fanout_topic_headers_and_direct_routing():
+    c = connect()
+    ch = c.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare("fan", exchange_type="fanout", durable=True)
+    for q in ["f1", "f2", "f3"]:
+        ch.queue_declare(q, durable=True)
+        ch.queue_bind(q, "fan")
+    ch.basic_publish("fan", "ignored", b"to-all")
+    for q in ["f1", "f2", "f3"]:
+        m, _, body = ch.basic_get(q, auto_ack=True)
+        assert body == b"to-all", (q, body)
+        assert m.exchange == "fan" and m.routing_key == "ignored", m
+
+    ch.exchange_declare("logs", exchange_type="topic", durable=True)
+    ch.queue_declare("errors", durable=True)
+    ch.queue_declare("all-eu", durable=True)
+    ch.queue_bind("errors", "logs", routing_key="*.error")
+    ch.queue_bind("all-eu", "logs", routing_key="eu.#")
+    for key in ["eu.error", "us.error", "eu.info.disk", "us.info"]:
+        ch.basic_publish("logs", key, key.encode())
+    got = lambda q: sorted(b for b in iter(lambda: ch.basic_get(q, auto_ack=True)[2], None))
+    assert got("errors") == [b"eu.error", b"us.error"], "topic *"
+    assert got("all-eu") == [b"eu.error", b"eu.info.disk"], "topic #"
+
+    ch.exchange_declare("hdr", exchange_type="headers", durable=True)
+    ch.queue_declare("pdf-a4", durable=True)
+    ch.queue_declare("pdf-or-a4", durable=True)
+    ch.queue_bind("pdf-a4", "hdr", arguments={"x-match": "all", "format": "pdf", "size": "a4"})
+    ch.queue_bind("pdf-or-a4", "hdr", arguments={"x-match": "any", "format": "pdf", "size": "a4"})
+    for h in [{"format": "pdf", "size": "a4"}, {"format": "pdf"}, {"size": "a3"}]:
+        ch.basic_publish("hdr", "", repr(h).encode(), pika.BasicProperties(headers=h))
+    assert len(got("pdf-a4")) == 1
+    assert len(got("pdf-or-a4")) == 2
+
+    ch.queue_declare("d1", durable=True)
+    ch.queue_bind("d1", "amq.direct", routing_key="k1")
+    ch.basic_publish("amq.direct", "k1", b"direct")
+    assert got("d1") == [b"direct"]
+    # A redeclare of another type is refused, naming the difference.
+    expect_close(406, lambda: ch.exchange_declare("fan", exchange_type="direct", durable=True))
+    c.close()
+
+
+def mandatory_return_through_an_exchange():
+    c = connect()
+    ch = c.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare("nowhere", exchange_type="direct", durable=True)
+    try:
+        ch.basic_publish("nowhere", "k", b"lost", mandatory=True)
+        raise AssertionError("an unroutable mandatory publish was not returned")
+    except UnroutableError as e:
+        assert e.messages[0].body == b"lost"
+        assert e.messages[0].method.reply_code == 312
+    ch.basic_publish("nowhere", "k", b"dropped")  # confirmed, dropped
+    expect_close(404, lambda: ch.basic_publish("no-such-exchange", "k", b"x"))
+    c.close()
+
+
+def dead_letter_exchange_with_x_death():
+    c = connect()
+    ch = c.channel()
+    ch.exchange_declare("dlx", exchange_type="direct", durable=True)
+    ch.queue_declare("dead", durable=True)
+    ch.queue_bind("dead", "dlx", routing_key="dead-key")
+    ch.queue_declare(
+        "jobs-dlx",
+        durable=True,
+        arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "dead-key"},
+    )
+    ch.basic_publish("", "jobs-dlx", b"doomed")
+    m = None
+    deadline = time.time() + 10
+    while m is None and time.time() < deadline:
+        m, _, _ = ch.basic_get("jobs-dlx")
+    ch.basic_nack(m.delivery_tag, requeue=False)
+    props, body = get_body(ch, "dead")
+    assert body == b"doomed"
+    d = props.headers["x-death"][0]
+    assert d["reason"] in (b"rejected", "rejected") and d["queue"] in (b"jobs-dlx", "jobs-dlx"), d
+    assert d["count"] == 1
+    c.close()
+
+
+def one_full_target_nacks_under_reject_and_acks_under_drop_head():
+    c = connect()
+    ch = c.channel()
+    ch.confirm_delivery()
+    for name, overflow in [("rej", "reject-publish"), ("drop", "drop-head")]:
+        ch.exchange_declare(name, exchange_type="fanout", durable=True)
+        ch.queue_declare(name + "-roomy", durable=True)
+        ch.queue_declare(name + "-full", durable=True,
+                         arguments={"x-max-length": 1, "x-overflow": overflow})
+        ch.queue_bind(name + "-roomy", name)
+        ch.queue_bind(name + "-full", name)
+        ch.basic_publish(name, "", b"first")
+    try:
+        ch.basic_publish("rej", "", b"second")
+        raise AssertionError("a message refused by one target was acked")
+    except NackError:
+        pass
+    ch.basic_publish("drop", "", b"second")  # acked: drop-head made room
+    assert ch.queue_declare("rej-roomy", passive=True).method.message_count == 2
+    assert ch.queue_declare("drop-full", passive=True).method.message_count == 1
+    c.close()
+
+
 CASES = {f.__name__: f for f in [
+    fanout_topic_headers_and_direct_routing,
+    mandatory_return_through_an_exchange,
+    dead_letter_exchange_with_x_death,
+    one_full_target_nacks_under_reject_and_acks_under_drop_head,
     declare_with_arguments_and_confirms,
     mismatched_redeclare_is_406,
     fair_dispatch_with_prefetch_one,
