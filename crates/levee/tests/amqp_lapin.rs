@@ -98,23 +98,20 @@ async fn confirms_wait_while_a_block_queue_is_full_and_come_when_room_frees() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let publish = |body: &'static [u8]| {
-        let ch = ch.clone();
-        async move {
-            ch.basic_publish(
-                "".into(),
-                "full".into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-        }
-    };
-    assert!(publish(b"1").await.await.unwrap().is_ack());
-    assert!(publish(b"2").await.await.unwrap().is_ack());
-    let mut third = Box::pin(publish(b"3").await);
+    async fn publish(ch: &lapin::Channel, body: &'static [u8]) -> lapin::PublisherConfirm {
+        ch.basic_publish(
+            "".into(),
+            "full".into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+    }
+    assert!(publish(&ch, b"1").await.await.unwrap().is_ack());
+    assert!(publish(&ch, b"2").await.await.unwrap().is_ack());
+    let mut third = Box::pin(publish(&ch, b"3").await);
     // Held, not refused: no confirm while the queue is full.
     assert!(
         tokio::time::timeout(Duration::from_millis(500), &mut third)

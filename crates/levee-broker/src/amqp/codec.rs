@@ -108,9 +108,8 @@ pub(crate) fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Inboun
     let payload = frame.slice(..size);
     Ok(Some(match kind {
         FRAME_METHOD => {
-            let method = match amq_protocol::protocol::parse_class(&payload[..]) {
-                Ok((rest, m)) if rest.is_empty() => m,
-                _ => return Err(FrameError::Syntax("method frame")),
+            let Ok(([], method)) = amq_protocol::protocol::parse_class(&payload[..]) else {
+                return Err(FrameError::Syntax("method frame"));
             };
             Inbound::Method {
                 channel,
@@ -126,7 +125,7 @@ pub(crate) fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Inboun
             let body_size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes"));
             let properties = payload.slice(12..);
             match parse_properties(&properties[..]) {
-                Ok((rest, _)) if rest.is_empty() => {}
+                Ok(([], _)) => {}
                 _ => return Err(FrameError::Syntax("content header properties")),
             }
             Inbound::Header {

@@ -196,13 +196,11 @@ pub(crate) fn declare_args(
             "x-dead-letter-routing-key" => {
                 dlrk = Some(text(value).ok_or_else(|| invalid(arg, "expected a string".into()))?);
             }
-            "x-single-active-consumer" => {
-                if boolean(value) == Some(true) {
-                    return Err(not_impl(
-                        arg,
-                        "single active consumer is not supported by Levee's queue core yet",
-                    ));
-                }
+            "x-single-active-consumer" if boolean(value) == Some(true) => {
+                return Err(not_impl(
+                    arg,
+                    "single active consumer is not supported by Levee's queue core yet",
+                ));
             }
             "x-levee-fsync" => {
                 let s = text(value).ok_or_else(|| invalid(arg, "expected a string".into()))?;
