@@ -62,14 +62,20 @@ impl Broker {
         config: ExchangeConfig,
     ) -> Result<bool, BrokerError> {
         if let Some(info) = self.exchange(name) {
-            // Fast path, no catalog work: an equal redeclare, or a mismatch.
-            if name.is_empty() || info.config != config {
-                return self
-                    .inner
-                    .exchanges
-                    .table
-                    .write()
-                    .declare(name, &config, false);
+            // Fast path, no lock and no catalog work: an equal redeclare, or a mismatch. (The
+            // table is not touched: the exchange may be deleted meanwhile, and a declare that
+            // found it then would insert it without the catalog write.)
+            if name.is_empty() {
+                return Err(BrokerError::ExchangeAccess {
+                    exchange: String::new(),
+                    reason: "the default exchange cannot be declared",
+                });
+            }
+            if info.config != config {
+                return Err(BrokerError::ExchangeMismatch {
+                    exchange: name.to_string(),
+                    differences: info.config.describe_differences(&config),
+                });
             }
             return Ok(false);
         }

@@ -14,6 +14,10 @@
 //! - An `auto_delete` exchange is removed as soon as its last binding goes (not before it had
 //!   one).
 //! - [`Table::route`] returns each target queue at most once, sorted by name.
+//! - Memory: at most `max_exchanges` declared exchanges ([`MAX_EXCHANGES`]) and `max_bindings`
+//!   bindings in all ([`MAX_BINDINGS`]); past them a declare or bind is refused
+//!   (`invalid-config`), so what clients can make the broker hold (and what `exchanges.meta`
+//!   holds) is bounded.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +31,12 @@ use levee_proto::{
 
 use super::matching::{XMatch, headers_match, topic_matches};
 use crate::error::BrokerError;
+
+/// Most declared exchanges (besides the default and predeclared ones).
+pub(crate) const MAX_EXCHANGES: usize = 10_000;
+
+/// Most bindings, over all exchanges.
+pub(crate) const MAX_BINDINGS: usize = 100_000;
 
 /// An exchange's counters, shared with publishers that route through it.
 #[derive(Debug, Default)]
@@ -82,6 +92,10 @@ pub(crate) struct Table {
     exchanges: BTreeMap<String, Exchange>,
     /// The default exchange's counters.
     default_counters: Arc<Counters>,
+    /// Bindings over all exchanges.
+    bindings: usize,
+    max_exchanges: usize,
+    max_bindings: usize,
 }
 
 /// The default exchange's config as listed: direct, durable.
@@ -97,8 +111,13 @@ fn access(exchange: &str, reason: &'static str) -> BrokerError {
 }
 
 impl Table {
-    /// A table with the predeclared exchanges only.
+    /// A table with the predeclared exchanges only, and the default limits.
     pub(crate) fn new() -> Self {
+        Self::with_limits(MAX_EXCHANGES, MAX_BINDINGS)
+    }
+
+    /// A table with the predeclared exchanges only, and these limits.
+    pub(crate) fn with_limits(max_exchanges: usize, max_bindings: usize) -> Self {
         let mut exchanges = BTreeMap::new();
         for (name, kind) in PREDECLARED_EXCHANGES {
             exchanges.insert(
@@ -114,6 +133,9 @@ impl Table {
         Table {
             exchanges,
             default_counters: Arc::default(),
+            bindings: 0,
+            max_exchanges,
+            max_bindings,
         }
     }
 
@@ -154,6 +176,15 @@ impl Table {
             }));
         }
         config.validate()?;
+        if self.exchanges.len() - PREDECLARED_EXCHANGES.len() >= self.max_exchanges {
+            return Err(BrokerError::Proto(ProtoError::InvalidConfig {
+                field: "exchanges",
+                reason: format!(
+                    "the broker holds its limit of {} declared exchanges: delete some first",
+                    self.max_exchanges
+                ),
+            }));
+        }
         self.exchanges.insert(
             name.to_string(),
             Exchange {
@@ -184,6 +215,7 @@ impl Table {
             });
         }
         let durable = x.config.durable;
+        self.bindings -= x.bindings.len();
         self.exchanges.remove(name);
         Ok(durable)
     }
@@ -217,6 +249,16 @@ impl Table {
         if x.bindings.iter().any(|e| same(e, b)) {
             return Ok((false, durable));
         }
+        if self.bindings >= self.max_bindings {
+            return Err(BrokerError::Proto(ProtoError::InvalidConfig {
+                field: "bindings",
+                reason: format!(
+                    "the broker holds its limit of {} bindings: remove some first",
+                    self.max_bindings
+                ),
+            }));
+        }
+        self.bindings += 1;
         x.bindings.push(Bound {
             queue: b.queue.clone(),
             key: b.key.clone(),
@@ -243,6 +285,7 @@ impl Table {
             return Ok(Unbound::default());
         };
         let gone = x.bindings.remove(i);
+        self.bindings -= 1;
         let mut out = Unbound {
             existed: true,
             durable_changed: gone.durable,
@@ -270,6 +313,7 @@ impl Table {
                 }
                 keep
             });
+            self.bindings -= before - x.bindings.len();
             if before > 0 && x.bindings.is_empty() && x.config.auto_delete && !x.predeclared {
                 out.durable_changed |= x.config.durable;
                 out.auto_deleted.push(name.clone());
@@ -620,6 +664,33 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("amq.topic", "dq"), ("keep", "dq")]
         );
+    }
+
+    #[test]
+    fn exchanges_and_bindings_are_bounded() {
+        let mut t = Table::with_limits(2, 3);
+        let c = ExchangeConfig::new(ExchangeKind::Direct);
+        t.declare("x1", &c, false).unwrap();
+        t.declare("x2", &c, false).unwrap();
+        let e = t.declare("x3", &c, false).unwrap_err();
+        assert!(e.to_string().contains("limit of 2"), "{e}");
+        for q in ["a", "b", "c"] {
+            t.bind(&Binding::new("x1", q, ""), true).unwrap();
+        }
+        // A binding that exists is not a new one: still fine at the limit.
+        assert!(!t.bind(&Binding::new("x1", "a", ""), true).unwrap().0);
+        let e = t.bind(&Binding::new("x2", "d", ""), true).unwrap_err();
+        assert!(e.to_string().contains("limit of 3"), "{e}");
+        // Room comes back by unbinding, deleting a queue or an exchange.
+        t.unbind(&Binding::new("x1", "a", "")).unwrap();
+        t.bind(&Binding::new("x2", "d", ""), true).unwrap();
+        t.remove_queue("b");
+        t.bind(&Binding::new("x2", "e", ""), true).unwrap();
+        t.delete("x2", false).unwrap();
+        t.declare("x3", &c, false).unwrap();
+        t.bind(&Binding::new("x3", "f", ""), true).unwrap();
+        t.bind(&Binding::new("x3", "g", ""), true).unwrap();
+        assert!(t.bind(&Binding::new("x3", "h", ""), true).is_err());
     }
 
     #[test]
