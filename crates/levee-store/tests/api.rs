@@ -495,7 +495,7 @@ fn newer_format_version_is_refused() {
     log.close().unwrap();
     let path = Path::new("/data/queues/q/0000000000000000.open");
     let mut bytes = b.file_contents(path).unwrap();
-    bytes[8] = 2; // version 2
+    bytes[8] = 3; // version 3 (this build writes 2 and reads 1 and 2)
     let crc = crc32c::crc32c(&bytes[..28]);
     bytes[28..32].copy_from_slice(&crc.to_le_bytes());
     b.set_file_contents(path, bytes);
@@ -504,8 +504,8 @@ fn newer_format_version_is_refused() {
         matches!(
             err,
             StoreError::FormatVersion {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: 2,
                 ..
             }
         ),
