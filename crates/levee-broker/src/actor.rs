@@ -396,16 +396,45 @@ impl QueueActor {
 
     /// Claims connection room for consumers that want deliveries, lets the core dispatch and
     /// release confirms, and carries out its outputs: run after every wake-up.
+    ///
+    /// Consumers sharing one connection share one claim of its room, split evenly: claiming per
+    /// consumer would leave the second one with nothing while the first holds all the room, and
+    /// its wake-up would then come from this actor's own settling of an unused claim, a loop
+    /// that starves the log's durability events when nothing can be dispatched yet.
     fn flush(&mut self) {
         let mut claims: HashMap<ConsumerId, u64> = HashMap::new();
+        let mut by_outbox: Vec<(&ConnTx, Vec<ConsumerId>)> = Vec::new();
         for consumer in self.core.consumers_wanting() {
             let Some(conn) = self.consumers.get(&consumer) else {
                 continue;
             };
+            match by_outbox
+                .iter_mut()
+                .find(|(c, _)| Arc::ptr_eq(c.outbox(), conn.outbox()))
+            {
+                Some((_, group)) => group.push(consumer),
+                None => by_outbox.push((conn, vec![consumer])),
+            }
+        }
+        let mut budgets: Vec<(ConsumerId, u64)> = Vec::new();
+        for (conn, group) in by_outbox {
             let room = conn.outbox().claim();
-            if room == 0 {
+            let k = group.len() as u64;
+            let share = room / k;
+            if share == 0 {
                 conn.outbox().wait_for_room(self.id, self.self_tx.clone());
             }
+            for (i, consumer) in group.into_iter().enumerate() {
+                // The first takes the remainder, so the shares add up to the claim.
+                let mine = if i == 0 {
+                    room - share * (k - 1)
+                } else {
+                    share
+                };
+                budgets.push((consumer, mine));
+            }
+        }
+        for (consumer, room) in budgets {
             self.core.set_budget(consumer, room);
             claims.insert(consumer, room);
         }

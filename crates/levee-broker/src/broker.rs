@@ -555,6 +555,11 @@ impl Broker {
         Some(log.stats())
     }
 
+    /// The config of queue `name`, if it exists (an in-memory lookup).
+    pub(crate) fn queue_config(&self, name: &str) -> Option<QueueConfig> {
+        self.inner.queues.read().get(name).map(|q| q.config.clone())
+    }
+
     pub(crate) fn sender(&self, name: &str) -> Result<mpsc::UnboundedSender<Cmd>, BrokerError> {
         self.inner
             .route(name)

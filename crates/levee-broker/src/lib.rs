@@ -11,6 +11,8 @@
 //!   pair per client connection speaking the levee-proto wire protocol) and `net::limits` (the
 //!   broker-wide bounds on connections and on bytes of frames still arriving);
 //! - [`security`]: users, permissions, logins, TLS (every listener goes through it);
+//! - `amqp`: the AMQP 0-9-1 front end (its own listener, an I/O-free connection state machine
+//!   and a thin tokio shell), plugged into the same queue actors and outboxes as `net::conn`;
 //! - `outbox`: each connection's bounded outbound queue;
 //! - `routing`: exchanges, bindings, the routing decision and the confirm aggregation of a
 //!   publish routed to several queues (shared by every front end);
@@ -19,6 +21,7 @@
 //!   names.
 
 mod actor;
+mod amqp;
 mod broker;
 mod catalog;
 mod data_dir;
@@ -34,6 +37,7 @@ mod routing;
 pub mod security;
 mod storage;
 
+pub use amqp::{AmqpConfig, AmqpListener};
 pub use broker::{Broker, BrokerConfig, MAX_MAX_FRAME, MIN_MAX_FRAME};
 pub use error::BrokerError;
 pub use http::{HttpError, router, serve_http};

@@ -16,9 +16,10 @@
 //! count when the connection closes.
 //!
 //! # Invariants and memory bound
-//! - Charged delivery bytes stay at most `limit` plus one message per concurrently dispatching
-//!   queue (a claim of any room lets one delivery of any size through, so every message can
-//!   pass).
+//! - Charged delivery bytes stay at most `limit` plus one message per consumer of each
+//!   concurrently dispatching queue (a queue splits its claim among its consumers on this
+//!   connection, and a share of any room lets one delivery of any size through, so every message
+//!   can pass).
 //! - At most [`MAX_QUEUED_CONTROL`] other frames (replies, confirms, errors, credit, heartbeats)
 //!   wait; one more marks the connection stalled and its reader closes it.
 //! - A registered waiter is always woken once room is back: registration re-checks the room

@@ -34,6 +34,7 @@ pub(crate) fn to_record(timestamp_ms: u64, m: &Message, config: &QueueConfig) ->
         ttl_ms: effective_ttl(m, config),
         headers: m.headers.clone(),
         message_id: m.message_id.clone(),
+        properties: m.properties.clone(),
         payload: m.payload.clone(),
     }
 }
@@ -64,6 +65,7 @@ pub(crate) fn from_record(r: NewMessage) -> Message {
         ttl_ms: r.ttl_ms,
         headers,
         message_id,
+        properties: r.properties,
         payload: r.payload,
     }
 }

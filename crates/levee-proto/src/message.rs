@@ -34,6 +34,12 @@ pub struct Message {
     /// connection uses a stable id per message, e.g. `producer-id:sequence`. Kept with the message
     /// and delivered with it. `None`: never deduplicated.
     pub message_id: Option<Bytes>,
+    /// Opaque protocol properties kept and delivered byte for byte (at most `u32::MAX` bytes):
+    /// for a message published over AMQP 0-9-1, the encoded basic property block of its content
+    /// header (property flags + property list), so typed headers and every property come back
+    /// exactly as sent. Native clients may ignore it; the broker never interprets it except to
+    /// map properties onto headers for native consumers (see `docs/amqp.md`). Wire flag 8.
+    pub properties: Option<Bytes>,
     /// The body (at most `u32::MAX` bytes; in practice bounded by the max frame size).
     pub payload: Bytes,
 }
@@ -77,6 +83,12 @@ impl Message {
         self
     }
 
+    /// Sets the opaque protocol properties block.
+    pub fn with_properties(mut self, properties: impl Into<Bytes>) -> Self {
+        self.properties = Some(properties.into());
+        self
+    }
+
     /// Exact number of bytes this message occupies inside a `Publish` or `Deliver` frame; use it to
     /// split batches below the negotiated max frame size.
     pub fn wire_len(&self) -> usize {
@@ -84,6 +96,7 @@ impl Message {
             + self.key.as_ref().map_or(0, |k| 2 + k.len())
             + self.ttl_ms.map_or(0, |_| 8)
             + self.message_id.as_ref().map_or(0, |id| 1 + id.len())
+            + self.properties.as_ref().map_or(0, |p| 4 + p.len())
             + self
                 .headers
                 .iter()
@@ -100,9 +113,11 @@ const FLAG_TTL: u8 = 2;
 /// Protocol 1's `producer_id: u64`. Still decoded (it becomes the message id in decimal), never
 /// encoded: the message id replaced it.
 const FLAG_PRODUCER_ID: u8 = 4;
-/// A message id (`u8` length + bytes) follows the TTL. Bit 8 is the AMQP branch's.
+/// A message id (`u8` length + bytes) follows the TTL.
 const FLAG_MESSAGE_ID: u8 = 16;
-const KNOWN_FLAGS: u8 = FLAG_KEY | FLAG_TTL | FLAG_PRODUCER_ID | FLAG_MESSAGE_ID;
+/// The opaque properties block (`bytes32`) follows the headers (AMQP's basic properties).
+const FLAG_PROPERTIES: u8 = 8;
+const KNOWN_FLAGS: u8 = FLAG_KEY | FLAG_TTL | FLAG_PRODUCER_ID | FLAG_MESSAGE_ID | FLAG_PROPERTIES;
 
 pub(crate) fn encode_message(dst: &mut BytesMut, m: &Message) -> Result<()> {
     let mut flags = 0;
@@ -114,6 +129,9 @@ pub(crate) fn encode_message(dst: &mut BytesMut, m: &Message) -> Result<()> {
     }
     if m.message_id.is_some() {
         flags |= FLAG_MESSAGE_ID;
+    }
+    if m.properties.is_some() {
+        flags |= FLAG_PROPERTIES;
     }
     dst.put_u8(flags);
     dst.put_u8(m.priority);
@@ -130,6 +148,9 @@ pub(crate) fn encode_message(dst: &mut BytesMut, m: &Message) -> Result<()> {
     for (name, value) in &m.headers {
         put_bytes8(dst, name.as_bytes(), "header name")?;
         put_bytes16(dst, value, "header value")?;
+    }
+    if let Some(p) = &m.properties {
+        put_bytes32(dst, p, "properties")?;
     }
     put_bytes32(dst, &m.payload, "payload")
 }
@@ -164,6 +185,11 @@ pub(crate) fn decode_message(r: &mut Reader) -> Result<Message> {
     let headers = r.vec8("message headers", MAX_HEADERS, 3, |r| {
         Ok((r.str8("header name")?, r.bytes16("header value")?))
     })?;
+    let properties = if flags & FLAG_PROPERTIES != 0 {
+        Some(r.bytes32("properties")?)
+    } else {
+        None
+    };
     let payload = r.bytes32("payload")?;
     Ok(Message {
         key,
@@ -171,6 +197,7 @@ pub(crate) fn decode_message(r: &mut Reader) -> Result<Message> {
         ttl_ms,
         headers,
         message_id,
+        properties,
         payload,
     })
 }

@@ -149,6 +149,7 @@ fn limits_at_the_boundary_roundtrip_and_one_beyond_fails_to_encode() {
             .map(|i| ("h".repeat(255 - (i % 2)), Bytes::from(vec![2; 100])))
             .collect(),
         message_id: Some(Bytes::from(vec![b'i'; 255])),
+        properties: Some(Bytes::from(vec![4; 300])),
         payload: Bytes::from(vec![3; 1000]),
     };
     let frame = ClientFrame::Publish {

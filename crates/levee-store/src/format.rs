@@ -15,9 +15,10 @@
 use bytes::Bytes;
 
 /// Format version written in every segment header. Version 2 added the message id (record flag
-/// 8); flags are additive, so version 1 segments still decode ([`MIN_FORMAT_VERSION`]).
+/// 8) and the properties block (record flag 4); flags are additive, so version 1 segments still
+/// decode ([`MIN_FORMAT_VERSION`]), and any other version is refused on open.
 pub const FORMAT_VERSION: u16 = 2;
-/// Oldest format version still read.
+/// Oldest format version still read (version 1 records have neither field).
 pub const MIN_FORMAT_VERSION: u16 = 1;
 /// Magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"LEVEESEG";
@@ -44,6 +45,8 @@ const FLAG_TTL: u8 = 2;
 /// A message id (`u8` length + bytes) follows the key (format version 2). Bit 4 is the AMQP
 /// branch's.
 const FLAG_MESSAGE_ID: u8 = 8;
+/// The record carries a properties block (format version 2).
+const FLAG_PROPERTIES: u8 = 4;
 
 const SETTLE_ACKED: u8 = 1;
 const SETTLE_DROPPED: u8 = 2;
@@ -115,6 +118,9 @@ pub struct NewMessage {
     pub headers: Vec<(String, Bytes)>,
     /// The producer's message id, the deduplication key (at most 255 bytes; format version 2).
     pub message_id: Option<Bytes>,
+    /// Opaque protocol properties kept with the message byte for byte (AMQP 0-9-1: the encoded
+    /// basic property block of its content header; at most 4 GiB). Format version 2.
+    pub properties: Option<Bytes>,
     /// The payload.
     pub payload: Bytes,
 }
@@ -284,6 +290,7 @@ pub fn decode_record(frame: &Frame<'_>, owner: &Bytes) -> Result<Record, FrameEr
                     ttl_ms: p.ttl_ms,
                     headers,
                     message_id: p.message_id.map(|k| owner.slice_ref(k)),
+                    properties: p.properties.map(|b| owner.slice_ref(b)),
                     payload: owner.slice_ref(p.payload),
                 },
             })
@@ -358,6 +365,7 @@ pub(crate) struct MessageParts<'a> {
     pub message_id: Option<&'a [u8]>,
     pub header_count: u16,
     pub headers_raw: &'a [u8],
+    pub properties: Option<&'a [u8]>,
     pub payload: &'a [u8],
 }
 
@@ -367,7 +375,7 @@ pub(crate) fn parse_message(body: &[u8]) -> Result<MessageParts<'_>, FrameError>
     let timestamp_ms = c.u64()?;
     let ttl = c.u64()?;
     let flags = c.u8()?;
-    if flags & !(FLAG_KEY | FLAG_TTL | FLAG_MESSAGE_ID) != 0 {
+    if flags & !(FLAG_KEY | FLAG_TTL | FLAG_MESSAGE_ID | FLAG_PROPERTIES) != 0 {
         return Err(FrameError::Malformed("unknown message flags"));
     }
     let priority = c.u8()?;
@@ -395,6 +403,12 @@ pub(crate) fn parse_message(body: &[u8]) -> Result<MessageParts<'_>, FrameError>
         }
     }
     let headers_raw = &start[..start.len() - c.0.len()];
+    let properties = if flags & FLAG_PROPERTIES != 0 {
+        let n = c.u32()? as usize;
+        Some(c.take(n)?)
+    } else {
+        None
+    };
     let payload_len = c.u32()? as usize;
     let payload = c.take(payload_len)?;
     if !c.0.is_empty() {
@@ -409,6 +423,7 @@ pub(crate) fn parse_message(body: &[u8]) -> Result<MessageParts<'_>, FrameError>
         message_id,
         header_count,
         headers_raw,
+        properties,
         payload,
     })
 }
@@ -521,6 +536,12 @@ pub(crate) fn message_frame_len(m: &NewMessage) -> Result<u64, String> {
         }
         len += 2 + name.len() as u64 + 4 + value.len() as u64;
     }
+    if let Some(p) = &m.properties {
+        if p.len() as u64 > u32::MAX as u64 {
+            return Err("properties exceed 4 GiB".into());
+        }
+        len += 4 + p.len() as u64;
+    }
     if m.payload.len() as u64 > u32::MAX as u64 {
         return Err("payload exceeds 4 GiB".into());
     }
@@ -543,6 +564,9 @@ pub(crate) fn encode_message(out: &mut Vec<u8>, seq: u64, m: &NewMessage) -> usi
         if m.message_id.is_some() {
             flags |= FLAG_MESSAGE_ID;
         }
+        if m.properties.is_some() {
+            flags |= FLAG_PROPERTIES;
+        }
         b.push(flags);
         b.push(m.priority);
         let key = m.key.as_deref().unwrap_or(&[]);
@@ -558,6 +582,10 @@ pub(crate) fn encode_message(out: &mut Vec<u8>, seq: u64, m: &NewMessage) -> usi
             b.extend_from_slice(name.as_bytes());
             b.extend_from_slice(&(value.len() as u32).to_le_bytes());
             b.extend_from_slice(value);
+        }
+        if let Some(p) = &m.properties {
+            b.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            b.extend_from_slice(p);
         }
         b.extend_from_slice(&(m.payload.len() as u32).to_le_bytes());
         b.extend_from_slice(&m.payload);
@@ -629,6 +657,7 @@ mod tests {
             ttl_ms: Some(0),
             headers: vec![("h".into(), Bytes::from_static(b"v"))],
             message_id: Some(Bytes::from_static(b"id-1")),
+            properties: Some(Bytes::from_static(b"\x80\x00\x04text")),
             payload: Bytes::from_static(b"payload"),
         };
         let mut buf = Vec::new();
@@ -708,5 +737,48 @@ mod tests {
             b[i] ^= 0x40;
             assert!(decode_all(&b).is_err(), "flip at {i} undetected");
         }
+    }
+
+    #[test]
+    fn segments_of_version_1_are_read_and_unknown_versions_refused() {
+        let h = SegmentHeader {
+            index: 3,
+            base_seq: 10,
+        };
+        let mut bytes = encode_segment_header(&h);
+        assert_eq!(decode_segment_header(&bytes), Ok(h));
+        for (version, ok) in [(1u16, true), (2, true), (0, false), (3, false)] {
+            bytes[8..10].copy_from_slice(&version.to_le_bytes());
+            let crc = crc32c::crc32c(&bytes[..28]);
+            bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+            match decode_segment_header(&bytes) {
+                Ok(got) => assert!(ok && got == h, "version {version}"),
+                Err(e) => assert!(
+                    !ok && e == FrameError::Version(version),
+                    "version {version}: {e}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn a_version_1_message_record_without_properties_still_decodes() {
+        // A record as version 1 wrote it: flags without bit 4, no properties field.
+        let m = NewMessage {
+            timestamp_ms: 1,
+            payload: Bytes::from_static(b"old"),
+            ..NewMessage::default()
+        };
+        let mut buf = Vec::new();
+        encode_message(&mut buf, 5, &m);
+        assert_eq!(
+            buf[FRAME_PREFIX_LEN + 1 + 24],
+            0,
+            "no flag set: the version 1 layout"
+        );
+        assert_eq!(
+            decode_all(&buf).unwrap(),
+            vec![Record::Message { seq: 5, message: m }]
+        );
     }
 }

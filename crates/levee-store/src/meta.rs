@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::{Backend, OpenMode};
 use crate::error::{Result, StoreError};
-use crate::format::FORMAT_VERSION;
+use crate::format::{FORMAT_VERSION, MIN_FORMAT_VERSION};
 
 const MAGIC: [u8; 8] = *b"LEVEEMET";
 const HEADER: usize = 20;
@@ -102,7 +102,7 @@ pub fn read_meta(backend: &dyn Backend, path: &Path) -> Result<Option<Vec<u8>>> 
         return Err(StoreError::corruption(path, 0, "bad metadata magic"));
     }
     let version = u16::from_le_bytes([buf[8], buf[9]]);
-    if version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(StoreError::FormatVersion {
             path: path.to_path_buf(),
             found: version,

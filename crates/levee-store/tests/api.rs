@@ -47,6 +47,7 @@ fn full_message_roundtrips_through_reopen_on_real_disk() {
             ("trace".into(), Bytes::from_static(b"")),
         ],
         message_id: Some(Bytes::from_static(b"producer-7:42")),
+        properties: Some(Bytes::from_static(b"\x90\x00\x10application/json")),
         payload: Bytes::from(vec![0xAB; 3000]),
     };
     let seq;
@@ -496,7 +497,7 @@ fn newer_format_version_is_refused() {
     log.close().unwrap();
     let path = Path::new("/data/queues/q/0000000000000000.open");
     let mut bytes = b.file_contents(path).unwrap();
-    bytes[8] = 3; // version 3
+    bytes[8] = 3; // version 3 (this build writes 2 and reads 1 and 2)
     let crc = crc32c::crc32c(&bytes[..28]);
     bytes[28..32].copy_from_slice(&crc.to_le_bytes());
     b.set_file_contents(path, bytes);

@@ -5,7 +5,8 @@
 //! read again on SIGHUP (users, permissions, certificates; other settings need a restart).
 //!
 //! On start it prints one line per listener to stdout, `levee: wire listening on ADDR` and
-//! `levee: http listening on ADDR`, with the bound addresses (so port 0 can be used in tests).
+//! `levee: http listening on ADDR`, then `levee: amqp listening on ADDR` (or `levee: amqp off`),
+//! with the bound addresses (so port 0 can be used in tests).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +57,14 @@ pub(crate) struct ServeArgs {
     /// idle timeout between requests) [default: 30000].
     #[arg(long, env = "LEVEE_HTTP_HEADER_TIMEOUT_MS")]
     http_header_timeout_ms: Option<u32>,
+    /// AMQP 0-9-1 listen address (default 127.0.0.1:5672; `off` disables the listener; port 0
+    /// picks a free port, printed as `levee: amqp listening on ADDR`).
+    #[arg(long, env = "LEVEE_AMQP", value_name = "ADDR|off")]
+    amqp: Option<String>,
+    /// AMQP: most payload bytes of publishes one connection may have held for full `block`
+    /// queues before it is sent `connection.blocked` and no longer read (default 16 MiB).
+    #[arg(long, env = "LEVEE_AMQP_MAX_HELD_BYTES", value_name = "SIZE", value_parser = crate::units::parse_size)]
+    amqp_max_held_bytes: Option<u64>,
 }
 
 /// The config file: every key optional.
@@ -85,6 +94,9 @@ struct FileConfig {
     /// No users, yet listen on a public address (a warning at start).
     #[serde(default)]
     allow_anonymous: bool,
+    amqp: Option<String>,
+    #[serde(default, deserialize_with = "crate::units::de_size")]
+    amqp_max_held_bytes: Option<u64>,
 }
 
 impl FileConfig {
@@ -117,8 +129,21 @@ fn read_file_config(path: &std::path::Path) -> anyhow::Result<FileConfig> {
     Ok(file)
 }
 
+/// `ADDR` or `off`.
+fn parse_amqp(v: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if v.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    v.parse()
+        .map(Some)
+        .with_context(|| format!("invalid amqp address {v:?}: expected HOST:PORT or off"))
+}
+
 /// Final settings.
 struct Settings {
+    /// `None`: the AMQP listener is off.
+    amqp: Option<SocketAddr>,
+    amqp_config: levee_broker::AmqpConfig,
     listen: SocketAddr,
     http: SocketAddr,
     broker: BrokerConfig,
@@ -165,7 +190,22 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     }
     // Every range is checked here, before anything is opened, with the setting's name.
     broker.validate()?;
+    let amqp = parse_amqp(
+        args.amqp
+            .as_deref()
+            .or(file.amqp.as_deref())
+            .unwrap_or("127.0.0.1:5672"),
+    )?;
+    let mut amqp_config = levee_broker::AmqpConfig::default();
+    if let Some(v) = args.amqp_max_held_bytes.or(file.amqp_max_held_bytes) {
+        if v == 0 {
+            anyhow::bail!("invalid setting amqp_max_held_bytes: must be at least 1, got 0");
+        }
+        amqp_config.max_held_bytes = v;
+    }
     Ok(Settings {
+        amqp,
+        amqp_config,
         listen: args
             .listen
             .or(file.listen)
@@ -380,8 +420,21 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         broker.clone(),
         http_listener,
     ));
+    let amqp = match s.amqp {
+        Some(addr) => Some(
+            broker
+                .bind_amqp(addr, s.amqp_config.clone())
+                .await
+                .with_context(|| format!("AMQP listening on {addr}"))?,
+        ),
+        None => None,
+    };
     println!("levee: wire listening on {wire_addr}");
     println!("levee: http listening on {http_addr}");
+    match &amqp {
+        Some(l) => println!("levee: amqp listening on {}", l.local_addr()),
+        None => println!("levee: amqp off"),
+    }
     println!("levee: data in {}", data_dir.display());
     if broker.security().tls_enabled() {
         println!("levee: tls on every listener");
@@ -398,6 +451,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         task.abort();
     }
     http.abort();
+    if let Some(l) = amqp {
+        l.shutdown();
+        // Let the connections send their connection.close before the queues stop.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     broker.shutdown().await;
     Ok(())
 }

@@ -395,6 +395,7 @@ async fn no_password_or_hash_appears_in_logs_metrics_stats_or_errors() {
     let mut child = common::serve_command(
         &dir.path().join("data"),
         "127.0.0.1:0",
+        "127.0.0.1:0",
         &["--config", config.to_str().unwrap()],
     )
     .env("LEVEE_LOG", "debug")

@@ -681,6 +681,7 @@ fn serve_with_logs(
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
         .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--amqp", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
@@ -726,6 +727,10 @@ fn serve_prints_stable_listener_lines_then_a_banner_with_the_recovery() {
     );
     assert!(
         lines[1].starts_with("levee: http listening on "),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].starts_with("levee: amqp listening on 127.0.0.1:"),
         "{lines:?}"
     );
     let wire = lines[0].rsplit(' ').next().unwrap().to_string();

@@ -340,6 +340,7 @@ async fn a_plaintext_listener_is_kept_only_on_loopback_when_asked() {
     let mut child = common::serve_command(
         &dir.path().join("d2"),
         "127.0.0.1:0",
+        "127.0.0.1:0",
         &["--config", path.to_str().unwrap()],
     )
     .stdout(std::process::Stdio::piped())

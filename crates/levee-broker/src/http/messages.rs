@@ -102,6 +102,7 @@ impl MessageBody {
                 .map(|(n, v)| (n, Bytes::from(v)))
                 .collect(),
             message_id: self.message_id.map(Bytes::from),
+            properties: None,
             payload,
         })
     }

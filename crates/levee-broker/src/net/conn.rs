@@ -562,6 +562,9 @@ fn detach(mut m: levee_proto::Message) -> levee_proto::Message {
     if let Some(id) = &mut m.message_id {
         *id = Bytes::copy_from_slice(id);
     }
+    if let Some(p) = &mut m.properties {
+        *p = Bytes::copy_from_slice(p);
+    }
     for (_, v) in &mut m.headers {
         *v = Bytes::copy_from_slice(v);
     }

@@ -130,15 +130,17 @@ pub(crate) fn message() -> impl Strategy<Value = Message> {
         option::of(any::<u64>()),
         vec((name(), blob(8)), 0..4),
         option::of(blob(255)),
+        option::of(blob(32)),
         blob(64),
     )
         .prop_map(
-            |(key, priority, ttl_ms, headers, message_id, payload)| Message {
+            |(key, priority, ttl_ms, headers, message_id, properties, payload)| Message {
                 key,
                 priority,
                 ttl_ms,
                 headers,
                 message_id,
+                properties,
                 payload,
             },
         )

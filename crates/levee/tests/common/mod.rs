@@ -2,6 +2,7 @@
 //! and speaks the wire protocol over a plain blocking TCP socket where a test needs raw frames.
 #![allow(dead_code)]
 
+pub(crate) mod amqp;
 pub(crate) mod pki;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,6 +19,8 @@ pub(crate) struct Server {
     child: Option<Child>,
     pub wire: SocketAddr,
     pub http: SocketAddr,
+    /// The AMQP 0-9-1 listener (always on an ephemeral port in tests).
+    pub amqp: SocketAddr,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -32,14 +35,20 @@ impl Server {
     pub(crate) fn start_with(extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("data");
-        let mut s = Self::spawn(&dir, None, extra);
+        let mut s = Self::spawn(&dir, None, None, extra);
         s._tmp = Some(tmp);
         s
     }
 
-    fn spawn(data_dir: &Path, wire: Option<SocketAddr>, extra: &[&str]) -> Server {
+    fn spawn(
+        data_dir: &Path,
+        wire: Option<SocketAddr>,
+        amqp: Option<SocketAddr>,
+        extra: &[&str],
+    ) -> Server {
         let listen = wire.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
-        let mut child = serve_command(data_dir, &listen, extra)
+        let amqp = amqp.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
+        let mut child = serve_command(data_dir, &listen, &amqp, extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -48,7 +57,8 @@ impl Server {
         let mut lines = BufReader::new(stdout).lines();
         let mut wire_addr = None;
         let mut http_addr = None;
-        while wire_addr.is_none() || http_addr.is_none() {
+        let mut amqp_addr = None;
+        while wire_addr.is_none() || http_addr.is_none() || amqp_addr.is_none() {
             let line = lines
                 .next()
                 .expect("levee exited before listening")
@@ -57,6 +67,8 @@ impl Server {
                 wire_addr = Some(a.parse().expect("wire address"));
             } else if let Some(a) = line.strip_prefix("levee: http listening on ") {
                 http_addr = Some(a.parse().expect("http address"));
+            } else if let Some(a) = line.strip_prefix("levee: amqp listening on ") {
+                amqp_addr = Some(a.parse().expect("amqp address"));
             }
         }
         // Keep draining stdout so the child never blocks on a full pipe.
@@ -65,6 +77,7 @@ impl Server {
             child: Some(child),
             wire: wire_addr.unwrap(),
             http: http_addr.unwrap(),
+            amqp: amqp_addr.unwrap(),
             data_dir: data_dir.to_path_buf(),
             _tmp: None,
         }
@@ -82,7 +95,7 @@ impl Server {
     pub(crate) fn restart_after_kill9(&mut self) {
         self.kill9();
         let tmp = self._tmp.take();
-        let mut s = Self::spawn(&self.data_dir, Some(self.wire), &[]);
+        let mut s = Self::spawn(&self.data_dir, Some(self.wire), Some(self.amqp), &[]);
         s._tmp = tmp;
         std::mem::swap(self, &mut s);
     }
@@ -106,9 +119,10 @@ impl Drop for Server {
     }
 }
 
-/// `levee serve` on `data_dir`, the wire port on `listen`, HTTP on an ephemeral port, logging
-/// warnings, with `extra` flags.
-pub(crate) fn serve_command(data_dir: &Path, listen: &str, extra: &[&str]) -> Command {
+/// `levee serve` on `data_dir`, the wire port on `listen`, AMQP on `amqp`, HTTP on an ephemeral
+/// port (so a RabbitMQ or another broker on the machine never collides), logging warnings, with
+/// `extra` flags.
+pub(crate) fn serve_command(data_dir: &Path, listen: &str, amqp: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_levee"));
     cmd.args([
         "serve",
@@ -116,6 +130,8 @@ pub(crate) fn serve_command(data_dir: &Path, listen: &str, extra: &[&str]) -> Co
         listen,
         "--http",
         "127.0.0.1:0",
+        "--amqp",
+        amqp,
         "--data-dir",
     ])
     .arg(data_dir)
@@ -127,7 +143,7 @@ pub(crate) fn serve_command(data_dir: &Path, listen: &str, extra: &[&str]) -> Co
 /// Runs `levee serve` on `data_dir` with `extra` flags, expecting it to exit on its own (at most
 /// 10 s, else it is killed and the test fails): returns whether it succeeded and its stderr.
 pub(crate) fn serve_expecting_exit(data_dir: &Path, extra: &[&str]) -> (bool, String) {
-    let mut child = serve_command(data_dir, "127.0.0.1:0", extra)
+    let mut child = serve_command(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -46,7 +46,15 @@ impl Server {
             .tempdir()
             .context("creating a temporary data directory")?;
         let mut child = Command::new(exe)
-            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--amqp",
+                "off",
+            ])
             .arg("--data-dir")
             .arg(data.path())
             .env(
