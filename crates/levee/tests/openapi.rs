@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 
+use base64::Engine;
 use common::Server;
 use serde_json::{Value, json};
 
@@ -47,6 +48,8 @@ struct Checker {
     server: Server,
     doc: Value,
     covered: BTreeSet<(String, String)>,
+    /// An `Authorization` header line, sent with every request when set.
+    auth: String,
 }
 
 impl Checker {
@@ -54,9 +57,10 @@ impl Checker {
         let mut s = std::net::TcpStream::connect(self.server.http).unwrap();
         write!(
             s,
-            "{} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+            "{} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{}\
              Content-Length: {}\r\n\r\n{body}",
             method.to_uppercase(),
+            self.auth,
             body.len()
         )
         .unwrap();
@@ -118,6 +122,7 @@ fn every_endpoint_answers_as_the_openapi_document_says() {
         server,
         doc,
         covered: BTreeSet::new(),
+        auth: String::new(),
     };
     let q = "/api/queues/{name}";
     c.call("get", "/", "/", None);
@@ -408,4 +413,52 @@ fn every_endpoint_answers_as_the_openapi_document_says() {
         ENDPOINTS.len(),
         "the document lists no endpoint the router lacks"
     );
+}
+
+/// With users configured, the auth middleware's 401 (no login) and 403 (a right missing) are
+/// answers the document lists, with the error body it describes.
+#[test]
+fn refusals_of_the_auth_middleware_are_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("levee.toml");
+    let config = common::pki::user("watcher", Some("pw"), &["{ actions = [\"monitor\"] }"]);
+    std::fs::write(&path, config).unwrap();
+    let server = Server::start_with(&["--config", path.to_str().unwrap()]);
+    let (st, text) = common::http_get(server.http, "/openapi.json");
+    assert_eq!(st, 200);
+    let doc: Value = serde_json::from_str(text.trim()).unwrap();
+    let mut c = Checker {
+        server,
+        doc,
+        covered: BTreeSet::new(),
+        auth: String::new(),
+    };
+    for (m, t, p) in [
+        ("get", "/api/queues", "/api/queues"),
+        ("put", "/api/queues/{name}", "/api/queues/jobs"),
+        ("get", "/api/exchanges", "/api/exchanges"),
+        ("post", "/api/definitions", "/api/definitions"),
+    ] {
+        let (status, _, _) = c.raw(m, p, "{}");
+        assert_eq!(status, 401, "{m} {p} without a login");
+        c.call(m, t, p, Some(json!({})));
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode("watcher:pw");
+    c.auth = format!("Authorization: Basic {b64}\r\n");
+    let v = c.call("get", "/api/queues", "/api/queues", None);
+    assert!(v.is_array(), "{v}");
+    for (m, t, p) in [
+        ("put", "/api/queues/{name}", "/api/queues/jobs"),
+        ("put", "/api/exchanges/{name}", "/api/exchanges/events"),
+        (
+            "post",
+            "/api/exchanges/{name}/publish",
+            "/api/exchanges/amq.topic/publish",
+        ),
+        ("post", "/api/definitions", "/api/definitions"),
+    ] {
+        let (status, _, _) = c.raw(m, p, "{}");
+        assert_eq!(status, 403, "{m} {p} with monitor rights only");
+        c.call(m, t, p, Some(json!({"type": "topic"})));
+    }
 }
