@@ -350,6 +350,15 @@ fn every_endpoint_answers_as_the_openapi_document_says() {
         None,
     );
     assert_eq!(bs.as_array().unwrap().len(), 1, "{bs}");
+    // Definitions with exchanges and bindings, and an import refusing some of them.
+    let d = "/api/definitions";
+    let mut defs = c.call("get", d, d, None);
+    assert_eq!(defs["bindings"].as_array().unwrap().len(), 1, "{defs}");
+    c.call("post", d, d, Some(defs.clone()));
+    defs["bindings"] = json!([{"exchange": "events", "queue": "none"}]);
+    defs["exchanges"][0]["type"] = json!("direct");
+    let r = c.call("post", d, d, Some(defs));
+    assert_eq!(r["errors"].as_array().unwrap().len(), 2, "{r}");
     c.call(
         "get",
         "/api/exchanges/{name}/bindings",

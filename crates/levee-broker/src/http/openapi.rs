@@ -314,25 +314,50 @@ pub struct QueueDefinitionDoc {
     config: QueueConfigDoc,
 }
 
+/// A declared exchange in a definitions document.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeDefinitionDoc {
+    name: String,
+    /// `direct`, `fanout`, `topic` or `headers`.
+    #[serde(rename = "type")]
+    kind: String,
+    durable: Option<bool>,
+    auto_delete: Option<bool>,
+    internal: Option<bool>,
+    arguments: Option<BTreeMap<String, Value>>,
+}
+
+/// A binding in a definitions document (`""`: the default exchange).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BindingDefinitionDoc {
+    exchange: String,
+    queue: String,
+    key: Option<String>,
+    arguments: Option<BTreeMap<String, Value>>,
+}
+
 /// A definitions document.
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DefinitionsDoc {
     levee_definitions: u64,
     queues: Vec<QueueDefinitionDoc>,
-    /// Reserved (empty in this build).
-    exchanges: Option<Vec<Value>>,
-    /// Reserved (empty in this build).
-    bindings: Option<Vec<Value>>,
-    /// Reserved (empty in this build).
+    /// Declared exchanges (never the predeclared ones).
+    exchanges: Option<Vec<ExchangeDefinitionDoc>>,
+    bindings: Option<Vec<BindingDefinitionDoc>>,
+    /// Reserved: always empty (user secrets are never exported).
     users: Option<Vec<Value>>,
 }
 
-/// A queue that could not be imported.
+/// Something that could not be imported: a queue, an exchange or a binding.
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportErrorDoc {
-    queue: String,
+    queue: Option<String>,
+    exchange: Option<String>,
+    binding: Option<BindingDoc>,
     error: String,
     message: String,
 }
@@ -341,9 +366,16 @@ pub struct ImportErrorDoc {
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportedDoc {
+    /// Queues created.
     created: Vec<String>,
+    /// Queues that existed with this config.
     unchanged: Vec<String>,
+    /// Queues changed live.
     updated: Vec<String>,
+    exchanges_created: Vec<String>,
+    exchanges_unchanged: Vec<String>,
+    bindings_created: u64,
+    bindings_unchanged: u64,
     errors: Vec<ImportErrorDoc>,
 }
 
@@ -556,7 +588,7 @@ fn export_definitions() {}
 #[utoipa::path(post, path = "/api/definitions", request_body = DefinitionsDoc, responses(
     (status = 200, description = "Imported", body = ImportedDoc),
     (status = 400, description = "Invalid document", body = ErrorBody),
-    (status = 409, description = "Some queues could not be imported", body = ImportedDoc)))]
+    (status = 409, description = "Some queues, exchanges or bindings could not be imported (the rest was)", body = ImportedDoc)))]
 fn import_definitions() {}
 
 #[utoipa::path(get, path = "/api/exchanges", responses((status = 200, description = "Every exchange", body = Vec<ExchangeDoc>)))]
