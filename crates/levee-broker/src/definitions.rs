@@ -101,13 +101,10 @@ fn exchanges_from(list: Option<&Value>) -> Result<Vec<(String, ExchangeConfig)>,
     let mut out = Vec::new();
     for (i, x) in list.iter().enumerate() {
         let mut x = x.clone();
-        let name = match x.as_object_mut().and_then(|m| m.remove("name")) {
-            Some(Value::String(n)) => n,
-            _ => {
-                return Err(DefinitionsError::Invalid(format!(
-                    "exchanges[{i}]: missing name"
-                )));
-            }
+        let Some(Value::String(name)) = x.as_object_mut().and_then(|m| m.remove("name")) else {
+            return Err(DefinitionsError::Invalid(format!(
+                "exchanges[{i}]: missing name"
+            )));
         };
         let config = exchange_config_from_json(x)
             .map_err(|e| DefinitionsError::Invalid(format!("exchanges[{i}] ({name}): {e}")))?;
