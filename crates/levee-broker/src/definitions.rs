@@ -3,36 +3,45 @@
 //!
 //! ```json
 //! {"levee_definitions": 1, "queues": [{"name": "jobs", "config": {...}}],
-//!  "exchanges": [], "bindings": [], "users": []}
+//!  "exchanges": [{"name": "events", "type": "topic", "durable": true, "auto_delete": false,
+//!                 "internal": false, "arguments": {}}],
+//!  "bindings": [{"exchange": "events", "queue": "jobs", "key": "a.*", "arguments": {}}],
+//!  "users": []}
 //! ```
 //!
-//! `config` is the queue config JSON of the HTTP API (`PUT /api/queues/{name}`). Import
-//! declares the queues in an order where every dead-letter queue comes before the queues that
-//! use it; a queue that exists with the same config is left alone, one with another config is
-//! changed live where the change is allowed (`Broker::update`), else reported.
+//! `config` is the queue config JSON of the HTTP API (`PUT /api/queues/{name}`), an exchange is
+//! the body of `PUT /api/exchanges/{name}` with its name. Export lists every queue, every
+//! declared exchange (not the predeclared `""` and `amq.*` ones) and every binding (those of
+//! predeclared exchanges too). Import declares the queues first, in an order where every
+//! dead-letter queue comes before the queues that use it (a queue that exists with the same
+//! config is left alone, one with another config is changed live where the change is allowed,
+//! `Broker::update`, else reported), then the exchanges (an existing one with another config is
+//! reported: exchanges cannot be changed), then the bindings (they name both). Each failure is
+//! reported and the rest is still imported.
 //!
 //! # Extension point
-//! Other kinds of definitions (exchanges and bindings, users without their secrets) belong in
-//! the sections of the same name. This build has none: [`EXTENSION_SECTIONS`] lists the
-//! sections it knows of, exports them empty and refuses to import a non-empty one (rather than
-//! silently dropping it). A branch adding exchanges adds its export to [`to_json`]'s caller and
-//! its import to [`import`] (after the queues, since bindings name queues), and removes its
-//! section from [`EXTENSION_SECTIONS`].
+//! Users belong in the `users` section, without their secrets; this build never exports them
+//! (a password hash is a secret). [`EXTENSION_SECTIONS`] lists the sections it knows of but
+//! does not fill: they are exported empty and a non-empty one is refused on import (rather than
+//! silently dropped).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use levee_proto::QueueConfig;
+use levee_proto::{Binding, ExchangeConfig, QueueConfig};
 use serde_json::{Value, json};
 
 use crate::broker::Broker;
 use crate::error::BrokerError;
-use crate::http::{config_from_json, config_to_json};
+use crate::http::{
+    binding_from_json, binding_to_json, config_from_json, config_to_json,
+    exchange_config_from_json, exchange_config_to_json,
+};
 
 /// The format version written as `levee_definitions`.
 pub const FORMAT: u64 = 1;
 
 /// Sections reserved for definitions this build does not have yet (see the module docs).
-pub const EXTENSION_SECTIONS: [&str; 3] = ["exchanges", "bindings", "users"];
+pub const EXTENSION_SECTIONS: [&str; 1] = ["users"];
 
 /// Why a definitions document is refused (nothing was imported).
 #[derive(Debug, thiserror::Error)]
@@ -48,11 +57,28 @@ pub enum DefinitionsError {
     Unsupported(String),
 }
 
-/// The document for these queues.
-pub fn to_json(queues: &[(String, QueueConfig)]) -> Value {
+/// The declared objects of a definitions document.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Definitions {
+    /// Queues, each dead-letter queue before the queues that use it (when parsed).
+    pub queues: Vec<(String, QueueConfig)>,
+    /// Declared exchanges (never the predeclared ones).
+    pub exchanges: Vec<(String, ExchangeConfig)>,
+    /// Bindings.
+    pub bindings: Vec<Binding>,
+}
+
+/// The document for these definitions.
+pub fn to_json(d: &Definitions) -> Value {
     let mut v = json!({
         "levee_definitions": FORMAT,
-        "queues": queues.iter().map(|(n, c)| json!({"name": n, "config": config_to_json(c)})).collect::<Vec<_>>(),
+        "queues": d.queues.iter().map(|(n, c)| json!({"name": n, "config": config_to_json(c)})).collect::<Vec<_>>(),
+        "exchanges": d.exchanges.iter().map(|(n, c)| {
+            let mut x = exchange_config_to_json(c);
+            x["name"] = json!(n);
+            x
+        }).collect::<Vec<_>>(),
+        "bindings": d.bindings.iter().map(binding_to_json).collect::<Vec<_>>(),
     });
     for s in EXTENSION_SECTIONS {
         v[s] = json!([]);
@@ -60,9 +86,59 @@ pub fn to_json(queues: &[(String, QueueConfig)]) -> Value {
     v
 }
 
-/// Parses a document into its queues, ordered so that each queue's dead-letter queue (when it
-/// is in the document) comes first.
-pub fn from_json(body: &[u8]) -> Result<Vec<(String, QueueConfig)>, DefinitionsError> {
+/// The exchanges of a document (`name` plus the `PUT /api/exchanges/{name}` body).
+fn exchanges_from(list: Option<&Value>) -> Result<Vec<(String, ExchangeConfig)>, DefinitionsError> {
+    let list = match list {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(l)) => l,
+        Some(_) => {
+            return Err(DefinitionsError::Invalid(
+                "\"exchanges\" is not a list".into(),
+            ));
+        }
+    };
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, x) in list.iter().enumerate() {
+        let mut x = x.clone();
+        let Some(Value::String(name)) = x.as_object_mut().and_then(|m| m.remove("name")) else {
+            return Err(DefinitionsError::Invalid(format!(
+                "exchanges[{i}]: missing name"
+            )));
+        };
+        let config = exchange_config_from_json(x)
+            .map_err(|e| DefinitionsError::Invalid(format!("exchanges[{i}] ({name}): {e}")))?;
+        if !seen.insert(name.clone()) {
+            return Err(DefinitionsError::Invalid(format!(
+                "exchange {name} is listed twice"
+            )));
+        }
+        out.push((name, config));
+    }
+    Ok(out)
+}
+
+/// The bindings of a document.
+fn bindings_from(list: Option<&Value>) -> Result<Vec<Binding>, DefinitionsError> {
+    match list {
+        None => Ok(Vec::new()),
+        Some(Value::Array(l)) => l
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                binding_from_json(b.clone())
+                    .map_err(|e| DefinitionsError::Invalid(format!("bindings[{i}]: {e}")))
+            })
+            .collect(),
+        Some(_) => Err(DefinitionsError::Invalid(
+            "\"bindings\" is not a list".into(),
+        )),
+    }
+}
+
+/// Parses a document: its queues ordered so that each queue's dead-letter queue (when it is in
+/// the document) comes first, its exchanges and its bindings.
+pub fn from_json(body: &[u8]) -> Result<Definitions, DefinitionsError> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| DefinitionsError::Invalid(e.to_string()))?;
     let Value::Object(map) = v else {
@@ -77,7 +153,7 @@ pub fn from_json(body: &[u8]) -> Result<Vec<(String, QueueConfig)>, DefinitionsE
                     )));
                 }
             }
-            "queues" => {}
+            "queues" | "exchanges" | "bindings" => {}
             s if EXTENSION_SECTIONS.contains(&s) => {
                 if val.as_array().is_none_or(|a| !a.is_empty()) {
                     return Err(DefinitionsError::Unsupported(s.into()));
@@ -90,6 +166,8 @@ pub fn from_json(body: &[u8]) -> Result<Vec<(String, QueueConfig)>, DefinitionsE
             }
         }
     }
+    let exchanges = exchanges_from(map.get("exchanges"))?;
+    let bindings = bindings_from(map.get("bindings"))?;
     let Some(Value::Array(list)) = map.get("queues") else {
         return Err(DefinitionsError::Invalid(
             "missing \"queues\": [...]".into(),
@@ -136,10 +214,14 @@ pub fn from_json(body: &[u8]) -> Result<Vec<(String, QueueConfig)>, DefinitionsE
             }
         }
     }
-    Ok(ordered)
+    Ok(Definitions {
+        queues: ordered,
+        exchanges,
+        bindings,
+    })
 }
 
-/// What an import did, per queue.
+/// What an import did, per queue, exchange and binding.
 #[derive(Debug, Default)]
 pub struct ImportReport {
     /// Queues created.
@@ -150,42 +232,83 @@ pub struct ImportReport {
     pub updated: Vec<String>,
     /// Queues that could not be imported, with the error.
     pub errors: Vec<(String, BrokerError)>,
+    /// Exchanges created.
+    pub exchanges_created: Vec<String>,
+    /// Exchanges that existed with this config.
+    pub exchanges_unchanged: Vec<String>,
+    /// Exchanges that could not be imported (one with another config among them).
+    pub exchange_errors: Vec<(String, BrokerError)>,
+    /// Bindings added.
+    pub bindings_created: u64,
+    /// Bindings that existed.
+    pub bindings_unchanged: u64,
+    /// Bindings that could not be added (an unknown queue or exchange...).
+    pub binding_errors: Vec<(Binding, BrokerError)>,
 }
 
 impl ImportReport {
+    /// Whether everything was imported.
+    pub fn is_complete(&self) -> bool {
+        self.errors.is_empty() && self.exchange_errors.is_empty() && self.binding_errors.is_empty()
+    }
+
     /// The JSON answer of `POST /api/definitions`.
     pub fn to_json(&self) -> Value {
+        let err = |e: &BrokerError| (e.code().name(), e.to_string());
+        let mut errors: Vec<Value> = Vec::new();
+        for (q, e) in &self.errors {
+            let (code, message) = err(e);
+            errors.push(json!({"queue": q, "error": code, "message": message}));
+        }
+        for (x, e) in &self.exchange_errors {
+            let (code, message) = err(e);
+            errors.push(json!({"exchange": x, "error": code, "message": message}));
+        }
+        for (b, e) in &self.binding_errors {
+            let (code, message) = err(e);
+            errors.push(json!({"binding": binding_to_json(b), "error": code, "message": message}));
+        }
         json!({
             "created": self.created,
             "unchanged": self.unchanged,
             "updated": self.updated,
-            "errors": self.errors.iter().map(|(q, e)| json!({
-                "queue": q, "error": e.code().name(), "message": e.to_string(),
-            })).collect::<Vec<_>>(),
+            "exchanges_created": self.exchanges_created,
+            "exchanges_unchanged": self.exchanges_unchanged,
+            "bindings_created": self.bindings_created,
+            "bindings_unchanged": self.bindings_unchanged,
+            "errors": errors,
         })
     }
 }
 
-/// Every queue of the broker with its config, sorted by name.
+/// Every queue of the broker with its config (sorted by name), every declared exchange and
+/// every binding.
 pub async fn export(broker: &Broker) -> Result<Value, BrokerError> {
     let mut names = broker.list();
     names.sort();
-    let mut queues = Vec::new();
+    let mut d = Definitions::default();
     for n in names {
         match broker.inspect(&n).await {
-            Ok(info) => queues.push((n, info.config)),
+            Ok(info) => d.queues.push((n, info.config)),
             // Deleted meanwhile.
             Err(BrokerError::UnknownQueue(_)) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(to_json(&queues))
+    d.exchanges = broker
+        .exchanges()
+        .into_iter()
+        .filter(|x| !x.predeclared)
+        .map(|x| (x.name, x.config))
+        .collect();
+    d.bindings = broker.bindings(None)?;
+    Ok(to_json(&d))
 }
 
 /// Imports parsed definitions (see the module documentation).
-pub async fn import(broker: &Broker, queues: Vec<(String, QueueConfig)>) -> ImportReport {
+pub async fn import(broker: &Broker, d: Definitions) -> ImportReport {
     let mut report = ImportReport::default();
-    for (name, config) in queues {
+    for (name, config) in d.queues {
         match broker.declare(&name, config.clone()).await {
             Ok((true, _)) => report.created.push(name),
             Ok((false, _)) => report.unchanged.push(name),
@@ -194,6 +317,20 @@ pub async fn import(broker: &Broker, queues: Vec<(String, QueueConfig)>) -> Impo
                 Err(e) => report.errors.push((name, e)),
             },
             Err(e) => report.errors.push((name, e)),
+        }
+    }
+    for (name, config) in d.exchanges {
+        match broker.declare_exchange(&name, config).await {
+            Ok(true) => report.exchanges_created.push(name),
+            Ok(false) => report.exchanges_unchanged.push(name),
+            Err(e) => report.exchange_errors.push((name, e)),
+        }
+    }
+    for b in d.bindings {
+        match broker.add_binding(&b).await {
+            Ok(true) => report.bindings_created += 1,
+            Ok(false) => report.bindings_unchanged += 1,
+            Err(e) => report.binding_errors.push((b, e)),
         }
     }
     report

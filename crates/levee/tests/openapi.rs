@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 
+use base64::Engine;
 use common::Server;
 use serde_json::{Value, json};
 
@@ -33,12 +34,22 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/api/queues/{name}/move"),
     ("get", "/api/definitions"),
     ("post", "/api/definitions"),
+    ("get", "/api/exchanges"),
+    ("get", "/api/exchanges/{name}"),
+    ("put", "/api/exchanges/{name}"),
+    ("delete", "/api/exchanges/{name}"),
+    ("get", "/api/exchanges/{name}/bindings"),
+    ("put", "/api/exchanges/{name}/bindings/{queue}"),
+    ("delete", "/api/exchanges/{name}/bindings/{queue}"),
+    ("post", "/api/exchanges/{name}/publish"),
 ];
 
 struct Checker {
     server: Server,
     doc: Value,
     covered: BTreeSet<(String, String)>,
+    /// An `Authorization` header line, sent with every request when set.
+    auth: String,
 }
 
 impl Checker {
@@ -46,9 +57,10 @@ impl Checker {
         let mut s = std::net::TcpStream::connect(self.server.http).unwrap();
         write!(
             s,
-            "{} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+            "{} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{}\
              Content-Length: {}\r\n\r\n{body}",
             method.to_uppercase(),
+            self.auth,
             body.len()
         )
         .unwrap();
@@ -110,6 +122,7 @@ fn every_endpoint_answers_as_the_openapi_document_says() {
         server,
         doc,
         covered: BTreeSet::new(),
+        auth: String::new(),
     };
     let q = "/api/queues/{name}";
     c.call("get", "/", "/", None);
@@ -269,6 +282,122 @@ fn every_endpoint_answers_as_the_openapi_document_says() {
         "/api/definitions",
         Some(json!({"queues": 5})),
     );
+    let x = "/api/exchanges/{name}";
+    let xb = "/api/exchanges/{name}/bindings/{queue}";
+    let xp = "/api/exchanges/{name}/publish";
+    c.call(
+        "put",
+        x,
+        "/api/exchanges/events",
+        Some(json!({"type": "topic", "arguments": {"a": "b"}})),
+    );
+    c.call(
+        "put",
+        x,
+        "/api/exchanges/events",
+        Some(json!({"type": "topic"})),
+    );
+    c.call(
+        "put",
+        x,
+        "/api/exchanges/events",
+        Some(json!({"type": "fanout"})),
+    );
+    c.call(
+        "put",
+        x,
+        "/api/exchanges/bad",
+        Some(json!({"type": "nope"})),
+    );
+    c.call(
+        "put",
+        x,
+        "/api/exchanges/amq.mine",
+        Some(json!({"type": "direct"})),
+    );
+    c.call("get", "/api/exchanges", "/api/exchanges", None);
+    c.call("get", x, "/api/exchanges/events", None);
+    c.call("get", x, "/api/exchanges/amq.default", None);
+    c.call("get", x, "/api/exchanges/none", None);
+    c.call(
+        "put",
+        xb,
+        "/api/exchanges/events/bindings/jobs",
+        Some(json!({"key": "a.*"})),
+    );
+    c.call(
+        "put",
+        xb,
+        "/api/exchanges/events/bindings/jobs",
+        Some(json!({"key": "a.*"})),
+    );
+    c.call(
+        "put",
+        xb,
+        "/api/exchanges/events/bindings/none",
+        Some(json!({})),
+    );
+    c.call(
+        "put",
+        xb,
+        "/api/exchanges/events/bindings/jobs",
+        Some(json!({"k": 1})),
+    );
+    let bs = c.call(
+        "get",
+        "/api/exchanges/{name}/bindings",
+        "/api/exchanges/events/bindings",
+        None,
+    );
+    assert_eq!(bs.as_array().unwrap().len(), 1, "{bs}");
+    // Definitions with exchanges and bindings, and an import refusing some of them.
+    let d = "/api/definitions";
+    let mut defs = c.call("get", d, d, None);
+    assert_eq!(defs["bindings"].as_array().unwrap().len(), 1, "{defs}");
+    c.call("post", d, d, Some(defs.clone()));
+    defs["bindings"] = json!([{"exchange": "events", "queue": "none"}]);
+    defs["exchanges"][0]["type"] = json!("direct");
+    let r = c.call("post", d, d, Some(defs));
+    assert_eq!(r["errors"].as_array().unwrap().len(), 2, "{r}");
+    c.call(
+        "get",
+        "/api/exchanges/{name}/bindings",
+        "/api/exchanges/none/bindings",
+        None,
+    );
+    let o = c.call(
+        "post",
+        xp,
+        "/api/exchanges/events/publish",
+        Some(json!({"routing_key": "a.b", "payload": "x", "headers": {"h": "v"}})),
+    );
+    assert_eq!(o["outcome"], "stored", "{o}");
+    let o = c.call(
+        "post",
+        xp,
+        "/api/exchanges/events/publish",
+        Some(json!({"routing_key": "z"})),
+    );
+    assert_eq!(o["outcome"], "unroutable", "{o}");
+    c.call("post", xp, "/api/exchanges/none/publish", Some(json!({})));
+    c.call(
+        "post",
+        xp,
+        "/api/exchanges/events/publish",
+        Some(json!({"nope": 1})),
+    );
+    c.call("delete", x, "/api/exchanges/events?if_unused=true", None);
+    let u = c.call(
+        "delete",
+        xb,
+        "/api/exchanges/events/bindings/jobs",
+        Some(json!({"key": "a.*"})),
+    );
+    assert_eq!(u["existed"], true, "{u}");
+    c.call("delete", xb, "/api/exchanges/none/bindings/jobs", None);
+    c.call("delete", x, "/api/exchanges/events", None);
+    c.call("delete", x, "/api/exchanges/events", None);
+    c.call("delete", x, "/api/exchanges/amq.topic", None);
     c.call("delete", q, "/api/queues/mem", None);
     c.call("delete", q, "/api/queues/mem", None);
     let all: BTreeSet<(String, String)> = ENDPOINTS
@@ -280,11 +409,65 @@ fn every_endpoint_answers_as_the_openapi_document_says() {
         .as_object()
         .unwrap()
         .values()
-        .map(|p| p.as_object().unwrap().len())
+        .map(|p| {
+            p.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| ["get", "put", "post", "patch", "delete"].contains(&k.as_str()))
+                .count()
+        })
         .sum();
     assert_eq!(
         documented,
         ENDPOINTS.len(),
         "the document lists no endpoint the router lacks"
     );
+}
+
+/// With users configured, the auth middleware's 401 (no login) and 403 (a right missing) are
+/// answers the document lists, with the error body it describes.
+#[test]
+fn refusals_of_the_auth_middleware_are_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("levee.toml");
+    let config = common::pki::user("watcher", Some("pw"), &["{ actions = [\"monitor\"] }"]);
+    std::fs::write(&path, config).unwrap();
+    let server = Server::start_with(&["--config", path.to_str().unwrap()]);
+    let (st, text) = common::http_get(server.http, "/openapi.json");
+    assert_eq!(st, 200);
+    let doc: Value = serde_json::from_str(text.trim()).unwrap();
+    let mut c = Checker {
+        server,
+        doc,
+        covered: BTreeSet::new(),
+        auth: String::new(),
+    };
+    for (m, t, p) in [
+        ("get", "/api/queues", "/api/queues"),
+        ("put", "/api/queues/{name}", "/api/queues/jobs"),
+        ("get", "/api/exchanges", "/api/exchanges"),
+        ("post", "/api/definitions", "/api/definitions"),
+    ] {
+        let (status, _, _) = c.raw(m, p, "{}");
+        assert_eq!(status, 401, "{m} {p} without a login");
+        c.call(m, t, p, Some(json!({})));
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode("watcher:pw");
+    c.auth = format!("Authorization: Basic {b64}\r\n");
+    let v = c.call("get", "/api/queues", "/api/queues", None);
+    assert!(v.is_array(), "{v}");
+    for (m, t, p) in [
+        ("put", "/api/queues/{name}", "/api/queues/jobs"),
+        ("put", "/api/exchanges/{name}", "/api/exchanges/events"),
+        (
+            "post",
+            "/api/exchanges/{name}/publish",
+            "/api/exchanges/amq.topic/publish",
+        ),
+        ("post", "/api/definitions", "/api/definitions"),
+    ] {
+        let (status, _, _) = c.raw(m, p, "{}");
+        assert_eq!(status, 403, "{m} {p} with monitor rights only");
+        c.call(m, t, p, Some(json!({"type": "topic"})));
+    }
 }

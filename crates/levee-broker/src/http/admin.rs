@@ -177,7 +177,7 @@ pub(super) async fn move_messages(
     }
 }
 
-/// `GET /api/definitions`: every queue's definition (see `crate::definitions`).
+/// `GET /api/definitions`: every queue, declared exchange and binding (see `crate::definitions`).
 pub(super) async fn export_definitions(State(broker): State<Broker>) -> Response {
     match crate::definitions::export(&broker).await {
         Ok(v) => json_response(StatusCode::OK, &v),
@@ -186,15 +186,15 @@ pub(super) async fn export_definitions(State(broker): State<Broker>) -> Response
 }
 
 /// `POST /api/definitions`: imports a definitions document; 200 with what was created,
-/// unchanged and updated, or 409 listing the queues that could not be imported (the others
+/// unchanged and updated, or 409 listing the queues, exchanges and bindings that could not be imported (the others
 /// were).
 pub(super) async fn import_definitions(State(broker): State<Broker>, body: Bytes) -> Response {
-    let queues = match crate::definitions::from_json(&body) {
-        Ok(q) => q,
+    let defs = match crate::definitions::from_json(&body) {
+        Ok(d) => d,
         Err(e) => return HttpError::BadRequest(e.to_string()).into_response(),
     };
-    let report = crate::definitions::import(&broker, queues).await;
-    let status = if report.errors.is_empty() {
+    let report = crate::definitions::import(&broker, defs).await;
+    let status = if report.is_complete() {
         StatusCode::OK
     } else {
         StatusCode::CONFLICT

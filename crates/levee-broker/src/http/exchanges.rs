@@ -93,6 +93,45 @@ fn args_from_json(v: Option<Map<String, Value>>) -> Result<Vec<(String, bytes::B
     Ok(out)
 }
 
+/// An exchange's configuration as `PUT /api/exchanges/{name}` takes it (and definitions
+/// documents hold it).
+pub(crate) fn exchange_config_to_json(c: &ExchangeConfig) -> Value {
+    json!({
+        "type": c.kind.as_str(),
+        "durable": c.durable,
+        "auto_delete": c.auto_delete,
+        "internal": c.internal,
+        "arguments": args_to_json(&c.arguments),
+    })
+}
+
+/// Parses the body of `PUT /api/exchanges/{name}` (unknown fields refused).
+pub(crate) fn exchange_config_from_json(v: Value) -> Result<ExchangeConfig, HttpError> {
+    let body: ExchangeBody =
+        serde_json::from_value(v).map_err(|e| HttpError::BadJson(e.to_string()))?;
+    config_from(body)
+}
+
+/// Parses a binding (`{"exchange", "queue", "key", "arguments"}`; exchange and queue required,
+/// `""` naming the default exchange).
+pub(crate) fn binding_from_json(v: Value) -> Result<Binding, HttpError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Full {
+        exchange: String,
+        queue: String,
+        key: Option<String>,
+        arguments: Option<Map<String, Value>>,
+    }
+    let b: Full = serde_json::from_value(v).map_err(|e| HttpError::BadJson(e.to_string()))?;
+    Ok(Binding {
+        exchange: b.exchange,
+        queue: b.queue,
+        key: b.key.unwrap_or_default(),
+        arguments: args_from_json(b.arguments)?,
+    })
+}
+
 /// The JSON form of an exchange.
 pub fn exchange_to_json(i: &ExchangeInfo) -> Value {
     json!({
@@ -109,7 +148,8 @@ pub fn exchange_to_json(i: &ExchangeInfo) -> Value {
     })
 }
 
-fn binding_to_json(b: &Binding) -> Value {
+/// A binding's JSON form: `{"exchange", "queue", "key", "arguments"}`.
+pub(crate) fn binding_to_json(b: &Binding) -> Value {
     json!({
         "exchange": b.exchange,
         "queue": b.queue,

@@ -67,6 +67,9 @@ mod snapshot;
 pub use error::HttpError;
 use error::{json_response, json_text_response};
 pub use exchanges::{PUBLISH_WAIT, exchange_to_json, outcome_to_json};
+pub(crate) use exchanges::{
+    binding_from_json, binding_to_json, exchange_config_from_json, exchange_config_to_json,
+};
 pub use json::{config_from_json, config_to_json, render_queues_json};
 pub use messages::peek_json;
 use metrics::render_limits;

@@ -13,6 +13,8 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::{OpenApi, ToSchema};
 
+use super::auth::{Needs, ROUTES};
+
 /// Every error: a stable code and a human-readable message.
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +64,11 @@ pub struct QueueConfigDoc {
     dead_letter: Option<String>,
     message_ttl_ms: Option<u64>,
     rate_limit: Option<RateLimitDoc>,
+    /// Dead letters go through this exchange (instead of to `dead_letter`).
+    dead_letter_exchange: Option<String>,
+    /// The routing key of dead letters sent through `dead_letter_exchange` (default: the
+    /// message's key).
+    dead_letter_routing_key: Option<String>,
     dedup: Option<DedupDoc>,
 }
 
@@ -307,25 +314,50 @@ pub struct QueueDefinitionDoc {
     config: QueueConfigDoc,
 }
 
+/// A declared exchange in a definitions document.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeDefinitionDoc {
+    name: String,
+    /// `direct`, `fanout`, `topic` or `headers`.
+    #[serde(rename = "type")]
+    kind: String,
+    durable: Option<bool>,
+    auto_delete: Option<bool>,
+    internal: Option<bool>,
+    arguments: Option<BTreeMap<String, Value>>,
+}
+
+/// A binding in a definitions document (`""`: the default exchange).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BindingDefinitionDoc {
+    exchange: String,
+    queue: String,
+    key: Option<String>,
+    arguments: Option<BTreeMap<String, Value>>,
+}
+
 /// A definitions document.
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DefinitionsDoc {
     levee_definitions: u64,
     queues: Vec<QueueDefinitionDoc>,
-    /// Reserved (empty in this build).
-    exchanges: Option<Vec<Value>>,
-    /// Reserved (empty in this build).
-    bindings: Option<Vec<Value>>,
-    /// Reserved (empty in this build).
+    /// Declared exchanges (never the predeclared ones).
+    exchanges: Option<Vec<ExchangeDefinitionDoc>>,
+    bindings: Option<Vec<BindingDefinitionDoc>>,
+    /// Reserved: always empty (user secrets are never exported).
     users: Option<Vec<Value>>,
 }
 
-/// A queue that could not be imported.
+/// Something that could not be imported: a queue, an exchange or a binding.
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportErrorDoc {
-    queue: String,
+    queue: Option<String>,
+    exchange: Option<String>,
+    binding: Option<BindingDoc>,
     error: String,
     message: String,
 }
@@ -334,10 +366,115 @@ pub struct ImportErrorDoc {
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportedDoc {
+    /// Queues created.
     created: Vec<String>,
+    /// Queues that existed with this config.
     unchanged: Vec<String>,
+    /// Queues changed live.
     updated: Vec<String>,
+    exchanges_created: Vec<String>,
+    exchanges_unchanged: Vec<String>,
+    bindings_created: u64,
+    bindings_unchanged: u64,
     errors: Vec<ImportErrorDoc>,
+}
+
+/// An exchange's configuration (what `PUT /api/exchanges/{name}` takes; only `type` is
+/// required).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeConfigDoc {
+    /// `direct`, `fanout`, `topic` or `headers`.
+    #[serde(rename = "type")]
+    kind: String,
+    durable: Option<bool>,
+    auto_delete: Option<bool>,
+    internal: Option<bool>,
+    /// Strings (numbers and booleans are taken as their text).
+    arguments: Option<BTreeMap<String, Value>>,
+}
+
+/// An exchange (`""`: the default exchange).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeDoc {
+    name: String,
+    /// `direct`, `fanout`, `topic` or `headers`.
+    #[serde(rename = "type")]
+    kind: String,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
+    arguments: BTreeMap<String, String>,
+    /// Built in (`""`, `amq.*`): neither declared nor deleted by clients.
+    predeclared: bool,
+    /// How many bindings it has.
+    bindings: u64,
+    /// Messages that matched at least one queue.
+    routed: u64,
+    /// Messages that matched none (dropped).
+    unroutable: u64,
+}
+
+/// Answer of an exchange declare.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeDeclaredDoc {
+    exchange: String,
+    created: bool,
+}
+
+/// Answer of an exchange delete.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeDeletedDoc {
+    exchange: String,
+    deleted: bool,
+}
+
+/// What a bind or unbind takes (both optional).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BindingBodyDoc {
+    /// The binding key (default `""`).
+    key: Option<String>,
+    arguments: Option<BTreeMap<String, Value>>,
+}
+
+/// A binding (with `created` after a bind, `existed` after an unbind).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BindingDoc {
+    exchange: String,
+    queue: String,
+    key: String,
+    arguments: BTreeMap<String, String>,
+    created: Option<bool>,
+    existed: Option<bool>,
+}
+
+/// A publish to an exchange.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangePublishDoc {
+    routing_key: Option<String>,
+    /// UTF-8 text payload.
+    payload: Option<String>,
+    headers: Option<BTreeMap<String, Value>>,
+}
+
+/// The fate of a message published to an exchange.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoutedOutcomeDoc {
+    /// `stored`, `dropped`, `rejected`, `throttled`, `unroutable` or (202) `held`.
+    outcome: String,
+    /// How many queues it was routed to (absent for `held`).
+    targets: Option<u64>,
+    seq: Option<u64>,
+    reason: Option<String>,
+    code: Option<String>,
+    retry_after_ms: Option<u64>,
 }
 
 /// A health or readiness answer.
@@ -451,8 +588,61 @@ fn export_definitions() {}
 #[utoipa::path(post, path = "/api/definitions", request_body = DefinitionsDoc, responses(
     (status = 200, description = "Imported", body = ImportedDoc),
     (status = 400, description = "Invalid document", body = ErrorBody),
-    (status = 409, description = "Some queues could not be imported", body = ImportedDoc)))]
+    (status = 409, description = "Some queues, exchanges or bindings could not be imported (the rest was)", body = ImportedDoc)))]
 fn import_definitions() {}
+
+#[utoipa::path(get, path = "/api/exchanges", responses((status = 200, description = "Every exchange", body = Vec<ExchangeDoc>)))]
+fn list_exchanges() {}
+
+#[utoipa::path(get, path = "/api/exchanges/{name}", params(("name" = String, Path, description = "`amq.default`: the default exchange")), responses(
+    (status = 200, description = "The exchange", body = ExchangeDoc),
+    (status = 404, description = "No such exchange", body = ErrorBody)))]
+fn get_exchange() {}
+
+#[utoipa::path(put, path = "/api/exchanges/{name}", params(("name" = String, Path)), request_body = ExchangeConfigDoc, responses(
+    (status = 201, description = "Created", body = ExchangeDeclaredDoc),
+    (status = 200, description = "Exists with this config", body = ExchangeDeclaredDoc),
+    (status = 400, description = "Invalid", body = ErrorBody),
+    (status = 403, description = "The default exchange or an `amq.` name", body = ErrorBody),
+    (status = 409, description = "Exists with another config (`differences`)", body = ErrorBody)))]
+fn put_exchange() {}
+
+#[utoipa::path(delete, path = "/api/exchanges/{name}", params(("name" = String, Path),
+    ("if_unused" = Option<bool>, Query, description = "refuse (409) if it has bindings")), responses(
+    (status = 200, description = "Deleted", body = ExchangeDeletedDoc),
+    (status = 400, description = "Invalid query", body = ErrorBody),
+    (status = 403, description = "A predeclared exchange", body = ErrorBody),
+    (status = 404, description = "No such exchange", body = ErrorBody),
+    (status = 409, description = "In use", body = ErrorBody)))]
+fn delete_exchange() {}
+
+#[utoipa::path(get, path = "/api/exchanges/{name}/bindings", params(("name" = String, Path)), responses(
+    (status = 200, description = "Its bindings", body = Vec<BindingDoc>),
+    (status = 404, description = "No such exchange", body = ErrorBody)))]
+fn exchange_bindings() {}
+
+#[utoipa::path(put, path = "/api/exchanges/{name}/bindings/{queue}", params(("name" = String, Path), ("queue" = String, Path)), request_body = BindingBodyDoc, responses(
+    (status = 201, description = "Bound", body = BindingDoc),
+    (status = 200, description = "Was bound already", body = BindingDoc),
+    (status = 400, description = "Invalid", body = ErrorBody),
+    (status = 403, description = "Not allowed (the default exchange's implicit bindings)", body = ErrorBody),
+    (status = 404, description = "No such exchange or queue", body = ErrorBody)))]
+fn bind() {}
+
+#[utoipa::path(delete, path = "/api/exchanges/{name}/bindings/{queue}", params(("name" = String, Path), ("queue" = String, Path)), request_body = BindingBodyDoc, responses(
+    (status = 200, description = "Unbound (`existed`: whether it was bound)", body = BindingDoc),
+    (status = 400, description = "Invalid", body = ErrorBody),
+    (status = 403, description = "Not allowed (the default exchange's implicit bindings)", body = ErrorBody),
+    (status = 404, description = "No such exchange or queue", body = ErrorBody)))]
+fn unbind() {}
+
+#[utoipa::path(post, path = "/api/exchanges/{name}/publish", params(("name" = String, Path)), request_body = ExchangePublishDoc, responses(
+    (status = 200, description = "The outcome once every target queue answered", body = RoutedOutcomeDoc),
+    (status = 202, description = "Held by a full block queue, then discarded", body = RoutedOutcomeDoc),
+    (status = 400, description = "Invalid", body = ErrorBody),
+    (status = 403, description = "An internal exchange", body = ErrorBody),
+    (status = 404, description = "No such exchange", body = ErrorBody)))]
+fn publish_to_exchange() {}
 
 /// The document.
 #[derive(OpenApi)]
@@ -482,18 +672,108 @@ fn import_definitions() {}
         extend,
         move_messages,
         export_definitions,
-        import_definitions
+        import_definitions,
+        list_exchanges,
+        get_exchange,
+        put_exchange,
+        delete_exchange,
+        exchange_bindings,
+        bind,
+        unbind,
+        publish_to_exchange
     )
 )]
 struct ApiDoc;
 
-/// The OpenAPI document as JSON.
+/// The OpenAPI document as JSON, with the answers of the auth middleware (`auth::ROUTES`) on
+/// every operation that can give them: 401 wherever a login is needed, 403 wherever a right is
+/// (both only when users are configured).
 pub fn document() -> Value {
-    serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null)
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+    let error = serde_json::json!({"$ref": "#/components/schemas/ErrorBody"});
+    for &(method, path, needs) in ROUTES {
+        let (login, right) = match needs {
+            Needs::Open => (false, false),
+            Needs::Login => (true, false),
+            Needs::Queue(..) | Needs::Exchange(..) | Needs::Broker(_) => (true, true),
+        };
+        // `*` (the probes) is documented as GET. `get_mut`, not indexing: indexing a
+        // `Value` mutably would add the operation it looks for.
+        let method = if method == "*" {
+            "get".to_string()
+        } else {
+            method.to_ascii_lowercase()
+        };
+        let Some(responses) = doc
+            .get_mut("paths")
+            .and_then(|p| p.get_mut(path))
+            .and_then(|p| p.get_mut(method.as_str()))
+            .and_then(|o| o.get_mut("responses"))
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        let mut add = |status: &str, description: &str| {
+            responses.entry(status).or_insert_with(|| {
+                serde_json::json!({
+                    "description": description,
+                    "content": {"application/json": {"schema": error.clone()}},
+                })
+            });
+        };
+        if login {
+            add(
+                "401",
+                "Users are configured and no valid login was given (`WWW-Authenticate: Basic`)",
+            );
+        }
+        if right {
+            add("403", "The user lacks the right this endpoint needs");
+        }
+    }
+    doc
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use super::ROUTES;
+
+    /// The auth table has one line per route the router serves (a route missing from it would
+    /// need only a login); the document must list exactly the same (method, path) pairs, and
+    /// `crates/levee/tests/openapi.rs` calls each of them on the real binary.
+    #[test]
+    fn the_document_lists_exactly_the_routes_of_the_auth_table() {
+        let doc = super::document();
+        let documented: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(p, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |m| (m.to_uppercase(), p.clone()))
+            })
+            .collect();
+        let routed: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|&(m, p, _)| (if m == "*" { "GET" } else { m }.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(documented, routed);
+    }
+
+    #[test]
+    fn guarded_operations_list_401_and_403() {
+        let doc = super::document();
+        let put = &doc["paths"]["/api/exchanges/{name}"]["put"]["responses"];
+        assert!(put["401"].is_object() && put["403"].is_object(), "{put}");
+        let list = &doc["paths"]["/api/queues"]["get"]["responses"];
+        assert!(list["401"].is_object() && list["403"].is_null(), "{list}");
+        assert!(doc["paths"]["/healthz"]["get"]["responses"]["401"].is_null());
+    }
+
     #[test]
     fn bodies_refuse_unlisted_properties() {
         let doc = super::document();
