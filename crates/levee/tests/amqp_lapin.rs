@@ -146,20 +146,29 @@ async fn past_the_held_bound_the_connection_is_blocked_and_others_are_not() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let mut confirms = Vec::new();
-    for i in 0..11u8 {
-        confirms.push(
-            ch.basic_publish(
-                "".into(),
-                "jam".into(),
-                BasicPublishOptions::default(),
-                &[i; 1000],
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap(),
-        );
-    }
+    // Published from a task: lapin itself stops sending while the connection is blocked, so
+    // the publishes after the block wait (in the client) until it is lifted.
+    let publisher = tokio::spawn(async move {
+        let mut confirms = Vec::new();
+        for i in 0..11u8 {
+            confirms.push(
+                ch.basic_publish(
+                    "".into(),
+                    "jam".into(),
+                    BasicPublishOptions::default(),
+                    &[i; 1000],
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        let mut acks = Vec::new();
+        for c in confirms {
+            acks.push(c.await.unwrap().is_ack());
+        }
+        acks
+    });
     let reason = tokio::time::timeout(WAIT, async {
         while let Some(e) = events.next().await {
             if let Event::ConnectionBlocked(reason) = e {
@@ -234,15 +243,11 @@ async fn past_the_held_bound_the_connection_is_blocked_and_others_are_not() {
     })
     .await
     .expect("connection.unblocked once room freed");
-    for c in confirms {
-        assert!(
-            tokio::time::timeout(WAIT, c)
-                .await
-                .unwrap()
-                .unwrap()
-                .is_ack()
-        );
-    }
+    let acks = tokio::time::timeout(WAIT, publisher)
+        .await
+        .expect("every publish confirmed")
+        .unwrap();
+    assert_eq!(acks, vec![true; 11], "every publish acked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -32,25 +31,11 @@ fn server_with(config: &str) -> (Server, tempfile::TempDir) {
 
 /// One HTTP/1.1 request: (status, headers + body as text).
 fn http(addr: SocketAddr, method: &str, path: &str, auth: Option<(&str, &str)>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect http");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let auth = auth.map_or(String::new(), |(u, p)| {
         let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
         format!("Authorization: Basic {b}\r\n")
     });
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read http response");
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    (status, resp)
+    common::http_request(addr, method, path, &auth, "")
 }
 
 async fn connect(server: &Server, u: &str, p: &str) -> Result<Client, ClientError> {

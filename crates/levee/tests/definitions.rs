@@ -3,49 +3,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::process::Command;
-
-use common::Server;
+use common::{Server, http_json, levee_ok};
 use serde_json::{Value, json};
-
-fn http(server: &Server, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut s = std::net::TcpStream::connect(server.http).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let json = serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1.trim()).unwrap();
-    (status, json)
-}
-
-fn levee(server: &Server, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
-        .args(args)
-        .args(["--addr", &server.wire.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn definitions_exported_from_one_broker_recreate_its_queues_in_another() {
     let a = Server::start();
     // Declared in an order an import could not use as is: the dead-letter queue last.
-    http(&a, "PUT", "/api/queues/z.dead", Some(&json!({})));
-    http(
+    http_json(&a, "PUT", "/api/queues/z.dead", Some(&json!({})));
+    http_json(
         &a,
         "PUT",
         "/api/queues/orders",
@@ -54,7 +20,7 @@ fn definitions_exported_from_one_broker_recreate_its_queues_in_another() {
                      "overflow": "reject"}),
         ),
     );
-    let (st, exported) = http(&a, "GET", "/api/definitions", None);
+    let (st, exported) = http_json(&a, "GET", "/api/definitions", None);
     assert_eq!(st, 200, "{exported}");
     assert_eq!(exported["levee_definitions"], 1);
     assert_eq!(exported["queues"].as_array().unwrap().len(), 2);
@@ -67,7 +33,7 @@ fn definitions_exported_from_one_broker_recreate_its_queues_in_another() {
         (&json!([]), &json!([]), &json!([])),
         "no declared exchange, no binding, and the reserved users section is empty"
     );
-    let cli: Value = serde_json::from_str(&levee(&a, &["definitions", "export"])).unwrap();
+    let cli: Value = serde_json::from_str(&levee_ok(&a, &["definitions", "export"])).unwrap();
     assert_eq!(
         cli, exported,
         "the CLI and the API export the same document"
@@ -76,24 +42,24 @@ fn definitions_exported_from_one_broker_recreate_its_queues_in_another() {
     let b = Server::start();
     let file = b.data_dir.parent().unwrap().join("defs.json");
     std::fs::write(&file, exported.to_string()).unwrap();
-    let text = levee(&b, &["definitions", "import", file.to_str().unwrap()]);
+    let text = levee_ok(&b, &["definitions", "import", file.to_str().unwrap()]);
     assert!(text.contains("2 created"), "{text}");
-    let (_, orders) = http(&b, "GET", "/api/queues/orders", None);
+    let (_, orders) = http_json(&b, "GET", "/api/queues/orders", None);
     assert_eq!(
         orders["config"], exported["queues"][0]["config"],
         "{orders}"
     );
-    let (st, r) = http(&b, "POST", "/api/definitions", Some(&exported));
+    let (st, r) = http_json(&b, "POST", "/api/definitions", Some(&exported));
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["unchanged"].as_array().unwrap().len(), 2, "{r}");
     // A changed limit is applied live; a non-empty section this build lacks is refused.
     let mut changed = exported.clone();
     changed["queues"][0]["config"]["max_messages"] = json!(70);
-    let (st, r) = http(&b, "POST", "/api/definitions", Some(&changed));
+    let (st, r) = http_json(&b, "POST", "/api/definitions", Some(&changed));
     assert_eq!((st, r["updated"][0].as_str()), (200, Some("orders")), "{r}");
     let mut unsupported = exported.clone();
     unsupported["users"] = json!([{"name": "x"}]);
-    let (st, r) = http(&b, "POST", "/api/definitions", Some(&unsupported));
+    let (st, r) = http_json(&b, "POST", "/api/definitions", Some(&unsupported));
     assert_eq!((st, r["error"].as_str()), (400, Some("bad-request")), "{r}");
     assert!(r["message"].as_str().unwrap().contains("users"), "{r}");
 }
@@ -102,10 +68,10 @@ fn definitions_exported_from_one_broker_recreate_its_queues_in_another() {
 fn exchanges_and_bindings_survive_an_export_and_an_import_into_a_fresh_broker() {
     let a = Server::start();
     for q in ["jobs", "audit"] {
-        http(&a, "PUT", &format!("/api/queues/{q}"), Some(&json!({})));
+        http_json(&a, "PUT", &format!("/api/queues/{q}"), Some(&json!({})));
     }
     // A queue dead-lettering through an exchange declared after it: import must not mind.
-    http(
+    http_json(
         &a,
         "PUT",
         "/api/queues/work",
@@ -122,7 +88,7 @@ fn exchanges_and_bindings_survive_an_export_and_an_import_into_a_fresh_broker() 
         ),
         ("by-header", json!({"type": "headers", "auto_delete": true})),
     ] {
-        let (st, r) = http(&a, "PUT", &format!("/api/exchanges/{x}"), Some(&body));
+        let (st, r) = http_json(&a, "PUT", &format!("/api/exchanges/{x}"), Some(&body));
         assert_eq!(st, 201, "{x}: {r}");
     }
     for (x, q, body) in [
@@ -136,7 +102,7 @@ fn exchanges_and_bindings_survive_an_export_and_an_import_into_a_fresh_broker() 
         ),
         ("amq.topic", "jobs", json!({"key": "x.y"})),
     ] {
-        let (st, r) = http(
+        let (st, r) = http_json(
             &a,
             "PUT",
             &format!("/api/exchanges/{x}/bindings/{q}"),
@@ -144,7 +110,7 @@ fn exchanges_and_bindings_survive_an_export_and_an_import_into_a_fresh_broker() 
         );
         assert_eq!(st, 201, "{x} -> {q}: {r}");
     }
-    let (st, exported) = http(&a, "GET", "/api/definitions", None);
+    let (st, exported) = http_json(&a, "GET", "/api/definitions", None);
     assert_eq!(st, 200, "{exported}");
     let names: Vec<&str> = exported["exchanges"]
         .as_array()
@@ -168,23 +134,23 @@ fn exchanges_and_bindings_survive_an_export_and_an_import_into_a_fresh_broker() 
     let b = Server::start();
     let file = b.data_dir.parent().unwrap().join("defs.json");
     std::fs::write(&file, exported.to_string()).unwrap();
-    let text = levee(&b, &["definitions", "import", file.to_str().unwrap()]);
+    let text = levee_ok(&b, &["definitions", "import", file.to_str().unwrap()]);
     assert!(
         text.contains("exchanges: 3 created") && text.contains("bindings: 5 created"),
         "{text}"
     );
-    let (_, again) = http(&b, "GET", "/api/definitions", None);
+    let (_, again) = http_json(&b, "GET", "/api/definitions", None);
     assert_eq!(
         again, exported,
         "the imported broker exports the same definitions"
     );
-    let cli: Value = serde_json::from_str(&levee(&b, &["definitions", "export"])).unwrap();
+    let cli: Value = serde_json::from_str(&levee_ok(&b, &["definitions", "export"])).unwrap();
     assert_eq!(
         cli, exported,
         "the CLI and the API export the same document"
     );
     // The bindings route in the new broker.
-    let (st, r) = http(
+    let (st, r) = http_json(
         &b,
         "POST",
         "/api/exchanges/events/publish",
@@ -198,14 +164,14 @@ fn exchanges_and_bindings_survive_an_export_and_an_import_into_a_fresh_broker() 
 
     // Over HTTP into another fresh broker; a second import changes nothing.
     let c = Server::start();
-    let (st, r) = http(&c, "POST", "/api/definitions", Some(&exported));
+    let (st, r) = http_json(&c, "POST", "/api/definitions", Some(&exported));
     assert_eq!(st, 200, "{r}");
     assert_eq!(
         (&r["exchanges_created"], &r["bindings_created"]),
         (&json!(["by-header", "events", "fan"]), &json!(5)),
         "{r}"
     );
-    let (st, r) = http(&c, "POST", "/api/definitions", Some(&exported));
+    let (st, r) = http_json(&c, "POST", "/api/definitions", Some(&exported));
     assert_eq!(st, 200, "{r}");
     assert_eq!(
         (
@@ -215,7 +181,7 @@ fn exchanges_and_bindings_survive_an_export_and_an_import_into_a_fresh_broker() 
         (3, &json!(5)),
         "{r}"
     );
-    assert_eq!(http(&c, "GET", "/api/definitions", None).1, exported);
+    assert_eq!(http_json(&c, "GET", "/api/definitions", None).1, exported);
 
     // What cannot be imported is reported, the rest still is: an exchange redefined, a binding
     // to a queue the document does not have.
@@ -225,7 +191,7 @@ fn exchanges_and_bindings_survive_an_export_and_an_import_into_a_fresh_broker() 
         {"exchange": "events", "queue": "missing", "key": "k"},
         {"exchange": "fan", "queue": "work"},
     ]);
-    let (st, r) = http(&c, "POST", "/api/definitions", Some(&bad));
+    let (st, r) = http_json(&c, "POST", "/api/definitions", Some(&bad));
     assert_eq!(st, 409, "{r}");
     let errors = r["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 2, "{r}");
@@ -236,21 +202,21 @@ fn exchanges_and_bindings_survive_an_export_and_an_import_into_a_fresh_broker() 
     );
     assert_eq!(errors[1]["binding"]["queue"], "missing", "{r}");
     assert_eq!(r["bindings_created"], 1, "{r}");
-    let (_, bs) = http(&c, "GET", "/api/exchanges/fan/bindings", None);
+    let (_, bs) = http_json(&c, "GET", "/api/exchanges/fan/bindings", None);
     assert_eq!(bs.as_array().unwrap().len(), 2, "{bs}");
     // A malformed section is refused as a whole, before anything is declared.
     let mut malformed = exported.clone();
     malformed["bindings"] = json!([{"exchange": "events"}]);
-    let (st, r) = http(&c, "POST", "/api/definitions", Some(&malformed));
+    let (st, r) = http_json(&c, "POST", "/api/definitions", Some(&malformed));
     assert_eq!(st, 400, "{r}");
 }
 
 #[test]
 fn a_publish_body_may_be_larger_than_a_config_body() {
     let server = Server::start();
-    http(&server, "PUT", "/api/queues/big", Some(&json!({})));
+    http_json(&server, "PUT", "/api/queues/big", Some(&json!({})));
     let payload = "x".repeat(200 * 1024);
-    let (st, b) = http(
+    let (st, b) = http_json(
         &server,
         "POST",
         "/api/queues/big/messages",

@@ -3,45 +3,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::process::Command;
-
-use common::{Server, client, id_of, numbered};
+use common::{Server, client, http_json, id_of, levee_ok, numbered};
 use futures::StreamExt;
 use levee_client::{ConsumerOptions, Credit, ProducerOptions};
 use levee_proto::{Overflow, QueueConfig};
 use serde_json::{Value, json};
-
-fn http(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut s = std::net::TcpStream::connect(server.http).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let json = serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1.trim()).unwrap();
-    (status, json)
-}
-
-fn levee(server: &Server, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
-        .args(args)
-        .args(["--addr", &server.wire.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Five messages rejected into `work.dead`.
 async fn dead_letters(server: &Server) -> levee_client::Client {
@@ -102,7 +68,7 @@ async fn peek_shows_dead_letters_without_consuming_and_move_redrives_them() {
     assert_eq!(msgs[0]["headers"]["x-death-queue"], "work");
     assert_eq!(msgs[0]["headers"]["trace"], "t0");
     assert!(msgs[0].get("receipt").is_none(), "a peek is not a delivery");
-    let text = levee(&server, &["queue", "peek", "work.dead", "--count", "10"]);
+    let text = levee_ok(&server, &["queue", "peek", "work.dead", "--count", "10"]);
     assert_eq!(text.lines().count(), 5, "{text}");
     assert!(text.contains("x-death-reason=rejected"), "{text}");
     let s = c.inspect("work.dead").await.unwrap().stats;
@@ -116,7 +82,7 @@ async fn peek_shows_dead_letters_without_consuming_and_move_redrives_them() {
         Some(json!({"to": "work", "max": 2})),
     );
     assert_eq!((st, b["moved"].as_u64()), (200, Some(2)), "{b}");
-    let text = levee(&server, &["queue", "move", "work.dead", "--to", "work"]);
+    let text = levee_ok(&server, &["queue", "move", "work.dead", "--to", "work"]);
     assert!(text.contains("moved 3 messages"), "{text}");
     let dead = c.inspect("work.dead").await.unwrap().stats;
     let work = c.inspect("work").await.unwrap().stats;
@@ -187,7 +153,7 @@ async fn a_move_matching_a_header_takes_only_those_and_leaves_the_rest_in_place(
         Some(json!({"to": "work", "header": {"name": "trace", "value": "t3"}})),
     );
     assert_eq!((st, b["moved"].as_u64()), (200, Some(1)), "{b}");
-    let text = levee(
+    let text = levee_ok(
         &server,
         &[
             "queue",
@@ -237,4 +203,8 @@ async fn a_repeated_move_is_a_duplicate_in_the_target() {
     let work = c.inspect("work").await.unwrap().stats;
     assert_eq!((work.ready, work.duplicates), (5, 1), "{work:?}");
     assert_eq!(c.inspect("work.dead").await.unwrap().stats.ready, 0);
+}
+
+fn http(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    http_json(server, method, path, body.as_ref())
 }

@@ -80,7 +80,8 @@ impl Channel {
 /// rather than a basic.nack (refused).
 pub(crate) fn outcome_ok(o: &PublishOutcome) -> bool {
     match o {
-        PublishOutcome::Stored { .. } => true,
+        // A duplicate's first copy was stored (durably) within the queue's dedup window.
+        PublishOutcome::Stored { .. } | PublishOutcome::Duplicate { .. } => true,
         PublishOutcome::Dropped { reason } => *reason != DropReason::PublisherGone,
         PublishOutcome::Rejected { .. } | PublishOutcome::Throttled { .. } => false,
         // levee-proto's enum is non_exhaustive: an outcome this front end does not know is not a

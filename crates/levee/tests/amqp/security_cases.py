@@ -72,6 +72,7 @@ def tls_login_and_publish():
     c = connect("admin", "a", tls=True)
     ch = c.channel()
     ch.queue_declare("tls.q")
+    ch.confirm_delivery()  # the get below must find the message stored
     ch.basic_publish("", "tls.q", b"over tls")
     m, _, body = ch.basic_get("tls.q", auto_ack=True)
     assert body == b"over tls", body

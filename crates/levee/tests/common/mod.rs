@@ -318,13 +318,22 @@ pub(crate) fn numbered(id: u32, size: usize) -> levee_proto::Message {
     levee_proto::Message::new(p)
 }
 
-/// A plain HTTP/1.1 GET against the broker's HTTP port: (status, body).
-pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+/// One HTTP/1.1 request (`extra_headers`: whole `Name: value\r\n` lines) against the broker's
+/// HTTP port: (status, the whole response, head and body).
+pub(crate) fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra_headers: &str,
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect http");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{extra_headers}Content-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut resp = String::new();
@@ -334,11 +343,47 @@ pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status line");
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
+    (status, resp)
+}
+
+/// The body of a response from [`http_request`].
+pub(crate) fn http_body(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// A JSON request (`body`, if any) with a JSON answer: (status, the parsed body).
+pub(crate) fn http_json(
+    server: &Server,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let (status, resp) = http_request(server.http, method, path, "", &body);
+    let text = http_body(&resp).trim();
+    let json = serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    (status, json)
+}
+
+/// A plain HTTP/1.1 GET against the broker's HTTP port: (status, body).
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, resp) = http_request(addr, "GET", path, "", "");
+    (status, http_body(&resp).to_string())
+}
+
+/// Runs `levee ARGS --addr <server>`, which must succeed: its standard output.
+pub(crate) fn levee_ok(server: &Server, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(args)
+        .args(["--addr", &server.wire.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The value of an unlabelled gauge or counter in `/metrics`.
