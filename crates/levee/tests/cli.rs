@@ -6,25 +6,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::Server;
-
-fn levee(server: &Server, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_levee"))
-        .args(args)
-        .env("LEVEE_ADDR", server.wire.to_string())
-        .output()
-        .expect("running levee")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "levee failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{Server, levee, ok};
 
 #[test]
 fn declare_publish_consume_and_inspect_from_the_command_line() {

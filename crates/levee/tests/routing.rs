@@ -7,10 +7,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Server, client, memory_queue};
+use common::{Server, client, levee, memory_queue, ok};
 use futures::StreamExt;
 use levee_client::{Client, ClientError, ConsumerOptions, Credit};
 use levee_proto::{
@@ -324,24 +323,6 @@ async fn rejected_messages_are_dead_lettered_through_an_exchange() {
     assert_eq!(header("x-levee-routing-key").as_deref(), Some("task.video"));
     assert_eq!(header("x-levee-exchange").as_deref(), Some("dlx"));
     d.ack().unwrap();
-}
-
-fn levee(server: &Server, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_levee"))
-        .args(args)
-        .env("LEVEE_ADDR", server.wire.to_string())
-        .output()
-        .expect("running levee")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "levee failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]

@@ -371,19 +371,29 @@ pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, http_body(&resp).to_string())
 }
 
-/// Runs `levee ARGS --addr <server>`, which must succeed: its standard output.
-pub(crate) fn levee_ok(server: &Server, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+/// Runs `levee ARGS` against `server` (through `LEVEE_ADDR`): its output, whatever the exit.
+pub(crate) fn levee(server: &Server, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_levee"))
         .args(args)
-        .args(["--addr", &server.wire.to_string()])
+        .env("LEVEE_ADDR", server.wire.to_string())
         .output()
-        .unwrap();
+        .expect("running levee")
+}
+
+/// The standard output of a `levee` run that must have succeeded.
+pub(crate) fn ok(out: std::process::Output) -> String {
     assert!(
         out.status.success(),
-        "{}",
+        "levee failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `levee ARGS` against `server`, which must succeed: its standard output.
+pub(crate) fn levee_ok(server: &Server, args: &[&str]) -> String {
+    ok(levee(server, args))
 }
 
 /// The value of an unlabelled gauge or counter in `/metrics`.
