@@ -1181,8 +1181,8 @@ impl Connection {
         self.in_flight_messages += 1;
         self.ops.push_back(Op::Publish {
             queue,
-            req,
-            message,
+            reqs: vec![req],
+            messages: vec![message],
         });
     }
 
@@ -1261,28 +1261,79 @@ impl Connection {
         }
     }
 
-    /// Sends the confirm of publish `seq`, as `multiple` when it is the oldest unconfirmed one
-    /// and acks a run.
+    /// Decides the confirm of publish `seq` on channel `id`; [`Connection::take_output`] sends
+    /// it ([`Connection::flush_confirms`]).
     fn send_confirm(&mut self, id: u16, seq: u64, ack: bool) {
-        let Some(ch) = self.channels.get_mut(&id) else {
-            return;
-        };
-        if !ch.unconfirmed.remove(&seq) {
+        self.pending_confirms.push((id, seq, ack));
+    }
+
+    /// Sends the confirms decided since the last call. Acks that complete a run from a channel's
+    /// oldest unconfirmed publish go out as one `basic.ack` with `multiple`; the others (and every
+    /// nack) one by one. A confirm for a channel that closed meanwhile is dropped.
+    pub(crate) fn flush_confirms(&mut self) {
+        if self.pending_confirms.is_empty() {
             return;
         }
-        let method = if ack {
-            basic::AMQPMethod::Ack(basic::Ack {
-                delivery_tag: seq,
-                multiple: false,
-            })
-        } else {
-            basic::AMQPMethod::Nack(basic::Nack {
-                delivery_tag: seq,
-                multiple: false,
-                requeue: false,
-            })
-        };
-        self.send(id, AMQPClass::Basic(method));
+        let mut pending = std::mem::take(&mut self.pending_confirms);
+        pending.sort_unstable();
+        let mut i = 0;
+        while i < pending.len() {
+            let id = pending[i].0;
+            let end = i + pending[i..].iter().take_while(|p| p.0 == id).count();
+            let run = &pending[i..end];
+            i = end;
+            // A closing channel sent its close: nothing more goes out on it.
+            let Some(ch) = self.channels.get_mut(&id).filter(|c| !c.closing) else {
+                continue;
+            };
+            let mut acks: BTreeSet<u64> = BTreeSet::new();
+            let mut frames: Vec<(u64, bool, bool)> = Vec::new();
+            for &(_, seq, ack) in run {
+                if !ch.unconfirmed.contains(&seq) {
+                    continue;
+                }
+                if ack {
+                    acks.insert(seq);
+                } else {
+                    ch.unconfirmed.remove(&seq);
+                    frames.push((seq, false, false));
+                }
+            }
+            // Nacks first: a `multiple` ack would also cover an older nacked publish.
+            // Then the run of acks from the oldest unconfirmed publish, as one frame.
+            let mut run_len = 0;
+            let mut upto = 0;
+            while let Some(&oldest) = ch.unconfirmed.first() {
+                if !acks.remove(&oldest) {
+                    break;
+                }
+                ch.unconfirmed.remove(&oldest);
+                upto = oldest;
+                run_len += 1;
+            }
+            if run_len > 0 {
+                frames.push((upto, true, run_len > 1));
+            }
+            for seq in acks {
+                ch.unconfirmed.remove(&seq);
+                frames.push((seq, true, false));
+            }
+            for (seq, ack, multiple) in frames {
+                let method = if ack {
+                    basic::AMQPMethod::Ack(basic::Ack {
+                        delivery_tag: seq,
+                        multiple,
+                    })
+                } else {
+                    basic::AMQPMethod::Nack(basic::Nack {
+                        delivery_tag: seq,
+                        multiple: false,
+                        requeue: false,
+                    })
+                };
+                self.send(id, AMQPClass::Basic(method));
+            }
+        }
     }
 
     /// One delivery from a queue.

@@ -34,6 +34,12 @@ use super::channel::Channel;
 use super::codec::{self, FRAME_MIN_SIZE, Inbound, Out, PROTOCOL_HEADER};
 use super::mapping::Declared;
 
+/// Most messages [`Connection::poll_op`] merges into one publish (levee-proto's batch limit).
+pub(crate) const MAX_PUBLISH_BATCH: usize = levee_proto::MAX_BATCH;
+/// Most payload bytes it merges into one publish.
+pub(crate) const MAX_PUBLISH_BATCH_BYTES: usize = 4 << 20;
+/// Most delivery tags it merges into one ack.
+pub(crate) const MAX_ACK_BATCH: usize = levee_proto::MAX_TAGS;
 /// Most consumers one channel may have.
 pub(crate) const MAX_CONSUMERS_PER_CHANNEL: usize = 4096;
 /// The output not yet written past which the connection stops reading (its socket and its
@@ -172,11 +178,13 @@ pub(crate) enum Op {
     AddProducer { queue: String },
     /// Stop being a producer of `queue` (its held publishes are discarded).
     RemoveProducer { queue: String },
-    /// Publish one message (request `req`, confirmed with a `PublishConfirm`).
+    /// Publish messages to one queue as one command: message `i` is publish request `reqs[i]`;
+    /// the queue answers with one `PublishConfirm` for request `reqs[0]` (one outcome per
+    /// message, in order).
     Publish {
         queue: String,
-        req: u64,
-        message: Message,
+        reqs: Vec<u64>,
+        messages: Vec<Message>,
     },
     /// Subscribe `sub` to `queue`.
     Subscribe {
@@ -373,6 +381,11 @@ pub(crate) struct Connection {
     /// Payload bytes of routed publishes not confirmed yet.
     pub(crate) routed_bytes: u64,
     pub(crate) confirms: HashMap<u64, PendingConfirm>,
+    /// Publish batches in queues: the first request → every request of the batch.
+    pub(crate) batches: HashMap<u64, Vec<u64>>,
+    /// Confirms decided but not yet written: (channel, sequence number, ack), sent together by
+    /// [`Connection::take_output`] so runs become one `multiple` ack.
+    pub(crate) pending_confirms: Vec<(u16, u64, bool)>,
     pub(crate) producers: HashMap<String, Producer>,
     pub(crate) held_bytes: u64,
     pub(crate) in_flight_bytes: u64,
@@ -409,6 +422,8 @@ impl Connection {
             routed: HashMap::new(),
             routed_bytes: 0,
             confirms: HashMap::new(),
+            batches: HashMap::new(),
+            pending_confirms: Vec::new(),
             producers: HashMap::new(),
             held_bytes: 0,
             in_flight_bytes: 0,
@@ -452,12 +467,88 @@ impl Connection {
 
     /// The bytes to write.
     pub(crate) fn take_output(&mut self) -> BytesMut {
+        self.flush_confirms();
         std::mem::take(&mut self.out.buf)
     }
 
-    /// The next broker operation.
+    /// The next broker operation. Runs of publishes to one queue become one [`Op::Publish`]
+    /// (at most [`MAX_PUBLISH_BATCH`] messages, [`MAX_PUBLISH_BATCH_BYTES`] bytes), and the acks
+    /// and credit a consumer's channel sends one by one become one ack and one credit: a queue
+    /// actor then stores a batch with one write and settles it with one command, instead of one
+    /// command per message. Only ops already queued are merged (nothing waits to fill a batch),
+    /// and order within each queue and subscription is kept.
     pub(crate) fn poll_op(&mut self) -> Option<Op> {
-        self.ops.pop_front()
+        let mut op = self.ops.pop_front()?;
+        match &mut op {
+            Op::Publish {
+                queue,
+                reqs,
+                messages,
+            } => {
+                let mut bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
+                while let Some(Op::Publish {
+                    queue: next,
+                    messages: more,
+                    ..
+                }) = self.ops.front()
+                {
+                    let more_bytes: usize = more.iter().map(|m| m.payload.len()).sum();
+                    if next != queue
+                        || messages.len() + more.len() > MAX_PUBLISH_BATCH
+                        || bytes + more_bytes > MAX_PUBLISH_BATCH_BYTES
+                    {
+                        break;
+                    }
+                    let Some(Op::Publish {
+                        reqs: r,
+                        messages: m,
+                        ..
+                    }) = self.ops.pop_front()
+                    else {
+                        unreachable!("the front op is a publish");
+                    };
+                    reqs.extend(r);
+                    messages.extend(m);
+                    bytes += more_bytes;
+                }
+                if reqs.len() > 1 {
+                    self.batches.insert(reqs[0], reqs.clone());
+                }
+            }
+            Op::Ack { queue, sub, tags } => {
+                let mut credit: u32 = 0;
+                loop {
+                    match self.ops.front() {
+                        Some(Op::Ack { sub: s, .. }) if s == sub && tags.len() < MAX_ACK_BATCH => {
+                            if let Some(Op::Ack { tags: t, .. }) = self.ops.pop_front() {
+                                tags.extend(t);
+                            }
+                        }
+                        Some(Op::Credit { sub: s, .. }) if s == sub => {
+                            if let Some(Op::Credit { n, .. }) = self.ops.pop_front() {
+                                credit = credit.saturating_add(n);
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                if credit > 0 {
+                    self.ops.push_front(Op::Credit {
+                        queue: queue.clone(),
+                        sub: *sub,
+                        n: credit,
+                    });
+                }
+            }
+            _ => {}
+        }
+        Some(op)
+    }
+
+    /// The requests of the publish batch whose confirm names `req` (just `req` when it went
+    /// alone); forgets the batch.
+    pub(crate) fn take_batch(&mut self, req: u64) -> Vec<u64> {
+        self.batches.remove(&req).unwrap_or_else(|| vec![req])
     }
 
     /// Deliveries written since the last call: (subscription, highest tag).
@@ -995,15 +1086,21 @@ impl Connection {
                 }
             }
             ServerFrame::PublishConfirm { req, outcomes } => {
-                for o in outcomes {
-                    self.confirmed(req, super::channel::outcome_ok(&o));
+                let reqs = self.take_batch(req);
+                let mut outcomes = outcomes.iter();
+                for r in reqs {
+                    // A confirm with fewer outcomes than messages is no promise for the rest.
+                    let ok = outcomes.next().is_some_and(super::channel::outcome_ok);
+                    self.confirmed(r, ok);
                 }
             }
             ServerFrame::PublishCredit { queue, n } => self.credit(env, &queue, n, now),
             ServerFrame::Error { req, code, message } => {
                 if req != 0 && self.reqs.contains_key(&req) {
                     tracing::debug!(conn = self.id, %code, %message, "publish failed");
-                    self.confirmed(req, false);
+                    for r in self.take_batch(req) {
+                        self.confirmed(r, false);
+                    }
                 } else {
                     tracing::debug!(conn = self.id, %code, %message, "queue error");
                 }

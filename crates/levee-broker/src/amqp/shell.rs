@@ -211,8 +211,10 @@ impl Link {
                     Some(failed(channel, code::ACCESS_REFUSED, text))
                 }
                 Op::Inspect { sub, .. } => Some(OpResult::Inspected { sub, ready: None }),
-                Op::Publish { req, .. } => {
-                    conn.confirmed(req, false);
+                Op::Publish { reqs, .. } => {
+                    for r in conn.take_batch(reqs[0]) {
+                        conn.confirmed(r, false);
+                    }
                     None
                 }
                 Op::Subscribe { sub, .. }
@@ -423,13 +425,17 @@ impl Link {
             }
             Op::Publish {
                 queue,
-                req,
-                message,
+                reqs,
+                messages,
             } => {
-                let bytes = message.payload.len() as u64;
+                let Some((reqs, messages)) = self.throttle(conn, reqs, messages) else {
+                    return None;
+                };
+                let count = messages.len() as u64;
+                let bytes: u64 = messages.iter().map(|m| m.payload.len() as u64).sum();
                 self.in_flight
                     .messages
-                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    .fetch_add(count, std::sync::atomic::Ordering::AcqRel);
                 self.in_flight
                     .bytes
                     .fetch_add(bytes, std::sync::atomic::Ordering::AcqRel);
@@ -437,8 +443,8 @@ impl Link {
                     &queue,
                     Cmd::Publish {
                         producer: self.id,
-                        req,
-                        messages: vec![message],
+                        req: reqs[0],
+                        messages,
                         confirm_to: ConfirmTo::Conn {
                             conn: self.tx.clone(),
                             in_flight: self.in_flight.clone(),
@@ -451,11 +457,13 @@ impl Link {
                 if !sent {
                     self.in_flight
                         .messages
-                        .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                        .fetch_sub(count, std::sync::atomic::Ordering::AcqRel);
                     self.in_flight
                         .bytes
                         .fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
-                    conn.confirmed(req, false);
+                    for r in conn.take_batch(reqs[0]) {
+                        conn.confirmed(r, false);
+                    }
                 }
                 None
             }
@@ -537,6 +545,40 @@ impl Link {
                 None
             }
         }
+    }
+
+    /// Takes a publish batch's messages from the user's publish rate: the whole batch at once
+    /// when the rate allows it, else message by message, as if they had come one by one. The
+    /// refused ones are nacked; what is left to publish (`None`: nothing), its batch re-recorded.
+    fn throttle(
+        &self,
+        conn: &mut Connection,
+        reqs: Vec<u64>,
+        messages: Vec<levee_proto::Message>,
+    ) -> Option<(Vec<u64>, Vec<levee_proto::Message>)> {
+        let session = self.session.as_ref()?;
+        let principal = session.principal();
+        if principal.check_publish(messages.len() as u32).is_ok() {
+            return Some((reqs, messages));
+        }
+        let batch = conn.take_batch(reqs[0]);
+        let mut kept = (Vec::new(), Vec::new());
+        for (r, m) in batch.into_iter().zip(messages) {
+            if principal.check_publish(1).is_ok() {
+                kept.0.push(r);
+                kept.1.push(m);
+            } else {
+                tracing::debug!(conn = self.id, user = principal.name(), "publish throttled");
+                conn.confirmed(r, false);
+            }
+        }
+        if kept.0.is_empty() {
+            return None;
+        }
+        if kept.0.len() > 1 {
+            conn.batches.insert(kept.0[0], kept.0.clone());
+        }
+        Some(kept)
     }
 
     /// Runs every pending op, feeding answers back, and lets the machine go on with the bytes
