@@ -502,11 +502,11 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<Summary> {
     )
     .await;
     let cleanup = prepared.cleanup.await;
-    let (ctx, latency, rss_series) = result?;
+    let (ctx, latency, rss_series, cpu) = result?;
     if let Err(e) = cleanup {
         eprintln!("levee bench: cleanup failed: {e:#}");
     }
-    let summary = summarize(args, &ctx, &latency, prepared.version, rss_series);
+    let summary = summarize(args, &ctx, &latency, prepared.version, rss_series, cpu);
     if let Some(e) = ctx
         .first_error
         .lock()
@@ -518,7 +518,7 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
-type Measured = (Arc<Ctx>, LatencyRecorder, Vec<Option<u64>>);
+type Measured = (Arc<Ctx>, LatencyRecorder, Vec<Option<u64>>, CpuUse);
 
 async fn measure(
     args: &BenchArgs,
@@ -538,10 +538,23 @@ async fn measure(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_consumed = 0u64;
     let mut last_at = Instant::now();
+    // CPU seconds of the server tree and of this process, at the window's start and end.
+    let cpu_now = move || {
+        let server = server_pid.and_then(rss::tree_cpu_secs);
+        (Instant::now(), server, rss::own_cpu_secs())
+    };
+    let mut cpu_start = None;
+    let mut cpu_end = None;
     loop {
         tick.tick().await;
         let now = Instant::now();
         let elapsed = now - ctx.epoch;
+        if cpu_start.is_none() && elapsed >= ctx.warmup {
+            cpu_start = Some(tokio::task::spawn_blocking(cpu_now).await?);
+        }
+        if cpu_end.is_none() && elapsed >= ctx.end {
+            cpu_end = Some(tokio::task::spawn_blocking(cpu_now).await?);
+        }
         if let Some(pid) = server_pid {
             let sec = (elapsed.as_secs() as usize).min(ctx.seconds - 1);
             if let Some(r) = tokio::task::spawn_blocking(move || rss::tree_rss(pid)).await? {
@@ -587,7 +600,25 @@ async fn measure(
             }
         }
     }
-    Ok((ctx, latency, rss_series))
+    let cpu = match (cpu_start, cpu_end) {
+        (Some((t0, s0, c0)), Some((t1, s1, c1))) => {
+            let secs = (t1 - t0).as_secs_f64();
+            let per = |a: Option<f64>, b: Option<f64>| Some((b? - a?).max(0.0) / secs);
+            CpuUse {
+                server_cores: per(s0, s1),
+                client_cores: per(c0, c1),
+            }
+        }
+        _ => CpuUse::default(),
+    };
+    Ok((ctx, latency, rss_series, cpu))
+}
+
+/// Average CPU use over the measurement window, in cores (1.0: one core busy all the time).
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuUse {
+    server_cores: Option<f64>,
+    client_cores: Option<f64>,
 }
 
 fn progress(args: &BenchArgs, ctx: &Ctx) -> Option<indicatif::ProgressBar> {
@@ -616,9 +647,12 @@ fn summarize(
     latency: &LatencyRecorder,
     version: String,
     rss_series: Vec<Option<u64>>,
+    cpu: CpuUse,
 ) -> Summary {
     let counts = ctx.counts();
     let (msgs, mb, confirmed, growth) = stats::rates(counts, args.size, args.duration);
+    // CPU per consumed message (each was published, confirmed, delivered and acked), in µs.
+    let per_msg = |cores: Option<f64>| cores.filter(|_| msgs > 0.0).map(|c| c * 1e6 / msgs);
     let used = ctx.end.as_secs_f64().ceil() as usize;
     let cut = |v: Vec<u64>| v.into_iter().take(used).collect::<Vec<_>>();
     let series = |per: Vec<Option<SecondPercentiles>>, f: fn(SecondPercentiles) -> u64| {
@@ -653,6 +687,8 @@ fn summarize(
         send_error_us: latency.window_send_error(),
         calibration: None,
         peak_rss_bytes: rss_series.iter().flatten().copied().max(),
+        server_cpu_us_per_msg: per_msg(cpu.server_cores),
+        client_cpu_us_per_msg: per_msg(cpu.client_cores),
         timeline: Timeline {
             warmup_s: args.warmup.as_secs_f64(),
             confirmed: cut(ctx.confirmed_per_sec.snapshot()),

@@ -43,6 +43,8 @@ pub(crate) fn table(runs: &[Summary]) -> String {
         "act p99.9",
         "send err p99 us",
         "peak RSS MiB",
+        "srv CPU us/msg",
+        "cli CPU us/msg",
         "rejected",
     ];
     let rows: Vec<Vec<String>> = runs
@@ -68,6 +70,10 @@ pub(crate) fn table(runs: &[Summary]) -> String {
                 s.send_error_us.p99.to_string(),
                 s.peak_rss_bytes
                     .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
+                s.server_cpu_us_per_msg
+                    .map_or("-".into(), |c| format!("{c:.1}")),
+                s.client_cpu_us_per_msg
+                    .map_or("-".into(), |c| format!("{c:.1}")),
                 s.rejected.to_string(),
             ]
         })
@@ -201,6 +207,8 @@ pub(crate) mod tests {
                 send_error_us: Latency::default(),
             }),
             peak_rss_bytes: Some(50 << 20),
+            server_cpu_us_per_msg: Some(12.5),
+            client_cpu_us_per_msg: None,
             timeline: Timeline {
                 warmup_s: 2.0,
                 confirmed: vec![90_000, 100_000, 100_000],
@@ -254,6 +262,7 @@ pub(crate) mod tests {
         assert_eq!(v["calibration"]["latency_us"]["p99"], 210);
         assert_eq!(v["timeline"]["actual_p99_us"][1], 14_000);
         assert_eq!(v["peak_rss_bytes"], 50 << 20);
+        assert_eq!(v["server_cpu_us_per_msg"], 12.5);
         assert_eq!(v["timeline"]["consumed"].as_array().unwrap().len(), 3);
     }
 

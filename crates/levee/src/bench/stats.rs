@@ -287,6 +287,12 @@ pub(crate) struct Summary {
     pub calibration: Option<Calibration>,
     /// Highest sampled server RSS in bytes (None: server process unknown).
     pub peak_rss_bytes: Option<u64>,
+    /// Server CPU time (the process tree of `--server-pid` or of the server the bench started)
+    /// per consumed message over the window, µs (None: server process unknown).
+    pub server_cpu_us_per_msg: Option<f64>,
+    /// This bench process's CPU time (the client library and the harness) per consumed
+    /// message, µs: what shows a client-bound run.
+    pub client_cpu_us_per_msg: Option<f64>,
     /// Per second of the run (warm-up included): confirmed, consumed, latency p50 / p99 (µs),
     /// server RSS (bytes).
     pub timeline: Timeline,
