@@ -130,8 +130,12 @@ pub(crate) enum Cmd {
         consumer: ConsumerId,
         auto_ack: bool,
         credit: u32,
+        /// Consumer priority (`x-priority`; 0 by default).
+        priority: i32,
         conn: ConnTx,
     },
+    /// A use that is not a consumer (a redeclare): restarts the queue's `expires_ms` clock.
+    Touch,
     Unsubscribe(ConsumerId),
     Credit(ConsumerId, u32),
     Ack(ConsumerId, Vec<u64>),
@@ -179,6 +183,8 @@ pub(crate) trait Router: Send + Sync + 'static {
     /// matching queue (each gets a `DeadLetter`). Unroutable dead letters are counted by the
     /// exchange and dropped.
     fn dead_letter_via(&self, from: &str, exchange: &str, routing_key: &str, message: Message);
+    /// Queue `queue` has gone unused for its `expires_ms`: delete it (in a task of its own).
+    fn expire(self: Arc<Self>, queue: &str);
 }
 
 /// Rates of (published, delivered, acked) over 5 s, sampled at most every second by the actor's
@@ -215,6 +221,9 @@ impl QueueActor {
         self_tx: mpsc::WeakUnboundedSender<Cmd>,
         rx: mpsc::UnboundedReceiver<Cmd>,
     ) -> Self {
+        let mut core = core;
+        // The queue's start counts as a use: its `expires_ms` clock starts now.
+        core.touch(now_ms());
         QueueActor {
             id: NEXT_ACTOR_ID.fetch_add(1, Ordering::Relaxed),
             core,
@@ -335,11 +344,16 @@ impl QueueActor {
                 consumer,
                 auto_ack,
                 credit,
+                priority,
                 conn,
             } => {
                 self.consumers.insert(consumer, conn);
                 self.core.subscribe(consumer, auto_ack, credit);
+                if priority != 0 {
+                    self.core.set_priority(consumer, priority);
+                }
             }
+            Cmd::Touch => self.core.touch(now),
             Cmd::Unsubscribe(consumer) => {
                 self.consumers.remove(&consumer);
                 self.core.unsubscribe(now, consumer);
@@ -526,6 +540,10 @@ impl QueueActor {
                         .unwrap_or_else(|| self.core.name().to_string());
                     self.router
                         .dead_letter_via(self.core.name(), &exchange, &key, message);
+                }
+                Output::Expired => {
+                    tracing::info!(queue = %self.core.name(), "queue unused for its expires_ms: deleting it");
+                    self.router.clone().expire(self.core.name());
                 }
                 Output::UnknownTags { consumer, tags } => {
                     if let Some(conn) = self.consumers.get(&consumer) {

@@ -223,6 +223,27 @@ impl Router for Inner {
     fn dead_letter_via(&self, from: &str, exchange: &str, routing_key: &str, message: Message) {
         crate::routing::dead_letter_via(self, from, exchange, routing_key, message);
     }
+
+    fn expire(self: Arc<Self>, queue: &str) {
+        let broker = Broker { inner: self };
+        let queue = queue.to_string();
+        tokio::spawn(async move {
+            // Under the catalog lock, as a delete through the API: a declare waits for it.
+            let deletion = {
+                let _guard = broker.inner.catalog.lock().await;
+                broker.begin_delete(&queue)
+            };
+            // An error here: the queue was deleted meanwhile.
+            if let Ok(d) = deletion {
+                match d.await {
+                    Ok(n) => tracing::info!(%queue, messages = n, "expired queue deleted"),
+                    Err(e) => {
+                        tracing::warn!(%queue, error = %e, "deleting an expired queue failed");
+                    }
+                }
+            }
+        });
+    }
 }
 
 impl Inner {
@@ -407,6 +428,8 @@ impl Broker {
                     differences: existing.config.describe_differences(&config),
                 });
             }
+            // A redeclare is a use (RabbitMQ's `x-expires` counts it).
+            let _ = existing.tx.send(Cmd::Touch);
             return Ok((false, 0));
         }
         if let Some(dlq) = &config.dead_letter

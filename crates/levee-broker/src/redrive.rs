@@ -82,6 +82,7 @@ pub async fn move_matching(
         consumer: sub,
         auto_ack: false,
         credit: 0,
+        priority: 0,
         conn: tx.clone(),
     })
     .map_err(|_| gone())?;

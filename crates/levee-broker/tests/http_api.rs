@@ -780,6 +780,8 @@ fn arb_config() -> impl Strategy<Value = QueueConfig> {
         (
             proptest::option::of("[a-z.]{1,8}"),
             proptest::option::of("[a-z.#*]{0,8}"),
+            any::<bool>(),
+            proptest::option::of(1u64..=86_400_000),
         ),
     )
         .prop_map(
@@ -787,7 +789,7 @@ fn arb_config() -> impl Strategy<Value = QueueConfig> {
                 (max_messages, max_bytes, overflow),
                 (order, durability, ack_timeout_ms),
                 (max_deliveries, dead_letter, message_ttl_ms, rate_limit, dedup),
-                (dead_letter_exchange, dead_letter_routing_key),
+                (dead_letter_exchange, dead_letter_routing_key, single_active_consumer, expires_ms),
             )| QueueConfig {
                 max_messages,
                 max_bytes,
@@ -801,6 +803,8 @@ fn arb_config() -> impl Strategy<Value = QueueConfig> {
                 rate_limit,
                 dead_letter_exchange,
                 dead_letter_routing_key,
+                single_active_consumer,
+                expires_ms,
                 dedup: dedup.map(|(window_ms, max_ids)| levee_proto::Dedup { window_ms, max_ids }),
             },
         )

@@ -408,6 +408,14 @@ pub struct QueueConfig {
     /// own routing key (as RabbitMQ). Default `None`; needs `dead_letter_exchange`. Wire:
     /// extension tag 2.
     pub dead_letter_routing_key: Option<String>,
+    /// Deliver to one consumer at a time: the longest-subscribed one gets every message while
+    /// it stays; the others wait, and the next takes over when it leaves (RabbitMQ's
+    /// `x-single-active-consumer`). Default `false`. Wire: extension tag 16 (`"1"`).
+    pub single_active_consumer: bool,
+    /// Delete the queue once it has gone unused this long: no consumer, no `basic.get` and no
+    /// redeclare (RabbitMQ's `x-expires`). The clock restarts when the broker does. Default
+    /// `None`; 1..=365 days in ms. Wire: extension tag 17 (decimal).
+    pub expires_ms: Option<u64>,
     /// Deduplication of publishes by message id. Default `Some(Dedup::default())` (on, 2
     /// minutes); `None` = off. Sent at the end of protocol-2 `Declare` / `QueueStats` frames
     /// (a protocol-1 `Declare` gets the default).
@@ -429,6 +437,8 @@ impl Default for QueueConfig {
             rate_limit: None,
             dead_letter_exchange: None,
             dead_letter_routing_key: None,
+            single_active_consumer: false,
+            expires_ms: None,
             dedup: Some(Dedup::default()),
         }
     }
@@ -515,6 +525,14 @@ impl QueueConfig {
             if k.len() > crate::MAX_ROUTING_KEY_LEN {
                 return invalid("dead_letter_routing_key", "longer than 255 bytes");
             }
+        }
+        if let Some(ms) = self.expires_ms
+            && !(1..=MAX_MESSAGE_TTL_MS).contains(&ms)
+        {
+            return invalid(
+                "expires_ms",
+                format!("{ms} is outside 1..={MAX_MESSAGE_TTL_MS}"),
+            );
         }
         if let Some(ttl) = self.message_ttl_ms
             && !(1..=MAX_MESSAGE_TTL_MS).contains(&ttl)
@@ -628,6 +646,12 @@ impl QueueConfig {
             name(&self.dead_letter_routing_key),
             name(&r.dead_letter_routing_key),
         );
+        cmp(
+            "single_active_consumer",
+            self.single_active_consumer.to_string(),
+            r.single_active_consumer.to_string(),
+        );
+        cmp("expires_ms", ttl(self.expires_ms), ttl(r.expires_ms));
         let dedup = |v: &Option<Dedup>| v.map_or("off".into(), |d| d.to_string());
         cmp("dedup", dedup(&self.dedup), dedup(&r.dedup));
         out
@@ -648,20 +672,29 @@ impl QueueConfig {
 /// `u8` count, then that many `(u8 tag, bytes16 value)` entries in ascending tag order. A config
 /// without extension fields encodes exactly as in protocol version 1 (so version-1 peers and
 /// catalog entries keep working). Tags: 1 = `dead_letter_exchange`, 2 =
-/// `dead_letter_routing_key` (routing); 16..=31 are set aside for the AMQP front end's fields and
-/// 32..=47 for operations' fields. An unknown tag is an error, never skipped (a catalog entry
+/// `dead_letter_routing_key` (routing); 16..=31 are set aside for the AMQP front end's fields
+/// (16 = `single_active_consumer` as `"1"`, 17 = `expires_ms` in decimal) and 32..=47 for
+/// operations' fields. An unknown tag is an error, never skipped (a catalog entry
 /// must not lose a setting).
 const ORDER_EXTENSIONS: u8 = 0x80;
 const EXT_DEAD_LETTER_EXCHANGE: u8 = 1;
 const EXT_DEAD_LETTER_ROUTING_KEY: u8 = 2;
+const EXT_SINGLE_ACTIVE_CONSUMER: u8 = 16;
+const EXT_EXPIRES_MS: u8 = 17;
 
-fn extensions(c: &QueueConfig) -> Vec<(u8, &[u8])> {
-    let mut ext: Vec<(u8, &[u8])> = Vec::new();
+fn extensions(c: &QueueConfig) -> Vec<(u8, Vec<u8>)> {
+    let mut ext: Vec<(u8, Vec<u8>)> = Vec::new();
     if let Some(x) = &c.dead_letter_exchange {
-        ext.push((EXT_DEAD_LETTER_EXCHANGE, x.as_bytes()));
+        ext.push((EXT_DEAD_LETTER_EXCHANGE, x.as_bytes().to_vec()));
     }
     if let Some(k) = &c.dead_letter_routing_key {
-        ext.push((EXT_DEAD_LETTER_ROUTING_KEY, k.as_bytes()));
+        ext.push((EXT_DEAD_LETTER_ROUTING_KEY, k.as_bytes().to_vec()));
+    }
+    if c.single_active_consumer {
+        ext.push((EXT_SINGLE_ACTIVE_CONSUMER, b"1".to_vec()));
+    }
+    if let Some(ms) = c.expires_ms {
+        ext.push((EXT_EXPIRES_MS, ms.to_string().into_bytes()));
     }
     ext
 }
@@ -724,7 +757,7 @@ pub(crate) fn encode_config(dst: &mut BytesMut, c: &QueueConfig) -> Result<()> {
         crate::wire::put_count8(dst, ext.len(), usize::from(u8::MAX), "config extensions")?;
         for (tag, value) in ext {
             dst.put_u8(tag);
-            crate::wire::put_bytes16(dst, value, "config extension")?;
+            crate::wire::put_bytes16(dst, &value, "config extension")?;
         }
     }
     Ok(())
@@ -811,6 +844,8 @@ pub(crate) fn decode_config(r: &mut Reader) -> Result<QueueConfig> {
     })?;
     let mut dead_letter_exchange = None;
     let mut dead_letter_routing_key = None;
+    let mut single_active_consumer = false;
+    let mut expires_ms = None;
     if has_ext {
         let n = r.u8("config extensions")?;
         let mut last = 0u8;
@@ -827,6 +862,16 @@ pub(crate) fn decode_config(r: &mut Reader) -> Result<QueueConfig> {
             match tag {
                 EXT_DEAD_LETTER_EXCHANGE => dead_letter_exchange = Some(value),
                 EXT_DEAD_LETTER_ROUTING_KEY => dead_letter_routing_key = Some(value),
+                EXT_SINGLE_ACTIVE_CONSUMER if value == "1" => single_active_consumer = true,
+                EXT_EXPIRES_MS => match value.parse::<u64>() {
+                    Ok(ms) if value.bytes().all(|b| b.is_ascii_digit()) => expires_ms = Some(ms),
+                    _ => {
+                        return Err(ProtoError::InvalidValue {
+                            what: "config extension expires_ms (not a decimal number)",
+                            value: u64::from(tag),
+                        });
+                    }
+                },
                 other => {
                     return Err(ProtoError::InvalidValue {
                         what: "config extension tag",
@@ -849,6 +894,8 @@ pub(crate) fn decode_config(r: &mut Reader) -> Result<QueueConfig> {
         rate_limit,
         dead_letter_exchange,
         dead_letter_routing_key,
+        single_active_consumer,
+        expires_ms,
         // The frame's protocol-2 trailer overrides it (`decode_dedup`).
         dedup: Some(Dedup::default()),
     })

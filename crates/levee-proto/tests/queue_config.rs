@@ -187,6 +187,8 @@ fn valid_edge_values_pass() {
         }),
         dead_letter_exchange: Some("amq.topic".into()),
         dead_letter_routing_key: Some("k".repeat(255)),
+        single_active_consumer: true,
+        expires_ms: Some(levee_proto::MAX_MESSAGE_TTL_MS),
         dedup: Some(levee_proto::Dedup {
             window_ms: Some(levee_proto::MAX_DEDUP_WINDOW_MS),
             max_ids: levee_proto::MAX_DEDUP_IDS,
@@ -348,6 +350,34 @@ fn an_fsync_policy_on_a_memory_queue_is_refused_by_the_shared_rule() {
             ..
         })
     ));
+}
+
+#[test]
+fn queue_expiry_is_checked() {
+    for bad in [0, levee_proto::MAX_MESSAGE_TTL_MS + 1] {
+        let c = QueueConfig {
+            expires_ms: Some(bad),
+            ..QueueConfig::default()
+        };
+        assert!(matches!(
+            c.validate("q"),
+            Err(ProtoError::InvalidConfig {
+                field: "expires_ms",
+                ..
+            })
+        ));
+    }
+    let existing = QueueConfig::default();
+    let requested = QueueConfig {
+        single_active_consumer: true,
+        expires_ms: Some(60_000),
+        ..QueueConfig::default()
+    };
+    assert_eq!(
+        existing.describe_differences(&requested),
+        "single_active_consumer: existing false, requested true; \
+         expires_ms: existing none, requested 60000"
+    );
 }
 
 #[test]

@@ -394,6 +394,14 @@ pub(crate) struct DeclareArgs {
     /// Routing key of dead letters sent to --dead-letter-exchange [default: each message's own].
     #[arg(long, value_name = "KEY", requires = "dead_letter_exchange")]
     pub dead_letter_routing_key: Option<String>,
+    /// Deliver to one consumer at a time (the longest-subscribed); the next takes over when it
+    /// leaves.
+    #[arg(long)]
+    pub single_active_consumer: bool,
+    /// Delete the queue once it has gone unused (no consumer, no get, no redeclare) this long
+    /// [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = parse_millis)]
+    pub expires: Option<u64>,
     /// Publish rate limit in messages per second, burst one second's worth [default: none].
     #[arg(long, value_name = "N")]
     pub rate_msgs: Option<u32>,
@@ -469,6 +477,12 @@ impl DeclareArgs {
         }
         if let Some(v) = &self.dead_letter_routing_key {
             c.dead_letter_routing_key = Some(v.clone());
+        }
+        if self.single_active_consumer {
+            c.single_active_consumer = true;
+        }
+        if let Some(v) = self.expires {
+            c.expires_ms = Some(v);
         }
         if self.rate_msgs.is_some() || self.rate_bytes.is_some() {
             let mut rl = c.rate_limit.unwrap_or_default();
@@ -676,6 +690,12 @@ pub(crate) fn render_config(c: &QueueConfig) -> String {
         if let Some(k) = &c.dead_letter_routing_key {
             out.push_str(&format!(" dead_letter_routing_key={k}"));
         }
+    }
+    if c.single_active_consumer {
+        out.push_str(" single_active_consumer");
+    }
+    if let Some(ms) = c.expires_ms {
+        out.push_str(&format!(" expires={}", format_millis(ms)));
     }
     match c.dedup {
         None => out.push_str(" dedup=off"),

@@ -107,3 +107,18 @@ fn dead_letter_exchange_with_x_death() {
 fn one_full_target_nacks_under_reject_and_acks_under_drop_head() {
     case("one_full_target_nacks_under_reject_and_acks_under_drop_head");
 }
+
+#[test]
+fn consumer_priorities_serve_the_highest_first() {
+    case("consumer_priorities_serve_the_highest_first");
+}
+
+#[test]
+fn single_active_consumer_takes_over_in_order() {
+    case("single_active_consumer_takes_over_in_order");
+}
+
+#[test]
+fn unused_queue_expires() {
+    case("unused_queue_expires");
+}

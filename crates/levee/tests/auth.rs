@@ -264,6 +264,9 @@ fn no_users_on_a_public_address_refuses_to_start() {
             "0.0.0.0:0",
             "--http",
             "127.0.0.1:0",
+            // Not the default 5672: a RabbitMQ on this machine must not decide the outcome.
+            "--amqp",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(dir.path().join("data"))
@@ -292,6 +295,8 @@ fn no_users_on_a_public_address_refuses_to_start() {
             "--listen",
             "0.0.0.0:0",
             "--http",
+            "127.0.0.1:0",
+            "--amqp",
             "127.0.0.1:0",
             "--config",
         ])

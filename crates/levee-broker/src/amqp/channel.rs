@@ -518,6 +518,7 @@ impl Connection {
                     auto_ack: g.no_ack,
                     consumer: false,
                     exclusive: false,
+                    priority: 0,
                 });
                 self.ops.push_back(Op::Inspect { sub, queue });
                 Ok(())
@@ -576,13 +577,8 @@ impl Connection {
     ) -> Result<(), Exception> {
         let queue = c.queue.as_str().to_string();
         self.usable_queue(env, &queue).map_err(|e| e.on(m))?;
-        if c.arguments.contains_key("x-priority") {
-            return Err(Exception::new(
-                code::NOT_IMPLEMENTED,
-                "consumer priorities (x-priority) are not supported by Levee's queue core yet",
-            )
-            .on(m));
-        }
+        let priority =
+            mapping::consumer_priority(&c.arguments).map_err(|e| arg_exception(e).on(m))?;
         let (consumers, exclusive) = env.consumers(&queue);
         if exclusive || (c.exclusive && consumers > 0) {
             return Err(Exception::new(
@@ -649,6 +645,7 @@ impl Connection {
             auto_ack: c.no_ack,
             consumer: true,
             exclusive: c.exclusive,
+            priority,
         });
         Ok(())
     }

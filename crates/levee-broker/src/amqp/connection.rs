@@ -195,6 +195,8 @@ pub(crate) enum Op {
         /// A consumer (counted for `auto-delete` and `if-unused`), not a `basic.get`.
         consumer: bool,
         exclusive: bool,
+        /// Consumer priority (`x-priority`).
+        priority: i32,
     },
     /// End subscription `sub` (its unacked messages return).
     Unsubscribe {

@@ -65,10 +65,8 @@ pub(crate) enum ArgError {
 /// What a `queue.declare` asks for, in Levee's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Declared {
-    /// The queue config.
+    /// The queue config (`x-expires` and `x-single-active-consumer` are config fields).
     pub(crate) config: QueueConfig,
-    /// `x-expires`: delete the queue once unused this long.
-    pub(crate) expires_ms: Option<u64>,
 }
 
 fn int(v: &AMQPValue) -> Option<i128> {
@@ -111,7 +109,6 @@ pub(crate) fn declare_args(
     defaults: &QueueConfig,
 ) -> Result<Declared, ArgError> {
     let mut config = defaults.clone();
-    let mut expires_ms = None;
     let mut dlx = None;
     let mut dlrk = None;
     let mut fsync = None;
@@ -137,7 +134,7 @@ pub(crate) fn declare_args(
             "x-max-length" => config.max_messages = positive(arg, value, 1)?,
             "x-max-length-bytes" => config.max_bytes = positive(arg, value, 1)?,
             "x-message-ttl" => config.message_ttl_ms = Some(positive(arg, value, 1)?),
-            "x-expires" => expires_ms = Some(positive(arg, value, 1)?),
+            "x-expires" => config.expires_ms = Some(positive(arg, value, 1)?),
             "x-max-priority" => {
                 let n = positive(arg, value, 0)?;
                 if n > 255 {
@@ -196,12 +193,10 @@ pub(crate) fn declare_args(
             "x-dead-letter-routing-key" => {
                 dlrk = Some(text(value).ok_or_else(|| invalid(arg, "expected a string".into()))?);
             }
-            "x-single-active-consumer" if boolean(value) == Some(true) => {
-                return Err(not_impl(
-                    arg,
-                    "single active consumer is not supported by Levee's queue core yet",
-                ));
-            }
+            "x-single-active-consumer" => match boolean(value) {
+                Some(on) => config.single_active_consumer = on,
+                None => return Err(invalid(arg, "expected a boolean".into())),
+            },
             "x-levee-fsync" => {
                 let s = text(value).ok_or_else(|| invalid(arg, "expected a string".into()))?;
                 fsync = Some(
@@ -260,7 +255,20 @@ pub(crate) fn declare_args(
             config.dead_letter_routing_key = dlrk;
         }
     }
-    Ok(Declared { config, expires_ms })
+    Ok(Declared { config })
+}
+
+/// The consumer priority a `basic.consume` asks for (`x-priority`, an integer; default 0).
+pub(crate) fn consumer_priority(args: &FieldTable) -> Result<i32, ArgError> {
+    let Some(v) = args.inner().get("x-priority") else {
+        return Ok(0);
+    };
+    int(v)
+        .and_then(|n| i32::try_from(n).ok())
+        .ok_or_else(|| ArgError::Invalid {
+            arg: "x-priority".into(),
+            reason: format!("expected a 32-bit integer, got {v:?}"),
+        })
 }
 
 /// The AMQP header naming a message's conflation key.
@@ -593,10 +601,20 @@ mod tests {
             declare_args(true, &bad, &QueueConfig::default()),
             Err(ArgError::Invalid { .. })
         ));
-        let sac = table(&[("x-single-active-consumer", AMQPValue::Boolean(true))]);
+        let sac = table(&[
+            ("x-single-active-consumer", AMQPValue::Boolean(true)),
+            ("x-expires", AMQPValue::LongUInt(60_000)),
+        ]);
+        let d = declare_args(true, &sac, &QueueConfig::default()).unwrap();
+        assert!(d.config.single_active_consumer);
+        assert_eq!(d.config.expires_ms, Some(60_000));
+        let sac = table(&[(
+            "x-single-active-consumer",
+            AMQPValue::LongString("yes".into()),
+        )]);
         assert!(matches!(
             declare_args(true, &sac, &QueueConfig::default()),
-            Err(ArgError::NotImplemented { .. })
+            Err(ArgError::Invalid { .. })
         ));
         let both = table(&[
             ("x-overflow", AMQPValue::LongString("drop-head".into())),

@@ -428,9 +428,7 @@ impl Link {
                 reqs,
                 messages,
             } => {
-                let Some((reqs, messages)) = self.throttle(conn, reqs, messages) else {
-                    return None;
-                };
+                let (reqs, messages) = self.throttle(conn, reqs, messages)?;
                 let count = messages.len() as u64;
                 let bytes: u64 = messages.iter().map(|m| m.payload.len() as u64).sum();
                 self.in_flight
@@ -474,6 +472,7 @@ impl Link {
                 auto_ack,
                 consumer,
                 exclusive,
+                priority,
             } => {
                 match broker.sender(&queue) {
                     Ok(qtx) => {
@@ -482,6 +481,7 @@ impl Link {
                             consumer: sub,
                             auto_ack,
                             credit,
+                            priority,
                             conn: self.tx.clone(),
                         });
                         if exclusive {

@@ -44,6 +44,8 @@ struct ConfigBody {
     rate_limit: Option<RateLimitBody>,
     dead_letter_exchange: Option<String>,
     dead_letter_routing_key: Option<String>,
+    single_active_consumer: Option<bool>,
+    expires_ms: Option<u64>,
     #[serde(default, deserialize_with = "present")]
     dedup: Option<Option<DedupBody>>,
 }
@@ -141,6 +143,10 @@ pub fn config_from_json(body: &[u8]) -> Result<QueueConfig, HttpError> {
         rate_limit,
         dead_letter_exchange: body.dead_letter_exchange,
         dead_letter_routing_key: body.dead_letter_routing_key,
+        single_active_consumer: body
+            .single_active_consumer
+            .unwrap_or(d.single_active_consumer),
+        expires_ms: body.expires_ms,
         dedup: match body.dedup {
             None => d.dedup,
             Some(None) => None,
@@ -192,6 +198,8 @@ struct ConfigView<'a> {
     rate_limit: Option<RateLimitView>,
     dead_letter_exchange: Option<&'a str>,
     dead_letter_routing_key: Option<&'a str>,
+    single_active_consumer: bool,
+    expires_ms: Option<u64>,
     dedup: Option<DedupView>,
 }
 
@@ -237,6 +245,8 @@ impl<'a> From<&'a QueueConfig> for ConfigView<'a> {
             }),
             dead_letter_exchange: c.dead_letter_exchange.as_deref(),
             dead_letter_routing_key: c.dead_letter_routing_key.as_deref(),
+            single_active_consumer: c.single_active_consumer,
+            expires_ms: c.expires_ms,
             dedup: c.dedup.map(|d| DedupView {
                 window_ms: d.window_ms,
                 max_ids: d.max_ids,

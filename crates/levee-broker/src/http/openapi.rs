@@ -69,6 +69,11 @@ pub struct QueueConfigDoc {
     /// The routing key of dead letters sent through `dead_letter_exchange` (default: the
     /// message's key).
     dead_letter_routing_key: Option<String>,
+    /// One consumer at a time gets the messages (the longest-subscribed); the next takes over
+    /// when it leaves.
+    single_active_consumer: bool,
+    /// The queue is deleted once unused (no consumer, no get, no redeclare) this long.
+    expires_ms: Option<u64>,
     dedup: Option<DedupDoc>,
 }
 

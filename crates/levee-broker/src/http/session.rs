@@ -222,6 +222,7 @@ impl Sessions {
             consumer: subscription,
             auto_ack: false,
             credit: 0,
+            priority: 0,
             conn: tx.clone(),
         })
         .map_err(|_| BrokerError::UnknownQueue(queue.into()))?;

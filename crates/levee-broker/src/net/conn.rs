@@ -402,6 +402,7 @@ impl Conn {
                             consumer: subscription,
                             auto_ack,
                             credit,
+                            priority: 0,
                             conn: self.tx.clone(),
                         });
                         self.subs.insert(subscription, queue);

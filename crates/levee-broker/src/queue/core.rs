@@ -79,6 +79,8 @@ pub enum Output {
         /// The message, with its `x-death-*` headers.
         message: Message,
     },
+    /// The queue has gone unused for its `expires_ms`: delete it. Output once.
+    Expired,
     /// A consumer settled tags it does not hold.
     UnknownTags {
         /// The consumer.
@@ -458,6 +460,17 @@ impl QueueCore {
         self.state.add_credit(consumer, credit);
     }
 
+    /// A consumer's priority (see [`QueueState::set_priority`]).
+    pub fn set_priority(&mut self, consumer: ConsumerId, priority: i32) {
+        self.state.set_priority(consumer, priority);
+    }
+
+    /// A use that is not a consumer: the queue's start or a redeclare (restarts the
+    /// `expires_ms` clock).
+    pub fn touch(&mut self, now: u64) {
+        self.state.touch(now);
+    }
+
     /// A consumer left (its unacked messages return).
     pub fn unsubscribe(&mut self, now: u64, consumer: ConsumerId) {
         self.state.unsubscribe(now, consumer);
@@ -609,6 +622,9 @@ impl QueueCore {
         }
         self.state.tick(now);
         self.apply_effects(now);
+        if self.state.take_expired(now) {
+            self.outputs.push_back(Output::Expired);
+        }
         let d = self.disk.as_mut()?;
         if d.reopen_at.is_some_and(|at| at <= now) {
             d.reopen_at = None;

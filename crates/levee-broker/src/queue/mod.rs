@@ -241,6 +241,8 @@ struct Consumer {
     /// deadline starts when they are written; if the consumer goes away first, they return to the
     /// queue without a raised delivery count (they never left the broker).
     unwritten: std::collections::VecDeque<u64>,
+    /// Its priority ([`QueueState::set_priority`]).
+    priority: i32,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -398,6 +400,14 @@ pub struct QueueState {
     effects: Vec<Effect>,
     /// The message ids stored within the dedup window (`None`: dedup off).
     dedup: Option<dedup::DedupWindow>,
+    /// Since when the queue has been unused (no consumer, no get, no redeclare): the start of
+    /// its `expires_ms` clock. `None` while it has consumers, or before the first
+    /// [`QueueState::touch`].
+    idle_since: Option<u64>,
+    /// [`QueueState::take_expired`] has reported the expiry (once).
+    expired: bool,
+    /// Consumers with a priority other than 0 (dispatch only compares priorities when some).
+    prioritized: usize,
 }
 
 impl QueueState {
@@ -444,6 +454,51 @@ impl QueueState {
             counters: Counters::default(),
             effects: Vec::new(),
             dedup: config_dedup(&config_copy),
+            idle_since: None,
+            expired: false,
+            prioritized: 0,
+        }
+    }
+
+    /// A use of the queue that is not a consumer (a redeclare, or the queue's start): restarts
+    /// its `expires_ms` clock when it has no consumer.
+    pub fn touch(&mut self, now: u64) {
+        if self.consumers.is_empty() {
+            self.idle_since = Some(now);
+        }
+    }
+
+    /// When the queue expires if nothing uses it (`None`: it has consumers, no `expires_ms`, or
+    /// the expiry was reported).
+    fn expires_at(&self) -> Option<u64> {
+        let ms = self.config.expires_ms?;
+        if self.expired || !self.consumers.is_empty() {
+            return None;
+        }
+        Some(self.idle_since?.saturating_add(ms))
+    }
+
+    /// Whether the queue has gone unused for its `expires_ms` by `now`; true once (the caller
+    /// deletes the queue).
+    pub fn take_expired(&mut self, now: u64) -> bool {
+        if self.expires_at().is_some_and(|at| at <= now) {
+            self.expired = true;
+            return true;
+        }
+        false
+    }
+
+    /// A consumer's priority (`x-priority`): messages go to the consumers of the highest
+    /// priority that have credit; lower ones get messages only while none of those can take
+    /// one. Default 0.
+    pub fn set_priority(&mut self, consumer: ConsumerId, priority: i32) {
+        if let Some(c) = self.consumers.get_mut(&consumer) {
+            match (c.priority != 0, priority != 0) {
+                (false, true) => self.prioritized += 1,
+                (true, false) => self.prioritized -= 1,
+                _ => {}
+            }
+            c.priority = priority;
         }
     }
 
@@ -936,6 +991,7 @@ impl QueueState {
 
     /// Adds a consumer with no credit yet.
     pub fn subscribe(&mut self, consumer: ConsumerId, auto_ack: bool) {
+        self.idle_since = None;
         self.consumers.insert(
             consumer,
             Consumer {
@@ -956,9 +1012,14 @@ impl QueueState {
     /// to the queue with their delivery count kept (or to the dead-letter queue past
     /// `max_deliveries`).
     pub fn unsubscribe(&mut self, now: u64, consumer: ConsumerId) {
-        let unwritten: std::collections::HashSet<u64> = self
-            .consumers
-            .remove(&consumer)
+        let removed = self.consumers.remove(&consumer);
+        if removed.as_ref().is_some_and(|c| c.priority != 0) {
+            self.prioritized -= 1;
+        }
+        if self.consumers.is_empty() {
+            self.idle_since = Some(now);
+        }
+        let unwritten: std::collections::HashSet<u64> = removed
             .map(|c| c.unwritten.into_iter().collect())
             .unwrap_or_default();
         let mut tags: Vec<u64> = self
@@ -1239,15 +1300,30 @@ impl QueueState {
         let b = self.delayed_due.first().map(|d| d.0);
         let c = self.expiries.peek().map(|Reverse(e)| e.0);
         let d = self.rate_retry_at.filter(|_| !self.held.is_empty());
-        [a, b, c, d].into_iter().flatten().min()
+        [a, b, c, d, self.expires_at()].into_iter().flatten().min()
     }
 
-    /// Picks the next consumer with credit, round-robin after the one served last.
+    /// Picks the next consumer with credit: with `single_active_consumer` only the
+    /// longest-subscribed one (lowest id) is ever picked; else round-robin after the one served
+    /// last, among the consumers of the highest priority that can take a message.
     fn next_consumer(&self) -> Option<ConsumerId> {
-        let after = self.cursor.unwrap_or(0);
-        let with_credit = |(id, c): (&ConsumerId, &Consumer)| {
-            (c.credit > 0 && c.budget != Some(0)).then_some(*id)
+        let can_take = |c: &Consumer| c.credit > 0 && c.budget != Some(0);
+        if self.config.single_active_consumer {
+            let (id, c) = self.consumers.iter().next()?;
+            return can_take(c).then_some(*id);
+        }
+        let top = if self.prioritized == 0 {
+            0
+        } else {
+            self.consumers
+                .values()
+                .filter(|c| can_take(c))
+                .map(|c| c.priority)
+                .max()?
         };
+        let after = self.cursor.unwrap_or(0);
+        let with_credit =
+            |(id, c): (&ConsumerId, &Consumer)| (can_take(c) && c.priority == top).then_some(*id);
         self.consumers
             .range(after.saturating_add(1)..)
             .find_map(with_credit)

@@ -491,6 +491,7 @@ impl Sim {
                 }
                 Output::Credit { .. } => {}
                 Output::DeadLetter { .. } => self.fail("no dead-letter queue is configured".into()),
+                Output::Expired => self.fail("the simulated queue has no expires_ms".into()),
                 Output::UnknownTags { consumer, tags } => {
                     // Tags that went back on an ack deadline: those messages are not settled
                     // (unless another tag of the same message, a redelivery, was settled too).

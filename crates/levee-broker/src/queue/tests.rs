@@ -1048,3 +1048,87 @@ fn lowering_limits_drops_nothing_and_refuses_until_drained() {
         assert!(q.reconfigure(0, bad).is_err());
     }
 }
+
+#[test]
+fn consumers_of_the_highest_priority_with_credit_get_the_messages() {
+    let mut q = QueueState::new(cfg(), 1);
+    q.subscribe(1, true);
+    q.subscribe(2, true);
+    q.subscribe(3, true);
+    q.set_priority(2, 5);
+    q.set_priority(3, 5);
+    for c in 1..=3 {
+        q.add_credit(c, 2);
+    }
+    for i in 0..6 {
+        publish(&mut q, 0, i);
+    }
+    let out = dispatch(&mut q, 0);
+    let to: Vec<u64> = out.iter().map(|o| o.consumer).collect();
+    // The two priority-5 consumers take turns until their credit is used, then consumer 1.
+    assert_eq!(to, vec![2, 3, 2, 3, 1, 1]);
+    // Back to priority 0: plain round-robin over everyone.
+    q.set_priority(2, 0);
+    q.set_priority(3, 0);
+    for c in 1..=3 {
+        q.add_credit(c, 1);
+    }
+    for i in 0..3 {
+        publish(&mut q, 0, i);
+    }
+    let out = dispatch(&mut q, 0);
+    let mut to: Vec<u64> = out.iter().map(|o| o.consumer).collect();
+    to.sort_unstable();
+    assert_eq!(to, vec![1, 2, 3]);
+}
+
+#[test]
+fn a_single_active_consumer_gets_everything_until_it_leaves() {
+    let config = QueueConfig {
+        single_active_consumer: true,
+        ..cfg()
+    };
+    let mut q = QueueState::new(config, 1);
+    q.subscribe(4, false);
+    q.subscribe(9, false);
+    q.add_credit(4, 2);
+    q.add_credit(9, 10);
+    for i in 0..5 {
+        publish(&mut q, 0, i);
+    }
+    let out = dispatch(&mut q, 0);
+    // Only the first subscriber, within its credit: the other waits though it has credit.
+    assert_eq!(
+        out.iter().map(|o| o.consumer).collect::<Vec<_>>(),
+        vec![4, 4]
+    );
+    // It leaves: its two unacked messages return, and the next consumer takes over.
+    q.unsubscribe(10, 4);
+    let out = dispatch(&mut q, 10);
+    assert_eq!(out.len(), 5);
+    assert!(out.iter().all(|o| o.consumer == 9));
+}
+
+#[test]
+fn a_queue_expires_after_going_unused_for_its_expires_ms() {
+    let config = QueueConfig {
+        expires_ms: Some(1_000),
+        ..cfg()
+    };
+    let mut q = QueueState::new(config, 1);
+    q.touch(0);
+    assert_eq!(q.next_deadline(), Some(1_000));
+    assert!(!q.take_expired(999));
+    // A consumer stops the clock; it restarts when the last one leaves.
+    q.subscribe(1, false);
+    assert_eq!(q.next_deadline(), None);
+    assert!(!q.take_expired(5_000));
+    q.unsubscribe(5_000, 1);
+    // A redeclare restarts it too.
+    q.touch(5_500);
+    assert!(!q.take_expired(6_000));
+    assert!(q.take_expired(6_500));
+    // Reported once.
+    assert!(!q.take_expired(7_000));
+    assert_eq!(q.next_deadline(), None);
+}

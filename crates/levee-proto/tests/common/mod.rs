@@ -65,11 +65,16 @@ pub(crate) fn queue_config() -> impl Strategy<Value = QueueConfig> {
         option::of(name()),
         option::of(any::<u64>()),
         option::of(rate_limit()),
-        (option::of(name()), option::of(name())),
+        (
+            option::of(name()),
+            option::of(name()),
+            any::<bool>(),
+            option::of(any::<u64>()),
+        ),
         option::of((option::of(any::<u64>()), any::<u32>())),
     )
         .prop_map(
-            |(mm, mb, ov, or, du, at, md, dl, ttl, rl, (dlx, dlk), dd)| QueueConfig {
+            |(mm, mb, ov, or, du, at, md, dl, ttl, rl, (dlx, dlk, sac, exp), dd)| QueueConfig {
                 max_messages: mm,
                 max_bytes: mb,
                 overflow: ov,
@@ -82,6 +87,8 @@ pub(crate) fn queue_config() -> impl Strategy<Value = QueueConfig> {
                 rate_limit: rl,
                 dead_letter_exchange: dlx,
                 dead_letter_routing_key: dlk,
+                single_active_consumer: sac,
+                expires_ms: exp,
                 dedup: dd.map(|(window_ms, max_ids)| levee_proto::Dedup { window_ms, max_ids }),
             },
         )

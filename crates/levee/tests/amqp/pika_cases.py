@@ -417,7 +417,102 @@ def one_full_target_nacks_under_reject_and_acks_under_drop_head():
     c.close()
 
 
+def consumer_priorities_serve_the_highest_first():
+    c = connect()
+    ch = c.channel()
+    ch.queue_declare("prio-consumers", durable=True)
+    ch.basic_qos(prefetch_count=2)
+    low, high = [], []
+    ch.basic_consume("prio-consumers", lambda ch, m, p, b: low.append(b), auto_ack=False)
+    ch.basic_consume(
+        "prio-consumers", lambda ch, m, p, b: high.append(b), auto_ack=False,
+        arguments={"x-priority": 10},
+    )
+    pub = c.channel()
+    pub.confirm_delivery()
+    for i in range(3):
+        pub.basic_publish("", "prio-consumers", str(i).encode())
+    deadline = time.time() + 15
+    while len(low) + len(high) < 3 and time.time() < deadline:
+        c.process_data_events(time_limit=0.1)
+    # The priority-10 consumer takes what its prefetch allows first; only the third message,
+    # which it cannot take, goes to the priority-0 one.
+    assert high == [b"0", b"1"], (high, low)
+    assert low == [b"2"], (high, low)
+    bad = c.channel()
+    expect_close(
+        406,
+        lambda: bad.basic_consume(
+            "prio-consumers", lambda *a: None, arguments={"x-priority": "high"}
+        ),
+    )
+    c.close()
+
+
+def single_active_consumer_takes_over_in_order():
+    c = connect()
+    ch = c.channel()
+    ch.queue_declare("sac", durable=True, arguments={"x-single-active-consumer": True})
+    first_ch, second_ch = c.channel(), c.channel()
+    first, second = [], []
+    first_tag = first_ch.basic_consume(
+        "sac", lambda ch, m, p, b: (first.append(b), ch.basic_ack(m.delivery_tag))
+    )
+    second_ch.basic_consume(
+        "sac", lambda ch, m, p, b: (second.append(b), ch.basic_ack(m.delivery_tag))
+    )
+    ch.confirm_delivery()
+    for i in range(4):
+        ch.basic_publish("", "sac", str(i).encode())
+    deadline = time.time() + 15
+    while len(first) < 4 and time.time() < deadline:
+        c.process_data_events(time_limit=0.1)
+    assert first == [b"0", b"1", b"2", b"3"] and second == [], (first, second)
+    # The active consumer leaves: the next one takes over.
+    first_ch.basic_cancel(first_tag)
+    for i in range(4, 6):
+        ch.basic_publish("", "sac", str(i).encode())
+    deadline = time.time() + 15
+    while len(second) < 2 and time.time() < deadline:
+        c.process_data_events(time_limit=0.1)
+    assert second == [b"4", b"5"], second
+    # A redeclare without the argument differs (406 names it).
+    other = c.channel()
+    text = expect_close(406, lambda: other.queue_declare("sac", durable=True))
+    assert "single_active_consumer" in text, text
+    c.close()
+
+
+def unused_queue_expires():
+    c = connect()
+    ch = c.channel()
+    ch.queue_declare("expiring", durable=True, arguments={"x-expires": 1500})
+    ch.basic_publish("", "expiring", b"kept until the queue goes")
+    # A consumer holds it: it does not expire while consumed.
+    tag = ch.basic_consume("expiring", lambda *a: None, auto_ack=True)
+    c.process_data_events(time_limit=2.5)
+    assert ch.queue_declare("expiring", passive=True, durable=True).method.queue == "expiring"
+    ch.basic_cancel(tag)
+    # Unused for 1.5 s from here (the passive declare does not count as a use): gone.
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        probe = c.channel()
+        try:
+            probe.queue_declare("expiring", passive=True)
+            probe.close()
+            time.sleep(0.2)
+        except ChannelClosedByBroker as e:
+            assert e.reply_code == 404, e
+            break
+    else:
+        raise AssertionError("the unused queue was not deleted")
+    c.close()
+
+
 CASES = {f.__name__: f for f in [
+    consumer_priorities_serve_the_highest_first,
+    single_active_consumer_takes_over_in_order,
+    unused_queue_expires,
     fanout_topic_headers_and_direct_routing,
     mandatory_return_through_an_exchange,
     dead_letter_exchange_with_x_death,
