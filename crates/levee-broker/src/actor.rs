@@ -164,6 +164,12 @@ pub(crate) enum Cmd {
     /// A connection whose outbox was full has room again.
     OutboxRoom,
     Inspect(oneshot::Sender<QueueInfo>),
+    /// What the monitor samples beyond `Inspect` (see `crate::ops::monitor`): with `latest`,
+    /// up to that many ready messages (a conflated queue's latest per key, for value rules).
+    Observe {
+        latest: usize,
+        reply: oneshot::Sender<crate::ops::Observation>,
+    },
     Purge(oneshot::Sender<u64>),
     /// Stop: drop everything; replies with the number of messages that were held.
     Delete(oneshot::Sender<u64>),
@@ -205,7 +211,15 @@ pub(crate) struct QueueActor {
     rates: Rates,
     rx: mpsc::UnboundedReceiver<Cmd>,
     stop_reason: Option<(ErrorCode, &'static str)>,
+    /// When each unconfirmed publish (session, req) arrived, for the publish-confirm latency
+    /// histogram; at most [`MAX_TIMED_CONFIRMS`] (later ones are not timed).
+    confirm_started: HashMap<(SessionId, u64), std::time::Instant>,
+    /// The append the log is syncing and since when this actor waits for it (fsync latency).
+    durable_front: Option<(u64, std::time::Instant)>,
 }
+
+/// Most publishes timed at once per queue (memory bound of `confirm_started`).
+const MAX_TIMED_CONFIRMS: usize = 65_536;
 
 impl QueueActor {
     pub(crate) fn new(
@@ -227,6 +241,8 @@ impl QueueActor {
             rates: Rates::new(RATE_WINDOW_MS, RATE_EVERY_MS),
             rx,
             stop_reason: None,
+            confirm_started: HashMap::new(),
+            durable_front: None,
         }
     }
 
@@ -239,6 +255,10 @@ impl QueueActor {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            let front = self.core.syncing_front().map(|(seq, _)| seq);
+            if front != self.durable_front.map(|(s, _)| s) {
+                self.durable_front = front.map(|s| (s, std::time::Instant::now()));
+            }
             let sleep = async {
                 match deadline {
                     Some(at) => {
@@ -269,6 +289,11 @@ impl QueueActor {
                     }
                 }
                 (seq, res) = Self::front_durable(&mut self.core) => {
+                    if let Some((s, since)) = self.durable_front.take()
+                        && s == seq
+                    {
+                        crate::ops::FSYNC.observe_us(since.elapsed().as_micros() as u64);
+                    }
                     self.core.on_durable(now_ms(), seq, res);
                 }
                 () = sleep => {
@@ -318,6 +343,10 @@ impl QueueActor {
                 credited,
             } => {
                 self.sessions.entry(producer).or_insert(confirm_to);
+                if self.confirm_started.len() < MAX_TIMED_CONFIRMS {
+                    self.confirm_started
+                        .insert((producer, req), std::time::Instant::now());
+                }
                 self.core.publish(now, producer, req, messages, credited);
             }
             Cmd::DeadLetter(message) => self.core.dead_letter_in(now, message),
@@ -376,6 +405,9 @@ impl QueueActor {
             }
             Cmd::Inspect(reply) => {
                 let _ = reply.send(self.info(now));
+            }
+            Cmd::Observe { latest, reply } => {
+                let _ = reply.send(self.observe(latest));
             }
             Cmd::Purge(reply) => {
                 let _ = reply.send(self.core.purge(now));
@@ -448,25 +480,31 @@ impl QueueActor {
         let mut used: HashMap<ConsumerId, u64> = HashMap::new();
         while let Some(out) = self.core.poll_output() {
             match out {
-                Output::Confirm(c) => match self.sessions.get(&c.session) {
-                    Some(ConfirmTo::Conn { conn, in_flight }) => {
-                        in_flight.release(c.messages, c.bytes);
-                        let _ = conn.send(ServerFrame::PublishConfirm {
-                            req: c.req,
-                            outcomes: c.outcomes,
-                        });
+                Output::Confirm(c) => {
+                    if let Some(t) = self.confirm_started.remove(&(c.session, c.req)) {
+                        crate::ops::PUBLISH_CONFIRM.observe_us(t.elapsed().as_micros() as u64);
                     }
-                    Some(ConfirmTo::Routed(agg)) => {
-                        agg.target_confirmed(c.req, self.core.name(), c.outcomes);
+                    match self.sessions.get(&c.session) {
+                        Some(ConfirmTo::Conn { conn, in_flight }) => {
+                            in_flight.release(c.messages, c.bytes);
+                            let _ = conn.send(ServerFrame::PublishConfirm {
+                                req: c.req,
+                                outcomes: c.outcomes,
+                            });
+                        }
+                        Some(ConfirmTo::Routed(agg)) => {
+                            agg.target_confirmed(c.req, self.core.name(), c.outcomes);
+                        }
+                        None => {}
                     }
-                    None => {}
-                },
+                }
                 Output::Void {
                     session,
                     req,
                     messages,
                     bytes,
                 } => {
+                    self.confirm_started.remove(&(session, req));
                     let (code, why) = self
                         .stop_reason
                         .unwrap_or((ErrorCode::ShuttingDown, "stopped"));
@@ -555,6 +593,20 @@ impl QueueActor {
     fn rate_counters(&self) -> [u64; 3] {
         let c = self.core.state().counters();
         [c.published, c.delivered, c.acked]
+    }
+
+    fn observe(&self, latest: usize) -> crate::ops::Observation {
+        let next = self.core.peek(latest.max(1));
+        crate::ops::Observation {
+            delivered: self.core.state().counters().delivered,
+            oldest_ready_ms: next.first().map(|d| d.timestamp_ms),
+            producers: self.core.state().producer_credits(),
+            latest: if latest == 0 {
+                Vec::new()
+            } else {
+                next.into_iter().map(|d| d.message).collect()
+            },
+        }
     }
 
     fn info(&mut self, now: u64) -> QueueInfo {
