@@ -181,18 +181,64 @@ fn dashboard_in_headless_chromium() {
         "/api/alerts/dlq",
         json!({"queue": "orders", "dead_letter_not_empty": true}),
     );
-    // A wire consumer holding one message, so connections show an address and credit.
+    // Wire consumers: one holding a message, one working through orders slowly, so connections
+    // show addresses and credit and the charts show traffic out.
     let mut worker = common::stuck_worker(&server, "orders");
+    let mut slow = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args([
+            "consume",
+            "orders",
+            "--credit",
+            "4",
+            "--work-ms",
+            "150",
+            "--quiet",
+            "--addr",
+        ])
+        .arg(server.wire.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Traffic in while the history fills (its pace only shapes the charts; nothing waits on it).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (http, flag) = (server.http, stop.clone());
+    let traffic = std::thread::spawn(move || {
+        let mut i = 0u64;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let send = |q: &str, b: Value| {
+                common::http_request(
+                    http,
+                    "POST",
+                    &format!("/api/queues/{q}/messages"),
+                    "",
+                    &b.to_string(),
+                )
+            };
+            send("orders", json!({"payload": format!("order {i}")}));
+            let id = ["TEMP_01", "TEMP_02", "TEMP_03"][(i % 3) as usize];
+            let reading = json!({"sensorId": id, "temperature": 20 + i % 9, "humidity": 60});
+            send(
+                "sensors",
+                json!({"key": id, "payload": reading.to_string()}),
+            );
+            i += 1;
+            std::thread::sleep(std::time::Duration::from_millis(40 + (i % 20) * 5));
+        }
+    });
     // Enough server-side history that a chart drawn on the first load is visibly full.
-    wait_until("5 s of history", || history_len(&server, "orders-dlq") >= 5);
+    wait_until("7 s of history", || history_len(&server, "orders-dlq") >= 7);
     let v = run_browser(&server, "admin", None);
-    let _ = worker.kill();
-    let _ = worker.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.join().unwrap();
+    for c in [&mut worker, &mut slow] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     assert!(
-        v["firstPoints"].as_u64().unwrap() >= 5,
+        v["firstPoints"].as_u64().unwrap() >= 7,
         "the first draw has the server's history: {v}"
     );
-    assert!(v["ratePoints"].as_u64().unwrap() >= 4, "{v}");
+    assert!(v["ratePoints"].as_u64().unwrap() >= 6, "{v}");
     assert!(
         v["alertText"].as_str().unwrap().contains("dead-letter"),
         "{v}"

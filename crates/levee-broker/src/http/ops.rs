@@ -45,7 +45,7 @@ pub(super) async fn history(
     let points = match points {
         Some(p) => p,
         // A queue declared less than a second ago has no point yet.
-        None if broker.list().iter().any(|n| *n == name) => Vec::new(),
+        None if broker.list().contains(&name) => Vec::new(),
         None => {
             return HttpError::from(crate::error::BrokerError::UnknownQueue(name)).into_response();
         }

@@ -77,7 +77,7 @@ pub(crate) async fn run(mut rx: mpsc::Receiver<Job>, ops: Weak<super::Ops>) {
                     break;
                 }
                 Ok(Err(e)) => {
-                    tracing::debug!(url = %job.url, error = %e, attempt, "webhook failed")
+                    tracing::debug!(url = %job.url, error = %e, attempt, "webhook failed");
                 }
                 Err(_) => tracing::debug!(url = %job.url, attempt, "webhook timed out"),
             }
