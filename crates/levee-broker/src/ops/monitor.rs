@@ -3,8 +3,8 @@
 //! clears. A thin shell: the decisions are in `history` and `alerts`.
 //!
 //! # Invariants
-//! - Holds the broker weakly between ticks: it ends once the broker is gone, and never keeps the
-//!   data directory locked beyond one tick.
+//! - Holds the broker weakly, upgraded only to list the queues' command channels (never across
+//!   an await): it ends once the broker is gone and never keeps its data directory locked.
 //! - A queue that does not answer within [`SAMPLE_TIMEOUT`] is left out of that tick (its
 //!   history has a gap; its alert instances are cleared as if the queue were gone, and come back).
 //!   Ticks missed while one runs long are skipped, not bunched.
@@ -55,10 +55,33 @@ pub(crate) fn start(broker: &Broker) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            let Some(inner) = weak.upgrade() else { break };
-            sample(&Broker { inner }).await;
+            // The broker is held only while its queues are listed, never across an await: its
+            // data directory's lock goes when the last handle of the application goes.
+            let (ops, queues) = {
+                let Some(inner) = weak.upgrade() else { break };
+                let broker = Broker { inner };
+                let queues: Vec<(String, QueueTx)> = broker
+                    .list()
+                    .into_iter()
+                    .filter_map(|n| broker.inner.queue_sender(&n).map(|tx| (n, tx)))
+                    .collect();
+                (broker.inner.ops.clone(), queues)
+            };
+            sample(&ops, queues).await;
         }
     });
+}
+
+type QueueTx = tokio::sync::mpsc::UnboundedSender<Cmd>;
+
+/// Inspects and observes one queue through its command channel.
+async fn ask(tx: &QueueTx, latest: usize) -> Option<(QueueInfo, Observation)> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    tx.send(Cmd::Inspect(reply)).ok()?;
+    let info = rx.await.ok()?;
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    tx.send(Cmd::Observe { latest, reply }).ok()?;
+    Some((info, rx.await.ok()?))
 }
 
 /// Messages lost: dropped, except by conflation (replaced by a newer one), purges and deletes
@@ -92,9 +115,8 @@ pub(crate) fn point(now: u64, info: &QueueInfo, o: &Observation) -> Point {
     }
 }
 
-/// One tick.
-async fn sample(broker: &Broker) {
-    let ops = &broker.inner.ops;
+/// One tick over `queues` (name, command channel).
+async fn sample(ops: &super::Ops, queues: Vec<(String, QueueTx)>) {
     // Queues some value rule watches get their ready messages read.
     let watched: Vec<String> = ops
         .alerts
@@ -104,27 +126,24 @@ async fn sample(broker: &Broker) {
         .filter(|r| matches!(r.condition, Condition::Value { .. }))
         .map(|r| r.config.queue.clone())
         .collect();
+    let names: Vec<String> = queues.iter().map(|(n, _)| n.clone()).collect();
     let mut set = tokio::task::JoinSet::new();
-    for name in broker.list() {
-        let b = broker.clone();
+    for (name, tx) in queues {
         let latest = if watched.iter().any(|q| q == "*" || *q == name) {
             MAX_LATEST
         } else {
             0
         };
         set.spawn(async move {
-            let r = tokio::time::timeout(SAMPLE_TIMEOUT, async {
-                let info = b.inspect(&name).await?;
-                let obs = b.observe(&name, latest).await?;
-                Ok::<_, BrokerError>((info, obs))
-            })
-            .await;
-            (name, r)
+            tokio::time::timeout(SAMPLE_TIMEOUT, ask(&tx, latest))
+                .await
+                .ok()
+                .flatten()
         });
     }
     let mut got: Vec<(QueueInfo, Observation)> = Vec::new();
     while let Some(j) = set.join_next().await {
-        if let Ok((_, Ok(Ok(r)))) = j {
+        if let Ok(Some(r)) = j {
             got.push(r);
         }
     }
@@ -135,7 +154,6 @@ async fn sample(broker: &Broker) {
         for (info, o) in &got {
             h.record(&info.queue, point(now, info, o));
         }
-        let names: Vec<String> = broker.list();
         h.retain(|q| names.iter().any(|n| n == q));
     }
     let ready: HashMap<&str, u64> = got
