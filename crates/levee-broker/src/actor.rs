@@ -359,6 +359,8 @@ impl QueueActor {
                 self.core.remove_producer(now, producer);
                 // Confirms still due to it are dropped when they come (the connection is gone).
                 self.sessions.remove(&producer);
+                self.confirm_started
+                    .retain(|(session, _), _| *session != producer);
             }
             Cmd::Subscribe {
                 consumer,
@@ -596,15 +598,20 @@ impl QueueActor {
     }
 
     fn observe(&self, latest: usize) -> crate::ops::Observation {
-        let next = self.core.peek(latest.max(1));
+        let state = self.core.state();
         crate::ops::Observation {
-            delivered: self.core.state().counters().delivered,
-            oldest_ready_ms: next.first().map(|d| d.timestamp_ms),
-            producers: self.core.state().producer_credits(),
+            delivered: state.counters().delivered,
+            // The publish time is kept in memory: no log read for it.
+            oldest_ready_ms: state.peek(1).first().map(|(_, _, ts, _)| *ts),
+            producers: state.producer_credits(),
             latest: if latest == 0 {
                 Vec::new()
             } else {
-                next.into_iter().map(|d| d.message).collect()
+                self.core
+                    .peek(latest)
+                    .into_iter()
+                    .map(|d| d.message)
+                    .collect()
             },
         }
     }
