@@ -401,3 +401,95 @@ fn bad_alert_rules_in_the_config_file_stop_the_start() {
     assert!(!ok);
     assert!(stderr.contains("one condition per rule"), "{stderr}");
 }
+
+/// `/api/overview` lists consumers by connection with their address, for the native protocol
+/// and AMQP alike, and producers of `block` queues with the publish credit they hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overview_lists_consumers_and_producers_by_connection() {
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    let server = Server::start();
+    let c = common::client(&server).await;
+    c.declare("work", levee_proto::QueueConfig::default())
+        .await
+        .unwrap();
+    let producer = c
+        .producer("work", levee_client::ProducerOptions::default())
+        .await
+        .unwrap();
+    producer.send(levee_proto::Message::new("a")).await.unwrap();
+    let _sub = c
+        .consumer(
+            "work",
+            levee_client::ConsumerOptions {
+                credit: levee_client::Credit::Fixed(3),
+                ..levee_client::ConsumerOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let amqp = lapin::Connection::connect(
+        &format!("amqp://guest:guest@{}/%2f", server.amqp),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let ch = amqp.create_channel().await.unwrap();
+    ch.basic_qos(7, BasicQosOptions::default()).await.unwrap();
+    let _consumer = ch
+        .basic_consume(
+            "work".into(),
+            "c1".into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let http = server.http;
+    let overview = move || {
+        let (st, resp) = common::http_request(http, "GET", "/api/overview", "", "");
+        assert_eq!(st, 200, "{resp}");
+        serde_json::from_str::<Value>(common::http_body(&resp).trim()).unwrap()
+    };
+    let o = tokio::task::spawn_blocking(move || {
+        let mut last = Value::Null;
+        wait_until("two consumer connections and a producer", || {
+            last = overview();
+            let conns = last["connection_list"].as_array().unwrap();
+            let consumers = conns
+                .iter()
+                .filter(|c| !c["consumers"].as_array().unwrap().is_empty())
+                .count();
+            let producers = conns
+                .iter()
+                .filter(|c| !c["producers"].as_array().unwrap().is_empty())
+                .count();
+            consumers == 2 && producers == 1
+        });
+        last
+    })
+    .await
+    .unwrap();
+    let conns = o["connection_list"].as_array().unwrap();
+    let amqp_conn = conns.iter().find(|c| c["client"] == "amqp").expect("{o}");
+    assert!(
+        amqp_conn["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{o}"
+    );
+    assert_eq!(amqp_conn["consumers"][0]["queue"], "work", "{o}");
+    let native = conns
+        .iter()
+        .find(|c| c["client"] != "amqp" && !c["producers"].as_array().unwrap().is_empty())
+        .expect("{o}");
+    assert_eq!(native["producers"][0]["queue"], "work", "{o}");
+    assert!(
+        native["producers"][0]["credit"].as_u64().unwrap() > 0,
+        "{o}"
+    );
+    assert_eq!(native["consumers"][0]["queue"], "work", "{o}");
+    assert_eq!(o["consumers"], 2, "{o}");
+    assert_eq!(o["producers"], 1, "{o}");
+    assert!(o["other_consumers"].as_array().unwrap().is_empty(), "{o}");
+}

@@ -613,7 +613,7 @@ pub struct ConnProducerDoc {
     credit: u64,
 }
 
-/// A wire connection.
+/// A native or AMQP connection.
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionDoc {
@@ -651,7 +651,7 @@ pub struct OverviewDoc {
     producers: u64,
     alerts_firing: Vec<FiringDoc>,
     connection_list: Vec<ConnectionDoc>,
-    /// Consumers not on a wire connection (AMQP channels, HTTP receive sessions).
+    /// Consumers not on a connection (HTTP receive sessions, redrives).
     other_consumers: Vec<ConnConsumerDoc>,
     /// Whether users are configured.
     security: bool,

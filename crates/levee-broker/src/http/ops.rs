@@ -158,7 +158,7 @@ async fn observe_all(broker: &Broker) -> BTreeMap<String, Observation> {
     out
 }
 
-/// `GET /api/overview`: the node, the broker's totals, alerts firing, and every wire connection
+/// `GET /api/overview`: the node, the broker's totals, alerts firing, and every native or AMQP connection
 /// with its consumers and producers (what the dashboard's overview shows).
 pub(super) async fn overview(
     State(broker): State<Broker>,
@@ -199,7 +199,7 @@ pub(super) async fn overview(
                         list.push(v);
                     }
                 }
-                // AMQP channels and HTTP receive sessions are not in the registry.
+                // HTTP receive sessions and redrives are not connections.
                 None => unattached.push(v),
             }
         }
