@@ -168,6 +168,12 @@ pub(crate) enum Cmd {
     /// A connection whose outbox was full has room again.
     OutboxRoom,
     Inspect(oneshot::Sender<QueueInfo>),
+    /// What the monitor samples beyond `Inspect` (see `crate::ops::monitor`): with `latest`,
+    /// up to that many ready messages (a conflated queue's latest per key, for value rules).
+    Observe {
+        latest: usize,
+        reply: oneshot::Sender<crate::ops::Observation>,
+    },
     Purge(oneshot::Sender<u64>),
     /// Stop: drop everything; replies with the number of messages that were held.
     Delete(oneshot::Sender<u64>),
@@ -211,7 +217,15 @@ pub(crate) struct QueueActor {
     rates: Rates,
     rx: mpsc::UnboundedReceiver<Cmd>,
     stop_reason: Option<(ErrorCode, &'static str)>,
+    /// When each unconfirmed publish (session, req) arrived, for the publish-confirm latency
+    /// histogram; at most [`MAX_TIMED_CONFIRMS`] (later ones are not timed).
+    confirm_started: HashMap<(SessionId, u64), std::time::Instant>,
+    /// The append the log is syncing and since when this actor waits for it (fsync latency).
+    durable_front: Option<(u64, std::time::Instant)>,
 }
+
+/// Most publishes timed at once per queue (memory bound of `confirm_started`).
+const MAX_TIMED_CONFIRMS: usize = 65_536;
 
 impl QueueActor {
     pub(crate) fn new(
@@ -236,6 +250,8 @@ impl QueueActor {
             rates: Rates::new(RATE_WINDOW_MS, RATE_EVERY_MS),
             rx,
             stop_reason: None,
+            confirm_started: HashMap::new(),
+            durable_front: None,
         }
     }
 
@@ -248,6 +264,10 @@ impl QueueActor {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            let front = self.core.syncing_front().map(|(seq, _)| seq);
+            if front != self.durable_front.map(|(s, _)| s) {
+                self.durable_front = front.map(|s| (s, std::time::Instant::now()));
+            }
             let sleep = async {
                 match deadline {
                     Some(at) => {
@@ -278,6 +298,11 @@ impl QueueActor {
                     }
                 }
                 (seq, res) = Self::front_durable(&mut self.core) => {
+                    if let Some((s, since)) = self.durable_front.take()
+                        && s == seq
+                    {
+                        crate::ops::FSYNC.observe_us(since.elapsed().as_micros() as u64);
+                    }
                     self.core.on_durable(now_ms(), seq, res);
                 }
                 () = sleep => {
@@ -327,6 +352,10 @@ impl QueueActor {
                 credited,
             } => {
                 self.sessions.entry(producer).or_insert(confirm_to);
+                if self.confirm_started.len() < MAX_TIMED_CONFIRMS {
+                    self.confirm_started
+                        .insert((producer, req), std::time::Instant::now());
+                }
                 self.core.publish(now, producer, req, messages, credited);
             }
             Cmd::DeadLetter(message) => self.core.dead_letter_in(now, message),
@@ -339,6 +368,8 @@ impl QueueActor {
                 self.core.remove_producer(now, producer);
                 // Confirms still due to it are dropped when they come (the connection is gone).
                 self.sessions.remove(&producer);
+                self.confirm_started
+                    .retain(|(session, _), _| *session != producer);
             }
             Cmd::Subscribe {
                 consumer,
@@ -390,6 +421,9 @@ impl QueueActor {
             }
             Cmd::Inspect(reply) => {
                 let _ = reply.send(self.info(now));
+            }
+            Cmd::Observe { latest, reply } => {
+                let _ = reply.send(self.observe(latest));
             }
             Cmd::Purge(reply) => {
                 let _ = reply.send(self.core.purge(now));
@@ -462,25 +496,31 @@ impl QueueActor {
         let mut used: HashMap<ConsumerId, u64> = HashMap::new();
         while let Some(out) = self.core.poll_output() {
             match out {
-                Output::Confirm(c) => match self.sessions.get(&c.session) {
-                    Some(ConfirmTo::Conn { conn, in_flight }) => {
-                        in_flight.release(c.messages, c.bytes);
-                        let _ = conn.send(ServerFrame::PublishConfirm {
-                            req: c.req,
-                            outcomes: c.outcomes,
-                        });
+                Output::Confirm(c) => {
+                    if let Some(t) = self.confirm_started.remove(&(c.session, c.req)) {
+                        crate::ops::PUBLISH_CONFIRM.observe_us(t.elapsed().as_micros() as u64);
                     }
-                    Some(ConfirmTo::Routed(agg)) => {
-                        agg.target_confirmed(c.req, self.core.name(), c.outcomes);
+                    match self.sessions.get(&c.session) {
+                        Some(ConfirmTo::Conn { conn, in_flight }) => {
+                            in_flight.release(c.messages, c.bytes);
+                            let _ = conn.send(ServerFrame::PublishConfirm {
+                                req: c.req,
+                                outcomes: c.outcomes,
+                            });
+                        }
+                        Some(ConfirmTo::Routed(agg)) => {
+                            agg.target_confirmed(c.req, self.core.name(), c.outcomes);
+                        }
+                        None => {}
                     }
-                    None => {}
-                },
+                }
                 Output::Void {
                     session,
                     req,
                     messages,
                     bytes,
                 } => {
+                    self.confirm_started.remove(&(session, req));
                     let (code, why) = self
                         .stop_reason
                         .unwrap_or((ErrorCode::ShuttingDown, "stopped"));
@@ -573,6 +613,25 @@ impl QueueActor {
     fn rate_counters(&self) -> [u64; 3] {
         let c = self.core.state().counters();
         [c.published, c.delivered, c.acked]
+    }
+
+    fn observe(&self, latest: usize) -> crate::ops::Observation {
+        let state = self.core.state();
+        crate::ops::Observation {
+            delivered: state.counters().delivered,
+            // The publish time is kept in memory: no log read for it.
+            oldest_ready_ms: state.peek(1).first().map(|(_, _, ts, _)| *ts),
+            producers: state.producer_credits(),
+            latest: if latest == 0 {
+                Vec::new()
+            } else {
+                self.core
+                    .peek(latest)
+                    .into_iter()
+                    .map(|d| d.message)
+                    .collect()
+            },
+        }
     }
 
     fn info(&mut self, now: u64) -> QueueInfo {

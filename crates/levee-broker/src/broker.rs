@@ -80,6 +80,11 @@ pub struct BrokerConfig {
     /// Users, permissions, TLS (see [`crate::security`]; default: no users, no TLS, loopback
     /// only). Loaded (TLS files read) by [`Broker::open`].
     pub security: crate::security::SecurityConfig,
+    /// Alert rules (`[[alerts]]`, see [`crate::ops::alerts`]; default none).
+    pub alerts: Vec<crate::ops::RuleConfig>,
+    /// Seconds of per-queue history kept at 1 s resolution (`[history] seconds`, default 900).
+    /// Memory bound: about 120 bytes per queue per second (see [`crate::ops::history`]).
+    pub history_seconds: u32,
 }
 
 impl Default for BrokerConfig {
@@ -98,6 +103,8 @@ impl Default for BrokerConfig {
             max_partial_frame_bytes: 256 * 1024 * 1024,
             http_header_timeout_ms: 30_000,
             security: crate::security::SecurityConfig::default(),
+            alerts: Vec::new(),
+            history_seconds: crate::ops::history::DEFAULT_HISTORY_SECONDS,
         }
     }
 }
@@ -173,6 +180,19 @@ impl BrokerConfig {
         if self.http_header_timeout_ms == 0 {
             return bad("http_header_timeout_ms", "must be at least 1, got 0".into());
         }
+        if !(1..=crate::ops::history::MAX_HISTORY_SECONDS).contains(&self.history_seconds) {
+            return bad(
+                "history.seconds",
+                format!(
+                    "must be between 1 and {}, got {}",
+                    crate::ops::history::MAX_HISTORY_SECONDS,
+                    self.history_seconds
+                ),
+            );
+        }
+        if let Err(e) = crate::ops::alerts::compile_all(self.alerts.clone()) {
+            return bad("alerts", e.to_string());
+        }
         if self.server_name.len() > usize::from(u16::MAX) {
             return bad("server_name", "longer than 65535 bytes".into());
         }
@@ -210,6 +230,8 @@ pub(crate) struct Inner {
     /// Exchanges and bindings (see `routing`).
     pub(crate) exchanges: crate::routing::Exchanges,
     pub(crate) security: crate::security::Security,
+    /// History, alert rules, the connection registry (see `ops`).
+    pub(crate) ops: Arc<crate::ops::Ops>,
     /// Held for the broker's lifetime: no other broker opens this data directory meanwhile
     /// (`None` on a caller-provided backend).
     _lock: Option<DataDirLock>,
@@ -303,8 +325,15 @@ impl Broker {
         lock: Option<DataDirLock>,
     ) -> Result<Broker, BrokerError> {
         let security = crate::security::Security::new(&config.security)?;
+        let rules = crate::ops::alerts::compile_all(config.alerts.clone()).map_err(|e| {
+            BrokerError::InvalidSetting {
+                setting: "alerts",
+                reason: e.to_string(),
+            }
+        })?;
         let inner = Arc::new(Inner {
             security,
+            ops: Arc::new(crate::ops::Ops::new(config.history_seconds, rules)),
             limits: Limits::new(
                 config.max_connections,
                 config.max_http_connections,
@@ -321,6 +350,7 @@ impl Broker {
         });
         let broker = Broker { inner };
         broker.recover().await?;
+        crate::ops::monitor::start(&broker);
         Ok(broker)
     }
 

@@ -16,6 +16,8 @@
 //! - `outbox`: each connection's bounded outbound queue;
 //! - `routing`: exchanges, bindings, the routing decision and the confirm aggregation of a
 //!   publish routed to several queues (shared by every front end);
+//! - [`ops`]: server-side history, alert rules (I/O-free), latency histograms and the monitor
+//!   task that samples every queue once a second;
 //! - [`Broker`]: the registry of queues, declare/delete, recovery; `catalog`: the catalog file
 //!   codec (`queue.meta`) and its reads and writes; `data_dir`: the lock file and queue directory
 //!   names.
@@ -29,6 +31,7 @@ pub mod definitions;
 mod error;
 pub mod http;
 mod net;
+pub mod ops;
 mod outbox;
 pub mod queue;
 mod rate;

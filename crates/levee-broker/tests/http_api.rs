@@ -495,8 +495,17 @@ fn parse_prometheus(text: &str) -> Vec<Sample> {
                 .parse()
                 .unwrap_or_else(|_| panic!("bad value in {line:?}")),
         };
+        // A histogram's samples are its family's name with `_bucket`, `_sum` or `_count`.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_prefix(typed.last()?.as_str())?
+                    .eq(*s)
+                    .then_some(())
+            })
+            .map_or(name, |()| typed.last().unwrap().as_str());
         assert!(
-            typed.last().map(String::as_str) == Some(name),
+            typed.last().map(String::as_str) == Some(family),
             "sample outside its family: {line}"
         );
         samples.push((name.to_string(), labels, value));

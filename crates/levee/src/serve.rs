@@ -97,6 +97,18 @@ struct FileConfig {
     amqp: Option<String>,
     #[serde(default, deserialize_with = "crate::units::de_size")]
     amqp_max_held_bytes: Option<u64>,
+    /// Alert rules (see docs/operations.md): `[[alerts]] name, queue, <condition>, for_ms, ...`.
+    #[serde(default)]
+    alerts: Vec<levee_broker::ops::RuleConfig>,
+    /// `[history] seconds = 900`: per-queue history kept at 1 s resolution.
+    history: Option<HistoryConfig>,
+}
+
+/// `[history]`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct HistoryConfig {
+    seconds: Option<u32>,
 }
 
 impl FileConfig {
@@ -156,8 +168,12 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     };
     let mut broker = BrokerConfig {
         security: file.security(),
+        alerts: file.alerts.clone(),
         ..BrokerConfig::default()
     };
+    if let Some(v) = file.history.as_ref().and_then(|h| h.seconds) {
+        broker.history_seconds = v;
+    }
     if let Some(v) = args.data_dir.or(file.data_dir) {
         broker.data_dir = v;
     }

@@ -32,6 +32,11 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/api/queues/{name}/reject"),
     ("post", "/api/queues/{name}/extend"),
     ("post", "/api/queues/{name}/move"),
+    ("get", "/api/queues/{name}/history"),
+    ("get", "/api/alerts"),
+    ("put", "/api/alerts/{name}"),
+    ("delete", "/api/alerts/{name}"),
+    ("get", "/api/overview"),
     ("get", "/api/definitions"),
     ("post", "/api/definitions"),
     ("get", "/api/exchanges"),
@@ -274,6 +279,48 @@ fn every_endpoint_answers_as_the_openapi_document_says() {
         "/api/queues/none/purge",
         None,
     );
+    // Operations: history, alert rules, the overview.
+    let a = "/api/alerts/{name}";
+    c.call(
+        "put",
+        a,
+        "/api/alerts/deep",
+        Some(json!({"queue": "jobs", "depth_above": 0})),
+    );
+    c.call(
+        "put",
+        a,
+        "/api/alerts/deep",
+        Some(json!({"queue": "mem", "no_consumer_credit": true})),
+    );
+    c.call(
+        "put",
+        a,
+        "/api/alerts/hot",
+        Some(json!({"queue": "*", "key": "k", "field": "t", "above": 28.5, "webhook": "http://127.0.0.1:9/x"})),
+    );
+    c.call("put", a, "/api/alerts/bad", Some(json!({"queue": "jobs"})));
+    c.call(
+        "put",
+        a,
+        "/api/alerts/bad",
+        Some(json!({"queue": "jobs", "nope": 1})),
+    );
+    let h = "/api/queues/{name}/history";
+    common::wait_until("a history point and a firing alert", || {
+        let (_, text) = common::http_get(c.server.http, "/api/queues/jobs/history");
+        let (_, alerts) = common::http_get(c.server.http, "/api/alerts");
+        text.contains("\"t\"") && alerts.contains("\"since\"")
+    });
+    c.call("get", h, "/api/queues/jobs/history", None);
+    c.call("get", h, "/api/queues/jobs/history?since=1", None);
+    c.call("get", h, "/api/queues/none/history", None);
+    c.call("get", "/api/alerts", "/api/alerts", None);
+    c.call("get", "/api/overview", "/api/overview", None);
+    c.call("delete", a, "/api/alerts/hot", None);
+    c.call("delete", a, "/api/alerts/hot", None);
+    let al = c.call("get", "/api/alerts", "/api/alerts", None);
+    assert!(!al["recent"].as_array().unwrap().is_empty(), "{al}");
     let defs = c.call("get", "/api/definitions", "/api/definitions", None);
     c.call("post", "/api/definitions", "/api/definitions", Some(defs));
     c.call(

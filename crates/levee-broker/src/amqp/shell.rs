@@ -477,6 +477,7 @@ impl Link {
                 match broker.sender(&queue) {
                     Ok(qtx) => {
                         self.tx.outbox().add_subscription(sub, qtx.downgrade());
+                        self.shared.broker.inner.ops.register_sub(sub, self.id);
                         let _ = qtx.send(Cmd::Subscribe {
                             consumer: sub,
                             auto_ack,
@@ -504,6 +505,7 @@ impl Link {
                 consumer,
             } => {
                 self.tx.outbox().remove_subscription(sub);
+                self.shared.broker.inner.ops.unregister_sub(sub);
                 let _ = self.send(&queue, Cmd::Unsubscribe(sub));
                 {
                     let mut x = self.shared.exclusive_consumers.lock();
@@ -655,6 +657,8 @@ pub(crate) async fn serve<S>(
     let mut wbuf = BytesMut::new();
     let mut last_write = now_ms();
     tracing::debug!(conn = id, %peer, "AMQP client connected");
+    // Listed by the dashboard (consumers and producers by connection) once logged in.
+    let mut _listed = None;
     loop {
         if let Some(c) = conn.take_login() {
             let security = shared.broker.security();
@@ -665,6 +669,15 @@ pub(crate) async fn serve<S>(
             {
                 Ok(session) => {
                     let name = session.principal().name().to_string();
+                    _listed = Some(shared.broker.inner.ops.register_conn(
+                        id,
+                        crate::ops::ConnEntry {
+                            peer,
+                            user: name.clone(),
+                            client: "amqp".into(),
+                            since: now_ms(),
+                        },
+                    ));
                     link.session = Some(session);
                     Ok(name)
                 }

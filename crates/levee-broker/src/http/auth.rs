@@ -116,6 +116,20 @@ pub(crate) const ROUTES: &[(&str, &str, Needs)] = &[
         "/api/queues/{name}/move",
         Needs::Queue(Action::Manage, "name"),
     ),
+    // Operations (docs/operations.md): history, alert rules, the overview.
+    (
+        "GET",
+        "/api/queues/{name}/history",
+        Needs::Queue(Action::Monitor, "name"),
+    ),
+    ("GET", "/api/alerts", Needs::Broker(Action::Monitor)),
+    ("PUT", "/api/alerts/{name}", Needs::Broker(Action::Manage)),
+    (
+        "DELETE",
+        "/api/alerts/{name}",
+        Needs::Broker(Action::Manage),
+    ),
+    ("GET", "/api/overview", Needs::Broker(Action::Monitor)),
     ("GET", "/api/definitions", Needs::Broker(Action::Monitor)),
     ("POST", "/api/definitions", Needs::Broker(Action::Manage)),
     // The API's description is public, as the probes are.

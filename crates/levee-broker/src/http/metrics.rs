@@ -30,19 +30,24 @@ fn push_label_value(out: &mut String, v: &str) {
     }
 }
 
-struct Family<'a> {
+pub(super) struct Family<'a> {
     out: &'a mut String,
 }
 
 impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
+    pub(super) fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
         // HELP text escapes backslash and line feed; ours contain neither.
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         Family { out }
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    pub(super) fn sample(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -70,7 +75,7 @@ type StorageGetter = fn(&LogStats) -> u64;
 /// could not be inspected (reported as `levee_queue_available 0`).
 pub fn render_metrics(queues: &[QueueSnapshot], unavailable: &[String]) -> String {
     let mut out = String::with_capacity(1024 + queues.len() * 2048);
-    let per_queue: [(&str, &str, &str, Getter); 17] = [
+    let per_queue: [(&str, &str, &str, Getter); 14] = [
         (
             "levee_queue_published_total",
             "counter",
@@ -154,24 +159,6 @@ pub fn render_metrics(queues: &[QueueSnapshot], unavailable: &[String]) -> Strin
             "gauge",
             "Publish credit granted to producers and not yet used (block queues).",
             |q| q.info.stats.publish_credit_outstanding,
-        ),
-        (
-            "levee_queue_publish_rate",
-            "gauge",
-            "Messages published per second over the broker's stats window.",
-            |q| q.info.stats.publish_rate,
-        ),
-        (
-            "levee_queue_deliver_rate",
-            "gauge",
-            "Messages delivered per second over the broker's stats window.",
-            |q| q.info.stats.deliver_rate,
-        ),
-        (
-            "levee_queue_ack_rate",
-            "gauge",
-            "Messages acked per second over the broker's stats window.",
-            |q| q.info.stats.ack_rate,
         ),
     ];
 

@@ -8,8 +8,12 @@
 //!   the differences), 400 invalid; `DELETE /api/queues/{name}`;
 //!   `POST /api/queues/{name}/purge`;
 //! - `/api/exchanges…`: exchanges, bindings and publishing to an exchange (see `exchanges`);
-//! - `GET /metrics`: Prometheus text exposition format 0.0.4;
-//! - `GET /`: a self-contained HTML dashboard (no external assets) polling `/api/queues`;
+//! - `GET /metrics`: Prometheus text exposition format 0.0.4 (rates are left to Prometheus:
+//!   counters, never rate gauges);
+//! - `/api/queues/{name}/history`, `/api/alerts…`, `/api/overview`: server-side history, alert
+//!   rules, the node and its connections (see `ops` and `crate::ops`);
+//! - `GET /`: a self-contained HTML dashboard (no external assets) drawing the server history
+//!   and acting on queues through the API;
 //! - `GET /healthz`, `GET /readyz`: probes (`{"status": "ok"}`), open without a login.
 //!
 //! Every other route needs a login and a right, as listed in `auth::ROUTES` (one line per
@@ -21,7 +25,7 @@
 //! ([`HttpError`] and the JSON response writers); `json` (the JSON form of a
 //! [`QueueConfig`](levee_proto::QueueConfig), which round-trips: a config read from `GET` can be
 //! `PUT` back unchanged, and the JSON views of queues); `snapshot` ([`QueueSnapshot`]: inspecting
-//! queues with a deadline); `metrics` (Prometheus rendering). Dependencies point one way: `mod` ->
+//! queues with a deadline); `metrics` (Prometheus rendering); `ops` (history, alerts, overview, broker-level metrics). Dependencies point one way: `mod` ->
 //! `json`, `metrics` -> `snapshot` -> `error`.
 //!
 //! # Invariants
@@ -61,6 +65,7 @@ mod json;
 mod messages;
 mod metrics;
 pub mod openapi;
+mod ops;
 pub mod session;
 mod snapshot;
 
@@ -187,6 +192,7 @@ async fn metrics(State(broker): State<Broker>) -> Response {
     let failed: Vec<String> = failed.into_iter().map(|(name, _)| name).collect();
     let mut text = render_metrics(&ok, &failed);
     render_limits(&mut text, &broker);
+    ops::render_ops_metrics(&mut text, &broker, &ok).await;
     exchanges::render_exchange_metrics(&mut text, &broker);
     let mut resp = text.into_response();
     let h = resp.headers_mut();
@@ -222,6 +228,13 @@ fn messaging_routes() -> Router<Broker> {
         .route("/api/queues/{name}/reject", post(messages::reject))
         .route("/api/queues/{name}/extend", post(messages::extend))
         .route("/api/queues/{name}/move", post(admin::move_messages))
+        .route("/api/queues/{name}/history", get(ops::history))
+        .route("/api/alerts", get(ops::list_alerts))
+        .route(
+            "/api/alerts/{name}",
+            axum::routing::put(ops::put_alert).delete(ops::delete_alert),
+        )
+        .route("/api/overview", get(ops::overview))
         .route(
             "/api/definitions",
             get(admin::export_definitions).merge(

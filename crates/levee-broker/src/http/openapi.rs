@@ -482,6 +482,187 @@ pub struct RoutedOutcomeDoc {
     retry_after_ms: Option<u64>,
 }
 
+/// One point of a queue's history (counters cumulative).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PointDoc {
+    /// ms since the Unix epoch.
+    t: u64,
+    ready: u64,
+    unacked: u64,
+    bytes: u64,
+    consumers: u64,
+    /// Age of the next ready message, ms.
+    oldest_ms: u64,
+    published: u64,
+    delivered: u64,
+    acked: u64,
+    /// Lost (dropped, conflation excluded).
+    dropped: u64,
+    /// Replaced by a newer message of the same key (conflation).
+    replaced: u64,
+    rejected: u64,
+    expired: u64,
+    dead_lettered: u64,
+}
+
+/// A queue's history.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryDoc {
+    queue: String,
+    interval_ms: u64,
+    /// Points kept at most.
+    capacity: u64,
+    points: Vec<PointDoc>,
+}
+
+/// An alert rule (one condition; see docs/operations.md).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDoc {
+    name: Option<String>,
+    queue: String,
+    for_ms: Option<u64>,
+    depth_above: Option<u64>,
+    oldest_above_ms: Option<u64>,
+    loss_above_pct: Option<f64>,
+    window_ms: Option<u64>,
+    no_consumer_credit: Option<bool>,
+    dead_letter_not_empty: Option<bool>,
+    key: Option<String>,
+    field: Option<String>,
+    header: Option<String>,
+    above: Option<f64>,
+    below: Option<f64>,
+    webhook: Option<String>,
+}
+
+/// A firing alert.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FiringDoc {
+    rule: String,
+    queue: String,
+    since: u64,
+    value: f64,
+    detail: String,
+}
+
+/// A fire or a clear.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionDoc {
+    rule: String,
+    queue: String,
+    firing: bool,
+    at: u64,
+    value: f64,
+    detail: String,
+}
+
+/// The rules and what fires.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsDoc {
+    rules: Vec<RuleDoc>,
+    firing: Vec<FiringDoc>,
+    /// The last fires and clears, newest last.
+    recent: Vec<TransitionDoc>,
+}
+
+/// Answer of a rule change.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSetDoc {
+    rule: RuleDoc,
+    created: bool,
+}
+
+/// Answer of a rule removal.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDeletedDoc {
+    rule: String,
+    deleted: bool,
+}
+
+/// The node's figures (absent where the platform does not tell).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDoc {
+    rss_bytes: Option<u64>,
+    memory_total_bytes: Option<u64>,
+    memory_available_bytes: Option<u64>,
+    disk_total_bytes: Option<u64>,
+    disk_free_bytes: Option<u64>,
+    data_dir: String,
+}
+
+/// A consumer on a connection.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnConsumerDoc {
+    queue: String,
+    subscription: u64,
+    credit: u64,
+    unacked: u64,
+}
+
+/// A producer on a connection.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnProducerDoc {
+    queue: String,
+    /// Publish credit held unused.
+    credit: u64,
+}
+
+/// A native or AMQP connection.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionDoc {
+    id: u64,
+    peer: String,
+    user: String,
+    client: String,
+    since: u64,
+    consumers: Vec<ConnConsumerDoc>,
+    producers: Vec<ConnProducerDoc>,
+}
+
+/// Which queues the caller may act on.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionsDoc {
+    manage: Vec<String>,
+    publish: Vec<String>,
+    consume: Vec<String>,
+}
+
+/// The overview.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverviewDoc {
+    version: String,
+    uptime_secs: f64,
+    started_ms: u64,
+    node: NodeDoc,
+    queues: u64,
+    disk_bytes: u64,
+    connections: u64,
+    http_connections: u64,
+    consumers: u64,
+    producers: u64,
+    alerts_firing: Vec<FiringDoc>,
+    connection_list: Vec<ConnectionDoc>,
+    /// Consumers not on a connection (HTTP receive sessions, redrives).
+    other_consumers: Vec<ConnConsumerDoc>,
+    /// Whether users are configured.
+    security: bool,
+    permissions: PermissionsDoc,
+}
+
 /// A health or readiness answer.
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -587,6 +768,29 @@ fn extend() {}
     (status = 404, description = "No such queue", body = ErrorBody)))]
 fn move_messages() {}
 
+#[utoipa::path(get, path = "/api/queues/{name}/history", params(("name" = String, Path),
+    ("since" = Option<u64>, Query, description = "only points at or after this time, ms since the Unix epoch")), responses(
+    (status = 200, description = "The queue's points, oldest first", body = HistoryDoc),
+    (status = 404, description = "No such queue", body = ErrorBody)))]
+fn queue_history() {}
+
+#[utoipa::path(get, path = "/api/alerts", responses((status = 200, description = "Rules, firing alerts, recent fires and clears", body = AlertsDoc)))]
+fn list_alerts() {}
+
+#[utoipa::path(put, path = "/api/alerts/{name}", params(("name" = String, Path)), request_body = RuleDoc, responses(
+    (status = 201, description = "Created", body = RuleSetDoc),
+    (status = 200, description = "Replaced", body = RuleSetDoc),
+    (status = 400, description = "Invalid", body = ErrorBody)))]
+fn put_alert() {}
+
+#[utoipa::path(delete, path = "/api/alerts/{name}", params(("name" = String, Path)), responses(
+    (status = 200, description = "Removed", body = RuleDeletedDoc),
+    (status = 404, description = "No such rule", body = ErrorBody)))]
+fn delete_alert() {}
+
+#[utoipa::path(get, path = "/api/overview", responses((status = 200, description = "Node, totals, alerts, connections", body = OverviewDoc)))]
+fn overview() {}
+
 #[utoipa::path(get, path = "/api/definitions", responses((status = 200, description = "Every definition", body = DefinitionsDoc)))]
 fn export_definitions() {}
 
@@ -676,6 +880,11 @@ fn publish_to_exchange() {}
         reject,
         extend,
         move_messages,
+        queue_history,
+        list_alerts,
+        put_alert,
+        delete_alert,
+        overview,
         export_definitions,
         import_definitions,
         list_exchanges,

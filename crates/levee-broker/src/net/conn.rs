@@ -405,6 +405,7 @@ impl Conn {
                             priority: 0,
                             conn: self.tx.clone(),
                         });
+                        self.broker.inner.ops.register_sub(subscription, self.id);
                         self.subs.insert(subscription, queue);
                     }
                     Err(e) => self.error(req, &e),
@@ -414,6 +415,7 @@ impl Conn {
                 match self.subs.remove(&subscription) {
                     Some(queue) => {
                         self.tx.outbox().remove_subscription(subscription);
+                        self.broker.inner.ops.unregister_sub(subscription);
                         let _ = self.send_to(&queue, Cmd::Unsubscribe(subscription));
                         let _ = self
                             .tx
@@ -779,6 +781,16 @@ where
     };
     let id = conn.id;
     tracing::debug!(conn = id, %peer, client = %hello.client_name, user = conn.principal.name(), "client connected");
+    // Listed by the dashboard (consumers and producers by connection) until it closes.
+    let _listed = conn.broker.inner.ops.register_conn(
+        id,
+        crate::ops::ConnEntry {
+            peer,
+            user: conn.principal.name().to_string(),
+            client: hello.client_name.clone(),
+            since: crate::actor::now_ms(),
+        },
+    );
     drop(hello);
     let hb_tx = tx.clone();
     let heartbeats = tokio::spawn(async move {

@@ -821,6 +821,17 @@ impl QueueState {
         });
     }
 
+    /// Every producer with the publish credit it holds unused (the monitor's view), sorted.
+    pub fn producer_credits(&self) -> Vec<(ProducerId, u64)> {
+        let mut v: Vec<(ProducerId, u64)> = self
+            .producers
+            .iter()
+            .map(|(id, p)| (*id, u64::from(p.outstanding)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Registers a producer (a connection that publishes here) and grants it credit if there is
     /// room. Idempotent.
     pub fn add_producer(&mut self, producer: ProducerId) {
