@@ -28,7 +28,8 @@ pub const MAX_MESSAGE_TTL_MS: u64 = 365 * 24 * 60 * 60 * 1000;
 /// Longest accepted fsync interval (60 s).
 pub const MAX_FSYNC_INTERVAL_MS: u32 = 60_000;
 
-/// Checks that `name` is 1..=255 bytes of `[A-Za-z0-9._-]`.
+/// Checks that `name` is 1..=255 bytes of `[A-Za-z0-9._@-]` (`@` for names such as Celery's
+/// `celery@host.celery.pidbox`).
 pub fn validate_queue_name(name: &str) -> Result<()> {
     let bad = |reason| {
         Err(ProtoError::InvalidName {
@@ -44,9 +45,9 @@ pub fn validate_queue_name(name: &str) -> Result<()> {
     }
     if !name
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
     {
-        return bad("only A-Z, a-z, 0-9, '.', '_' and '-' are allowed");
+        return bad("only A-Z, a-z, 0-9, '.', '_', '@' and '-' are allowed");
     }
     Ok(())
 }

@@ -32,7 +32,7 @@ pub enum ErrorCode {
     UnknownQueue = 16,
     /// `Declare` named an existing queue with a different config; the message says what differs.
     QueueConfigMismatch = 17,
-    /// A queue name is not 1..=255 bytes of `[A-Za-z0-9._-]`.
+    /// A queue name is not 1..=255 bytes of `[A-Za-z0-9._@-]`.
     InvalidName = 18,
     /// A queue config field is out of range; the message names the field.
     InvalidConfig = 19,
@@ -233,7 +233,7 @@ pub enum ProtoError {
         /// Highest version the server speaks.
         server_max: u16,
     },
-    /// A queue name is not 1..=255 bytes of `[A-Za-z0-9._-]`.
+    /// A queue name is not 1..=255 bytes of `[A-Za-z0-9._@-]`.
     #[error("invalid queue name {name:?}: {reason}")]
     InvalidName {
         /// The rejected name (lossy if it was not UTF-8).

@@ -20,7 +20,13 @@ fn defaults_are_the_documented_ones() {
 
 #[test]
 fn queue_names_follow_the_charset_and_length_rules() {
-    for ok in ["a", "orders.eu-1_x", "A9", &"z".repeat(255)] {
+    for ok in [
+        "a",
+        "orders.eu-1_x",
+        "A9",
+        "celery@worker-1.celery.pidbox",
+        &"z".repeat(255),
+    ] {
         assert_eq!(validate_queue_name(ok), Ok(()), "{ok}");
     }
     for bad in [

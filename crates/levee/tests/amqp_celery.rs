@@ -1,7 +1,9 @@
 //! Seed scenario 13 for real, with Celery and kombu on Levee's AMQP front end: a web handler
 //! stores an upload and enqueues an encoding job; encoders are Celery workers with
 //! `acks_late=True` and prefetch 1. An encoder SIGKILLed mid-job has its job redelivered to
-//! another; a broker `kill -9` and restart loses no enqueued job.
+//! another; a broker `kill -9` and restart loses no enqueued job; remote control (`celery
+//! inspect ping`, through the pidbox fanout exchange, queues named `…@host.celery.pidbox` with
+//! `x-expires`, and a reply queue) answers.
 
 mod common;
 
@@ -58,19 +60,12 @@ impl Scenario {
         common::amqp::assert_ok("enqueueing", &out);
     }
 
-    fn worker(&self, server: &Server) -> Worker {
+    fn worker(&self, server: &Server, name: &str) -> Worker {
         let celery = python().with_file_name("celery");
         let child = self
             .command(server, &celery)
-            .args([
-                "-A",
-                "encoder",
-                "worker",
-                "--pool",
-                "solo",
-                "--concurrency",
-                "1",
-            ])
+            .args(["-A", "encoder", "worker", "-n", &format!("{name}@%h")])
+            .args(["--pool", "solo", "--concurrency", "1"])
             .args([
                 "--without-gossip",
                 "--without-mingle",
@@ -108,7 +103,7 @@ impl Scenario {
 fn celery_encoders_survive_a_killed_worker_and_a_broker_restart() {
     let mut server = Server::start();
     let s = Scenario::new();
-    let mut workers = vec![s.worker(&server), s.worker(&server)];
+    let mut workers = vec![s.worker(&server, "enc1"), s.worker(&server, "enc2")];
 
     // An encoder killed mid-job: its job goes to the other encoder.
     s.upload(&server, &["slow-1"]);
@@ -135,9 +130,20 @@ fn celery_encoders_survive_a_killed_worker_and_a_broker_restart() {
     let jobs = ["b1", "b2", "b3", "b4", "b5"];
     s.upload(&server, &jobs);
     server.restart_after_kill9();
-    let _worker = s.worker(&server);
+    let _worker = s.worker(&server, "enc3");
     s.wait_for("done", &jobs);
     for j in jobs {
         assert_eq!(s.started_by(j).len(), 1, "{j} encoded once");
     }
+
+    // Remote control works as on RabbitMQ: the running encoder answers a ping.
+    let celery = python().with_file_name("celery");
+    let out = s
+        .command(&server, &celery)
+        .args(["-A", "encoder", "inspect", "ping", "-t", "5"])
+        .output()
+        .unwrap();
+    common::amqp::assert_ok("celery inspect ping", &out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("pong"), "{text}");
 }

@@ -162,7 +162,7 @@ pub(crate) fn allows(rules: &[Rule], action: Action, resource: Resource<'_>) -> 
 /// itself. Linear-time (the classic two-pointer algorithm with one back-track point), so a
 /// pattern from the config cannot make a match expensive.
 pub(crate) fn glob(pattern: &str, name: &str) -> bool {
-    // Bytes, not chars: names are ASCII (queue names are `[A-Za-z0-9._-]`), and no allocation.
+    // Bytes, not chars: names are ASCII (queue names are `[A-Za-z0-9._@-]`), and no allocation.
     let (p, n) = (pattern.as_bytes(), name.as_bytes());
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;

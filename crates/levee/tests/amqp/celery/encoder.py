@@ -17,7 +17,7 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,        # a busy encoder takes no new job
     task_ignore_result=True,
-    worker_enable_remote_control=False,  # no pidbox queues (their names have '@')
+    worker_enable_remote_control=True,   # pidbox queues (`celery@host.celery.pidbox`), as default
     worker_send_task_events=False,
     broker_connection_retry_on_startup=True,
     broker_transport_options={"confirm_publish": True},  # enqueue returns once stored
