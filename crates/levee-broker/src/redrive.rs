@@ -9,7 +9,10 @@
 //! ack in the source exactly the messages the target stored. A message the target did not store
 //! (full, refused) goes back to the source unchanged (its delivery count restored) and the move
 //! stops there. The next batch starts only when the previous one is settled: the move is paced
-//! by the target's confirms.
+//! by the target's confirms. The pass ends when a batch comes back empty while the source has
+//! no ready message left; ready messages still waiting for their fsync (which no consumer gets
+//! before it) are waited for, up to [`DURABLE_WAIT`] in all, so a move right after messages
+//! arrived (just dead-lettered, say) does not end before them.
 //!
 //! # Crash safety
 //! A message is settled in the source only after the target stored it, so a crash loses
@@ -37,6 +40,10 @@ use crate::queue::core::SettleKind;
 
 /// Most messages moved per batch.
 pub const BATCH: u32 = 256;
+
+/// How long in all a move waits for ready messages that are not yet durable (the source hands a
+/// message to no consumer, the mover included, before its fsync), before it ends the pass.
+const DURABLE_WAIT: Duration = Duration::from_secs(2);
 
 /// How a move ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +97,7 @@ pub async fn move_matching(
     let mut stopped = None;
     // Passed over (not matching the header), handed back when the pass ends.
     let mut skipped: Vec<u64> = Vec::new();
+    let mut waited = Duration::ZERO;
     let result = async {
         loop {
             let want = max.map_or(u64::from(BATCH), |m| (m - moved).min(u64::from(BATCH)));
@@ -108,6 +116,13 @@ pub async fn move_matching(
                 }
             }
             if batch.is_empty() {
+                // Ready messages that were not handed out are waiting for their fsync (a
+                // message just dead-lettered into the source, say): wait for them, bounded.
+                if waited < DURABLE_WAIT && ready(&src, from).await? > 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    waited += Duration::from_millis(2);
+                    continue;
+                }
                 break; // nothing ready
             }
             if let Some((name, value)) = header {
@@ -186,6 +201,19 @@ pub async fn move_matching(
     let _ = src.send(Cmd::Unsubscribe(sub));
     result?;
     Ok(Moved { moved, stopped })
+}
+
+/// The source's ready messages now.
+async fn ready(
+    qtx: &tokio::sync::mpsc::UnboundedSender<Cmd>,
+    queue: &str,
+) -> Result<u64, BrokerError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    qtx.send(Cmd::Inspect(tx))
+        .map_err(|_| BrokerError::UnknownQueue(queue.into()))?;
+    rx.await
+        .map(|info| info.stats.ready)
+        .map_err(|_| BrokerError::UnknownQueue(queue.into()))
 }
 
 async fn barrier(
