@@ -80,6 +80,9 @@ pub struct BrokerConfig {
     /// Users, permissions, TLS (see [`crate::security`]; default: no users, no TLS, loopback
     /// only). Loaded (TLS files read) by [`Broker::open`].
     pub security: crate::security::SecurityConfig,
+    /// The shared write-ahead log of every disk queue (`<data_dir>/wal/`; see levee-store's
+    /// `wal` module): file size, pending-bytes bound, lazy commit delay.
+    pub wal: levee_store::WalConfig,
 }
 
 impl Default for BrokerConfig {
@@ -98,6 +101,7 @@ impl Default for BrokerConfig {
             max_partial_frame_bytes: 256 * 1024 * 1024,
             http_header_timeout_ms: 30_000,
             security: crate::security::SecurityConfig::default(),
+            wal: levee_store::WalConfig::default(),
         }
     }
 }
@@ -210,6 +214,8 @@ pub(crate) struct Inner {
     /// Exchanges and bindings (see `routing`).
     pub(crate) exchanges: crate::routing::Exchanges,
     pub(crate) security: crate::security::Security,
+    /// The write-ahead log every disk queue's log is attached to.
+    pub(crate) wal: levee_store::Wal,
     /// Held for the broker's lifetime: no other broker opens this data directory meanwhile
     /// (`None` on a caller-provided backend).
     _lock: Option<DataDirLock>,
@@ -282,7 +288,27 @@ impl Broker {
         lock: Option<DataDirLock>,
     ) -> Result<Broker, BrokerError> {
         let security = crate::security::Security::new(&config.security)?;
+        let (wal_backend, wal_dir, wal_config) = (
+            backend.clone(),
+            config.data_dir.join("wal"),
+            config.wal.clone(),
+        );
+        let (wal, replay) = tokio::task::spawn_blocking(move || {
+            levee_store::Wal::open(wal_backend, wal_dir, wal_config)
+        })
+        .await
+        .map_err(BrokerError::join)??;
+        if replay.applied > 0 {
+            tracing::info!(
+                files = replay.files,
+                applied = replay.applied,
+                skipped = replay.skipped,
+                elapsed_ms = replay.elapsed.as_millis() as u64,
+                "redid the write-ahead log"
+            );
+        }
         let inner = Arc::new(Inner {
+            wal,
             security,
             limits: Limits::new(
                 config.max_connections,
@@ -332,7 +358,9 @@ impl Broker {
             (Durability::Disk(_), Some(queue_dir)) => {
                 let dir = queue_dir.join("log");
                 let backend = self.inner.backend.clone();
-                let lc = crate::storage::log_config_for(&config, self.inner.config.segment_bytes);
+                let mut lc =
+                    crate::storage::log_config_for(&config, self.inner.config.segment_bytes);
+                lc.wal = Some(self.inner.wal.clone());
                 let cfg = config.clone();
                 let b = backend.clone();
                 let (state, log) =
@@ -516,6 +544,10 @@ impl Broker {
                     tracing::error!(queue = %name, error = %e, "closing the log failed");
                 }
             }
+        }
+        let wal = self.inner.wal.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || wal.close()).await {
+            tracing::error!(error = %e, "closing the write-ahead log failed");
         }
     }
 

@@ -498,7 +498,7 @@ pub(crate) fn encode_seal(out: &mut Vec<u8>, offset: u64, next_seq: u64) -> usiz
 
 /// Appends one frame to `out`: reserves the prefix, lets `body` write type + body, then fills in the
 /// length and CRC. Returns the frame's size.
-fn frame_into(out: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec<u8>)) -> usize {
+pub(crate) fn frame_into(out: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec<u8>)) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_PREFIX_LEN]);
     out.push(kind);

@@ -89,6 +89,11 @@ pub struct LogConfig {
     /// Most message ids recovery returns in [`Recovered::message_ids`] (the newest ones; default
     /// 0). Bounds recovery's memory.
     pub recover_ids: usize,
+    /// The broker's shared write-ahead log to attach to (default `None`: a standalone log with its
+    /// own sync thread that fsyncs its segments). Attached, the log starts no thread: its records
+    /// are made durable by the WAL's group commit, its segments are written behind (see
+    /// [`crate::wal`]).
+    pub wal: Option<crate::Wal>,
 }
 
 impl Default for LogConfig {
@@ -99,6 +104,7 @@ impl Default for LogConfig {
             max_record_bytes: 8 << 20,
             keep_ids_ms: 0,
             recover_ids: 0,
+            wal: None,
         }
     }
 }
@@ -316,6 +322,9 @@ struct State {
     /// Appenders between encoding and the end of their flush, per generation.
     /// (A vector, not a map: almost always one entry, and it must not allocate per append.)
     inflight: Vec<(u64, usize)>,
+    /// Attached logs: the WAL position after this log's newest WAL record (what a durability
+    /// handle of its newest write waits for).
+    wal_pos: u64,
 }
 
 impl State {
@@ -358,6 +367,10 @@ struct Inner {
     config: LogConfig,
     state: Mutex<State>,
     sync: Arc<SyncShared>,
+    /// This log itself (for the WAL's maintenance queue).
+    me: std::sync::Weak<Inner>,
+    /// Set once the log is attached to its WAL (`config.wal`); never for a standalone log.
+    attachment: std::sync::OnceLock<crate::wal::Attachment>,
 }
 
 /// One queue's durable log. `Send + Sync`: share it behind an `Arc`. Every method except `open` and
@@ -373,6 +386,16 @@ pub struct QueueLog {
 /// A segment's file name: `<index as 16 hex digits>.seg` (sealed) or `.open`.
 fn seg_name(index: u64, sealed: bool) -> String {
     format!("{index:016x}.{}", if sealed { "seg" } else { "open" })
+}
+
+/// A segment's file name (for the WAL's redo).
+pub(crate) fn segment_name(index: u64, sealed: bool) -> String {
+    seg_name(index, sealed)
+}
+
+/// A segment file's index and whether it is sealed, from its name.
+pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, bool)> {
+    recovery::parse_name(name)
 }
 
 impl Inner {
@@ -397,22 +420,34 @@ impl QueueLog {
         let started = Instant::now();
         let dir = dir.into();
         let (st, mut report, message_ids) = recovery::scan(&*backend, &dir, config.recover_ids)?;
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
             backend,
             dir,
             config,
             state: Mutex::new(st),
             sync: Arc::new(SyncShared::default()),
             write_lock: Mutex::new(()),
+            me: me.clone(),
+            attachment: std::sync::OnceLock::new(),
         });
         recovery::activate(&inner)?;
         let unsettled = inner.state.lock().unsettled_metas();
+        let thread = match &inner.config.wal {
+            Some(wal) => {
+                let me: std::sync::Weak<dyn crate::wal::Attached> = inner.me.clone();
+                let at = wal.attach(&inner.dir, me.clone())?;
+                inner.state.lock().wal_pos = 0;
+                let _ = inner.attachment.set(at);
+                wal.maintain(me);
+                None
+            }
+            None => Some(sync::spawn(&inner)?),
+        };
         report.elapsed = started.elapsed();
-        let thread = sync::spawn(&inner)?;
         Ok((
             QueueLog {
                 inner,
-                thread: Mutex::new(Some(thread)),
+                thread: Mutex::new(thread),
             },
             Recovered {
                 unsettled,
@@ -534,7 +569,14 @@ impl QueueLog {
     /// Asks for an fsync of everything written so far, under every policy. The handle resolves with
     /// [`DurabilityLevel::Fsynced`](crate::DurabilityLevel::Fsynced).
     pub fn sync(&self) -> Durability {
-        let written = self.inner.state.lock().written;
+        let (written, wal_pos) = {
+            let st = self.inner.state.lock();
+            (st.written, st.wal_pos)
+        };
+        if let Some(at) = self.inner.attachment.get() {
+            at.sync.request(wal_pos);
+            return Durability::pending(at.sync.clone(), wal_pos, true);
+        }
         self.inner.sync.request(written);
         Durability::pending(self.inner.sync.clone(), written, true)
     }
@@ -566,6 +608,9 @@ impl QueueLog {
     }
 
     fn shutdown(&self) -> Result<()> {
+        if self.inner.attachment.get().is_some() {
+            return self.inner.close_attached();
+        }
         let Some(handle) = self.thread.lock().take() else {
             return Ok(());
         };

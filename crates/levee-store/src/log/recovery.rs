@@ -28,7 +28,7 @@ use crate::backend::{Backend, OpenMode, StorageFile};
 use crate::error::{Result, StoreError};
 use crate::format::{self, FrameError, SEGMENT_HEADER_LEN};
 
-fn parse_name(name: &str) -> Option<(u64, bool)> {
+pub(super) fn parse_name(name: &str) -> Option<(u64, bool)> {
     let (stem, ext) = name.split_once('.')?;
     let sealed = match ext {
         "seg" => true,
@@ -102,6 +102,7 @@ pub(super) fn scan(
         generation: 0,
         failures: Vec::new(),
         inflight: Vec::new(),
+        wal_pos: 0,
         appended: 0,
         settled: 0,
         fsyncs: 0,
@@ -257,6 +258,14 @@ pub(super) fn activate(inner: &Inner) -> Result<()> {
         seg.file
             .sync()
             .map_err(|e| StoreError::io("fsync", &path, e))?;
+        if inner.config.wal.is_some() {
+            // Attached, the directory entry of the active segment may not be durable yet (the
+            // WAL's redo would have recreated it; a new attachment supersedes the old records).
+            inner
+                .backend
+                .sync_dir(&inner.dir)
+                .map_err(|e| StoreError::io("fsync_dir", &inner.dir, e))?;
+        }
     }
     let written = st.written;
     st.logical = written;

@@ -27,6 +27,7 @@ use super::{FsyncPolicy, Inner};
 use crate::backend::StorageFile;
 use crate::durability::{Durability, DurabilityLevel};
 use crate::error::{Result, StoreError};
+use crate::wal::Attached;
 
 /// Starts the log's sync thread.
 pub(super) fn spawn(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
@@ -41,7 +42,20 @@ impl Inner {
     /// The durability handle for bytes written up to `written`: records the written position and, if
     /// `eager` under [`FsyncPolicy::Always`], asks the sync thread for a cycle covering it (settlements
     /// are lazy: their handle asks only when polled).
-    pub(super) fn durability_for(&self, written: u64, eager: bool) -> Durability {
+    pub(super) fn durability_for(&self, written: u64, wal_pos: u64, eager: bool) -> Durability {
+        if let Some(at) = self.attachment.get() {
+            return match self.config.fsync {
+                FsyncPolicy::Always => {
+                    if eager {
+                        at.sync.request(wal_pos);
+                    }
+                    Durability::pending(at.sync.clone(), wal_pos, eager)
+                }
+                FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
+                    Durability::ready(DurabilityLevel::Written, wal_pos)
+                }
+            };
+        }
         let sync = &self.sync;
         let always = self.config.fsync == FsyncPolicy::Always;
         {
@@ -64,6 +78,11 @@ impl Inner {
 
     /// Asks the sync thread for a cycle even with nothing to sync (sealing, reclamation).
     pub(super) fn kick_maintenance(&self) {
+        if let Some(wal) = self.attachment.get().and(self.config.wal.as_ref()) {
+            let me: std::sync::Weak<dyn Attached> = self.me.clone();
+            wal.maintain(me);
+            return;
+        }
         let mut s = self.sync.state.lock();
         s.maintenance = true;
         self.sync.work.notify_one();
@@ -123,7 +142,7 @@ fn sync_loop(inner: &Inner) {
 
 /// One group commit: fsync every unsealed segment (and the directory if segments were created), seal
 /// the complete ones, publish the synced position.
-fn sync_cycle(inner: &Inner) -> Result<()> {
+pub(super) fn sync_cycle(inner: &Inner) -> Result<()> {
     let (target, files, dir_dirty) = {
         let mut st = inner.state.lock();
         let last = st.segments.len() - 1;
@@ -193,7 +212,7 @@ fn ids_expired(until_ms: u64, keep_ms: u64) -> bool {
 
 /// Deletes the oldest segments while they are sealed, not active and hold no unsettled message; the
 /// directory is synced after each deletion so deletions become durable strictly oldest first.
-fn reclaim(inner: &Inner) -> Result<()> {
+pub(super) fn reclaim(inner: &Inner) -> Result<()> {
     loop {
         let victim = {
             let st = inner.state.lock();
@@ -222,5 +241,68 @@ fn reclaim(inner: &Inner) -> Result<()> {
         let popped = st.segments.pop_front().expect("victim is the front");
         debug_assert_eq!(popped.index, victim);
         st.reclaimed += 1;
+    }
+}
+
+impl Inner {
+    /// Marks the log failed (its owner reopens it).
+    fn stop(&self, e: &StoreError) {
+        let mut st = self.state.lock();
+        if st.failed.is_none() {
+            st.failed = Some(e.clone());
+        }
+    }
+
+    /// Closing an attached log: its segments are fsynced (so the WAL no longer needs its records),
+    /// then it is detached. If that fsync fails it stays attached with a dead handle, which keeps
+    /// the WAL from deleting files until a new log of the same directory attached (after its
+    /// recovery fsynced everything), or until the broker restarts (whose redo restores it).
+    pub(super) fn close_attached(&self) -> Result<()> {
+        let at = self.attachment.get().expect("attached");
+        {
+            let mut st = self.state.lock();
+            if st.closed {
+                return Ok(());
+            }
+            st.closed = true;
+        }
+        let _w = self.write_lock.lock();
+        let synced = sync_cycle(self);
+        if synced.is_ok()
+            && let Some(wal) = &self.config.wal
+        {
+            wal.detach(at.id);
+        }
+        let st = self.state.lock();
+        match (&st.failed, synced) {
+            (Some(e), _) => Err(e.clone()),
+            (None, r) => r,
+        }
+    }
+}
+
+impl Attached for Inner {
+    fn checkpoint(&self) -> Result<()> {
+        if self.state.lock().closed {
+            return Ok(());
+        }
+        sync_cycle(self).inspect_err(|e| self.stop(e))
+    }
+    fn maintain(&self) -> Result<()> {
+        if self.state.lock().closed {
+            return Ok(());
+        }
+        // Only rolled segments need the fsync + rename here (the active one is the WAL's).
+        let rolled = {
+            let st = self.state.lock();
+            st.dir_dirty || st.segments.iter().rev().skip(1).any(|s| !s.sealed)
+        };
+        let sealed = if rolled { sync_cycle(self) } else { Ok(()) };
+        sealed
+            .and_then(|()| reclaim(self))
+            .inspect_err(|e| self.stop(e))
+    }
+    fn wal_failed(&self, error: &StoreError) {
+        self.stop(error);
     }
 }
