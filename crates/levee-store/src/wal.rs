@@ -304,13 +304,12 @@ fn scan_file(path: &Path, index: u64, data: &[u8]) -> Result<Vec<(u8, std::ops::
     if data.len() < WAL_HEADER_LEN {
         return Ok(Vec::new());
     }
-    if data[..8] != WAL_MAGIC {
-        return Err(StoreError::corruption(path, 0, "bad WAL magic"));
-    }
     let version = u16::from_le_bytes([data[8], data[9]]);
     let crc = u32::from_le_bytes(data[20..24].try_into().expect("4 bytes"));
-    if crc32c::crc32c(&data[..20]) != crc {
-        // A header torn while the file was created: nothing in it was ever committed.
+    if data[..8] != WAL_MAGIC || crc32c::crc32c(&data[..20]) != crc {
+        // A header torn while the file was created (a file's header is fsynced, with the
+        // directory, before any record is written into it): nothing in it was ever committed.
+        tracing::warn!(path = %path.display(), "WAL file with a torn header ignored");
         return Ok(Vec::new());
     }
     if version != FORMAT_VERSION {

@@ -566,6 +566,7 @@ fn recovery_returns_the_newest_message_ids_and_keeps_their_segments() {
         max_record_bytes: 2048,
         keep_ids_ms: 3_600_000,
         recover_ids: 1_000,
+        wal: None,
     };
     {
         let (log, _) = QueueLog::open(FsBackend::shared(), dir.path(), cfg.clone()).unwrap();

@@ -68,6 +68,8 @@ fn open_all(backend: Arc<dyn Backend>, queues: usize) -> (Wal, Vec<QueueLog>, Ve
 fn attached_logs_start_no_thread_and_share_one_fsync_per_commit() {
     let disk = FaultyBackend::new();
     let (wal, logs, _) = open_all(disk.shared(), 50);
+    // A disk whose fsync takes time, as a real one: appends made during a commit ride the next.
+    disk.set_sync_delay(Some(std::time::Duration::from_millis(20)));
     let before = disk.sync_count();
     // One append per queue, all pending at once: they ride one commit (or very few).
     let handles: Vec<_> = logs
@@ -80,7 +82,7 @@ fn attached_logs_start_no_thread_and_share_one_fsync_per_commit() {
     }
     let syncs = disk.sync_count() - before;
     assert!(
-        syncs < 10,
+        syncs <= 3,
         "50 queues' appends took {syncs} fsyncs; a standalone log per queue would take 50"
     );
     assert!(wal.stats().commits >= 1);
