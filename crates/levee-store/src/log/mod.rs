@@ -31,9 +31,12 @@
 //!   durability handles appenders get. Uses nothing else here.
 //! - `writer`: appends, write combining, settlement and delivery records, rolling segments. Uses
 //!   `index` and `sync`.
+//! - `compact`: copying the live messages of the oldest segment forward when dead bytes dominate,
+//!   so one long-lived message does not pin every later segment. Uses `index` and `writer`.
 //! - `recovery`: `open`'s scan, torn-tail truncation and sealing. Uses `index`, and `writer`'s
 //!   `create_segment` for the fresh active segment.
 
+mod compact;
 mod index;
 mod recovery;
 mod sync;
@@ -268,6 +271,8 @@ pub struct LogStats {
     pub synced_position: u64,
     /// Segments deleted by reclamation since open.
     pub reclaimed_segments: u64,
+    /// Live messages copied forward by compaction since open.
+    pub compacted_messages: u64,
 }
 
 /// One segment file as the log tracks it (front of `State::segments` = oldest, back = active).
@@ -306,6 +311,8 @@ struct State {
     fsyncs: u64,
     last_fsync: Option<Duration>,
     reclaimed: u64,
+    /// Messages copied forward by compaction since open.
+    compacted: u64,
     /// Encoded messages appended but not yet written (always destined for the end of the active
     /// segment, whose `len` already counts them). Bounded by what concurrent appenders queue during
     /// one `pwrite`.
@@ -598,6 +605,7 @@ impl QueueLog {
             written_position: st.written,
             synced_position: synced,
             reclaimed_segments: st.reclaimed,
+            compacted_messages: st.compacted,
         }
     }
 

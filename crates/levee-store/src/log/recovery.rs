@@ -108,6 +108,7 @@ pub(super) fn scan(
         fsyncs: 0,
         last_fsync: None,
         reclaimed: 0,
+        compacted: 0,
     };
     // Where recovery stopped because of a torn tail: (position in `names`, offset, reason).
     let mut torn: Option<(usize, u64, String)> = None;
@@ -375,6 +376,28 @@ fn scan_segment(
                         });
                     }
                 }
+                report.messages += 1;
+            }
+            format::TYPE_COPY => {
+                let p = format::parse_message(frame.body).map_err(bad)?;
+                if p.seq >= st.next_seq {
+                    return Err(bad(FrameError::Malformed(
+                        "copy of a message that was never appended",
+                    )));
+                }
+                let mut entry = Entry::new(index, off as u64, frame.total_len as u64, &p);
+                match st.index.get(&p.seq).copied() {
+                    Some(old) => {
+                        entry.delivery_count = old.delivery_count;
+                        if let Some(seg) = st.segment_mut(old.segment) {
+                            seg.live -= 1;
+                        }
+                    }
+                    // The original's segment was reclaimed after the copy.
+                    None => st.unsettled_bytes += p.payload.len() as u64,
+                }
+                st.index.insert(p.seq, entry);
+                st.segments.back_mut().expect("pushed").live += 1;
                 report.messages += 1;
             }
             format::TYPE_SETTLE => {

@@ -125,7 +125,15 @@ fn sync_loop(inner: &Inner) {
             s.maintenance = false;
         }
         last_cycle = Instant::now();
-        let result = sync_cycle(inner).and_then(|()| reclaim(inner));
+        let result = sync_cycle(inner)
+            .and_then(|()| reclaim(inner))
+            .and_then(|()| {
+                // Copies are reclaimed behind on the next cycle, once that synced them.
+                if super::compact::compact(inner)? {
+                    inner.kick_maintenance();
+                }
+                Ok(())
+            });
         if let Err(e) = result {
             tracing::error!(dir = %inner.dir.display(), error = %e, "levee-store log failed");
             inner.state.lock().failed = Some(e.clone());
@@ -200,7 +208,7 @@ pub(super) fn sync_cycle(inner: &Inner) -> Result<()> {
 
 /// Whether a segment whose newest message id is from `until_ms` may go (no id, or older than
 /// `keep_ms` by the wall clock).
-fn ids_expired(until_ms: u64, keep_ms: u64) -> bool {
+pub(super) fn ids_expired(until_ms: u64, keep_ms: u64) -> bool {
     if until_ms == 0 || keep_ms == 0 {
         return true;
     }
@@ -300,6 +308,24 @@ impl Attached for Inner {
         let sealed = if rolled { sync_cycle(self) } else { Ok(()) };
         sealed
             .and_then(|()| reclaim(self))
+            .and_then(|()| {
+                // Oldest segment first, while the files hold much more than the live records;
+                // each round frees at least the segment it copied from.
+                let rounds = self.state.lock().segments.len();
+                for _ in 0..rounds {
+                    if !super::compact::compact(self)? {
+                        break;
+                    }
+                    // The victim goes only once its copies are durable in the WAL.
+                    let (at, pos) = (self.attachment.get(), self.state.lock().wal_pos);
+                    if let Some(at) = at {
+                        at.sync.request(pos);
+                        Durability::pending(at.sync.clone(), pos, true).wait()?;
+                    }
+                    reclaim(self)?;
+                }
+                Ok(())
+            })
             .inspect_err(|e| self.stop(e))
     }
     fn wal_failed(&self, error: &StoreError) {

@@ -404,7 +404,7 @@ fn discard_pending(
 }
 
 /// Writes the pending records now (caller holds the write lock and the state).
-fn flush_pending_locked(inner: &Inner, st: &mut State) -> Result<()> {
+pub(super) fn flush_pending_locked(inner: &Inner, st: &mut State) -> Result<()> {
     if st.pending.is_empty() {
         return Ok(());
     }
@@ -428,7 +428,7 @@ fn flush_pending_locked(inner: &Inner, st: &mut State) -> Result<()> {
 
 /// Writes one encoded record (or batch) at the end of the active segment, rolling to a new segment
 /// first if it does not fit. On error nothing is recorded and the write position is unchanged.
-fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<(u64, u64)> {
+pub(super) fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<(u64, u64)> {
     let len = buf.len() as u64;
     if len > inner.config.capacity() {
         return Err(StoreError::RecordTooLarge {
