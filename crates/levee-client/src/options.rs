@@ -111,8 +111,10 @@ pub struct ProducerOptions {
     /// Most encoded bytes in one `Publish` frame (default 1 MiB; also capped by the broker's
     /// `max_frame`).
     pub batch_bytes: usize,
-    /// How long an open batch waits for more messages before it is sent (default 1 ms). Zero sends
-    /// every message at once in its own frame.
+    /// Longest an open batch waits for more messages before it is sent (default 1 ms). It is sent
+    /// earlier, and a message opening a batch at once, when nothing this producer sent before is
+    /// still unconfirmed (Nagle's rule, the confirms as the clock): batches grow only under load.
+    /// Zero sends every message at once in its own frame.
     pub linger: Duration,
     /// This producer's unconfirmed messages (default 4096).
     pub max_in_flight_messages: u32,
