@@ -116,6 +116,18 @@ impl BrokerConfig {
     /// every later operation. [`Broker::open`] calls it.
     pub fn validate(&self) -> Result<(), BrokerError> {
         let bad = |setting, reason: String| Err(BrokerError::InvalidSetting { setting, reason });
+        if self.wal.file_bytes < 4096 {
+            return bad(
+                "wal.file_bytes",
+                format!("must be at least 4096, got {}", self.wal.file_bytes),
+            );
+        }
+        if self.wal.max_pending_bytes == 0 || self.wal.lazy_commit.is_zero() {
+            return bad(
+                "wal.max_pending_bytes / wal.lazy_commit_ms",
+                "must be above 0".into(),
+            );
+        }
         if !(MIN_MAX_FRAME..=MAX_MAX_FRAME).contains(&self.max_frame) {
             return bad(
                 "max_frame",
@@ -338,9 +350,25 @@ impl Broker {
                 .map_err(BrokerError::join)??;
         // Dead-letter targets are looked up when a message is dead-lettered, not at start, so
         // the order in which queues come back does not matter.
+        // Several queues at once (their opens are blocking jobs: reads and fsyncs, which the
+        // file system batches when they overlap), so a restart with thousands of queues is not
+        // a sum of fsync latencies.
+        let mut starting = tokio::task::JoinSet::new();
         for entry in recovered {
-            self.start_queue(entry.name, entry.config, Some(entry.dir))
-                .await?;
+            if starting.len() >= 32
+                && let Some(r) = starting.join_next().await
+            {
+                r.map_err(BrokerError::join)??;
+            }
+            let broker = self.clone();
+            starting.spawn(async move {
+                broker
+                    .start_queue(entry.name, entry.config, Some(entry.dir))
+                    .await
+            });
+        }
+        while let Some(r) = starting.join_next().await {
+            r.map_err(BrokerError::join)??;
         }
         // Bindings name queues: exchanges come back once every queue has.
         self.recover_exchanges().await
@@ -578,6 +606,11 @@ impl Broker {
         let mut names: Vec<String> = self.inner.queues.read().keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// The shared write-ahead log's counters.
+    pub fn wal_stats(&self) -> levee_store::WalStats {
+        self.inner.wal.stats()
     }
 
     /// Storage figures of a disk queue's log.

@@ -806,20 +806,22 @@ impl WalInner {
     /// Fails the current epoch (invariant 4).
     fn fail(&self, error: StoreError) {
         tracing::error!(dir = %self.dir.display(), %error, "levee WAL failed");
-        let sync = {
+        let (sync, epoch) = {
             let mut b = self.buf.lock();
             b.failed = Some(error.clone());
             b.data.clear();
-            b.sync.clone()
+            (b.sync.clone(), b.epoch)
         };
         self.space.notify_all();
         sync.state.lock().failed = Some(error.clone());
         sync.wake_all();
+        // Only the logs of the failed epoch: a log attached since (after a restart) is fine.
         let logs: Vec<Arc<dyn Attached>> = self
             .logs
             .lock()
             .attached
             .values()
+            .filter(|(_, e, _)| *e == epoch)
             .filter_map(|(_, _, l)| l.upgrade())
             .collect();
         for l in logs {
@@ -910,7 +912,8 @@ fn commit_loop(w: &WalInner) {
             }
         }
         spare.clear();
-        if spare.capacity() > w.config.max_pending_bytes.max(1 << 20) {
+        // Keep a buffer for the usual commit; give a burst's back (memory bound when idle).
+        if spare.capacity() > 4 << 20 {
             spare = Vec::new();
         }
         if final_cycle {

@@ -97,6 +97,20 @@ struct FileConfig {
     amqp: Option<String>,
     #[serde(default, deserialize_with = "crate::units::de_size")]
     amqp_max_held_bytes: Option<u64>,
+    /// The shared write-ahead log: `[wal] file_bytes, max_pending_bytes, lazy_commit_ms`.
+    wal: Option<WalFileConfig>,
+}
+
+/// `[wal]`: levee-store's `WalConfig` (every key optional).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct WalFileConfig {
+    #[serde(default, deserialize_with = "crate::units::de_size")]
+    file_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "crate::units::de_size_usize")]
+    max_pending_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "crate::units::de_millis_u32")]
+    lazy_commit_ms: Option<u32>,
 }
 
 impl FileConfig {
@@ -187,6 +201,17 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     }
     if let Some(v) = args.http_header_timeout_ms.or(file.http_header_timeout_ms) {
         broker.http_header_timeout_ms = v;
+    }
+    if let Some(w) = &file.wal {
+        if let Some(v) = w.file_bytes {
+            broker.wal.file_bytes = v;
+        }
+        if let Some(v) = w.max_pending_bytes {
+            broker.wal.max_pending_bytes = v;
+        }
+        if let Some(v) = w.lazy_commit_ms {
+            broker.wal.lazy_commit = std::time::Duration::from_millis(v.into());
+        }
     }
     // Every range is checked here, before anything is opened, with the setting's name.
     broker.validate()?;

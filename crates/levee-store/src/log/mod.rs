@@ -332,6 +332,9 @@ struct State {
     /// Attached logs: the WAL position after this log's newest WAL record (what a durability
     /// handle of its newest write waits for).
     wal_pos: u64,
+    /// Attached logs: written since the last sync cycle snapshot (a checkpoint skips clean logs,
+    /// so idle queues cost a checkpoint nothing).
+    wal_dirty: bool,
 }
 
 impl State {
@@ -437,19 +440,31 @@ impl QueueLog {
             me: me.clone(),
             attachment: std::sync::OnceLock::new(),
         });
-        recovery::activate(&inner)?;
-        let unsettled = inner.state.lock().unsettled_metas();
         let thread = match &inner.config.wal {
             Some(wal) => {
+                // A fresh active segment (a new queue, or every segment sealed) is created after
+                // attaching: its header goes through the WAL, no fsync of its own. An existing
+                // active segment is fsynced first (it may hold bytes of the previous process or
+                // log that no WAL record covers any more), then the log attaches.
                 let me: std::sync::Weak<dyn crate::wal::Attached> = inner.me.clone();
+                let need_new = inner.state.lock().segments.back().is_none_or(|s| s.sealed);
+                if !need_new {
+                    recovery::activate(&inner)?;
+                }
                 let at = wal.attach(&inner.dir, me.clone())?;
-                inner.state.lock().wal_pos = 0;
                 let _ = inner.attachment.set(at);
+                if need_new {
+                    recovery::activate(&inner)?;
+                }
                 wal.maintain(me);
                 None
             }
-            None => Some(sync::spawn(&inner)?),
+            None => {
+                recovery::activate(&inner)?;
+                Some(sync::spawn(&inner)?)
+            }
         };
+        let unsettled = inner.state.lock().unsettled_metas();
         report.elapsed = started.elapsed();
         Ok((
             QueueLog {

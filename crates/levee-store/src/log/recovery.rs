@@ -103,6 +103,7 @@ pub(super) fn scan(
         failures: Vec::new(),
         inflight: Vec::new(),
         wal_pos: 0,
+        wal_dirty: false,
         appended: 0,
         settled: 0,
         fsyncs: 0,
@@ -242,14 +243,18 @@ pub(super) fn activate(inner: &Inner) -> Result<()> {
     if need_new {
         let index = st.segments.back().map_or(0, |s| s.index + 1);
         create_segment(inner, &mut st, index)?;
-        let file = st.segments.back().expect("just created").file.clone();
-        let path = inner.path(index, false);
-        file.sync().map_err(|e| StoreError::io("fsync", &path, e))?;
-        inner
-            .backend
-            .sync_dir(&inner.dir)
-            .map_err(|e| StoreError::io("fsync_dir", &inner.dir, e))?;
-        st.dir_dirty = false;
+        if inner.attachment.get().is_none() {
+            let file = st.segments.back().expect("just created").file.clone();
+            let path = inner.path(index, false);
+            file.sync().map_err(|e| StoreError::io("fsync", &path, e))?;
+            inner
+                .backend
+                .sync_dir(&inner.dir)
+                .map_err(|e| StoreError::io("fsync_dir", &inner.dir, e))?;
+            st.dir_dirty = false;
+        }
+        // Attached, the header is in the WAL (redo recreates the file) and `dir_dirty` stays
+        // set for the log's first checkpoint.
     } else {
         // The active segment as found may hold records that were written but never fsynced
         // (the previous process stopped before, or its fsync failed). What recovery returns is
@@ -270,6 +275,14 @@ pub(super) fn activate(inner: &Inner) -> Result<()> {
     }
     let written = st.written;
     st.logical = written;
+    if inner.attachment.get().is_some() {
+        // Only the log's own cycles (sealing, checkpoints) use its sync state.
+        let mut s = inner.sync.state.lock();
+        s.synced = written;
+        s.requested = written;
+        s.written = written;
+        return Ok(());
+    }
     let mut s = inner.sync.state.lock();
     s.synced = written;
     s.requested = written;

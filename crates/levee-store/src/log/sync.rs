@@ -151,6 +151,15 @@ fn sync_loop(inner: &Inner) {
 /// One group commit: fsync every unsealed segment (and the directory if segments were created), seal
 /// the complete ones, publish the synced position.
 pub(super) fn sync_cycle(inner: &Inner) -> Result<()> {
+    let r = sync_cycle_once(inner);
+    if r.is_err() {
+        // Nothing is known to be synced: a later checkpoint must not skip this log.
+        inner.state.lock().wal_dirty = true;
+    }
+    r
+}
+
+fn sync_cycle_once(inner: &Inner) -> Result<()> {
     let (target, files, dir_dirty) = {
         let mut st = inner.state.lock();
         let last = st.segments.len() - 1;
@@ -161,6 +170,7 @@ pub(super) fn sync_cycle(inner: &Inner) -> Result<()> {
             .filter(|(_, s)| !s.sealed)
             .map(|(i, s)| (s.index, s.file.clone(), i == last))
             .collect();
+        st.wal_dirty = false;
         (st.written, files, std::mem::take(&mut st.dir_dirty))
     };
     let started = Instant::now();
@@ -275,7 +285,14 @@ impl Inner {
             st.closed = true;
         }
         let _w = self.write_lock.lock();
-        let synced = sync_cycle(self);
+        let mut synced = sync_cycle(self);
+        if synced.is_err()
+            && let Err(e) = self.backend.list_dir(&self.dir)
+            && e.kind() == std::io::ErrorKind::NotFound
+        {
+            // The queue was deleted under the log: nothing of it needs keeping.
+            synced = Ok(());
+        }
         if synced.is_ok()
             && let Some(wal) = &self.config.wal
         {
@@ -291,8 +308,11 @@ impl Inner {
 
 impl Attached for Inner {
     fn checkpoint(&self) -> Result<()> {
-        if self.state.lock().closed {
-            return Ok(());
+        {
+            let st = self.state.lock();
+            if st.closed || (!st.wal_dirty && !st.dir_dirty) {
+                return Ok(());
+            }
         }
         sync_cycle(self).inspect_err(|e| self.stop(e))
     }

@@ -316,6 +316,7 @@ impl Inner {
         match wal.log_write(at, false, index, pos, bytes) {
             Ok(p) => {
                 st.wal_pos = p;
+                st.wal_dirty = true;
                 Ok(())
             }
             Err(e) => {
