@@ -97,7 +97,7 @@ pub(super) fn compact(inner: &Inner) -> Result<bool> {
             }
             let body = frame.body.to_vec();
             lens.push(format::frame_into(&mut out, format::TYPE_COPY, |b| {
-                b.extend_from_slice(&body)
+                b.extend_from_slice(&body);
             }) as u64);
         }
         let (segment, pos) = super::writer::write_record(inner, &mut st, &out)?;
