@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use levee_store::{FsBackend, LogConfig, NewMessage, QueueLog, StorageFile, Wal, WalConfig};
+use levee_store::{FsBackend, LogConfig, NewMessage, QueueLog, Wal, WalConfig};
 
 fn pct(mut v: Vec<Duration>) -> (u128, u128) {
     v.sort();
