@@ -4,10 +4,10 @@
 //! the producer's in-flight window then the client's (messages and payload bytes; wait), the
 //! queue's publish credit on `block` queues (wait: this is the broker's backpressure), and
 //! finally the open batch. A batch is sent as one `Publish` frame when it reaches `batch_size`
-//! messages or `batch_bytes`, when `linger` has passed since its first message, as soon as nothing
-//! the producer sent earlier is unconfirmed (at once if nothing was: Nagle's rule, the confirms as
-//! the clock, so batching adapts to load and an idle producer never waits for the timer), on
-//! [`Producer::flush`], or at once when `linger` is zero. Each message's confirm is a
+//! messages or `batch_bytes`, when `linger` has passed since its first message, with `adaptive`
+//! also as soon as nothing the producer sent earlier is unconfirmed (at once if nothing was:
+//! Nagle's rule, the confirms as the clock, so batching adapts to load and an idle producer never
+//! waits for the timer), on [`Producer::flush`], or at once when `linger` is zero. Each message's confirm is a
 //! [`ConfirmFuture`]; its window room is released when the confirm arrives (or fails).
 //!
 //! # Invariants
@@ -102,8 +102,17 @@ async fn linger_task(
     linger: Duration,
     tracker: Arc<Tracker>,
 ) {
+    let adaptive = weak.upgrade().is_some_and(|p| p.opts.adaptive);
     loop {
         wake.notified().await;
+        if !adaptive {
+            tokio::time::sleep(linger).await;
+            match weak.upgrade() {
+                Some(p) => p.flush_now(),
+                None => return,
+            }
+            continue;
+        }
         let deadline = tokio::time::sleep(linger);
         tokio::pin!(deadline);
         loop {
@@ -242,7 +251,7 @@ impl ProducerShared {
         let first = b.messages.is_empty();
         // Before this message's tracker slot: what this producer has unconfirmed, all of it sent
         // (the batch was empty). Nothing in flight: send at once (Nagle's rule).
-        let idle = first && self.tracker.count() == 0;
+        let idle = self.opts.adaptive && first && self.tracker.count() == 0;
         b.conn = Some(conn.clone());
         b.messages.push(m);
         b.bytes += size;

@@ -406,7 +406,7 @@ fn settled_prefix_segments_are_deleted_and_disk_stays_bounded() {
 }
 
 #[test]
-fn an_unsettled_old_message_pins_later_segments_until_settled() {
+fn an_unsettled_old_message_no_longer_pins_later_segments() {
     let b = FaultyBackend::new();
     let cfg = small(FsyncPolicy::Always);
     let (log, _) = open(&b, cfg.clone());
@@ -417,10 +417,21 @@ fn an_unsettled_old_message_pins_later_segments_until_settled() {
         drop(log.settle(s, Settlement::Acked).unwrap());
     }
     log.sync().wait().unwrap();
+    // Compaction (format version 3) copies the pinned message forward instead of keeping every
+    // segment behind it; it runs on the sync thread, behind the appends.
+    for _ in 0..200 {
+        if log.stats().segments <= 6 {
+            break;
+        }
+        log.sync().wait().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert!(
-        log.stats().segments > 10,
-        "segments are pinned by message {pinned}"
+        log.stats().segments <= 6,
+        "segments stay pinned by message {pinned}: {:?}",
+        log.stats()
     );
+    assert_eq!(&log.read(pinned).unwrap().message.payload[..], b"old");
     log.settle(pinned, Settlement::Acked)
         .unwrap()
         .wait()
