@@ -85,6 +85,9 @@ pub struct BrokerConfig {
     /// Seconds of per-queue history kept at 1 s resolution (`[history] seconds`, default 900).
     /// Memory bound: about 120 bytes per queue per second (see [`crate::ops::history`]).
     pub history_seconds: u32,
+    /// The shared write-ahead log of every disk queue (`<data_dir>/wal/`; see levee-store's
+    /// `wal` module): file size, pending-bytes bound, lazy commit delay.
+    pub wal: levee_store::WalConfig,
 }
 
 impl Default for BrokerConfig {
@@ -105,6 +108,7 @@ impl Default for BrokerConfig {
             security: crate::security::SecurityConfig::default(),
             alerts: Vec::new(),
             history_seconds: crate::ops::history::DEFAULT_HISTORY_SECONDS,
+            wal: levee_store::WalConfig::default(),
         }
     }
 }
@@ -119,6 +123,18 @@ impl BrokerConfig {
     /// every later operation. [`Broker::open`] calls it.
     pub fn validate(&self) -> Result<(), BrokerError> {
         let bad = |setting, reason: String| Err(BrokerError::InvalidSetting { setting, reason });
+        if self.wal.file_bytes < 4096 {
+            return bad(
+                "wal.file_bytes",
+                format!("must be at least 4096, got {}", self.wal.file_bytes),
+            );
+        }
+        if self.wal.max_pending_bytes == 0 || self.wal.lazy_commit.is_zero() {
+            return bad(
+                "wal.max_pending_bytes / wal.lazy_commit_ms",
+                "must be above 0".into(),
+            );
+        }
         if !(MIN_MAX_FRAME..=MAX_MAX_FRAME).contains(&self.max_frame) {
             return bad(
                 "max_frame",
@@ -232,6 +248,8 @@ pub(crate) struct Inner {
     pub(crate) security: crate::security::Security,
     /// History, alert rules, the connection registry (see `ops`).
     pub(crate) ops: Arc<crate::ops::Ops>,
+    /// The write-ahead log every disk queue's log is attached to.
+    pub(crate) wal: levee_store::Wal,
     /// Held for the broker's lifetime: no other broker opens this data directory meanwhile
     /// (`None` on a caller-provided backend).
     _lock: Option<DataDirLock>,
@@ -331,7 +349,27 @@ impl Broker {
                 reason: e.to_string(),
             }
         })?;
+        let (wal_backend, wal_dir, wal_config) = (
+            backend.clone(),
+            config.data_dir.join("wal"),
+            config.wal.clone(),
+        );
+        let (wal, replay) = tokio::task::spawn_blocking(move || {
+            levee_store::Wal::open(wal_backend, wal_dir, wal_config)
+        })
+        .await
+        .map_err(BrokerError::join)??;
+        if replay.applied > 0 {
+            tracing::info!(
+                files = replay.files,
+                applied = replay.applied,
+                skipped = replay.skipped,
+                elapsed_ms = replay.elapsed.as_millis() as u64,
+                "redid the write-ahead log"
+            );
+        }
         let inner = Arc::new(Inner {
+            wal,
             security,
             ops: Arc::new(crate::ops::Ops::new(config.history_seconds, rules)),
             limits: Limits::new(
@@ -363,9 +401,25 @@ impl Broker {
                 .map_err(BrokerError::join)??;
         // Dead-letter targets are looked up when a message is dead-lettered, not at start, so
         // the order in which queues come back does not matter.
+        // Several queues at once (their opens are blocking jobs: reads and fsyncs, which the
+        // file system batches when they overlap), so a restart with thousands of queues is not
+        // a sum of fsync latencies.
+        let mut starting = tokio::task::JoinSet::new();
         for entry in recovered {
-            self.start_queue(entry.name, entry.config, Some(entry.dir))
-                .await?;
+            if starting.len() >= 32
+                && let Some(r) = starting.join_next().await
+            {
+                r.map_err(BrokerError::join)??;
+            }
+            let broker = self.clone();
+            starting.spawn(async move {
+                broker
+                    .start_queue(entry.name, entry.config, Some(entry.dir))
+                    .await
+            });
+        }
+        while let Some(r) = starting.join_next().await {
+            r.map_err(BrokerError::join)??;
         }
         // Bindings name queues: exchanges come back once every queue has.
         self.recover_exchanges().await
@@ -383,7 +437,9 @@ impl Broker {
             (Durability::Disk(_), Some(queue_dir)) => {
                 let dir = queue_dir.join("log");
                 let backend = self.inner.backend.clone();
-                let lc = crate::storage::log_config_for(&config, self.inner.config.segment_bytes);
+                let mut lc =
+                    crate::storage::log_config_for(&config, self.inner.config.segment_bytes);
+                lc.wal = Some(self.inner.wal.clone());
                 let cfg = config.clone();
                 let b = backend.clone();
                 let (state, log) =
@@ -570,6 +626,10 @@ impl Broker {
                 }
             }
         }
+        let wal = self.inner.wal.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || wal.close()).await {
+            tracing::error!(error = %e, "closing the write-ahead log failed");
+        }
     }
 
     /// Drops every ready message of a queue; returns how many.
@@ -599,6 +659,11 @@ impl Broker {
         let mut names: Vec<String> = self.inner.queues.read().keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// The shared write-ahead log's counters.
+    pub fn wal_stats(&self) -> levee_store::WalStats {
+        self.inner.wal.stats()
     }
 
     /// Storage figures of a disk queue's log.

@@ -66,6 +66,9 @@ pub(crate) struct Counters {
 pub(crate) struct Tracker {
     n: AtomicU64,
     pub idle: Notify,
+    /// Notified at every confirm (the producer's ack clock: an open batch is sent as soon as
+    /// nothing it sent earlier is still unconfirmed).
+    pub progress: Notify,
 }
 
 impl Tracker {
@@ -89,6 +92,7 @@ impl Drop for TrackGuard {
         if self.0.n.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
+        self.0.progress.notify_waiters();
     }
 }
 

@@ -111,9 +111,14 @@ pub struct ProducerOptions {
     /// Most encoded bytes in one `Publish` frame (default 1 MiB; also capped by the broker's
     /// `max_frame`).
     pub batch_bytes: usize,
-    /// How long an open batch waits for more messages before it is sent (default 1 ms). Zero sends
-    /// every message at once in its own frame.
+    /// How long an open batch waits for more messages before it is sent (default 1 ms); with
+    /// `adaptive`, at most that long. Zero sends every message at once in its own frame.
     pub linger: Duration,
+    /// Adaptive batching (default off): a message opening a batch is sent at once when nothing
+    /// this producer sent is unconfirmed, and an open batch as soon as everything sent before it
+    /// is confirmed (Nagle's rule, the confirms as the clock), so an idle producer never waits for
+    /// `linger` and batches grow only under load.
+    pub adaptive: bool,
     /// This producer's unconfirmed messages (default 4096).
     pub max_in_flight_messages: u32,
     /// This producer's unconfirmed payload bytes (default 8 MiB).
@@ -130,6 +135,7 @@ impl Default for ProducerOptions {
             batch_size: 256,
             batch_bytes: 1024 * 1024,
             linger: Duration::from_millis(1),
+            adaptive: false,
             max_in_flight_messages: 4096,
             max_in_flight_bytes: 8 * 1024 * 1024,
             breaker: None,

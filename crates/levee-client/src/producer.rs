@@ -4,8 +4,10 @@
 //! the producer's in-flight window then the client's (messages and payload bytes; wait), the
 //! queue's publish credit on `block` queues (wait: this is the broker's backpressure), and
 //! finally the open batch. A batch is sent as one `Publish` frame when it reaches `batch_size`
-//! messages or `batch_bytes`, when `linger` has passed since its first message, on
-//! [`Producer::flush`], or at once when `linger` is zero. Each message's confirm is a
+//! messages or `batch_bytes`, when `linger` has passed since its first message, with `adaptive`
+//! also as soon as nothing the producer sent earlier is unconfirmed (at once if nothing was:
+//! Nagle's rule, the confirms as the clock, so batching adapts to load and an idle producer never
+//! waits for the timer), on [`Producer::flush`], or at once when `linger` is zero. Each message's confirm is a
 //! [`ConfirmFuture`]; its window room is released when the confirm arrives (or fails).
 //!
 //! # Invariants
@@ -91,13 +93,48 @@ impl Drop for ProducerShared {
     }
 }
 
-async fn linger_task(weak: Weak<ProducerShared>, wake: Arc<Notify>, linger: Duration) {
+/// Sends an open batch after `linger`, or earlier as soon as nothing sent before it is still
+/// unconfirmed (Nagle's rule with the confirms as the ack clock: batches grow only while earlier
+/// ones are in flight, so an idle producer never waits for the timer).
+async fn linger_task(
+    weak: Weak<ProducerShared>,
+    wake: Arc<Notify>,
+    linger: Duration,
+    tracker: Arc<Tracker>,
+) {
+    let adaptive = weak.upgrade().is_some_and(|p| p.opts.adaptive);
     loop {
         wake.notified().await;
-        tokio::time::sleep(linger).await;
-        match weak.upgrade() {
-            Some(p) => p.flush_now(),
-            None => return,
+        if !adaptive {
+            tokio::time::sleep(linger).await;
+            match weak.upgrade() {
+                Some(p) => p.flush_now(),
+                None => return,
+            }
+            continue;
+        }
+        let deadline = tokio::time::sleep(linger);
+        tokio::pin!(deadline);
+        loop {
+            let progressed = tracker.progress.notified();
+            tokio::pin!(progressed);
+            progressed.as_mut().enable();
+            let Some(p) = weak.upgrade() else { return };
+            if p.sent_in_flight() == 0 {
+                p.flush_now();
+                break;
+            }
+            drop(p);
+            tokio::select! {
+                () = &mut deadline => {
+                    match weak.upgrade() {
+                        Some(p) => p.flush_now(),
+                        None => return,
+                    }
+                    break;
+                }
+                () = &mut progressed => {}
+            }
         }
     }
 }
@@ -137,6 +174,7 @@ impl ProducerShared {
                 Arc::downgrade(&shared),
                 wake,
                 shared.opts.linger,
+                shared.tracker.clone(),
             ));
         }
         Ok(shared)
@@ -185,6 +223,12 @@ impl ProducerShared {
         }
     }
 
+    /// Unconfirmed messages already sent (not in the open batch).
+    fn sent_in_flight(&self) -> u64 {
+        let open = self.batch.lock().messages.len() as u64;
+        self.tracker.count().saturating_sub(open)
+    }
+
     pub(crate) fn flush_now(&self) {
         let mut b = self.batch.lock();
         self.send_batch(&mut b);
@@ -205,6 +249,9 @@ impl ProducerShared {
         }
         let (tx, rx) = oneshot::channel();
         let first = b.messages.is_empty();
+        // Before this message's tracker slot: what this producer has unconfirmed, all of it sent
+        // (the batch was empty). Nothing in flight: send at once (Nagle's rule).
+        let idle = self.opts.adaptive && first && self.tracker.count() == 0;
         b.conn = Some(conn.clone());
         b.messages.push(m);
         b.bytes += size;
@@ -214,7 +261,7 @@ impl ProducerShared {
             breaker: adm.breaker,
             guard: TrackGuard::new(&self.tracker),
         });
-        if self.opts.linger.is_zero() || b.messages.len() >= self.opts.batch_size {
+        if self.opts.linger.is_zero() || idle || b.messages.len() >= self.opts.batch_size {
             self.send_batch(b);
         } else if first {
             self.linger_wake.notify_one();

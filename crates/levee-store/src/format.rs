@@ -14,10 +14,12 @@
 
 use bytes::Bytes;
 
-/// Format version written in every segment header. Version 2 added the message id (record flag
-/// 8) and the properties block (record flag 4); flags are additive, so version 1 segments still
-/// decode ([`MIN_FORMAT_VERSION`]), and any other version is refused on open.
-pub const FORMAT_VERSION: u16 = 2;
+/// Format version written in every segment header and WAL file header. Version 2 added the
+/// message id (record flag 8) and the properties block (record flag 4); version 3 added the copy
+/// record (compaction) and the shared write-ahead log. Each version only adds, so version 1 and 2
+/// segments still decode ([`MIN_FORMAT_VERSION`]: an old data directory opens as it is, no
+/// migration step), and any newer version is refused on open.
+pub const FORMAT_VERSION: u16 = 3;
 /// Oldest format version still read (version 1 records have neither field).
 pub const MIN_FORMAT_VERSION: u16 = 1;
 /// Magic at the start of every segment file.
@@ -37,6 +39,10 @@ pub const TYPE_SETTLE: u8 = 2;
 pub const TYPE_DELIVERY: u8 = 3;
 /// Record type byte of the seal record, the last record of every complete (rolled) segment.
 pub const TYPE_SEAL: u8 = 4;
+/// Record type byte of a copy: a live message moved forward by compaction, body as
+/// [`TYPE_MESSAGE`] (format version 3). Its seq may be below earlier records'; recovery moves the
+/// message to the copy's place.
+pub const TYPE_COPY: u8 = 5;
 /// Size of a seal frame (prefix + type + offset u64 + next seq u64).
 pub const SEAL_FRAME_LEN: usize = FRAME_PREFIX_LEN + 1 + 16;
 
@@ -271,7 +277,7 @@ pub fn decode_all(buf: &[u8]) -> Result<Vec<Record>, (usize, FrameError)> {
 /// keys and header values are zero-copy slices of it.
 pub fn decode_record(frame: &Frame<'_>, owner: &Bytes) -> Result<Record, FrameError> {
     match frame.kind {
-        TYPE_MESSAGE => {
+        TYPE_MESSAGE | TYPE_COPY => {
             let p = parse_message(frame.body)?;
             let mut headers = Vec::with_capacity(p.header_count as usize);
             let mut c = Cursor(p.headers_raw);
@@ -498,7 +504,7 @@ pub(crate) fn encode_seal(out: &mut Vec<u8>, offset: u64, next_seq: u64) -> usiz
 
 /// Appends one frame to `out`: reserves the prefix, lets `body` write type + body, then fills in the
 /// length and CRC. Returns the frame's size.
-fn frame_into(out: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec<u8>)) -> usize {
+pub(crate) fn frame_into(out: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec<u8>)) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_PREFIX_LEN]);
     out.push(kind);
@@ -707,10 +713,10 @@ mod tests {
         let crc = crc32c::crc32c(&b[..28]);
         b[28..32].copy_from_slice(&crc.to_le_bytes());
         assert!(decode_segment_header(&b).is_ok());
-        b[8..10].copy_from_slice(&3u16.to_le_bytes());
+        b[8..10].copy_from_slice(&4u16.to_le_bytes());
         let crc = crc32c::crc32c(&b[..28]);
         b[28..32].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode_segment_header(&b), Err(FrameError::Version(3)));
+        assert_eq!(decode_segment_header(&b), Err(FrameError::Version(4)));
     }
 
     #[test]
@@ -747,7 +753,7 @@ mod tests {
         };
         let mut bytes = encode_segment_header(&h);
         assert_eq!(decode_segment_header(&bytes), Ok(h));
-        for (version, ok) in [(1u16, true), (2, true), (0, false), (3, false)] {
+        for (version, ok) in [(1u16, true), (2, true), (3, true), (0, false), (4, false)] {
             bytes[8..10].copy_from_slice(&version.to_le_bytes());
             let crc = crc32c::crc32c(&bytes[..28]);
             bytes[28..32].copy_from_slice(&crc.to_le_bytes());

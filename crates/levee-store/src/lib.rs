@@ -38,6 +38,7 @@ mod error;
 pub mod format;
 mod log;
 pub mod meta;
+pub mod wal;
 
 pub use backend::{Backend, FsBackend, OpenMode, StorageFile};
 pub use durability::{Durability, DurabilityLevel, Durable};
@@ -47,3 +48,4 @@ pub use log::{
     Appended, FsyncPolicy, LogConfig, LogStats, MessageId, MessageMeta, QueueLog, Recovered,
     RecoveryReport, TruncatedTail,
 };
+pub use wal::{LogId, ReplayReport, Wal, WalConfig, WalStats};

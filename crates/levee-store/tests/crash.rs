@@ -122,3 +122,126 @@ fn sigkill_never_loses_a_printed_durable_message() {
 fn sigkill_stress_many_rounds() {
     rounds(200);
 }
+
+/// Queues of the shared-WAL child (`levee-store-walcrash`).
+const WAL_QUEUES: usize = 40;
+
+/// What the shared-WAL child printed: (queue, seq) -> (payload, will settle); settled (queue, seq).
+#[derive(Default)]
+struct WalSeen {
+    appended: BTreeMap<(usize, u64), (String, bool)>,
+    settled: BTreeSet<(usize, u64)>,
+}
+
+fn wal_run_once(dir: &Path, seen: &mut WalSeen, kill_after: Duration) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_levee-store-walcrash"))
+        .arg(dir)
+        .arg(WAL_QUEUES.to_string())
+        .arg("6")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn WAL crash test child");
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        let mut r = BufReader::new(stdout);
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.ends_with('\n') {
+                lines.push(line.trim_end().to_owned());
+            }
+            line.clear();
+        }
+        lines
+    });
+    std::thread::sleep(kill_after);
+    child.kill().expect("SIGKILL the child");
+    let _ = child.wait();
+    for line in reader.join().unwrap() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        match parts.as_slice() {
+            ["A", q, seq, who, i] => {
+                let key = (q.parse().unwrap(), seq.parse().unwrap());
+                let i: usize = i.parse().unwrap();
+                let payload = format!("walcrash-{who}-{i}-").repeat(1 + i % 20);
+                assert!(
+                    seen.appended
+                        .insert(key, (payload, i.is_multiple_of(3)))
+                        .is_none(),
+                    "{key:?} assigned twice"
+                );
+            }
+            ["S", q, seq] => {
+                seen.settled
+                    .insert((q.parse().unwrap(), seq.parse().unwrap()));
+            }
+            other => panic!("unexpected line {other:?}"),
+        }
+    }
+}
+
+fn wal_verify(dir: &Path, seen: &WalSeen) {
+    let backend = FsBackend::shared();
+    let (wal, _) = levee_store::Wal::open(
+        backend.clone(),
+        dir.join("wal"),
+        levee_store::WalConfig {
+            file_bytes: 256 << 10,
+            ..levee_store::WalConfig::default()
+        },
+    )
+    .expect("WAL redo after SIGKILL");
+    for q in 0..WAL_QUEUES {
+        let config = LogConfig {
+            segment_bytes: 64 << 10,
+            max_record_bytes: 16 << 10,
+            wal: Some(wal.clone()),
+            ..LogConfig::default()
+        };
+        let (log, rec) = QueueLog::open(backend.clone(), dir.join(format!("q{q}")), config)
+            .expect("recovery after SIGKILL");
+        let present: BTreeSet<u64> = rec.unsettled.iter().map(|m| m.seq).collect();
+        for (&(_, seq), (payload, will_settle)) in seen.appended.range((q, 0)..(q + 1, 0)) {
+            if seen.settled.contains(&(q, seq)) {
+                assert!(!present.contains(&seq), "acked {q}/{seq} came back");
+            } else if *will_settle && !present.contains(&seq) {
+                // Killed between writing its ack and printing `S`.
+            } else {
+                assert!(
+                    present.contains(&seq),
+                    "durable {q}/{seq} lost after SIGKILL"
+                );
+                let m = log.read(seq).unwrap();
+                assert_eq!(&m.message.payload[..], payload.as_bytes(), "{q}/{seq}");
+            }
+        }
+        log.close().unwrap();
+    }
+    wal.close().unwrap();
+}
+
+fn wal_rounds(n: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut seen = WalSeen::default();
+    for _ in 0..n {
+        let delay = Duration::from_millis(rand::random_range(200..600));
+        wal_run_once(tmp.path(), &mut seen, delay);
+        wal_verify(tmp.path(), &seen);
+    }
+    assert!(
+        !seen.appended.is_empty(),
+        "the child never confirmed anything"
+    );
+}
+
+#[test]
+fn sigkill_with_a_shared_wal_never_loses_a_printed_durable_message() {
+    wal_rounds(3);
+}
+
+#[test]
+#[ignore = "stress: cargo test -p levee-store --test crash -- --ignored"]
+fn sigkill_with_a_shared_wal_stress() {
+    wal_rounds(50);
+}

@@ -102,6 +102,8 @@ struct FileConfig {
     alerts: Vec<levee_broker::ops::RuleConfig>,
     /// `[history] seconds = 900`: per-queue history kept at 1 s resolution.
     history: Option<HistoryConfig>,
+    /// The shared write-ahead log: `[wal] file_bytes, max_pending_bytes, lazy_commit_ms`.
+    wal: Option<WalFileConfig>,
 }
 
 /// `[history]`.
@@ -109,6 +111,18 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct HistoryConfig {
     seconds: Option<u32>,
+}
+
+/// `[wal]`: levee-store's `WalConfig` (every key optional).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct WalFileConfig {
+    #[serde(default, deserialize_with = "crate::units::de_size")]
+    file_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "crate::units::de_size_usize")]
+    max_pending_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "crate::units::de_millis_u32")]
+    lazy_commit_ms: Option<u32>,
 }
 
 impl FileConfig {
@@ -203,6 +217,17 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     }
     if let Some(v) = args.http_header_timeout_ms.or(file.http_header_timeout_ms) {
         broker.http_header_timeout_ms = v;
+    }
+    if let Some(w) = &file.wal {
+        if let Some(v) = w.file_bytes {
+            broker.wal.file_bytes = v;
+        }
+        if let Some(v) = w.max_pending_bytes {
+            broker.wal.max_pending_bytes = v;
+        }
+        if let Some(v) = w.lazy_commit_ms {
+            broker.wal.lazy_commit = std::time::Duration::from_millis(v.into());
+        }
     }
     // Every range is checked here, before anything is opened, with the setting's name.
     broker.validate()?;

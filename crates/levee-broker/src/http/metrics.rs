@@ -330,3 +330,48 @@ pub(super) fn render_limits(out: &mut String, broker: &Broker) {
         Family::new(out, name, "counter", help).sample(name, &[], value);
     }
 }
+
+/// The shared write-ahead log's counters (`levee_wal_*`).
+pub(super) fn render_wal(out: &mut String, broker: &Broker) {
+    let w = broker.wal_stats();
+    let counters: [(&str, &str, u64); 4] = [
+        (
+            "levee_wal_commits_total",
+            "Write-ahead log commits (one write and one fdatasync each, for all queues).",
+            w.commits,
+        ),
+        (
+            "levee_wal_bytes_total",
+            "Bytes committed to the write-ahead log.",
+            w.bytes,
+        ),
+        (
+            "levee_wal_checkpoints_total",
+            "Checkpoints (full WAL files deleted after the segments they cover were fsynced).",
+            w.checkpoints,
+        ),
+        (
+            "levee_wal_failures_total",
+            "WAL write or fsync failures survived (each failed the logs attached then).",
+            w.failures,
+        ),
+    ];
+    for (name, help, value) in counters {
+        Family::new(out, name, "counter", help).sample(name, &[], value);
+    }
+    let gauges: [(&str, &str, u64); 2] = [
+        (
+            "levee_wal_last_commit_microseconds",
+            "Duration of the last WAL commit's write and fdatasync.",
+            w.last_commit.map_or(0, |d| d.as_micros() as u64),
+        ),
+        (
+            "levee_wal_attached_logs",
+            "Queue logs attached to the write-ahead log.",
+            w.attached as u64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        Family::new(out, name, "gauge", help).sample(name, &[], value);
+    }
+}

@@ -77,8 +77,8 @@ pub(crate) use exchanges::{
 };
 pub use json::{config_from_json, config_to_json, render_queues_json};
 pub use messages::peek_json;
-use metrics::render_limits;
 pub use metrics::{PROMETHEUS_CONTENT_TYPE, render_metrics};
+use metrics::{render_limits, render_wal};
 pub use snapshot::{INSPECT_TIMEOUT, QueueSnapshot, snapshot, snapshot_all};
 
 /// Longest request body accepted (64 KiB): a queue config is a few hundred bytes.
@@ -193,6 +193,7 @@ async fn metrics(State(broker): State<Broker>) -> Response {
     let mut text = render_metrics(&ok, &failed);
     render_limits(&mut text, &broker);
     ops::render_ops_metrics(&mut text, &broker, &ok).await;
+    render_wal(&mut text, &broker);
     exchanges::render_exchange_metrics(&mut text, &broker);
     let mut resp = text.into_response();
     let h = resp.headers_mut();

@@ -135,11 +135,22 @@ impl Sim {
 
     fn open(disk: &FaultyBackend, dir: &std::path::Path) -> QueueCore {
         let backend: Arc<dyn Backend> = disk.shared();
+        // The broker's shared write-ahead log (small files: rotation and checkpoints happen).
+        let (wal, _) = levee_store::Wal::open(
+            backend.clone(),
+            "/sim/wal",
+            levee_store::WalConfig {
+                file_bytes: 128 * 1024,
+                ..levee_store::WalConfig::default()
+            },
+        )
+        .expect("WAL recovery");
         let (state, log) = storage::recover(
             backend.clone(),
             dir,
             levee_store::LogConfig {
                 max_record_bytes: 32 * 1024,
+                wal: Some(wal),
                 ..storage::log_config(Fsync::Always, 64 * 1024)
             },
             config(),

@@ -31,9 +31,12 @@
 //!   durability handles appenders get. Uses nothing else here.
 //! - `writer`: appends, write combining, settlement and delivery records, rolling segments. Uses
 //!   `index` and `sync`.
+//! - `compact`: copying the live messages of the oldest segment forward when dead bytes dominate,
+//!   so one long-lived message does not pin every later segment. Uses `index` and `writer`.
 //! - `recovery`: `open`'s scan, torn-tail truncation and sealing. Uses `index`, and `writer`'s
 //!   `create_segment` for the fresh active segment.
 
+mod compact;
 mod index;
 mod recovery;
 mod sync;
@@ -89,6 +92,11 @@ pub struct LogConfig {
     /// Most message ids recovery returns in [`Recovered::message_ids`] (the newest ones; default
     /// 0). Bounds recovery's memory.
     pub recover_ids: usize,
+    /// The broker's shared write-ahead log to attach to (default `None`: a standalone log with its
+    /// own sync thread that fsyncs its segments). Attached, the log starts no thread: its records
+    /// are made durable by the WAL's group commit, its segments are written behind (see
+    /// [`crate::wal`]).
+    pub wal: Option<crate::Wal>,
 }
 
 impl Default for LogConfig {
@@ -99,6 +107,7 @@ impl Default for LogConfig {
             max_record_bytes: 8 << 20,
             keep_ids_ms: 0,
             recover_ids: 0,
+            wal: None,
         }
     }
 }
@@ -262,6 +271,8 @@ pub struct LogStats {
     pub synced_position: u64,
     /// Segments deleted by reclamation since open.
     pub reclaimed_segments: u64,
+    /// Live messages copied forward by compaction since open.
+    pub compacted_messages: u64,
 }
 
 /// One segment file as the log tracks it (front of `State::segments` = oldest, back = active).
@@ -300,6 +311,8 @@ struct State {
     fsyncs: u64,
     last_fsync: Option<Duration>,
     reclaimed: u64,
+    /// Messages copied forward by compaction since open.
+    compacted: u64,
     /// Encoded messages appended but not yet written (always destined for the end of the active
     /// segment, whose `len` already counts them). Bounded by what concurrent appenders queue during
     /// one `pwrite`.
@@ -316,6 +329,12 @@ struct State {
     /// Appenders between encoding and the end of their flush, per generation.
     /// (A vector, not a map: almost always one entry, and it must not allocate per append.)
     inflight: Vec<(u64, usize)>,
+    /// Attached logs: the WAL position after this log's newest WAL record (what a durability
+    /// handle of its newest write waits for).
+    wal_pos: u64,
+    /// Attached logs: written since the last sync cycle snapshot (a checkpoint skips clean logs,
+    /// so idle queues cost a checkpoint nothing).
+    wal_dirty: bool,
 }
 
 impl State {
@@ -358,6 +377,10 @@ struct Inner {
     config: LogConfig,
     state: Mutex<State>,
     sync: Arc<SyncShared>,
+    /// This log itself (for the WAL's maintenance queue).
+    me: std::sync::Weak<Inner>,
+    /// Set once the log is attached to its WAL (`config.wal`); never for a standalone log.
+    attachment: std::sync::OnceLock<crate::wal::Attachment>,
 }
 
 /// One queue's durable log. `Send + Sync`: share it behind an `Arc`. Every method except `open` and
@@ -373,6 +396,16 @@ pub struct QueueLog {
 /// A segment's file name: `<index as 16 hex digits>.seg` (sealed) or `.open`.
 fn seg_name(index: u64, sealed: bool) -> String {
     format!("{index:016x}.{}", if sealed { "seg" } else { "open" })
+}
+
+/// A segment's file name (for the WAL's redo).
+pub(crate) fn segment_name(index: u64, sealed: bool) -> String {
+    seg_name(index, sealed)
+}
+
+/// A segment file's index and whether it is sealed, from its name.
+pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, bool)> {
+    recovery::parse_name(name)
 }
 
 impl Inner {
@@ -397,22 +430,46 @@ impl QueueLog {
         let started = Instant::now();
         let dir = dir.into();
         let (st, mut report, message_ids) = recovery::scan(&*backend, &dir, config.recover_ids)?;
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
             backend,
             dir,
             config,
             state: Mutex::new(st),
             sync: Arc::new(SyncShared::default()),
             write_lock: Mutex::new(()),
+            me: me.clone(),
+            attachment: std::sync::OnceLock::new(),
         });
-        recovery::activate(&inner)?;
+        let thread = match &inner.config.wal {
+            Some(wal) => {
+                // A fresh active segment (a new queue, or every segment sealed) is created after
+                // attaching: its header goes through the WAL, no fsync of its own. An existing
+                // active segment is fsynced first (it may hold bytes of the previous process or
+                // log that no WAL record covers any more), then the log attaches.
+                let me: std::sync::Weak<dyn crate::wal::Attached> = inner.me.clone();
+                let need_new = inner.state.lock().segments.back().is_none_or(|s| s.sealed);
+                if !need_new {
+                    recovery::activate(&inner)?;
+                }
+                let at = wal.attach(&inner.dir, me.clone())?;
+                let _ = inner.attachment.set(at);
+                if need_new {
+                    recovery::activate(&inner)?;
+                }
+                wal.maintain(me);
+                None
+            }
+            None => {
+                recovery::activate(&inner)?;
+                Some(sync::spawn(&inner)?)
+            }
+        };
         let unsettled = inner.state.lock().unsettled_metas();
         report.elapsed = started.elapsed();
-        let thread = sync::spawn(&inner)?;
         Ok((
             QueueLog {
                 inner,
-                thread: Mutex::new(Some(thread)),
+                thread: Mutex::new(thread),
             },
             Recovered {
                 unsettled,
@@ -534,7 +591,14 @@ impl QueueLog {
     /// Asks for an fsync of everything written so far, under every policy. The handle resolves with
     /// [`DurabilityLevel::Fsynced`](crate::DurabilityLevel::Fsynced).
     pub fn sync(&self) -> Durability {
-        let written = self.inner.state.lock().written;
+        let (written, wal_pos) = {
+            let st = self.inner.state.lock();
+            (st.written, st.wal_pos)
+        };
+        if let Some(at) = self.inner.attachment.get() {
+            at.sync.request(wal_pos);
+            return Durability::pending(at.sync.clone(), wal_pos, true);
+        }
         self.inner.sync.request(written);
         Durability::pending(self.inner.sync.clone(), written, true)
     }
@@ -556,6 +620,7 @@ impl QueueLog {
             written_position: st.written,
             synced_position: synced,
             reclaimed_segments: st.reclaimed,
+            compacted_messages: st.compacted,
         }
     }
 
@@ -566,6 +631,9 @@ impl QueueLog {
     }
 
     fn shutdown(&self) -> Result<()> {
+        if self.inner.attachment.get().is_some() {
+            return self.inner.close_attached();
+        }
         let Some(handle) = self.thread.lock().take() else {
             return Ok(());
         };

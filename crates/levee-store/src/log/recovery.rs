@@ -28,7 +28,7 @@ use crate::backend::{Backend, OpenMode, StorageFile};
 use crate::error::{Result, StoreError};
 use crate::format::{self, FrameError, SEGMENT_HEADER_LEN};
 
-fn parse_name(name: &str) -> Option<(u64, bool)> {
+pub(super) fn parse_name(name: &str) -> Option<(u64, bool)> {
     let (stem, ext) = name.split_once('.')?;
     let sealed = match ext {
         "seg" => true,
@@ -102,11 +102,14 @@ pub(super) fn scan(
         generation: 0,
         failures: Vec::new(),
         inflight: Vec::new(),
+        wal_pos: 0,
+        wal_dirty: false,
         appended: 0,
         settled: 0,
         fsyncs: 0,
         last_fsync: None,
         reclaimed: 0,
+        compacted: 0,
     };
     // Where recovery stopped because of a torn tail: (position in `names`, offset, reason).
     let mut torn: Option<(usize, u64, String)> = None;
@@ -240,14 +243,18 @@ pub(super) fn activate(inner: &Inner) -> Result<()> {
     if need_new {
         let index = st.segments.back().map_or(0, |s| s.index + 1);
         create_segment(inner, &mut st, index)?;
-        let file = st.segments.back().expect("just created").file.clone();
-        let path = inner.path(index, false);
-        file.sync().map_err(|e| StoreError::io("fsync", &path, e))?;
-        inner
-            .backend
-            .sync_dir(&inner.dir)
-            .map_err(|e| StoreError::io("fsync_dir", &inner.dir, e))?;
-        st.dir_dirty = false;
+        if inner.attachment.get().is_none() {
+            let file = st.segments.back().expect("just created").file.clone();
+            let path = inner.path(index, false);
+            file.sync().map_err(|e| StoreError::io("fsync", &path, e))?;
+            inner
+                .backend
+                .sync_dir(&inner.dir)
+                .map_err(|e| StoreError::io("fsync_dir", &inner.dir, e))?;
+            st.dir_dirty = false;
+        }
+        // Attached, the header is in the WAL (redo recreates the file) and `dir_dirty` stays
+        // set for the log's first checkpoint.
     } else {
         // The active segment as found may hold records that were written but never fsynced
         // (the previous process stopped before, or its fsync failed). What recovery returns is
@@ -257,9 +264,25 @@ pub(super) fn activate(inner: &Inner) -> Result<()> {
         seg.file
             .sync()
             .map_err(|e| StoreError::io("fsync", &path, e))?;
+        if inner.config.wal.is_some() {
+            // Attached, the directory entry of the active segment may not be durable yet (the
+            // WAL's redo would have recreated it; a new attachment supersedes the old records).
+            inner
+                .backend
+                .sync_dir(&inner.dir)
+                .map_err(|e| StoreError::io("fsync_dir", &inner.dir, e))?;
+        }
     }
     let written = st.written;
     st.logical = written;
+    if inner.attachment.get().is_some() {
+        // Only the log's own cycles (sealing, checkpoints) use its sync state.
+        let mut s = inner.sync.state.lock();
+        s.synced = written;
+        s.requested = written;
+        s.written = written;
+        return Ok(());
+    }
     let mut s = inner.sync.state.lock();
     s.synced = written;
     s.requested = written;
@@ -366,6 +389,28 @@ fn scan_segment(
                         });
                     }
                 }
+                report.messages += 1;
+            }
+            format::TYPE_COPY => {
+                let p = format::parse_message(frame.body).map_err(bad)?;
+                if p.seq >= st.next_seq {
+                    return Err(bad(FrameError::Malformed(
+                        "copy of a message that was never appended",
+                    )));
+                }
+                let mut entry = Entry::new(index, off as u64, frame.total_len as u64, &p);
+                match st.index.get(&p.seq).copied() {
+                    Some(old) => {
+                        entry.delivery_count = old.delivery_count;
+                        if let Some(seg) = st.segment_mut(old.segment) {
+                            seg.live -= 1;
+                        }
+                    }
+                    // The original's segment was reclaimed after the copy.
+                    None => st.unsettled_bytes += p.payload.len() as u64,
+                }
+                st.index.insert(p.seq, entry);
+                st.segments.back_mut().expect("pushed").live += 1;
                 report.messages += 1;
             }
             format::TYPE_SETTLE => {

@@ -27,6 +27,7 @@ use super::{FsyncPolicy, Inner};
 use crate::backend::StorageFile;
 use crate::durability::{Durability, DurabilityLevel};
 use crate::error::{Result, StoreError};
+use crate::wal::Attached;
 
 /// Starts the log's sync thread.
 pub(super) fn spawn(inner: &Arc<Inner>) -> Result<JoinHandle<()>> {
@@ -41,7 +42,20 @@ impl Inner {
     /// The durability handle for bytes written up to `written`: records the written position and, if
     /// `eager` under [`FsyncPolicy::Always`], asks the sync thread for a cycle covering it (settlements
     /// are lazy: their handle asks only when polled).
-    pub(super) fn durability_for(&self, written: u64, eager: bool) -> Durability {
+    pub(super) fn durability_for(&self, written: u64, wal_pos: u64, eager: bool) -> Durability {
+        if let Some(at) = self.attachment.get() {
+            return match self.config.fsync {
+                FsyncPolicy::Always => {
+                    if eager {
+                        at.sync.request(wal_pos);
+                    }
+                    Durability::pending(at.sync.clone(), wal_pos, eager)
+                }
+                FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
+                    Durability::ready(DurabilityLevel::Written, wal_pos)
+                }
+            };
+        }
         let sync = &self.sync;
         let always = self.config.fsync == FsyncPolicy::Always;
         {
@@ -64,6 +78,11 @@ impl Inner {
 
     /// Asks the sync thread for a cycle even with nothing to sync (sealing, reclamation).
     pub(super) fn kick_maintenance(&self) {
+        if let Some(wal) = self.attachment.get().and(self.config.wal.as_ref()) {
+            let me: std::sync::Weak<dyn Attached> = self.me.clone();
+            wal.maintain(me);
+            return;
+        }
         let mut s = self.sync.state.lock();
         s.maintenance = true;
         self.sync.work.notify_one();
@@ -106,7 +125,15 @@ fn sync_loop(inner: &Inner) {
             s.maintenance = false;
         }
         last_cycle = Instant::now();
-        let result = sync_cycle(inner).and_then(|()| reclaim(inner));
+        let result = sync_cycle(inner)
+            .and_then(|()| reclaim(inner))
+            .and_then(|()| {
+                // Copies are reclaimed behind on the next cycle, once that synced them.
+                if super::compact::compact(inner)? {
+                    inner.kick_maintenance();
+                }
+                Ok(())
+            });
         if let Err(e) = result {
             tracing::error!(dir = %inner.dir.display(), error = %e, "levee-store log failed");
             inner.state.lock().failed = Some(e.clone());
@@ -123,7 +150,16 @@ fn sync_loop(inner: &Inner) {
 
 /// One group commit: fsync every unsealed segment (and the directory if segments were created), seal
 /// the complete ones, publish the synced position.
-fn sync_cycle(inner: &Inner) -> Result<()> {
+pub(super) fn sync_cycle(inner: &Inner) -> Result<()> {
+    let r = sync_cycle_once(inner);
+    if r.is_err() {
+        // Nothing is known to be synced: a later checkpoint must not skip this log.
+        inner.state.lock().wal_dirty = true;
+    }
+    r
+}
+
+fn sync_cycle_once(inner: &Inner) -> Result<()> {
     let (target, files, dir_dirty) = {
         let mut st = inner.state.lock();
         let last = st.segments.len() - 1;
@@ -134,6 +170,7 @@ fn sync_cycle(inner: &Inner) -> Result<()> {
             .filter(|(_, s)| !s.sealed)
             .map(|(i, s)| (s.index, s.file.clone(), i == last))
             .collect();
+        st.wal_dirty = false;
         (st.written, files, std::mem::take(&mut st.dir_dirty))
     };
     let started = Instant::now();
@@ -181,7 +218,7 @@ fn sync_cycle(inner: &Inner) -> Result<()> {
 
 /// Whether a segment whose newest message id is from `until_ms` may go (no id, or older than
 /// `keep_ms` by the wall clock).
-fn ids_expired(until_ms: u64, keep_ms: u64) -> bool {
+pub(super) fn ids_expired(until_ms: u64, keep_ms: u64) -> bool {
     if until_ms == 0 || keep_ms == 0 {
         return true;
     }
@@ -193,7 +230,7 @@ fn ids_expired(until_ms: u64, keep_ms: u64) -> bool {
 
 /// Deletes the oldest segments while they are sealed, not active and hold no unsettled message; the
 /// directory is synced after each deletion so deletions become durable strictly oldest first.
-fn reclaim(inner: &Inner) -> Result<()> {
+pub(super) fn reclaim(inner: &Inner) -> Result<()> {
     loop {
         let victim = {
             let st = inner.state.lock();
@@ -222,5 +259,96 @@ fn reclaim(inner: &Inner) -> Result<()> {
         let popped = st.segments.pop_front().expect("victim is the front");
         debug_assert_eq!(popped.index, victim);
         st.reclaimed += 1;
+    }
+}
+
+impl Inner {
+    /// Marks the log failed (its owner reopens it).
+    fn stop(&self, e: &StoreError) {
+        let mut st = self.state.lock();
+        if st.failed.is_none() {
+            st.failed = Some(e.clone());
+        }
+    }
+
+    /// Closing an attached log: its segments are fsynced (so the WAL no longer needs its records),
+    /// then it is detached. If that fsync fails it stays attached with a dead handle, which keeps
+    /// the WAL from deleting files until a new log of the same directory attached (after its
+    /// recovery fsynced everything), or until the broker restarts (whose redo restores it).
+    pub(super) fn close_attached(&self) -> Result<()> {
+        let at = self.attachment.get().expect("attached");
+        {
+            let mut st = self.state.lock();
+            if st.closed {
+                return Ok(());
+            }
+            st.closed = true;
+        }
+        let _w = self.write_lock.lock();
+        let mut synced = sync_cycle(self);
+        if synced.is_err()
+            && let Err(e) = self.backend.list_dir(&self.dir)
+            && e.kind() == std::io::ErrorKind::NotFound
+        {
+            // The queue was deleted under the log: nothing of it needs keeping.
+            synced = Ok(());
+        }
+        if synced.is_ok()
+            && let Some(wal) = &self.config.wal
+        {
+            wal.detach(at.id);
+        }
+        let st = self.state.lock();
+        match (&st.failed, synced) {
+            (Some(e), _) => Err(e.clone()),
+            (None, r) => r,
+        }
+    }
+}
+
+impl Attached for Inner {
+    fn checkpoint(&self) -> Result<()> {
+        {
+            let st = self.state.lock();
+            if st.closed || (!st.wal_dirty && !st.dir_dirty) {
+                return Ok(());
+            }
+        }
+        sync_cycle(self).inspect_err(|e| self.stop(e))
+    }
+    fn maintain(&self) -> Result<()> {
+        if self.state.lock().closed {
+            return Ok(());
+        }
+        // Only rolled segments need the fsync + rename here (the active one is the WAL's).
+        let rolled = {
+            let st = self.state.lock();
+            st.dir_dirty || st.segments.iter().rev().skip(1).any(|s| !s.sealed)
+        };
+        let sealed = if rolled { sync_cycle(self) } else { Ok(()) };
+        sealed
+            .and_then(|()| reclaim(self))
+            .and_then(|()| {
+                // Oldest segment first, while the files hold much more than the live records;
+                // each round frees at least the segment it copied from.
+                let rounds = self.state.lock().segments.len();
+                for _ in 0..rounds {
+                    if !super::compact::compact(self)? {
+                        break;
+                    }
+                    // The victim goes only once its copies are durable in the WAL.
+                    let (at, pos) = (self.attachment.get(), self.state.lock().wal_pos);
+                    if let Some(at) = at {
+                        at.sync.request(pos);
+                        Durability::pending(at.sync.clone(), pos, true).wait()?;
+                    }
+                    reclaim(self)?;
+                }
+                Ok(())
+            })
+            .inspect_err(|e| self.stop(e))
+    }
+    fn wal_failed(&self, error: &StoreError) {
+        self.stop(error);
     }
 }

@@ -97,8 +97,8 @@ impl Inner {
         st.logical += total;
         let target = st.logical;
         drop(st);
-        self.flush_until(target, generation)?;
-        let durability = self.durability_for(target, true);
+        let wal_pos = self.flush_until(target, generation)?;
+        let durability = self.durability_for(target, wal_pos, true);
         Ok(Appended {
             first_seq: first,
             last_seq: first + n - 1,
@@ -108,7 +108,7 @@ impl Inner {
 
     /// Makes sure the bytes up to `target` (queued in generation `generation`) are written: returns at once
     /// if another appender's combined write covered them, else writes everything pending.
-    fn flush_until(&self, target: u64, generation: u64) -> Result<()> {
+    fn flush_until(&self, target: u64, generation: u64) -> Result<u64> {
         let result = self.flush_inner(target, generation);
         let mut st = self.state.lock();
         if let Some(i) = st.inflight.iter().position(|(g, _)| *g == generation) {
@@ -124,7 +124,7 @@ impl Inner {
             } = &mut *st;
             failures.retain(|f| inflight.iter().any(|(g, _)| *g == f.0));
         }
-        result
+        result.map(|()| st.wal_pos)
     }
 
     fn flush_inner(&self, target: u64, generation: u64) -> Result<()> {
@@ -154,6 +154,7 @@ impl Inner {
         match res {
             Ok(()) => {
                 apply_flushed(&mut st, entries, buf.len() as u64);
+                self.log_wal(&mut st, index, pos, &buf)?;
                 if st.pending.capacity() == 0 {
                     let mut buf = buf;
                     buf.clear();
@@ -207,10 +208,10 @@ impl Inner {
         let n = messages.len() as u64;
         st.next_seq += n;
         apply_flushed(&mut st, entries, 0);
-        let written = st.written;
+        let (written, wal_pos) = (st.written, st.wal_pos);
         st.recycle(buf);
         drop(st);
-        let durability = self.durability_for(written, true);
+        let durability = self.durability_for(written, wal_pos, true);
         Ok(Appended {
             first_seq: first,
             last_seq: first + n - 1,
@@ -254,12 +255,12 @@ impl Inner {
                 maintenance = true;
             }
         }
-        let written = st.written;
+        let (written, wal_pos) = (st.written, st.wal_pos);
         drop(st);
         if maintenance {
             self.kick_maintenance();
         }
-        Ok(self.durability_for(written, false))
+        Ok(self.durability_for(written, wal_pos, false))
     }
 
     /// [`super::QueueLog::record_deliveries`]: checks every seq, writes one delivery record, updates the
@@ -283,9 +284,9 @@ impl Inner {
         for (seq, n) in items {
             st.index.get_mut(seq).expect("checked above").delivery_count = *n;
         }
-        let written = st.written;
+        let (written, wal_pos) = (st.written, st.wal_pos);
         drop(st);
-        Ok(self.durability_for(written, false))
+        Ok(self.durability_for(written, wal_pos, false))
     }
 
     /// Encodes one record (settlements, delivery counts) into the log's reusable buffer, checks
@@ -303,6 +304,28 @@ impl Inner {
             .and_then(|_| write_record(self, st, &buf));
         st.recycle(buf);
         written.map(|_| ())
+    }
+
+    /// Attached logs: appends the WAL record of bytes just written at `pos` of segment `index`
+    /// (invariant 1 of [`crate::wal`]: called right after the `pwrite`, under the write lock).
+    /// If the WAL refuses it the log stops: the segment holds bytes the WAL does not.
+    pub(super) fn log_wal(&self, st: &mut State, index: u64, pos: u64, bytes: &[u8]) -> Result<()> {
+        let (Some(at), Some(wal)) = (self.attachment.get(), self.config.wal.as_ref()) else {
+            return Ok(());
+        };
+        match wal.log_write(at, false, index, pos, bytes) {
+            Ok(p) => {
+                st.wal_pos = p;
+                st.wal_dirty = true;
+                Ok(())
+            }
+            Err(e) => {
+                if st.failed.is_none() {
+                    st.failed = Some(e.clone());
+                }
+                Err(e)
+            }
+        }
     }
 
     fn check_len(&self, len: u64) -> Result<()> {
@@ -329,6 +352,7 @@ pub(super) fn create_segment(inner: &Inner, st: &mut State, index: u64) -> Resul
         let _ = inner.backend.remove_file(&path);
         return Err(StoreError::io("write", &path, e));
     }
+    inner.log_wal(st, index, 0, &header)?;
     st.segments.push_back(Segment {
         index,
         file,
@@ -381,7 +405,7 @@ fn discard_pending(
 }
 
 /// Writes the pending records now (caller holds the write lock and the state).
-fn flush_pending_locked(inner: &Inner, st: &mut State) -> Result<()> {
+pub(super) fn flush_pending_locked(inner: &Inner, st: &mut State) -> Result<()> {
     if st.pending.is_empty() {
         return Ok(());
     }
@@ -393,7 +417,7 @@ fn flush_pending_locked(inner: &Inner, st: &mut State) -> Result<()> {
     match file.write_at(&buf, pos) {
         Ok(()) => {
             apply_flushed(st, entries, buf.len() as u64);
-            Ok(())
+            inner.log_wal(st, index, pos, &buf)
         }
         Err(e) => {
             let err = StoreError::io("write", &inner.path(index, false), e);
@@ -405,7 +429,7 @@ fn flush_pending_locked(inner: &Inner, st: &mut State) -> Result<()> {
 
 /// Writes one encoded record (or batch) at the end of the active segment, rolling to a new segment
 /// first if it does not fit. On error nothing is recorded and the write position is unchanged.
-fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<(u64, u64)> {
+pub(super) fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<(u64, u64)> {
     let len = buf.len() as u64;
     if len > inner.config.capacity() {
         return Err(StoreError::RecordTooLarge {
@@ -431,10 +455,12 @@ fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<(u64, u64)>
                 let _ = active.file.set_len(active.len);
                 return Err(StoreError::io("write", &path, e));
             }
+            let (index, at) = (active.index, active.len);
             active.len += SEAL_FRAME_LEN as u64;
             active.complete = true;
             st.written += SEAL_FRAME_LEN as u64;
             st.logical += SEAL_FRAME_LEN as u64;
+            inner.log_wal(st, index, at, &seal)?;
         }
         let next = st.segments.back().expect("active").index + 1;
         create_segment(inner, st, next)?;
@@ -451,6 +477,7 @@ fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<(u64, u64)>
     let index = active.index;
     st.written += len;
     st.logical += len;
+    inner.log_wal(st, index, pos, buf)?;
     Ok((index, pos))
 }
 

@@ -212,6 +212,8 @@ pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
                 let opts = ProducerOptions {
                     batch_size: batch,
                     linger,
+                    // As measured for issue 13 (docs/BENCHMARKS.md, shared write-ahead log).
+                    adaptive: true,
                     max_in_flight_messages: inflight,
                     max_in_flight_bytes: window_bytes as u32,
                     ..ProducerOptions::default()
