@@ -313,25 +313,27 @@ impl Broker {
         // Dead-letter targets are looked up when a message is dead-lettered, not at start, so
         // the order in which queues come back does not matter.
         for entry in recovered {
-            self.start_queue(entry.name, entry.config, Some(entry.dir))
+            let backend = self.inner.backend.clone();
+            self.start_queue(entry.name, entry.config, Some(entry.dir), backend)
                 .await?;
         }
         // Bindings name queues: exchanges come back once every queue has.
         self.recover_exchanges().await
     }
 
-    /// Opens the log (for a disk queue, in `queue_dir`), rebuilds the state and starts the actor.
+    /// Opens the log (for a disk queue, in `queue_dir`, on `backend`), rebuilds the state and
+    /// starts the actor.
     async fn start_queue(
         &self,
         name: String,
         config: QueueConfig,
         queue_dir: Option<PathBuf>,
+        backend: Arc<dyn Backend>,
     ) -> Result<u64, BrokerError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (core, log) = match (config.durability, &queue_dir) {
             (Durability::Disk(_), Some(queue_dir)) => {
                 let dir = queue_dir.join("log");
-                let backend = self.inner.backend.clone();
                 let lc = crate::storage::log_config_for(&config, self.inner.config.segment_bytes);
                 let cfg = config.clone();
                 let b = backend.clone();
@@ -431,10 +433,57 @@ impl Broker {
             .map_err(BrokerError::join)??;
             queue_dir = Some(dir);
         }
+        let backend = self.inner.backend.clone();
         let messages = self
-            .start_queue(name.to_string(), config, queue_dir)
+            .start_queue(name.to_string(), config, queue_dir, backend)
             .await?;
         Ok((true, messages))
+    }
+
+    /// Serves a queue whose files live outside this broker's catalog (a replicated queue led by
+    /// this node, see levee-cluster): opens its log in `dir/log` on `backend` (recovering what is
+    /// there) and starts its actor. No catalog entry is written: whoever owns `dir` decides when
+    /// the queue is served ([`Broker::unload`] stops it again). Returns the messages it holds.
+    pub async fn load_external(
+        &self,
+        name: &str,
+        config: QueueConfig,
+        dir: PathBuf,
+        backend: Arc<dyn Backend>,
+    ) -> Result<u64, BrokerError> {
+        validate_queue_name(name)?;
+        config.validate(name)?;
+        if !matches!(config.durability, Durability::Disk(_)) {
+            return Err(BrokerError::Internal(format!(
+                "queue {name}: an external queue must be a disk queue"
+            )));
+        }
+        let _guard = self.inner.catalog.lock().await;
+        if self.inner.queues.read().contains_key(name) {
+            return Err(BrokerError::Internal(format!("queue {name} is already served")));
+        }
+        self.start_queue(name.to_string(), config, Some(dir), backend)
+            .await
+    }
+
+    /// Stops serving a queue without removing its files (as [`Broker::shutdown`] does for every
+    /// queue): its actor stops and its log is closed. Returns whether it was served.
+    pub async fn unload(&self, name: &str) -> bool {
+        let _guard = self.inner.catalog.lock().await;
+        let Some(entry) = self.inner.queues.write().remove(name) else {
+            return false;
+        };
+        let _ = entry.tx.send(Cmd::Stop);
+        let _ = entry.task.await;
+        if let Some(log) = entry.log.and_then(|slot| slot.write().take()) {
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Ok(log) = Arc::try_unwrap(log) {
+                    let _ = log.close();
+                }
+            })
+            .await;
+        }
+        true
     }
 
     /// Deletes a queue with its messages; returns how many messages it held.

@@ -1,0 +1,162 @@
+//! The cluster's admin requests (sent to a node's cluster listener, by `levee cluster ...`) and
+//! the metadata group's state machine: the catalog of replicated queues.
+//!
+//! # Invariants
+//! - The catalog changes only by committed commands of the metadata group, so every node
+//!   serves the same set of replicated queues; each node starts a queue's Raft group when it
+//!   applies (or, at start, restores) the queue's entry.
+
+use std::collections::BTreeMap;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::error::ClusterError;
+use crate::replicated_log::StateMachine;
+
+/// A request to a node's cluster listener.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum AdminRequest {
+    /// This node's view of the cluster.
+    Status,
+    /// Create a replicated queue (through the metadata leader).
+    Declare {
+        /// Queue name.
+        name: String,
+    },
+}
+
+/// The answer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum AdminReply {
+    /// See [`Status`].
+    Status(Status),
+    /// The queue was created (`true`) or existed.
+    Declared(bool),
+    /// The request failed.
+    Error(String),
+}
+
+/// One node's view of the cluster (`levee cluster status --json` merges every node's).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// The answering node.
+    pub node: u64,
+    /// Every configured member.
+    pub members: Vec<Member>,
+    /// The metadata group's leader, as known here.
+    pub meta_leader: Option<u64>,
+    /// Every replicated queue.
+    pub queues: Vec<QueueStatus>,
+}
+
+/// A configured member.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    /// Node id.
+    pub id: u64,
+    /// Cluster (Raft) address.
+    pub cluster: String,
+    /// Wire (client) address.
+    pub wire: String,
+}
+
+/// One replicated queue as seen from the answering node.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct QueueStatus {
+    /// Queue name.
+    pub name: String,
+    /// Its leader, as known here.
+    pub leader: Option<u64>,
+    /// Whether this node serves it now (it leads it and has loaded it).
+    pub served_here: bool,
+    /// Raft term here.
+    pub term: u64,
+    /// Last applied log index here.
+    pub applied: u64,
+    /// Entries in the local Raft log (bounded by snapshots).
+    pub log_entries: usize,
+    /// On the leader: each replica's replication lag in entries (`None`: unknown).
+    pub lag: BTreeMap<u64, Option<u64>>,
+}
+
+/// A command of the metadata group.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) enum CatalogCmd {
+    Declare { name: String },
+}
+
+/// The catalog of replicated queues (the metadata group's state).
+pub(crate) struct Catalog {
+    queues: Mutex<BTreeMap<String, ()>>,
+    /// Names of queues added (for the node to start their groups).
+    added: mpsc::UnboundedSender<String>,
+}
+
+impl Catalog {
+    pub(crate) fn new(added: mpsc::UnboundedSender<String>) -> Catalog {
+        Catalog {
+            queues: Mutex::new(BTreeMap::new()),
+            added,
+        }
+    }
+}
+
+impl StateMachine for Catalog {
+    fn apply(&self, command: &[u8]) -> Vec<u8> {
+        let created = match bincode::deserialize::<CatalogCmd>(command) {
+            Ok(CatalogCmd::Declare { name }) => {
+                let created = self.queues.lock().insert(name.clone(), ()).is_none();
+                if created {
+                    let _ = self.added.send(name);
+                }
+                created
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable catalog command");
+                false
+            }
+        };
+        vec![u8::from(created)]
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, ClusterError> {
+        let names: Vec<String> = self.queues.lock().keys().cloned().collect();
+        bincode::serialize(&names).map_err(|e| ClusterError::Decode {
+            what: "catalog snapshot",
+            reason: e.to_string(),
+        })
+    }
+
+    fn restore(&self, snapshot: Option<&[u8]>) -> Result<(), ClusterError> {
+        let names: Vec<String> = match snapshot {
+            Some(b) => bincode::deserialize(b).map_err(|e| ClusterError::Decode {
+                what: "catalog snapshot",
+                reason: e.to_string(),
+            })?,
+            None => Vec::new(),
+        };
+        let mut q = self.queues.lock();
+        q.clear();
+        for n in names {
+            q.insert(n.clone(), ());
+            let _ = self.added.send(n);
+        }
+        Ok(())
+    }
+}
+
+/// Sends one admin request to the node at `addr` (its cluster address).
+pub async fn request(addr: &str, req: AdminRequest) -> Result<AdminReply, ClusterError> {
+    match crate::raft::net::call_once(addr, &crate::raft::net::Rpc::Admin(req)).await {
+        Ok(crate::raft::net::RpcReply::Admin(r)) => Ok(r),
+        Ok(_) => Err(ClusterError::Peer {
+            addr: addr.to_string(),
+            reason: "answered another request kind".into(),
+        }),
+        Err(e) => Err(ClusterError::Peer {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
