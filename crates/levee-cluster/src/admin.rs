@@ -160,3 +160,19 @@ pub async fn request(addr: &str, req: AdminRequest) -> Result<AdminReply, Cluste
         }),
     }
 }
+
+/// Where clients find a replicated queue (the redirect step of failover): asks the nodes at
+/// `nodes` (cluster addresses) in turn and returns the wire address of the node serving `queue`
+/// now, if one answers that it does.
+pub async fn serving_node(nodes: &[String], queue: &str) -> Option<(u64, String)> {
+    for addr in nodes {
+        let Ok(AdminReply::Status(s)) = request(addr, AdminRequest::Status).await else {
+            continue;
+        };
+        if s.queues.iter().any(|q| q.name == queue && q.served_here) {
+            let wire = s.members.iter().find(|m| m.id == s.node)?.wire.clone();
+            return Some((s.node, wire));
+        }
+    }
+    None
+}

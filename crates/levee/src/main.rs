@@ -62,8 +62,7 @@ enum LogFormat {
 
 /// Installs the log subscriber: filter from `LEVEE_LOG`, else `RUST_LOG`, else `info` (with
 /// openraft's own logs off: it logs every unreachable peer as an error; `LEVEE_LOG=openraft=info`
-/// shows them); text
-/// with colours only on a terminal (and without `NO_COLOR`), or JSON lines.
+/// shows them); text with colours only on a terminal (and without `NO_COLOR`), or JSON lines.
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = ["LEVEE_LOG", "RUST_LOG"]
