@@ -460,7 +460,9 @@ impl Broker {
         }
         let _guard = self.inner.catalog.lock().await;
         if self.inner.queues.read().contains_key(name) {
-            return Err(BrokerError::Internal(format!("queue {name} is already served")));
+            return Err(BrokerError::Internal(format!(
+                "queue {name} is already served"
+            )));
         }
         self.start_queue(name.to_string(), config, Some(dir), backend)
             .await

@@ -9,6 +9,8 @@
 //! - A replicated queue is served by the broker only on the node that leads its group, and only
 //!   after that node applied everything committed before its term (`Group::caught_up`); it is
 //!   unloaded as soon as this node sees it is no longer the leader.
+//! - A leader without a quorum acknowledgement for [`QUORUM_ACK_MS`] stops serving (a leader
+//!   cut off in a minority neither confirms nor delivers).
 //! - Every node starts every group with the same initial membership (all configured nodes):
 //!   openraft's first membership entry is then identical everywhere, so initialising on each
 //!   node is safe.
@@ -31,6 +33,10 @@ use crate::raft::Group;
 use crate::raft::net::{Rpc, RpcReply, read_frame, write_frame};
 use crate::replicated_dir::{DirStateMachine, ReplicatedBackend, RuntimeProposer};
 use crate::replicated_log::ReplicatedLog;
+
+/// A leader whose last quorum acknowledgement is older than this stops serving its queues (the
+/// longest election timeout: by then the majority may have elected another leader).
+const QUORUM_ACK_MS: u64 = 1200;
 
 /// The metadata group's name.
 pub const META: &str = "meta";
@@ -61,7 +67,9 @@ impl ClusterConfig {
     /// Checks the section.
     pub fn validate(&self) -> Result<(), ClusterError> {
         if self.node_id == 0 {
-            return Err(ClusterError::Config("[cluster] node_id must be at least 1".into()));
+            return Err(ClusterError::Config(
+                "[cluster] node_id must be at least 1".into(),
+            ));
         }
         if !self.nodes.contains_key(&self.node_id) {
             return Err(ClusterError::Config(format!(
@@ -159,6 +167,7 @@ impl Node {
                     s.config.node_id,
                     &s.config.data_dir.join("meta"),
                     c,
+                    Arc::new(members(&s.config)),
                 )
                 .await?;
                 g.initialize(&members(&s.config)).await;
@@ -231,6 +240,7 @@ async fn start_queue_group(s: &Arc<Shared>, name: &str) -> Result<(), ClusterErr
                 s2.config.node_id,
                 &b.join("raft"),
                 sm,
+                Arc::new(members(&s2.config)),
             )
             .await?;
             g.initialize(&members(&s2.config)).await;
@@ -279,17 +289,22 @@ async fn watch_leadership(
     loop {
         let leading = {
             let m = metrics.borrow_and_update();
-            m.state == ServerState::Leader && m.current_leader == Some(me)
+            // A leader that has not heard from a quorum within an election timeout may be cut
+            // off in a minority (another leader may already serve the queue): it stops serving
+            // (no confirms, no deliveries) until a quorum acknowledges it again.
+            m.state == ServerState::Leader
+                && m.current_leader == Some(me)
+                && m.millis_since_quorum_ack
+                    .is_some_and(|ms| ms < QUORUM_ACK_MS)
         };
         let is_served = served.load(std::sync::atomic::Ordering::Acquire);
         if leading && !is_served {
             let g = group.clone();
-            let caught_up = s
-                .rt
-                .spawn(async move { g.caught_up().await })
-                .await
-                .map_err(|e| ClusterError::Raft(e.to_string()))
-                .and_then(|r| r);
+            let caught_up =
+                s.rt.spawn(async move { g.caught_up().await })
+                    .await
+                    .map_err(|e| ClusterError::Raft(e.to_string()))
+                    .and_then(|r| r);
             match caught_up {
                 Ok(()) => {
                     backend.set_active(true);
@@ -322,8 +337,11 @@ async fn watch_leadership(
             served.store(false, std::sync::atomic::Ordering::Release);
             tracing::info!(queue = %name, "no longer the leader of the replicated queue: stopped serving it");
         }
-        if metrics.changed().await.is_err() {
-            return;
+        // Metrics change on every leadership event; the quorum-ack age grows silently, so it is
+        // also looked at on a tick.
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
         }
     }
 }
@@ -440,10 +458,14 @@ async fn admin(s: &Arc<Shared>, req: AdminRequest) -> AdminReply {
                     leader: Some(l), ..
                 }) if l != s.config.node_id => match s.config.nodes.get(&l) {
                     // Forwarded once to the leader (which answers itself).
-                    Some(a) => match crate::admin::request(&a.cluster, AdminRequest::Declare { name }).await {
-                        Ok(r) => r,
-                        Err(e) => AdminReply::Error(e.to_string()),
-                    },
+                    Some(a) => {
+                        match crate::admin::request(&a.cluster, AdminRequest::Declare { name })
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(e) => AdminReply::Error(e.to_string()),
+                        }
+                    }
                     None => AdminReply::Error(format!("leader {l} is not a configured node")),
                 },
                 Err(e) => AdminReply::Error(e.to_string()),

@@ -36,7 +36,7 @@ use crate::replicated_log::{ReplicatedLog, StateMachine};
 
 /// How long a sync waits for its batch to commit before failing (the queue then treats it as
 /// a failed fsync: nothing confirmed; a leader without a quorum stops confirming).
-pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One file operation, paths relative to the queue's directory.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -310,14 +310,21 @@ impl ReplicatedBackend {
     }
 
     fn rel(&self, path: &Path) -> io::Result<String> {
-        let rel = path
-            .strip_prefix(&self.shared.root)
-            .map_err(|_| io::Error::other(format!("{} is outside the replicated directory", path.display())))?;
+        let rel = path.strip_prefix(&self.shared.root).map_err(|_| {
+            io::Error::other(format!(
+                "{} is outside the replicated directory",
+                path.display()
+            ))
+        })?;
         Ok(rel.to_string_lossy().into_owned())
     }
 
     fn push(&self, op: FileOp) -> io::Result<()> {
-        if !self.shared.active.load(std::sync::atomic::Ordering::Acquire) {
+        if !self
+            .shared
+            .active
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
             return Err(not_leader());
         }
         self.shared.pending.lock().push(op);
@@ -326,7 +333,11 @@ impl ReplicatedBackend {
 
     /// Proposes everything pending and waits for it to be applied here.
     fn flush(&self) -> io::Result<()> {
-        if !self.shared.active.load(std::sync::atomic::Ordering::Acquire) {
+        if !self
+            .shared
+            .active
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
             return Err(not_leader());
         }
         let mut pending = self.shared.pending.lock();
@@ -490,7 +501,9 @@ mod tests {
         let b = ReplicatedBackend::new(root.clone(), Arc::new(Local(sm.clone())));
         b.set_active(true);
         b.create_dir_all(&root.join("log")).unwrap();
-        let f = b.open_file(&root.join("log/a"), OpenMode::CreateNew).unwrap();
+        let f = b
+            .open_file(&root.join("log/a"), OpenMode::CreateNew)
+            .unwrap();
         f.write_at(b"hello", 0).unwrap();
         assert_eq!(f.len().unwrap(), 5);
         assert!(!root.join("log/a").exists());

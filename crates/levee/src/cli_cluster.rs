@@ -14,7 +14,12 @@ use crate::cli::Outcome;
 #[derive(Args, Debug)]
 pub(crate) struct ClusterArgs {
     /// The nodes' cluster (Raft) addresses, comma-separated.
-    #[arg(long, env = "LEVEE_CLUSTER_NODES", value_delimiter = ',', default_value = "127.0.0.1:5801,127.0.0.1:5802,127.0.0.1:5803")]
+    #[arg(
+        long,
+        env = "LEVEE_CLUSTER_NODES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:5801,127.0.0.1:5802,127.0.0.1:5803"
+    )]
     nodes: Vec<String>,
     #[command(subcommand)]
     cmd: ClusterCmd,

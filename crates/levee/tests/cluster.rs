@@ -79,7 +79,10 @@ impl Cluster {
                 let log = std::fs::read_to_string(self.dir.path().join(format!("node{n}.log")))
                     .unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                format!("--- node{n}\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                format!(
+                    "--- node{n}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -116,7 +119,11 @@ impl Cluster {
             if let Some(s) = levee_cluster::admin::serving_node(&self.nodes(), QUEUE).await {
                 return s;
             }
-            assert!(Instant::now() < deadline, "no node serves {QUEUE}:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "no node serves {QUEUE}:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -248,7 +255,10 @@ fn check(ledger: &Ledger, n: u64) -> (u64, u64) {
         ledger.delivered.len(),
         ledger.delivered.keys().next()
     );
-    assert!(ledger.delivered.keys().all(|id| *id < n), "delivered ids never published");
+    assert!(
+        ledger.delivered.keys().all(|id| *id < n),
+        "delivered ids never published"
+    );
     let dups: u64 = ledger
         .delivered
         .values()
@@ -289,11 +299,20 @@ async fn kill_9_of_the_leader_under_load_loses_no_confirmed_message() {
         .expect("consumer task");
     let (dups, marked) = check(&ledger.lock(), n);
     assert_eq!(ledger.lock().confirmed.len() as u64, n);
-    eprintln!("{n} confirmed, all delivered; {dups} duplicate deliveries, {marked} marked redelivered");
+    eprintln!(
+        "{n} confirmed, all delivered; {dups} duplicate deliveries, {marked} marked redelivered"
+    );
     let status = cluster.levee(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&status).expect("status json");
     assert_eq!(v["members"].as_array().map(Vec::len), Some(3));
-    assert!(v["members"].as_array().unwrap().iter().all(|m| m["up"] == true), "{status}");
+    assert!(
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["up"] == true),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -319,9 +338,14 @@ async fn follower_kill_and_whole_cluster_restart_keep_the_queue() {
     cluster.script(&["start"]);
     produce(cluster.clone(), ledger.clone(), n / 2, n).await;
     assert_eq!(ledger.lock().confirmed.len() as u64, n);
-    tokio::time::timeout(Duration::from_secs(120), consume(cluster.clone(), ledger.clone(), n))
-        .await
-        .expect("consumer finished in time");
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        consume(cluster.clone(), ledger.clone(), n),
+    )
+    .await
+    .expect("consumer finished in time");
     let (dups, _) = check(&ledger.lock(), n);
-    eprintln!("after the whole-cluster restart every confirmed message was delivered ({dups} duplicates)");
+    eprintln!(
+        "after the whole-cluster restart every confirmed message was delivered ({dups} duplicates)"
+    );
 }

@@ -88,6 +88,7 @@ impl Group {
         id: u64,
         dir: &Path,
         sm: Arc<dyn StateMachine>,
+        addrs: Arc<BTreeMap<u64, String>>,
     ) -> Result<Group, ClusterError> {
         let log = store::LogAdapter::open(&dir.join("log"))
             .map_err(|e| ClusterError::io(format!("opening the raft log of {name}"), e))?;
@@ -95,6 +96,7 @@ impl Group {
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let network = net::Network {
             group: name.to_string(),
+            addrs,
         };
         let raft = Raft::new(id, raft_config(), network, log.clone(), sma.clone())
             .await

@@ -9,8 +9,11 @@
 //! - A call has a deadline (openraft's `RPCOption::hard_ttl`, or [`ADMIN_TIMEOUT`]); an I/O error
 //!   or a missed deadline is reported to openraft as `Unreachable`, never as an answer.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -19,7 +22,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -104,15 +106,23 @@ pub(crate) async fn call_once(addr: &str, rpc: &Rpc) -> std::io::Result<RpcReply
 /// openraft's network factory for one group.
 pub(crate) struct Network {
     pub(crate) group: String,
+    /// Where this node reaches each peer: its own `[cluster]` configuration, which wins over the
+    /// address in the replicated membership (so each node may reach a peer its own way, e.g.
+    /// through a proxy, and a peer's address can change without a membership change).
+    pub(crate) addrs: Arc<BTreeMap<u64, String>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Conn;
 
-    async fn new_client(&mut self, _target: u64, node: &BasicNode) -> Conn {
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Conn {
         Conn {
             group: self.group.clone(),
-            addr: node.addr.clone(),
+            addr: self
+                .addrs
+                .get(&target)
+                .cloned()
+                .unwrap_or_else(|| node.addr.clone()),
             stream: None,
         }
     }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
-    ErrorSubject, ErrorVerb, StorageError, StoredMembership, Vote,
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StoredMembership, Vote,
 };
 use parking_lot::Mutex;
 
@@ -92,7 +92,8 @@ impl RaftLogStorage<TypeConfig> for LogAdapter {
         };
         let last_log_id = match st.last() {
             Some((_, b)) => {
-                let e: Entry<TypeConfig> = dec(b).map_err(|e| serr(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                let e: Entry<TypeConfig> =
+                    dec(b).map_err(|e| serr(ErrorSubject::Logs, ErrorVerb::Read, e))?;
                 Some(e.log_id)
             }
             None => last_purged_log_id,
@@ -116,8 +117,15 @@ impl RaftLogStorage<TypeConfig> for LogAdapter {
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
         let st = self.store.lock();
-        match st.load_state("vote").map_err(|e| serr(ErrorSubject::Vote, ErrorVerb::Read, e))? {
-            Some(b) => Ok(Some(dec::<Vote<NodeId>>(&b).map_err(|e| serr(ErrorSubject::Vote, ErrorVerb::Read, e))?)),
+        match st
+            .load_state("vote")
+            .map_err(|e| serr(ErrorSubject::Vote, ErrorVerb::Read, e))?
+        {
+            Some(b) => {
+                Ok(Some(dec::<Vote<NodeId>>(&b).map_err(|e| {
+                    serr(ErrorSubject::Vote, ErrorVerb::Read, e)
+                })?))
+            }
             None => Ok(None),
         }
     }
@@ -131,8 +139,12 @@ impl RaftLogStorage<TypeConfig> for LogAdapter {
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
         let st = self.store.lock();
-        match st.load_state("committed").map_err(|e| serr(ErrorSubject::Store, ErrorVerb::Read, e))? {
-            Some(b) => Ok(dec::<Option<LogId<NodeId>>>(&b).map_err(|e| serr(ErrorSubject::Store, ErrorVerb::Read, e))?),
+        match st
+            .load_state("committed")
+            .map_err(|e| serr(ErrorSubject::Store, ErrorVerb::Read, e))?
+        {
+            Some(b) => Ok(dec::<Option<LogId<NodeId>>>(&b)
+                .map_err(|e| serr(ErrorSubject::Store, ErrorVerb::Read, e))?),
             None => Ok(None),
         }
     }
@@ -200,9 +212,12 @@ pub(crate) struct SmAdapter {
 impl SmAdapter {
     /// Restores `sm` from the snapshot persisted in `dir` (or to empty).
     pub(crate) fn open(dir: &Path, sm: Arc<dyn StateMachine>) -> Result<SmAdapter, SErr> {
-        std::fs::create_dir_all(dir).map_err(|e| serr(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| serr(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         let stored: Option<Stored> = match std::fs::read(dir.join("snapshot")) {
-            Ok(b) => Some(dec(&b).map_err(|e| serr(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?),
+            Ok(b) => {
+                Some(dec(&b).map_err(|e| serr(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(serr(ErrorSubject::Snapshot(None), ErrorVerb::Read, e)),
         };
@@ -246,9 +261,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SmAdapter {
         // `last_applied` agree.
         let stored = {
             let mut st = self.state.lock();
-            let data = self.sm.snapshot().map_err(|e| {
-                serr(ErrorSubject::Snapshot(None), ErrorVerb::Write, e)
-            })?;
+            let data = self
+                .sm
+                .snapshot()
+                .map_err(|e| serr(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
             st.snapshot_seq += 1;
             let id = format!(
                 "{}-{}",
@@ -330,9 +346,9 @@ impl RaftStateMachine<TypeConfig> for SmAdapter {
         };
         self.persist(&stored)?;
         let mut st = self.state.lock();
-        self.sm.restore(Some(&stored.data)).map_err(|e| {
-            serr(ErrorSubject::Snapshot(None), ErrorVerb::Write, e)
-        })?;
+        self.sm
+            .restore(Some(&stored.data))
+            .map_err(|e| serr(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
         st.last_applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
         st.snapshot = Some(Arc::new(stored));
