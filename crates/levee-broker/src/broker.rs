@@ -314,7 +314,7 @@ impl Broker {
         // the order in which queues come back does not matter.
         for entry in recovered {
             let backend = self.inner.backend.clone();
-            self.start_queue(entry.name, entry.config, Some(entry.dir), backend)
+            self.start_queue(entry.name, entry.config, Some(entry.dir), backend, 0)
                 .await?;
         }
         // Bindings name queues: exchanges come back once every queue has.
@@ -329,6 +329,7 @@ impl Broker {
         config: QueueConfig,
         queue_dir: Option<PathBuf>,
         backend: Arc<dyn Backend>,
+        min_deliveries: u32,
     ) -> Result<u64, BrokerError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (core, log) = match (config.durability, &queue_dir) {
@@ -337,10 +338,11 @@ impl Broker {
                 let lc = crate::storage::log_config_for(&config, self.inner.config.segment_bytes);
                 let cfg = config.clone();
                 let b = backend.clone();
-                let (state, log) =
-                    tokio::task::spawn_blocking(move || crate::storage::recover(b, &dir, lc, cfg))
-                        .await
-                        .map_err(BrokerError::join)??;
+                let (state, log) = tokio::task::spawn_blocking(move || {
+                    crate::storage::recover_counting(b, &dir, lc, cfg, min_deliveries)
+                })
+                .await
+                .map_err(BrokerError::join)??;
                 let log = Arc::new(log);
                 let slot: LogSlot = Arc::new(parking_lot::RwLock::new(Some(log.clone())));
                 (
@@ -435,7 +437,7 @@ impl Broker {
         }
         let backend = self.inner.backend.clone();
         let messages = self
-            .start_queue(name.to_string(), config, queue_dir, backend)
+            .start_queue(name.to_string(), config, queue_dir, backend, 0)
             .await?;
         Ok((true, messages))
     }
@@ -443,13 +445,17 @@ impl Broker {
     /// Serves a queue whose files live outside this broker's catalog (a replicated queue led by
     /// this node, see levee-cluster): opens its log in `dir/log` on `backend` (recovering what is
     /// there) and starts its actor. No catalog entry is written: whoever owns `dir` decides when
-    /// the queue is served ([`Broker::unload`] stops it again). Returns the messages it holds.
+    /// the queue is served ([`Broker::unload`] stops it again). Every unsettled message counts as
+    /// delivered at least `min_deliveries` times (1 after a failover: the previous server may
+    /// have delivered any of them, so each goes out again marked redelivered). Returns the
+    /// messages it holds.
     pub async fn load_external(
         &self,
         name: &str,
         config: QueueConfig,
         dir: PathBuf,
         backend: Arc<dyn Backend>,
+        min_deliveries: u32,
     ) -> Result<u64, BrokerError> {
         validate_queue_name(name)?;
         config.validate(name)?;
@@ -464,7 +470,7 @@ impl Broker {
                 "queue {name} is already served"
             )));
         }
-        self.start_queue(name.to_string(), config, Some(dir), backend)
+        self.start_queue(name.to_string(), config, Some(dir), backend, min_deliveries)
             .await
     }
 

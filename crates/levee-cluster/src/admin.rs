@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use levee_proto::{ClientFrame, QueueConfig};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
@@ -23,6 +24,8 @@ pub enum AdminRequest {
     Declare {
         /// Queue name.
         name: String,
+        /// Its config, see [`encode_config`].
+        config: Vec<u8>,
     },
 }
 
@@ -83,18 +86,51 @@ pub struct QueueStatus {
 /// A command of the metadata group.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) enum CatalogCmd {
-    Declare { name: String },
+    Declare { name: String, config: Vec<u8> },
 }
 
-/// The catalog of replicated queues (the metadata group's state).
+/// A queue config as bytes: levee-proto's own encoding of it (inside a `Declare` frame), so the
+/// catalog never has a second definition of the config's format.
+pub fn encode_config(name: &str, config: &QueueConfig) -> Result<Vec<u8>, ClusterError> {
+    let mut buf = bytes::BytesMut::new();
+    ClientFrame::Declare {
+        req: 0,
+        queue: name.to_string(),
+        config: config.clone(),
+    }
+    .encode(&mut buf)
+    .map_err(|e| ClusterError::Config(e.to_string()))?;
+    Ok(buf.to_vec())
+}
+
+/// See [`encode_config`].
+pub fn decode_config(bytes: &[u8]) -> Result<QueueConfig, ClusterError> {
+    let mut buf = bytes::BytesMut::from(bytes);
+    match ClientFrame::decode(&mut buf, levee_proto::DEFAULT_MAX_FRAME) {
+        Ok(Some(ClientFrame::Declare { config, .. })) => Ok(config),
+        Ok(_) => Err(ClusterError::Decode {
+            what: "queue config",
+            reason: "not a Declare frame".into(),
+        }),
+        Err(e) => Err(ClusterError::Decode {
+            what: "queue config",
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// A queue added to the catalog.
+pub(crate) type Added = (String, Vec<u8>);
+
+/// The catalog of replicated queues (the metadata group's state): name → encoded config.
 pub(crate) struct Catalog {
-    queues: Mutex<BTreeMap<String, ()>>,
-    /// Names of queues added (for the node to start their groups).
-    added: mpsc::UnboundedSender<String>,
+    queues: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// Queues added (for the node to start their groups).
+    added: mpsc::UnboundedSender<Added>,
 }
 
 impl Catalog {
-    pub(crate) fn new(added: mpsc::UnboundedSender<String>) -> Catalog {
+    pub(crate) fn new(added: mpsc::UnboundedSender<Added>) -> Catalog {
         Catalog {
             queues: Mutex::new(BTreeMap::new()),
             added,
@@ -105,10 +141,12 @@ impl Catalog {
 impl StateMachine for Catalog {
     fn apply(&self, command: &[u8]) -> Vec<u8> {
         let created = match bincode::deserialize::<CatalogCmd>(command) {
-            Ok(CatalogCmd::Declare { name }) => {
-                let created = self.queues.lock().insert(name.clone(), ()).is_none();
+            Ok(CatalogCmd::Declare { name, config }) => {
+                let mut queues = self.queues.lock();
+                let created = !queues.contains_key(&name);
                 if created {
-                    let _ = self.added.send(name);
+                    queues.insert(name.clone(), config.clone());
+                    let _ = self.added.send((name, config));
                 }
                 created
             }
@@ -121,15 +159,20 @@ impl StateMachine for Catalog {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, ClusterError> {
-        let names: Vec<String> = self.queues.lock().keys().cloned().collect();
-        bincode::serialize(&names).map_err(|e| ClusterError::Decode {
+        let queues: Vec<(String, Vec<u8>)> = self
+            .queues
+            .lock()
+            .iter()
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect();
+        bincode::serialize(&queues).map_err(|e| ClusterError::Decode {
             what: "catalog snapshot",
             reason: e.to_string(),
         })
     }
 
     fn restore(&self, snapshot: Option<&[u8]>) -> Result<(), ClusterError> {
-        let names: Vec<String> = match snapshot {
+        let queues: Vec<(String, Vec<u8>)> = match snapshot {
             Some(b) => bincode::deserialize(b).map_err(|e| ClusterError::Decode {
                 what: "catalog snapshot",
                 reason: e.to_string(),
@@ -138,9 +181,9 @@ impl StateMachine for Catalog {
         };
         let mut q = self.queues.lock();
         q.clear();
-        for n in names {
-            q.insert(n.clone(), ());
-            let _ = self.added.send(n);
+        for (n, c) in queues {
+            q.insert(n.clone(), c.clone());
+            let _ = self.added.send((n, c));
         }
         Ok(())
     }

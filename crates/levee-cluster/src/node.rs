@@ -81,11 +81,12 @@ impl ClusterConfig {
     }
 }
 
-/// The config every replicated queue has (for now: see docs/cluster.md).
-pub fn replicated_queue_config() -> QueueConfig {
+/// The config a replicated queue gets from `requested`: always on disk with fsync `always`
+/// (its fsyncs are what commits through Raft; a confirm must wait for the commit).
+pub fn replicated_queue_config(requested: &QueueConfig) -> QueueConfig {
     QueueConfig {
         durability: Durability::Disk(Fsync::Always),
-        ..QueueConfig::default()
+        ..requested.clone()
     }
 }
 
@@ -181,8 +182,12 @@ impl Node {
         // as declarations commit).
         let s = shared.clone();
         tokio::spawn(async move {
-            while let Some(name) = added_rx.recv().await {
-                if let Err(e) = start_queue_group(&s, &name).await {
+            while let Some((name, config)) = added_rx.recv().await {
+                let started = match crate::admin::decode_config(&config) {
+                    Ok(config) => start_queue_group(&s, &name, config).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = started {
                     tracing::error!(queue = %name, error = %e, "starting a replicated queue failed");
                 }
             }
@@ -225,7 +230,11 @@ impl Node {
     }
 }
 
-async fn start_queue_group(s: &Arc<Shared>, name: &str) -> Result<(), ClusterError> {
+async fn start_queue_group(
+    s: &Arc<Shared>,
+    name: &str,
+    config: QueueConfig,
+) -> Result<(), ClusterError> {
     if s.queues.read().contains_key(name) {
         return Ok(());
     }
@@ -267,6 +276,7 @@ async fn start_queue_group(s: &Arc<Shared>, name: &str) -> Result<(), ClusterErr
     tokio::spawn(watch_leadership(
         s.clone(),
         name.to_string(),
+        replicated_queue_config(&config),
         group,
         backend,
         state_dir,
@@ -279,6 +289,7 @@ async fn start_queue_group(s: &Arc<Shared>, name: &str) -> Result<(), ClusterErr
 async fn watch_leadership(
     s: Arc<Shared>,
     name: String,
+    config: QueueConfig,
     group: Arc<Group>,
     backend: ReplicatedBackend,
     state_dir: PathBuf,
@@ -311,7 +322,7 @@ async fn watch_leadership(
                     let backend: Arc<dyn levee_store::Backend> = Arc::new(backend.clone());
                     match s
                         .broker
-                        .load_external(&name, replicated_queue_config(), state_dir.clone(), backend)
+                        .load_external(&name, config.clone(), state_dir.clone(), backend, 1)
                         .await
                     {
                         Ok(messages) => {
@@ -441,14 +452,27 @@ async fn handle(s: &Arc<Shared>, rpc: Rpc) -> RpcReply {
 async fn admin(s: &Arc<Shared>, req: AdminRequest) -> AdminReply {
     match req {
         AdminRequest::Status => AdminReply::Status(status(s)),
-        AdminRequest::Declare { name } => {
+        AdminRequest::Declare { name, config } => {
             if let Err(e) = levee_proto::validate_queue_name(&name) {
                 return AdminReply::Error(e.to_string());
             }
+            let checked = crate::admin::decode_config(&config).and_then(|c| {
+                let c = replicated_queue_config(&c);
+                c.validate(&name)
+                    .map_err(|e| ClusterError::Config(e.to_string()))?;
+                crate::admin::encode_config(&name, &c)
+            });
+            let config = match checked {
+                Ok(c) => c,
+                Err(e) => return AdminReply::Error(e.to_string()),
+            };
             let Some(meta) = s.meta.read().clone() else {
                 return AdminReply::Error("the metadata group is not open yet".into());
             };
-            let cmd = match bincode::serialize(&CatalogCmd::Declare { name: name.clone() }) {
+            let cmd = match bincode::serialize(&CatalogCmd::Declare {
+                name: name.clone(),
+                config: config.clone(),
+            }) {
                 Ok(c) => c,
                 Err(e) => return AdminReply::Error(e.to_string()),
             };
@@ -459,8 +483,11 @@ async fn admin(s: &Arc<Shared>, req: AdminRequest) -> AdminReply {
                 }) if l != s.config.node_id => match s.config.nodes.get(&l) {
                     // Forwarded once to the leader (which answers itself).
                     Some(a) => {
-                        match crate::admin::request(&a.cluster, AdminRequest::Declare { name })
-                            .await
+                        match crate::admin::request(
+                            &a.cluster,
+                            AdminRequest::Declare { name, config },
+                        )
+                        .await
                         {
                             Ok(r) => r,
                             Err(e) => AdminReply::Error(e.to_string()),

@@ -34,11 +34,10 @@ enum ClusterCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Create a replicated queue (on every node, through the metadata group).
-    Declare {
-        /// Queue name.
-        name: String,
-    },
+    /// Create a replicated queue (on every node, through the metadata group), with the flags of
+    /// `levee queue declare`; it is always on disk with fsync always (confirms wait for a
+    /// majority's commit).
+    Declare(crate::cli::DeclareArgs),
     /// Wait until the metadata group (and, with --queue, that queue) has a leader.
     Wait {
         /// Also wait for this replicated queue to be served by its leader.
@@ -141,10 +140,16 @@ pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Done)
         }
-        ClusterCmd::Declare { name } => {
+        ClusterCmd::Declare(d) => {
+            let name = d.name.clone();
+            let config = levee_cluster::admin::encode_config(&name, &d.config()?)?;
             let mut last = None;
             for addr in &args.nodes {
-                match request(addr, AdminRequest::Declare { name: name.clone() }).await {
+                let req = AdminRequest::Declare {
+                    name: name.clone(),
+                    config: config.clone(),
+                };
+                match request(addr, req).await {
                     Ok(AdminReply::Declared(created)) => {
                         println!(
                             "replicated queue {name} {}",

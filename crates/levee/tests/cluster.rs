@@ -265,6 +265,17 @@ fn check(ledger: &Ledger, n: u64) -> (u64, u64) {
         .map(|(k, _)| u64::from(k.saturating_sub(1)))
         .sum();
     let marked: u64 = ledger.delivered.values().map(|(_, r)| u64::from(*r)).sum();
+    // Duplicates only as redeliveries: every delivery after a message's first carries the mark.
+    let unmarked: Vec<u64> = ledger
+        .delivered
+        .iter()
+        .filter(|(_, (k, r))| k.saturating_sub(1) > *r)
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(
+        unmarked.is_empty(),
+        "delivered again without the redelivered mark: {unmarked:?}"
+    );
     (dups, marked)
 }
 
@@ -360,7 +371,12 @@ async fn follower_kill_and_whole_cluster_restart_keep_the_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn checker_random_kills_and_restarts() {
     use rand::{Rng, SeedableRng};
-    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     let faults = env("LEVEE_CHECKER_FAULTS", 6);
     let n = env("LEVEE_CHECKER_MESSAGES", 2000);
     let seed = env("LEVEE_CHECKER_SEED", u64::from(std::process::id()));
@@ -378,7 +394,8 @@ async fn checker_random_kills_and_restarts() {
         // Let some traffic through between faults.
         let target = ledger.lock().confirmed.len() as u64 + n / (faults * 2 + 2);
         let wait_until = Instant::now() + Duration::from_secs(5);
-        while (ledger.lock().confirmed.len() as u64) < target.min(n) && Instant::now() < wait_until {
+        while (ledger.lock().confirmed.len() as u64) < target.min(n) && Instant::now() < wait_until
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         match down {

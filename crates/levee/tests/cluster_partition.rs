@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use levee_client::{Client, ClientOptions, ConsumerOptions, Message, ProducerOptions};
-use levee_cluster::admin::{AdminReply, AdminRequest, request, serving_node};
+use levee_cluster::admin::{AdminReply, AdminRequest, encode_config, request, serving_node};
 use levee_proto::PublishOutcome;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -215,7 +215,11 @@ async fn an_isolated_leader_stops_confirming_and_the_majority_keeps_every_confir
         loop {
             match request(
                 &nodes.cluster[0],
-                AdminRequest::Declare { name: QUEUE.into() },
+                AdminRequest::Declare {
+                    name: QUEUE.into(),
+                    config: encode_config(QUEUE, &levee_proto::QueueConfig::default())
+                        .expect("config"),
+                },
             )
             .await
             {
