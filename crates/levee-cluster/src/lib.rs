@@ -24,6 +24,7 @@ mod error;
 pub mod logstore;
 pub mod node;
 pub mod raft;
+mod raw;
 pub mod replicated_dir;
 pub mod replicated_log;
 

@@ -34,9 +34,13 @@ use crate::raft::net::{Rpc, RpcReply, read_frame, write_frame};
 use crate::replicated_dir::{DirStateMachine, ReplicatedBackend, RuntimeProposer};
 use crate::replicated_log::ReplicatedLog;
 
-/// A leader whose last quorum acknowledgement is older than this stops serving its queues (the
-/// longest election timeout: by then the majority may have elected another leader).
-const QUORUM_ACK_MS: u64 = 1200;
+/// A leader whose last quorum acknowledgement is older than this stops serving its queues: by
+/// then (more than the longest election timeout, 1.2 s) the majority may have elected another
+/// leader. Not a safety bound (a leader without a quorum commits nothing, so it confirms
+/// nothing and no settlement of its sticks): it bounds how long an isolated leader may still
+/// hand out already committed messages, which are then delivered again, marked, by the new one.
+/// Above the election timeout so that acks delayed under load do not make a leader flap.
+const QUORUM_ACK_MS: u64 = 3000;
 
 /// The metadata group's name.
 pub const META: &str = "meta";

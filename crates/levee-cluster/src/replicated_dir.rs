@@ -43,7 +43,7 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) enum FileOp {
     CreateDir(String),
     Create(String),
-    Write(String, u64, Vec<u8>),
+    Write(String, u64, #[serde(with = "crate::raw")] Vec<u8>),
     SetLen(String, u64),
     Remove(String),
     Rename(String, String),
@@ -140,7 +140,11 @@ impl DirStateMachine {
     }
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> io::Result<()> {
+/// One file (or, with a trailing `/`, directory) of a snapshot.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapFile(String, #[serde(with = "crate::raw")] Vec<u8>);
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<SnapFile>) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
@@ -150,10 +154,10 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> io::Result
             .to_string_lossy()
             .into_owned();
         if entry.file_type()?.is_dir() {
-            out.push((format!("{rel}/"), Vec::new()));
+            out.push(SnapFile(format!("{rel}/"), Vec::new()));
             walk(root, &path, out)?;
         } else {
-            out.push((rel, fs::read(&path)?));
+            out.push(SnapFile(rel, fs::read(&path)?));
         }
     }
     Ok(())
@@ -202,12 +206,12 @@ impl StateMachine for DirStateMachine {
         let Some(bytes) = snapshot else {
             return Ok(());
         };
-        let files: Vec<(String, Vec<u8>)> =
+        let files: Vec<SnapFile> =
             bincode::deserialize(bytes).map_err(|e| ClusterError::Decode {
                 what: "directory snapshot",
                 reason: e.to_string(),
             })?;
-        for (rel, data) in files {
+        for SnapFile(rel, data) in files {
             let Some(p) = safe(rel.trim_end_matches('/')) else {
                 continue;
             };

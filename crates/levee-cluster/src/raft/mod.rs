@@ -24,7 +24,7 @@ use crate::replicated_log::{Proposal, ReplicatedLog, StateMachine};
 
 /// A command: opaque bytes for the group's state machine.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
-pub struct Cmd(pub Vec<u8>);
+pub struct Cmd(#[serde(with = "crate::raw")] pub Vec<u8>);
 
 impl fmt::Debug for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -40,7 +40,7 @@ impl fmt::Display for Cmd {
 
 /// A state machine's answer to a command.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
-pub struct Reply(pub Vec<u8>);
+pub struct Reply(#[serde(with = "crate::raw")] pub Vec<u8>);
 
 impl fmt::Debug for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -191,6 +191,7 @@ impl RaftLogStorage<TypeConfig> for LogAdapter {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Stored {
     meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    #[serde(with = "crate::raw")]
     data: Vec<u8>,
 }
 
