@@ -37,7 +37,7 @@ enum ClusterCmd {
     /// Create a replicated queue (on every node, through the metadata group), with the flags of
     /// `levee queue declare`; it is always on disk with fsync always (confirms wait for a
     /// majority's commit).
-    Declare(crate::cli::DeclareArgs),
+    Declare(Box<crate::cli::DeclareArgs>),
     /// Wait until the metadata group (and, with --queue, that queue) has a leader.
     Wait {
         /// Also wait for this replicated queue to be served by its leader.
