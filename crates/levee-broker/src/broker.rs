@@ -210,6 +210,9 @@ pub(crate) struct Inner {
     /// Exchanges and bindings (see `routing`).
     pub(crate) exchanges: crate::routing::Exchanges,
     pub(crate) security: crate::security::Security,
+    /// Replicated queues this node does not serve now, with the wire address of the node that
+    /// does (if known): a client naming one is told `not-leader` instead of `unknown-queue`.
+    elsewhere: parking_lot::RwLock<HashMap<String, Option<String>>>,
     /// Held for the broker's lifetime: no other broker opens this data directory meanwhile
     /// (`None` on a caller-provided backend).
     _lock: Option<DataDirLock>,
@@ -296,6 +299,7 @@ impl Broker {
             deleting: parking_lot::Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             exchanges: crate::routing::Exchanges::new(),
+            elsewhere: parking_lot::RwLock::new(HashMap::new()),
             _lock: lock,
         });
         let broker = Broker { inner };
@@ -620,7 +624,28 @@ impl Broker {
     pub(crate) fn sender(&self, name: &str) -> Result<mpsc::UnboundedSender<Cmd>, BrokerError> {
         self.inner
             .route(name)
-            .ok_or_else(|| BrokerError::UnknownQueue(name.to_string()))
+            .ok_or_else(|| match self.inner.elsewhere.read().get(name) {
+                Some(serving) => BrokerError::NotLeader {
+                    queue: name.to_string(),
+                    serving: serving.clone(),
+                },
+                None => BrokerError::UnknownQueue(name.to_string()),
+            })
+    }
+
+    /// Marks `queue` as a replicated queue served by another node (`Some(serving)`: its wire
+    /// address if known), or not (`None`): operations on it while it is not served here fail
+    /// with `not-leader` rather than `unknown-queue`.
+    pub fn set_served_elsewhere(&self, queue: &str, serving: Option<Option<String>>) {
+        let mut e = self.inner.elsewhere.write();
+        match serving {
+            Some(at) => {
+                e.insert(queue.to_string(), at);
+            }
+            None => {
+                e.remove(queue);
+            }
+        }
     }
 
     pub(crate) fn next_id(&self) -> u64 {

@@ -302,16 +302,26 @@ async fn watch_leadership(
     let me = s.config.node_id;
     let mut metrics = group.raft().metrics();
     loop {
-        let leading = {
+        let (leading, leader) = {
             let m = metrics.borrow_and_update();
+            let leader = m.current_leader;
             // A leader that has not heard from a quorum within an election timeout may be cut
             // off in a minority (another leader may already serve the queue): it stops serving
             // (no confirms, no deliveries) until a quorum acknowledges it again.
-            m.state == ServerState::Leader
+            let leading = m.state == ServerState::Leader
                 && m.current_leader == Some(me)
                 && m.millis_since_quorum_ack
-                    .is_some_and(|ms| ms < QUORUM_ACK_MS)
+                    .is_some_and(|ms| ms < QUORUM_ACK_MS);
+            (leading, leader)
         };
+        if !leading {
+            // Clients naming the queue here are told where it is served (or that it is elsewhere).
+            let at = leader
+                .filter(|l| *l != me)
+                .and_then(|l| s.config.nodes.get(&l))
+                .map(|a| a.wire.clone());
+            s.broker.set_served_elsewhere(&name, Some(at));
+        }
         let is_served = served.load(std::sync::atomic::Ordering::Acquire);
         if leading && !is_served {
             let g = group.clone();
@@ -330,6 +340,7 @@ async fn watch_leadership(
                         .await
                     {
                         Ok(messages) => {
+                            s.broker.set_served_elsewhere(&name, None);
                             served.store(true, std::sync::atomic::Ordering::Release);
                             tracing::info!(queue = %name, messages, "leading the replicated queue: serving it");
                         }

@@ -359,6 +359,25 @@ async fn follower_kill_and_whole_cluster_restart_keep_the_queue() {
     eprintln!(
         "after the whole-cluster restart every confirmed message was delivered ({dups} duplicates)"
     );
+    // A node that does not serve the queue redirects: `not-leader`, naming the serving node.
+    let (serving, wire) = cluster.serving().await;
+    let other = (1..=3).find(|n| *n != serving).unwrap();
+    // (A follower may learn who leads a moment after the leader serves: asked again then.)
+    let follower = format!("127.0.0.1:{}", cluster.base + other as u16);
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+            .args(["--addr", &follower, "publish", QUEUE, "x"])
+            .output()
+            .expect("levee publish");
+        assert!(!out.status.success(), "a follower took a publish");
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        if last.contains("not-leader (49)") && last.contains(&wire) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("publish to a follower: {last}");
 }
 
 /// A Jepsen-style run: producers with confirms and a consumer acking, while random faults hit the
