@@ -250,6 +250,9 @@ pub(crate) struct Inner {
     pub(crate) ops: Arc<crate::ops::Ops>,
     /// The write-ahead log every disk queue's log is attached to.
     pub(crate) wal: levee_store::Wal,
+    /// Replicated queues this node does not serve now, with the wire address of the node that
+    /// does (if known): a client naming one is told `not-leader` instead of `unknown-queue`.
+    elsewhere: parking_lot::RwLock<HashMap<String, Option<String>>>,
     /// Held for the broker's lifetime: no other broker opens this data directory meanwhile
     /// (`None` on a caller-provided backend).
     _lock: Option<DataDirLock>,
@@ -384,6 +387,7 @@ impl Broker {
             deleting: parking_lot::Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             exchanges: crate::routing::Exchanges::new(),
+            elsewhere: parking_lot::RwLock::new(HashMap::new()),
             _lock: lock,
         });
         let broker = Broker { inner };
@@ -412,9 +416,10 @@ impl Broker {
                 r.map_err(BrokerError::join)??;
             }
             let broker = self.clone();
+            let backend = self.inner.backend.clone();
             starting.spawn(async move {
                 broker
-                    .start_queue(entry.name, entry.config, Some(entry.dir))
+                    .start_queue(entry.name, entry.config, Some(entry.dir), backend, 0, true)
                     .await
             });
         }
@@ -425,27 +430,36 @@ impl Broker {
         self.recover_exchanges().await
     }
 
-    /// Opens the log (for a disk queue, in `queue_dir`), rebuilds the state and starts the actor.
+    /// Opens the log (for a disk queue, in `queue_dir`, on `backend`), rebuilds the state and
+    /// starts the actor.
     async fn start_queue(
         &self,
         name: String,
         config: QueueConfig,
         queue_dir: Option<PathBuf>,
+        backend: Arc<dyn Backend>,
+        min_deliveries: u32,
+        on_wal: bool,
     ) -> Result<u64, BrokerError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (core, log) = match (config.durability, &queue_dir) {
             (Durability::Disk(_), Some(queue_dir)) => {
                 let dir = queue_dir.join("log");
-                let backend = self.inner.backend.clone();
                 let mut lc =
                     crate::storage::log_config_for(&config, self.inner.config.segment_bytes);
-                lc.wal = Some(self.inner.wal.clone());
+                // A queue on the broker's own backend shares its write-ahead log. A replicated
+                // queue (`load_external`) must not: its backend's fsync is the Raft commit, and
+                // with the WAL its log would never fsync on the confirm path.
+                if on_wal {
+                    lc.wal = Some(self.inner.wal.clone());
+                }
                 let cfg = config.clone();
                 let b = backend.clone();
-                let (state, log) =
-                    tokio::task::spawn_blocking(move || crate::storage::recover(b, &dir, lc, cfg))
-                        .await
-                        .map_err(BrokerError::join)??;
+                let (state, log) = tokio::task::spawn_blocking(move || {
+                    crate::storage::recover_counting(b, &dir, lc, cfg, min_deliveries)
+                })
+                .await
+                .map_err(BrokerError::join)??;
                 let log = Arc::new(log);
                 let slot: LogSlot = Arc::new(parking_lot::RwLock::new(Some(log.clone())));
                 (
@@ -540,10 +554,70 @@ impl Broker {
             .map_err(BrokerError::join)??;
             queue_dir = Some(dir);
         }
+        let backend = self.inner.backend.clone();
         let messages = self
-            .start_queue(name.to_string(), config, queue_dir)
+            .start_queue(name.to_string(), config, queue_dir, backend, 0, true)
             .await?;
         Ok((true, messages))
+    }
+
+    /// Serves a queue whose files live outside this broker's catalog (a replicated queue led by
+    /// this node, see levee-cluster): opens its log in `dir/log` on `backend` (recovering what is
+    /// there) and starts its actor. No catalog entry is written: whoever owns `dir` decides when
+    /// the queue is served ([`Broker::unload`] stops it again). Every unsettled message counts as
+    /// delivered at least `min_deliveries` times (1 after a failover: the previous server may
+    /// have delivered any of them, so each goes out again marked redelivered). Returns the
+    /// messages it holds.
+    pub async fn load_external(
+        &self,
+        name: &str,
+        config: QueueConfig,
+        dir: PathBuf,
+        backend: Arc<dyn Backend>,
+        min_deliveries: u32,
+    ) -> Result<u64, BrokerError> {
+        validate_queue_name(name)?;
+        config.validate(name)?;
+        if !matches!(config.durability, Durability::Disk(_)) {
+            return Err(BrokerError::Internal(format!(
+                "queue {name}: an external queue must be a disk queue"
+            )));
+        }
+        let _guard = self.inner.catalog.lock().await;
+        if self.inner.queues.read().contains_key(name) {
+            return Err(BrokerError::Internal(format!(
+                "queue {name} is already served"
+            )));
+        }
+        self.start_queue(
+            name.to_string(),
+            config,
+            Some(dir),
+            backend,
+            min_deliveries,
+            false,
+        )
+        .await
+    }
+
+    /// Stops serving a queue without removing its files (as [`Broker::shutdown`] does for every
+    /// queue): its actor stops and its log is closed. Returns whether it was served.
+    pub async fn unload(&self, name: &str) -> bool {
+        let _guard = self.inner.catalog.lock().await;
+        let Some(entry) = self.inner.queues.write().remove(name) else {
+            return false;
+        };
+        let _ = entry.tx.send(Cmd::Stop);
+        let _ = entry.task.await;
+        if let Some(log) = entry.log.and_then(|slot| slot.write().take()) {
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Ok(log) = Arc::try_unwrap(log) {
+                    let _ = log.close();
+                }
+            })
+            .await;
+        }
+        true
     }
 
     /// Deletes a queue with its messages; returns how many messages it held.
@@ -681,7 +755,28 @@ impl Broker {
     pub(crate) fn sender(&self, name: &str) -> Result<mpsc::UnboundedSender<Cmd>, BrokerError> {
         self.inner
             .route(name)
-            .ok_or_else(|| BrokerError::UnknownQueue(name.to_string()))
+            .ok_or_else(|| match self.inner.elsewhere.read().get(name) {
+                Some(serving) => BrokerError::NotLeader {
+                    queue: name.to_string(),
+                    serving: serving.clone(),
+                },
+                None => BrokerError::UnknownQueue(name.to_string()),
+            })
+    }
+
+    /// Marks `queue` as a replicated queue served by another node (`Some(serving)`: its wire
+    /// address if known), or not (`None`): operations on it while it is not served here fail
+    /// with `not-leader` rather than `unknown-queue`.
+    pub fn set_served_elsewhere(&self, queue: &str, serving: Option<Option<String>>) {
+        let mut e = self.inner.elsewhere.write();
+        match serving {
+            Some(at) => {
+                e.insert(queue.to_string(), at);
+            }
+            None => {
+                e.remove(queue);
+            }
+        }
     }
 
     pub(crate) fn next_id(&self) -> u64 {

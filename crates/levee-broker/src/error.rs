@@ -12,6 +12,14 @@ pub enum BrokerError {
     /// No queue has this name.
     #[error("unknown queue {0}")]
     UnknownQueue(String),
+    /// The queue is replicated and served by another node now (see levee-cluster).
+    #[error("queue {queue} is replicated and served by another node{}", serving.as_ref().map(|a| format!(": try {a}")).unwrap_or_default())]
+    NotLeader {
+        /// The queue.
+        queue: String,
+        /// The wire address of the node serving it, if known.
+        serving: Option<String>,
+    },
     /// The queue exists with another config; the message lists every difference.
     #[error("queue {queue} exists with a different config: {differences}")]
     ConfigMismatch {
@@ -120,6 +128,7 @@ impl BrokerError {
     pub fn code(&self) -> ErrorCode {
         match self {
             BrokerError::UnknownQueue(_) => ErrorCode::UnknownQueue,
+            BrokerError::NotLeader { .. } => ErrorCode::NotLeader,
             BrokerError::ConfigMismatch { .. } => ErrorCode::QueueConfigMismatch,
             BrokerError::UnknownExchange(_) => ErrorCode::UnknownExchange,
             BrokerError::ExchangeMismatch { .. } => ErrorCode::ExchangeConfigMismatch,

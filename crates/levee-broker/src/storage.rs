@@ -135,11 +135,26 @@ pub(crate) fn log_config(fsync: Fsync, segment_bytes: u64) -> LogConfig {
 
 /// Opens a disk queue's log (blocking: reads every segment) and rebuilds its state from the
 /// unsettled messages, in sequence order.
+#[cfg(test)]
 pub(crate) fn recover(
     backend: Arc<dyn Backend>,
     dir: &Path,
     lc: LogConfig,
     config: QueueConfig,
+) -> Result<(QueueState, QueueLog), BrokerError> {
+    recover_counting(backend, dir, lc, config, 0)
+}
+
+/// [`recover`], counting every unsettled message as delivered at least `min_deliveries` times:
+/// a replicated queue taken over after a failover passes 1, because the old leader may have
+/// delivered any of them (first deliveries are not logged), so each is delivered again with the
+/// redelivered mark (`delivery_count > 1`).
+pub(crate) fn recover_counting(
+    backend: Arc<dyn Backend>,
+    dir: &Path,
+    lc: LogConfig,
+    config: QueueConfig,
+    min_deliveries: u32,
 ) -> Result<(QueueState, QueueLog), BrokerError> {
     let conflate = config.overflow == Overflow::ConflateByKey;
     let (log, rec) = QueueLog::open(backend, dir, lc)?;
@@ -168,7 +183,7 @@ pub(crate) fn recover(
                 // Read back with the body when it is delivered.
                 timestamp_ms: 0,
                 expires_at: m.expires_at_ms,
-                deliveries: m.delivery_count,
+                deliveries: m.delivery_count.max(min_deliveries),
             },
         });
     }

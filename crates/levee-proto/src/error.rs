@@ -59,13 +59,16 @@ pub enum ErrorCode {
     StorageFull = 36,
     /// The server is shutting down.
     ShuttingDown = 48,
+    /// The queue is replicated and this node does not serve it now (it is not the leader of the
+    /// queue's Raft group); the reason names the node that does, when known. Retry there.
+    NotLeader = 49,
     /// An unexpected server-side failure.
     Internal = 255,
 }
 
 impl ErrorCode {
     /// Every code, in ascending wire value.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -87,6 +90,7 @@ impl ErrorCode {
         ErrorCode::QueueFull,
         ErrorCode::StorageFull,
         ErrorCode::ShuttingDown,
+        ErrorCode::NotLeader,
         ErrorCode::Internal,
     ];
 
@@ -124,6 +128,7 @@ impl ErrorCode {
             ErrorCode::QueueFull => "queue-full",
             ErrorCode::StorageFull => "storage-full",
             ErrorCode::ShuttingDown => "shutting-down",
+            ErrorCode::NotLeader => "not-leader",
             ErrorCode::Internal => "internal",
         }
     }

@@ -14,6 +14,7 @@
 
 mod bench;
 mod cli;
+mod cli_cluster;
 mod cli_routing;
 mod definitions;
 mod serve;
@@ -59,8 +60,9 @@ enum LogFormat {
     Json,
 }
 
-/// Installs the log subscriber: filter from `LEVEE_LOG`, else `RUST_LOG`, else `info`; text
-/// with colours only on a terminal (and without `NO_COLOR`), or JSON lines.
+/// Installs the log subscriber: filter from `LEVEE_LOG`, else `RUST_LOG`, else `info` (with
+/// openraft's own logs off: it logs every unreachable peer as an error; `LEVEE_LOG=openraft=info`
+/// shows them); text with colours only on a terminal (and without `NO_COLOR`), or JSON lines.
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = ["LEVEE_LOG", "RUST_LOG"]
@@ -75,7 +77,7 @@ fn init_logging(format: LogFormat) {
                 }
             }
         })
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,openraft=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -115,6 +117,8 @@ enum Command {
     Unbind(cli_routing::BindArgs),
     /// Show queue statistics.
     Stats(cli::StatsArgs),
+    /// Cluster status and replicated queues (against the nodes' cluster listeners).
+    Cluster(cli_cluster::ClusterArgs),
     /// Export or import the queues' definitions as JSON.
     Definitions(definitions::DefinitionsArgs),
     /// Benchmark a broker (levee, rabbitmq, nats) end to end: throughput, latency, server RSS.
@@ -262,6 +266,7 @@ fn run() -> anyhow::Result<cli::Outcome> {
             Command::Completions { .. } | Command::Man { .. } | Command::Passwd => {
                 Ok(cli::Outcome::Done)
             }
+            Command::Cluster(c) => cli_cluster::run(c).await,
             Command::Definitions(d) => {
                 definitions::run(&cli::Conn::from(&d.conn).or(&cli.conn), d.cmd).await
             }

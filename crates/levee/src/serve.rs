@@ -104,6 +104,9 @@ struct FileConfig {
     history: Option<HistoryConfig>,
     /// The shared write-ahead log: `[wal] file_bytes, max_pending_bytes, lazy_commit_ms`.
     wal: Option<WalFileConfig>,
+    /// Clustering (docs/cluster.md): `[cluster] node_id, listen, data_dir` and
+    /// `[[cluster.nodes]] id, cluster, wire`.
+    cluster: Option<ClusterSection>,
 }
 
 /// `[history]`.
@@ -123,6 +126,27 @@ struct WalFileConfig {
     max_pending_bytes: Option<usize>,
     #[serde(default, deserialize_with = "crate::units::de_millis_u32")]
     lazy_commit_ms: Option<u32>,
+}
+
+/// The `[cluster]` section.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct ClusterSection {
+    node_id: u64,
+    /// This node's cluster (Raft) listener.
+    listen: SocketAddr,
+    /// Raft logs, snapshots and replicated queues [default: DATA_DIR/cluster].
+    data_dir: Option<PathBuf>,
+    /// Every member, this node included.
+    nodes: Vec<ClusterNode>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct ClusterNode {
+    id: u64,
+    cluster: String,
+    wire: String,
 }
 
 impl FileConfig {
@@ -173,6 +197,7 @@ struct Settings {
     listen: SocketAddr,
     http: SocketAddr,
     broker: BrokerConfig,
+    cluster: Option<levee_cluster::ClusterConfig>,
 }
 
 fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
@@ -237,6 +262,34 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             .or(file.amqp.as_deref())
             .unwrap_or("127.0.0.1:5672"),
     )?;
+    let cluster = match &file.cluster {
+        Some(c) => {
+            let mut nodes = std::collections::BTreeMap::new();
+            for n in &c.nodes {
+                let addrs = levee_cluster::NodeAddrs {
+                    cluster: n.cluster.clone(),
+                    wire: n.wire.clone(),
+                };
+                anyhow::ensure!(
+                    nodes.insert(n.id, addrs).is_none(),
+                    "[cluster] nodes lists node {} twice",
+                    n.id
+                );
+            }
+            let config = levee_cluster::ClusterConfig {
+                node_id: c.node_id,
+                listen: c.listen,
+                nodes,
+                data_dir: c
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| broker.data_dir.join("cluster")),
+            };
+            config.validate()?;
+            Some(config)
+        }
+        None => None,
+    };
     let mut amqp_config = levee_broker::AmqpConfig::default();
     if let Some(v) = args.amqp_max_held_bytes.or(file.amqp_max_held_bytes) {
         if v == 0 {
@@ -256,6 +309,7 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             .or(file.http)
             .unwrap_or_else(|| "127.0.0.1:5681".parse().expect("valid")),
         broker,
+        cluster,
     })
 }
 
@@ -483,6 +537,20 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some((addr, _)) = &plain {
         println!("levee: plaintext wire listening on {addr}");
     }
+    let cluster = match s.cluster {
+        Some(c) => {
+            let node = levee_cluster::Node::start(c, broker.clone())
+                .await
+                .context("starting the cluster node")?;
+            println!(
+                "levee: cluster node {} listening on {}",
+                node.status().node,
+                node.local_addr()
+            );
+            Some(node)
+        }
+        None => None,
+    };
     reload_on_sighup(broker.clone(), config_path)?;
     banner(wire_addr, http_addr, &data_dir, &recovered);
     shutdown_signal().await;
@@ -497,6 +565,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         // Let the connections send their connection.close before the queues stop.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    if let Some(node) = &cluster {
+        node.shutdown().await;
+    }
     broker.shutdown().await;
+    drop(cluster);
     Ok(())
 }

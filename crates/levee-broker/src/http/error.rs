@@ -67,6 +67,7 @@ impl HttpError {
                 ErrorCode::AccessDenied => StatusCode::FORBIDDEN,
                 ErrorCode::InvalidName | ErrorCode::InvalidConfig => StatusCode::BAD_REQUEST,
                 ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::NotLeader => StatusCode::MISDIRECTED_REQUEST,
                 // Every other code (and any levee-proto adds: non_exhaustive) is a failure the
                 // API cannot blame on the request: an explicit 500, never a success.
                 _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,0 +1,517 @@
+//! A cluster node: the cluster listener, the metadata group, one Raft group per replicated
+//! queue, and the watcher that serves a queue in the local broker exactly while this node leads
+//! its group.
+//!
+//! Raft (its tasks, the network, log fsyncs) runs on a runtime of its own, so a busy broker never
+//! delays heartbeats and a queue log blocked on a commit never blocks Raft.
+//!
+//! # Invariants
+//! - A replicated queue is served by the broker only on the node that leads its group, and only
+//!   after that node applied everything committed before its term (`Group::caught_up`); it is
+//!   unloaded as soon as this node sees it is no longer the leader.
+//! - A leader without a quorum acknowledgement for [`QUORUM_ACK_MS`] stops serving (a leader
+//!   cut off in a minority neither confirms nor delivers).
+//! - Every node starts every group with the same initial membership (all configured nodes):
+//!   openraft's first membership entry is then identical everywhere, so initialising on each
+//!   node is safe.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use levee_broker::Broker;
+use levee_proto::{Durability, Fsync, QueueConfig};
+use openraft::ServerState;
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::admin::{AdminReply, AdminRequest, Catalog, CatalogCmd, Member, QueueStatus, Status};
+use crate::error::ClusterError;
+use crate::raft::Group;
+use crate::raft::net::{Rpc, RpcReply, read_frame, write_frame};
+use crate::replicated_dir::{DirStateMachine, ReplicatedBackend, RuntimeProposer};
+use crate::replicated_log::ReplicatedLog;
+
+/// A leader whose last quorum acknowledgement is older than this stops serving its queues: by
+/// then (more than the longest election timeout, 1.2 s) the majority may have elected another
+/// leader. Not a safety bound (a leader without a quorum commits nothing, so it confirms
+/// nothing and no settlement of its sticks): it bounds how long an isolated leader may still
+/// hand out already committed messages, which are then delivered again, marked, by the new one.
+/// Above the election timeout so that acks delayed under load do not make a leader flap.
+const QUORUM_ACK_MS: u64 = 3000;
+
+/// The metadata group's name.
+pub const META: &str = "meta";
+
+/// A configured node's addresses.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct NodeAddrs {
+    /// Cluster (Raft) address, `HOST:PORT`.
+    pub cluster: String,
+    /// Wire (client) address, `HOST:PORT` (reported to clients looking for a leader).
+    pub wire: String,
+}
+
+/// The `[cluster]` section.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's id (≥ 1).
+    pub node_id: u64,
+    /// This node's cluster listener.
+    pub listen: SocketAddr,
+    /// Every member (this node included): id → addresses.
+    pub nodes: BTreeMap<u64, NodeAddrs>,
+    /// Where Raft logs, snapshots and replicated queue files live.
+    pub data_dir: PathBuf,
+}
+
+impl ClusterConfig {
+    /// Checks the section.
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        if self.node_id == 0 {
+            return Err(ClusterError::Config(
+                "[cluster] node_id must be at least 1".into(),
+            ));
+        }
+        if !self.nodes.contains_key(&self.node_id) {
+            return Err(ClusterError::Config(format!(
+                "[cluster] nodes does not list this node (node_id = {})",
+                self.node_id
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The config a replicated queue gets from `requested`: always on disk with fsync `always`
+/// (its fsyncs are what commits through Raft; a confirm must wait for the commit).
+pub fn replicated_queue_config(requested: &QueueConfig) -> QueueConfig {
+    QueueConfig {
+        durability: Durability::Disk(Fsync::Always),
+        ..requested.clone()
+    }
+}
+
+struct QueueGroup {
+    group: Arc<Group>,
+    served: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct Shared {
+    config: ClusterConfig,
+    broker: Broker,
+    rt: tokio::runtime::Handle,
+    meta: RwLock<Option<Arc<Group>>>,
+    queues: RwLock<HashMap<String, QueueGroup>>,
+}
+
+/// A running cluster node (dropping it stops its Raft runtime).
+pub struct Node {
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+    local: SocketAddr,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn members(config: &ClusterConfig) -> BTreeMap<u64, String> {
+    config
+        .nodes
+        .iter()
+        .map(|(id, a)| (*id, a.cluster.clone()))
+        .collect()
+}
+
+impl Node {
+    /// Starts the node: binds the cluster listener, opens the metadata group and every queue
+    /// group the catalog names, and serves each queue this node leads in `broker`. Call from
+    /// the broker's runtime (queue watchers run there).
+    pub async fn start(config: ClusterConfig, broker: Broker) -> Result<Node, ClusterError> {
+        config.validate()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("levee-raft")
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError::io("starting the raft runtime", e))?;
+        let rt = runtime.handle().clone();
+        let listener = {
+            let addr = config.listen;
+            rt.spawn(async move { TcpListener::bind(addr).await })
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?
+                .map_err(|e| ClusterError::io(format!("listening on {addr}"), e))?
+        };
+        let local = listener
+            .local_addr()
+            .map_err(|e| ClusterError::io("cluster listener address", e))?;
+        let shared = Arc::new(Shared {
+            config,
+            broker,
+            rt: rt.clone(),
+            meta: RwLock::new(None),
+            queues: RwLock::new(HashMap::new()),
+        });
+        rt.spawn(serve(listener, shared.clone()));
+        // The metadata group.
+        let (added_tx, mut added_rx) = mpsc::unbounded_channel();
+        let catalog = Arc::new(Catalog::new(added_tx));
+        let meta = {
+            let (s, c) = (shared.clone(), catalog.clone());
+            rt.spawn(async move {
+                let g = Group::open(
+                    META,
+                    s.config.node_id,
+                    &s.config.data_dir.join("meta"),
+                    c,
+                    Arc::new(members(&s.config)),
+                )
+                .await?;
+                g.initialize(&members(&s.config)).await;
+                Ok::<_, ClusterError>(Arc::new(g))
+            })
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))??
+        };
+        *shared.meta.write() = Some(meta);
+        // Queue groups, as the catalog names them (at start from its snapshot and log, later
+        // as declarations commit).
+        let s = shared.clone();
+        tokio::spawn(async move {
+            while let Some((name, config)) = added_rx.recv().await {
+                let started = match crate::admin::decode_config(&config) {
+                    Ok(config) => start_queue_group(&s, &name, config).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = started {
+                    tracing::error!(queue = %name, error = %e, "starting a replicated queue failed");
+                }
+            }
+        });
+        Ok(Node {
+            shared,
+            runtime: Some(runtime),
+            local,
+        })
+    }
+
+    /// The cluster listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// This node's status.
+    pub fn status(&self) -> Status {
+        status(&self.shared)
+    }
+
+    /// Stops every group's Raft tasks (the broker is the caller's to shut down).
+    pub async fn shutdown(&self) {
+        let groups: Vec<Arc<Group>> = self
+            .shared
+            .queues
+            .read()
+            .values()
+            .map(|q| q.group.clone())
+            .chain(self.shared.meta.read().clone())
+            .collect();
+        let rt = self.shared.rt.clone();
+        let _ = rt
+            .spawn(async move {
+                for g in groups {
+                    g.shutdown().await;
+                }
+            })
+            .await;
+    }
+}
+
+async fn start_queue_group(
+    s: &Arc<Shared>,
+    name: &str,
+    config: QueueConfig,
+) -> Result<(), ClusterError> {
+    if s.queues.read().contains_key(name) {
+        return Ok(());
+    }
+    let base = s.config.data_dir.join("queues").join(name);
+    let state_dir = base.join("state");
+    let sm = Arc::new(DirStateMachine::new(state_dir.clone()));
+    let group = {
+        let (s2, n, b) = (s.clone(), name.to_string(), base.clone());
+        s.rt.spawn(async move {
+            let g = Group::open(
+                &format!("queue/{n}"),
+                s2.config.node_id,
+                &b.join("raft"),
+                sm,
+                Arc::new(members(&s2.config)),
+            )
+            .await?;
+            g.initialize(&members(&s2.config)).await;
+            Ok::<_, ClusterError>(Arc::new(g))
+        })
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))??
+    };
+    let backend = ReplicatedBackend::new(
+        state_dir.clone(),
+        Arc::new(RuntimeProposer {
+            log: group.clone(),
+            rt: s.rt.clone(),
+        }),
+    );
+    let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    s.queues.write().insert(
+        name.to_string(),
+        QueueGroup {
+            group: group.clone(),
+            served: served.clone(),
+        },
+    );
+    tokio::spawn(watch_leadership(
+        s.clone(),
+        name.to_string(),
+        replicated_queue_config(&config),
+        group,
+        backend,
+        state_dir,
+        served,
+    ));
+    Ok(())
+}
+
+/// Serves the queue in the broker while this node leads its group.
+async fn watch_leadership(
+    s: Arc<Shared>,
+    name: String,
+    config: QueueConfig,
+    group: Arc<Group>,
+    backend: ReplicatedBackend,
+    state_dir: PathBuf,
+    served: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let me = s.config.node_id;
+    let mut metrics = group.raft().metrics();
+    loop {
+        let (leading, leader) = {
+            let m = metrics.borrow_and_update();
+            let leader = m.current_leader;
+            // A leader that has not heard from a quorum within an election timeout may be cut
+            // off in a minority (another leader may already serve the queue): it stops serving
+            // (no confirms, no deliveries) until a quorum acknowledges it again.
+            let leading = m.state == ServerState::Leader
+                && m.current_leader == Some(me)
+                && m.millis_since_quorum_ack
+                    .is_some_and(|ms| ms < QUORUM_ACK_MS);
+            (leading, leader)
+        };
+        if !leading {
+            // Clients naming the queue here are told where it is served (or that it is elsewhere).
+            let at = leader
+                .filter(|l| *l != me)
+                .and_then(|l| s.config.nodes.get(&l))
+                .map(|a| a.wire.clone());
+            s.broker.set_served_elsewhere(&name, Some(at));
+        }
+        let is_served = served.load(std::sync::atomic::Ordering::Acquire);
+        if leading && !is_served {
+            let g = group.clone();
+            let caught_up =
+                s.rt.spawn(async move { g.caught_up().await })
+                    .await
+                    .map_err(|e| ClusterError::Raft(e.to_string()))
+                    .and_then(|r| r);
+            match caught_up {
+                Ok(()) => {
+                    backend.set_active(true);
+                    let backend: Arc<dyn levee_store::Backend> = Arc::new(backend.clone());
+                    match s
+                        .broker
+                        .load_external(&name, config.clone(), state_dir.clone(), backend, 1)
+                        .await
+                    {
+                        Ok(messages) => {
+                            s.broker.set_served_elsewhere(&name, None);
+                            served.store(true, std::sync::atomic::Ordering::Release);
+                            tracing::info!(queue = %name, messages, "leading the replicated queue: serving it");
+                        }
+                        Err(e) => {
+                            tracing::warn!(queue = %name, error = %e, "loading the replicated queue failed; retrying");
+                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                            continue;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(queue = %name, error = %e, "leader not caught up yet");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        } else if !leading && is_served {
+            backend.set_active(false);
+            s.broker.unload(&name).await;
+            served.store(false, std::sync::atomic::Ordering::Release);
+            tracing::info!(queue = %name, "no longer the leader of the replicated queue: stopped serving it");
+        }
+        // Metrics change on every leadership event; the quorum-ack age grows silently, so it is
+        // also looked at on a tick.
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+fn status(s: &Shared) -> Status {
+    let meta_leader = s.meta.read().as_ref().and_then(|g| g.leader());
+    let mut queues: Vec<QueueStatus> = s
+        .queues
+        .read()
+        .iter()
+        .map(|(name, q)| {
+            let m = q.group.raft().metrics().borrow().clone();
+            let (log_entries, applied) = q.group.log_state();
+            let last = m.last_log_index.unwrap_or(0);
+            let lag = m
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.iter()
+                        .map(|(id, matched)| (*id, matched.map(|l| last.saturating_sub(l.index))))
+                        .collect()
+                })
+                .unwrap_or_default();
+            QueueStatus {
+                name: name.clone(),
+                leader: m.current_leader,
+                served_here: q.served.load(std::sync::atomic::Ordering::Acquire),
+                term: m.current_term,
+                applied,
+                log_entries,
+                lag,
+            }
+        })
+        .collect();
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    Status {
+        node: s.config.node_id,
+        members: s
+            .config
+            .nodes
+            .iter()
+            .map(|(id, a)| Member {
+                id: *id,
+                cluster: a.cluster.clone(),
+                wire: a.wire.clone(),
+            })
+            .collect(),
+        meta_leader,
+        queues,
+    }
+}
+
+async fn serve(listener: TcpListener, s: Arc<Shared>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let s = s.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(rpc)) = read_frame::<Rpc>(&mut stream).await {
+                let reply = handle(&s, rpc).await;
+                if write_frame(&mut stream, &reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn group_of(s: &Shared, name: &str) -> Option<Arc<Group>> {
+    if name == META {
+        return s.meta.read().clone();
+    }
+    let q = name.strip_prefix("queue/")?;
+    s.queues.read().get(q).map(|q| q.group.clone())
+}
+
+async fn handle(s: &Arc<Shared>, rpc: Rpc) -> RpcReply {
+    match rpc {
+        Rpc::Append(g, req) => match group_of(s, &g) {
+            Some(g) => RpcReply::Append(g.raft().append_entries(req).await),
+            None => RpcReply::NoGroup,
+        },
+        Rpc::Vote(g, req) => match group_of(s, &g) {
+            Some(g) => RpcReply::Vote(g.raft().vote(req).await),
+            None => RpcReply::NoGroup,
+        },
+        Rpc::Snapshot(g, req) => match group_of(s, &g) {
+            Some(g) => RpcReply::Snapshot(g.raft().install_snapshot(req).await),
+            None => RpcReply::NoGroup,
+        },
+        Rpc::Admin(req) => RpcReply::Admin(admin(s, req).await),
+    }
+}
+
+async fn admin(s: &Arc<Shared>, req: AdminRequest) -> AdminReply {
+    match req {
+        AdminRequest::Status => AdminReply::Status(status(s)),
+        AdminRequest::Declare { name, config } => {
+            if let Err(e) = levee_proto::validate_queue_name(&name) {
+                return AdminReply::Error(e.to_string());
+            }
+            let checked = crate::admin::decode_config(&config).and_then(|c| {
+                let c = replicated_queue_config(&c);
+                c.validate(&name)
+                    .map_err(|e| ClusterError::Config(e.to_string()))?;
+                crate::admin::encode_config(&name, &c)
+            });
+            let config = match checked {
+                Ok(c) => c,
+                Err(e) => return AdminReply::Error(e.to_string()),
+            };
+            let Some(meta) = s.meta.read().clone() else {
+                return AdminReply::Error("the metadata group is not open yet".into());
+            };
+            let cmd = match bincode::serialize(&CatalogCmd::Declare {
+                name: name.clone(),
+                config: config.clone(),
+            }) {
+                Ok(c) => c,
+                Err(e) => return AdminReply::Error(e.to_string()),
+            };
+            match meta.propose(cmd).await {
+                Ok(r) => AdminReply::Declared(r.first() == Some(&1)),
+                Err(ClusterError::NotLeader {
+                    leader: Some(l), ..
+                }) if l != s.config.node_id => match s.config.nodes.get(&l) {
+                    // Forwarded once to the leader (which answers itself).
+                    Some(a) => {
+                        match crate::admin::request(
+                            &a.cluster,
+                            AdminRequest::Declare { name, config },
+                        )
+                        .await
+                        {
+                            Ok(r) => r,
+                            Err(e) => AdminReply::Error(e.to_string()),
+                        }
+                    }
+                    None => AdminReply::Error(format!("leader {l} is not a configured node")),
+                },
+                Err(e) => AdminReply::Error(e.to_string()),
+            }
+        }
+    }
+}

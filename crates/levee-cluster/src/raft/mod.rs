@@ -1,0 +1,182 @@
+//! The [`ReplicatedLog`] on openraft (0.9, its stable line): the type configuration, one
+//! [`Group`] per replicated thing, the storage adapters (`store`) and the TCP network (`net`).
+//! Everything openraft-specific is in this module.
+//!
+//! # Invariants
+//! - A [`Group`]'s commands are opaque bytes; what they mean is its [`StateMachine`]'s.
+//! - [`Group::propose`] maps openraft's "forward to leader" to [`ClusterError::NotLeader`] and
+//!   every other failure to [`ClusterError::NoQuorum`]: the caller never confirms on either.
+
+pub(crate) mod net;
+pub(crate) mod store;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft};
+
+use crate::error::ClusterError;
+use crate::replicated_log::{Proposal, ReplicatedLog, StateMachine};
+
+/// A command: opaque bytes for the group's state machine.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct Cmd(#[serde(with = "crate::raw")] pub Vec<u8>);
+
+impl fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cmd({} bytes)", self.0.len())
+    }
+}
+
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cmd({} bytes)", self.0.len())
+    }
+}
+
+/// A state machine's answer to a command.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct Reply(#[serde(with = "crate::raw")] pub Vec<u8>);
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Reply({} bytes)", self.0.len())
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Levee's openraft type configuration.
+    pub TypeConfig:
+        D = Cmd,
+        R = Reply,
+        NodeId = u64,
+        Node = BasicNode,
+);
+
+/// The Raft settings every group uses: heartbeats every 150 ms, elections after 0.6–1.2 s of
+/// silence, a snapshot every 5 000 entries (the log before it purged, 500 kept for slow
+/// followers).
+pub(crate) fn raft_config() -> Arc<openraft::Config> {
+    let c = openraft::Config {
+        heartbeat_interval: 150,
+        election_timeout_min: 600,
+        election_timeout_max: 1200,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+        max_in_snapshot_log_to_keep: 500,
+        ..Default::default()
+    };
+    Arc::new(c.validate().unwrap_or_default())
+}
+
+/// One Raft group on this node.
+pub struct Group {
+    name: String,
+    id: u64,
+    raft: Raft<TypeConfig>,
+    log: store::LogAdapter,
+    sm: store::SmAdapter,
+}
+
+impl Group {
+    /// Opens the group `name` with its log and snapshot in `dir` and its state in `sm`.
+    pub(crate) async fn open(
+        name: &str,
+        id: u64,
+        dir: &Path,
+        sm: Arc<dyn StateMachine>,
+        addrs: Arc<BTreeMap<u64, String>>,
+    ) -> Result<Group, ClusterError> {
+        let log = store::LogAdapter::open(&dir.join("log"))
+            .map_err(|e| ClusterError::io(format!("opening the raft log of {name}"), e))?;
+        let sma = store::SmAdapter::open(&dir.join("snapshot"), sm)
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let network = net::Network {
+            group: name.to_string(),
+            addrs,
+        };
+        let raft = Raft::new(id, raft_config(), network, log.clone(), sma.clone())
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        Ok(Group {
+            name: name.to_string(),
+            id,
+            raft,
+            log,
+            sm: sma,
+        })
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The openraft handle (RPCs from peers, metrics).
+    pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// Makes `members` (id → cluster address) the group's first membership, if it has none.
+    pub(crate) async fn initialize(&self, members: &BTreeMap<u64, String>) {
+        let nodes: BTreeMap<u64, BasicNode> = members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        // An already initialised group refuses: that is the normal case after a restart.
+        let _ = self.raft.initialize(nodes).await;
+    }
+
+    /// Waits until this node, as leader, has applied everything committed before its term.
+    pub(crate) async fn caught_up(&self) -> Result<(), ClusterError> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(|e| ClusterError::NoQuorum {
+                group: self.name.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Entries in the local log and the last applied index (for status).
+    pub(crate) fn log_state(&self) -> (usize, u64) {
+        (self.log.len(), self.sm.last_applied())
+    }
+
+    /// Stops the group's Raft tasks.
+    pub(crate) async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+impl ReplicatedLog for Group {
+    fn propose(&self, command: Vec<u8>) -> Proposal<'_> {
+        Box::pin(async move {
+            match self.raft.client_write(Cmd(command)).await {
+                Ok(resp) => Ok(resp.data.0),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Err(ClusterError::NotLeader {
+                        group: self.name.clone(),
+                        leader: f.leader_id,
+                    })
+                }
+                Err(e) => Err(ClusterError::NoQuorum {
+                    group: self.name.clone(),
+                    reason: e.to_string(),
+                }),
+            }
+        })
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    fn id(&self) -> u64 {
+        self.id
+    }
+}

@@ -1,0 +1,232 @@
+//! The cluster network: Raft RPCs (and the cluster's admin requests) between nodes over TCP.
+//!
+//! A frame is `[len u32 LE][bincode body]`, at most [`MAX_FRAME`] bytes; every request gets one
+//! reply on the same connection, in order. Each (group, peer) pair has its own connection,
+//! opened on first use and dropped on any error (the next call reconnects), so a slow group
+//! never holds up another's heartbeats.
+//!
+//! # Invariants
+//! - A call has a deadline (openraft's `RPCOption::hard_ttl`, or [`ADMIN_TIMEOUT`]); an I/O error
+//!   or a missed deadline is reported to openraft as `Unreachable`, never as an answer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::TypeConfig;
+use crate::admin::{AdminReply, AdminRequest};
+
+/// The largest frame accepted (a snapshot chunk or a batch of entries is far smaller).
+pub(crate) const MAX_FRAME: usize = 64 << 20;
+/// Deadline of an admin call.
+pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A request between nodes.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) enum Rpc {
+    Append(String, AppendEntriesRequest<TypeConfig>),
+    Vote(String, VoteRequest<u64>),
+    Snapshot(String, InstallSnapshotRequest<TypeConfig>),
+    Admin(AdminRequest),
+}
+
+/// Its reply.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) enum RpcReply {
+    Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// The group does not exist (yet) on that node.
+    NoGroup,
+    Admin(AdminReply),
+}
+
+/// Writes one frame.
+pub(crate) async fn write_frame<T: serde::Serialize>(
+    s: &mut TcpStream,
+    v: &T,
+) -> std::io::Result<()> {
+    let body = bincode::serialize(v).map_err(std::io::Error::other)?;
+    if body.len() > MAX_FRAME {
+        return Err(std::io::Error::other("frame too large"));
+    }
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&body);
+    s.write_all(&buf).await
+}
+
+/// Reads one frame (`None` at a clean end of stream).
+pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
+    s: &mut TcpStream,
+) -> std::io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match s.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other("frame too large"));
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await?;
+    bincode::deserialize(&body)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// One request and its reply on a fresh connection (admin calls, the CLI).
+pub(crate) async fn call_once(addr: &str, rpc: &Rpc) -> std::io::Result<RpcReply> {
+    tokio::time::timeout(ADMIN_TIMEOUT, async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        write_frame(&mut s, rpc).await?;
+        read_frame(&mut s)
+            .await?
+            .ok_or_else(|| std::io::Error::other("connection closed before the reply"))
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply in time"))?
+}
+
+/// openraft's network factory for one group.
+pub(crate) struct Network {
+    pub(crate) group: String,
+    /// Where this node reaches each peer: its own `[cluster]` configuration, which wins over the
+    /// address in the replicated membership (so each node may reach a peer its own way, e.g.
+    /// through a proxy, and a peer's address can change without a membership change).
+    pub(crate) addrs: Arc<BTreeMap<u64, String>>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Conn {
+        Conn {
+            group: self.group.clone(),
+            addr: self
+                .addrs
+                .get(&target)
+                .cloned()
+                .unwrap_or_else(|| node.addr.clone()),
+            stream: None,
+        }
+    }
+}
+
+/// A connection to one peer for one group.
+pub(crate) struct Conn {
+    group: String,
+    addr: String,
+    stream: Option<TcpStream>,
+}
+
+impl Conn {
+    async fn call(&mut self, rpc: Rpc, ttl: Duration) -> std::io::Result<RpcReply> {
+        let res = tokio::time::timeout(ttl, async {
+            if self.stream.is_none() {
+                let s = TcpStream::connect(&self.addr).await?;
+                s.set_nodelay(true)?;
+                self.stream = Some(s);
+            }
+            let Some(s) = self.stream.as_mut() else {
+                return Err(std::io::Error::other("not connected"));
+            };
+            write_frame(s, &rpc).await?;
+            read_frame(s)
+                .await?
+                .ok_or_else(|| std::io::Error::other("connection closed"))
+        })
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout")));
+        if res.is_err() {
+            // The reply may still arrive later: never reuse a connection out of step.
+            self.stream = None;
+        }
+        res
+    }
+}
+
+fn unreachable<E: std::error::Error>(e: &std::io::Error) -> RPCError<u64, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(e))
+}
+
+fn mismatch<E: std::error::Error>() -> RPCError<u64, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(
+        "peer answered another request kind",
+    )))
+}
+
+fn no_group<E: std::error::Error>() -> RPCError<u64, BasicNode, E> {
+    unreachable(&std::io::Error::other("group not on that node (yet)"))
+}
+
+impl RaftNetwork<TypeConfig> for Conn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        match self
+            .call(Rpc::Append(self.group.clone(), rpc), option.hard_ttl())
+            .await
+        {
+            Ok(RpcReply::Append(Ok(r))) => Ok(r),
+            Ok(RpcReply::Append(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(0, e))),
+            Ok(RpcReply::NoGroup) => Err(no_group()),
+            Ok(_) => Err(mismatch()),
+            Err(e) => Err(unreachable(&e)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        match self
+            .call(Rpc::Snapshot(self.group.clone(), rpc), option.hard_ttl())
+            .await
+        {
+            Ok(RpcReply::Snapshot(Ok(r))) => Ok(r),
+            Ok(RpcReply::Snapshot(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(0, e))),
+            Ok(RpcReply::NoGroup) => Err(no_group()),
+            Ok(_) => Err(mismatch()),
+            Err(e) => Err(unreachable(&e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        match self
+            .call(Rpc::Vote(self.group.clone(), rpc), option.hard_ttl())
+            .await
+        {
+            Ok(RpcReply::Vote(Ok(r))) => Ok(r),
+            Ok(RpcReply::Vote(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(0, e))),
+            Ok(RpcReply::NoGroup) => Err(no_group()),
+            Ok(_) => Err(mismatch()),
+            Err(e) => Err(unreachable(&e)),
+        }
+    }
+}

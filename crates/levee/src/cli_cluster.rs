@@ -1,0 +1,194 @@
+//! `levee cluster status|declare|wait`: talks to the nodes' cluster listeners (not the wire
+//! protocol), through levee-cluster's admin requests.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use levee_cluster::admin::{AdminReply, AdminRequest, Status, request};
+
+use crate::cli::Outcome;
+
+/// `levee cluster`.
+#[derive(Args, Debug)]
+pub(crate) struct ClusterArgs {
+    /// The nodes' cluster (Raft) addresses, comma-separated.
+    #[arg(
+        long,
+        env = "LEVEE_CLUSTER_NODES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:5801,127.0.0.1:5802,127.0.0.1:5803"
+    )]
+    nodes: Vec<String>,
+    #[command(subcommand)]
+    cmd: ClusterCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Members (up or down), the metadata leader, and per replicated queue its leader and each
+    /// replica's replication lag (in Raft entries).
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a replicated queue (on every node, through the metadata group), with the flags of
+    /// `levee queue declare`; it is always on disk with fsync always (confirms wait for a
+    /// majority's commit).
+    Declare(Box<crate::cli::DeclareArgs>),
+    /// Wait until the metadata group (and, with --queue, that queue) has a leader.
+    Wait {
+        /// Also wait for this replicated queue to be served by its leader.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Give up after this long: 30s, 500ms, or milliseconds.
+        #[arg(long, default_value = "30s", value_parser = crate::units::parse_millis_u32)]
+        timeout: u32,
+    },
+}
+
+async fn statuses(nodes: &[String]) -> Vec<(String, Option<Status>)> {
+    let mut out = Vec::new();
+    for addr in nodes {
+        let s = match request(addr, AdminRequest::Status).await {
+            Ok(AdminReply::Status(s)) => Some(s),
+            _ => None,
+        };
+        out.push((addr.clone(), s));
+    }
+    out
+}
+
+/// Every node's answers merged into one view.
+fn merged(answers: &[(String, Option<Status>)]) -> serde_json::Value {
+    let up: BTreeMap<u64, bool> = answers
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().map(|s| (s.node, true)))
+        .collect();
+    let mut members = BTreeMap::new();
+    for s in answers.iter().filter_map(|(_, s)| s.as_ref()) {
+        for m in &s.members {
+            members.insert(
+                m.id,
+                serde_json::json!({
+                    "id": m.id, "cluster": m.cluster, "wire": m.wire,
+                    "up": up.contains_key(&m.id),
+                }),
+            );
+        }
+    }
+    let meta_leader = answers
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().and_then(|s| s.meta_leader))
+        .find(|l| up.contains_key(l));
+    let mut queues: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for s in answers.iter().filter_map(|(_, s)| s.as_ref()) {
+        for q in &s.queues {
+            let entry = queues.entry(q.name.clone()).or_insert_with(|| {
+                serde_json::json!({"name": q.name, "leader": null, "served_by": null, "replicas": {}})
+            });
+            if q.served_here {
+                entry["served_by"] = serde_json::json!(s.node);
+            }
+            if q.leader == Some(s.node) {
+                entry["leader"] = serde_json::json!(s.node);
+                entry["term"] = serde_json::json!(q.term);
+                for (id, lag) in &q.lag {
+                    entry["replicas"][id.to_string()]["lag"] = serde_json::json!(lag);
+                }
+            } else if entry["leader"].is_null() {
+                entry["leader"] = serde_json::json!(q.leader);
+            }
+            entry["replicas"][s.node.to_string()]["applied"] = serde_json::json!(q.applied);
+            entry["replicas"][s.node.to_string()]["log_entries"] = serde_json::json!(q.log_entries);
+        }
+    }
+    serde_json::json!({
+        "members": members.into_values().collect::<Vec<_>>(),
+        "meta_leader": meta_leader,
+        "queues": queues.into_values().collect::<Vec<_>>(),
+    })
+}
+
+pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<Outcome> {
+    match args.cmd {
+        ClusterCmd::Status { json } => {
+            let view = merged(&statuses(&args.nodes).await);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!("metadata leader: {}", view["meta_leader"]);
+                for m in view["members"].as_array().into_iter().flatten() {
+                    println!(
+                        "node {} cluster {} wire {} {}",
+                        m["id"],
+                        m["cluster"].as_str().unwrap_or(""),
+                        m["wire"].as_str().unwrap_or(""),
+                        if m["up"] == true { "up" } else { "down" }
+                    );
+                }
+                for q in view["queues"].as_array().into_iter().flatten() {
+                    println!(
+                        "queue {} leader {} replicas {}",
+                        q["name"].as_str().unwrap_or(""),
+                        q["leader"],
+                        q["replicas"]
+                    );
+                }
+            }
+            Ok(Outcome::Done)
+        }
+        ClusterCmd::Declare(d) => {
+            let name = d.name.clone();
+            let config = levee_cluster::admin::encode_config(&name, &d.config()?)?;
+            let mut last = None;
+            for addr in &args.nodes {
+                let req = AdminRequest::Declare {
+                    name: name.clone(),
+                    config: config.clone(),
+                };
+                match request(addr, req).await {
+                    Ok(AdminReply::Declared(created)) => {
+                        println!(
+                            "replicated queue {name} {}",
+                            if created { "created" } else { "exists" }
+                        );
+                        return Ok(Outcome::Done);
+                    }
+                    Ok(other) => last = Some(format!("{addr}: {other:?}")),
+                    Err(e) => last = Some(e.to_string()),
+                }
+            }
+            anyhow::bail!(
+                "no node declared {name}: {}",
+                last.unwrap_or_else(|| "no nodes given".into())
+            )
+        }
+        ClusterCmd::Wait { queue, timeout } => {
+            let deadline = Instant::now() + Duration::from_millis(u64::from(timeout));
+            loop {
+                let view = merged(&statuses(&args.nodes).await);
+                let meta_ok = !view["meta_leader"].is_null();
+                let queue_ok = match &queue {
+                    None => true,
+                    Some(q) => view["queues"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|v| v["name"] == q.as_str() && !v["served_by"].is_null()),
+                };
+                if meta_ok && queue_ok {
+                    println!("{}", serde_json::to_string(&view)?);
+                    return Ok(Outcome::Done);
+                }
+                if Instant::now() > deadline {
+                    return Err(anyhow::anyhow!("no leader in time"))
+                        .with_context(|| format!("cluster state: {view}"));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! A 3-node cluster of real `levee serve` processes on loopback, run by `scripts/cluster.sh`
+//! (the same script people use): a replicated queue keeps every confirmed message across a
+//! SIGKILL of its leader under load, a SIGKILL of a follower, restarts and a whole-cluster
+//! restart.
+//!
+//! The clients here fail over the way docs/cluster.md describes: ask any node which node serves
+//! the queue (`levee_cluster::admin::serving_node`), connect there, and on a lost connection ask
+//! again; unconfirmed publishes are sent again with the same message id (the queue's dedup window,
+//! replicated with it, drops the copies that were stored).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use levee_client::{Client, ClientOptions, ConsumerOptions, Message, ProducerOptions};
+use levee_proto::PublishOutcome;
+use parking_lot::Mutex;
+
+const QUEUE: &str = "jobs";
+
+/// The script's cluster in a temporary directory on free ports.
+struct Cluster {
+    dir: tempfile::TempDir,
+    base: u16,
+}
+
+fn free_base() -> u16 {
+    // A base whose 33 ports above it are free now (the script needs B+1..B+33); each test of
+    // this process starts from its own slot, so tests running at once never pick the same one.
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let seed = (std::process::id() as u16).wrapping_mul(7);
+    loop {
+        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(i < 400, "no free port range");
+        let base = 20000 + (seed.wrapping_add(i) % 400) * 100;
+        if (1..=33).all(|p| TcpListener::bind(("127.0.0.1", base + p)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let c = Cluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            base: free_base(),
+        };
+        c.script(&["start"]);
+        c
+    }
+
+    fn script(&self, args: &[&str]) -> String {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let out = Command::new("bash")
+            .arg(root.join("scripts/cluster.sh"))
+            .args(args)
+            .env("LEVEE_BIN", env!("CARGO_BIN_EXE_levee"))
+            .env("LEVEE_CLUSTER_DIR", self.dir.path())
+            .env("LEVEE_CLUSTER_BASE", self.base.to_string())
+            .output()
+            .expect("running scripts/cluster.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "cluster.sh {args:?} failed: {stdout}{}\nlogs:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        stdout
+    }
+
+    fn logs(&self) -> String {
+        (1..=3)
+            .map(|n| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("node{n}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                format!(
+                    "--- node{n}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        (1..=3)
+            .map(|n| format!("127.0.0.1:{}", self.base + 20 + n))
+            .collect()
+    }
+
+    fn levee(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+            .arg("cluster")
+            .arg("--nodes")
+            .arg(self.nodes().join(","))
+            .args(args)
+            .output()
+            .expect("running levee cluster");
+        assert!(
+            out.status.success(),
+            "levee cluster {args:?}: {}{}\nlogs:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until some node serves the queue; returns its id and wire address.
+    async fn serving(&self) -> (u64, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = levee_cluster::admin::serving_node(&self.nodes(), QUEUE).await {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no node serves {QUEUE}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cluster.sh"))
+            .arg("stop")
+            .env("LEVEE_BIN", env!("CARGO_BIN_EXE_levee"))
+            .env("LEVEE_CLUSTER_DIR", self.dir.path())
+            .env("LEVEE_CLUSTER_BASE", self.base.to_string())
+            .output();
+    }
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// Message ids confirmed stored (or duplicate of a stored one).
+    confirmed: BTreeSet<u64>,
+    /// Deliveries per message id, and how many of them were marked redelivered.
+    delivered: BTreeMap<u64, (u32, u32)>,
+}
+
+/// Publishes ids `start..n` with confirms, failing over to whichever node serves the queue.
+async fn produce(cluster: Arc<Cluster>, ledger: Arc<Mutex<Ledger>>, start: u64, n: u64) {
+    let mut next = start;
+    let mut unconfirmed: Vec<u64> = Vec::new();
+    while next < n || !unconfirmed.is_empty() {
+        let (_, addr) = cluster.serving().await;
+        let Ok(client) = Client::connect(addr.as_str(), ClientOptions::default()).await else {
+            continue;
+        };
+        let Ok(producer) = client.producer(QUEUE, ProducerOptions::default()).await else {
+            continue;
+        };
+        'conn: loop {
+            while unconfirmed.len() < 50 && next < n {
+                unconfirmed.push(next);
+                next += 1;
+            }
+            if unconfirmed.is_empty() {
+                break;
+            }
+            let mut confirms = Vec::new();
+            for id in &unconfirmed {
+                let m = Message::new(format!("m{id}")).with_message_id(format!("id-{id}"));
+                match producer.publish(m).await {
+                    Ok(c) => confirms.push((*id, c)),
+                    Err(_) => break 'conn,
+                }
+            }
+            let mut lost = false;
+            for (id, c) in confirms {
+                match tokio::time::timeout(Duration::from_secs(15), c).await {
+                    Ok(Ok(PublishOutcome::Stored { .. } | PublishOutcome::Duplicate { .. })) => {
+                        ledger.lock().confirmed.insert(id);
+                        unconfirmed.retain(|u| *u != id);
+                    }
+                    Ok(Ok(other)) => panic!("publish {id}: {other:?}"),
+                    Ok(Err(_)) | Err(_) => lost = true,
+                }
+            }
+            if lost {
+                break;
+            }
+        }
+        let _ = client.close().await;
+    }
+}
+
+/// Consumes and acks until every id in `0..n` was delivered at least once.
+async fn consume(cluster: Arc<Cluster>, ledger: Arc<Mutex<Ledger>>, n: u64) {
+    loop {
+        if ledger.lock().delivered.len() as u64 >= n {
+            return;
+        }
+        let (_, addr) = cluster.serving().await;
+        let Ok(client) = Client::connect(addr.as_str(), ClientOptions::default()).await else {
+            continue;
+        };
+        let Ok(mut consumer) = client.consumer(QUEUE, ConsumerOptions::default()).await else {
+            continue;
+        };
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    let text = String::from_utf8_lossy(d.payload()).into_owned();
+                    let id: u64 = text
+                        .strip_prefix('m')
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or_else(|| panic!("delivered a message never published: {text:?}"));
+                    let redelivered = d.delivery_count() > 1;
+                    {
+                        let mut l = ledger.lock();
+                        let e = l.delivered.entry(id).or_default();
+                        e.0 += 1;
+                        e.1 += u32::from(redelivered);
+                    }
+                    if d.ack().is_err() {
+                        break;
+                    }
+                    if ledger.lock().delivered.len() as u64 >= n {
+                        return;
+                    }
+                }
+                // Nothing for a while: the node may have stopped serving (ask again).
+                Err(_) => break,
+                Ok(Some(Err(_)) | None) => break,
+            }
+        }
+        let _ = client.close().await;
+    }
+}
+
+fn check(ledger: &Ledger, n: u64) -> (u64, u64) {
+    let missing: Vec<u64> = ledger
+        .confirmed
+        .iter()
+        .filter(|id| !ledger.delivered.contains_key(id))
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} confirmed but never delivered (first {:?}); {} delivered (first {:?})",
+        missing.len(),
+        missing.first(),
+        ledger.delivered.len(),
+        ledger.delivered.keys().next()
+    );
+    assert!(
+        ledger.delivered.keys().all(|id| *id < n),
+        "delivered ids never published"
+    );
+    let dups: u64 = ledger
+        .delivered
+        .values()
+        .map(|(k, _)| u64::from(k.saturating_sub(1)))
+        .sum();
+    let marked: u64 = ledger.delivered.values().map(|(_, r)| u64::from(*r)).sum();
+    // Duplicates only as redeliveries: every delivery after a message's first carries the mark.
+    let unmarked: Vec<u64> = ledger
+        .delivered
+        .iter()
+        .filter(|(_, (k, r))| k.saturating_sub(1) > *r)
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(
+        unmarked.is_empty(),
+        "delivered again without the redelivered mark: {unmarked:?}"
+    );
+    (dups, marked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_leader_under_load_loses_no_confirmed_message() {
+    let cluster = Arc::new(Cluster::start());
+    cluster.levee(&["declare", QUEUE]);
+    let (first, _) = cluster.serving().await;
+    let n = 3000;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let producer = tokio::spawn(produce(cluster.clone(), ledger.clone(), 0, n));
+    let consumer = tokio::spawn(consume(cluster.clone(), ledger.clone(), n));
+    // Under load: kill -9 the leader once a third is confirmed.
+    while (ledger.lock().confirmed.len() as u64) < n / 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed_at = Instant::now();
+    cluster.script(&["kill", &first.to_string()]);
+    let (second, _) = cluster.serving().await;
+    let failover = killed_at.elapsed();
+    assert_ne!(first, second, "the killed node cannot serve");
+    eprintln!("failover: node {first} killed, node {second} serving after {failover:?}");
+    // The killed node comes back as a follower and catches up.
+    cluster.script(&["restart", &first.to_string()]);
+    tokio::time::timeout(Duration::from_secs(120), producer)
+        .await
+        .expect("producer finished in time")
+        .expect("producer task");
+    tokio::time::timeout(Duration::from_secs(120), consumer)
+        .await
+        .expect("consumer finished in time")
+        .expect("consumer task");
+    let (dups, marked) = check(&ledger.lock(), n);
+    assert_eq!(ledger.lock().confirmed.len() as u64, n);
+    eprintln!(
+        "{n} confirmed, all delivered; {dups} duplicate deliveries, {marked} marked redelivered"
+    );
+    let status = cluster.levee(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).expect("status json");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3));
+    assert!(
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["up"] == true),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_kill_and_whole_cluster_restart_keep_the_queue() {
+    let cluster = Arc::new(Cluster::start());
+    cluster.levee(&["declare", QUEUE]);
+    let (leader, _) = cluster.serving().await;
+    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    let n = 600;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let producer = tokio::spawn(produce(cluster.clone(), ledger.clone(), 0, n / 2));
+    while (ledger.lock().confirmed.len() as u64) < n / 6 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A follower lost: the other two are still a majority, confirms go on.
+    cluster.script(&["kill", &follower.to_string()]);
+    producer.await.expect("producer");
+    cluster.script(&["restart", &follower.to_string()]);
+    // Everything down (SIGKILL, no clean shutdown), then up again on the same data.
+    for node in 1..=3 {
+        cluster.script(&["kill", &node.to_string()]);
+    }
+    cluster.script(&["start"]);
+    produce(cluster.clone(), ledger.clone(), n / 2, n).await;
+    assert_eq!(ledger.lock().confirmed.len() as u64, n);
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        consume(cluster.clone(), ledger.clone(), n),
+    )
+    .await
+    .expect("consumer finished in time");
+    let (dups, _) = check(&ledger.lock(), n);
+    eprintln!(
+        "after the whole-cluster restart every confirmed message was delivered ({dups} duplicates)"
+    );
+    // A node that does not serve the queue redirects: `not-leader`, naming the serving node.
+    let (serving, wire) = cluster.serving().await;
+    let other = (1..=3).find(|n| *n != serving).unwrap();
+    // (A follower may learn who leads a moment after the leader serves: asked again then.)
+    let follower = format!("127.0.0.1:{}", cluster.base + other as u16);
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+            .args(["--addr", &follower, "publish", QUEUE, "x"])
+            .output()
+            .expect("levee publish");
+        assert!(!out.status.success(), "a follower took a publish");
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        if last.contains("not-leader (49)") && last.contains(&wire) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("publish to a follower: {last}");
+}
+
+/// A Jepsen-style run: producers with confirms and a consumer acking, while random faults hit the
+/// cluster (SIGKILL of a random node or of the leader, restarts; at most one node down at a time,
+/// so a majority is always there to make progress). Checked at the end: every confirmed message
+/// was delivered, nothing was delivered that was not published; duplicates are counted.
+///
+/// CI runs a short one; `LEVEE_CHECKER_FAULTS=100 LEVEE_CHECKER_MESSAGES=20000` a long one
+/// (docs/guarantees.md), `LEVEE_CHECKER_SEED` replays a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checker_random_kills_and_restarts() {
+    use rand::{Rng, SeedableRng};
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let faults = env("LEVEE_CHECKER_FAULTS", 6);
+    let n = env("LEVEE_CHECKER_MESSAGES", 2000);
+    let seed = env("LEVEE_CHECKER_SEED", u64::from(std::process::id()));
+    eprintln!("checker: {faults} faults, {n} messages, seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let cluster = Arc::new(Cluster::start());
+    cluster.levee(&["declare", QUEUE]);
+    cluster.serving().await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let producer = tokio::spawn(produce(cluster.clone(), ledger.clone(), 0, n));
+    let consumer = tokio::spawn(consume(cluster.clone(), ledger.clone(), n));
+    let mut down: Option<u64> = None;
+    let mut events = Vec::new();
+    for _ in 0..faults {
+        // Let some traffic through between faults.
+        let target = ledger.lock().confirmed.len() as u64 + n / (faults * 2 + 2);
+        let wait_until = Instant::now() + Duration::from_secs(5);
+        while (ledger.lock().confirmed.len() as u64) < target.min(n) && Instant::now() < wait_until
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match down {
+            Some(node) => {
+                cluster.script(&["restart", &node.to_string()]);
+                events.push(format!("restart {node}"));
+                down = None;
+            }
+            None => {
+                let node = if rng.random_bool(0.5) {
+                    cluster.serving().await.0
+                } else {
+                    rng.random_range(1..=3)
+                };
+                cluster.script(&["kill", &node.to_string()]);
+                events.push(format!("kill -9 {node}"));
+                down = Some(node);
+            }
+        }
+    }
+    if let Some(node) = down {
+        cluster.script(&["restart", &node.to_string()]);
+        events.push(format!("restart {node}"));
+    }
+    tokio::time::timeout(Duration::from_secs(300), producer)
+        .await
+        .expect("producer finished in time")
+        .expect("producer task");
+    tokio::time::timeout(Duration::from_secs(300), consumer)
+        .await
+        .expect("consumer finished in time")
+        .expect("consumer task");
+    let (dups, marked) = check(&ledger.lock(), n);
+    eprintln!(
+        "checker: seed {seed}, events {events:?}: {} confirmed, all delivered, none unpublished; \
+         {dups} duplicate deliveries ({marked} marked redelivered)",
+        ledger.lock().confirmed.len()
+    );
+}
