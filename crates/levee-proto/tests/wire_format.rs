@@ -261,6 +261,7 @@ fn error_codes_are_stable() {
             (35, "queue-full"),
             (36, "storage-full"),
             (48, "shutting-down"),
+            (49, "not-leader"),
             (255, "internal"),
         ]
     );
