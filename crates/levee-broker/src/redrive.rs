@@ -11,7 +11,7 @@
 //! stops there. The next batch starts only when the previous one is settled: the move is paced
 //! by the target's confirms. The pass ends when a batch comes back empty while the source has
 //! no ready message left; ready messages still waiting for their fsync (which no consumer gets
-//! before it) are waited for, up to [`DURABLE_WAIT`] in all, so a move right after messages
+//! before it) are waited for, up to `DURABLE_WAIT` in all, so a move right after messages
 //! arrived (just dead-lettered, say) does not end before them.
 //!
 //! # Crash safety

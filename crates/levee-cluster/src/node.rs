@@ -9,7 +9,7 @@
 //! - A replicated queue is served by the broker only on the node that leads its group, and only
 //!   after that node applied everything committed before its term (`Group::caught_up`); it is
 //!   unloaded as soon as this node sees it is no longer the leader.
-//! - A leader without a quorum acknowledgement for [`QUORUM_ACK_MS`] stops serving (a leader
+//! - A leader without a quorum acknowledgement for `QUORUM_ACK_MS` stops serving (a leader
 //!   cut off in a minority neither confirms nor delivers).
 //! - Every node starts every group with the same initial membership (all configured nodes):
 //!   openraft's first membership entry is then identical everywhere, so initialising on each

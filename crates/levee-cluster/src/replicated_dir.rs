@@ -58,7 +58,7 @@ fn safe(rel: &str) -> Option<PathBuf> {
         .then(|| p.to_path_buf())
 }
 
-/// The state of a replicated directory: applies [`FileOp`] batches under `root`.
+/// The state of a replicated directory: applies `FileOp` batches under `root`.
 pub struct DirStateMachine {
     root: PathBuf,
     /// Open handles of files written recently.

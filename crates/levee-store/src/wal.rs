@@ -37,7 +37,7 @@
 //!    missing directory (a deleted queue), for a sealed segment (already fsynced) and for a segment
 //!    below the directory's newest one that no longer exists (reclaimed). It creates a missing
 //!    segment only above the newest one (created, but its directory entry was not yet durable).
-//! 4. `synced` of an epoch's [`SyncShared`] only grows, and only after the commit's fdatasync
+//! 4. `synced` of an epoch's `SyncShared` only grows, and only after the commit's fdatasync
 //!    returned. A failed write or fsync fails the epoch: every handle of it and every log attached
 //!    in it fails (they are reopened by their owner); the commit thread starts a new epoch in a
 //!    fresh file once a file can be created again.

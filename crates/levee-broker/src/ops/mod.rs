@@ -3,13 +3,13 @@
 //! produces where), node figures (memory, disk, uptime) and the monitor task that samples every
 //! queue once a second and feeds history and rules (`monitor`, with its webhook sender).
 //!
-//! One [`Ops`] per broker, owned by it; the monitor task holds the broker weakly and ends with it.
+//! One `Ops` per broker, owned by it; the monitor task holds the broker weakly and ends with it.
 //!
 //! # Invariants
 //! - Memory: history as documented in `history`; rules as in `alerts`; the last
 //!   [`RECENT_TRANSITIONS`] fires and clears; one registry entry per open wire connection and
 //!   one per open subscription of those (removed when they end); webhook deliveries wait in a
-//!   channel of [`webhook::QUEUE`] (more are dropped and counted).
+//!   channel of `webhook::QUEUE` (more are dropped and counted).
 //! - The histograms are process-wide (one broker per process in production; tests that open
 //!   several brokers in one process share them).
 
