@@ -313,17 +313,26 @@ async fn kill_9_of_the_leader_under_load_loses_no_confirmed_message() {
     eprintln!(
         "{n} confirmed, all delivered; {dups} duplicate deliveries, {marked} marked redelivered"
     );
-    let status = cluster.levee(&["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&status).expect("status json");
-    assert_eq!(v["members"].as_array().map(Vec::len), Some(3));
-    assert!(
-        v["members"]
+    // The restarted node is reported up once it answers again (its start takes a moment).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = cluster.levee(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&status).expect("status json");
+        assert_eq!(v["members"].as_array().map(Vec::len), Some(3));
+        let all_up = v["members"]
             .as_array()
             .unwrap()
             .iter()
-            .all(|m| m["up"] == true),
-        "{status}"
-    );
+            .all(|m| m["up"] == true);
+        if all_up {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a member still down after 60 s: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

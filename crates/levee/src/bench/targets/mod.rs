@@ -8,9 +8,9 @@
 pub(crate) mod echo;
 pub(crate) mod levee;
 #[cfg(feature = "peers")]
-pub mod nats;
+pub(crate) mod nats;
 #[cfg(feature = "peers")]
-pub mod rabbitmq;
+pub(crate) mod rabbitmq;
 
 use super::args::{BenchArgs, TargetKind};
 use super::driver::Prepared;

@@ -29,7 +29,7 @@ use crate::bench::args::BenchArgs;
 use crate::bench::driver::{Ctx, Prepared, Worker};
 
 /// Default server address.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:4222";
+pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:4222";
 const DURABLE: &str = "bench";
 
 async fn connect(addr: &str) -> anyhow::Result<async_nats::Client> {
@@ -39,7 +39,7 @@ async fn connect(addr: &str) -> anyhow::Result<async_nats::Client> {
 }
 
 /// The stream config for these flags.
-pub fn stream_config(args: &BenchArgs, name: &str) -> jetstream::stream::Config {
+pub(crate) fn stream_config(args: &BenchArgs, name: &str) -> jetstream::stream::Config {
     jetstream::stream::Config {
         name: name.to_string(),
         subjects: vec![name.to_string()],
@@ -58,7 +58,7 @@ pub fn stream_config(args: &BenchArgs, name: &str) -> jetstream::stream::Config 
 }
 
 /// Prepares a NATS JetStream run.
-pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
+pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
     let addr = args.server.clone().unwrap_or_else(|| DEFAULT_ADDR.into());
     let names = queue_names(args);
     let admin = connect(&addr).await?;

@@ -25,7 +25,7 @@ use crate::bench::args::{BenchArgs, RabbitQueue};
 use crate::bench::driver::{Ctx, Prepared, Worker};
 
 /// Default AMQP URI.
-pub const DEFAULT_URI: &str = "amqp://127.0.0.1:5672/%2f";
+pub(crate) const DEFAULT_URI: &str = "amqp://127.0.0.1:5672/%2f";
 
 async fn connect(uri: &str) -> anyhow::Result<Connection> {
     Connection::connect(uri, ConnectionProperties::default())
@@ -34,7 +34,7 @@ async fn connect(uri: &str) -> anyhow::Result<Connection> {
 }
 
 /// The `queue.declare` arguments for these flags.
-pub fn declare_args(args: &BenchArgs) -> FieldTable {
+pub(crate) fn declare_args(args: &BenchArgs) -> FieldTable {
     let mut t = FieldTable::default();
     let kind = match args.rabbit_queue {
         RabbitQueue::Quorum => "quorum",
@@ -64,7 +64,7 @@ pub fn declare_args(args: &BenchArgs) -> FieldTable {
 }
 
 /// Prepares a RabbitMQ run.
-pub async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
+pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
     let uri = args.server.clone().unwrap_or_else(|| DEFAULT_URI.into());
     let queues = queue_names(args);
     let admin = connect(&uri).await?;
