@@ -11,23 +11,8 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{Server, http_json, wait_until};
+use common::{Server, http_json, ops_tool, wait_until};
 use serde_json::{Value, json};
-
-fn ops_tool(tool: &str) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/ops-tools.sh");
-    let out = Command::new("sh")
-        .arg(script)
-        .arg(tool)
-        .output()
-        .expect("running scripts/ops-tools.sh");
-    assert!(
-        out.status.success(),
-        "scripts/ops-tools.sh {tool} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 fn target_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(

@@ -11,24 +11,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Server, http_get, http_json, wait_until};
+use common::{Server, http_get, http_json, ops_tool, wait_until};
 use serde_json::{Value, json};
-
-/// Installs a tool through the project's script (`scripts/ops-tools.sh`): its path.
-pub(crate) fn ops_tool(tool: &str) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/ops-tools.sh");
-    let out = Command::new("sh")
-        .arg(script)
-        .arg(tool)
-        .output()
-        .expect("running scripts/ops-tools.sh");
-    assert!(
-        out.status.success(),
-        "scripts/ops-tools.sh {tool} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 fn publish(server: &Server, queue: &str, body: Value) {
     let (st, v) = http_json(

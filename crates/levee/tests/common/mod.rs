@@ -471,3 +471,20 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Installs a tool through the project's script (`scripts/ops-tools.sh`: promtool, chromium,
+/// playwright-core): its path.
+pub(crate) fn ops_tool(tool: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/ops-tools.sh");
+    let out = Command::new("sh")
+        .arg(script)
+        .arg(tool)
+        .output()
+        .expect("running scripts/ops-tools.sh");
+    assert!(
+        out.status.success(),
+        "scripts/ops-tools.sh {tool} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
