@@ -274,8 +274,12 @@ fn a_client_that_never_reads_its_replies_is_cut_off() {
         use std::io::Write;
         let _ = writer.write_all(&burst);
     });
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    // The server gave up on this connection: reading now reaches its end well before 100k replies.
+    // Until the server gives up on this connection (not a fixed sleep: on a busy machine it may
+    // take longer to read enough of the burst to fill the socket buffers).
+    common::wait_until("the server cut off the client that does not read", || {
+        common::metric(server.http, "levee_connections") == 0
+    });
+    // Reading now reaches the connection's end well before 100k replies.
     let mut replies = 0u64;
     loop {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| raw.recv())) {
