@@ -451,14 +451,7 @@ impl Wal {
         let mut report = ReplayReport::default();
         let read = |index: u64| -> Result<Vec<u8>> {
             let path = dir.join(wal_name(index));
-            let file = backend
-                .open_file(&path, OpenMode::Existing)
-                .map_err(|e| StoreError::io("open", &path, e))?;
-            let len = file.len().map_err(|e| StoreError::io("stat", &path, e))?;
-            let mut data = vec![0u8; len as usize];
-            file.read_at(&mut data, 0)
-                .map_err(|e| StoreError::io("read", &path, e))?;
-            Ok(data)
+            Ok(crate::log::open_whole(backend.as_ref(), &path)?.1)
         };
         // Pass 1: which log is the newest of each directory.
         let mut dirs_of: HashMap<LogId, PathBuf> = HashMap::new();

@@ -39,6 +39,7 @@
 mod compact;
 mod index;
 mod recovery;
+pub(crate) use recovery::open_whole;
 mod sync;
 mod writer;
 

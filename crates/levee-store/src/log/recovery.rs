@@ -116,13 +116,8 @@ pub(super) fn scan(
     let mut files: Vec<Arc<dyn StorageFile>> = Vec::new();
     for (pos, &(index, sealed)) in names.iter().enumerate() {
         let path = dir.join(seg_name(index, sealed));
-        let file = backend
-            .open_file(&path, OpenMode::Existing)
-            .map_err(|e| StoreError::io("open", &path, e))?;
-        let len = file.len().map_err(|e| StoreError::io("stat", &path, e))?;
-        let mut data = vec![0u8; len as usize];
-        file.read_at(&mut data, 0)
-            .map_err(|e| StoreError::io("read", &path, e))?;
+        let (file, data) = open_whole(backend, &path)?;
+        let len = data.len() as u64;
         report.segments += 1;
         report.bytes_scanned += len;
         match scan_segment(&path, index, sealed, &data, &mut st, &mut report, &mut ids)? {
@@ -293,6 +288,22 @@ pub(super) fn activate(inner: &Inner) -> Result<()> {
 
 /// Scans one segment's bytes into the state. `Ok(Some((offset, reason)))` = a torn tail in an unsealed
 /// segment at `offset`.
+/// Opens the existing file at `path` and reads all of it: the file and its bytes (recovery of a
+/// segment, replay of a write-ahead log file).
+pub(crate) fn open_whole(
+    backend: &dyn Backend,
+    path: &Path,
+) -> Result<(Arc<dyn StorageFile>, Vec<u8>)> {
+    let file = backend
+        .open_file(path, OpenMode::Existing)
+        .map_err(|e| StoreError::io("open", path, e))?;
+    let len = file.len().map_err(|e| StoreError::io("stat", path, e))?;
+    let mut data = vec![0u8; len as usize];
+    file.read_at(&mut data, 0)
+        .map_err(|e| StoreError::io("read", path, e))?;
+    Ok((file, data))
+}
+
 fn scan_segment(
     path: &Path,
     index: u64,
