@@ -11,7 +11,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{Server, http_json, ops_tool, wait_until};
+use common::{Server, http_json, http_publish as publish, ops_tool, wait_until};
 use serde_json::{Value, json};
 
 fn target_dir() -> std::path::PathBuf {
@@ -104,16 +104,6 @@ fn run_browser(server: &Server, mode: &str, login: Option<(&str, &str)>) -> Valu
 fn put(server: &Server, path: &str, body: Value) {
     let (st, v) = http_json(server, "PUT", path, Some(&body));
     assert!(st == 201 || st == 200, "{path}: {st} {v}");
-}
-
-fn publish(server: &Server, queue: &str, body: Value) {
-    let (st, v) = http_json(
-        server,
-        "POST",
-        &format!("/api/queues/{queue}/messages"),
-        Some(&body),
-    );
-    assert_eq!(st, 200, "{v}");
 }
 
 fn history_len(server: &Server, queue: &str) -> usize {

@@ -11,18 +11,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Server, http_get, http_json, ops_tool, wait_until};
+use common::{Server, http_get, http_json, http_publish as publish, ops_tool, wait_until};
 use serde_json::{Value, json};
-
-fn publish(server: &Server, queue: &str, body: Value) {
-    let (st, v) = http_json(
-        server,
-        "POST",
-        &format!("/api/queues/{queue}/messages"),
-        Some(&body),
-    );
-    assert_eq!(st, 200, "{v}");
-}
 
 fn firing(server: &Server) -> Vec<(String, String)> {
     let (st, v) = http_json(server, "GET", "/api/alerts", None);

@@ -488,3 +488,15 @@ pub(crate) fn ops_tool(tool: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// Publishes one message over HTTP (`POST /api/queues/{queue}/messages` with `body`), expecting
+/// 200.
+pub(crate) fn http_publish(server: &Server, queue: &str, body: serde_json::Value) {
+    let (st, v) = http_json(
+        server,
+        "POST",
+        &format!("/api/queues/{queue}/messages"),
+        Some(&body),
+    );
+    assert_eq!(st, 200, "{v}");
+}
