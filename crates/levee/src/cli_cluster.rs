@@ -10,6 +10,10 @@ use levee_cluster::admin::{AdminReply, AdminRequest, Status, request};
 
 use crate::cli::Outcome;
 
+/// How long `levee cluster declare` keeps trying the nodes while none of them leads the
+/// metadata group.
+const DECLARE_RETRY: Duration = Duration::from_secs(10);
+
 /// `levee cluster`.
 #[derive(Args, Debug)]
 pub(crate) struct ClusterArgs {
@@ -144,22 +148,31 @@ pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<Outcome> {
             let name = d.name.clone();
             let config = levee_cluster::admin::encode_config(&name, &d.config()?)?;
             let mut last = None;
-            for addr in &args.nodes {
-                let req = AdminRequest::Declare {
-                    name: name.clone(),
-                    config: config.clone(),
-                };
-                match request(addr, req).await {
-                    Ok(AdminReply::Declared(created)) => {
-                        println!(
-                            "replicated queue {name} {}",
-                            if created { "created" } else { "exists" }
-                        );
-                        return Ok(Outcome::Done);
+            // Only the metadata leader declares. While no node is it (an election in
+            // progress), try them all again, for a bounded time.
+            let deadline = Instant::now() + DECLARE_RETRY;
+            loop {
+                for addr in &args.nodes {
+                    let req = AdminRequest::Declare {
+                        name: name.clone(),
+                        config: config.clone(),
+                    };
+                    match request(addr, req).await {
+                        Ok(AdminReply::Declared(created)) => {
+                            println!(
+                                "replicated queue {name} {}",
+                                if created { "created" } else { "exists" }
+                            );
+                            return Ok(Outcome::Done);
+                        }
+                        Ok(other) => last = Some(format!("{addr}: {other:?}")),
+                        Err(e) => last = Some(e.to_string()),
                     }
-                    Ok(other) => last = Some(format!("{addr}: {other:?}")),
-                    Err(e) => last = Some(e.to_string()),
                 }
+                if args.nodes.is_empty() || Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             anyhow::bail!(
                 "no node declared {name}: {}",
