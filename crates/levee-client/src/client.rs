@@ -332,6 +332,43 @@ impl Client {
     pub async fn connect(addr: impl ToSocketAddrs, opts: ClientOptions) -> Result<Client> {
         opts.validate()?;
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+        Client::connect_resolved(addrs, opts).await
+    }
+
+    /// Connects to the first of several brokers (the nodes of a cluster, each `HOST:PORT`) that
+    /// answers, trying them in order; later reconnections go through the same list, so a client
+    /// whose node died moves on to the next one. An address that does not resolve is skipped
+    /// (an error only if none resolves).
+    ///
+    /// A replicated queue is served by one node at a time: an operation on it through another
+    /// node fails with `not-leader`, and [`ClientError::serving_node`] names the node to use.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a cancelled connect leaves nothing behind.
+    pub async fn connect_any<S: AsRef<str>>(nodes: &[S], opts: ClientOptions) -> Result<Client> {
+        opts.validate()?;
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut failed = Vec::new();
+        for node in nodes {
+            let node = node.as_ref().trim();
+            match tokio::net::lookup_host(node).await {
+                Ok(found) => {
+                    for a in found {
+                        if !addrs.contains(&a) {
+                            addrs.push(a);
+                        }
+                    }
+                }
+                Err(e) => failed.push(format!("{node}: {e}")),
+            }
+        }
+        if addrs.is_empty() && !failed.is_empty() {
+            return Err(ClientError::Io(failed.join("; ")));
+        }
+        Client::connect_resolved(addrs, opts).await
+    }
+
+    async fn connect_resolved(addrs: Vec<SocketAddr>, opts: ClientOptions) -> Result<Client> {
         if addrs.is_empty() {
             return Err(ClientError::InvalidOption(
                 "the address resolves to nothing".into(),

@@ -99,6 +99,29 @@ pub(crate) fn foreign_protocol(first: &[u8]) -> Option<&'static str> {
     }
 }
 
+impl ClientError {
+    /// For a `not-leader` error (the queue is replicated and another cluster node serves it):
+    /// the wire address of the serving node, when the broker named one. The broker's text for
+    /// this code ends with `: try HOST:PORT`; that suffix is part of the contract of
+    /// `not-leader` (docs/cluster.md, "Clients").
+    pub fn serving_node(&self) -> Option<&str> {
+        let text = match self {
+            ClientError::Server {
+                code: ErrorCode::NotLeader,
+                message,
+            } => message,
+            ClientError::Rejected {
+                code: ErrorCode::NotLeader,
+                reason,
+            } => reason,
+            _ => return None,
+        };
+        let (_, at) = text.rsplit_once(": try ")?;
+        let at = at.trim();
+        (!at.is_empty() && !at.contains(char::is_whitespace)).then_some(at)
+    }
+}
+
 impl From<std::io::Error> for ClientError {
     fn from(e: std::io::Error) -> Self {
         ClientError::Io(e.to_string())
@@ -135,6 +158,30 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_not_leader_error_names_the_serving_node() {
+        let err = |message: &str| ClientError::Server {
+            code: ErrorCode::NotLeader,
+            message: message.into(),
+        };
+        let e = err("queue jobs is replicated and served by another node: try 127.0.0.1:5783");
+        assert_eq!(e.serving_node(), Some("127.0.0.1:5783"));
+        assert_eq!(
+            err("queue jobs is replicated and served by another node").serving_node(),
+            None
+        );
+        let other = ClientError::Server {
+            code: ErrorCode::UnknownQueue,
+            message: "unknown queue jobs: try 1.2.3.4:5".into(),
+        };
+        assert_eq!(other.serving_node(), None);
+        let rejected = ClientError::Rejected {
+            code: ErrorCode::NotLeader,
+            reason: "queue q is replicated and served by another node: try [::1]:5680".into(),
+        };
+        assert_eq!(rejected.serving_node(), Some("[::1]:5680"));
+    }
 
     #[test]
     fn answers_of_other_protocols_are_recognised() {

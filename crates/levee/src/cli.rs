@@ -65,12 +65,23 @@ impl Outcome {
     }
 }
 
+/// `a,b,c` (spaces allowed, empty parts ignored) as a list of addresses.
+pub(crate) fn split_addrs(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The client options: where the broker is. Accepted before the subcommand (`levee --addr H:P
 /// queue list`) and after it (`levee queue list --addr H:P`); not by `serve` or `bench`.
 #[derive(Args, Debug, Clone, Default)]
 pub(crate) struct Conn {
-    /// Broker wire address [env: LEVEE_ADDR] [default: 127.0.0.1:5680].
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Broker wire address, or a cluster's nodes comma-separated (tried in order; a replicated
+    /// queue's commands follow `not-leader` to the node serving it)
+    /// [env: LEVEE_ADDR] [default: 127.0.0.1:5680].
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT…]")]
     pub addr: Option<String>,
     /// User to log in as [env: LEVEE_USER].
     #[arg(long, value_name = "NAME")]
@@ -112,8 +123,9 @@ impl Access {
 /// [`Conn`] for `levee queue`: the same option, also accepted after `queue`'s own subcommand.
 #[derive(Args, Debug, Clone, Default)]
 pub(crate) struct QueueConn {
-    /// Broker wire address [env: LEVEE_ADDR] [default: 127.0.0.1:5680].
-    #[arg(long, value_name = "HOST:PORT", global = true)]
+    /// Broker wire address, or a cluster's nodes comma-separated [env: LEVEE_ADDR]
+    /// [default: 127.0.0.1:5680].
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT…]", global = true)]
     pub addr: Option<String>,
 }
 
@@ -183,17 +195,50 @@ impl Conn {
             .unwrap_or_else(|| DEFAULT_ADDR.to_string())
     }
 
+    /// The addresses of [`Conn::addr`]: one, or the nodes of a cluster, comma-separated.
+    pub(crate) fn addrs(&self) -> Vec<String> {
+        split_addrs(&self.addr())
+    }
+
+    /// A client connected to the first of [`Conn::addrs`] that answers.
     pub(crate) async fn client(&self) -> anyhow::Result<Client> {
+        self.client_at(&self.addrs()).await
+    }
+
+    async fn client_at(&self, addrs: &[String]) -> anyhow::Result<Client> {
         let opts = ClientOptions {
             name: "levee-cli".into(),
             reconnect: None,
             ..ClientOptions::default()
         };
-        let addr = self.addr();
-        let opts = self.access(&addr)?.apply(opts);
-        Client::connect(addr.as_str(), opts)
+        // TLS names the server after the first address's host (a cluster's nodes share a
+        // certificate naming them all, or are reached by one name).
+        let first = addrs.first().map_or(DEFAULT_ADDR, String::as_str);
+        let opts = self.access(first)?.apply(opts);
+        Client::connect_any(addrs, opts)
             .await
-            .with_context(|| format!("connecting to {addr}"))
+            .with_context(|| format!("connecting to {}", addrs.join(",")))
+    }
+
+    /// A client connected to the node that serves `queue`: the first of [`Conn::addrs`] that
+    /// answers, and if that node says the queue is replicated and served by another node
+    /// (`not-leader`), that node instead (followed up to three times: a failover may be under
+    /// way). The redirect is decided before the command runs, so nothing is ever sent twice.
+    /// A queue that does not exist, or any other answer, keeps the first connection (the
+    /// command then reports or creates as it would on a single node).
+    pub(crate) async fn client_for(&self, queue: &str) -> anyhow::Result<Client> {
+        let mut client = self.client().await?;
+        for _ in 0..3 {
+            let serving = match client.inspect(queue).await {
+                Err(e) => e.serving_node().map(str::to_string),
+                Ok(_) => None,
+            };
+            let Some(at) = serving else { break };
+            eprintln!("levee: queue {queue} is served by {at}; connecting there");
+            let _ = client.close().await;
+            client = self.client_at(&[at]).await?;
+        }
+        Ok(client)
     }
 }
 
@@ -318,6 +363,21 @@ pub(crate) enum QueueCmd {
         /// Queue name.
         name: String,
     },
+}
+
+impl QueueCmd {
+    /// The queue this command is about (the source queue of a move), if it names one.
+    fn queue_name(&self) -> Option<&str> {
+        match self {
+            QueueCmd::Declare(args) | QueueCmd::Update(args) => Some(&args.name),
+            QueueCmd::List { .. } => None,
+            QueueCmd::Inspect { name, .. }
+            | QueueCmd::Peek { name, .. }
+            | QueueCmd::Move { name, .. }
+            | QueueCmd::Purge { name }
+            | QueueCmd::Delete { name } => Some(name),
+        }
+    }
 }
 
 /// Parses `--max-deliveries`: a count, `0` or `unlimited` for no limit.
@@ -525,7 +585,10 @@ fn is_unknown_queue(e: &ClientError) -> bool {
 
 /// `levee queue …`
 pub(crate) async fn queue(conn: &Conn, cmd: QueueCmd) -> anyhow::Result<Outcome> {
-    let client = conn.client().await?;
+    let client = match cmd.queue_name() {
+        Some(name) => conn.client_for(name).await?,
+        None => conn.client().await?,
+    };
     match cmd {
         QueueCmd::Declare(args) => {
             let config = if args.exact {
@@ -1002,7 +1065,7 @@ pub(crate) async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<Ou
     } else {
         Source::stdin()
     };
-    let client = conn.client().await?;
+    let client = conn.client_for(&queue).await?;
     let producer = client.producer(&queue, ProducerOptions::default()).await?;
     let started = Instant::now();
     let interval = args
@@ -1199,7 +1262,7 @@ pub(crate) struct ConsumeArgs {
 /// summary (consumed, acked) goes to stderr however it ends.
 pub(crate) async fn consume(conn: &Conn, args: ConsumeArgs) -> anyhow::Result<Outcome> {
     let mut sigint = Interrupt::install()?;
-    let client = conn.client().await?;
+    let client = conn.client_for(&args.queue).await?;
     let opts = ConsumerOptions {
         credit: match args.credit {
             Some(n) => Credit::Fixed(n),
@@ -1397,7 +1460,10 @@ fn render_table(infos: &[QueueInfo]) -> String {
 /// `levee stats`: one line per queue (or the full view of one queue); `--json` for scripts.
 pub(crate) async fn stats(conn: &Conn, args: StatsArgs) -> anyhow::Result<Outcome> {
     let mut sigint = Interrupt::install()?;
-    let client = conn.client().await?;
+    let client = match &args.queue {
+        Some(q) => conn.client_for(q).await?,
+        None => conn.client().await?,
+    };
     let redraw = args.watch && !args.json && std::io::stdout().is_terminal();
     let mut first = true;
     loop {
