@@ -88,6 +88,13 @@ pub struct BrokerConfig {
     /// The shared write-ahead log of every disk queue (`<data_dir>/wal/`; see levee-store's
     /// `wal` module): file size, pending-bytes bound, lazy commit delay.
     pub wal: levee_store::WalConfig,
+    /// Whether disk queues attach to the shared write-ahead log (default `true`). With `false`
+    /// (`[wal] enabled = false`) every disk queue's log is standalone, as before the WAL: its
+    /// own sync thread and one fdatasync per queue per commit cycle. That is faster for one or
+    /// a few busy queues (each payload is written once, not to its segment and the WAL) and
+    /// costs a thread per durable queue. The WAL is still opened at start, so records a
+    /// previous run left in it are redone before any queue opens.
+    pub shared_wal: bool,
 }
 
 impl Default for BrokerConfig {
@@ -109,6 +116,7 @@ impl Default for BrokerConfig {
             alerts: Vec::new(),
             history_seconds: crate::ops::history::DEFAULT_HISTORY_SECONDS,
             wal: levee_store::WalConfig::default(),
+            shared_wal: true,
         }
     }
 }
@@ -232,6 +240,9 @@ mod ops;
 pub(crate) type Deletion =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, BrokerError>> + Send>>;
 
+/// A callback appending Prometheus text to `/metrics` ([`Broker::set_metrics_source`]).
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 pub(crate) struct Inner {
     pub(crate) config: BrokerConfig,
     pub(crate) backend: Arc<dyn Backend>,
@@ -253,6 +264,9 @@ pub(crate) struct Inner {
     /// Replicated queues this node does not serve now, with the wire address of the node that
     /// does (if known): a client naming one is told `not-leader` instead of `unknown-queue`.
     elsewhere: parking_lot::RwLock<HashMap<String, Option<String>>>,
+    /// Extra Prometheus text appended to `/metrics` by a layer above the broker (the cluster
+    /// node's `levee_cluster_*` gauges), see [`Broker::set_metrics_source`].
+    metrics_source: parking_lot::RwLock<Option<MetricsSource>>,
     /// Held for the broker's lifetime: no other broker opens this data directory meanwhile
     /// (`None` on a caller-provided backend).
     _lock: Option<DataDirLock>,
@@ -388,6 +402,7 @@ impl Broker {
             next_id: AtomicU64::new(1),
             exchanges: crate::routing::Exchanges::new(),
             elsewhere: parking_lot::RwLock::new(HashMap::new()),
+            metrics_source: parking_lot::RwLock::new(None),
             _lock: lock,
         });
         let broker = Broker { inner };
@@ -450,7 +465,7 @@ impl Broker {
                 // A queue on the broker's own backend shares its write-ahead log. A replicated
                 // queue (`load_external`) must not: its backend's fsync is the Raft commit, and
                 // with the WAL its log would never fsync on the confirm path.
-                if on_wal {
+                if on_wal && self.inner.config.shared_wal {
                     lc.wal = Some(self.inner.wal.clone());
                 }
                 let cfg = config.clone();
@@ -776,6 +791,21 @@ impl Broker {
             None => {
                 e.remove(queue);
             }
+        }
+    }
+
+    /// Installs `source`, which appends Prometheus text-format families (each with its
+    /// `# HELP` and `# TYPE` lines, names outside the broker's own) to every `/metrics` answer.
+    /// Used by the cluster node; the last one installed wins.
+    pub fn set_metrics_source(&self, source: MetricsSource) {
+        *self.inner.metrics_source.write() = Some(source);
+    }
+
+    /// Appends the installed [`Broker::set_metrics_source`] text, if any, to `out`.
+    pub(crate) fn render_metrics_source(&self, out: &mut String) {
+        let source = self.inner.metrics_source.read().clone();
+        if let Some(source) = source {
+            source(out);
         }
     }
 

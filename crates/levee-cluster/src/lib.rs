@@ -11,6 +11,7 @@
 //! - [`replicated_dir`]: a replicated queue's files — the broker's queue log runs unchanged on a
 //!   storage backend whose fsync commits the writes through the queue's Raft group;
 //! - [`admin`]: the metadata group's catalog of replicated queues and the admin requests;
+//! - [`metrics`]: the `levee_cluster_*` gauges a node adds to its broker's `/metrics`;
 //! - [`node`]: a node — groups, the cluster listener, and serving each queue in the local broker
 //!   while this node leads it.
 //!
@@ -22,6 +23,7 @@
 pub mod admin;
 mod error;
 pub mod logstore;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 mod raw;

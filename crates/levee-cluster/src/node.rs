@@ -161,6 +161,16 @@ impl Node {
             queues: RwLock::new(HashMap::new()),
         });
         rt.spawn(serve(listener, shared.clone()));
+        // `levee_cluster_*` on the broker's `/metrics` (a weak handle: the broker must not keep
+        // the node alive).
+        let weak = Arc::downgrade(&shared);
+        shared
+            .broker
+            .set_metrics_source(Arc::new(move |out: &mut String| {
+                if let Some(s) = weak.upgrade() {
+                    crate::metrics::render(out, &status(&s));
+                }
+            }));
         // The metadata group.
         let (added_tx, mut added_rx) = mpsc::unbounded_channel();
         let catalog = Arc::new(Catalog::new(added_tx));

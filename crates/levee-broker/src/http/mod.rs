@@ -195,6 +195,7 @@ async fn metrics(State(broker): State<Broker>) -> Response {
     ops::render_ops_metrics(&mut text, &broker, &ok).await;
     render_wal(&mut text, &broker);
     exchanges::render_exchange_metrics(&mut text, &broker);
+    broker.render_metrics_source(&mut text);
     let mut resp = text.into_response();
     let h = resp.headers_mut();
     h.insert(
