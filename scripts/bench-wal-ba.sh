@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Issue 13 before/after: run in a directory holding ./levee-base (the base commit's release
-# binary) and ./levee-new; the new harness drives both, alternated, fsync always.
-declare -A BIN=([base]=./levee-base [new]=./levee-new)
+# Issue 13 before/after: run in a directory holding ./levee-new (this commit's release binary)
+# and, optionally, ./levee-base (the base commit's). The new harness drives every variant,
+# alternated, fsync always:
+#   base  ./levee-base serve                      (if present)
+#   new   ./levee-new serve                       (disk queues on the shared WAL, the default)
+#   nowal ./levee-new serve with [wal] enabled = false (standalone per-queue logs)
+# Only some variants: VARIANTS="new nowal" scripts/bench-wal-ba.sh
+declare -A BIN=([base]=./levee-base [new]=./levee-new [nowal]=./levee-new)
+printf '[wal]\nenabled = false\n' > nowal.toml
+declare -A EXTRA=([base]="" [new]="" [nowal]="--config nowal.toml")
+variants=${VARIANTS:-"base new nowal"}
+[ -x ./levee-base ] || variants=${variants//base/}
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for rep in 1 2; do
-  for which in base new; do
+  for which in $variants; do
     for case in rate 1p1c 4p4c; do
       d=$(mktemp -d -p .); port=$((20000 + RANDOM % 20000))
-      ${BIN[$which]} serve --listen 127.0.0.1:$port --http 127.0.0.1:0 --amqp off --data-dir $d/data > $d/out 2>/dev/null &
+      ${BIN[$which]} serve --listen 127.0.0.1:$port --http 127.0.0.1:0 --amqp off --data-dir $d/data ${EXTRA[$which]} > $d/out 2>/dev/null &
       pid=$!; sleep 1
       case $case in
         1p1c) args="--producers 1 --consumers 1 --size 1KiB";;

@@ -102,7 +102,7 @@ struct FileConfig {
     alerts: Vec<levee_broker::ops::RuleConfig>,
     /// `[history] seconds = 900`: per-queue history kept at 1 s resolution.
     history: Option<HistoryConfig>,
-    /// The shared write-ahead log: `[wal] file_bytes, max_pending_bytes, lazy_commit_ms`.
+    /// The shared write-ahead log: `[wal] enabled, file_bytes, max_pending_bytes, lazy_commit_ms`.
     wal: Option<WalFileConfig>,
     /// Clustering (docs/cluster.md): `[cluster] node_id, listen, data_dir` and
     /// `[[cluster.nodes]] id, cluster, wire`.
@@ -120,6 +120,8 @@ struct HistoryConfig {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct WalFileConfig {
+    /// `false`: every disk queue keeps a standalone log (`BrokerConfig::shared_wal`).
+    enabled: Option<bool>,
     #[serde(default, deserialize_with = "crate::units::de_size")]
     file_bytes: Option<u64>,
     #[serde(default, deserialize_with = "crate::units::de_size_usize")]
@@ -244,6 +246,9 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         broker.http_header_timeout_ms = v;
     }
     if let Some(w) = &file.wal {
+        if let Some(v) = w.enabled {
+            broker.shared_wal = v;
+        }
         if let Some(v) = w.file_bytes {
             broker.wal.file_bytes = v;
         }

@@ -166,6 +166,57 @@ fn confirmed_messages_survive_kill_9_and_acked_ones_stay_acked() {
     }
 }
 
+/// Declares `jobs` (disk, fsync always) and publishes `ids` with confirms on a new connection.
+fn declare_and_publish(server: &Server, ids: std::ops::Range<u32>) -> Vec<u32> {
+    let mut raw = Raw::handshake(server.wire);
+    raw.send(&ClientFrame::Declare {
+        req: 1,
+        queue: "jobs".into(),
+        config: QueueConfig::default(),
+    });
+    assert!(matches!(raw.recv(), Some(ServerFrame::QueueOk { .. })));
+    raw.send(&ClientFrame::Produce {
+        req: 2,
+        queue: "jobs".into(),
+    });
+    assert!(matches!(
+        raw.recv(),
+        Some(ServerFrame::QueueOk { req: 2, .. })
+    ));
+    let mut credit = 0;
+    publish_confirmed(&mut raw, "jobs", ids, &mut credit)
+}
+
+/// `[wal] enabled = false`: disk queues keep standalone logs (nothing goes through the shared
+/// WAL, whose commit counter stays at 0) and a confirmed message still survives kill -9, with
+/// the WAL off and after switching it back on. The same publishes with the WAL on do commit
+/// through it, so the counter is what tells the two apart.
+#[test]
+fn with_the_shared_wal_off_confirmed_messages_survive_kill_9() {
+    let with_wal = Server::start();
+    assert_eq!(declare_and_publish(&with_wal, 0..100).len(), 100);
+    assert!(common::metric(with_wal.http, "levee_wal_commits_total") > 0);
+    drop(with_wal);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("levee.toml");
+    std::fs::write(&config, "[wal]\nenabled = false\n").expect("config");
+    let flags = ["--config", config.to_str().unwrap()];
+    let mut server = Server::start_with(&flags);
+    let mut confirmed = declare_and_publish(&server, 0..300);
+    assert_eq!(confirmed.len(), 300);
+    assert_eq!(common::metric(server.http, "levee_wal_commits_total"), 0);
+    server.restart_after_kill9_with(&flags);
+    confirmed.extend(declare_and_publish(&server, 300..400));
+    assert_eq!(common::metric(server.http, "levee_wal_commits_total"), 0);
+    // Back on: the standalone log is opened attached, as any log is after a restart.
+    server.restart_after_kill9();
+    let mut after = Raw::handshake(server.wire);
+    let (_, got) = take(&mut after, "jobs", confirmed.len());
+    let ids: Vec<u32> = got.iter().map(|g| g.1).collect();
+    assert_eq!(ids, confirmed, "every confirmed message, once, in order");
+}
+
 #[test]
 fn memory_queue_definitions_survive_a_restart_empty_and_transient_queues_do_not() {
     let mut server = Server::start();

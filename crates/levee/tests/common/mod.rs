@@ -93,9 +93,14 @@ impl Server {
 
     /// SIGKILLs the server and starts a new one on the same data directory and wire port.
     pub(crate) fn restart_after_kill9(&mut self) {
+        self.restart_after_kill9_with(&[]);
+    }
+
+    /// [`Server::restart_after_kill9`], the new one started with `extra` flags.
+    pub(crate) fn restart_after_kill9_with(&mut self, extra: &[&str]) {
         self.kill9();
         let tmp = self._tmp.take();
-        let mut s = Self::spawn(&self.data_dir, Some(self.wire), Some(self.amqp), &[]);
+        let mut s = Self::spawn(&self.data_dir, Some(self.wire), Some(self.amqp), extra);
         s._tmp = tmp;
         std::mem::swap(self, &mut s);
     }
