@@ -112,6 +112,23 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Node `n`'s `/metrics` (its HTTP port is B+10+N), or "" if it does not answer.
+    fn metrics(&self, n: u16) -> String {
+        use std::io::{Read, Write};
+        let addr = format!("127.0.0.1:{}", self.base + 10 + n);
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
     /// Waits until some node serves the queue; returns its id and wire address.
     async fn serving(&self) -> (u64, String) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -333,6 +350,43 @@ async fn kill_9_of_the_leader_under_load_loses_no_confirmed_message() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Every node's /metrics tells who serves the queue; only the serving node says "here".
+    let (serving, _) = cluster.serving().await;
+    let sample = |node: u16, family: &str| -> Option<u64> {
+        let body = cluster.metrics(node);
+        let prefix = format!("{family}{{queue=\"{QUEUE}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let views: Vec<(Option<u64>, Option<u64>)> = (1..=3u16)
+            .map(|n| {
+                (
+                    sample(n, "levee_cluster_queue_leader"),
+                    sample(n, "levee_cluster_queue_served_here"),
+                )
+            })
+            .collect();
+        let agreed = views.iter().enumerate().all(|(i, (leader, here))| {
+            *leader == Some(serving) && *here == Some(u64::from(i as u64 + 1 == serving))
+        });
+        if agreed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics disagree with node {serving} serving: {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let body = cluster.metrics(serving as u16);
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("levee_cluster_replica_lag_entries{")),
+        "the leader reports no replica lag:\n{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -371,22 +425,68 @@ async fn follower_kill_and_whole_cluster_restart_keep_the_queue() {
     // A node that does not serve the queue redirects: `not-leader`, naming the serving node.
     let (serving, wire) = cluster.serving().await;
     let other = (1..=3).find(|n| *n != serving).unwrap();
-    // (A follower may learn who leads a moment after the leader serves: asked again then.)
     let follower = format!("127.0.0.1:{}", cluster.base + other as u16);
-    let mut last = String::new();
+    // (A follower may learn who leads a moment after the leader serves: asked again then.)
+    let mut last = None;
     for _ in 0..50 {
-        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
-            .args(["--addr", &follower, "publish", QUEUE, "x"])
-            .output()
-            .expect("levee publish");
-        assert!(!out.status.success(), "a follower took a publish");
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        if last.contains("not-leader (49)") && last.contains(&wire) {
-            return;
+        let client = Client::connect(follower.as_str(), ClientOptions::default())
+            .await
+            .expect("connect to a follower");
+        let err = client
+            .inspect(QUEUE)
+            .await
+            .expect_err("a follower served the queue");
+        let _ = client.close().await;
+        if err.serving_node() == Some(wire.as_str()) {
+            last = None;
+            break;
         }
+        last = Some(err);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("publish to a follower: {last}");
+    assert!(last.is_none(), "inspect on a follower: {last:?}");
+    // The CLI follows the redirect on its own: a publish through the follower lands.
+    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["--addr", &follower, "publish", QUEUE, "via-follower"])
+        .output()
+        .expect("levee publish");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "publish through a follower: {stderr}");
+    assert!(stderr.contains(&format!("served by {wire}")), "{stderr}");
+    // A comma-separated --addr whose first node is down: the CLI moves on to the next one (and
+    // from there to the serving node).
+    let down = (1..=3).find(|n| *n != serving).unwrap();
+    cluster.script(&["kill", &down.to_string()]);
+    let mut list: Vec<String> = (1..=3)
+        .map(|n| format!("127.0.0.1:{}", cluster.base + n))
+        .collect();
+    list.rotate_left(down as usize - 1);
+    let list = list.join(",");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_levee"))
+            .arg("--addr")
+            .arg(&list)
+            .args(args)
+            .output()
+            .expect("levee")
+    };
+    let out = run(&["publish", QUEUE, "via-list"]);
+    assert!(
+        out.status.success(),
+        "publish with --addr {list}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["consume", QUEUE, "--count", "2"]);
+    let got = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "consume with --addr {list}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        got.contains("via-follower") && got.contains("via-list"),
+        "consumed: {got}"
+    );
 }
 
 /// A Jepsen-style run: producers with confirms and a consumer acking, while random faults hit the
