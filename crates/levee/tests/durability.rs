@@ -86,22 +86,7 @@ fn take(raw: &mut Raw, queue: &str, n: usize) -> (u64, Vec<(u64, u32, u32)>) {
 #[test]
 fn confirmed_messages_survive_kill_9_and_acked_ones_stay_acked() {
     let mut server = Server::start();
-    let mut raw = Raw::handshake(server.wire);
-    raw.send(&ClientFrame::Declare {
-        req: 1,
-        queue: "jobs".into(),
-        config: QueueConfig::default(),
-    });
-    assert!(matches!(raw.recv(), Some(ServerFrame::QueueOk { .. })));
-    raw.send(&ClientFrame::Produce {
-        req: 2,
-        queue: "jobs".into(),
-    });
-    assert!(matches!(
-        raw.recv(),
-        Some(ServerFrame::QueueOk { req: 2, .. })
-    ));
-    let mut credit = 0;
+    let (mut raw, mut credit) = jobs_producer(&server);
     let mut confirmed = publish_confirmed(&mut raw, "jobs", 0..600, &mut credit);
     assert_eq!(confirmed.len(), 600);
 
@@ -166,8 +151,9 @@ fn confirmed_messages_survive_kill_9_and_acked_ones_stay_acked() {
     }
 }
 
-/// Declares `jobs` (disk, fsync always) and publishes `ids` with confirms on a new connection.
-fn declare_and_publish(server: &Server, ids: std::ops::Range<u32>) -> Vec<u32> {
+/// A new connection that declared `jobs` (disk, fsync always) and registered as its producer:
+/// the connection and its publish credit so far.
+fn jobs_producer(server: &Server) -> (Raw, u64) {
     let mut raw = Raw::handshake(server.wire);
     raw.send(&ClientFrame::Declare {
         req: 1,
@@ -183,7 +169,12 @@ fn declare_and_publish(server: &Server, ids: std::ops::Range<u32>) -> Vec<u32> {
         raw.recv(),
         Some(ServerFrame::QueueOk { req: 2, .. })
     ));
-    let mut credit = 0;
+    (raw, 0)
+}
+
+/// Publishes `ids` to `jobs` with confirms on a new connection: the ids confirmed.
+fn declare_and_publish(server: &Server, ids: std::ops::Range<u32>) -> Vec<u32> {
+    let (mut raw, mut credit) = jobs_producer(server);
     publish_confirmed(&mut raw, "jobs", ids, &mut credit)
 }
 
