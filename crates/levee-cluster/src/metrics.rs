@@ -6,91 +6,85 @@
 //! Invariant: every family has its `# HELP` and `# TYPE` lines once, even with no replicated
 //! queue, so a dashboard's query never hits a missing family on an idle cluster.
 
-use std::fmt::Write as _;
+use levee_broker::http::Family;
 
-use crate::admin::Status;
+use crate::admin::{QueueStatus, Status};
 
 /// Appends the `levee_cluster_*` families for `status` to `out`.
 pub fn render(out: &mut String, status: &Status) {
-    let mut family = |name: &str, help: &str, samples: &mut dyn Iterator<Item = (String, u64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
+    let single: [(&str, &str, u64); 3] = [
+        (
+            "levee_cluster_node_id",
+            "This node's id in the cluster.",
+            status.node,
+        ),
+        (
+            "levee_cluster_members",
+            "Configured members of the cluster (this node included).",
+            status.members.len() as u64,
+        ),
+        (
+            "levee_cluster_meta_leader",
+            "Node id of the metadata group's leader as known here (0: none known).",
+            status.meta_leader.unwrap_or(0),
+        ),
+    ];
+    for (name, help, value) in single {
+        Family::new(out, name, "gauge", help).sample(name, &[], value);
+    }
+    type Getter = fn(&QueueStatus) -> u64;
+    let per_queue: [(&str, &str, Getter); 5] = [
+        (
+            "levee_cluster_queue_leader",
+            "Node id of each replicated queue's leader as known here (0: none known).",
+            |s| s.leader.unwrap_or(0),
+        ),
+        (
+            "levee_cluster_queue_served_here",
+            "1 while this node serves the replicated queue (it leads its group and has loaded it).",
+            |s| u64::from(s.served_here),
+        ),
+        (
+            "levee_cluster_queue_term",
+            "Raft term of each replicated queue's group on this node.",
+            |s| s.term,
+        ),
+        (
+            "levee_cluster_queue_applied_index",
+            "Last Raft log index applied by this node for each replicated queue.",
+            |s| s.applied,
+        ),
+        (
+            "levee_cluster_queue_log_entries",
+            "Entries in this node's Raft log of each replicated queue (bounded by snapshots).",
+            |s| s.log_entries as u64,
+        ),
+    ];
+    for (name, help, get) in per_queue {
+        let mut f = Family::new(out, name, "gauge", help);
+        for s in &status.queues {
+            f.sample(name, &[("queue", &s.name)], get(s));
         }
-    };
-    family(
-        "levee_cluster_node_id",
-        "This node's id in the cluster.",
-        &mut std::iter::once((String::new(), status.node)),
-    );
-    family(
-        "levee_cluster_members",
-        "Configured members of the cluster (this node included).",
-        &mut std::iter::once((String::new(), status.members.len() as u64)),
-    );
-    family(
-        "levee_cluster_meta_leader",
-        "Node id of the metadata group's leader as known here (0: none known).",
-        &mut std::iter::once((String::new(), status.meta_leader.unwrap_or(0))),
-    );
-    let q = |name: &str| format!("{{queue=\"{}\"}}", escape(name));
-    family(
-        "levee_cluster_queue_leader",
-        "Node id of each replicated queue's leader as known here (0: none known).",
-        &mut status
-            .queues
-            .iter()
-            .map(|s| (q(&s.name), s.leader.unwrap_or(0))),
-    );
-    family(
-        "levee_cluster_queue_served_here",
-        "1 while this node serves the replicated queue (it leads its group and has loaded it).",
-        &mut status
-            .queues
-            .iter()
-            .map(|s| (q(&s.name), u64::from(s.served_here))),
-    );
-    family(
-        "levee_cluster_queue_term",
-        "Raft term of each replicated queue's group on this node.",
-        &mut status.queues.iter().map(|s| (q(&s.name), s.term)),
-    );
-    family(
-        "levee_cluster_queue_applied_index",
-        "Last Raft log index applied by this node for each replicated queue.",
-        &mut status.queues.iter().map(|s| (q(&s.name), s.applied)),
-    );
-    family(
-        "levee_cluster_queue_log_entries",
-        "Entries in this node's Raft log of each replicated queue (bounded by snapshots).",
-        &mut status
-            .queues
-            .iter()
-            .map(|s| (q(&s.name), s.log_entries as u64)),
-    );
-    family(
-        "levee_cluster_replica_lag_entries",
+    }
+    let name = "levee_cluster_replica_lag_entries";
+    let mut f = Family::new(
+        out,
+        name,
+        "gauge",
         "On a queue's leader: entries each replica is behind the leader's log (replicas whose \
          position is not known yet are left out).",
-        &mut status.queues.iter().flat_map(|s| {
-            s.lag.iter().filter_map(move |(node, lag)| {
-                lag.map(|l| {
-                    (
-                        format!("{{queue=\"{}\",node=\"{node}\"}}", escape(&s.name)),
-                        l,
-                    )
-                })
-            })
-        }),
     );
-}
-
-/// A label value in Prometheus text format: backslash, double quote and newline escaped.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    for s in &status.queues {
+        for (node, lag) in &s.lag {
+            if let Some(lag) = lag {
+                f.sample(
+                    name,
+                    &[("queue", &s.name), ("node", &node.to_string())],
+                    lag,
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -98,7 +92,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::admin::{Member, QueueStatus};
+    use crate::admin::Member;
 
     #[test]
     fn every_family_is_rendered_with_one_sample_per_queue_and_replica() {

@@ -30,24 +30,24 @@ fn push_label_value(out: &mut String, v: &str) {
     }
 }
 
-pub(super) struct Family<'a> {
+/// One metric family being written in the Prometheus text format: [`Family::new`] writes its
+/// `# HELP` and `# TYPE` lines, each [`Family::sample`] one sample line with its labels escaped.
+/// Every `/metrics` family goes through it, the cluster node's too.
+pub struct Family<'a> {
     out: &'a mut String,
 }
 
 impl<'a> Family<'a> {
-    pub(super) fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
+    /// Starts family `name` of `kind` (`counter`, `gauge`, ...) in `out`.
+    pub fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
         // HELP text escapes backslash and line feed; ours contain neither.
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         Family { out }
     }
 
-    pub(super) fn sample(
-        &mut self,
-        name: &str,
-        labels: &[(&str, &str)],
-        value: impl std::fmt::Display,
-    ) {
+    /// Writes one sample of `name` (the family's name, or a suffixed one such as `_bucket`).
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');

@@ -77,7 +77,7 @@ pub(crate) use exchanges::{
 };
 pub use json::{config_from_json, config_to_json, render_queues_json};
 pub use messages::peek_json;
-pub use metrics::{PROMETHEUS_CONTENT_TYPE, render_metrics};
+pub use metrics::{Family, PROMETHEUS_CONTENT_TYPE, render_metrics};
 use metrics::{render_limits, render_wal};
 pub use snapshot::{INSPECT_TIMEOUT, QueueSnapshot, snapshot, snapshot_all};
 
