@@ -65,15 +65,6 @@ impl Outcome {
     }
 }
 
-/// `a,b,c` (spaces allowed, empty parts ignored) as a list of addresses.
-pub(crate) fn split_addrs(list: &str) -> Vec<String> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 /// The client options: where the broker is. Accepted before the subcommand (`levee --addr H:P
 /// queue list`) and after it (`levee queue list --addr H:P`); not by `serve` or `bench`.
 #[derive(Args, Debug, Clone, Default)]
@@ -195,9 +186,15 @@ impl Conn {
             .unwrap_or_else(|| DEFAULT_ADDR.to_string())
     }
 
-    /// The addresses of [`Conn::addr`]: one, or the nodes of a cluster, comma-separated.
+    /// The addresses of [`Conn::addr`]: one, or the nodes of a cluster, comma-separated
+    /// (spaces allowed, empty parts ignored).
     pub(crate) fn addrs(&self) -> Vec<String> {
-        split_addrs(&self.addr())
+        self.addr()
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect()
     }
 
     /// A client connected to the first of [`Conn::addrs`] that answers.
