@@ -80,6 +80,9 @@ pub(crate) struct SyncShared {
     /// The sync thread waits here for work.
     pub work: Condvar,
     next_id: AtomicU64,
+    /// A copy of `SyncState::synced` readable without the lock (for counters on hot paths; it
+    /// may lag the locked value by one publication, never lead it).
+    synced_hint: AtomicU64,
 }
 
 impl SyncShared {
@@ -92,6 +95,7 @@ impl SyncShared {
                 st.synced = position;
             }
             let synced = st.synced;
+            self.synced_hint.store(synced, Ordering::Release);
             st.wakers.retain(|_, (target, w)| {
                 if *target <= synced {
                     wake.push(w.clone());
@@ -113,6 +117,11 @@ impl SyncShared {
         };
         self.waiters.notify_all();
         wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// The synced position without taking the lock (see `synced_hint`).
+    pub(crate) fn synced_hint(&self) -> u64 {
+        self.synced_hint.load(Ordering::Acquire)
     }
 
     /// Asks the sync thread to cover `target`.

@@ -255,7 +255,7 @@ pub fn render_metrics(queues: &[QueueSnapshot], unavailable: &[String]) -> Strin
         (
             "levee_queue_fsyncs_total",
             "counter",
-            "Sync cycles of the queue log since the broker opened it (disk queues).",
+            "Syncs that made the queue log's records durable since the broker opened it: its own sync cycles, or with the shared WAL the WAL commits covering them (disk queues).",
             |l| l.fsyncs,
         ),
     ];

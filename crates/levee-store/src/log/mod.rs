@@ -262,7 +262,11 @@ pub struct LogStats {
     pub appended: u64,
     /// Messages settled since open.
     pub settled: u64,
-    /// Completed sync cycles (each fsyncs every dirty file) since open.
+    /// Syncs that made this log's records durable since open. Standalone: completed sync cycles
+    /// (each fsyncs every dirty file). Attached to the shared WAL: checkpoint cycles plus the WAL
+    /// commits seen to cover this log's newest record (a lower bound of the commits that carried
+    /// its records: two records in consecutive commits, the second written while the first's
+    /// commit ran, count once). After a confirmed append it is at least 1 either way.
     pub fsyncs: u64,
     /// Duration of the last sync cycle.
     pub last_fsync: Option<Duration>,
@@ -333,12 +337,24 @@ struct State {
     /// Attached logs: the WAL position after this log's newest WAL record (what a durability
     /// handle of its newest write waits for).
     wal_pos: u64,
+    /// Attached logs: the WAL position of this log's newest record not yet counted in `fsyncs` as
+    /// covered by a WAL commit (0: none).
+    wal_uncounted: u64,
     /// Attached logs: written since the last sync cycle snapshot (a checkpoint skips clean logs,
     /// so idle queues cost a checkpoint nothing).
     wal_dirty: bool,
 }
 
 impl State {
+    /// Attached logs: counts one WAL commit in `fsyncs` if the WAL's synced position (`synced`)
+    /// now covers the newest uncounted record.
+    fn count_wal_commit(&mut self, synced: u64) {
+        if self.wal_uncounted != 0 && synced >= self.wal_uncounted {
+            self.fsyncs += 1;
+            self.wal_uncounted = 0;
+        }
+    }
+
     fn usable(&self) -> Result<()> {
         if let Some(e) = &self.failed {
             return Err(StoreError::Failed {
@@ -607,7 +623,10 @@ impl QueueLog {
     /// Counters and gauges.
     pub fn stats(&self) -> LogStats {
         let synced = self.inner.sync.state.lock().synced;
-        let st = self.inner.state.lock();
+        let mut st = self.inner.state.lock();
+        if let Some(at) = self.inner.attachment.get() {
+            st.count_wal_commit(at.sync.synced_hint());
+        }
         LogStats {
             bytes_on_disk: st.segments.iter().map(|s| s.len).sum(),
             segments: st.segments.len(),
