@@ -179,6 +179,9 @@ pub(crate) enum Cmd {
     Delete(oneshot::Sender<u64>),
     /// Stop because the broker shuts down (the log keeps everything).
     Stop,
+    /// Stop because another node serves the queue now (a replicated queue whose leadership
+    /// moved; the log keeps everything): clients are told `not-leader`.
+    Unload,
 }
 
 /// Resolves dead-letter targets: the broker's queue registry and exchange table.
@@ -326,6 +329,30 @@ impl QueueActor {
         }
         self.core.stop();
         self.carry_out(&mut HashMap::new());
+        self.announce_closed();
+    }
+
+    /// Tells every connection with a producer registration or a subscription here that the
+    /// queue stopped (`QueueClosed`, after the voided confirms just sent): a producer waiting
+    /// for publish credit and a consumer waiting for deliveries learn it now, instead of
+    /// waiting for frames that will never come. One frame per connection.
+    fn announce_closed(&mut self) {
+        let (code, why) = self
+            .stop_reason
+            .unwrap_or((ErrorCode::ShuttingDown, "stopped"));
+        let queue = self.core.name().to_string();
+        let message = format!("queue {queue} {why}");
+        let mut told: std::collections::HashSet<*const crate::outbox::Outbox> = Default::default();
+        for conn in self.producers.values().chain(self.consumers.values()) {
+            if !told.insert(Arc::as_ptr(conn.outbox())) {
+                continue;
+            }
+            let _ = conn.send(ServerFrame::QueueClosed {
+                queue: queue.clone(),
+                code,
+                message: message.clone(),
+            });
+        }
     }
 
     /// Waits for the oldest outstanding append to become durable (cancel-safe: the handle stays
@@ -436,6 +463,10 @@ impl QueueActor {
             }
             Cmd::Stop => {
                 self.stop_reason = Some((ErrorCode::ShuttingDown, "is shutting down"));
+                return true;
+            }
+            Cmd::Unload => {
+                self.stop_reason = Some((ErrorCode::NotLeader, "is served by another node now"));
                 return true;
             }
         }

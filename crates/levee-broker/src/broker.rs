@@ -615,14 +615,16 @@ impl Broker {
         .await
     }
 
-    /// Stops serving a queue without removing its files (as [`Broker::shutdown`] does for every
-    /// queue): its actor stops and its log is closed. Returns whether it was served.
+    /// Stops serving a queue here without removing its files, because another node serves it
+    /// now (a replicated queue whose leadership moved): its actor stops, its log is closed, and
+    /// what was in flight, its producers and its consumers are told `not-leader` (so clients
+    /// that follow queues move on). Returns whether it was served.
     pub async fn unload(&self, name: &str) -> bool {
         let _guard = self.inner.catalog.lock().await;
         let Some(entry) = self.inner.queues.write().remove(name) else {
             return false;
         };
-        let _ = entry.tx.send(Cmd::Stop);
+        let _ = entry.tx.send(Cmd::Unload);
         let _ = entry.task.await;
         if let Some(log) = entry.log.and_then(|slot| slot.write().take()) {
             let _ = tokio::task::spawn_blocking(move || {

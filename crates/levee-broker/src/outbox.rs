@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicUsize, Ordering};
 
 use levee_proto::ServerFrame;
 use parking_lot::Mutex;
@@ -70,6 +70,9 @@ pub(crate) struct Outbox {
     /// Woken when the connection must be closed: its control queue overflowed, or its writer
     /// could not write within the drain deadline.
     pub(crate) stalled: tokio::sync::Notify,
+    /// The native protocol version the connection negotiated (0 until then, and for AMQP): the
+    /// writer leaves out frames the peer's version does not know.
+    protocol: AtomicU16,
 }
 
 impl Outbox {
@@ -82,6 +85,21 @@ impl Outbox {
             waiters: Mutex::new(HashMap::new()),
             subs: Mutex::new(HashMap::new()),
             stalled: tokio::sync::Notify::new(),
+            protocol: AtomicU16::new(0),
+        }
+    }
+
+    /// Records the negotiated native protocol version.
+    pub(crate) fn set_protocol(&self, version: u16) {
+        self.protocol.store(version, Ordering::Release);
+    }
+
+    /// Whether the peer's protocol version knows `frame` (a frame introduced by a later version
+    /// is left out, not sent).
+    pub(crate) fn peer_knows(&self, frame: &ServerFrame) -> bool {
+        match frame {
+            ServerFrame::QueueClosed { .. } => self.protocol.load(Ordering::Acquire) >= 3,
+            _ => true,
         }
     }
 

@@ -14,12 +14,33 @@
 //! 3. the supervisor reconnects after `initial` (then x`multiplier` up to `max`, each delay
 //!    scaled by a random factor in [0.5, 1]); on success it redeclares nothing, but registers
 //!    every live producer again (`Produce`, so publish credit flows again) and subscribes every
-//!    live consumer again with its current credit target; only then do waiting operations go on;
+//!    live consumer again with its current credit target; only then do waiting operations go on.
+//!    A producer the broker refuses to register again (say, its queue was deleted meanwhile)
+//!    gets no publish credit there: its publishes fail with the broker's reason; a consumer
+//!    refused ends with it;
 //! 4. operations started while disconnected wait for the new connection, at most
 //!    `request_timeout` ([`ClientError::Timeout`]).
 //!
 //! With `reconnect = None`, a lost connection ends the client: operations fail with
 //! `ConnectionLost` and consumer streams yield one `Err(ConnectionLost)` and end.
+//!
+//! # Following a replicated queue (clusters)
+//! A replicated queue is served by one node at a time (its Raft leader); the others answer
+//! `not-leader`, naming the serving node when they know it (`: try HOST:PORT`). A client with
+//! reconnection follows its queues there, so its producers and consumers survive a failover:
+//! - making a producer or consumer on a node that does not serve the queue moves the client's
+//!   connection to the node named (at most three moves, then the error is returned);
+//! - when the serving node stops serving a queue (`QueueClosed` with `not-leader`: it lost
+//!   its leadership), or dies, the connection ends and the supervisor reconnects as above;
+//! - after reconnecting, a registration answered `not-leader` moves the connection on to the
+//!   node named (or, with no name yet, to the next address of the list), as long as nothing
+//!   registered on it: a client whose queues are served by different nodes stays where the
+//!   first ones are, and the others fail with `not-leader` (use one client per queue there).
+//!
+//! The node named is tried first on the next connection; the addresses given to
+//! [`Client::connect_any`] follow. Publishes unconfirmed when the connection ended failed with
+//! `ConnectionLost` (step 1): publish them again with the same message ids, and the queue's
+//! deduplication window drops the copies that were stored.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -28,7 +49,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use levee_proto::{ClientFrame, QueueConfig, QueueInfo, ServerFrame};
+use levee_proto::{ClientFrame, ErrorCode, QueueConfig, QueueInfo, ServerFrame};
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::net::ToSocketAddrs;
@@ -104,8 +125,13 @@ pub(crate) trait ConsumerHandle: Send + Sync {
     fn finish(&self, e: ClientError);
 }
 
+/// Most connection moves while making one producer or consumer (see the module docs).
+pub(crate) const MAX_HOPS: usize = 3;
+
 pub(crate) struct Inner {
     addrs: Vec<SocketAddr>,
+    /// The node to try first on the next connection: where a `not-leader` said a queue is.
+    prefer: Mutex<Option<SocketAddr>>,
     pub opts: ClientOptions,
     state: watch::Sender<State>,
     epoch: AtomicU64,
@@ -127,6 +153,53 @@ impl Drop for Inner {
 }
 
 impl Inner {
+    /// The addresses in the order the next connection tries them: the preferred one first.
+    fn connect_order(&self) -> Vec<SocketAddr> {
+        let mut order = self.addrs.clone();
+        if let Some(p) = *self.prefer.lock() {
+            order.retain(|a| *a != p);
+            order.insert(0, p);
+        }
+        order
+    }
+
+    /// After `e` from the node `conn` reached: if it is `not-leader` and this client follows
+    /// queues (it reconnects), remembers where to go (the node named, else the address after
+    /// `conn`'s) and ends `conn`, so the supervisor reconnects there. Whether it did.
+    pub(crate) async fn follow(&self, conn: &Conn, e: &ClientError) -> bool {
+        let not_leader = matches!(
+            e,
+            ClientError::Server {
+                code: ErrorCode::NotLeader,
+                ..
+            } | ClientError::Rejected {
+                code: ErrorCode::NotLeader,
+                ..
+            }
+        );
+        if self.opts.reconnect.is_none() || !not_leader {
+            return false;
+        }
+        let named = match e.serving_node() {
+            Some(at) => tokio::net::lookup_host(at)
+                .await
+                .ok()
+                .and_then(|mut a| a.next()),
+            None => None,
+        };
+        let next = named.or_else(|| {
+            let i = self.addrs.iter().position(|a| *a == conn.peer)?;
+            self.addrs.get((i + 1) % self.addrs.len()).copied()
+        });
+        if next.is_none_or(|n| n == conn.peer) {
+            return false;
+        }
+        *self.prefer.lock() = next;
+        tracing::info!(from = %conn.peer, to = ?next, "the queue is served by another node; moving there");
+        conn.kill(e.clone());
+        true
+    }
+
     /// The live connection, waiting (at most `request_timeout`) while reconnecting.
     pub(crate) async fn conn(&self) -> Result<Arc<Conn>> {
         let mut rx = self.state.subscribe();
@@ -176,15 +249,24 @@ impl Inner {
         cs.iter().filter_map(Weak::upgrade).collect()
     }
 
-    /// Registers producers and consumers on a fresh connection.
+    /// Registers producers and consumers on a fresh connection. A registration answered
+    /// `not-leader` before any succeeded moves the connection on ([`Inner::follow`]: `Err`, and
+    /// the supervisor reconnects); after one succeeded, the connection stays (see the module docs).
     async fn reregister(&self, c: &Arc<Conn>) -> Result<()> {
         let mut queues = HashSet::new();
+        let mut registered = false;
         for p in self.live_producers() {
             if queues.insert(p.queue().to_string()) {
                 match register_producer(c, p.queue()).await {
-                    Ok(()) => {}
+                    Ok(()) => registered = true,
                     Err(e @ ClientError::Server { .. }) => {
+                        if !registered && self.follow(c, &e).await {
+                            return Err(e);
+                        }
                         tracing::warn!(queue = p.queue(), error = %e, "producer not re-registered");
+                        // Unregistered, it gets no publish credit here: its publishes fail with
+                        // the reason instead of waiting for credit that never comes.
+                        c.credit(p.queue()).close(e);
                     }
                     Err(e) => return Err(e),
                 }
@@ -192,8 +274,11 @@ impl Inner {
         }
         for s in self.live_consumers() {
             match s.clone().resubscribe_on(c).await {
-                Ok(()) => {}
+                Ok(()) => registered = true,
                 Err(e @ ClientError::Server { .. }) => {
+                    if !registered && self.follow(c, &e).await {
+                        return Err(e);
+                    }
                     tracing::warn!(queue = s.queue(), error = %e, "consumer not resubscribed");
                     s.finish(e);
                 }
@@ -218,7 +303,7 @@ impl Inner {
 
 /// Registers a producer of `queue` on `c` (`Produce`), so publish credit flows on it.
 pub(crate) async fn register_producer(c: &Conn, queue: &str) -> Result<()> {
-    c.credit(queue);
+    c.open_credit(queue);
     match c
         .request(|req| ClientFrame::Produce {
             req,
@@ -227,6 +312,19 @@ pub(crate) async fn register_producer(c: &Conn, queue: &str) -> Result<()> {
         .await?
     {
         ServerFrame::QueueOk { .. } => Ok(()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn inspect_on(c: &Conn, queue: &str) -> Result<QueueInfo> {
+    match c
+        .request(|req| ClientFrame::Inspect {
+            req,
+            queue: queue.to_string(),
+        })
+        .await?
+    {
+        ServerFrame::QueueStats { info, .. } => Ok(*info),
         other => Err(unexpected(&other)),
     }
 }
@@ -268,9 +366,9 @@ async fn supervise(weak: Weak<Inner>, mut conn: Arc<Conn>, mut reader: JoinHandl
                 return;
             }
             let epoch = inner.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+            let order = inner.connect_order();
             let (c, r) =
-                match conn::connect(&inner.addrs, &inner.opts, epoch, inner.counters.clone()).await
-                {
+                match conn::connect(&order, &inner.opts, epoch, inner.counters.clone()).await {
                     Ok(x) => x,
                     Err(e) => {
                         tracing::debug!(error = %e, "reconnect attempt failed");
@@ -379,6 +477,7 @@ impl Client {
         let window = Window::new(opts.max_in_flight_messages, opts.max_in_flight_bytes);
         let inner = Arc::new(Inner {
             addrs,
+            prefer: Mutex::new(None),
             opts,
             state: watch::Sender::new(State::Connected(conn.clone())),
             epoch: AtomicU64::new(1),
@@ -496,16 +595,20 @@ impl Client {
     /// # Cancel safety
     /// Cancel-safe: it only reads; the reply is discarded when it arrives.
     pub async fn inspect(&self, queue: &str) -> Result<QueueInfo> {
-        match self
-            .inner
-            .request(|req| ClientFrame::Inspect {
-                req,
-                queue: queue.to_string(),
-            })
-            .await?
-        {
-            ServerFrame::QueueStats { info, .. } => Ok(*info),
-            other => Err(unexpected(&other)),
+        inspect_on(&*self.inner.conn().await?, queue).await
+    }
+
+    /// [`Client::inspect`], moving the connection to the node serving `queue` when this one
+    /// answers `not-leader` (with reconnection: see "Following a replicated queue" in the
+    /// module docs; at most [`MAX_HOPS`] moves). Used before making a producer or consumer.
+    pub(crate) async fn inspect_following(&self, queue: &str) -> Result<QueueInfo> {
+        let mut hops = 0;
+        loop {
+            let conn = self.inner.conn().await?;
+            match inspect_on(&conn, queue).await {
+                Err(e) if hops < MAX_HOPS && self.inner.follow(&conn, &e).await => hops += 1,
+                r => return r,
+            }
         }
     }
 

@@ -143,6 +143,11 @@ pub(crate) trait Subscriber: Send + Sync {
     fn on_delivery(&self, epoch: u64, d: levee_proto::Delivery);
     /// The connection `epoch` died: what it held is gone (the broker requeues it).
     fn on_conn_lost(&self, epoch: u64);
+    /// The subscribed queue.
+    fn queue(&self) -> &str;
+    /// The broker said the queue closed (`QueueClosed` on connection `epoch`): the subscription
+    /// is over and ends with `e`; what it held goes back to the queue.
+    fn on_queue_closed(&self, epoch: u64, e: ClientError);
 }
 
 type Reply = Result<ServerFrame, ClientError>;
@@ -164,14 +169,29 @@ impl Pending {
     }
 }
 
-/// Publish credit of one queue on one connection (`block` queues): granted minus used.
+/// Publish credit of one queue on one connection (`block` queues): granted minus used; closed
+/// for good once the broker says the queue closed (`QueueClosed`).
 #[derive(Debug, Default)]
 pub(crate) struct PublishCredit {
     avail: Mutex<u64>,
+    closed: Mutex<Option<ClientError>>,
     pub notify: Notify,
 }
 
 impl PublishCredit {
+    /// Why no credit will ever come on this connection, once the queue closed.
+    pub(crate) fn closed(&self) -> Option<ClientError> {
+        self.closed.lock().clone()
+    }
+
+    /// No credit will come on this connection (the queue closed, or registering the producer
+    /// failed): waiting publishes fail with `e`, and so do later ones.
+    pub(crate) fn close(&self, e: ClientError) {
+        *self.avail.lock() = 0;
+        *self.closed.lock() = Some(e);
+        self.notify.notify_waiters();
+    }
+
     /// Takes one unit if there is one.
     pub(crate) fn try_take(&self) -> bool {
         let mut a = self.avail.lock();
@@ -205,6 +225,12 @@ struct Routes {
 pub(crate) struct Conn {
     /// Connection generation of this client (1, 2, ... per reconnect).
     pub epoch: u64,
+    /// The broker address this connection reached.
+    pub peer: SocketAddr,
+    /// The client reconnects: a queue moving to another node (`QueueClosed` with `not-leader`)
+    /// ends this connection, so the supervisor follows the queue, instead of ending its
+    /// producers and consumers.
+    follow: bool,
     /// The broker's `max_frame`.
     pub max_frame: usize,
     tx: mpsc::UnboundedSender<ClientFrame>,
@@ -352,6 +378,20 @@ impl Conn {
         c
     }
 
+    /// Before a `Produce` registration: a fresh counter for `queue` if the old one was closed (the
+    /// queue closed and came back), so the new registration's credit is not lost.
+    pub(crate) fn open_credit(&self, queue: &str) -> Arc<PublishCredit> {
+        let mut r = self.routes.lock();
+        if let Some(c) = r.credits.get(queue)
+            && c.closed().is_none()
+        {
+            return c.clone();
+        }
+        let c = Arc::new(PublishCredit::default());
+        r.credits.insert(queue.to_string(), c.clone());
+        c
+    }
+
     /// Sends one `Publish` frame; each waiter is resolved by its outcome (or by the connection's
     /// death). Never blocks.
     pub(crate) fn publish(
@@ -443,6 +483,45 @@ impl Conn {
                     None => tracing::debug!(%queue, n, "publish credit for an unknown queue"),
                 }
             }
+            ServerFrame::QueueClosed {
+                queue,
+                code,
+                message,
+            } => {
+                tracing::debug!(%queue, %code, %message, "the broker closed a queue");
+                let e = ClientError::Server { code, message };
+                if self.follow && code == ErrorCode::NotLeader {
+                    // Served by another node now: reconnect and follow it (the supervisor
+                    // registers the producers and consumers again where it is served).
+                    return Err(e);
+                }
+                let (credit, subs) = {
+                    let mut r = self.routes.lock();
+                    let credit = r.credits.get(&queue).cloned();
+                    let ids: Vec<u64> = r
+                        .subs
+                        .iter()
+                        .filter(|(_, s)| s.queue() == queue)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    let subs: Vec<_> = ids
+                        .into_iter()
+                        .filter_map(|id| r.subs.remove(&id).map(|s| (id, s)))
+                        .collect();
+                    (credit, subs)
+                };
+                if let Some(c) = credit {
+                    c.close(e.clone());
+                }
+                for (id, s) in subs {
+                    s.on_queue_closed(self.epoch, e.clone());
+                    // The broker keeps the subscription's entry until told: end it there too.
+                    let _ = self.send_untracked(|req| ClientFrame::Unsubscribe {
+                        req,
+                        subscription: id,
+                    });
+                }
+            }
             other => {
                 let Some(req) = other.request_id() else {
                     return Ok(());
@@ -515,15 +594,18 @@ pub(crate) async fn connect(
     counters: Arc<Counters>,
 ) -> Result<(Arc<Conn>, JoinHandle<()>), ClientError> {
     let t0 = Instant::now();
-    let (rd, wr, buf, welcome) = tokio::time::timeout(opts.connect_timeout, handshake(addrs, opts))
-        .await
-        .map_err(|_| ClientError::Timeout(opts.connect_timeout))??;
+    let (rd, wr, buf, welcome, peer) =
+        tokio::time::timeout(opts.connect_timeout, handshake(addrs, opts))
+            .await
+            .map_err(|_| ClientError::Timeout(opts.connect_timeout))??;
     let (tx, rx) = mpsc::unbounded_channel();
     let (dead_tx, dead_rx) = watch::channel(false);
     let mut rtt = RttFilter::default();
     rtt.sample(Instant::now(), t0.elapsed());
     let conn = Arc::new(Conn {
         epoch,
+        peer,
+        follow: opts.reconnect.is_some(),
         max_frame: welcome.max_frame as usize,
         tx,
         routes: Mutex::new(Routes::default()),
@@ -553,9 +635,10 @@ pub(crate) async fn connect(
 async fn handshake(
     addrs: &[SocketAddr],
     opts: &ClientOptions,
-) -> Result<(ReadHalf, WriteHalf, BytesMut, Welcome), ClientError> {
+) -> Result<(ReadHalf, WriteHalf, BytesMut, Welcome, SocketAddr), ClientError> {
     let stream = TcpStream::connect(addrs).await?;
     stream.set_nodelay(true)?;
+    let peer = stream.peer_addr()?;
     let (mut rd, mut wr): (ReadHalf, WriteHalf) = match &opts.tls {
         None => {
             let (r, w) = stream.into_split();
@@ -590,7 +673,7 @@ async fn handshake(
             checked = true;
         }
         match ServerFrame::decode(&mut buf, opts.max_incoming_frame)? {
-            Some(ServerFrame::Welcome(w)) => return Ok((rd, wr, buf, w)),
+            Some(ServerFrame::Welcome(w)) => return Ok((rd, wr, buf, w, peer)),
             Some(ServerFrame::Error { code, message, .. }) => {
                 return Err(ClientError::Server { code, message });
             }

@@ -32,7 +32,7 @@ use levee_proto::{ClientFrame, MAX_TAGS, Message, ServerFrame};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
-use crate::client::{Client, ConsumerHandle};
+use crate::client::{Client, ConsumerHandle, MAX_HOPS};
 use crate::conn::{Conn, Subscriber, unexpected};
 use crate::credit::{AdaptiveCredit, Ledger};
 use crate::error::{ClientError, Result};
@@ -719,6 +719,20 @@ impl Subscriber for ConsumerShared {
     fn on_conn_lost(&self, epoch: u64) {
         ConsumerShared::on_conn_lost(self, epoch);
     }
+
+    fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    fn on_queue_closed(&self, epoch: u64, e: ClientError) {
+        if self.st.lock().epoch != epoch {
+            return;
+        }
+        ConsumerShared::on_conn_lost(self, epoch);
+        // Over for good: a later reconnection does not subscribe it again.
+        self.closed.store(true, Ordering::Release);
+        ConsumerShared::finish(self, e);
+    }
 }
 
 /// Making consumers (here, not in `client`, so that `client` does not depend on this module).
@@ -733,6 +747,7 @@ impl Client {
         let (consumer, shared) = Consumer::new(self, queue, opts);
         let handle: Weak<dyn ConsumerHandle> = Arc::downgrade(&shared) as Weak<dyn ConsumerHandle>;
         self.inner.consumers.lock().push(handle);
+        let mut hops = 0;
         loop {
             let conn = self.inner.conn().await?;
             match shared.resubscribe(&conn).await {
@@ -742,6 +757,8 @@ impl Client {
                     return Ok(consumer);
                 }
                 Err(ClientError::ConnectionLost) if self.inner.opts.reconnect.is_some() => {}
+                // A cluster node that does not serve the queue: move to the one that does.
+                Err(e) if hops < MAX_HOPS && self.inner.follow(&conn, &e).await => hops += 1,
                 Err(e) => return Err(e),
             }
         }

@@ -295,7 +295,11 @@ impl ProducerShared {
                     return Ok(self.push(&mut batch, &conn, m, adm.take().expect("once")));
                 }
             }
-            // Woken by new credit or by the connection's death (then the loop takes the next one).
+            if let Some(e) = credit.closed() {
+                return Err(e);
+            }
+            // Woken by new credit, by the queue's closing or by the connection's death (then the
+            // loop takes the next one).
             if conn.is_dead() {
                 continue;
             }
@@ -327,8 +331,14 @@ impl ProducerShared {
             breaker,
         };
         let mut batch = self.batch.lock();
-        if self.block && !conn.credit(&self.queue).try_take() {
-            return Err(TryPublishError::Full(Box::new(m)));
+        if self.block {
+            let credit = conn.credit(&self.queue);
+            if !credit.try_take() {
+                return Err(match credit.closed() {
+                    Some(e) => TryPublishError::Failed(Box::new(m), e),
+                    None => TryPublishError::Full(Box::new(m)),
+                });
+            }
         }
         Ok(self.push(&mut batch, &conn, m, adm))
     }
@@ -526,7 +536,7 @@ impl Client {
     /// received stays with the connection, as any producer's does.
     pub async fn producer(&self, queue: &str, opts: ProducerOptions) -> Result<Producer> {
         opts.validate()?;
-        let info = self.inspect(queue).await?;
+        let info = self.inspect_following(queue).await?;
         let block = info.config.overflow == Overflow::Block;
         let shared = ProducerShared::new(self.clone(), queue, opts, block)?;
         let handle: Weak<dyn ProducerHandle> = Arc::downgrade(&shared) as Weak<dyn ProducerHandle>;

@@ -185,3 +185,39 @@ async fn without_reconnect_a_lost_connection_ends_the_client() {
     })
     .await;
 }
+
+/// A producer whose queue is gone when the client reconnects (deleted meanwhile) cannot be
+/// registered again, so no publish credit will ever come on the new connection: its publishes
+/// fail with the broker's reason instead of waiting for credit forever (what the cluster checker
+/// once hit: a producer reconnected to a node that no longer served its queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_not_registered_again_fails_instead_of_waiting_for_credit() {
+    let b = common::broker().await;
+    let proxy = common::Proxy::start(b.addr).await;
+    let client = Client::connect(proxy.addr, options(true)).await.unwrap();
+    client
+        .declare("q", common::memory(Overflow::Block, 100))
+        .await
+        .unwrap();
+    let producer = client
+        .producer("q", ProducerOptions::default())
+        .await
+        .unwrap();
+    producer.send(Message::new("before")).await.unwrap();
+    // While the client is cut off, the queue is deleted.
+    proxy.refuse(true);
+    proxy.cut();
+    let admin = Client::connect(b.addr, options(false)).await.unwrap();
+    admin.delete("q").await.unwrap();
+    proxy.refuse(false);
+    wait_reconnects(&client, 1).await;
+    let r = tokio::time::timeout(Duration::from_secs(5), producer.send(Message::new("after")))
+        .await
+        .expect("the publish fails at once, it does not wait for credit");
+    match r {
+        Err(ClientError::Server { code, .. }) => {
+            assert_eq!(code, levee_client::ErrorCode::UnknownQueue);
+        }
+        other => panic!("expected unknown-queue, got {other:?}"),
+    }
+}

@@ -39,7 +39,7 @@ type Result<T> = std::result::Result<T, ProtoError>;
 /// First four bytes of a `Hello` body.
 pub const MAGIC: [u8; 4] = *b"LEVE";
 /// Highest protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Lowest protocol version this crate speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Bytes of the length prefix.
@@ -137,6 +137,8 @@ pub mod frame_type {
     pub const ROUTED_CONFIRM: u8 = 0xc3;
     /// Server `Peeked` (protocol 2).
     pub const PEEKED: u8 = 0xd0;
+    /// Server `QueueClosed` (protocol 3).
+    pub const QUEUE_CLOSED: u8 = 0xd1;
 }
 use frame_type as ft;
 
@@ -580,6 +582,19 @@ pub enum ServerFrame {
         req: u64,
         /// The messages, in delivery order.
         messages: Vec<Delivery>,
+    },
+    /// The queue stopped on this server (deleted, shutting down, or served by another node now):
+    /// this connection's producer registration and subscriptions of it are over. No more
+    /// publish credit or deliveries of it come; what was in flight was answered first (confirms
+    /// or errors) and unsettled deliveries go back to the queue. Not a reply. Protocol 3: a
+    /// connection that negotiated less never receives it.
+    QueueClosed {
+        /// Queue name.
+        queue: String,
+        /// Why (for example `unknown-queue` after a delete, `shutting-down`).
+        code: ErrorCode,
+        /// Human-readable reason (at most 65 535 bytes).
+        message: String,
     },
 }
 
@@ -1166,6 +1181,7 @@ impl ServerFrame {
             ServerFrame::BindingList { .. } => ft::BINDING_LIST,
             ServerFrame::RoutedConfirm { .. } => ft::ROUTED_CONFIRM,
             ServerFrame::Peeked { .. } => ft::PEEKED,
+            ServerFrame::QueueClosed { .. } => ft::QUEUE_CLOSED,
         }
     }
 
@@ -1306,6 +1322,15 @@ impl ServerFrame {
                 put_count32(d, messages.len(), MAX_BATCH, "peeked messages")?;
                 messages.iter().try_for_each(|x| encode_delivery(d, x))
             }
+            ServerFrame::QueueClosed {
+                queue,
+                code,
+                message,
+            } => {
+                put_queue(d, queue)?;
+                d.put_u16_le(code.as_u16());
+                put_bytes16(d, message.as_bytes(), "error message")
+            }
         }
     }
 
@@ -1434,6 +1459,11 @@ impl ServerFrame {
                     DELIVERY_MIN_LEN,
                     decode_delivery,
                 )?,
+            },
+            ft::QUEUE_CLOSED => ServerFrame::QueueClosed {
+                queue: r.str8("queue name")?,
+                code: decode_error_code(r, "error code")?,
+                message: r.str16("error message")?,
             },
             other => return Err(ProtoError::UnknownFrameType(other)),
         })

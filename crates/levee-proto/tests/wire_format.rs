@@ -45,7 +45,7 @@ fn hello_layout() {
             0x01, // Hello
             b'L', b'E', b'V', b'E', // magic
             1, 0, // min version
-            2, 0, // max version
+            3, 0, // max version
             1, 0, b'c', // client name
             0,    // no credentials
         ]
@@ -200,6 +200,23 @@ fn error_and_ack_layouts() {
         10, 0, 0, 0, 0, 0, 0, 0,      // tag
     ];
     assert_eq!(client(&a), expected);
+}
+
+#[test]
+fn queue_closed_layout() {
+    let f = ServerFrame::QueueClosed {
+        queue: "q".into(),
+        code: ErrorCode::UnknownQueue,
+        message: "gone".into(),
+    };
+    #[rustfmt::skip]
+    let expected = [
+        11, 0, 0, 0, 0xd1,
+        1, b'q',                      // queue str8
+        16, 0,                        // unknown-queue
+        4, 0, b'g', b'o', b'n', b'e', // message str16
+    ];
+    assert_eq!(server(&f), expected);
 }
 
 #[test]

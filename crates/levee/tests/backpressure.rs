@@ -457,3 +457,153 @@ async fn held_publishes_of_a_publisher_that_went_away_are_not_stored_later() {
         "a held publish of the dead publisher was stored after all"
     );
 }
+
+/// A producer waiting for publish credit and consumers waiting for deliveries learn at once
+/// when their queue goes away (here: deleted; in a cluster: served by another node now). The
+/// broker sends `QueueClosed`: the waiting publish fails with the reason instead of waiting for
+/// credit that can never come, the consumers' streams end with it, and the same connection
+/// keeps serving its other queues. Declared again, the queue takes a new producer at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_queue_ends_its_waiting_producer_and_consumers() {
+    let server = Server::start();
+    let c = client(&server).await;
+    let other = client(&server).await;
+    c.declare("gone", memory_queue(Overflow::Block, 2, 1 << 20))
+        .await
+        .unwrap();
+    c.declare("kept", memory_queue(Overflow::Block, 100, 1 << 20))
+        .await
+        .unwrap();
+    let producer = c
+        .producer("gone", ProducerOptions::default())
+        .await
+        .unwrap();
+    let kept = c
+        .producer("kept", ProducerOptions::default())
+        .await
+        .unwrap();
+    // Two consumers: one on the producer's connection, one on another; neither acks, so the
+    // queue stays full (two unacked messages) and grants no more credit.
+    let opts = ConsumerOptions {
+        credit: Credit::Fixed(1),
+        ..ConsumerOptions::default()
+    };
+    let mut near = c.consumer("gone", opts.clone()).await.unwrap();
+    let mut far = other.consumer("gone", opts).await.unwrap();
+    for i in 0..2 {
+        producer.send(numbered(i, 8)).await.unwrap();
+    }
+    let mut held = Vec::new();
+    for consumer in [&mut near, &mut far] {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a delivery")
+            .expect("stream open")
+            .expect("delivery");
+        held.push(d);
+    }
+    let p = producer.clone();
+    let waiting = tokio::spawn(async move { p.publish(numbered(2, 8)).await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a full block queue makes publish wait"
+    );
+
+    assert_eq!(other.delete("gone").await.unwrap(), 2);
+
+    let unknown = |r: &Result<(), levee_client::ClientError>| {
+        matches!(r, Err(levee_client::ClientError::Server { code, message })
+            if *code == levee_proto::ErrorCode::UnknownQueue && message.contains("gone"))
+    };
+    let r = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting publish ends when the queue is deleted")
+        .unwrap();
+    assert!(unknown(&r), "{r:?}");
+    // Later publishes fail at once, too.
+    let r = tokio::time::timeout(Duration::from_secs(5), producer.publish(numbered(3, 8)))
+        .await
+        .expect("no wait")
+        .map(|_| ());
+    assert!(unknown(&r), "{r:?}");
+    match producer.try_publish(numbered(4, 8)) {
+        Err(TryPublishError::Failed(m, e)) => {
+            assert_eq!(id_of(&m.payload), 4);
+            assert!(unknown(&Err(e)));
+        }
+        r => panic!("expected Failed, got {:?}", r.map(|_| ())),
+    }
+    for consumer in [&mut near, &mut far] {
+        let end = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+            .await
+            .expect("the consumer learns of the deletion");
+        let r = end.expect("an error before the end").map(|_| ());
+        assert!(unknown(&r), "{r:?}");
+        let after = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+            .await
+            .expect("then the end");
+        assert!(after.is_none(), "stream ended");
+    }
+    // A delivery of the deleted queue can no longer be acked.
+    assert!(held.pop().unwrap().ack().is_err());
+
+    // The connection goes on: its other queue, and the queue declared again.
+    let o = kept.send(numbered(5, 8)).await.unwrap();
+    assert!(matches!(o, PublishOutcome::Stored { .. }), "{o:?}");
+    c.declare("gone", memory_queue(Overflow::Block, 2, 1 << 20))
+        .await
+        .unwrap();
+    let again = c
+        .producer("gone", ProducerOptions::default())
+        .await
+        .unwrap();
+    let o = tokio::time::timeout(Duration::from_secs(5), again.send(numbered(6, 8)))
+        .await
+        .expect("credit for the new queue")
+        .unwrap();
+    assert!(matches!(o, PublishOutcome::Stored { .. }), "{o:?}");
+}
+
+/// `QueueClosed` is protocol 3: a connection that negotiated 2 never receives it (it would not
+/// decode it), and goes on as before.
+#[test]
+fn a_protocol_2_connection_is_not_sent_queue_closed() {
+    use levee_proto::{ClientFrame, Hello, ServerFrame};
+    let server = Server::start();
+    let mut raw = common::Raw::connect(server.wire);
+    raw.send(&ClientFrame::Hello(Hello {
+        max_version: 2,
+        ..Hello::new("v2-client")
+    }));
+    match raw.recv() {
+        Some(ServerFrame::Welcome(w)) => assert_eq!(w.version, 2),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = client(&server).await;
+        c.declare("v2", memory_queue(Overflow::Block, 10, 1 << 20))
+            .await
+            .unwrap();
+    });
+    raw.send(&ClientFrame::Subscribe {
+        req: 1,
+        queue: "v2".into(),
+        credit: 1,
+        auto_ack: false,
+    });
+    assert!(matches!(
+        raw.recv(),
+        Some(ServerFrame::Subscribed { req: 1, .. })
+    ));
+    rt.block_on(async {
+        let c = client(&server).await;
+        c.delete("v2").await.unwrap();
+    });
+    raw.send(&ClientFrame::ListQueues { req: 2 });
+    match raw.recv() {
+        Some(ServerFrame::QueueList { req: 2, .. }) => {}
+        other => panic!("expected the QueueList reply and nothing before it, got {other:?}"),
+    }
+}

@@ -88,6 +88,13 @@ impl Cluster {
             .join("\n")
     }
 
+    /// The nodes' wire (client) addresses, B+N.
+    fn wire_addrs(&self) -> Vec<String> {
+        (1..=3)
+            .map(|n| format!("127.0.0.1:{}", self.base + n))
+            .collect()
+    }
+
     fn nodes(&self) -> Vec<String> {
         (1..=3)
             .map(|n| format!("127.0.0.1:{}", self.base + 20 + n))
@@ -487,6 +494,99 @@ async fn follower_kill_and_whole_cluster_restart_keep_the_queue() {
         got.contains("via-follower") && got.contains("via-list"),
         "consumed: {got}"
     );
+}
+
+/// The client library follows its queue on its own (`Client::connect_any` with reconnection):
+/// made through a node that does not serve the queue, the producer and the consumer move to the
+/// one that does; when that node is killed, the *same* producer and consumer go on with the new
+/// leader. The application only publishes again, with the same message ids, what failed while
+/// the connection moved; the queue's deduplication window drops copies that were stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_follows_its_queue_across_a_leader_kill() {
+    let cluster = Arc::new(Cluster::start());
+    cluster.levee(&["declare", QUEUE]);
+    let (leader, _) = cluster.serving().await;
+    // Followers first: the first connection lands on a node that does not serve the queue.
+    let mut nodes = cluster.wire_addrs();
+    let at = (leader - 1) as usize;
+    let leader_addr = nodes.remove(at);
+    nodes.push(leader_addr.clone());
+    let opts = ClientOptions {
+        reconnect: Some(levee_client::Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            multiplier: 2.0,
+        }),
+        ..ClientOptions::default()
+    };
+    let pc = Client::connect_any(&nodes, opts.clone())
+        .await
+        .expect("connect");
+    let producer = pc
+        .producer(QUEUE, ProducerOptions::default())
+        .await
+        .expect("producer follows");
+    let cc = Client::connect_any(&nodes, opts).await.expect("connect");
+    let mut consumer = cc
+        .consumer(QUEUE, ConsumerOptions::default())
+        .await
+        .expect("consumer follows");
+    assert!(
+        pc.stats().reconnects >= 1 && cc.stats().reconnects >= 1,
+        "both moved from the follower they reached first to the leader"
+    );
+    let before_kill = pc.stats().reconnects;
+    let n = 400u64;
+    let publish = |ids: std::ops::Range<u64>| {
+        let producer = producer.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            for id in ids {
+                // Publish until confirmed: a publish that failed while the connection moved
+                // goes again with the same message id.
+                loop {
+                    assert!(Instant::now() < deadline, "message {id} never confirmed");
+                    let m = Message::new(format!("m{id}")).with_message_id(format!("id-{id}"));
+                    match producer.send(m).await {
+                        Ok(PublishOutcome::Stored { .. } | PublishOutcome::Duplicate { .. }) => {
+                            break;
+                        }
+                        Ok(other) => panic!("publish {id}: {other:?}"),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            }
+        }
+    };
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let s = seen.clone();
+    let consuming = tokio::spawn(async move {
+        while (s.lock().len() as u64) < n {
+            match tokio::time::timeout(Duration::from_secs(90), consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    let text = String::from_utf8_lossy(d.payload()).into_owned();
+                    let id: u64 = text[1..].parse().expect("a published id");
+                    s.lock().insert(id);
+                    // An ack that fails (the connection moved) is redelivered, marked.
+                    let _ = d.ack();
+                }
+                Ok(Some(Err(e))) => panic!("the consumer ended: {e}"),
+                Ok(None) => panic!("the consumer stream ended"),
+                Err(_) => panic!("no delivery for 90 s"),
+            }
+        }
+    });
+    publish(0..n / 2).await;
+    cluster.script(&["kill", &leader.to_string()]);
+    publish(n / 2..n).await;
+    tokio::time::timeout(Duration::from_secs(90), consuming)
+        .await
+        .expect("every message delivered to the same consumer")
+        .expect("consumer task");
+    assert_eq!(seen.lock().len() as u64, n);
+    assert!(pc.stats().reconnects > before_kill, "the producer reconnected after the kill");
+    let (now, _) = cluster.serving().await;
+    assert_ne!(now, leader, "the killed node cannot serve");
 }
 
 /// A Jepsen-style run: producers with confirms and a consumer acking, while random faults hit the

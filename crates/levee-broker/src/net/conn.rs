@@ -65,6 +65,13 @@ async fn writer<W: AsyncWrite + Unpin>(mut rx: ConnRx, mut sock: W, drain: Durat
     while let Some(frame) = rx.recv().await {
         let mut next = Some(frame);
         while let Some(f) = next.take() {
+            if !outbox.peer_knows(&f) {
+                // Control frames are counted when sent; this one goes no further.
+                if buf.len() < 1 << 20 {
+                    next = rx.try_recv();
+                }
+                continue;
+            }
             let close = matches!(f, ServerFrame::Close { .. });
             if let ServerFrame::Deliver { deliveries } = &f
                 && let Some(last) = deliveries.last()
@@ -762,6 +769,7 @@ where
             return Ok(());
         }
     };
+    tx.outbox().set_protocol(version);
     let _ = tx.send(ServerFrame::Welcome(Welcome {
         version,
         server_name: cfg.server_name.clone(),

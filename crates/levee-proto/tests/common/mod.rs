@@ -381,6 +381,13 @@ pub(crate) fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (any::<u64>(), vec(outcome(), 0..8))
             .prop_map(|(req, outcomes)| ServerFrame::PublishConfirm { req, outcomes }),
         (name(), any::<u32>()).prop_map(|(queue, n)| ServerFrame::PublishCredit { queue, n }),
+        (name(), error_code(), text()).prop_map(|(queue, code, message)| {
+            ServerFrame::QueueClosed {
+                queue,
+                code,
+                message,
+            }
+        }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(req, subscription)| ServerFrame::Subscribed { req, subscription }),
         (any::<u64>(), any::<u64>())
