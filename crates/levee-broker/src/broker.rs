@@ -243,6 +243,22 @@ pub(crate) type Deletion =
 /// A callback appending Prometheus text to `/metrics` ([`Broker::set_metrics_source`]).
 pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
 
+/// How a broker that is a cluster node declares replicated queues (`replicas` > 1): installed
+/// by levee-cluster ([`Broker::set_replication`]). Without one, a broker refuses such queues.
+pub trait Replication: Send + Sync {
+    /// The copies a replicated queue has in this cluster (its node count): the only `replicas`
+    /// value above 1 it accepts, and what AMQP's `x-queue-type = quorum` asks for.
+    fn replicas(&self) -> u8;
+    /// Adds `name` with `config` (`replicas` checked, disk with fsync always) to the cluster's
+    /// catalog, or checks that the one there has this config; resolves once a node is known to
+    /// serve it, to whether it was created.
+    fn declare(
+        &self,
+        name: String,
+        config: QueueConfig,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, BrokerError>> + Send>>;
+}
+
 pub(crate) struct Inner {
     pub(crate) config: BrokerConfig,
     pub(crate) backend: Arc<dyn Backend>,
@@ -267,6 +283,8 @@ pub(crate) struct Inner {
     /// Extra Prometheus text appended to `/metrics` by a layer above the broker (the cluster
     /// node's `levee_cluster_*` gauges), see [`Broker::set_metrics_source`].
     metrics_source: parking_lot::RwLock<Option<MetricsSource>>,
+    /// Declares replicated queues (a cluster node's), see [`Broker::set_replication`].
+    replication: parking_lot::RwLock<Option<Arc<dyn Replication>>>,
     /// Held for the broker's lifetime: no other broker opens this data directory meanwhile
     /// (`None` on a caller-provided backend).
     _lock: Option<DataDirLock>,
@@ -403,6 +421,7 @@ impl Broker {
             exchanges: crate::routing::Exchanges::new(),
             elsewhere: parking_lot::RwLock::new(HashMap::new()),
             metrics_source: parking_lot::RwLock::new(None),
+            replication: parking_lot::RwLock::new(None),
             _lock: lock,
         });
         let broker = Broker { inner };
@@ -530,6 +549,28 @@ impl Broker {
     ) -> Result<(bool, u64), BrokerError> {
         validate_queue_name(name)?;
         config.validate(name)?;
+        if config.replicas > 1 {
+            let Some(replication) = self.replication() else {
+                return Err(BrokerError::Proto(levee_proto::ProtoError::InvalidConfig {
+                    field: "replicas",
+                    reason: format!(
+                        "{} copies need a cluster (a [cluster] section); this broker is a single \
+                         node: use replicas = 1",
+                        config.replicas
+                    ),
+                }));
+            };
+            let created = replication.declare(name.to_string(), config).await?;
+            return Ok((created, 0));
+        }
+        if let Some(serving) = self.inner.elsewhere.read().get(name) {
+            // A replicated queue of this name exists (served by another node now): a local
+            // queue may not take its name. Its leader answers for it.
+            return Err(BrokerError::NotLeader {
+                queue: name.to_string(),
+                serving: serving.clone(),
+            });
+        }
         let _guard = self.inner.catalog.lock().await;
         let pending = self.inner.deleting.lock().get(name).cloned();
         if let Some(mut done) = pending {
@@ -794,6 +835,17 @@ impl Broker {
                 e.remove(queue);
             }
         }
+    }
+
+    /// Installs the cluster's [`Replication`]: from then on `replicas` > 1 declares a replicated
+    /// queue through it. Used by the cluster node; the last one installed wins.
+    pub fn set_replication(&self, replication: Arc<dyn Replication>) {
+        *self.inner.replication.write() = Some(replication);
+    }
+
+    /// The installed [`Replication`], if this broker is a cluster node.
+    pub fn replication(&self) -> Option<Arc<dyn Replication>> {
+        self.inner.replication.read().clone()
     }
 
     /// Installs `source`, which appends Prometheus text-format families (each with its

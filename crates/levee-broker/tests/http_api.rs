@@ -791,6 +791,7 @@ fn arb_config() -> impl Strategy<Value = QueueConfig> {
             proptest::option::of("[a-z.#*]{0,8}"),
             any::<bool>(),
             proptest::option::of(1u64..=86_400_000),
+            1u8..=levee_proto::MAX_REPLICAS,
         ),
     )
         .prop_map(
@@ -798,7 +799,13 @@ fn arb_config() -> impl Strategy<Value = QueueConfig> {
                 (max_messages, max_bytes, overflow),
                 (order, durability, ack_timeout_ms),
                 (max_deliveries, dead_letter, message_ttl_ms, rate_limit, dedup),
-                (dead_letter_exchange, dead_letter_routing_key, single_active_consumer, expires_ms),
+                (
+                    dead_letter_exchange,
+                    dead_letter_routing_key,
+                    single_active_consumer,
+                    expires_ms,
+                    replicas,
+                ),
             )| QueueConfig {
                 max_messages,
                 max_bytes,
@@ -815,6 +822,7 @@ fn arb_config() -> impl Strategy<Value = QueueConfig> {
                 single_active_consumer,
                 expires_ms,
                 dedup: dedup.map(|(window_ms, max_ids)| levee_proto::Dedup { window_ms, max_ids }),
+                replicas,
             },
         )
 }

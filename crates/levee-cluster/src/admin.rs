@@ -136,6 +136,11 @@ impl Catalog {
             added,
         }
     }
+
+    /// The encoded config of `name`, if the catalog (as applied here) has it.
+    pub(crate) fn config_of(&self, name: &str) -> Option<Vec<u8>> {
+        self.queues.lock().get(name).cloned()
+    }
 }
 
 impl StateMachine for Catalog {

@@ -13,7 +13,10 @@
 //!   cut off in a minority neither confirms nor delivers).
 //! - Every node starts every group with the same initial membership (all configured nodes):
 //!   openraft's first membership entry is then identical everywhere, so initialising on each
-//!   node is safe.
+//!   node is safe. The metadata group is initialised on every node at start; a new queue group
+//!   only on one node, by a hash of its name (the others join through its leader's appends, or initialise
+//!   after `INIT_FALLBACK` of silence), so a node applying a declaration late does not depose
+//!   the group's first leader.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -41,6 +44,19 @@ use crate::replicated_log::ReplicatedLog;
 /// hand out already committed messages, which are then delivered again, marked, by the new one.
 /// Above the election timeout so that acks delayed under load do not make a leader flap.
 const QUORUM_ACK_MS: u64 = 3000;
+
+/// A node other than the [`initializer`] initialises a new queue group itself only if it has
+/// heard nothing from a leader this long after applying the declaration.
+const INIT_FALLBACK: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The node that initialises a new queue group (and so most likely leads it first): picked by
+/// a hash of the queue's name, so that the leaders of many queues spread over the nodes; the
+/// same on every node.
+fn initializer(config: &ClusterConfig, queue: &str) -> Option<u64> {
+    let ids: Vec<u64> = config.nodes.keys().copied().collect();
+    let i = crc32c::crc32c(queue.as_bytes()) as usize % ids.len().max(1);
+    ids.get(i).copied()
+}
 
 /// The metadata group's name.
 pub const META: &str = "meta";
@@ -85,12 +101,122 @@ impl ClusterConfig {
     }
 }
 
-/// The config a replicated queue gets from `requested`: always on disk with fsync `always`
-/// (its fsyncs are what commits through Raft; a confirm must wait for the commit).
-pub fn replicated_queue_config(requested: &QueueConfig) -> QueueConfig {
+/// The config a replicated queue gets from `requested` in a cluster of `nodes` nodes: always on
+/// disk with fsync `always` (its fsyncs are what commits through Raft; a confirm must wait for
+/// the commit), with one copy per node.
+pub fn replicated_queue_config(requested: &QueueConfig, nodes: usize) -> QueueConfig {
     QueueConfig {
         durability: Durability::Disk(Fsync::Always),
+        replicas: u8::try_from(nodes).unwrap_or(u8::MAX),
         ..requested.clone()
+    }
+}
+
+/// The broker's way to declare replicated queues (`replicas` > 1) through this node: checks
+/// `replicas` against the cluster's size and the catalog's config, proposes the declaration
+/// to the metadata group (forwarded to its leader), and waits (at most
+/// [`DECLARE_SERVED_WITHIN`]) until a node serves the new queue, so the client's next step
+/// finds it.
+struct ClusterReplication {
+    shared: std::sync::Weak<Shared>,
+    nodes: usize,
+}
+
+/// How long a declaration waits for the metadata group to take it, and then for its queue's
+/// group to have a serving leader.
+const DECLARE_SERVED_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl levee_broker::Replication for ClusterReplication {
+    fn replicas(&self) -> u8 {
+        u8::try_from(self.nodes).unwrap_or(u8::MAX)
+    }
+
+    fn declare(
+        &self,
+        name: String,
+        config: QueueConfig,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<bool, levee_broker::BrokerError>> + Send>,
+    > {
+        let (shared, nodes) = (self.shared.clone(), self.nodes);
+        Box::pin(async move {
+            use levee_broker::BrokerError;
+            let invalid = |reason: String| {
+                BrokerError::Proto(levee_proto::ProtoError::InvalidConfig {
+                    field: "replicas",
+                    reason,
+                })
+            };
+            if usize::from(config.replicas) != nodes {
+                return Err(invalid(format!(
+                    "this cluster keeps a replicated queue on each of its {nodes} nodes: \
+                     replicas must be 1 (a local queue) or {nodes}, not {}",
+                    config.replicas
+                )));
+            }
+            let s = shared
+                .upgrade()
+                .ok_or_else(|| BrokerError::Internal("the cluster node stopped".into()))?;
+            let config = replicated_queue_config(&config, nodes);
+            if let Some(existing) = s.catalog.config_of(&name)
+                && let Ok(existing) = crate::admin::decode_config(&existing)
+                && existing != config
+            {
+                return Err(BrokerError::ConfigMismatch {
+                    queue: name.clone(),
+                    differences: existing.describe_differences(&config),
+                });
+            }
+            let encoded =
+                crate::admin::encode_config(&name, &config).map_err(|e| invalid(e.to_string()))?;
+            // The name and config are checked: what can still fail is the metadata group's
+            // availability (no leader known for a moment, a forward that failed, no quorum).
+            // Retried, as a client would, for a while.
+            let deadline = tokio::time::Instant::now() + DECLARE_SERVED_WITHIN;
+            let mut pause = std::time::Duration::from_millis(50);
+            let created = loop {
+                let request = AdminRequest::Declare {
+                    name: name.clone(),
+                    config: encoded.clone(),
+                };
+                let s2 = s.clone();
+                let reply =
+                    s.rt.spawn(async move { admin(&s2, request).await })
+                        .await
+                        .map_err(|e| BrokerError::Internal(e.to_string()))?;
+                match reply {
+                    AdminReply::Declared(created) => break created,
+                    AdminReply::Error(e) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(queue = %name, error = %e, "declaring a replicated queue: retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(std::time::Duration::from_millis(500));
+                    }
+                    AdminReply::Error(e) => {
+                        return Err(BrokerError::Internal(format!(
+                            "the cluster did not take the declaration of {name} within {} s: {e}",
+                            DECLARE_SERVED_WITHIN.as_secs()
+                        )));
+                    }
+                    AdminReply::Status(_) => {
+                        return Err(BrokerError::Internal("unexpected admin reply".into()));
+                    }
+                }
+            };
+            let deadline = tokio::time::Instant::now() + DECLARE_SERVED_WITHIN;
+            while tokio::time::Instant::now() < deadline {
+                let served = s.queues.read().get(&name).is_some_and(|q| {
+                    let leader = q.group.raft().metrics().borrow().current_leader;
+                    leader.is_some_and(|l| {
+                        l != s.config.node_id || q.served.load(std::sync::atomic::Ordering::Acquire)
+                    })
+                });
+                if served {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Ok(created)
+        })
     }
 }
 
@@ -102,6 +228,8 @@ struct QueueGroup {
 struct Shared {
     config: ClusterConfig,
     broker: Broker,
+    /// The metadata group's state: the replicated queues and their configs.
+    catalog: Arc<Catalog>,
     rt: tokio::runtime::Handle,
     meta: RwLock<Option<Arc<Group>>>,
     queues: RwLock<HashMap<String, QueueGroup>>,
@@ -153,9 +281,12 @@ impl Node {
         let local = listener
             .local_addr()
             .map_err(|e| ClusterError::io("cluster listener address", e))?;
+        let (added_tx, mut added_rx) = mpsc::unbounded_channel();
+        let catalog = Arc::new(Catalog::new(added_tx));
         let shared = Arc::new(Shared {
             config,
             broker,
+            catalog: catalog.clone(),
             rt: rt.clone(),
             meta: RwLock::new(None),
             queues: RwLock::new(HashMap::new()),
@@ -171,9 +302,13 @@ impl Node {
                     crate::metrics::render(out, &status(&s));
                 }
             }));
+        // Replicated queues declared through the broker (`replicas` > 1: native, HTTP, AMQP
+        // quorum) go through this node.
+        shared.broker.set_replication(Arc::new(ClusterReplication {
+            shared: Arc::downgrade(&shared),
+            nodes: shared.config.nodes.len(),
+        }));
         // The metadata group.
-        let (added_tx, mut added_rx) = mpsc::unbounded_channel();
-        let catalog = Arc::new(Catalog::new(added_tx));
         let meta = {
             let (s, c) = (shared.clone(), catalog.clone());
             rt.spawn(async move {
@@ -266,8 +401,29 @@ async fn start_queue_group(
                 Arc::new(members(&s2.config)),
             )
             .await?;
-            g.initialize(&members(&s2.config)).await;
-            Ok::<_, ClusterError>(Arc::new(g))
+            let g = Arc::new(g);
+            // One node starts the group's first election, at once: `initializer`. Had every
+            // node initialised it as it applied the declaration, one applying it late (its
+            // group did not exist yet when the leader's first appends came) would campaign
+            // with a higher term and depose the new leader: the queue changed leaders in its
+            // first seconds. The others join through the leader's appends, and initialise
+            // only if none came within `INIT_FALLBACK` (that node may be down).
+            if initializer(&s2.config, &n) == Some(s2.config.node_id) {
+                g.initialize(&members(&s2.config)).await;
+            } else {
+                let (g2, m) = (g.clone(), members(&s2.config));
+                tokio::spawn(async move {
+                    tokio::time::sleep(INIT_FALLBACK).await;
+                    let untouched = {
+                        let metrics = g2.raft().metrics().borrow().clone();
+                        metrics.current_leader.is_none() && metrics.last_log_index.is_none()
+                    };
+                    if untouched {
+                        g2.initialize(&m).await;
+                    }
+                });
+            }
+            Ok::<_, ClusterError>(g)
         })
         .await
         .map_err(|e| ClusterError::Raft(e.to_string()))??
@@ -290,7 +446,7 @@ async fn start_queue_group(
     tokio::spawn(watch_leadership(
         s.clone(),
         name.to_string(),
-        replicated_queue_config(&config),
+        replicated_queue_config(&config, s.config.nodes.len()),
         group,
         backend,
         state_dir,
@@ -482,7 +638,7 @@ async fn admin(s: &Arc<Shared>, req: AdminRequest) -> AdminReply {
                 return AdminReply::Error(e.to_string());
             }
             let checked = crate::admin::decode_config(&config).and_then(|c| {
-                let c = replicated_queue_config(&c);
+                let c = replicated_queue_config(&c, s.config.nodes.len());
                 c.validate(&name)
                     .map_err(|e| ClusterError::Config(e.to_string()))?;
                 crate::admin::encode_config(&name, &c)

@@ -421,7 +421,16 @@ pub struct QueueConfig {
     /// minutes); `None` = off. Sent at the end of protocol-2 `Declare` / `QueueStats` frames
     /// (a protocol-1 `Declare` gets the default).
     pub dedup: Option<Dedup>,
+    /// Copies of the queue kept by a cluster: 1 (the default) = a local queue on the node that
+    /// declared it; 2..=[`MAX_REPLICAS`] = a replicated queue (one Raft group over the cluster's
+    /// nodes, which must number at least this many), always on disk with fsync `always`, served
+    /// by its group's leader (RabbitMQ's quorum queues, NATS' R3 streams). A broker outside a
+    /// cluster refuses it. Wire: extension tag 48 (decimal).
+    pub replicas: u8,
 }
+
+/// Most copies a replicated queue may ask for ([`QueueConfig::replicas`]).
+pub const MAX_REPLICAS: u8 = 9;
 
 impl Default for QueueConfig {
     fn default() -> Self {
@@ -441,6 +450,7 @@ impl Default for QueueConfig {
             single_active_consumer: false,
             expires_ms: None,
             dedup: Some(Dedup::default()),
+            replicas: 1,
         }
     }
 }
@@ -526,6 +536,18 @@ impl QueueConfig {
             if k.len() > crate::MAX_ROUTING_KEY_LEN {
                 return invalid("dead_letter_routing_key", "longer than 255 bytes");
             }
+        }
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return invalid(
+                "replicas",
+                format!("{} is outside 1..={MAX_REPLICAS}", self.replicas),
+            );
+        }
+        if self.replicas > 1 && !matches!(self.durability, Durability::Disk(Fsync::Always)) {
+            return invalid(
+                "replicas",
+                "a replicated queue is on disk with fsync always (its fsync is the Raft commit)",
+            );
         }
         if let Some(ms) = self.expires_ms
             && !(1..=MAX_MESSAGE_TTL_MS).contains(&ms)
@@ -653,6 +675,11 @@ impl QueueConfig {
             r.single_active_consumer.to_string(),
         );
         cmp("expires_ms", ttl(self.expires_ms), ttl(r.expires_ms));
+        cmp(
+            "replicas",
+            self.replicas.to_string(),
+            r.replicas.to_string(),
+        );
         let dedup = |v: &Option<Dedup>| v.map_or("off".into(), |d| d.to_string());
         cmp("dedup", dedup(&self.dedup), dedup(&r.dedup));
         out
@@ -674,14 +701,15 @@ impl QueueConfig {
 /// without extension fields encodes exactly as in protocol version 1 (so version-1 peers and
 /// catalog entries keep working). Tags: 1 = `dead_letter_exchange`, 2 =
 /// `dead_letter_routing_key` (routing); 16..=31 are set aside for the AMQP front end's fields
-/// (16 = `single_active_consumer` as `"1"`, 17 = `expires_ms` in decimal) and 32..=47 for
-/// operations' fields. An unknown tag is an error, never skipped (a catalog entry
+/// (16 = `single_active_consumer` as `"1"`, 17 = `expires_ms` in decimal), 32..=47 for
+/// operations' fields and 48..=63 for the cluster's (48 = `replicas` in decimal, when not 1). An unknown tag is an error, never skipped (a catalog entry
 /// must not lose a setting).
 const ORDER_EXTENSIONS: u8 = 0x80;
 const EXT_DEAD_LETTER_EXCHANGE: u8 = 1;
 const EXT_DEAD_LETTER_ROUTING_KEY: u8 = 2;
 const EXT_SINGLE_ACTIVE_CONSUMER: u8 = 16;
 const EXT_EXPIRES_MS: u8 = 17;
+const EXT_REPLICAS: u8 = 48;
 
 fn extensions(c: &QueueConfig) -> Vec<(u8, Vec<u8>)> {
     let mut ext: Vec<(u8, Vec<u8>)> = Vec::new();
@@ -696,6 +724,9 @@ fn extensions(c: &QueueConfig) -> Vec<(u8, Vec<u8>)> {
     }
     if let Some(ms) = c.expires_ms {
         ext.push((EXT_EXPIRES_MS, ms.to_string().into_bytes()));
+    }
+    if c.replicas != 1 {
+        ext.push((EXT_REPLICAS, c.replicas.to_string().into_bytes()));
     }
     ext
 }
@@ -847,6 +878,7 @@ pub(crate) fn decode_config(r: &mut Reader) -> Result<QueueConfig> {
     let mut dead_letter_routing_key = None;
     let mut single_active_consumer = false;
     let mut expires_ms = None;
+    let mut replicas = 1u8;
     if has_ext {
         let n = r.u8("config extensions")?;
         let mut last = 0u8;
@@ -869,6 +901,15 @@ pub(crate) fn decode_config(r: &mut Reader) -> Result<QueueConfig> {
                     _ => {
                         return Err(ProtoError::InvalidValue {
                             what: "config extension expires_ms (not a decimal number)",
+                            value: u64::from(tag),
+                        });
+                    }
+                },
+                EXT_REPLICAS => match value.parse::<u8>() {
+                    Ok(n) if n != 1 && value.bytes().all(|b| b.is_ascii_digit()) => replicas = n,
+                    _ => {
+                        return Err(ProtoError::InvalidValue {
+                            what: "config extension replicas (not a decimal number other than 1)",
                             value: u64::from(tag),
                         });
                     }
@@ -897,6 +938,7 @@ pub(crate) fn decode_config(r: &mut Reader) -> Result<QueueConfig> {
         dead_letter_routing_key,
         single_active_consumer,
         expires_ms,
+        replicas,
         // The frame's protocol-2 trailer overrides it (`decode_dedup`).
         dedup: Some(Dedup::default()),
     })

@@ -38,8 +38,8 @@ mod wire;
 
 pub use config::{
     ConfigDifference, Dedup, Durability, Fsync, MAX_ACK_TIMEOUT_MS, MAX_DEDUP_IDS,
-    MAX_DEDUP_WINDOW_MS, MAX_FSYNC_INTERVAL_MS, MAX_MESSAGE_TTL_MS, MAX_QUEUE_NAME_LEN, Order,
-    Overflow, QueueConfig, RateLimit, validate_queue_name,
+    MAX_DEDUP_WINDOW_MS, MAX_FSYNC_INTERVAL_MS, MAX_MESSAGE_TTL_MS, MAX_QUEUE_NAME_LEN,
+    MAX_REPLICAS, Order, Overflow, QueueConfig, RateLimit, validate_queue_name,
 };
 pub use error::{ErrorCode, ProtoError};
 pub use exchange::{

@@ -151,6 +151,29 @@ fn out_of_range_fields_are_named() {
         ),
         (
             QueueConfig {
+                replicas: 0,
+                ..base.clone()
+            },
+            "replicas",
+        ),
+        (
+            QueueConfig {
+                replicas: levee_proto::MAX_REPLICAS + 1,
+                ..base.clone()
+            },
+            "replicas",
+        ),
+        (
+            // A replicated queue is on disk with fsync always.
+            QueueConfig {
+                replicas: 3,
+                durability: Durability::Memory,
+                ..base.clone()
+            },
+            "replicas",
+        ),
+        (
+            QueueConfig {
                 rate_limit: Some(RateLimit {
                     burst_bytes: 0,
                     ..RateLimit::bytes(10)
@@ -199,8 +222,15 @@ fn valid_edge_values_pass() {
             window_ms: Some(levee_proto::MAX_DEDUP_WINDOW_MS),
             max_ids: levee_proto::MAX_DEDUP_IDS,
         }),
+        replicas: 1,
     };
     assert_eq!(c.validate("q"), Ok(()));
+    let replicated = QueueConfig {
+        durability: Durability::Disk(Fsync::Always),
+        replicas: levee_proto::MAX_REPLICAS,
+        ..c.clone()
+    };
+    assert_eq!(replicated.validate("q"), Ok(()));
     let memory = QueueConfig {
         durability: Durability::Memory,
         ..c

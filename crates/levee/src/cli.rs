@@ -459,6 +459,10 @@ pub(crate) struct DeclareArgs {
     /// [default: never].
     #[arg(long, value_name = "DURATION", value_parser = parse_millis)]
     pub expires: Option<u64>,
+    /// Copies a cluster keeps: 1 = a local queue on the node reached; the cluster's node count
+    /// = a replicated queue (on disk, fsync always), served by its Raft leader [default: 1].
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u8>,
     /// Publish rate limit in messages per second, burst one second's worth [default: none].
     #[arg(long, value_name = "N")]
     pub rate_msgs: Option<u32>,
@@ -540,6 +544,14 @@ impl DeclareArgs {
         }
         if let Some(v) = self.expires {
             c.expires_ms = Some(v);
+        }
+        if let Some(n) = self.replicas {
+            c.replicas = n;
+            if n > 1 && self.durability.is_none() && self.fsync.is_none() {
+                // A replicated queue's storage (the only one accepted), unless the user chose
+                // another (then the broker says why not).
+                c.durability = Durability::Disk(Fsync::Always);
+            }
         }
         if self.rate_msgs.is_some() || self.rate_bytes.is_some() {
             let mut rl = c.rate_limit.unwrap_or_default();
@@ -756,6 +768,9 @@ pub(crate) fn render_config(c: &QueueConfig) -> String {
     }
     if let Some(ms) = c.expires_ms {
         out.push_str(&format!(" expires={}", format_millis(ms)));
+    }
+    if c.replicas != 1 {
+        out.push_str(&format!(" replicas={}", c.replicas));
     }
     match c.dedup {
         None => out.push_str(" dedup=off"),

@@ -897,3 +897,41 @@ fn memory_queues_come_back_empty_after_a_restart_and_transient_ones_do_not() {
     assert!(list.contains("cache"), "{list}");
     assert!(!list.contains("scratch"), "{list}");
 }
+
+/// A single broker keeps one copy of a queue: asking for replicas is refused with the reason,
+/// on the command line and over HTTP, and nothing is created.
+#[test]
+fn replicas_need_a_cluster() {
+    let server = Server::start();
+    let out = levee(&server, &["queue", "declare", "r", "--replicas", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains("replicas") && why.contains("need a cluster"),
+        "{why}"
+    );
+    let (status, body) = common::http_json(
+        &server,
+        "PUT",
+        "/api/queues/r",
+        Some(&serde_json::json!({"replicas": 3})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid-config", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("replicas")),
+        "{body}"
+    );
+    let list = ok(levee(&server, &["queue", "list"]));
+    assert!(!list.lines().any(|l| l.trim() == "r"), "{list}");
+    // replicas = 1 is an ordinary queue.
+    assert!(
+        ok(levee(
+            &server,
+            &["queue", "declare", "r", "--replicas", "1"]
+        ))
+        .contains("created r")
+    );
+}

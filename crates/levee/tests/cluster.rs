@@ -119,6 +119,34 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The `levee` CLI against node `n`'s wire port (B+N): its output.
+    fn cli(&self, n: u16, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_levee"))
+            .arg("--addr")
+            .arg(format!("127.0.0.1:{}", self.base + n))
+            .args(args)
+            .output()
+            .expect("running levee")
+    }
+
+    /// `PUT /api/queues/{queue}` with `body` on node `n`'s HTTP port: the status line.
+    fn http_put_queue(&self, n: u16, queue: &str, body: &str) -> String {
+        use std::io::{Read, Write};
+        let addr = format!("127.0.0.1:{}", self.base + 10 + n);
+        let mut s = std::net::TcpStream::connect(&addr).expect("http connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "PUT /api/queues/{queue} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
     /// Node `n`'s `/metrics` (its HTTP port is B+10+N), or "" if it does not answer.
     fn metrics(&self, n: u16) -> String {
         use std::io::{Read, Write};
@@ -138,14 +166,19 @@ impl Cluster {
 
     /// Waits until some node serves the queue; returns its id and wire address.
     async fn serving(&self) -> (u64, String) {
+        self.serving_queue(QUEUE).await
+    }
+
+    /// Waits until some node serves `queue`; returns its id and wire address.
+    async fn serving_queue(&self, queue: &str) -> (u64, String) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(s) = levee_cluster::admin::serving_node(&self.nodes(), QUEUE).await {
+            if let Some(s) = levee_cluster::admin::serving_node(&self.nodes(), queue).await {
                 return s;
             }
             assert!(
                 Instant::now() < deadline,
-                "no node serves {QUEUE}:\n{}",
+                "no node serves {queue}:\n{}",
                 self.logs()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -496,6 +529,118 @@ async fn follower_kill_and_whole_cluster_restart_keep_the_queue() {
     );
 }
 
+/// `replicas = 3` makes a replicated queue through every front end, on any node: the CLI's
+/// `queue declare --replicas 3`, HTTP `PUT /api/queues/Q {"replicas": 3}` and AMQP's
+/// `x-queue-type = quorum`. Each lands in the cluster's catalog and is served by its group's
+/// leader; one survives a kill -9 of that leader with its confirmed messages. Refused: a count
+/// other than 1 or the cluster's size, and a local queue taking a replicated queue's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicated_queues_are_declared_from_the_cli_http_and_amqp() {
+    let cluster = Arc::new(Cluster::start());
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(cluster.cli(2, &["queue", "declare", "orders", "--replicas", "3"]));
+    let put = cluster.http_put_queue(3, "audit", r#"{"replicas": 3}"#);
+    assert!(put.starts_with("HTTP/1.1 20"), "{put}");
+    let uri = format!("amqp://guest:guest@127.0.0.1:{}/%2f", cluster.base + 31);
+    let amqp = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+        .await
+        .expect("AMQP connect");
+    let ch = amqp.create_channel().await.unwrap();
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        "tasks".into(),
+        lapin::options::QueueDeclareOptions::durable(),
+        args,
+    )
+    .await
+    .expect("a quorum queue declared over AMQP");
+    for q in ["orders", "audit", "tasks"] {
+        cluster.serving_queue(q).await;
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&cluster.levee(&["status", "--json"])).unwrap();
+    let names: Vec<&str> = status["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|q| q["name"].as_str())
+        .collect();
+    for q in ["orders", "audit", "tasks"] {
+        assert!(names.contains(&q), "{q} in the catalog: {status}");
+    }
+    let inspect = ok(cluster.cli(1, &["queue", "inspect", "orders"]));
+    assert!(inspect.contains("replicas=3"), "{inspect}");
+    // Declaring again with the same config is idempotent, from any node.
+    ok(cluster.cli(3, &["queue", "declare", "orders", "--replicas", "3"]));
+
+    // Refused, with the reason.
+    let two = cluster.cli(1, &["queue", "declare", "pairs", "--replicas", "2"]);
+    assert!(!two.status.success());
+    let why = String::from_utf8_lossy(&two.stderr);
+    assert!(
+        why.contains("replicas must be 1") && why.contains("or 3"),
+        "{why}"
+    );
+    let local = cluster.cli(1, &["queue", "declare", "orders", "--replicas", "1"]);
+    assert!(
+        !local.status.success(),
+        "a local queue cannot take a replicated queue's name"
+    );
+    let why = String::from_utf8_lossy(&local.stderr);
+    assert!(why.contains("replicas"), "{why}");
+
+    // Replicated for real: confirmed messages survive a kill -9 of the leader.
+    let (leader, addr) = cluster.serving_queue("orders").await;
+    let c = Client::connect(addr.as_str(), ClientOptions::default())
+        .await
+        .unwrap();
+    let p = c
+        .producer("orders", ProducerOptions::default())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let o = p
+            .send(Message::new(format!("o{i}")).with_message_id(format!("o{i}")))
+            .await
+            .unwrap();
+        assert!(matches!(o, PublishOutcome::Stored { .. }), "{o:?}");
+    }
+    drop(p);
+    drop(c);
+    cluster.script(&["kill", &leader.to_string()]);
+    let (now, addr) = cluster.serving_queue("orders").await;
+    assert_ne!(now, leader);
+    let c = Client::connect(addr.as_str(), ClientOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = c
+        .consumer("orders", ConsumerOptions::default())
+        .await
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    while seen.len() < 10 {
+        let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .expect("a delivery")
+            .expect("open")
+            .expect("delivery");
+        seen.insert(String::from_utf8_lossy(d.payload()).into_owned());
+        d.ack().unwrap();
+    }
+}
+
 /// The client library follows its queue on its own (`Client::connect_any` with reconnection):
 /// made through a node that does not serve the queue, the producer and the consumer move to the
 /// one that does; when that node is killed, the *same* producer and consumer go on with the new
@@ -533,7 +678,9 @@ async fn a_client_follows_its_queue_across_a_leader_kill() {
         .expect("consumer follows");
     assert!(
         pc.stats().reconnects >= 1 && cc.stats().reconnects >= 1,
-        "both moved from the follower they reached first to the leader"
+        "both moved from the follower they reached first to the leader: {:?} {:?} (leader {leader})",
+        pc.stats(),
+        cc.stats()
     );
     let before_kill = pc.stats().reconnects;
     let n = 400u64;
@@ -584,7 +731,10 @@ async fn a_client_follows_its_queue_across_a_leader_kill() {
         .expect("every message delivered to the same consumer")
         .expect("consumer task");
     assert_eq!(seen.lock().len() as u64, n);
-    assert!(pc.stats().reconnects > before_kill, "the producer reconnected after the kill");
+    assert!(
+        pc.stats().reconnects > before_kill,
+        "the producer reconnected after the kill"
+    );
     let (now, _) = cluster.serving().await;
     assert_ne!(now, leader, "the killed node cannot serve");
 }

@@ -818,13 +818,27 @@ impl Connection {
             .cloned()
             .collect();
         for q in dead {
-            if let Some(p) = self.producers.remove(&q) {
-                for h in p.held {
-                    self.held_bytes -= h.message.payload.len() as u64;
-                    self.confirmed(h.req, false);
-                }
+            self.drop_producer(&q);
+        }
+        self.maybe_unblock();
+    }
+
+    /// Forgets this connection's publishing to `queue` (gone): its held publishes are nacked.
+    fn drop_producer(&mut self, queue: &str) {
+        if let Some(p) = self.producers.remove(queue) {
+            for h in p.held {
+                self.held_bytes -= h.message.payload.len() as u64;
+                self.confirmed(h.req, false);
             }
         }
+    }
+
+    /// The queue actor said it stopped (`QueueClosed`): what `sweep` would find later, now.
+    /// Its consumers are cancelled (basic.cancel to clients that take it), its held publishes
+    /// nacked.
+    pub(crate) fn queue_closed(&mut self, queue: &str) {
+        self.cancel_consumers_of(queue, true);
+        self.drop_producer(queue);
         self.maybe_unblock();
     }
 

@@ -1097,6 +1097,7 @@ impl Connection {
                 }
             }
             ServerFrame::PublishCredit { queue, n } => self.credit(env, &queue, n, now),
+            ServerFrame::QueueClosed { queue, .. } => self.queue_closed(&queue),
             ServerFrame::Error { req, code, message } => {
                 if req != 0 && self.reqs.contains_key(&req) {
                     tracing::debug!(conn = self.id, %code, %message, "publish failed");

@@ -67,6 +67,9 @@ pub(crate) enum ArgError {
 pub(crate) struct Declared {
     /// The queue config (`x-expires` and `x-single-active-consumer` are config fields).
     pub(crate) config: QueueConfig,
+    /// `x-queue-type = quorum`: on a cluster node, a replicated queue (one copy per node); on
+    /// a single node, an ordinary queue (as a one-node RabbitMQ keeps one copy).
+    pub(crate) quorum: bool,
 }
 
 fn int(v: &AMQPValue) -> Option<i128> {
@@ -113,6 +116,7 @@ pub(crate) fn declare_args(
     let mut dlrk = None;
     let mut fsync = None;
     let mut overflow_from = None::<&str>;
+    let mut quorum = false;
     let invalid = |arg: &str, reason: String| ArgError::Invalid {
         arg: arg.to_string(),
         reason,
@@ -178,7 +182,8 @@ pub(crate) fn declare_args(
                 };
             }
             "x-queue-type" => match text(value).as_deref() {
-                Some("classic" | "quorum") => {}
+                Some("classic") => quorum = false,
+                Some("quorum") => quorum = true,
                 Some(other) => {
                     return Err(not_impl(
                         arg,
@@ -255,7 +260,7 @@ pub(crate) fn declare_args(
             config.dead_letter_routing_key = dlrk;
         }
     }
-    Ok(Declared { config })
+    Ok(Declared { config, quorum })
 }
 
 /// The consumer priority a `basic.consume` asks for (`x-priority`, an integer; default 0).
@@ -576,6 +581,10 @@ mod tests {
         assert_eq!(d.config.order, Order::Priority);
         assert_eq!(d.config.max_deliveries, Some(4));
         assert_eq!(d.config.dead_letter.as_deref(), Some("dlq"));
+        assert!(
+            d.quorum,
+            "x-queue-type = quorum is noted (replicated on a cluster node)"
+        );
         let via = table(&[
             (
                 "x-dead-letter-exchange",
@@ -587,6 +596,7 @@ mod tests {
             ),
         ]);
         let d = declare_args(true, &via, &QueueConfig::default()).unwrap();
+        assert!(!d.quorum);
         assert_eq!(d.config.dead_letter_exchange.as_deref(), Some("dlx"));
         assert_eq!(d.config.dead_letter_routing_key.as_deref(), Some("dead"));
         assert_eq!(d.config.durability, Durability::Disk(Fsync::Always));

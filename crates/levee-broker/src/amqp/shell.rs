@@ -254,7 +254,14 @@ impl Link {
                         Err(e) => broker_failure(channel, &queue, &e),
                     });
                 }
-                match broker.declare(&queue, declared.config.clone()).await {
+                let mut config = declared.config.clone();
+                if declared.quorum
+                    && let Some(replication) = broker.replication()
+                {
+                    config.replicas = replication.replicas();
+                    config.durability = levee_proto::Durability::Disk(levee_proto::Fsync::Always);
+                }
+                match broker.declare(&queue, config).await {
                     Ok((created, messages)) => {
                         if created {
                             if exclusive {

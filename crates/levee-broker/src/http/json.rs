@@ -48,6 +48,7 @@ struct ConfigBody {
     expires_ms: Option<u64>,
     #[serde(default, deserialize_with = "present")]
     dedup: Option<Option<DedupBody>>,
+    replicas: Option<u8>,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +159,7 @@ pub fn config_from_json(body: &[u8]) -> Result<QueueConfig, HttpError> {
                 })
             }
         },
+        replicas: body.replicas.unwrap_or(d.replicas),
     })
 }
 
@@ -201,6 +203,7 @@ struct ConfigView<'a> {
     single_active_consumer: bool,
     expires_ms: Option<u64>,
     dedup: Option<DedupView>,
+    replicas: u8,
 }
 
 #[derive(Serialize)]
@@ -251,6 +254,7 @@ impl<'a> From<&'a QueueConfig> for ConfigView<'a> {
                 window_ms: d.window_ms,
                 max_ids: d.max_ids,
             }),
+            replicas: c.replicas,
         }
     }
 }

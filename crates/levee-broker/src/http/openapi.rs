@@ -75,6 +75,9 @@ pub struct QueueConfigDoc {
     /// The queue is deleted once unused (no consumer, no get, no redeclare) this long.
     expires_ms: Option<u64>,
     dedup: Option<DedupDoc>,
+    /// Copies a cluster keeps: 1 = a local queue; 2 or more = a replicated queue (a cluster
+    /// only; disk, fsync always).
+    replicas: u8,
 }
 
 /// One consumer.

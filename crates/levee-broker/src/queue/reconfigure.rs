@@ -43,6 +43,12 @@ pub fn check_change(old: &QueueConfig, new: &QueueConfig) -> Result<(), Reconfig
             reason: "the messages are stored for it",
         });
     }
+    if old.replicas != new.replicas {
+        return Err(ReconfigureError::Immutable {
+            field: "replicas",
+            reason: "a local queue and a replicated one are stored differently",
+        });
+    }
     if old.order != new.order {
         return Err(ReconfigureError::Immutable {
             field: "order",

@@ -70,26 +70,30 @@ pub(crate) fn queue_config() -> impl Strategy<Value = QueueConfig> {
             option::of(name()),
             any::<bool>(),
             option::of(any::<u64>()),
+            any::<u8>(),
         ),
         option::of((option::of(any::<u64>()), any::<u32>())),
     )
         .prop_map(
-            |(mm, mb, ov, or, du, at, md, dl, ttl, rl, (dlx, dlk, sac, exp), dd)| QueueConfig {
-                max_messages: mm,
-                max_bytes: mb,
-                overflow: ov,
-                order: or,
-                durability: du,
-                ack_timeout_ms: at,
-                max_deliveries: md,
-                dead_letter: dl,
-                message_ttl_ms: ttl,
-                rate_limit: rl,
-                dead_letter_exchange: dlx,
-                dead_letter_routing_key: dlk,
-                single_active_consumer: sac,
-                expires_ms: exp,
-                dedup: dd.map(|(window_ms, max_ids)| levee_proto::Dedup { window_ms, max_ids }),
+            |(mm, mb, ov, or, du, at, md, dl, ttl, rl, (dlx, dlk, sac, exp, reps), dd)| {
+                QueueConfig {
+                    max_messages: mm,
+                    max_bytes: mb,
+                    overflow: ov,
+                    order: or,
+                    durability: du,
+                    ack_timeout_ms: at,
+                    max_deliveries: md,
+                    dead_letter: dl,
+                    message_ttl_ms: ttl,
+                    rate_limit: rl,
+                    dead_letter_exchange: dlx,
+                    dead_letter_routing_key: dlk,
+                    single_active_consumer: sac,
+                    expires_ms: exp,
+                    dedup: dd.map(|(window_ms, max_ids)| levee_proto::Dedup { window_ms, max_ids }),
+                    replicas: reps,
+                }
             },
         )
 }
