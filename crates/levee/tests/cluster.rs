@@ -676,13 +676,9 @@ async fn a_client_follows_its_queue_across_a_leader_kill() {
         .consumer(QUEUE, ConsumerOptions::default())
         .await
         .expect("consumer follows");
-    assert!(
-        pc.stats().reconnects >= 1 && cc.stats().reconnects >= 1,
-        "both moved from the follower they reached first to the leader: {:?} {:?} (leader {leader})",
-        pc.stats(),
-        cc.stats()
-    );
-    let before_kill = pc.stats().reconnects;
+    // (Both were made through a follower: without following, `producer` and `consumer` fail
+    // with not-leader. Which node they end on is not asserted: under load the deposed leader
+    // may still serve for a moment, and its QueueClosed moves them on later.)
     let n = 400u64;
     let publish = |ids: std::ops::Range<u64>| {
         let producer = producer.clone();
@@ -724,6 +720,9 @@ async fn a_client_follows_its_queue_across_a_leader_kill() {
         }
     });
     publish(0..n / 2).await;
+    // The node serving the queue now (under load it may have changed since the start).
+    let (leader, _) = cluster.serving().await;
+    let before_kill = pc.stats().reconnects;
     cluster.script(&["kill", &leader.to_string()]);
     publish(n / 2..n).await;
     tokio::time::timeout(Duration::from_secs(90), consuming)
