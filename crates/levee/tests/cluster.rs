@@ -641,6 +641,41 @@ async fn replicated_queues_are_declared_from_the_cli_http_and_amqp() {
     }
 }
 
+/// `levee bench --replicas 3` runs against a cluster: it declares its queue replicated through
+/// the first node it reaches and its clients follow the queue to its leader (the R3 rows of
+/// docs/BENCHMARKS.md are made this way).
+#[test]
+fn bench_runs_against_a_replicated_queue() {
+    let cluster = Cluster::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["bench", "--server", &cluster.wire_addrs().join(",")])
+        .args([
+            "--replicas",
+            "3",
+            "--duration",
+            "3",
+            "--warmup",
+            "2s",
+            "--json",
+        ])
+        .args(["--queue", "r3bench"])
+        .output()
+        .expect("running levee bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(v["variant"], "R3 fsync=always", "{v}");
+    let u = |k: &str| v[k].as_u64().unwrap_or(0);
+    assert!(u("confirmed") > 0 && u("consumed") > 0, "{v}");
+    // The queue is in the cluster's catalog (and stays: deleting is not replicated yet).
+    let status = cluster.levee(&["status", "--json"]);
+    assert!(status.contains("\"r3bench\""), "{status}");
+}
+
 /// The client library follows its queue on its own (`Client::connect_any` with reconnection):
 /// made through a node that does not serve the queue, the producer and the consumer move to the
 /// one that does; when that node is killed, the *same* producer and consumer go on with the new

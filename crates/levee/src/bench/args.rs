@@ -138,6 +138,12 @@ pub(crate) struct BenchArgs {
     /// RabbitMQ queue type.
     #[arg(long, value_enum, default_value_t = RabbitQueue::Quorum)]
     pub rabbit_queue: RabbitQueue,
+    /// levee on a cluster: declare the bench's queues replicated with this many copies (the
+    /// cluster's node count; disk, fsync always). `--server` then takes the nodes
+    /// comma-separated, and every client follows its queue to the node serving it. The queues
+    /// are left in place after the run (deleting a replicated queue is not replicated yet).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u8,
     /// Queue / stream name (default: a fresh `bench-<pid>-<millis>`); deleted after the run.
     #[arg(long)]
     pub queue: Option<String>,
@@ -279,6 +285,14 @@ impl BenchArgs {
             "memory" => Durability::Memory,
             s => bail!("--durability must be disk or memory, not {s:?}"),
         };
+        if self.replicas > 1 {
+            ensure!(
+                c.durability == Durability::Disk(Fsync::Always),
+                "--replicas needs --durability disk --fsync always (a replicated queue's fsync \
+                 is its Raft commit)"
+            );
+            c.replicas = self.replicas;
+        }
         // A slow consumer must not see its deliveries requeued while they wait for their turn.
         c.ack_timeout_ms = 600_000;
         c.max_deliveries = None;
@@ -290,6 +304,7 @@ impl BenchArgs {
     /// Short description of the storage guarantee, for the table (e.g. `fsync=always`).
     pub(crate) fn variant(&self) -> String {
         match self.target {
+            TargetKind::Levee if self.replicas > 1 => format!("R{} fsync=always", self.replicas),
             TargetKind::Levee => match (self.durability.as_str(), self.fsync) {
                 ("memory", _) => "memory".into(),
                 (_, Fsync::Always) => "fsync=always".into(),

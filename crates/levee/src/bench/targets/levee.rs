@@ -122,19 +122,24 @@ impl Drop for Server {
     }
 }
 
+/// A client of `addr` (`HOST:PORT`, or for a cluster the nodes comma-separated). Without
+/// reconnection (a reconnect would distort the run), except on a cluster (`follow`): there a
+/// client follows its queue to the node serving it, which takes reconnecting.
 async fn connect(
     addr: &str,
     inflight: u32,
     name: &str,
     access: &crate::cli::Access,
+    follow: bool,
 ) -> anyhow::Result<Client> {
     let opts = access.apply(ClientOptions {
         name: name.into(),
-        reconnect: None,
+        reconnect: follow.then(levee_client::Backoff::default),
         max_in_flight_messages: inflight.max(16_384),
         ..ClientOptions::default()
     });
-    Client::connect(addr, opts)
+    let nodes: Vec<&str> = addr.split(',').map(str::trim).collect();
+    Client::connect_any(&nodes, opts)
         .await
         .with_context(|| format!("connecting to levee at {addr}"))
 }
@@ -151,7 +156,15 @@ pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
         .unwrap_or_else(|| server.as_ref().expect("started").addr.clone());
     let server_pid = args.server_pid.or(server.as_ref().map(Server::pid));
     let queues = queue_names(args);
-    let admin = connect(&addr, args.inflight, "levee-bench-admin", &args.access).await?;
+    let follow = args.replicas > 1;
+    let admin = connect(
+        &addr,
+        args.inflight,
+        "levee-bench-admin",
+        &args.access,
+        follow,
+    )
+    .await?;
     let config = args.levee_config()?;
     for queue in &queues {
         admin
@@ -171,8 +184,14 @@ pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
         let access = args.access.clone();
         consumers.push(Box::new(move |ctx: Arc<Ctx>| {
             Box::pin(async move {
-                let client =
-                    connect(&addr, inflight, &format!("bench-consumer-{i}"), &access).await?;
+                let client = connect(
+                    &addr,
+                    inflight,
+                    &format!("bench-consumer-{i}"),
+                    &access,
+                    follow,
+                )
+                .await?;
                 let opts = ConsumerOptions {
                     credit: Credit::Fixed(credit),
                     ..ConsumerOptions::default()
@@ -206,8 +225,14 @@ pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
         let access = args.access.clone();
         producers.push(Box::new(move |ctx: Arc<Ctx>| {
             Box::pin(async move {
-                let client =
-                    connect(&addr, inflight, &format!("bench-producer-{i}"), &access).await?;
+                let client = connect(
+                    &addr,
+                    inflight,
+                    &format!("bench-producer-{i}"),
+                    &access,
+                    follow,
+                )
+                .await?;
                 let window_bytes = (u64::from(inflight) * (size + 64)).clamp(64 << 10, 32 << 20);
                 let opts = ProducerOptions {
                     batch_size: batch,
@@ -258,7 +283,8 @@ pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
     }
     let cleanup = Box::pin(async move {
         let mut r = Ok(());
-        for q in &queues {
+        // A replicated queue stays: its deletion would reach only the leader's broker.
+        for q in queues.iter().filter(|_| !follow) {
             if let Err(e) = admin.delete(q).await {
                 r = Err(anyhow::Error::from(e).context(format!("deleting queue {q}")));
             }
