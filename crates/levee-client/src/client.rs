@@ -49,7 +49,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use levee_proto::{ClientFrame, ErrorCode, QueueConfig, QueueInfo, ServerFrame};
+use levee_proto::{ClientFrame, QueueConfig, QueueInfo, ServerFrame};
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::net::ToSocketAddrs;
@@ -167,17 +167,7 @@ impl Inner {
     /// queues (it reconnects), remembers where to go (the node named, else the address after
     /// `conn`'s) and ends `conn`, so the supervisor reconnects there. Whether it did.
     pub(crate) async fn follow(&self, conn: &Conn, e: &ClientError) -> bool {
-        let not_leader = matches!(
-            e,
-            ClientError::Server {
-                code: ErrorCode::NotLeader,
-                ..
-            } | ClientError::Rejected {
-                code: ErrorCode::NotLeader,
-                ..
-            }
-        );
-        if self.opts.reconnect.is_none() || !not_leader {
+        if self.opts.reconnect.is_none() || e.not_leader_text().is_none() {
             return false;
         }
         let named = match e.serving_node() {
@@ -303,7 +293,9 @@ impl Inner {
 
 /// Registers a producer of `queue` on `c` (`Produce`), so publish credit flows on it.
 pub(crate) async fn register_producer(c: &Conn, queue: &str) -> Result<()> {
-    c.open_credit(queue);
+    c.reopen_credit(queue);
+    // The counter exists before the request: credit granted with the reply is not lost.
+    c.credit(queue);
     match c
         .request(|req| ClientFrame::Produce {
             req,

@@ -378,18 +378,13 @@ impl Conn {
         c
     }
 
-    /// Before a `Produce` registration: a fresh counter for `queue` if the old one was closed (the
-    /// queue closed and came back), so the new registration's credit is not lost.
-    pub(crate) fn open_credit(&self, queue: &str) -> Arc<PublishCredit> {
+    /// Before a `Produce` registration: forgets `queue`'s counter if it was closed (the queue
+    /// closed and came back), so the new registration's credit goes to a fresh one.
+    pub(crate) fn reopen_credit(&self, queue: &str) {
         let mut r = self.routes.lock();
-        if let Some(c) = r.credits.get(queue)
-            && c.closed().is_none()
-        {
-            return c.clone();
+        if r.credits.get(queue).is_some_and(|c| c.closed().is_some()) {
+            r.credits.remove(queue);
         }
-        let c = Arc::new(PublishCredit::default());
-        r.credits.insert(queue.to_string(), c.clone());
-        c
     }
 
     /// Sends one `Publish` frame; each waiter is resolved by its outcome (or by the connection's
@@ -495,19 +490,10 @@ impl Conn {
                     // registers the producers and consumers again where it is served).
                     return Err(e);
                 }
-                let (credit, subs) = {
+                let (credit, subs): (_, Vec<_>) = {
                     let mut r = self.routes.lock();
                     let credit = r.credits.get(&queue).cloned();
-                    let ids: Vec<u64> = r
-                        .subs
-                        .iter()
-                        .filter(|(_, s)| s.queue() == queue)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    let subs: Vec<_> = ids
-                        .into_iter()
-                        .filter_map(|id| r.subs.remove(&id).map(|s| (id, s)))
-                        .collect();
+                    let subs = r.subs.extract_if(|_, s| s.queue() == queue).collect();
                     (credit, subs)
                 };
                 if let Some(c) = credit {

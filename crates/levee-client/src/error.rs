@@ -105,20 +105,24 @@ impl ClientError {
     /// this code ends with `: try HOST:PORT`; that suffix is part of the contract of
     /// `not-leader` (docs/cluster.md, "Clients").
     pub fn serving_node(&self) -> Option<&str> {
-        let text = match self {
+        let (_, at) = self.not_leader_text()?.rsplit_once(": try ")?;
+        let at = at.trim();
+        (!at.is_empty() && !at.contains(char::is_whitespace)).then_some(at)
+    }
+
+    /// The broker's text of a `not-leader` error (as a request's error or a publish outcome).
+    pub(crate) fn not_leader_text(&self) -> Option<&str> {
+        match self {
             ClientError::Server {
                 code: ErrorCode::NotLeader,
                 message,
-            } => message,
+            } => Some(message),
             ClientError::Rejected {
                 code: ErrorCode::NotLeader,
                 reason,
-            } => reason,
-            _ => return None,
-        };
-        let (_, at) = text.rsplit_once(": try ")?;
-        let at = at.trim();
-        (!at.is_empty() && !at.contains(char::is_whitespace)).then_some(at)
+            } => Some(reason),
+            _ => None,
+        }
     }
 }
 

@@ -337,9 +337,9 @@ struct State {
     /// Attached logs: the WAL position after this log's newest WAL record (what a durability
     /// handle of its newest write waits for).
     wal_pos: u64,
-    /// Attached logs: the WAL position of this log's newest record not yet counted in `fsyncs` as
-    /// covered by a WAL commit (0: none).
-    wal_uncounted: u64,
+    /// Attached logs: the newest record (at `wal_pos`) is not yet counted in `fsyncs` as covered
+    /// by a WAL commit.
+    wal_uncounted: bool,
     /// Attached logs: written since the last sync cycle snapshot (a checkpoint skips clean logs,
     /// so idle queues cost a checkpoint nothing).
     wal_dirty: bool,
@@ -349,9 +349,9 @@ impl State {
     /// Attached logs: counts one WAL commit in `fsyncs` if the WAL's synced position (`synced`)
     /// now covers the newest uncounted record.
     fn count_wal_commit(&mut self, synced: u64) {
-        if self.wal_uncounted != 0 && synced >= self.wal_uncounted {
+        if self.wal_uncounted && synced >= self.wal_pos {
             self.fsyncs += 1;
-            self.wal_uncounted = 0;
+            self.wal_uncounted = false;
         }
     }
 

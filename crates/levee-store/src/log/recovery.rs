@@ -103,7 +103,7 @@ pub(super) fn scan(
         failures: Vec::new(),
         inflight: Vec::new(),
         wal_pos: 0,
-        wal_uncounted: 0,
+        wal_uncounted: false,
         wal_dirty: false,
         appended: 0,
         settled: 0,

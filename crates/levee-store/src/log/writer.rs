@@ -316,7 +316,7 @@ impl Inner {
         match wal.log_write(at, false, index, pos, bytes) {
             Ok(p) => {
                 st.count_wal_commit(at.sync.synced_hint());
-                st.wal_uncounted = p;
+                st.wal_uncounted = true;
                 st.wal_pos = p;
                 st.wal_dirty = true;
                 Ok(())

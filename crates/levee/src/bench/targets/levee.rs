@@ -284,9 +284,11 @@ pub(crate) async fn prepare(args: &BenchArgs) -> anyhow::Result<Prepared> {
     let cleanup = Box::pin(async move {
         let mut r = Ok(());
         // A replicated queue stays: its deletion would reach only the leader's broker.
-        for q in queues.iter().filter(|_| !follow) {
-            if let Err(e) = admin.delete(q).await {
-                r = Err(anyhow::Error::from(e).context(format!("deleting queue {q}")));
+        if !follow {
+            for q in &queues {
+                if let Err(e) = admin.delete(q).await {
+                    r = Err(anyhow::Error::from(e).context(format!("deleting queue {q}")));
+                }
             }
         }
         let _ = admin.close().await;
