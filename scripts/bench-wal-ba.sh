@@ -5,10 +5,14 @@
 #   base  ./levee-base serve                      (if present)
 #   new   ./levee-new serve                       (disk queues on the shared WAL, the default)
 #   nowal ./levee-new serve with [wal] enabled = false (standalone per-queue logs)
+#   wb0   ./levee-new serve with [wal] write_behind_bytes = 0 (the default: segments written at once)
+#   wb4   ./levee-new serve with [wal] write_behind_bytes = "4MiB" (write-behind on)
 # Only some variants: VARIANTS="new nowal" scripts/bench-wal-ba.sh
-declare -A BIN=([base]=./levee-base [new]=./levee-new [nowal]=./levee-new)
+declare -A BIN=([base]=./levee-base [new]=./levee-new [nowal]=./levee-new [wb0]=./levee-new [wb4]=./levee-new)
 printf '[wal]\nenabled = false\n' > nowal.toml
-declare -A EXTRA=([base]="" [new]="" [nowal]="--config nowal.toml")
+printf '[wal]\nwrite_behind_bytes = 0\n' > wb0.toml
+printf '[wal]\nwrite_behind_bytes = "4MiB"\n' > wb4.toml
+declare -A EXTRA=([base]="" [new]="" [nowal]="--config nowal.toml" [wb0]="--config wb0.toml" [wb4]="--config wb4.toml")
 variants=${VARIANTS:-"base new nowal"}
 [ -x ./levee-base ] || variants=${variants//base/}
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -16,10 +16,11 @@ use bytes::Bytes;
 
 /// Format version written in every segment header and WAL file header. Version 2 added the
 /// message id (record flag 8) and the properties block (record flag 4); version 3 added the copy
-/// record (compaction) and the shared write-ahead log. Each version only adds, so version 1 and 2
+/// record (compaction) and the shared write-ahead log; version 4 added the skip record (a WAL-attached
+/// log's segments leave out records settled before they were written). Each version only adds, so version 1 and 2
 /// segments still decode ([`MIN_FORMAT_VERSION`]: an old data directory opens as it is, no
 /// migration step), and any newer version is refused on open.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 /// Oldest format version still read (version 1 records have neither field).
 pub const MIN_FORMAT_VERSION: u16 = 1;
 /// Magic at the start of every segment file.
@@ -43,6 +44,14 @@ pub const TYPE_SEAL: u8 = 4;
 /// [`TYPE_MESSAGE`] (format version 3). Its seq may be below earlier records'; recovery moves the
 /// message to the copy's place.
 pub const TYPE_COPY: u8 = 5;
+/// Record type byte of a skip (format version 4): the next `gap` bytes of the segment, this frame
+/// included, hold no record (they are a hole or stale bytes); recovery resumes at the frame's
+/// offset + `gap` and raises its next sequence number to the frame's. Written only by a
+/// WAL-attached log when it writes its segments behind the WAL and leaves out records settled
+/// (durably) before they were written. Body: gap u32 | next seq u64.
+pub const TYPE_SKIP: u8 = 6;
+/// Size of a skip frame (prefix + type + gap u32 + next seq u64): the smallest gap it can cover.
+pub const SKIP_FRAME_LEN: usize = FRAME_PREFIX_LEN + 1 + 12;
 /// Size of a seal frame (prefix + type + offset u64 + next seq u64).
 pub const SEAL_FRAME_LEN: usize = FRAME_PREFIX_LEN + 1 + 16;
 
@@ -156,6 +165,13 @@ pub enum Record {
     Settle(Vec<(u64, Settlement)>),
     /// Delivery counts (absolute values) of earlier messages.
     Delivery(Vec<(u64, u32)>),
+    /// Bytes left out up to `gap` bytes from this record's start ([`TYPE_SKIP`]).
+    Skip {
+        /// Bytes from this record's start to the next record.
+        gap: u32,
+        /// Every message before the next record has a seq below this.
+        next_seq: u64,
+    },
     /// End of a complete segment.
     Seal {
         /// Offset of this record in its segment (= bytes of data before it).
@@ -267,8 +283,22 @@ pub fn decode_all(buf: &[u8]) -> Result<Vec<Record>, (usize, FrameError)> {
     let mut off = 0;
     while off < bytes.len() {
         let frame = decode_frame(&bytes[off..]).map_err(|e| (off, e))?;
-        out.push(decode_record(&frame, &bytes).map_err(|e| (off, e))?);
-        off += frame.total_len;
+        let record = decode_record(&frame, &bytes).map_err(|e| (off, e))?;
+        let step = match record {
+            Record::Skip { gap, .. } => gap as usize,
+            _ => frame.total_len,
+        };
+        if off + step > bytes.len() {
+            return Err((
+                off,
+                FrameError::Truncated {
+                    needed: step as u64,
+                    have: (bytes.len() - off) as u64,
+                },
+            ));
+        }
+        out.push(record);
+        off += step;
     }
     Ok(out)
 }
@@ -314,6 +344,10 @@ pub fn decode_record(frame: &Frame<'_>, owner: &Bytes) -> Result<Record, FrameEr
         TYPE_SEAL => {
             let (offset, next_seq) = parse_seal(frame.body)?;
             Ok(Record::Seal { offset, next_seq })
+        }
+        TYPE_SKIP => {
+            let (gap, next_seq) = parse_skip(frame.body)?;
+            Ok(Record::Skip { gap, next_seq })
         }
         other => Err(FrameError::UnknownType(other)),
     }
@@ -495,6 +529,30 @@ pub(crate) fn parse_seal(body: &[u8]) -> Result<(u64, u64), FrameError> {
 }
 
 /// Encodes a seal frame.
+/// Parses a skip record's body: (gap, next seq). A gap smaller than the frame itself is malformed.
+pub(crate) fn parse_skip(body: &[u8]) -> Result<(u32, u64), FrameError> {
+    if body.len() != 12 {
+        return Err(FrameError::Malformed("skip record body is not 12 bytes"));
+    }
+    let gap = u32::from_le_bytes(body[..4].try_into().expect("4 bytes"));
+    if (gap as usize) < SKIP_FRAME_LEN {
+        return Err(FrameError::Malformed("skip record shorter than itself"));
+    }
+    Ok((
+        gap,
+        u64::from_le_bytes(body[4..].try_into().expect("8 bytes")),
+    ))
+}
+
+/// Encodes a skip record covering `gap` bytes (>= [`SKIP_FRAME_LEN`]) from its own start.
+pub(crate) fn encode_skip(out: &mut Vec<u8>, gap: u32, next_seq: u64) -> usize {
+    debug_assert!(gap as usize >= SKIP_FRAME_LEN);
+    frame_into(out, TYPE_SKIP, |b| {
+        b.extend_from_slice(&gap.to_le_bytes());
+        b.extend_from_slice(&next_seq.to_le_bytes());
+    })
+}
+
 pub(crate) fn encode_seal(out: &mut Vec<u8>, offset: u64, next_seq: u64) -> usize {
     frame_into(out, TYPE_SEAL, |b| {
         b.extend_from_slice(&offset.to_le_bytes());
@@ -713,10 +771,10 @@ mod tests {
         let crc = crc32c::crc32c(&b[..28]);
         b[28..32].copy_from_slice(&crc.to_le_bytes());
         assert!(decode_segment_header(&b).is_ok());
-        b[8..10].copy_from_slice(&4u16.to_le_bytes());
+        b[8..10].copy_from_slice(&5u16.to_le_bytes());
         let crc = crc32c::crc32c(&b[..28]);
         b[28..32].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode_segment_header(&b), Err(FrameError::Version(4)));
+        assert_eq!(decode_segment_header(&b), Err(FrameError::Version(5)));
     }
 
     #[test]
@@ -753,7 +811,14 @@ mod tests {
         };
         let mut bytes = encode_segment_header(&h);
         assert_eq!(decode_segment_header(&bytes), Ok(h));
-        for (version, ok) in [(1u16, true), (2, true), (3, true), (0, false), (4, false)] {
+        for (version, ok) in [
+            (1u16, true),
+            (2, true),
+            (3, true),
+            (4, true),
+            (0, false),
+            (5, false),
+        ] {
             bytes[8..10].copy_from_slice(&version.to_le_bytes());
             let crc = crc32c::crc32c(&bytes[..28]);
             bytes[28..32].copy_from_slice(&crc.to_le_bytes());

@@ -4,11 +4,12 @@
 //! levee-store, "Write-ahead log".
 //!
 //! A queue log opened with [`LogConfig::wal`](crate::LogConfig::wal) set (an *attached* log) still
-//! writes its records into its own segment files exactly as a standalone log does, but it never
-//! fsyncs them on the hot path: every byte range it writes to a segment file (records, segment
-//! headers, seal records) is also appended to the WAL as a `write` record naming the log, the
-//! segment and the offset. A durability handle resolves when the WAL's commit covers that record.
-//! The segment files are written behind: they are fsynced only by checkpoints (when a WAL file is
+//! keeps its records in its own segment files in the standalone format, but it never writes or
+//! fsyncs them on the hot path: every byte range it assigns in a segment file (records, segment
+//! headers, seal records) is appended to the WAL as a `write` record naming the log, the segment
+//! and the offset. A durability handle resolves when the WAL's commit covers that record. The
+//! records reach their segment later (the log's write-behind, which leaves out those settled by
+//! then: `log::behind`), and the segment files are fsynced only by checkpoints (when a WAL file is
 //! full), sealing and closing, on the maintenance thread, never while a confirm waits.
 //!
 //! Recovery ([`Wal::open`], before any queue log is opened) is redo: every `write` record of the
@@ -26,7 +27,7 @@
 //!
 //! Invariants:
 //! 1. Per attached log, WAL order is segment write order: the WAL record is appended right after the
-//!    segment `pwrite` succeeded, under the log's write lock. So the WAL holds, for each log, a
+//!    segment `pwrite` succeeded (or in its place, written behind), under the log's write lock. So the WAL holds, for each log, a
 //!    contiguous range of its segment bytes ending at its newest write.
 //! 2. A WAL file is deleted only after every log that wrote into it (or into an older file) had all
 //!    its unsealed segments and its directory fsynced (a checkpoint, or its close): so deleting it
@@ -43,13 +44,15 @@
 //!    fresh file once a file can be created again.
 //!
 //! Memory bound: the pending buffer holds at most [`WalConfig::max_pending_bytes`] (appenders wait
-//! for the commit thread beyond that: backpressure), plus one spare buffer of the same size.
+//! for the commit thread beyond that: backpressure), plus one spare buffer of the same size; the
+//! logs' write-behind at most [`WalConfig::write_behind_bytes`] each and
+//! [`WalConfig::write_behind_total`] together (appenders write their segments beyond that).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -66,6 +69,9 @@ pub type LogId = u64;
 
 /// Magic at the start of every WAL file.
 pub const WAL_MAGIC: [u8; 8] = *b"LEVEEWAL";
+/// Oldest format version of a WAL file still read (the WAL came with version 3; version 4 changed
+/// only segments).
+const WAL_MIN_FORMAT_VERSION: u16 = 3;
 /// Size of a WAL file header: magic | version u16 | flags u16 (0) | file index u64 | crc32c u32.
 pub const WAL_HEADER_LEN: usize = 24;
 /// WAL record: bytes written to a segment (log id u64, segment index u64, offset u64, bytes).
@@ -87,6 +93,15 @@ pub struct WalConfig {
     /// Records nobody waits for (settlements, logs under `Interval`/`Never`) are committed at the
     /// latest this long after they were appended (they usually ride along sooner). Default 50 ms.
     pub lazy_commit: Duration,
+    /// Write-behind: most bytes one attached log keeps in memory, logged to the WAL but not yet
+    /// written to its segment files (records settled before they are written never are). An
+    /// appender past it writes its log's oldest half. 0 (the default, until the simulation's
+    /// long runs pass with it): attached logs write their segments at once, as standalone logs
+    /// do. 4 MiB is the value measured in `docs/BENCHMARKS.md`.
+    pub write_behind_bytes: usize,
+    /// Write-behind: most such bytes over all attached logs; an appender past it writes all of
+    /// its log's. Default 64 MiB.
+    pub write_behind_total: usize,
 }
 
 impl Default for WalConfig {
@@ -95,6 +110,8 @@ impl Default for WalConfig {
             file_bytes: 64 << 20,
             max_pending_bytes: 32 << 20,
             lazy_commit: Duration::from_millis(50),
+            write_behind_bytes: 0,
+            write_behind_total: 64 << 20,
         }
     }
 }
@@ -223,6 +240,13 @@ struct WalInner {
     file_index: AtomicU64,
     /// The file being written: used by the commit thread, and by a restart after a failure.
     active: Mutex<Active>,
+    /// Write-behind bytes of all attached logs.
+    behind_total: AtomicUsize,
+    /// The segment writes of closed logs that could not write their records behind (a full
+    /// disk, a failed write), kept until the next log of their directory opens
+    /// ([`Wal::flush_orphans`]). Their attachment stays with a dead handle, so no WAL file they
+    /// wrote into is deleted meanwhile.
+    orphans: Mutex<Vec<(PathBuf, Vec<crate::log::OrphanWrite>)>>,
 }
 
 struct Active {
@@ -312,7 +336,7 @@ fn scan_file(path: &Path, index: u64, data: &[u8]) -> Result<Vec<(u8, std::ops::
         tracing::warn!(path = %path.display(), "WAL file with a torn header ignored");
         return Ok(Vec::new());
     }
-    if version != FORMAT_VERSION {
+    if !(WAL_MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(StoreError::FormatVersion {
             path: path.to_path_buf(),
             found: version,
@@ -567,6 +591,8 @@ impl Wal {
                 index: first,
                 pos: 0,
             }),
+            behind_total: AtomicUsize::new(0),
+            orphans: Mutex::new(Vec::new()),
         });
         // new_file syncs the WAL directory, which also makes the removals above durable.
         let (file, pos) = inner.new_file(first, 0)?;
@@ -667,6 +693,53 @@ impl Wal {
             }
         }
         Ok(at)
+    }
+
+    /// [`WalConfig::write_behind_bytes`].
+    pub(crate) fn write_behind_bytes(&self) -> usize {
+        self.inner.config.write_behind_bytes
+    }
+
+    /// Counts write-behind bytes queued by a log.
+    pub(crate) fn behind_add(&self, n: usize) {
+        self.inner.behind_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts write-behind bytes written (or left out) by a log.
+    pub(crate) fn behind_sub(&self, n: usize) {
+        self.inner.behind_total.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Whether all logs together keep more than [`WalConfig::write_behind_total`] behind.
+    pub(crate) fn behind_over_total(&self) -> bool {
+        self.inner.behind_total.load(Ordering::Relaxed) > self.inner.config.write_behind_total
+    }
+
+    /// Keeps the segment writes of a closed log that could not make them (see
+    /// `WalInner::orphans`).
+    pub(crate) fn keep_orphan(&self, dir: &Path, writes: Vec<crate::log::OrphanWrite>) {
+        self.inner.orphans.lock().push((dir.to_path_buf(), writes));
+    }
+
+    /// Before a log of `dir` opens: makes the writes closed logs of that directory left behind
+    /// (so the new log's recovery reads them and fsyncs them). An error keeps them; the open
+    /// fails and is retried by its owner.
+    pub(crate) fn flush_orphans(&self, dir: &Path) -> Result<()> {
+        let mine: Vec<(PathBuf, Vec<crate::log::OrphanWrite>)> = {
+            let mut o = self.inner.orphans.lock();
+            let (mine, rest) = std::mem::take(&mut *o)
+                .into_iter()
+                .partition(|(d, _)| d == dir);
+            *o = rest;
+            mine
+        };
+        for (i, (_, writes)) in mine.iter().enumerate() {
+            if let Err(e) = writes.iter().try_for_each(|w| w.apply()) {
+                self.inner.orphans.lock().extend(mine[i..].iter().cloned());
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Forgets an attached log (after it made its segments durable).
@@ -808,6 +881,10 @@ impl WalInner {
         self.space.notify_all();
         sync.state.lock().failed = Some(error.clone());
         sync.wake_all();
+        // The commit thread may wait on this epoch's condition variable while an attach already
+        // restarted into a new epoch (whose notification it then missed): it must see the failure
+        // to move on.
+        sync.work.notify_all();
         // Only the logs of the failed epoch: a log attached since (after a restart) is fine.
         let logs: Vec<Arc<dyn Attached>> = self
             .logs

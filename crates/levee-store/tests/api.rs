@@ -508,7 +508,7 @@ fn newer_format_version_is_refused() {
     log.close().unwrap();
     let path = Path::new("/data/queues/q/0000000000000000.open");
     let mut bytes = b.file_contents(path).unwrap();
-    bytes[8] = 4; // version 4 (this build writes 3 and reads 1 to 3)
+    bytes[8] = 5; // version 5 (this build writes 4 and reads 1 to 4)
     let crc = crc32c::crc32c(&bytes[..28]);
     bytes[28..32].copy_from_slice(&crc.to_le_bytes());
     b.set_file_contents(path, bytes);
@@ -517,8 +517,8 @@ fn newer_format_version_is_refused() {
         matches!(
             err,
             StoreError::FormatVersion {
-                found: 4,
-                supported: 3,
+                found: 5,
+                supported: 4,
                 ..
             }
         ),

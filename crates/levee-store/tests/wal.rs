@@ -13,9 +13,11 @@ use levee_store::{
 };
 use proptest::prelude::*;
 
+/// Small files (rotation and checkpoints happen), write-behind on (it is off by default).
 fn wal_config() -> WalConfig {
     WalConfig {
         file_bytes: 64 * 1024,
+        write_behind_bytes: 4 << 20,
         ..WalConfig::default()
     }
 }
@@ -124,10 +126,12 @@ fn an_attached_log_counts_the_wal_commits_that_made_it_durable() {
     // in between.
     assert!((5..=6).contains(&counted), "{counted}");
     assert!(counted <= commits + 1, "{counted} > {commits} + 1");
-    assert_eq!(
-        logs[1].stats().fsyncs,
-        idle,
-        "the idle log took part in none"
+    // The idle log took part in none of the commits; its own one-time directory cycle (on the
+    // maintenance thread, asynchronous to its open) may land in between.
+    let idle_now = logs[1].stats().fsyncs;
+    assert!(
+        idle_now <= idle + 1,
+        "the idle log took part in none: {idle} -> {idle_now}"
     );
     // Counting is monotonic and idempotent: asking again counts nothing new.
     assert_eq!(logs[0].stats().fsyncs - before, counted);
@@ -198,7 +202,9 @@ fn a_redeclared_queue_gets_nothing_of_the_deleted_one() {
 /// Many queues appending and settling concurrently from threads, with rotation and checkpoints
 /// (small WAL files), then power loss: every confirmed message comes back, no durably settled
 /// one does.
-fn concurrent_power_loss(queues: usize, per_queue: u32, mode: CrashMode) {
+/// `mostly_settled`: three in four are settled (most records are then left out of the segments
+/// by write-behind, as skips), else one in four.
+fn concurrent_power_loss(queues: usize, per_queue: u32, mode: CrashMode, mostly_settled: bool) {
     let disk = FaultyBackend::new();
     let (wal, logs, _) = open_all(disk.shared(), queues);
     let logs: Vec<Arc<QueueLog>> = logs.into_iter().map(Arc::new).collect();
@@ -215,7 +221,7 @@ fn concurrent_power_loss(queues: usize, per_queue: u32, mode: CrashMode) {
                         let a = l.append(&msg(q, i, 64 + (i as usize * 37) % 900)).unwrap();
                         a.durability.wait().unwrap();
                         confirmed.insert(i);
-                        if i % 4 == 1 {
+                        if (i % 4 == 1) != mostly_settled {
                             l.settle(a.first_seq, Settlement::Acked)
                                 .unwrap()
                                 .wait()
@@ -241,14 +247,15 @@ fn concurrent_power_loss(queues: usize, per_queue: u32, mode: CrashMode) {
 
 #[test]
 fn power_loss_under_concurrent_appends_to_many_queues() {
-    concurrent_power_loss(20, 150, CrashMode::LoseUnsynced);
+    concurrent_power_loss(20, 150, CrashMode::LoseUnsynced, false);
+    concurrent_power_loss(20, 150, CrashMode::LoseUnsynced, true);
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
     #[test]
     fn torn_power_loss_under_concurrent_appends(seed in any::<u64>(), queues in 1usize..8) {
-        concurrent_power_loss(queues, 80, CrashMode::Torn { seed });
+        concurrent_power_loss(queues, 80, CrashMode::Torn { seed }, seed % 2 == 0);
     }
 }
 
@@ -373,9 +380,14 @@ fn failing_fsyncs_fail_the_logs_and_a_reopen_works_once_they_succeed() {
 
 #[test]
 fn a_full_disk_refuses_appends_and_the_log_goes_on_after() {
+    // Segments written at once (no write-behind): the segment write itself meets the full disk.
     let disk = FaultyBackend::new();
     let backend = disk.shared();
-    let (wal, _) = Wal::open(backend.clone(), "/data/wal", wal_config()).unwrap();
+    let config = WalConfig {
+        write_behind_bytes: 0,
+        ..wal_config()
+    };
+    let (wal, _) = Wal::open(backend.clone(), "/data/wal", config).unwrap();
     let (log, _) = QueueLog::open(backend.clone(), qdir(0), log_config(&wal)).unwrap();
     log.append(&msg(0, 0, 10))
         .unwrap()
@@ -396,6 +408,86 @@ fn a_full_disk_refuses_appends_and_the_log_goes_on_after() {
     drop(wal);
     let (_wal, _logs, found) = open_all(disk.shared(), 1);
     assert_eq!(found[0], BTreeSet::from([0, 2]));
+}
+
+#[test]
+fn a_full_disk_refuses_appends_once_the_write_behind_bound_is_reached() {
+    // Appends go to the (preallocated) WAL; the segments behind it meet the full disk. The log
+    // keeps what it could not write in memory up to its bound, then refuses appends, and goes
+    // on once there is space: nothing accepted is lost.
+    let disk = FaultyBackend::new();
+    let backend = disk.shared();
+    let config = WalConfig {
+        write_behind_bytes: 1024,
+        ..wal_config()
+    };
+    let (wal, _) = Wal::open(backend.clone(), "/data/wal", config).unwrap();
+    let (log, _) = QueueLog::open(backend.clone(), qdir(0), log_config(&wal)).unwrap();
+    disk.set_write_budget(Some(0));
+    let mut accepted = BTreeSet::new();
+    let mut refused = None;
+    for i in 0..100u32 {
+        match log.append(&msg(0, i, 100)) {
+            Ok(a) => {
+                a.durability.wait().unwrap();
+                accepted.insert(i);
+            }
+            Err(e) => {
+                assert!(e.is_disk_full(), "{e}");
+                refused = Some(i);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("appends are refused once the bound is reached");
+    assert!(refused >= 5, "refused only at message {refused}");
+    assert!(log.stats().behind_bytes > 1024);
+    disk.set_write_budget(None);
+    let a = log.append(&msg(0, refused, 100)).unwrap();
+    a.durability.wait().unwrap();
+    accepted.insert(refused);
+    assert!(log.stats().behind_bytes <= 1024);
+    drop(log);
+    disk.crash(CrashMode::LoseUnsynced);
+    drop(wal);
+    let (_wal, _logs, found) = open_all(disk.shared(), 1);
+    assert_eq!(found[0], accepted);
+}
+
+/// Settled messages are never written to their segment (the WAL holds them until a
+/// checkpoint), unsettled ones are, and a crash at any point restores exactly the unsettled
+/// ones.
+#[test]
+fn write_behind_leaves_settled_messages_out_of_the_segments() {
+    let disk = FaultyBackend::new();
+    let backend = disk.shared();
+    let (wal, _) = Wal::open(backend.clone(), "/data/wal", wal_config()).unwrap();
+    let (log, _) = QueueLog::open(backend.clone(), qdir(0), log_config(&wal)).unwrap();
+    let mut live = BTreeSet::new();
+    let mut live_seqs = Vec::new();
+    for i in 0..2000u32 {
+        let a = log.append(&msg(0, i, 200)).unwrap();
+        a.durability.wait().unwrap();
+        if i % 100 == 7 {
+            live.insert(i);
+            live_seqs.push(a.first_seq);
+        } else {
+            drop(log.settle(a.first_seq, Settlement::Acked).unwrap());
+        }
+    }
+    let st = log.stats();
+    // Some 460 KB went through the log: most of it never reached a segment.
+    assert!(st.left_out_bytes > 300_000, "{st:?}");
+    for s in &live_seqs {
+        assert_eq!(log.read(*s).unwrap().seq, *s);
+    }
+    drop(log);
+    disk.crash(CrashMode::LoseUnsynced);
+    drop(wal);
+    let (wal, logs, found) = open_all(disk.shared(), 1);
+    assert_eq!(found[0], live);
+    drop(logs);
+    drop(wal);
 }
 
 #[test]

@@ -128,6 +128,10 @@ struct WalFileConfig {
     max_pending_bytes: Option<usize>,
     #[serde(default, deserialize_with = "crate::units::de_millis_u32")]
     lazy_commit_ms: Option<u32>,
+    #[serde(default, deserialize_with = "crate::units::de_size_usize")]
+    write_behind_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "crate::units::de_size_usize")]
+    write_behind_total: Option<usize>,
 }
 
 /// The `[cluster]` section.
@@ -257,6 +261,12 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         }
         if let Some(v) = w.lazy_commit_ms {
             broker.wal.lazy_commit = std::time::Duration::from_millis(v.into());
+        }
+        if let Some(v) = w.write_behind_bytes {
+            broker.wal.write_behind_bytes = v;
+        }
+        if let Some(v) = w.write_behind_total {
+            broker.wal.write_behind_total = v;
         }
     }
     // Every range is checked here, before anything is opened, with the setting's name.

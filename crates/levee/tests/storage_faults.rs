@@ -16,15 +16,22 @@ use levee_store::backend::fault::{CrashMode, FaultyBackend};
 const DATA: &str = "/levee-fault-data";
 
 async fn start(disk: &FaultyBackend) -> (Broker, SocketAddr) {
-    let broker = Broker::open_with_backend(
-        disk.shared(),
-        BrokerConfig {
-            data_dir: PathBuf::from(DATA),
-            ..BrokerConfig::default()
-        },
-    )
-    .await
-    .expect("open broker");
+    start_with(disk, levee_store::WalConfig::default().write_behind_bytes).await
+}
+
+/// Write-behind on (off by default), as measured in docs/BENCHMARKS.md.
+const WRITE_BEHIND: usize = 4 << 20;
+
+/// `write_behind_bytes`: the WAL's write-behind bound (0: segments written at once).
+async fn start_with(disk: &FaultyBackend, write_behind_bytes: usize) -> (Broker, SocketAddr) {
+    let mut config = BrokerConfig {
+        data_dir: PathBuf::from(DATA),
+        ..BrokerConfig::default()
+    };
+    config.wal.write_behind_bytes = write_behind_bytes;
+    let broker = Broker::open_with_backend(disk.shared(), config)
+        .await
+        .expect("open broker");
     let (addr, _task) = broker.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     (broker, addr)
 }
@@ -54,7 +61,14 @@ fn fixed(credit: u32) -> ConsumerOptions {
 
 /// A broker on `disk` with a disk queue `jobs`, a client and a producer of it.
 async fn jobs_queue(disk: &FaultyBackend) -> (Broker, Client, levee_client::Producer) {
-    let (broker, addr) = start(disk).await;
+    jobs_queue_with(disk, levee_store::WalConfig::default().write_behind_bytes).await
+}
+
+async fn jobs_queue_with(
+    disk: &FaultyBackend,
+    write_behind_bytes: usize,
+) -> (Broker, Client, levee_client::Producer) {
+    let (broker, addr) = start_with(disk, write_behind_bytes).await;
     let c = client(addr).await;
     c.declare("jobs", disk_queue()).await.unwrap();
     let producer = c
@@ -157,8 +171,10 @@ async fn after_a_failed_fsync_messages_are_delivered_only_once_rewritten_durably
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_made_while_the_disk_is_full_are_written_once_space_returns() {
+    // Segments written at once (no write-behind): a settlement's segment write meets the full
+    // disk, and the broker keeps it until it can be written.
     let disk = FaultyBackend::new();
-    let (broker, c, producer) = jobs_queue(&disk).await;
+    let (broker, c, producer) = jobs_queue_with(&disk, 0).await;
     let mut confirms = Vec::new();
     for i in 0..20u32 {
         confirms.push(
@@ -203,6 +219,49 @@ async fn acks_made_while_the_disk_is_full_are_written_once_space_returns() {
     broker.shutdown().await;
     disk.crash(CrashMode::LoseUnsynced);
     let (_broker2, addr2) = start(&disk).await;
+    let c2 = client(addr2).await;
+    let stats = c2.inspect("jobs").await.unwrap().stats;
+    assert_eq!(stats.ready, 0, "acked messages came back: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_write_behind_acks_on_a_full_disk_go_through_the_preallocated_wal() {
+    let disk = FaultyBackend::new();
+    let (broker, c, producer) = jobs_queue_with(&disk, WRITE_BEHIND).await;
+    let mut confirms = Vec::new();
+    for i in 0..20u32 {
+        confirms.push(
+            producer
+                .publish(Message::new(i.to_le_bytes().to_vec()))
+                .await
+                .unwrap(),
+        );
+    }
+    for f in confirms {
+        assert!(matches!(f.await.unwrap(), PublishOutcome::Stored { .. }));
+    }
+    let mut consumer = c.consumer("jobs", fixed(100)).await.unwrap();
+    disk.set_write_budget(Some(0));
+    for _ in 0..20 {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        d.ack().unwrap();
+    }
+    // The settlements need no new space: they are in the WAL's preallocated file, and the
+    // segments behind it are left alone until there is room.
+    eventually("the acks are settled in the log", async || {
+        broker.log_stats("jobs").unwrap().unsettled == 0
+    })
+    .await;
+    disk.set_write_budget(None);
+    drop(consumer);
+    c.close().await.unwrap();
+    broker.shutdown().await;
+    disk.crash(CrashMode::LoseUnsynced);
+    let (_broker2, addr2) = start_with(&disk, WRITE_BEHIND).await;
     let c2 = client(addr2).await;
     let stats = c2.inspect("jobs").await.unwrap().stats;
     assert_eq!(stats.ready, 0, "acked messages came back: {stats:?}");

@@ -40,6 +40,8 @@ pub enum CrashMode {
 struct MemFile {
     current: Vec<u8>,
     durable: Vec<u8>,
+    /// Bytes allocated by `preallocate`: writes below this need no space (the write budget).
+    allocated: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -205,8 +207,10 @@ impl FaultyBackend {
         st.names = st.durable_names.clone();
     }
 
-    /// After `bytes` more bytes have been written (over all files), writes fail with `StorageFull`
-    /// (the write that crosses the limit writes its allowed prefix first). `None` removes the limit.
+    /// After `bytes` more bytes have been written (over all files) outside space reserved by
+    /// `preallocate`, writes fail with `StorageFull` (the write that crosses the limit writes its
+    /// allowed prefix first). Writes into preallocated space always succeed, as on a real file
+    /// system. `None` removes the limit.
     pub fn set_write_budget(&self, bytes: Option<u64>) {
         self.state.lock().write_budget = bytes;
     }
@@ -294,12 +298,15 @@ impl StorageFile for FaultyFile {
 
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         self.with(|st| {
+            // Only bytes past the preallocated space need space (as on a real file system).
+            let allocated = st.files[&self.ino].allocated;
+            let free = allocated.saturating_sub(offset).min(data.len() as u64);
             let (n, fail) = match st.write_budget {
-                Some(b) if (data.len() as u64) > b => (b as usize, true),
+                Some(b) if (data.len() as u64 - free) > b => ((free + b) as usize, true),
                 _ => (data.len(), false),
             };
             if let Some(b) = st.write_budget.as_mut() {
-                *b -= n as u64;
+                *b -= n as u64 - free.min(n as u64);
             }
             let f = st.files.get_mut(&self.ino).expect("open inode exists");
             let start = offset as usize;
@@ -341,6 +348,17 @@ impl StorageFile for FaultyFile {
 
     fn len(&self) -> io::Result<u64> {
         self.with(|st| Ok(st.files[&self.ino].current.len() as u64))
+    }
+
+    fn preallocate(&self, len: u64) -> io::Result<()> {
+        self.with(|st| {
+            let f = st.files.get_mut(&self.ino).expect("open inode exists");
+            if (f.current.len() as u64) < len {
+                f.current.resize(len as usize, 0);
+            }
+            f.allocated = f.allocated.max(len);
+            Ok(())
+        })
     }
 }
 

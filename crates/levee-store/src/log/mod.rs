@@ -5,7 +5,8 @@
 //!
 //! Invariants (see `docs/design.md`, section levee-store, for the full list and their proofs):
 //! 1. Records are written only to the active (last) segment, at its end; the bytes of a segment below
-//!    its write position are never rewritten.
+//!    its write position are never rewritten. (A WAL-attached log assigns positions the same way
+//!    and writes the bytes there later, once: `behind`.)
 //! 2. A segment is renamed `.open` -> `.seg` only after it was trimmed to its write position and
 //!    fsynced; so a `.seg` file is always entirely valid, and a damaged `.seg` is corruption.
 //! 3. `synced` (what handles see as durable) is raised only after every unsealed segment and, when new
@@ -30,12 +31,17 @@
 //! - `sync`: the sync thread (group commit, durability publication, sealing, reclamation) and the
 //!   durability handles appenders get. Uses nothing else here.
 //! - `writer`: appends, write combining, settlement and delivery records, rolling segments. Uses
-//!   `index` and `sync`.
+//!   `index`, `sync` and `behind`.
+//! - `behind`: write-behind of WAL-attached logs (records kept in memory until written to their
+//!   segment; settled ones left out as skip records). Uses nothing else here but the shared types;
+//!   `sync` calls it before fsyncing and sealing.
 //! - `compact`: copying the live messages of the oldest segment forward when dead bytes dominate,
 //!   so one long-lived message does not pin every later segment. Uses `index` and `writer`.
 //! - `recovery`: `open`'s scan, torn-tail truncation and sealing. Uses `index`, and `writer`'s
 //!   `create_segment` for the fresh active segment.
 
+mod behind;
+pub(crate) use behind::Op as OrphanWrite;
 mod compact;
 mod index;
 mod recovery;
@@ -43,7 +49,7 @@ pub(crate) use recovery::open_whole;
 mod sync;
 mod writer;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -278,6 +284,11 @@ pub struct LogStats {
     pub reclaimed_segments: u64,
     /// Live messages copied forward by compaction since open.
     pub compacted_messages: u64,
+    /// Write-behind (attached logs): bytes in the WAL not yet written to their segment.
+    pub behind_bytes: u64,
+    /// Write-behind: record bytes never written to a segment because they were settled first
+    /// (left out as skip records) since open.
+    pub left_out_bytes: u64,
 }
 
 /// One segment file as the log tracks it (front of `State::segments` = oldest, back = active).
@@ -343,6 +354,17 @@ struct State {
     /// Attached logs: written since the last sync cycle snapshot (a checkpoint skips clean logs,
     /// so idle queues cost a checkpoint nothing).
     wal_dirty: bool,
+    /// Write-behind: records in the WAL, not yet in their segment, oldest first (`behind`).
+    behind: VecDeque<behind::Behind>,
+    /// Bytes of `behind`.
+    behind_bytes: usize,
+    /// Write-behind: messages left out of their segment whose settlement record has not been
+    /// materialized yet (it is left out too if it settles only such messages).
+    skipped: HashSet<u64>,
+    /// Write-behind: `pending` holds a message whose id the deduplication window needs.
+    pending_keep: bool,
+    /// Write-behind: segment bytes left out (as skips) since open.
+    left_out_bytes: u64,
 }
 
 impl State {
@@ -446,6 +468,10 @@ impl QueueLog {
         config.validate()?;
         let started = Instant::now();
         let dir = dir.into();
+        if let Some(wal) = &config.wal {
+            // What an earlier log of this directory could not write behind goes in first.
+            wal.flush_orphans(&dir)?;
+        }
         let (st, mut report, message_ids) = recovery::scan(&*backend, &dir, config.recover_ids)?;
         let inner = Arc::new_cyclic(|me| Inner {
             backend,
@@ -557,18 +583,36 @@ impl QueueLog {
     /// Reads an unsettled message back (one `pread` of its record, checksum verified).
     pub fn read(&self, seq: u64) -> Result<StoredMessage> {
         let inner = &*self.inner;
-        let (file, entry, path) = {
+        let (file, entry, path, behind) = {
             let st = inner.state.lock();
             let entry = *st.index.get(&seq).ok_or_else(|| st.missing(seq))?;
             let seg = st
                 .segment(entry.segment)
                 .expect("segment of a live message exists");
-            (seg.file.clone(), entry, inner.path(seg.index, seg.sealed))
+            // Not yet written to its segment: the bytes are still in memory.
+            let behind = st
+                .behind_at(entry.segment, entry.offset as u64)
+                .and_then(|c| {
+                    let from = (entry.offset as u64 - c.pos) as usize;
+                    let to = from + entry.len as usize;
+                    (to <= c.bytes.len()).then(|| c.bytes.slice(from..to))
+                });
+            (
+                seg.file.clone(),
+                entry,
+                inner.path(seg.index, seg.sealed),
+                behind,
+            )
         };
-        let mut buf = vec![0u8; entry.len as usize];
-        file.read_at(&mut buf, entry.offset as u64)
-            .map_err(|e| StoreError::io("read", &path, e))?;
-        let owner = Bytes::from(buf);
+        let owner = match behind {
+            Some(bytes) => bytes,
+            None => {
+                let mut buf = vec![0u8; entry.len as usize];
+                file.read_at(&mut buf, entry.offset as u64)
+                    .map_err(|e| StoreError::io("read", &path, e))?;
+                Bytes::from(buf)
+            }
+        };
         let bad = |e: FrameError| StoreError::corruption(&path, entry.offset as u64, e.to_string());
         let frame = format::decode_frame(&owner).map_err(bad)?;
         match format::decode_record(&frame, &owner).map_err(bad)? {
@@ -641,6 +685,8 @@ impl QueueLog {
             synced_position: synced,
             reclaimed_segments: st.reclaimed,
             compacted_messages: st.compacted,
+            behind_bytes: st.behind_bytes as u64,
+            left_out_bytes: st.left_out_bytes,
         }
     }
 

@@ -16,7 +16,7 @@
 //!   the seq is not there), a delivery record sets the count.
 //! - Memory: one segment's bytes at a time.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -105,6 +105,11 @@ pub(super) fn scan(
         wal_pos: 0,
         wal_uncounted: false,
         wal_dirty: false,
+        behind: VecDeque::new(),
+        behind_bytes: 0,
+        skipped: HashSet::new(),
+        pending_keep: false,
+        left_out_bytes: 0,
         appended: 0,
         settled: 0,
         fsyncs: 0,
@@ -475,6 +480,28 @@ fn scan_segment(
                     ));
                 }
                 return Ok(None);
+            }
+            format::TYPE_SKIP => {
+                let (gap, next_seq) = format::parse_skip(frame.body).map_err(bad)?;
+                let end = off + gap as usize;
+                if end > data.len() {
+                    // The file is extended to a skip's end right after the skip is written (and
+                    // both before the WAL records it replaces may go): short only if torn.
+                    let e = FrameError::Truncated {
+                        needed: gap as u64,
+                        have: (data.len() - off) as u64,
+                    };
+                    if sealed {
+                        return Err(bad(e));
+                    }
+                    return Ok(Some((off as u64, e.to_string())));
+                }
+                st.next_seq = st.next_seq.max(next_seq);
+                report.records += 1;
+                off = end;
+                st.written += gap as u64;
+                st.segments.back_mut().expect("pushed").len = off as u64;
+                continue;
             }
             other => return Err(bad(FrameError::UnknownType(other))),
         }

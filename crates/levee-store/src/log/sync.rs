@@ -163,12 +163,20 @@ fn sync_cycle_once(inner: &Inner) -> Result<()> {
     let (target, files, dir_dirty) = {
         let mut st = inner.state.lock();
         let last = st.segments.len() - 1;
+        // A rolled segment whose records are still behind is synced but not sealed yet.
+        let behind = super::behind::segments_behind(&st);
         let files: Vec<(u64, Arc<dyn StorageFile>, bool)> = st
             .segments
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.sealed)
-            .map(|(i, s)| (s.index, s.file.clone(), i == last))
+            .map(|(i, s)| {
+                (
+                    s.index,
+                    s.file.clone(),
+                    i == last || behind.contains(&s.index),
+                )
+            })
             .collect();
         st.wal_dirty = false;
         (st.written, files, std::mem::take(&mut st.dir_dirty))
@@ -285,7 +293,7 @@ impl Inner {
             st.closed = true;
         }
         let _w = self.write_lock.lock();
-        let mut synced = sync_cycle(self);
+        let mut synced = self.materialize(0).and_then(|()| sync_cycle(self));
         if synced.is_err()
             && let Err(e) = self.backend.list_dir(&self.dir)
             && e.kind() == std::io::ErrorKind::NotFound
@@ -293,10 +301,14 @@ impl Inner {
             // The queue was deleted under the log: nothing of it needs keeping.
             synced = Ok(());
         }
-        if synced.is_ok()
-            && let Some(wal) = &self.config.wal
-        {
-            wal.detach(at.id);
+        if let Some(wal) = &self.config.wal {
+            if synced.is_ok() {
+                wal.detach(at.id);
+            } else if !self.state.lock().behind.is_empty() {
+                // Records only in memory and the WAL: the next log of this directory writes
+                // them before its recovery reads the segments.
+                wal.keep_orphan(&self.dir, self.orphan_writes());
+            }
         }
         let st = self.state.lock();
         match (&st.failed, synced) {
@@ -306,14 +318,39 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Write-behind: waits until the WAL holds everything up to `wal_pos` durably (so the
+    /// settlements written so far count, invariant 2 of `behind`), then materializes every chunk
+    /// under the write lock. A full disk leaves the log running (the chunks stay, see
+    /// `behind`); any other failure stops it.
+    fn materialize_settled(&self, wal_pos: u64) -> Result<()> {
+        let Some(at) = self.attachment.get() else {
+            return Ok(());
+        };
+        if self.state.lock().behind.is_empty() {
+            return Ok(());
+        }
+        at.sync.request(wal_pos);
+        Durability::pending(at.sync.clone(), wal_pos, true).wait()?;
+        let _w = self.write_lock.lock();
+        self.materialize(0).inspect_err(|e| {
+            if !e.is_disk_full() {
+                self.stop(e);
+            }
+        })
+    }
+}
+
 impl Attached for Inner {
     fn checkpoint(&self) -> Result<()> {
-        {
+        let wal_pos = {
             let st = self.state.lock();
-            if st.closed || (!st.wal_dirty && !st.dir_dirty) {
+            if st.closed || (!st.wal_dirty && !st.dir_dirty && st.behind.is_empty()) {
                 return Ok(());
             }
-        }
+            st.wal_pos
+        };
+        self.materialize_settled(wal_pos)?;
         sync_cycle(self).inspect_err(|e| self.stop(e))
     }
     fn maintain(&self) -> Result<()> {
@@ -321,10 +358,14 @@ impl Attached for Inner {
             return Ok(());
         }
         // Only rolled segments need the fsync + rename here (the active one is the WAL's).
-        let rolled = {
+        let (rolled, wal_pos) = {
             let st = self.state.lock();
-            st.dir_dirty || st.segments.iter().rev().skip(1).any(|s| !s.sealed)
+            let rolled = st.dir_dirty || st.segments.iter().rev().skip(1).any(|s| !s.sealed);
+            (rolled, st.wal_pos)
         };
+        if rolled {
+            self.materialize_settled(wal_pos)?;
+        }
         let sealed = if rolled { sync_cycle(self) } else { Ok(()) };
         sealed
             .and_then(|()| reclaim(self))

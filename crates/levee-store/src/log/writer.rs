@@ -26,6 +26,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
+use super::behind::{Behind, Refs};
 use super::index::Entry;
 use super::{Appended, Inner, Segment, State};
 use crate::backend::{OpenMode, StorageFile};
@@ -64,6 +67,12 @@ impl Inner {
         }
         let mut st = self.state.lock();
         st.usable()?;
+        if self.past_bound(&st) {
+            drop(st);
+            self.refuse_past_bound()?;
+            st = self.state.lock();
+            st.usable()?;
+        }
         let active = st.segments.back().expect("active segment");
         if active.complete || active.len + total > self.config.segment_bytes - SEAL_FRAME_LEN as u64
         {
@@ -79,6 +88,9 @@ impl Inner {
         match st.inflight.iter_mut().find(|(g, _)| *g == generation) {
             Some((_, n)) => *n += 1,
             None => st.inflight.push((generation, 1)),
+        }
+        if self.config.keep_ids_ms > 0 && messages.iter().any(|m| m.message_id.is_some()) {
+            st.pending_keep = true;
         }
         let mut pending = std::mem::take(&mut st.pending);
         for (i, m) in messages.iter().enumerate() {
@@ -143,6 +155,11 @@ impl Inner {
         if st.written >= target {
             return Ok(());
         }
+        if self.writes_behind() {
+            flush_behind(self, &mut st)?;
+            drop(st);
+            return self.bound_behind();
+        }
         let buf = std::mem::take(&mut st.pending);
         let entries = std::mem::take(&mut st.pending_entries);
         let active = st.segments.back().expect("active segment");
@@ -184,7 +201,12 @@ impl Inner {
         for (i, m) in messages.iter().enumerate() {
             format::encode_message(&mut buf, first + i as u64, m);
         }
-        let (segment, pos) = match write_record(self, &mut st, &buf) {
+        let refs = Refs::Messages {
+            first_seq: first,
+            lens: Vec::new(),
+            keep: self.config.keep_ids_ms > 0 && messages.iter().any(|m| m.message_id.is_some()),
+        };
+        let (segment, pos) = match write_record_as(self, &mut st, &buf, || refs) {
             Ok(v) => v,
             Err(e) => {
                 st.recycle(buf);
@@ -205,12 +227,30 @@ impl Inner {
             off += len;
         }
         debug_assert_eq!(off, buf.len() as u64);
+        let entries_lens: Vec<u32> = entries.iter().map(|(_, e)| e.len).collect();
         let n = messages.len() as u64;
         st.next_seq += n;
+        if let Some(c) = st.behind.back_mut()
+            && (c.segment, c.pos) == (segment, pos)
+        {
+            // Pushed before the seqs were counted: its key covers them.
+            c.seq_end = first + n;
+        }
         apply_flushed(&mut st, entries, 0);
+        if let Some(Behind {
+            refs: Refs::Messages { lens, .. },
+            ..
+        }) = st
+            .behind
+            .back_mut()
+            .filter(|c| (c.segment, c.pos) == (segment, pos))
+        {
+            lens.extend(entries_lens);
+        }
         let (written, wal_pos) = (st.written, st.wal_pos);
         st.recycle(buf);
         drop(st);
+        self.bound_behind()?;
         let durability = self.durability_for(written, wal_pos, true);
         Ok(Appended {
             first_seq: first,
@@ -240,7 +280,10 @@ impl Inner {
                 return Err(st.missing(*seq));
             }
         }
-        self.write_encoded(&mut st, |buf| format::encode_settlements(buf, items))?;
+        let refs = || Refs::Settle(items.iter().map(|(s, _)| *s).collect());
+        self.write_encoded(&mut st, refs, |buf| format::encode_settlements(buf, items))?;
+        let wal_pos = st.wal_pos;
+        st.note_settled(items.iter().map(|(s, _)| *s), wal_pos);
         let mut maintenance = false;
         for (seq, _) in items {
             let e = st.index.remove(seq).expect("checked above");
@@ -280,7 +323,8 @@ impl Inner {
                 return Err(st.missing(*seq));
             }
         }
-        self.write_encoded(&mut st, |buf| format::encode_deliveries(buf, items))?;
+        let refs = || Refs::Delivery(items.iter().map(|(s, _)| *s).collect());
+        self.write_encoded(&mut st, refs, |buf| format::encode_deliveries(buf, items))?;
         for (seq, n) in items {
             st.index.get_mut(seq).expect("checked above").delivery_count = *n;
         }
@@ -294,6 +338,7 @@ impl Inner {
     fn write_encoded(
         &self,
         st: &mut State,
+        refs: impl FnOnce() -> Refs,
         encode: impl FnOnce(&mut Vec<u8>) -> usize,
     ) -> Result<()> {
         let mut buf = std::mem::take(&mut st.buf);
@@ -301,7 +346,7 @@ impl Inner {
         let len = encode(&mut buf) as u64;
         let written = self
             .check_len(len)
-            .and_then(|_| write_record(self, st, &buf));
+            .and_then(|_| write_record_as(self, st, &buf, refs));
         st.recycle(buf);
         written.map(|_| ())
     }
@@ -411,6 +456,9 @@ pub(super) fn flush_pending_locked(inner: &Inner, st: &mut State) -> Result<()> 
     if st.pending.is_empty() {
         return Ok(());
     }
+    if inner.writes_behind() {
+        return flush_behind(inner, st);
+    }
     let buf = std::mem::take(&mut st.pending);
     let entries = std::mem::take(&mut st.pending_entries);
     let active = st.segments.back().expect("active segment");
@@ -431,7 +479,18 @@ pub(super) fn flush_pending_locked(inner: &Inner, st: &mut State) -> Result<()> 
 
 /// Writes one encoded record (or batch) at the end of the active segment, rolling to a new segment
 /// first if it does not fit. On error nothing is recorded and the write position is unchanged.
+/// Compaction's records (always written, see [`Refs::Other`]).
 pub(super) fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<(u64, u64)> {
+    write_record_as(inner, st, buf, || Refs::Other)
+}
+
+/// [`write_record`] for records whose `refs` say when write-behind may leave them out.
+fn write_record_as(
+    inner: &Inner,
+    st: &mut State,
+    buf: &[u8],
+    refs: impl FnOnce() -> Refs,
+) -> Result<(u64, u64)> {
     let len = buf.len() as u64;
     if len > inner.config.capacity() {
         return Err(StoreError::RecordTooLarge {
@@ -470,6 +529,15 @@ pub(super) fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<
     }
     let active = st.segments.back_mut().expect("active segment");
     let pos = active.len;
+    if inner.writes_behind() {
+        active.len += len;
+        let index = active.index;
+        st.written += len;
+        st.logical += len;
+        inner.log_wal(st, index, pos, buf)?;
+        inner.push_behind(st, index, pos, Bytes::copy_from_slice(buf), refs());
+        return Ok((index, pos));
+    }
     if let Err(e) = active.file.write_at(buf, pos) {
         // Best effort: drop the partial bytes now; sealing trims them in any case.
         let _ = active.file.set_len(pos);
@@ -481,6 +549,43 @@ pub(super) fn write_record(inner: &Inner, st: &mut State, buf: &[u8]) -> Result<
     st.logical += len;
     inner.log_wal(st, index, pos, buf)?;
     Ok((index, pos))
+}
+
+/// Write-behind: logs the pending records to the WAL and queues them for their segment instead of
+/// writing them (caller holds the write lock and the state).
+fn flush_behind(inner: &Inner, st: &mut State) -> Result<()> {
+    if st.pending.is_empty() {
+        return Ok(());
+    }
+    let mut buf = std::mem::take(&mut st.pending);
+    let entries = std::mem::take(&mut st.pending_entries);
+    let keep = std::mem::take(&mut st.pending_keep);
+    let active = st.segments.back().expect("active segment");
+    let index = active.index;
+    let pos = active.len - buf.len() as u64;
+    let refs = Refs::Messages {
+        first_seq: entries[0].0,
+        lens: entries.iter().map(|(_, e)| e.len).collect(),
+        keep,
+    };
+    apply_flushed(st, entries, buf.len() as u64);
+    let logged = inner.log_wal(st, index, pos, &buf);
+    // The chunk keeps what it holds, not a mostly empty buffer: a small batch is copied out and
+    // the buffer stays the pending one; a large one is handed over whole.
+    let bytes = if buf.capacity() > 2 * buf.len() {
+        let bytes = Bytes::copy_from_slice(&buf);
+        buf.clear();
+        if buf.capacity() <= 1 << 20 {
+            st.pending = buf;
+        }
+        bytes
+    } else {
+        st.pending = Vec::with_capacity(buf.len());
+        Bytes::from(buf)
+    };
+    logged?;
+    inner.push_behind(st, index, pos, bytes, refs);
+    Ok(())
 }
 
 /// Raises the segment's newest message-id timestamp ([`super::LogConfig::keep_ids_ms`]).
