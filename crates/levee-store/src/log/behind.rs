@@ -65,7 +65,7 @@ pub(super) struct Behind {
     pub(super) pos: u64,
     pub(super) bytes: Bytes,
     pub(super) refs: Refs,
-    /// `State::next_seq` after these records (monotonic over the queue: the look-up key).
+    /// The next seq after these records (monotonic over the queue: the look-up key).
     pub(super) seq_end: u64,
     /// WAL position after the newest settlement record of a message in it (0: none).
     pub(super) settled_at: u64,
@@ -94,7 +94,14 @@ impl State {
     /// called under the write lock, right after the WAL record).
     pub(super) fn push_behind(&mut self, segment: u64, pos: u64, bytes: Bytes, refs: Refs) {
         self.behind_bytes += bytes.len();
-        let seq_end = self.next_seq;
+        // Message records end at their own last seq + 1 (an appender may push them before it
+        // counts them in `next_seq`); anything else at the seqs handed out so far.
+        let seq_end = match &refs {
+            Refs::Messages {
+                first_seq, lens, ..
+            } => first_seq + lens.len() as u64,
+            _ => self.next_seq,
+        };
         self.behind.push_back(Behind {
             segment,
             pos,

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::behind::{Behind, Refs};
+use super::behind::Refs;
 use super::index::Entry;
 use super::{Appended, Inner, Segment, State};
 use crate::backend::{OpenMode, StorageFile};
@@ -89,7 +89,7 @@ impl Inner {
             Some((_, n)) => *n += 1,
             None => st.inflight.push((generation, 1)),
         }
-        if self.config.keep_ids_ms > 0 && messages.iter().any(|m| m.message_id.is_some()) {
+        if self.keeps_ids(messages) {
             st.pending_keep = true;
         }
         let mut pending = std::mem::take(&mut st.pending);
@@ -198,15 +198,17 @@ impl Inner {
         let first = st.next_seq;
         let mut buf = std::mem::take(&mut st.buf);
         buf.clear();
-        for (i, m) in messages.iter().enumerate() {
-            format::encode_message(&mut buf, first + i as u64, m);
-        }
-        let refs = Refs::Messages {
+        let lens: Vec<u32> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format::encode_message(&mut buf, first + i as u64, m) as u32)
+            .collect();
+        let refs = || Refs::Messages {
             first_seq: first,
-            lens: Vec::new(),
-            keep: self.config.keep_ids_ms > 0 && messages.iter().any(|m| m.message_id.is_some()),
+            lens: lens.clone(),
+            keep: self.keeps_ids(messages),
         };
-        let (segment, pos) = match write_record_as(self, &mut st, &buf, || refs) {
+        let (segment, pos) = match write_record_as(self, &mut st, &buf, refs) {
             Ok(v) => v,
             Err(e) => {
                 st.recycle(buf);
@@ -218,8 +220,8 @@ impl Inner {
         }
         let mut off = 0u64;
         let mut entries = Vec::with_capacity(messages.len());
-        for (i, m) in messages.iter().enumerate() {
-            let len = format::message_frame_len(m).expect("validated by append_batch");
+        for ((i, m), len) in messages.iter().enumerate().zip(&lens) {
+            let len = u64::from(*len);
             entries.push((
                 first + i as u64,
                 Entry::from_message(segment, pos + off, len, m),
@@ -227,26 +229,9 @@ impl Inner {
             off += len;
         }
         debug_assert_eq!(off, buf.len() as u64);
-        let entries_lens: Vec<u32> = entries.iter().map(|(_, e)| e.len).collect();
         let n = messages.len() as u64;
         st.next_seq += n;
-        if let Some(c) = st.behind.back_mut()
-            && (c.segment, c.pos) == (segment, pos)
-        {
-            // Pushed before the seqs were counted: its key covers them.
-            c.seq_end = first + n;
-        }
         apply_flushed(&mut st, entries, 0);
-        if let Some(Behind {
-            refs: Refs::Messages { lens, .. },
-            ..
-        }) = st
-            .behind
-            .back_mut()
-            .filter(|c| (c.segment, c.pos) == (segment, pos))
-        {
-            lens.extend(entries_lens);
-        }
         let (written, wal_pos) = (st.written, st.wal_pos);
         st.recycle(buf);
         drop(st);
@@ -373,6 +358,11 @@ impl Inner {
                 Err(e)
             }
         }
+    }
+
+    /// Write-behind must keep these messages' records (a deduplication window needs their ids).
+    fn keeps_ids(&self, messages: &[NewMessage]) -> bool {
+        self.config.keep_ids_ms > 0 && messages.iter().any(|m| m.message_id.is_some())
     }
 
     fn check_len(&self, len: u64) -> Result<()> {
