@@ -1040,6 +1040,9 @@ impl WalInner {
         let mut a = self.active.lock();
         let epoch = {
             let b = self.buf.lock();
+            if b.closed {
+                return Err(StoreError::Closed);
+            }
             if b.failed.is_none() {
                 return Ok(());
             }
@@ -1054,6 +1057,12 @@ impl WalInner {
             pos: p,
         };
         let mut b = self.buf.lock();
+        if b.closed {
+            // `close` flagged the current epoch's sync state for shutdown: a fresh one now would
+            // leave the commit thread waiting on a condition nobody signals. (The file just made
+            // holds only its header and attach records; recovery reads it as any fresh file.)
+            return Err(StoreError::Closed);
+        }
         let fresh = Arc::new(SyncShared::default());
         {
             let mut s = fresh.state.lock();
