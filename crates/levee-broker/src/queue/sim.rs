@@ -70,6 +70,12 @@ struct Sim {
     disk: FaultyBackend,
     dir: PathBuf,
     core: QueueCore,
+    /// The shared WAL of the running "process": closed (its threads joined) before the next
+    /// process opens the same directory, as a process's threads end with it.
+    wal: Option<levee_store::Wal>,
+    /// `WalConfig::write_behind_bytes` of this seed: odd seeds write their records behind the
+    /// WAL (small bound, so it fills), even seeds write them at once.
+    write_behind: usize,
     now: u64,
     next_id: u32,
     next_req: u64,
@@ -104,13 +110,16 @@ impl Sim {
     fn new(seed: u64) -> Self {
         let disk = FaultyBackend::new();
         let dir = PathBuf::from("/sim/log");
-        let core = Self::open(&disk, &dir);
+        let write_behind = if seed % 2 == 1 { 8 * 1024 } else { 0 };
+        let (core, wal) = Self::open(&disk, &dir, write_behind);
         Sim {
             seed,
             rng: StdRng::seed_from_u64(seed),
             disk,
             dir,
             core,
+            wal: Some(wal),
+            write_behind,
             now: 1_000_000,
             next_id: 0,
             next_req: 1,
@@ -133,7 +142,11 @@ impl Sim {
         }
     }
 
-    fn open(disk: &FaultyBackend, dir: &std::path::Path) -> QueueCore {
+    fn open(
+        disk: &FaultyBackend,
+        dir: &std::path::Path,
+        write_behind: usize,
+    ) -> (QueueCore, levee_store::Wal) {
         let backend: Arc<dyn Backend> = disk.shared();
         // The broker's shared write-ahead log (small files: rotation and checkpoints happen).
         let (wal, _) = levee_store::Wal::open(
@@ -141,6 +154,7 @@ impl Sim {
             "/sim/wal",
             levee_store::WalConfig {
                 file_bytes: 128 * 1024,
+                write_behind_bytes: write_behind,
                 ..levee_store::WalConfig::default()
             },
         )
@@ -150,13 +164,32 @@ impl Sim {
             dir,
             levee_store::LogConfig {
                 max_record_bytes: 32 * 1024,
-                wal: Some(wal),
+                wal: Some(wal.clone()),
                 ..storage::log_config(Fsync::Always, 64 * 1024)
             },
             config(),
         )
+        .inspect_err(|_| dump_segments(&backend, dir))
         .expect("recovery");
-        QueueCore::disk("sim".into(), state, Arc::new(log), backend)
+        (
+            QueueCore::disk("sim".into(), state, Arc::new(log), backend),
+            wal,
+        )
+    }
+
+    /// The running process ends: its queue core and log go, then its WAL's threads are joined
+    /// (after a crash their handles are dead, so whatever they still try fails). Without the
+    /// join, a maintenance thread of the old process could delete a WAL file the next process is
+    /// recovering, or its commit thread create the file the next one starts.
+    fn stop_process(&mut self) {
+        let old = std::mem::replace(
+            &mut self.core,
+            QueueCore::memory("gone".into(), super::QueueState::new(config(), 1)),
+        );
+        drop(old);
+        if let Some(wal) = self.wal.take() {
+            let _ = wal.close();
+        }
     }
 
     fn fail(&self, what: String) -> ! {
@@ -558,6 +591,7 @@ impl Sim {
             eprintln!("  crash {mode:?}");
         }
         self.disk.crash(mode);
+        self.stop_process();
         self.disk.fail_syncs(None);
         self.disk.set_write_budget(None);
         self.syncs_failing = false;
@@ -580,6 +614,7 @@ impl Sim {
         {
             let _ = log.close();
         }
+        self.stop_process();
         self.disk.fail_syncs(None);
         self.disk.set_write_budget(None);
         self.syncs_failing = false;
@@ -588,7 +623,9 @@ impl Sim {
     }
 
     fn recover_and_check(&mut self, acks_final: bool) {
-        self.core = Self::open(&self.disk, &self.dir);
+        let (core, wal) = Self::open(&self.disk, &self.dir, self.write_behind);
+        self.core = core;
+        self.wal = Some(wal);
         self.restarted = true;
         let s = self.core.stats();
         self.recovered_load = (s.ready, s.bytes);
@@ -651,6 +688,54 @@ impl Sim {
 }
 
 /// Whether `LEVEE_SIM_TRACE` asks for a step-by-step trace on stderr.
+/// On a failed recovery: every file of the queue directory, frame by frame (offset, record type,
+/// length; a message's seq, a skip record's gap), and where the scan stopped, so a failing seed
+/// shows what the disk held.
+fn dump_segments(backend: &Arc<dyn Backend>, dir: &std::path::Path) {
+    use levee_store::format;
+    let mut names = backend.list_dir(dir).unwrap_or_default();
+    names.sort();
+    for n in names {
+        let Ok(f) = backend.open_file(&dir.join(&n), levee_store::OpenMode::Existing) else {
+            continue;
+        };
+        let len = f.len().unwrap_or(0) as usize;
+        let mut data = vec![0u8; len];
+        if f.read_at(&mut data, 0).is_err() {
+            continue;
+        }
+        eprintln!("{n}: {len} bytes");
+        let mut off = format::SEGMENT_HEADER_LEN;
+        while off < len {
+            let u64_at = |b: &[u8], at: usize| {
+                b.get(at..at + 8)
+                    .map_or(0, |x| u64::from_le_bytes(x.try_into().expect("8 bytes")))
+            };
+            match format::decode_frame(&data[off..]) {
+                Ok(fr) => {
+                    let mut next = off + fr.total_len;
+                    let what = match fr.kind {
+                        format::TYPE_MESSAGE => format!(" seq {}", u64_at(fr.body, 0)),
+                        format::TYPE_SKIP => {
+                            let gap = u32::from_le_bytes(fr.body[..4].try_into().expect("4"));
+                            next = off + gap as usize;
+                            format!(" gap {gap}")
+                        }
+                        _ => String::new(),
+                    };
+                    eprintln!("  @{off} type {} len {}{what}", fr.kind, fr.total_len);
+                    off = next;
+                }
+                Err(e) => {
+                    let nonzero = data[off..].iter().position(|b| *b != 0).map(|p| p + off);
+                    eprintln!("  @{off} stops: {e} (next nonzero byte at {nonzero:?})");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 fn tracing_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("LEVEE_SIM_TRACE").is_some())
@@ -671,8 +756,18 @@ fn seeds() -> Vec<u64> {
 fn sim_every_promise_holds_under_random_faults() {
     let seeds = seeds();
     for &seed in &seeds {
-        let mut sim = Sim::new(seed);
-        sim.run(300);
+        // A panic outside `Sim::fail` (a recovery error, an assertion in the code under test)
+        // still names its seed.
+        let run = std::panic::catch_unwind(|| {
+            let mut sim = Sim::new(seed);
+            sim.run(300);
+        });
+        if let Err(panic) = run {
+            eprintln!(
+                "simulation seed {seed} panicked\nreproduce: LEVEE_SIM_SEED={seed} cargo test -p levee-broker sim"
+            );
+            std::panic::resume_unwind(panic);
+        }
     }
     eprintln!("simulation: {} seeds x 300 steps passed", seeds.len());
 }

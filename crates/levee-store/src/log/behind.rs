@@ -411,8 +411,11 @@ impl Inner {
         let mut st = self.state.lock();
         st.behind.drain(..n);
         st.behind_bytes -= bytes;
+        // Counted now: the next log of the directory writes these writes as they are planned
+        // (skip records for the settled ones), and this log's counters end with its close.
         st.left_out_bytes += left_out;
         st.skipped.clear();
+        st.orphaned = true;
         drop(st);
         if let Some(wal) = &self.config.wal {
             wal.behind_sub(bytes);

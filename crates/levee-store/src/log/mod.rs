@@ -365,6 +365,11 @@ struct State {
     pending_keep: bool,
     /// Write-behind: segment bytes left out (as skips) since open.
     left_out_bytes: u64,
+    /// Write-behind: a closing log handed the writes it could not make to the WAL
+    /// (`Inner::orphan_writes`): its rolled segments are missing bytes that only the WAL (and,
+    /// after a restart, redo) holds, so no segment of it may be sealed any more (redo skips
+    /// sealed segments).
+    orphaned: bool,
 }
 
 impl State {

@@ -110,6 +110,7 @@ pub(super) fn scan(
         skipped: HashSet::new(),
         pending_keep: false,
         left_out_bytes: 0,
+        orphaned: false,
         appended: 0,
         settled: 0,
         fsyncs: 0,

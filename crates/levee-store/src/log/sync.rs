@@ -163,8 +163,11 @@ fn sync_cycle_once(inner: &Inner) -> Result<()> {
     let (target, files, dir_dirty) = {
         let mut st = inner.state.lock();
         let last = st.segments.len() - 1;
-        // A rolled segment whose records are still behind is synced but not sealed yet.
+        // A rolled segment whose records are still behind is synced but not sealed yet; none is
+        // sealed once the log handed its writes behind to the WAL (a maintenance cycle that
+        // began before the close may get here after it).
         let behind = super::behind::segments_behind(&st);
+        let orphaned = st.orphaned;
         let files: Vec<(u64, Arc<dyn StorageFile>, bool)> = st
             .segments
             .iter()
@@ -174,7 +177,7 @@ fn sync_cycle_once(inner: &Inner) -> Result<()> {
                 (
                     s.index,
                     s.file.clone(),
-                    i == last || behind.contains(&s.index),
+                    i == last || orphaned || behind.contains(&s.index),
                 )
             })
             .collect();
