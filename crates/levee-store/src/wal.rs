@@ -695,6 +695,25 @@ impl Wal {
         Ok(at)
     }
 
+    /// Blocks until WAL position `pos` of `at`'s epoch is durable (or failed), for the
+    /// maintenance thread. Gives up with [`StoreError::Closed`] once the WAL is closing: `close`
+    /// joins the maintenance thread, and a wait its commit thread will never answer (it may
+    /// already be gone) must not hold that join. Blocking.
+    pub(crate) fn wait_durable(&self, at: &Attachment, pos: u64) -> Result<()> {
+        at.sync.request(pos);
+        loop {
+            let handle = crate::Durability::pending(at.sync.clone(), pos, true);
+            match handle.wait_timeout(Some(Duration::from_millis(50))) {
+                Some(r) => return r.map(|_| ()),
+                None if self.inner.buf.lock().closed => {
+                    tracing::debug!(pos, "WAL closing: maintenance stops waiting for a commit");
+                    return Err(StoreError::Closed);
+                }
+                None => {}
+            }
+        }
+    }
+
     /// [`WalConfig::write_behind_bytes`].
     pub(crate) fn write_behind_bytes(&self) -> usize {
         self.inner.config.write_behind_bytes

@@ -17,7 +17,8 @@
 //!
 //! A failing seed reproduces exactly: `LEVEE_SIM_SEED=N cargo test -p levee-broker sim`. The
 //! suite runs `LEVEE_SIM_SEEDS` seeds (default 64, a few seconds); a long run:
-//! `LEVEE_SIM_SEEDS=100000 cargo test -p levee-broker --release sim -- --nocapture`.
+//! `LEVEE_SIM_SEEDS=100000 cargo test -p levee-broker --release sim -- --nocapture`
+//! (`LEVEE_SIM_PROGRESS=1` names each seed as it starts, to find one that hangs).
 //! (The log's fsyncs run on its own thread, but the simulation waits for each durability handle
 //! it needs before going on and injects faults only between steps, so a seed replays the same
 //! history.)
@@ -758,6 +759,9 @@ fn sim_every_promise_holds_under_random_faults() {
     for &seed in &seeds {
         // A panic outside `Sim::fail` (a recovery error, an assertion in the code under test)
         // still names its seed.
+        if std::env::var_os("LEVEE_SIM_PROGRESS").is_some() {
+            eprintln!("simulation seed {seed}");
+        }
         let run = std::panic::catch_unwind(|| {
             let mut sim = Sim::new(seed);
             sim.run(300);

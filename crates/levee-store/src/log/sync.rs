@@ -333,8 +333,9 @@ impl Inner {
         if self.state.lock().behind.is_empty() {
             return Ok(());
         }
-        at.sync.request(wal_pos);
-        Durability::pending(at.sync.clone(), wal_pos, true).wait()?;
+        if let Some(wal) = &self.config.wal {
+            wal.wait_durable(at, wal_pos)?;
+        }
         let _w = self.write_lock.lock();
         self.materialize(0).inspect_err(|e| {
             if !e.is_disk_full() {
@@ -348,7 +349,13 @@ impl Attached for Inner {
     fn checkpoint(&self) -> Result<()> {
         let wal_pos = {
             let st = self.state.lock();
-            if st.closed || (!st.wal_dirty && !st.dir_dirty && st.behind.is_empty()) {
+            if st.closed {
+                // A closing log cannot vouch for its segments (its close may still be writing
+                // what is behind, or be handing it to the WAL on a full disk): the WAL keeps its
+                // files until the close detached the log (invariant 2 of `wal`).
+                return Err(StoreError::Closed);
+            }
+            if !st.wal_dirty && !st.dir_dirty && st.behind.is_empty() {
                 return Ok(());
             }
             st.wal_pos
@@ -382,9 +389,8 @@ impl Attached for Inner {
                     }
                     // The victim goes only once its copies are durable in the WAL.
                     let (at, pos) = (self.attachment.get(), self.state.lock().wal_pos);
-                    if let Some(at) = at {
-                        at.sync.request(pos);
-                        Durability::pending(at.sync.clone(), pos, true).wait()?;
+                    if let (Some(at), Some(wal)) = (at, &self.config.wal) {
+                        wal.wait_durable(at, pos)?;
                     }
                     reclaim(self)?;
                 }
