@@ -95,9 +95,9 @@ pub struct WalConfig {
     pub lazy_commit: Duration,
     /// Write-behind: most bytes one attached log keeps in memory, logged to the WAL but not yet
     /// written to its segment files (records settled before they are written never are). An
-    /// appender past it writes its log's oldest half. 0 (the default, until the simulation's
-    /// long runs pass with it): attached logs write their segments at once, as standalone logs
-    /// do. 4 MiB is the value measured in `docs/BENCHMARKS.md`.
+    /// appender past it writes its log's oldest half. Default 4 MiB (measured in
+    /// `docs/BENCHMARKS.md`); 0: attached logs write their segments at once, as standalone logs
+    /// do.
     pub write_behind_bytes: usize,
     /// Write-behind: most such bytes over all attached logs; an appender past it writes all of
     /// its log's. Default 64 MiB.
@@ -110,7 +110,7 @@ impl Default for WalConfig {
             file_bytes: 64 << 20,
             max_pending_bytes: 32 << 20,
             lazy_commit: Duration::from_millis(50),
-            write_behind_bytes: 0,
+            write_behind_bytes: 4 << 20,
             write_behind_total: 64 << 20,
         }
     }
