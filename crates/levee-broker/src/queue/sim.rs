@@ -178,10 +178,12 @@ impl Sim {
         )
     }
 
-    /// The running process ends: its queue core and log go, then its WAL's threads are joined
-    /// (after a crash their handles are dead, so whatever they still try fails). Without the
-    /// join, a maintenance thread of the old process could delete a WAL file the next process is
-    /// recovering, or its commit thread create the file the next one starts.
+    /// The running process ends: its queue core goes, and with it its log (dropping the last
+    /// handle closes it, syncing what was written; after a crash its handles are dead, so that
+    /// fails), then its WAL's threads are joined. Without the join, a maintenance thread of the
+    /// old process could delete a WAL file the next process is recovering, or its commit thread
+    /// create the file the next one starts. The faults end with the process: the next one starts
+    /// on a repaired disk.
     fn stop_process(&mut self) {
         let old = std::mem::replace(
             &mut self.core,
@@ -191,6 +193,10 @@ impl Sim {
         if let Some(wal) = self.wal.take() {
             let _ = wal.close();
         }
+        self.disk.fail_syncs(None);
+        self.disk.set_write_budget(None);
+        self.syncs_failing = false;
+        self.disk_full = false;
     }
 
     fn fail(&self, what: String) -> ! {
@@ -593,10 +599,6 @@ impl Sim {
         }
         self.disk.crash(mode);
         self.stop_process();
-        self.disk.fail_syncs(None);
-        self.disk.set_write_budget(None);
-        self.syncs_failing = false;
-        self.disk_full = false;
         self.recover_and_check(false);
     }
 
@@ -604,22 +606,7 @@ impl Sim {
     fn clean_restart(&mut self) {
         let kept = self.core.kept_settlements();
         let faulty = self.syncs_failing || self.disk_full;
-        let log = self.core.log().cloned();
-        let old = std::mem::replace(
-            &mut self.core,
-            QueueCore::memory("gone".into(), super::QueueState::new(config(), 1)),
-        );
-        drop(old);
-        if let Some(log) = log
-            && let Ok(log) = Arc::try_unwrap(log)
-        {
-            let _ = log.close();
-        }
         self.stop_process();
-        self.disk.fail_syncs(None);
-        self.disk.set_write_budget(None);
-        self.syncs_failing = false;
-        self.disk_full = false;
         self.recover_and_check(kept == 0 && !faulty);
     }
 
@@ -688,7 +675,6 @@ impl Sim {
     }
 }
 
-/// Whether `LEVEE_SIM_TRACE` asks for a step-by-step trace on stderr.
 /// On a failed recovery: every file of the queue directory, frame by frame (offset, record type,
 /// length; a message's seq, a skip record's gap), and where the scan stopped, so a failing seed
 /// shows what the disk held.
@@ -737,6 +723,7 @@ fn dump_segments(backend: &Arc<dyn Backend>, dir: &std::path::Path) {
     }
 }
 
+/// Whether `LEVEE_SIM_TRACE` asks for a step-by-step trace on stderr.
 fn tracing_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("LEVEE_SIM_TRACE").is_some())
