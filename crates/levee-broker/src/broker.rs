@@ -478,7 +478,7 @@ impl Broker {
         let (tx, rx) = mpsc::unbounded_channel();
         let (core, log) = match (config.durability, &queue_dir) {
             (Durability::Disk(_), Some(queue_dir)) => {
-                let dir = queue_dir.join("log");
+                let dir = queue_dir.join(crate::catalog::LOG_DIR);
                 let mut lc =
                     crate::storage::log_config_for(&config, self.inner.config.segment_bytes);
                 // A queue on the broker's own backend shares its write-ahead log. A replicated

@@ -121,18 +121,28 @@ impl StorageFile for FsFile {
 
 impl Backend for FsBackend {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        if dir.is_dir() {
+        // The missing directories, deepest first, up to the first one that exists.
+        let mut missing = Vec::new();
+        let mut cur = Some(dir);
+        while let Some(d) = cur {
+            if d.as_os_str().is_empty() || d.is_dir() {
+                break;
+            }
+            missing.push(d);
+            cur = d.parent();
+        }
+        if missing.is_empty() {
             return Ok(());
         }
         fs::create_dir_all(dir)?;
-        // Make the new entries durable up to the first existing ancestor.
-        let mut cur = dir.parent();
-        while let Some(p) = cur {
-            if p.as_os_str().is_empty() {
-                break;
+        // A new entry is durable once its parent directory is synced: sync the parent of each
+        // directory created (the first existing ancestor and every new one but the deepest), and
+        // nothing above, whose entries did not change. The deepest one's own entries are its
+        // creator's to sync.
+        for d in missing {
+            if let Some(p) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+                self.sync_dir(p)?;
             }
-            self.sync_dir(p)?;
-            cur = p.parent();
         }
         Ok(())
     }
