@@ -216,6 +216,27 @@ struct Logs {
     /// Directories attached (or detached) while WAL file `value` was written: a new attachment to
     /// such a directory waits until its `attach` record is durable (invariant 3).
     seen: HashMap<PathBuf, u64>,
+    /// The ids in `attached` of each directory (usually one; two while a closed log's
+    /// successor opens), so an attach does not scan every attached log.
+    by_dir: HashMap<PathBuf, Vec<LogId>>,
+}
+
+impl Logs {
+    fn insert(&mut self, id: LogId, dir: &Path, epoch: u64, log: Weak<dyn Attached>) {
+        self.attached.insert(id, (dir.to_path_buf(), epoch, log));
+        self.by_dir.entry(dir.to_path_buf()).or_default().push(id);
+    }
+
+    fn remove(&mut self, id: LogId) -> Option<(PathBuf, u64, Weak<dyn Attached>)> {
+        let entry = self.attached.remove(&id)?;
+        if let Some(ids) = self.by_dir.get_mut(&entry.0) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_dir.remove(&entry.0);
+            }
+        }
+        Some(entry)
+    }
 }
 
 #[derive(Default)]
@@ -579,6 +600,7 @@ impl Wal {
             logs: Mutex::new(Logs {
                 next_id: max_id,
                 attached: HashMap::new(),
+                by_dir: HashMap::new(),
                 seen: HashMap::new(),
             }),
             maint: Mutex::new(Maint::default()),
@@ -667,11 +689,24 @@ impl Wal {
             let mut logs = self.inner.logs.lock();
             // A log of this directory that closed without making its segments durable: this
             // log's recovery just fsynced them.
-            logs.attached
-                .retain(|_, (d, _, l)| d != dir || l.strong_count() > 0);
+            let gone: Vec<LogId> = logs
+                .by_dir
+                .get(dir)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|i| {
+                    logs.attached
+                        .get(i)
+                        .is_some_and(|(_, _, l)| l.strong_count() == 0)
+                })
+                .collect();
+            for i in gone {
+                logs.remove(i);
+            }
             let id = logs.next_id;
             logs.next_id += 1;
-            logs.attached.insert(id, (dir.to_path_buf(), epoch, log));
+            logs.insert(id, dir, epoch, log);
             let file = self.inner.file_index.load(Ordering::Relaxed);
             let wait = logs.seen.insert(dir.to_path_buf(), file).is_some();
             (id, wait)
@@ -764,7 +799,7 @@ impl Wal {
     /// Forgets an attached log (after it made its segments durable).
     pub(crate) fn detach(&self, id: LogId) {
         let mut logs = self.inner.logs.lock();
-        if let Some((dir, _, _)) = logs.attached.remove(&id) {
+        if let Some((dir, _, _)) = logs.remove(id) {
             let file = self.inner.file_index.load(Ordering::Relaxed);
             logs.seen.insert(dir, file);
         }
