@@ -367,10 +367,13 @@ impl Attached for Inner {
         if self.state.lock().closed {
             return Ok(());
         }
-        // Only rolled segments need the fsync + rename here (the active one is the WAL's).
+        // Only rolled segments need the fsync + rename here (the active one is the WAL's). A
+        // directory entry not yet durable alone (a fresh log's first segment) waits for the next
+        // checkpoint, which syncs it before the WAL file holding its header goes (the redo
+        // recreates a missing newest segment): a declare costs no segment fsync.
         let (rolled, wal_pos) = {
             let st = self.state.lock();
-            let rolled = st.dir_dirty || st.segments.iter().rev().skip(1).any(|s| !s.sealed);
+            let rolled = st.segments.iter().rev().skip(1).any(|s| !s.sealed);
             (rolled, st.wal_pos)
         };
         if rolled {
