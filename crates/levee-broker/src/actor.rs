@@ -117,8 +117,9 @@ pub(crate) enum Cmd {
         confirm_to: ConfirmTo,
         credited: bool,
     },
-    /// A message moved here from another queue's dead-lettering.
-    DeadLetter(Message),
+    /// A message moved here from another queue's dead-lettering (boxed, as `Reconfigure`'s
+    /// config: a command's size is every queue's channel block size times 32, even idle).
+    DeadLetter(Box<Message>),
     AddProducer {
         producer: ProducerId,
         conn: ConnTx,
@@ -160,7 +161,7 @@ pub(crate) enum Cmd {
     Peek(usize, oneshot::Sender<Vec<levee_proto::Delivery>>),
     /// Change the queue's configuration.
     Reconfigure(
-        QueueConfig,
+        Box<QueueConfig>,
         oneshot::Sender<Result<(), crate::queue::reconfigure::ReconfigureError>>,
     ),
     /// The consumer's connection wrote every delivery up to this tag to its socket.
@@ -385,7 +386,7 @@ impl QueueActor {
                 }
                 self.core.publish(now, producer, req, messages, credited);
             }
-            Cmd::DeadLetter(message) => self.core.dead_letter_in(now, message),
+            Cmd::DeadLetter(message) => self.core.dead_letter_in(now, *message),
             Cmd::AddProducer { producer, conn } => {
                 self.producers.insert(producer, conn);
                 self.core.add_producer(now, producer);
@@ -438,7 +439,7 @@ impl QueueActor {
                 let _ = reply.send(self.core.peek(n));
             }
             Cmd::Reconfigure(config, reply) => {
-                let _ = reply.send(self.core.reconfigure(now, config));
+                let _ = reply.send(self.core.reconfigure(now, *config));
             }
             Cmd::Barrier(reply) => {
                 // Flushed before the reply: whatever the commands before it dispatched is
@@ -593,7 +594,7 @@ impl QueueActor {
                     message,
                 } => match self.router.route(&target) {
                     Some(tx) => {
-                        let _ = tx.send(Cmd::DeadLetter(message));
+                        let _ = tx.send(Cmd::DeadLetter(Box::new(message)));
                     }
                     None => tracing::warn!(queue = %self.core.name(), %target,
                         "dead-letter queue missing: message dropped"),
@@ -677,5 +678,19 @@ impl QueueActor {
             config: self.core.config().clone(),
             stats,
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Every queue's command channel allocates blocks of 32 commands, even idle (issue 13: an
+    /// idle queue's memory): keep the command small, boxing large payloads.
+    #[test]
+    fn a_command_is_small() {
+        assert!(
+            std::mem::size_of::<super::Cmd>() <= 80,
+            "{}",
+            std::mem::size_of::<super::Cmd>()
+        );
     }
 }

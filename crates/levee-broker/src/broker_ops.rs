@@ -84,7 +84,7 @@ impl Broker {
             .map_err(BrokerError::join)??;
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
-        tx.send(Cmd::Reconfigure(config.clone(), reply))
+        tx.send(Cmd::Reconfigure(Box::new(config.clone()), reply))
             .map_err(|_| BrokerError::UnknownQueue(name.to_string()))?;
         rx.await
             .map_err(|_| BrokerError::UnknownQueue(name.to_string()))?

@@ -117,6 +117,6 @@ pub(crate) fn dead_letter_via(
             "dead letter matched no queue: dropped");
     }
     for tx in senders {
-        let _ = tx.send(Cmd::DeadLetter(message.clone()));
+        let _ = tx.send(Cmd::DeadLetter(Box::new(message.clone())));
     }
 }
