@@ -154,7 +154,8 @@ async fn sample(ops: &super::Ops, queues: Vec<(String, QueueTx)>) {
         for (info, o) in &got {
             h.record(&info.queue, point(now, info, o));
         }
-        h.retain(|q| names.iter().any(|n| n == q));
+        let names: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+        h.retain(|q| names.contains(q));
     }
     let ready: HashMap<&str, u64> = got
         .iter()
