@@ -133,6 +133,11 @@ pub struct WalStats {
     pub file_index: u64,
     /// Failures survived (epochs started after a failed write or fsync).
     pub failures: u64,
+    /// Rotations into a file the maintenance thread had made ahead (the others created their
+    /// file on the commit path).
+    pub rotations_made_ahead: u64,
+    /// Rotations that created their file on the commit path.
+    pub rotations_made_inline: u64,
 }
 
 /// What [`Wal::open`]'s redo found and did.
@@ -244,6 +249,8 @@ struct Maint {
     queue: VecDeque<Weak<dyn Attached>>,
     /// Delete WAL files below this index once a checkpoint succeeded.
     checkpoint: Option<u64>,
+    /// Make the next WAL file ahead (`WalInner::prepared`).
+    prepare: bool,
     shutdown: bool,
 }
 
@@ -268,6 +275,11 @@ struct WalInner {
     /// ([`Wal::flush_orphans`]). Their attachment stays with a dead handle, so no WAL file they
     /// wrote into is deleted meanwhile.
     orphans: Mutex<Vec<(PathBuf, Vec<crate::log::OrphanWrite>)>>,
+    /// The next WAL file, made ahead by the maintenance thread (created, preallocated, header
+    /// fsynced with the directory) so a rotation costs the commit path no file creation: only its
+    /// `attach` records, written in front of the commit's records. Held while a file is made,
+    /// so the commit thread never creates the same name at the same time.
+    prepared: Mutex<Option<(u64, Arc<dyn StorageFile>)>>,
 }
 
 struct Active {
@@ -615,6 +627,7 @@ impl Wal {
             }),
             behind_total: AtomicUsize::new(0),
             orphans: Mutex::new(Vec::new()),
+            prepared: Mutex::new(None),
         });
         // new_file syncs the WAL directory, which also makes the removals above durable.
         let (file, pos) = inner.new_file(first, 0)?;
@@ -634,6 +647,7 @@ impl Wal {
             .spawn(move || maint_loop(&maint_inner))
             .map_err(|e| StoreError::io("spawn WAL thread", &inner.dir, e))?;
         inner.threads.lock().extend([commit, maint]);
+        inner.request_prepare();
         report.elapsed = started.elapsed();
         let stop = Arc::new(StopOnDrop(inner.clone()));
         Ok((Wal { inner, _stop: stop }, report))
@@ -895,32 +909,94 @@ impl WalInner {
         self.dir.join(wal_name(index))
     }
 
-    /// Creates WAL file `index` (preallocated), with its header and an `attach` record for every log
-    /// attached in `epoch`, fsynced with the directory. Returns the file and its write position.
+    /// WAL file `index`: created (or taken from [`WalInner::prepared`]), with the `attach`
+    /// records of every log attached in `epoch`, fsynced with the directory. Returns the file and
+    /// its write position.
     fn new_file(&self, index: u64, epoch: u64) -> Result<(Arc<dyn StorageFile>, u64)> {
+        let file = {
+            let mut prepared = self.prepared.lock();
+            let file = match prepared.take() {
+                Some((i, f)) if i == index => f,
+                stale => {
+                    if let Some((i, _)) = stale {
+                        // Made for a name a failure skipped: never written, nothing to keep.
+                        let _ = self.backend.remove_file(&self.path(i));
+                    }
+                    self.create_file(index)?
+                }
+            };
+            // Under the lock: `prepare_next` makes the file after this one, never this one.
+            self.file_index.store(index, Ordering::Relaxed);
+            file
+        };
+        let head = self.attach_frames(epoch);
+        let path = self.path(index);
+        file.write_at(&head, WAL_HEADER_LEN as u64)
+            .and_then(|()| file.sync())
+            .map_err(|e| StoreError::io("write", &path, e))?;
+        Ok((file, (WAL_HEADER_LEN + head.len()) as u64))
+    }
+
+    /// Creates WAL file `index`: preallocated, its header written and fsynced, the directory
+    /// fsynced (nothing in it yet). A failure after the file was created removes it (best
+    /// effort). Blocking.
+    fn create_file(&self, index: u64) -> Result<Arc<dyn StorageFile>> {
         let path = self.path(index);
         let file = self
             .backend
             .open_file(&path, OpenMode::CreateNew)
             .map_err(|e| StoreError::io("create", &path, e))?;
         let _ = file.preallocate(self.config.file_bytes);
-        let mut head = encode_header(index);
-        {
-            let logs = self.logs.lock();
-            for (id, (dir, e, _)) in &logs.attached {
-                if *e == epoch {
-                    encode_attach(&mut head, *id, dir);
-                }
+        let made = file
+            .write_at(&encode_header(index), 0)
+            .and_then(|()| file.sync())
+            .map_err(|e| StoreError::io("write", &path, e))
+            .and_then(|()| {
+                self.backend
+                    .sync_dir(&self.dir)
+                    .map_err(|e| StoreError::io("fsync_dir", &self.dir, e))
+            });
+        if let Err(e) = made {
+            let _ = self.backend.remove_file(&path);
+            return Err(e);
+        }
+        Ok(file)
+    }
+
+    /// The `attach` records of every log attached in `epoch`: the first records of each WAL file.
+    fn attach_frames(&self, epoch: u64) -> Vec<u8> {
+        let mut head = Vec::new();
+        let logs = self.logs.lock();
+        for (id, (dir, e, _)) in &logs.attached {
+            if *e == epoch {
+                encode_attach(&mut head, *id, dir);
             }
         }
-        file.write_at(&head, 0)
-            .and_then(|()| file.sync())
-            .map_err(|e| StoreError::io("write", &path, e))?;
-        self.backend
-            .sync_dir(&self.dir)
-            .map_err(|e| StoreError::io("fsync_dir", &self.dir, e))?;
-        self.file_index.store(index, Ordering::Relaxed);
-        Ok((file, head.len() as u64))
+        head
+    }
+
+    /// Asks the maintenance thread to make the next WAL file ahead.
+    fn request_prepare(&self) {
+        let mut m = self.maint.lock();
+        m.prepare = true;
+        self.maint_cv.notify_one();
+    }
+
+    /// On the maintenance thread: makes the file after the active one, unless it is made already.
+    /// A failure leaves none (the next rotation creates its file itself, and asks again).
+    fn prepare_next(&self) {
+        let mut prepared = self.prepared.lock();
+        let index = self.file_index.load(Ordering::Relaxed) + 1;
+        if prepared.as_ref().is_some_and(|(i, _)| *i == index) {
+            return;
+        }
+        if let Some((i, _)) = prepared.take() {
+            let _ = self.backend.remove_file(&self.path(i));
+        }
+        match self.create_file(index) {
+            Ok(f) => *prepared = Some((index, f)),
+            Err(e) => tracing::debug!(error = %e, "making the next WAL file ahead failed"),
+        }
     }
 
     /// Fails the current epoch (invariant 4).
@@ -1057,26 +1133,64 @@ impl WalInner {
             if a.pos + len + END_FRAME_LEN > self.config.file_bytes
                 && a.pos > WAL_HEADER_LEN as u64 + 4096
             {
-                // Rotate: end this file, start the next, checkpoint the full one behind.
+                // Rotate: end this file, start the next, checkpoint the full one behind. The
+                // end frame needs no fsync of its own: a scan stops at the first invalid frame
+                // (the preallocated zeros) as at the end frame, and every record before it was
+                // fsynced by its commit.
                 let mut endf = Vec::new();
                 format::frame_into(&mut endf, T_END, |_| {});
                 let path = self.path(a.index);
                 a.file
                     .write_at(&endf, a.pos)
-                    .and_then(|()| a.file.sync())
                     .map_err(|e| StoreError::io("write", &path, e))?;
                 let epoch = self.buf.lock().epoch;
-                let (f, p) = self.new_file(a.index + 1, epoch).inspect_err(|_| {
-                    // The file may exist half made: the restart uses the next name.
-                    a.index += 1;
-                })?;
+                let next = a.index + 1;
+                let made = {
+                    let mut prepared = self.prepared.lock();
+                    match prepared.take() {
+                        Some((i, f)) if i == next => {
+                            // Under the lock: `prepare_next` makes the file after this one.
+                            self.file_index.store(next, Ordering::Relaxed);
+                            Some(f)
+                        }
+                        other => {
+                            *prepared = other;
+                            None
+                        }
+                    }
+                };
+                let ahead = made.is_some();
+                let (f, p) = match made {
+                    // Made ahead: its attach records go in front of this commit's records,
+                    // and this commit's fdatasync covers both (the file's size does not change).
+                    Some(f) => {
+                        let head = self.attach_frames(epoch);
+                        f.write_at(&head, WAL_HEADER_LEN as u64)
+                            .map_err(|e| StoreError::io("write", &self.path(next), e))
+                            .inspect_err(|_| a.index = next)?;
+                        (f, (WAL_HEADER_LEN + head.len()) as u64)
+                    }
+                    None => self.new_file(next, epoch).inspect_err(|_| {
+                        // The file may exist half made: the restart uses the next name.
+                        a.index = next;
+                    })?,
+                };
+                {
+                    let mut st = self.stats.lock();
+                    if ahead {
+                        st.rotations_made_ahead += 1;
+                    } else {
+                        st.rotations_made_inline += 1;
+                    }
+                }
                 *a = Active {
                     file: f,
-                    index: a.index + 1,
+                    index: next,
                     pos: p,
                 };
                 let mut m = self.maint.lock();
                 m.checkpoint = Some(a.index);
+                m.prepare = true;
                 self.maint_cv.notify_one();
             }
             let path = self.path(a.index);
@@ -1162,17 +1276,21 @@ impl StorageFile for NoWalFile {
 /// The maintenance thread: checkpoints (then deletes full WAL files) and per-log maintenance.
 fn maint_loop(w: &WalInner) {
     loop {
-        let (checkpoint, batch) = {
+        let (checkpoint, batch, prepare) = {
             let mut m = w.maint.lock();
-            while !m.shutdown && m.checkpoint.is_none() && m.queue.is_empty() {
+            while !m.shutdown && m.checkpoint.is_none() && m.queue.is_empty() && !m.prepare {
                 w.maint_cv.wait(&mut m);
             }
             if m.shutdown {
                 return;
             }
             let batch: Vec<_> = m.queue.drain(..).collect();
-            (m.checkpoint.take(), batch)
+            (m.checkpoint.take(), batch, std::mem::take(&mut m.prepare))
         };
+        // First, before the checkpoint's fsyncs: the next rotation must find its file made.
+        if prepare {
+            w.prepare_next();
+        }
         let mut done: HashSet<*const ()> = HashSet::new();
         for log in batch {
             if let Some(l) = log.upgrade() {
