@@ -630,7 +630,7 @@ impl Wal {
             prepared: Mutex::new(None),
         });
         // new_file syncs the WAL directory, which also makes the removals above durable.
-        let (file, pos) = inner.new_file(first, 0)?;
+        let (file, _, pos) = inner.new_file(first, 0, true)?;
         *inner.active.lock() = Active {
             file,
             index: first,
@@ -909,32 +909,39 @@ impl WalInner {
         self.dir.join(wal_name(index))
     }
 
-    /// WAL file `index`: created (or taken from [`WalInner::prepared`]), with the `attach`
-    /// records of every log attached in `epoch`, fsynced with the directory. Returns the file and
-    /// its write position.
-    fn new_file(&self, index: u64, epoch: u64) -> Result<(Arc<dyn StorageFile>, u64)> {
-        let file = {
+    /// WAL file `index`: taken from [`WalInner::prepared`] if it was made ahead (the second
+    /// value says so), else created, with the `attach` records of every log attached in `epoch`
+    /// after its header. With `sync` those are fsynced here; without, the caller's commit fsyncs
+    /// them with its records (a rotation). Returns the file, whether it was made ahead, and its
+    /// write position.
+    fn new_file(
+        &self,
+        index: u64,
+        epoch: u64,
+        sync: bool,
+    ) -> Result<(Arc<dyn StorageFile>, bool, u64)> {
+        let (file, ahead) = {
             let mut prepared = self.prepared.lock();
-            let file = match prepared.take() {
-                Some((i, f)) if i == index => f,
+            let made = match prepared.take() {
+                Some((i, f)) if i == index => (f, true),
                 stale => {
                     if let Some((i, _)) = stale {
                         // Made for a name a failure skipped: never written, nothing to keep.
                         let _ = self.backend.remove_file(&self.path(i));
                     }
-                    self.create_file(index)?
+                    (self.create_file(index)?, false)
                 }
             };
             // Under the lock: `prepare_next` makes the file after this one, never this one.
             self.file_index.store(index, Ordering::Relaxed);
-            file
+            made
         };
         let head = self.attach_frames(epoch);
         let path = self.path(index);
         file.write_at(&head, WAL_HEADER_LEN as u64)
-            .and_then(|()| file.sync())
+            .and_then(|()| if sync { file.sync() } else { Ok(()) })
             .map_err(|e| StoreError::io("write", &path, e))?;
-        Ok((file, (WAL_HEADER_LEN + head.len()) as u64))
+        Ok((file, ahead, (WAL_HEADER_LEN + head.len()) as u64))
     }
 
     /// Creates WAL file `index`: preallocated, its header written and fsynced, the directory
@@ -1145,36 +1152,13 @@ impl WalInner {
                     .map_err(|e| StoreError::io("write", &path, e))?;
                 let epoch = self.buf.lock().epoch;
                 let next = a.index + 1;
-                let made = {
-                    let mut prepared = self.prepared.lock();
-                    match prepared.take() {
-                        Some((i, f)) if i == next => {
-                            // Under the lock: `prepare_next` makes the file after this one.
-                            self.file_index.store(next, Ordering::Relaxed);
-                            Some(f)
-                        }
-                        other => {
-                            *prepared = other;
-                            None
-                        }
-                    }
-                };
-                let ahead = made.is_some();
-                let (f, p) = match made {
-                    // Made ahead: its attach records go in front of this commit's records,
-                    // and this commit's fdatasync covers both (the file's size does not change).
-                    Some(f) => {
-                        let head = self.attach_frames(epoch);
-                        f.write_at(&head, WAL_HEADER_LEN as u64)
-                            .map_err(|e| StoreError::io("write", &self.path(next), e))
-                            .inspect_err(|_| a.index = next)?;
-                        (f, (WAL_HEADER_LEN + head.len()) as u64)
-                    }
-                    None => self.new_file(next, epoch).inspect_err(|_| {
-                        // The file may exist half made: the restart uses the next name.
-                        a.index = next;
-                    })?,
-                };
+                // Made ahead or here, the file's header and directory entry are durable
+                // (`create_file`); its attach records go in front of this commit's records, and
+                // this commit's fdatasync covers both (the file's size does not change).
+                let (f, ahead, p) = self.new_file(next, epoch, false).inspect_err(|_| {
+                    // The file may exist half made: the restart uses the next name.
+                    a.index = next;
+                })?;
                 {
                     let mut st = self.stats.lock();
                     if ahead {
@@ -1216,8 +1200,8 @@ impl WalInner {
             }
             b.epoch + 1
         };
-        let (f, p) = self
-            .new_file(a.index + 1, epoch)
+        let (f, _, p) = self
+            .new_file(a.index + 1, epoch, true)
             .inspect_err(|_| a.index += 1)?;
         *a = Active {
             file: f,
