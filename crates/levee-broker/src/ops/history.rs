@@ -9,7 +9,7 @@
 //!   are in increasing `t`; a point at or before the newest one is ignored (a clock step back
 //!   never reorders a chart).
 //! - Points are stored as runs: consecutive points whose figures are all equal (an idle queue's,
-//!   second after second) are one [`Run`] (the figures, the first and last `t`, the count). A
+//!   second after second) are one `Run` (the figures, the first and last `t`, the count). A
 //!   run's inner points are given back with `t` spread evenly between its first and last (the
 //!   sampler ticks once a second, so this is off by the sampler's jitter at most); the first and
 //!   last are exact.
