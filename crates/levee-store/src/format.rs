@@ -242,6 +242,12 @@ pub fn decode_segment_header(buf: &[u8]) -> Result<SegmentHeader, FrameError> {
 
 /// Locates and checks the frame at the start of `buf`.
 pub fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
+    decode_frame_salted(buf, 0)
+}
+
+/// [`decode_frame`] for a frame whose stored CRC was XORed with `salt` ([`salt_frames`]; the WAL
+/// salts its frames with the file's index, so the stale frames of a recycled file do not check).
+pub fn decode_frame_salted(buf: &[u8], salt: u32) -> Result<Frame<'_>, FrameError> {
     if buf.len() < FRAME_PREFIX_LEN {
         return Err(FrameError::Truncated {
             needed: FRAME_PREFIX_LEN as u64,
@@ -259,7 +265,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
             have: buf.len() as u64,
         });
     }
-    let stored = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+    let stored = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")) ^ salt;
     let computed = frame_crc(&buf[..4], &buf[FRAME_PREFIX_LEN..total]);
     if stored != computed {
         return Err(FrameError::Checksum { stored, computed });
@@ -572,6 +578,24 @@ pub(crate) fn frame_into(out: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec
     let crc = frame_crc(&out[start..start + 4], &out[start + FRAME_PREFIX_LEN..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     out.len() - start
+}
+
+/// XORs the stored CRC of every frame of `buf` (whole frames, as [`frame_into`] made them) with
+/// `salt`: what [`decode_frame_salted`] undoes. Stops at a length that does not fit (never the case
+/// for frames made by [`frame_into`]).
+pub(crate) fn salt_frames(buf: &mut [u8], salt: u32) {
+    let mut off = 0;
+    while off + FRAME_PREFIX_LEN <= buf.len() {
+        let len = u32::from_le_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+        let total = FRAME_PREFIX_LEN + len;
+        if len == 0 || off + total > buf.len() {
+            debug_assert!(false, "salt_frames over a partial frame at {off}");
+            return;
+        }
+        let crc = u32::from_le_bytes(buf[off + 4..off + 8].try_into().expect("4 bytes")) ^ salt;
+        buf[off + 4..off + 8].copy_from_slice(&crc.to_le_bytes());
+        off += total;
+    }
 }
 
 /// Bytes a message's frame will take, or an error if a field exceeds its on-disk width.

@@ -29,9 +29,13 @@
 //! 1. Per attached log, WAL order is segment write order: the WAL record is appended right after the
 //!    segment `pwrite` succeeded (or in its place, written behind), under the log's write lock. So the WAL holds, for each log, a
 //!    contiguous range of its segment bytes ending at its newest write.
-//! 2. A WAL file is deleted only after every log that wrote into it (or into an older file) had all
-//!    its unsealed segments and its directory fsynced (a checkpoint, or its close): so deleting it
-//!    loses no byte a handle reported durable.
+//! 2. A WAL file is retired (deleted, or renamed to a spare for reuse) only after every log that
+//!    wrote into it (or into an older file) had all its unsealed segments and its directory
+//!    fsynced (a checkpoint, or its close): so retiring it loses no byte a handle reported durable.
+//! 5. A scan of a WAL file reads only frames of its current life: from format version 5 each
+//!    frame's stored CRC is salted with the file's index (`frame_salt`), so the frames a
+//!    recycled file keeps from its earlier life (another index) fail their check and end the scan.
+//!    A spare gets its new header (fsynced) before it takes its new name.
 //! 3. Redo skips records of a log that is not the newest attached to its directory (a deleted and
 //!    re-declared queue, a log reopened after a failure: the new log's open fsynced everything and
 //!    its `attach` record, durable before its first write, supersedes the old one), records for a
@@ -62,7 +66,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::backend::{Backend, OpenMode, StorageFile};
 use crate::durability::SyncShared;
 use crate::error::{Result, StoreError};
-use crate::format::{self, FORMAT_VERSION, FrameError};
+use crate::format::{self, FrameError};
 
 /// Identifies one logical log inside a [`Wal`].
 pub type LogId = u64;
@@ -72,6 +76,13 @@ pub const WAL_MAGIC: [u8; 8] = *b"LEVEEWAL";
 /// Oldest format version of a WAL file still read (the WAL came with version 3; version 4 changed
 /// only segments).
 const WAL_MIN_FORMAT_VERSION: u16 = 3;
+/// Format version this build writes in WAL headers. Version 5: every frame's stored CRC is XORed
+/// with the salt of the file's index (WAL files are recycled, and a recycled file's stale
+/// frames must not check). Segments stay at [`crate::format::FORMAT_VERSION`]; the WAL's version is its own
+/// from 5 on, and a build that knows only 4 refuses a version 5 WAL with a clear error.
+pub const WAL_FORMAT_VERSION: u16 = 5;
+/// Name suffix of a spare (retired, to be recycled) WAL file: `<old index>.spare`.
+const SPARE_SUFFIX: &str = ".spare";
 /// Size of a WAL file header: magic | version u16 | flags u16 (0) | file index u64 | crc32c u32.
 pub const WAL_HEADER_LEN: usize = 24;
 /// WAL record: bytes written to a segment (log id u64, segment index u64, offset u64, bytes).
@@ -102,6 +113,13 @@ pub struct WalConfig {
     /// Write-behind: most such bytes over all attached logs; an appender past it writes all of
     /// its log's. Default 64 MiB.
     pub write_behind_total: usize,
+    /// Full WAL files kept as spares after their checkpoint, and reused for the next files
+    /// instead of creating new ones. Default 1 (then the WAL directory holds at most three
+    /// files: the active one, the next one made ahead, one spare). Deleting a preallocated file
+    /// frees (and on a `discard` mount trims) all its blocks at once, which stalled the
+    /// commits' fdatasync by tens of ms; a recycled file also has its blocks written already,
+    /// so a commit's fdatasync converts no unwritten extents. 0: delete them, as before.
+    pub recycle_files: usize,
 }
 
 impl Default for WalConfig {
@@ -112,6 +130,7 @@ impl Default for WalConfig {
             lazy_commit: Duration::from_millis(50),
             write_behind_bytes: 4 << 20,
             write_behind_total: 64 << 20,
+            recycle_files: 1,
         }
     }
 }
@@ -138,6 +157,8 @@ pub struct WalStats {
     pub rotations_made_ahead: u64,
     /// Rotations that created their file on the commit path.
     pub rotations_made_inline: u64,
+    /// WAL files made by reusing a spare (see [`WalConfig::recycle_files`]) rather than creating one.
+    pub files_recycled: u64,
 }
 
 /// What [`Wal::open`]'s redo found and did.
@@ -280,6 +301,9 @@ struct WalInner {
     /// `attach` records, written in front of the commit's records. Held while a file is made,
     /// so the commit thread never creates the same name at the same time.
     prepared: Mutex<Option<(u64, Arc<dyn StorageFile>)>>,
+    /// Spare WAL files (paths), at most [`WalConfig::recycle_files`]: full files retired by a
+    /// checkpoint, reused by [`WalInner::create_file`].
+    spares: Mutex<Vec<PathBuf>>,
 }
 
 struct Active {
@@ -300,10 +324,21 @@ fn parse_wal_name(name: &str) -> Option<u64> {
     u64::from_str_radix(stem, 16).ok()
 }
 
+fn spare_name(index: u64) -> String {
+    format!("{index:016x}{SPARE_SUFFIX}")
+}
+
+/// The value every frame's stored CRC in WAL file `index` is XORed with (version 5): distinct for
+/// any two indices less than 2^32 apart (an odd multiplier and an XOR are bijections of `u32`),
+/// so no frame left in a recycled file checks under its new index.
+pub(crate) fn frame_salt(index: u64) -> u32 {
+    ((index as u32) ^ 0x5bd1_e995).wrapping_mul(0x9e37_79b1)
+}
+
 fn encode_header(index: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(WAL_HEADER_LEN);
     out.extend_from_slice(&WAL_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&WAL_FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&index.to_le_bytes());
     let crc = crc32c::crc32c(&out);
@@ -369,11 +404,11 @@ fn scan_file(path: &Path, index: u64, data: &[u8]) -> Result<Vec<(u8, std::ops::
         tracing::warn!(path = %path.display(), "WAL file with a torn header ignored");
         return Ok(Vec::new());
     }
-    if !(WAL_MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
+    if !(WAL_MIN_FORMAT_VERSION..=WAL_FORMAT_VERSION).contains(&version) {
         return Err(StoreError::FormatVersion {
             path: path.to_path_buf(),
             found: version,
-            supported: FORMAT_VERSION,
+            supported: WAL_FORMAT_VERSION,
         });
     }
     let found = u64::from_le_bytes(data[12..20].try_into().expect("8 bytes"));
@@ -384,10 +419,12 @@ fn scan_file(path: &Path, index: u64, data: &[u8]) -> Result<Vec<(u8, std::ops::
             format!("header says WAL file {found:016x}"),
         ));
     }
+    // Versions 3 and 4 never recycled files: their frames are not salted.
+    let salt = if version >= 5 { frame_salt(index) } else { 0 };
     let mut out = Vec::new();
     let mut off = WAL_HEADER_LEN;
     while off < data.len() {
-        let Ok(frame) = format::decode_frame(&data[off..]) else {
+        let Ok(frame) = format::decode_frame_salted(&data[off..], salt) else {
             break;
         };
         let body_start = off + format::FRAME_PREFIX_LEN + 1;
@@ -498,12 +535,23 @@ impl Wal {
         backend
             .create_dir_all(&dir)
             .map_err(|e| StoreError::io("create_dir", &dir, e))?;
-        let mut indices: Vec<u64> = backend
+        let names = backend
             .list_dir(&dir)
-            .map_err(|e| StoreError::io("list_dir", &dir, e))?
-            .iter()
-            .filter_map(|n| parse_wal_name(n))
-            .collect();
+            .map_err(|e| StoreError::io("list_dir", &dir, e))?;
+        let mut indices: Vec<u64> = names.iter().filter_map(|n| parse_wal_name(n)).collect();
+        // Spares hold nothing anyone needs (a recycled file's header is rewritten before it
+        // takes a WAL name): keep as many as configured, remove the rest.
+        let mut spares = Vec::new();
+        for n in names.iter().filter(|n| n.ends_with(SPARE_SUFFIX)) {
+            let path = dir.join(n);
+            if spares.len() < config.recycle_files {
+                spares.push(path);
+            } else {
+                backend
+                    .remove_file(&path)
+                    .map_err(|e| StoreError::io("remove", &path, e))?;
+            }
+        }
         indices.sort_unstable();
         let mut report = ReplayReport::default();
         let read = |index: u64| -> Result<Vec<u8>> {
@@ -587,13 +635,6 @@ impl Wal {
             }
         }
         drop(redo);
-        // Everything is in the segment files now: start over.
-        for &index in &indices {
-            let path = dir.join(wal_name(index));
-            backend
-                .remove_file(&path)
-                .map_err(|e| StoreError::io("remove", &path, e))?;
-        }
         let first = indices.last().map_or(0, |i| i + 1);
         let sync = Arc::new(SyncShared::default());
         let inner = Arc::new(WalInner {
@@ -628,8 +669,14 @@ impl Wal {
             behind_total: AtomicUsize::new(0),
             orphans: Mutex::new(Vec::new()),
             prepared: Mutex::new(None),
+            spares: Mutex::new(spares),
         });
-        // new_file syncs the WAL directory, which also makes the removals above durable.
+        // Everything is in the segment files now: start over (the old files become spares or
+        // go).
+        for &index in &indices {
+            inner.retire(index)?;
+        }
+        // new_file syncs the WAL directory, which also makes the retirements durable.
         let (file, _, pos) = inner.new_file(first, 0, true)?;
         *inner.active.lock() = Active {
             file,
@@ -936,7 +983,8 @@ impl WalInner {
             self.file_index.store(index, Ordering::Relaxed);
             made
         };
-        let head = self.attach_frames(epoch);
+        let mut head = self.attach_frames(epoch);
+        format::salt_frames(&mut head, frame_salt(index));
         let path = self.path(index);
         file.write_at(&head, WAL_HEADER_LEN as u64)
             .and_then(|()| if sync { file.sync() } else { Ok(()) })
@@ -945,9 +993,22 @@ impl WalInner {
     }
 
     /// Creates WAL file `index`: preallocated, its header written and fsynced, the directory
-    /// fsynced (nothing in it yet). A failure after the file was created removes it (best
-    /// effort). Blocking.
+    /// fsynced (nothing in it yet), by recycling a spare if there is one. A failure after the
+    /// file was created removes it (best effort). Blocking.
     fn create_file(&self, index: u64) -> Result<Arc<dyn StorageFile>> {
+        let spare = self.spares.lock().pop();
+        if let Some(spare) = spare {
+            match self.recycle(&spare, index) {
+                Ok(f) => {
+                    self.stats.lock().files_recycled += 1;
+                    return Ok(f);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "recycling a WAL file failed; creating one");
+                    let _ = self.backend.remove_file(&spare);
+                }
+            }
+        }
         let path = self.path(index);
         let file = self
             .backend
@@ -968,6 +1029,49 @@ impl WalInner {
             return Err(e);
         }
         Ok(file)
+    }
+
+    /// Makes the spare at `spare` WAL file `index`: its new header is written and fsynced while it
+    /// still has its spare name (a crash then leaves a spare, ignored by recovery), then it is
+    /// renamed and the directory fsynced. Its old frames stay behind the header, and none of them
+    /// checks under the new index's salt: a scan stops at the first one as at zeros.
+    fn recycle(&self, spare: &Path, index: u64) -> Result<Arc<dyn StorageFile>> {
+        let path = self.path(index);
+        let file = self
+            .backend
+            .open_file(spare, OpenMode::Existing)
+            .map_err(|e| StoreError::io("open", spare, e))?;
+        // A spare from a smaller `file_bytes`: extend it (a no-op when it is large enough).
+        let _ = file.preallocate(self.config.file_bytes);
+        file.write_at(&encode_header(index), 0)
+            .and_then(|()| file.sync())
+            .map_err(|e| StoreError::io("write", spare, e))?;
+        self.backend
+            .rename(spare, &path)
+            .map_err(|e| StoreError::io("rename", spare, e))?;
+        self.backend
+            .sync_dir(&self.dir)
+            .map_err(|e| StoreError::io("fsync_dir", &self.dir, e))?;
+        Ok(file)
+    }
+
+    /// Retires a WAL file nothing needs any more: renamed to a spare while there are fewer than
+    /// [`WalConfig::recycle_files`], else removed. Durable after the caller's `sync_dir`.
+    fn retire(&self, index: u64) -> Result<()> {
+        let path = self.path(index);
+        let mut spares = self.spares.lock();
+        if spares.len() < self.config.recycle_files {
+            let to = self.dir.join(spare_name(index));
+            self.backend
+                .rename(&path, &to)
+                .map_err(|e| StoreError::io("rename", &path, e))?;
+            spares.push(to);
+            return Ok(());
+        }
+        drop(spares);
+        self.backend
+            .remove_file(&path)
+            .map_err(|e| StoreError::io("remove", &path, e))
     }
 
     /// The `attach` records of every log attached in `epoch`: the first records of each WAL file.
@@ -1100,7 +1204,7 @@ fn commit_loop(w: &WalInner) {
         };
         w.space.notify_all();
         let started = Instant::now();
-        let result = w.write_and_sync(&spare);
+        let result = w.write_and_sync(&mut spare);
         match result {
             Ok(()) => {
                 let took = started.elapsed();
@@ -1133,7 +1237,7 @@ fn commit_loop(w: &WalInner) {
 
 impl WalInner {
     /// One commit's I/O: rotate if `data` does not fit, write it, fdatasync.
-    fn write_and_sync(&self, data: &[u8]) -> Result<()> {
+    fn write_and_sync(&self, data: &mut [u8]) -> Result<()> {
         let mut a = self.active.lock();
         if !data.is_empty() {
             let len = data.len() as u64;
@@ -1146,6 +1250,7 @@ impl WalInner {
                 // fsynced by its commit.
                 let mut endf = Vec::new();
                 format::frame_into(&mut endf, T_END, |_| {});
+                format::salt_frames(&mut endf, frame_salt(a.index));
                 let path = self.path(a.index);
                 a.file
                     .write_at(&endf, a.pos)
@@ -1178,6 +1283,9 @@ impl WalInner {
                 self.maint_cv.notify_one();
             }
             let path = self.path(a.index);
+            // Salted for the file they land in (only known now: a rotation may have just
+            // happened). After a failed write the buffer is dropped, never written again.
+            format::salt_frames(data, frame_salt(a.index));
             a.file
                 .write_at(data, a.pos)
                 .map_err(|e| StoreError::io("write", &path, e))?;
@@ -1326,10 +1434,7 @@ fn checkpoint_upto(w: &WalInner, upto: u64) -> Result<()> {
         if let Some(i) = parse_wal_name(&n)
             && i < upto
         {
-            let p = w.path(i);
-            w.backend
-                .remove_file(&p)
-                .map_err(|e| StoreError::io("remove", &p, e))?;
+            w.retire(i)?;
             removed = true;
         }
     }

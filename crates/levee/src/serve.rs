@@ -132,6 +132,8 @@ struct WalFileConfig {
     write_behind_bytes: Option<usize>,
     #[serde(default, deserialize_with = "crate::units::de_size_usize")]
     write_behind_total: Option<usize>,
+    /// Full WAL files kept as spares and reused (`WalConfig::recycle_files`); 0 deletes them.
+    recycle_files: Option<usize>,
 }
 
 /// The `[cluster]` section.
@@ -267,6 +269,9 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         }
         if let Some(v) = w.write_behind_total {
             broker.wal.write_behind_total = v;
+        }
+        if let Some(v) = w.recycle_files {
+            broker.wal.recycle_files = v;
         }
     }
     // Every range is checked here, before anything is opened, with the setting's name.
