@@ -245,7 +245,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
     decode_frame_salted(buf, 0)
 }
 
-/// [`decode_frame`] for a frame whose stored CRC was XORed with `salt` ([`salt_frames`]; the WAL
+/// [`decode_frame`] for a frame whose stored CRC was XORed with `salt` (`salt_frames`; the WAL
 /// salts its frames with the file's index, so the stale frames of a recycled file do not check).
 pub fn decode_frame_salted(buf: &[u8], salt: u32) -> Result<Frame<'_>, FrameError> {
     if buf.len() < FRAME_PREFIX_LEN {
