@@ -32,10 +32,6 @@
 //! 2. A WAL file is retired (deleted, or renamed to a spare for reuse) only after every log that
 //!    wrote into it (or into an older file) had all its unsealed segments and its directory
 //!    fsynced (a checkpoint, or its close): so retiring it loses no byte a handle reported durable.
-//! 5. A scan of a WAL file reads only frames of its current life: from format version 5 each
-//!    frame's stored CRC is salted with the file's index (`frame_salt`), so the frames a
-//!    recycled file keeps from its earlier life (another index) fail their check and end the scan.
-//!    A spare gets its new header (fsynced) before it takes its new name.
 //! 3. Redo skips records of a log that is not the newest attached to its directory (a deleted and
 //!    re-declared queue, a log reopened after a failure: the new log's open fsynced everything and
 //!    its `attach` record, durable before its first write, supersedes the old one), records for a
@@ -46,6 +42,10 @@
 //!    returned. A failed write or fsync fails the epoch: every handle of it and every log attached
 //!    in it fails (they are reopened by their owner); the commit thread starts a new epoch in a
 //!    fresh file once a file can be created again.
+//! 5. A scan of a WAL file reads only frames of its current life: from format version 5 each
+//!    frame's stored CRC is salted with the file's index (`frame_salt`), so the frames a
+//!    recycled file keeps from its earlier life (another index) fail their check and end the scan.
+//!    A spare gets its new header (fsynced) before it takes its new name.
 //!
 //! Memory bound: the pending buffer holds at most [`WalConfig::max_pending_bytes`] (appenders wait
 //! for the commit thread beyond that: backpressure), plus one spare buffer of the same size; the

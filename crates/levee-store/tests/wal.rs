@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use levee_store::backend::fault::{CrashMode, FaultyBackend};
 use levee_store::{
-    Backend, FsyncPolicy, LogConfig, NewMessage, QueueLog, Settlement, Wal, WalConfig,
+    Backend, FsyncPolicy, LogConfig, NewMessage, QueueLog, Recovered, Settlement, Wal, WalConfig,
 };
 use proptest::prelude::*;
 
@@ -46,6 +46,14 @@ fn id_of(m: &levee_store::StoredMessage) -> u32 {
     u32::from_le_bytes(m.message.payload[4..8].try_into().unwrap())
 }
 
+/// The ids of the messages a log recovered as unsettled.
+fn unsettled_ids(log: &QueueLog, rec: &Recovered) -> BTreeSet<u32> {
+    rec.unsettled
+        .iter()
+        .map(|m| id_of(&log.read(m.seq).unwrap()))
+        .collect()
+}
+
 fn qdir(i: usize) -> PathBuf {
     PathBuf::from(format!("/data/queues/q{i}/log"))
 }
@@ -56,11 +64,7 @@ fn open_all(backend: Arc<dyn Backend>, queues: usize) -> (Wal, Vec<QueueLog>, Ve
     let mut found = Vec::new();
     for q in 0..queues {
         let (log, rec) = QueueLog::open(backend.clone(), qdir(q), log_config(&wal)).unwrap();
-        let mut ids = BTreeSet::new();
-        for m in &rec.unsettled {
-            ids.insert(id_of(&log.read(m.seq).unwrap()));
-        }
-        found.push(ids);
+        found.push(unsettled_ids(&log, &rec));
         logs.push(log);
     }
     (wal, logs, found)
@@ -402,13 +406,7 @@ fn a_recycled_wal_file_replays_only_its_own_frames() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert!(files <= 2, "{files} WAL files");
-    let spares = disk
-        .shared()
-        .list_dir(Path::new("/data/wal"))
-        .unwrap()
-        .iter()
-        .filter(|n| n.ends_with(".spare"))
-        .count();
+    let spares = files_ending(&disk, Path::new("/data/wal"), ".spare");
     assert!(spares <= 1, "{spares} spares, recycle_files is 1");
     disk.crash(CrashMode::LoseUnsynced);
     let backend = disk.shared();
@@ -418,11 +416,7 @@ fn a_recycled_wal_file_replays_only_its_own_frames() {
         ..lc
     };
     let (log, rec) = QueueLog::open(backend.clone(), qdir(0), lc).unwrap();
-    let back: Vec<u32> = rec
-        .unsettled
-        .iter()
-        .map(|m| id_of(&log.read(m.seq).unwrap()))
-        .collect();
+    let back = unsettled_ids(&log, &rec);
     assert!(back.is_empty(), "acked messages came back: {back:?}");
     // Redo applied what the files hold since their last rotation: no stale frame.
     assert!(
@@ -435,11 +429,15 @@ fn a_recycled_wal_file_replays_only_its_own_frames() {
 }
 
 fn wal_files(disk: &FaultyBackend, dir: &Path) -> usize {
+    files_ending(disk, dir, ".wal")
+}
+
+fn files_ending(disk: &FaultyBackend, dir: &Path, suffix: &str) -> usize {
     disk.shared()
         .list_dir(dir)
         .unwrap()
         .iter()
-        .filter(|n| n.ends_with(".wal"))
+        .filter(|n| n.ends_with(suffix))
         .count()
 }
 
@@ -687,12 +685,7 @@ fn compaction_under_load(attached: bool, mode: CrashMode) {
         ..log_config(&wal)
     };
     let (log, rec) = QueueLog::open(disk.shared(), qdir(0), config).unwrap();
-    let ids: BTreeSet<u32> = rec
-        .unsettled
-        .iter()
-        .map(|m| id_of(&log.read(m.seq).unwrap()))
-        .collect();
-    assert_eq!(ids, kept);
+    assert_eq!(unsettled_ids(&log, &rec), kept);
 }
 
 #[test]
