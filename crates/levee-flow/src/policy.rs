@@ -932,6 +932,29 @@ impl<T, K: Hash + Eq + Clone, S: BuildHasher + Default> PolicyQueue<T, K, S> {
         Some(e.into_item())
     }
 
+    /// Visits the queued items from the newest position back, one priority level after another,
+    /// until `f` returns `false` (which ends that level's walk). `f` may change an item in place
+    /// but not what its weight or position depend on. Costs only the items visited: for a caller
+    /// that updates the items it queued last (the broker lets go of the bodies of messages that
+    /// just became durable).
+    pub fn visit_newest(&mut self, mut f: impl FnMut(u64, &mut T) -> bool) {
+        let mut walk = |dq: &mut VecDeque<Entry<T, K>>| {
+            for e in dq.iter_mut().rev() {
+                if !f(e.seq, &mut e.item) {
+                    break;
+                }
+            }
+        };
+        match &mut self.store {
+            Store::Fifo(dq) => walk(dq),
+            Store::Levels { levels, .. } => {
+                for dq in levels.iter_mut().filter(|d| !d.is_empty()) {
+                    walk(dq);
+                }
+            }
+        }
+    }
+
     /// Removes the item with sequence number `seq` (TTL expiry, purge). `None` if absent.
     pub fn remove(&mut self, seq: u64) -> Option<Item<T, K>> {
         let (pos, prio) = if self.overflow == Overflow::Conflate {

@@ -44,6 +44,10 @@ pub type ConsumerId = u64;
 /// A producer: one connection's publishing to this queue (the connection id).
 pub type ProducerId = u64;
 
+/// A disk queue keeps the bodies of at most about this many ready messages in memory; the
+/// messages behind them are read back from the log when delivered ([`QueueState::set_durable`]).
+pub const MEMORY_BODIES: usize = 4096;
+
 /// How many messages of publish credit a producer is given at most (its window).
 pub const PUBLISH_WINDOW: u32 = 1024;
 
@@ -51,8 +55,9 @@ pub const PUBLISH_WINDOW: u32 = 1024;
 #[derive(Debug, Clone)]
 pub struct Queued {
     /// The message, when its body is held in memory; `None` when it must be read back from the
-    /// queue's log by sequence number (a disk queue after a restart).
-    pub message: Option<Message>,
+    /// queue's log by sequence number (a disk queue after a restart, or a durable message behind
+    /// [`MEMORY_BODIES`] others). Boxed so that a message without its body costs 8 bytes here.
+    pub message: Option<Box<Message>>,
     /// When it was published (ms since the epoch).
     pub timestamp_ms: u64,
     /// When it expires (ms since the epoch), if it has a TTL.
@@ -408,6 +413,8 @@ pub struct QueueState {
     expired: bool,
     /// Consumers with a priority other than 0 (dispatch only compares priorities when some).
     prioritized: usize,
+    /// A disk queue deeper than this lets go of durable bodies ([`QueueState::set_durable`]).
+    memory_bodies: usize,
 }
 
 impl QueueState {
@@ -449,6 +456,7 @@ impl QueueState {
             next_seq,
             next_tag: 1,
             durable_below: u64::MAX,
+            memory_bodies: MEMORY_BODIES,
             rate,
             rate_retry_at: None,
             counters: Counters::default(),
@@ -544,10 +552,41 @@ impl QueueState {
         self.dedup.as_ref().map_or(0, dedup::DedupWindow::len)
     }
 
+    /// Sets how deep the ready set may be before durable bodies are let go (default
+    /// [`MEMORY_BODIES`]; the simulation uses a few, so that most deliveries read the log).
+    pub fn set_memory_bodies(&mut self, n: usize) {
+        self.memory_bodies = n;
+    }
+
     /// Sets the durability watermark: messages with `seq < below` are safely stored and may be
     /// delivered. Memory queues leave it at `u64::MAX`.
+    ///
+    /// On a disk queue (one whose watermark has been set before) holding more than
+    /// [`MEMORY_BODIES`] ready messages (see [`QueueState::set_memory_bodies`]), the messages that just became durable let go of their
+    /// bodies: they are read back from the log when delivered, so a deep backlog costs its index,
+    /// not its payloads. (Until durable a body stays: a failed fsync writes it again.) They are
+    /// the newest entries of the ready set, so this visits only them. Conflated queues keep their
+    /// bodies (a replacement takes an old position, out of sequence order; such a queue holds one
+    /// message per key).
     pub fn set_durable(&mut self, below: u64) {
+        let from = self.durable_below;
         self.durable_below = below;
+        if from == u64::MAX
+            || below <= from
+            || self.ready.len() <= self.memory_bodies
+            || self.config.overflow == Overflow::ConflateByKey
+        {
+            return;
+        }
+        self.ready.visit_newest(|seq, q| {
+            if seq < from {
+                return false;
+            }
+            if seq < below {
+                q.message = None;
+            }
+            true
+        });
     }
 
     /// Takes every ready message at or past the durability watermark out of the queue, in
@@ -701,7 +740,7 @@ impl QueueState {
         let seq = self.next_seq;
         let id = msg.message_id.clone();
         let queued = Queued {
-            message: Some(msg),
+            message: Some(Box::new(msg)),
             timestamp_ms: now,
             expires_at,
             deliveries: 0,
@@ -739,7 +778,7 @@ impl QueueState {
                 // Not counted: it is published when it is finally admitted.
                 self.counters.published -= 1;
                 let Queued { message, .. } = item.item;
-                return Err(Box::new(message.expect("a published message has its body")));
+                return Err(message.expect("a published message has its body"));
             }
             // `Offer` is not non_exhaustive: every outcome is listed, so one levee-flow adds is a
             // compile error here, not a silent default.
@@ -1163,7 +1202,10 @@ impl QueueState {
         self.ready
             .peek(n)
             .into_iter()
-            .map(|(seq, q)| (seq, q.deliveries, q.timestamp_ms, q.message.clone()))
+            .map(|(seq, q)| {
+                let body = q.message.as_deref().cloned();
+                (seq, q.deliveries, q.timestamp_ms, body)
+            })
             .collect()
     }
 
@@ -1245,7 +1287,7 @@ impl QueueState {
             self.effects.push(Effect::DeadLetter {
                 seq,
                 target,
-                message: queued.message,
+                message: queued.message.map(|m| *m),
                 reason,
                 deliveries: queued.deliveries,
             });
@@ -1382,7 +1424,7 @@ impl QueueState {
                 seq,
                 deliveries: queued.deliveries,
                 timestamp_ms: queued.timestamp_ms,
-                message: queued.message.clone(),
+                message: queued.message.as_deref().cloned(),
             };
             if c.auto_ack {
                 self.counters.acked += 1;

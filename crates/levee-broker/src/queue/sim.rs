@@ -160,7 +160,7 @@ impl Sim {
             },
         )
         .expect("WAL recovery");
-        let (state, log) = storage::recover(
+        let (mut state, log) = storage::recover(
             backend.clone(),
             dir,
             levee_store::LogConfig {
@@ -172,6 +172,8 @@ impl Sim {
         )
         .inspect_err(|_| dump_segments(&backend, dir))
         .expect("recovery");
+        // Few bodies in memory: most deliveries read their message back from the log.
+        state.set_memory_bodies(8);
         (
             QueueCore::disk("sim".into(), state, Arc::new(log), backend),
             wal,

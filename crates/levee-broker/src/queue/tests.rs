@@ -1132,3 +1132,44 @@ fn a_queue_expires_after_going_unused_for_its_expires_ms() {
     assert!(!q.take_expired(7_000));
     assert_eq!(q.next_deadline(), None);
 }
+
+#[test]
+fn a_deep_durable_backlog_lets_go_of_the_bodies_it_made_durable() {
+    let n = MEMORY_BODIES as u32 + 100;
+    let mut q = QueueState::new(cfg(), 1);
+    q.set_durable(1); // a disk queue: its watermark is managed
+    for i in 0..n {
+        publish(&mut q, 0, i);
+    }
+    let held = |q: &QueueState| {
+        q.peek(n as usize)
+            .iter()
+            .filter(|(_, _, _, body)| body.is_some())
+            .count()
+    };
+    assert_eq!(held(&q), n as usize, "not durable yet: every body stays");
+    // The first half becomes durable while the queue is deep: those bodies go.
+    q.set_durable(1 + u64::from(n / 2));
+    assert_eq!(held(&q), n as usize - (n / 2) as usize);
+    q.set_durable(1 + u64::from(n));
+    assert_eq!(
+        held(&q),
+        0,
+        "every durable message of a deep queue is read back from the log"
+    );
+    // A shallow queue keeps its bodies.
+    let mut q = QueueState::new(cfg(), 1);
+    q.set_durable(1);
+    for i in 0..10 {
+        publish(&mut q, 0, i);
+    }
+    q.set_durable(11);
+    assert_eq!(held(&q), 10);
+    // A memory queue (watermark never set) never lets go of a body.
+    let mut q = QueueState::new(cfg(), 1);
+    for i in 0..n {
+        publish(&mut q, 0, i);
+    }
+    assert_eq!(held(&q), n as usize);
+    assert!(q.stats().is_balanced());
+}
