@@ -416,6 +416,11 @@ struct Inner {
     /// Held by whoever writes to the active segment (combined flushes, settlements, rolls); never
     /// taken while holding `state`.
     write_lock: Mutex<()>,
+    /// Held through a sync cycle: the log's own thread or the WAL's maintenance thread and a
+    /// closing caller may run one at once, and both would fsync and rename the same segments
+    /// (the second rename of a rolled segment finds no `.open` file). Taken after `write_lock`
+    /// when both are held.
+    cycle_lock: Mutex<()>,
     backend: Arc<dyn Backend>,
     dir: PathBuf,
     config: LogConfig,
@@ -485,6 +490,7 @@ impl QueueLog {
             state: Mutex::new(st),
             sync: Arc::new(SyncShared::default()),
             write_lock: Mutex::new(()),
+            cycle_lock: Mutex::new(()),
             me: me.clone(),
             attachment: std::sync::OnceLock::new(),
         });

@@ -151,6 +151,7 @@ fn sync_loop(inner: &Inner) {
 /// One group commit: fsync every unsealed segment (and the directory if segments were created), seal
 /// the complete ones, publish the synced position.
 pub(super) fn sync_cycle(inner: &Inner) -> Result<()> {
+    let _cycle = inner.cycle_lock.lock();
     let r = sync_cycle_once(inner);
     if r.is_err() {
         // Nothing is known to be synced: a later checkpoint must not skip this log.
