@@ -58,7 +58,7 @@ pub(super) fn compact(inner: &Inner) -> Result<bool> {
         // The next chunk of live messages still in the victim, in seq order.
         let mut batch: Vec<(u64, Entry)> = Vec::new();
         let mut bytes = 0u64;
-        for (&seq, e) in st.index.iter() {
+        for (seq, e) in st.index.iter() {
             if e.segment != victim {
                 continue;
             }

@@ -49,7 +49,7 @@ pub(crate) use recovery::open_whole;
 mod sync;
 mod writer;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -314,7 +314,7 @@ struct Segment {
 #[derive(Debug)]
 struct State {
     segments: VecDeque<Segment>,
-    index: BTreeMap<u64, Entry>,
+    index: index::SeqIndex,
     next_seq: u64,
     written: u64,
     unsettled_bytes: u64,

@@ -16,12 +16,12 @@
 //!   the seq is not there), a delivery record sets the count.
 //! - Memory: one segment's bytes at a time.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::index::Entry;
+use super::index::{Entry, SeqIndex};
 use super::writer::create_segment;
 use super::{Inner, MessageId, RecoveryReport, Segment, State, TruncatedTail, seg_name};
 use crate::backend::{Backend, OpenMode, StorageFile};
@@ -88,7 +88,7 @@ pub(super) fn scan(
     let mut report = RecoveryReport::default();
     let mut st = State {
         segments: VecDeque::new(),
-        index: BTreeMap::new(),
+        index: SeqIndex::new(),
         next_seq: 0,
         written: 0,
         unsettled_bytes: 0,
