@@ -39,6 +39,10 @@ use levee_proto::{
     QueueStats,
 };
 
+/// A conflation key in the ready set, boxed: a queued message without one (every message of a
+/// queue that does not conflate) costs 8 bytes for it, not a `Bytes`' 32.
+pub type Key = Box<Bytes>;
+
 /// A subscription id (broker-unique).
 pub type ConsumerId = u64;
 /// A producer: one connection's publishing to this queue (the connection id).
@@ -227,7 +231,7 @@ struct Unacked {
     consumer: ConsumerId,
     deadline: Option<u64>,
     queued: Queued,
-    meta: Meta<Bytes>,
+    meta: Meta<Key>,
 }
 
 #[derive(Debug, Default)]
@@ -356,7 +360,7 @@ pub fn effective_ttl(msg: &Message, config: &QueueConfig) -> Option<u64> {
 }
 
 /// Estimated encoded size of a delivery (what it will cost its connection's outbound buffer).
-pub fn delivery_cost(queued: &Queued, meta: &Meta<Bytes>) -> u64 {
+pub fn delivery_cost(queued: &Queued, meta: &Meta<Key>) -> u64 {
     DELIVERY_OVERHEAD
         + queued
             .message
@@ -371,10 +375,10 @@ pub const DELIVERY_OVERHEAD: u64 = 64;
 /// The state of one queue. See the module documentation.
 pub struct QueueState {
     config: QueueConfig,
-    ready: PolicyQueue<Queued, Bytes>,
+    ready: PolicyQueue<Queued, Key>,
     /// Messages nacked with a delay: due time -> seq, and seq -> entry.
     delayed_due: BTreeSet<(u64, u64)>,
-    delayed: HashMap<u64, (Queued, Meta<Bytes>)>,
+    delayed: HashMap<u64, (Queued, Meta<Key>)>,
     delayed_bytes: u64,
     unacked: HashMap<u64, Unacked>,
     unacked_bytes: u64,
@@ -526,7 +530,7 @@ impl QueueState {
         let meta = Meta {
             weight: r.weight,
             priority: r.priority,
-            key: r.key,
+            key: r.key.map(Box::new),
         };
         if let Some(at) = r.queued.expires_at {
             self.expiries.push(Reverse((at, r.seq)));
@@ -593,7 +597,7 @@ impl QueueState {
     /// sequence order: an fsync failed, so their log records are not trusted and they must be
     /// written again ([`QueueState::restore_rewritten`]) before anyone may see them. (Messages
     /// past the watermark were never delivered, so they are all in the ready set.)
-    pub fn take_undurable(&mut self) -> Vec<(u64, Queued, Meta<Bytes>)> {
+    pub fn take_undurable(&mut self) -> Vec<(u64, Queued, Meta<Key>)> {
         let mut out = Vec::new();
         if self.durable_below == u64::MAX {
             return out;
@@ -609,7 +613,7 @@ impl QueueState {
     /// Puts back a message taken by [`QueueState::take_undurable`] under the sequence number its
     /// rewritten log record got (higher than every other, so its position among the others is
     /// kept). The caller then sets the next sequence number to the log's.
-    pub fn restore_rewritten(&mut self, seq: u64, queued: Queued, meta: Meta<Bytes>) {
+    pub fn restore_rewritten(&mut self, seq: u64, queued: Queued, meta: Meta<Key>) {
         self.next_seq = self.next_seq.max(seq + 1);
         self.put_back(seq, queued, meta);
     }
@@ -731,7 +735,7 @@ impl QueueState {
             weight,
             priority: msg.priority,
             key: if self.config.overflow == Overflow::ConflateByKey {
-                msg.key.clone()
+                msg.key.clone().map(Box::new)
             } else {
                 None
             },
@@ -851,7 +855,7 @@ impl QueueState {
     }
 
     /// Counts a message evicted from the ready set and records its settlement.
-    fn account_evicted(&mut self, e: Evicted<Queued, Bytes>) {
+    fn account_evicted(&mut self, e: Evicted<Queued, Key>) {
         let reason = flow_reason(e.reason);
         self.counters.dropped[reason_index(reason)] += 1;
         self.effects.push(Effect::Settle {
@@ -1270,7 +1274,7 @@ impl QueueState {
         }
     }
 
-    fn put_back(&mut self, seq: u64, queued: Queued, meta: Meta<Bytes>) {
+    fn put_back(&mut self, seq: u64, queued: Queued, meta: Meta<Key>) {
         if let Some(at) = queued.expires_at {
             self.expiries.push(Reverse((at, seq)));
         }
