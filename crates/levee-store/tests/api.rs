@@ -526,6 +526,24 @@ fn newer_format_version_is_refused() {
     );
 }
 
+/// The index keeps segment indexes in 32 bits: a data directory naming a segment past that is
+/// refused with a clear error, not misread.
+#[test]
+fn a_segment_index_past_32_bits_is_refused() {
+    let b = FaultyBackend::new();
+    let (log, _) = open(&b, LogConfig::default());
+    log.close().unwrap();
+    let from = Path::new("/data/queues/q/0000000000000000.open");
+    b.shared()
+        .rename(from, Path::new("/data/queues/q/0000000100000000.seg"))
+        .unwrap();
+    let err = QueueLog::open(b.shared(), "/data/queues/q", LogConfig::default()).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corruption { reason, .. } if reason.contains("past the last")),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn meta_files_are_replaced_atomically() {
     let b = FaultyBackend::new();

@@ -37,7 +37,7 @@ fn should_compact(inner: &Inner, st: &State) -> Option<u64> {
         return None;
     }
     let on_disk: u64 = st.segments.iter().map(|s| s.len).sum();
-    let live: u64 = st.index.values().map(|e| u64::from(e.len)).sum();
+    let live: u64 = st.index.record_lens().map(u64::from).sum();
     (on_disk > 2 * live + 2 * inner.config.segment_bytes).then_some(front.index)
 }
 
@@ -66,7 +66,7 @@ pub(super) fn compact(inner: &Inner) -> Result<bool> {
                 break;
             }
             bytes += u64::from(e.len);
-            batch.push((seq, *e));
+            batch.push((seq, e));
         }
         if batch.is_empty() {
             return Ok(true);

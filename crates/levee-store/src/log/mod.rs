@@ -596,7 +596,7 @@ impl QueueLog {
         let inner = &*self.inner;
         let (file, entry, path, behind) = {
             let st = inner.state.lock();
-            let entry = *st.index.get(&seq).ok_or_else(|| st.missing(seq))?;
+            let entry = st.index.get(&seq).ok_or_else(|| st.missing(seq))?;
             let seg = st
                 .segment(entry.segment)
                 .expect("segment of a live message exists");

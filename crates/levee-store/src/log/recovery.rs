@@ -63,6 +63,18 @@ pub(super) fn scan(
         .filter_map(|n| parse_name(n))
         .collect();
     names.sort_unstable();
+    if let Some(&(index, sealed)) = names.last()
+        && index > super::index::MAX_SEGMENT
+    {
+        return Err(StoreError::corruption(
+            &dir.join(seg_name(index, sealed)),
+            0,
+            format!(
+                "segment index {index:016x} is past the last a log uses ({:016x})",
+                super::index::MAX_SEGMENT
+            ),
+        ));
+    }
     for w in names.windows(2) {
         if w[0].0 == w[1].0 {
             return Err(StoreError::corruption(
@@ -417,7 +429,7 @@ fn scan_segment(
                     )));
                 }
                 let mut entry = Entry::new(index, off as u64, frame.total_len as u64, &p);
-                match st.index.get(&p.seq).copied() {
+                match st.index.get(&p.seq) {
                     Some(old) => {
                         entry.delivery_count = old.delivery_count;
                         if let Some(seg) = st.segment_mut(old.segment) {
@@ -453,9 +465,7 @@ fn scan_segment(
                     .map_err(bad)?;
                 for (seq, n) in updates {
                     report.delivery_updates += 1;
-                    if let Some(e) = st.index.get_mut(&seq) {
-                        e.delivery_count = n;
-                    }
+                    st.index.set_delivery_count(&seq, n);
                 }
             }
             format::TYPE_SEAL => {

@@ -311,7 +311,7 @@ impl Inner {
         let refs = || Refs::Delivery(items.iter().map(|(s, _)| *s).collect());
         self.write_encoded(&mut st, refs, |buf| format::encode_deliveries(buf, items))?;
         for (seq, n) in items {
-            st.index.get_mut(seq).expect("checked above").delivery_count = *n;
+            st.index.set_delivery_count(seq, *n);
         }
         let (written, wal_pos) = (st.written, st.wal_pos);
         drop(st);
@@ -376,6 +376,12 @@ impl Inner {
 
 /// Creates segment `index` (header written, not synced) and makes it the active one.
 pub(super) fn create_segment(inner: &Inner, st: &mut State, index: u64) -> Result<()> {
+    if index > super::index::MAX_SEGMENT {
+        // 2^32 segments (at the smallest size, 4 KiB each: 16 TiB written through one log).
+        return Err(StoreError::InvalidInput {
+            reason: format!("the log has used all {} segment indexes", 1u64 << 32),
+        });
+    }
     let path = inner.path(index, false);
     let file = inner
         .backend
