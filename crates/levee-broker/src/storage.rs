@@ -129,6 +129,8 @@ pub(crate) fn log_config(fsync: Fsync, segment_bytes: u64) -> LogConfig {
     LogConfig {
         fsync,
         segment_bytes,
+        // `recover_counting` pages through the index instead.
+        recover_unsettled: false,
         ..LogConfig::default()
     }
 }
@@ -166,26 +168,35 @@ pub(crate) fn recover_counting(
     for m in &rec.message_ids {
         state.restore_id(m.seq, m.timestamp_ms, &m.id);
     }
-    for m in rec.unsettled {
-        // Conflation needs the key bytes; other policies need no payload.
-        let key = if conflate && m.key_hash.is_some() {
-            log.read(m.seq)?.message.key
-        } else {
-            None
-        };
-        state.restore(Recovered {
-            seq: m.seq,
-            weight: u64::from(m.payload_len),
-            priority: m.priority,
-            key,
-            queued: Queued {
-                message: None,
-                // Read back with the body when it is delivered.
-                timestamp_ms: 0,
-                expires_at: m.expires_at_ms,
-                deliveries: m.delivery_count.max(min_deliveries),
-            },
-        });
+    // Page by page, so a deep backlog's metadata is not held twice (the broker's log configs
+    // leave `rec.unsettled` empty: `recover_unsettled: false`).
+    drop(rec.unsettled);
+    let mut from = 0;
+    loop {
+        let page = log.unsettled_page(from, 4096);
+        let Some(last) = page.last() else { break };
+        from = last.seq + 1;
+        for m in page {
+            // Conflation needs the key bytes; other policies need no payload.
+            let key = if conflate && m.key_hash.is_some() {
+                log.read(m.seq)?.message.key
+            } else {
+                None
+            };
+            state.restore(Recovered {
+                seq: m.seq,
+                weight: u64::from(m.payload_len),
+                priority: m.priority,
+                key,
+                queued: Queued {
+                    message: None,
+                    // Read back with the body when it is delivered.
+                    timestamp_ms: 0,
+                    expires_at: m.expires_at_ms,
+                    deliveries: m.delivery_count.max(min_deliveries),
+                },
+            });
+        }
     }
     Ok((state, log))
 }

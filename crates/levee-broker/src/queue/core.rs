@@ -642,7 +642,11 @@ impl QueueCore {
             return Some(Reopen {
                 backend: d.backend.clone(),
                 dir: d.dir.clone(),
-                config: d.config.clone(),
+                // `reopened` needs the list of what the log holds.
+                config: LogConfig {
+                    recover_unsettled: true,
+                    ..d.config.clone()
+                },
             });
         }
         None

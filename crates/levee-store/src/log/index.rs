@@ -357,6 +357,15 @@ impl<V: Value> ChunkMap<V> {
         }
         Some(value)
     }
+    fn iter_from(&self, from: u64) -> impl Iterator<Item = (u64, &V)> + '_ {
+        self.chunks
+            .range(from / CHUNK..)
+            .flat_map(|(&n, c)| {
+                c.iter()
+                    .map(move |(off, value)| (n * CHUNK + u64::from(off), value))
+            })
+            .filter(move |(seq, _)| *seq >= from)
+    }
     fn iter(&self) -> impl Iterator<Item = (u64, &V)> + '_ {
         self.chunks.iter().flat_map(|(&n, c)| {
             c.iter()
@@ -441,6 +450,12 @@ impl SeqIndex {
             .iter()
             .map(move |(seq, slot)| (seq, self.entry(seq, slot)))
     }
+    /// Entries from `from` on, in seq order.
+    pub(super) fn iter_from(&self, from: u64) -> impl Iterator<Item = (u64, Entry)> + '_ {
+        self.slots
+            .iter_from(from)
+            .map(move |(seq, slot)| (seq, self.entry(seq, slot)))
+    }
     /// Record lengths, in seq order (no expiry look-ups).
     pub(super) fn record_lens(&self) -> impl Iterator<Item = u32> + '_ {
         self.slots.iter().map(|(_, slot)| slot.len)
@@ -523,6 +538,11 @@ mod tests {
                 .map(|(s, e)| (s, e.segment, e.delivery_count, e.expires_at_ms, e.key_hash, e.len))
                 .collect();
             prop_assert_eq!(a, b);
+            for from in [0u64, 1, 31, 32, 33, 100, 199, 500] {
+                let a: Vec<u64> = model.range(from..).map(|(&s, _)| s).collect();
+                let b: Vec<u64> = index.iter_from(from).map(|(s, _)| s).collect();
+                prop_assert_eq!(a, b);
+            }
             for s in 0..200 {
                 prop_assert_eq!(model.contains_key(&s), index.contains_key(&s));
                 prop_assert_eq!(model.get(&s).map(|e| e.segment), index.get(&s).map(|e| e.segment));

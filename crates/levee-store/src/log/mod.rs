@@ -99,6 +99,11 @@ pub struct LogConfig {
     /// Most message ids recovery returns in [`Recovered::message_ids`] (the newest ones; default
     /// 0). Bounds recovery's memory.
     pub recover_ids: usize,
+    /// Whether [`Recovered::unsettled`] lists the unsettled messages (default `true`). With
+    /// `false` it is left empty and the caller pages through [`QueueLog::unsettled_page`], so a
+    /// deep backlog's metadata is not held twice at once (the index and the list) while it is
+    /// rebuilt.
+    pub recover_unsettled: bool,
     /// The broker's shared write-ahead log to attach to (default `None`: a standalone log with its
     /// own sync thread that fsyncs its segments). Attached, the log starts no thread: its records
     /// are made durable by the WAL's group commit, its segments are written behind (see
@@ -114,6 +119,7 @@ impl Default for LogConfig {
             max_record_bytes: 8 << 20,
             keep_ids_ms: 0,
             recover_ids: 0,
+            recover_unsettled: true,
             wal: None,
         }
     }
@@ -518,7 +524,11 @@ impl QueueLog {
                 Some(sync::spawn(&inner)?)
             }
         };
-        let unsettled = inner.state.lock().unsettled_metas();
+        let unsettled = if inner.config.recover_unsettled {
+            inner.state.lock().unsettled_metas()
+        } else {
+            Vec::new()
+        };
         report.elapsed = started.elapsed();
         Ok((
             QueueLog {
@@ -653,6 +663,17 @@ impl QueueLog {
     /// `MessageMeta` per unsettled message).
     pub fn unsettled(&self) -> Vec<MessageMeta> {
         self.inner.state.lock().unsettled_metas()
+    }
+
+    /// Up to `max` unsettled messages' metadata from `from_seq` on, in sequence order: page
+    /// through a deep backlog with `from_seq` = the last seq returned + 1.
+    pub fn unsettled_page(&self, from_seq: u64, max: usize) -> Vec<MessageMeta> {
+        let st = self.inner.state.lock();
+        st.index
+            .iter_from(from_seq)
+            .take(max)
+            .map(|(seq, e)| e.meta(seq))
+            .collect()
     }
 
     /// Number of unsettled messages.
