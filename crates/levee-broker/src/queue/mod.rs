@@ -25,8 +25,10 @@
 //!   delivered: a consumer never sees a message that a crash could still take back.
 //!
 //! # Memory bound
-//! Per queued message: the policy entry (about 64 bytes plus the key), the [`Queued`] record and,
-//! when the body is kept in memory, the message itself; the body bytes are bounded by `max_bytes`.
+//! Per queued message: the policy entry with its [`Queued`] record (80 bytes; the key and the
+//! message are boxed) and, when the body is kept in memory, the message itself; the body bytes are
+//! bounded by `max_bytes`, and a disk queue deeper than [`MEMORY_BODIES`] lets go of the bodies of
+//! durable messages ([`QueueState::set_durable`]).
 //! Per unacked delivery: about 120 bytes plus its body. Per consumer and producer: a few words.
 
 use std::cmp::Reverse;
@@ -69,6 +71,10 @@ pub struct Queued {
     /// How many times it has been delivered so far.
     pub deliveries: u32,
 }
+
+// The per-message figure in the module docs and docs/design.md (80 bytes with the policy
+// entry's seq, position, weight, priority and boxed key) depends on it.
+const _: () = assert!(std::mem::size_of::<Queued>() == 40);
 
 /// A message recovered from durable storage, to rebuild a queue after a restart.
 #[derive(Debug, Clone)]
