@@ -31,5 +31,5 @@ pub mod replicated_dir;
 pub mod replicated_log;
 
 pub use error::ClusterError;
-pub use node::{ClusterConfig, Node, NodeAddrs};
+pub use node::{ClusterConfig, DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS, Node, NodeAddrs};
 pub use replicated_log::{ReplicatedLog, StateMachine};

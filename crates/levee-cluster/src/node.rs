@@ -81,7 +81,21 @@ pub struct ClusterConfig {
     pub nodes: BTreeMap<u64, NodeAddrs>,
     /// Where Raft logs, snapshots and replicated queue files live.
     pub data_dir: PathBuf,
+    /// The leader's heartbeat interval, ms (default [`DEFAULT_HEARTBEAT_MS`]). It is also how
+    /// long the leader waits for a follower to answer an append (openraft's RPC deadline), so
+    /// it must exceed the slowest round trip between nodes that a majority needs: past it, a
+    /// follower's answers never arrive in time and it counts for nothing.
+    pub heartbeat_ms: u64,
+    /// The shortest election timeout, ms (default [`DEFAULT_ELECTION_TIMEOUT_MS`]; each node
+    /// draws its timeout from this to twice this): a follower that hears no leader for that
+    /// long campaigns. At least 3 heartbeats.
+    pub election_timeout_ms: u64,
 }
+
+/// Default [`ClusterConfig::heartbeat_ms`]: a LAN or one region.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 150;
+/// Default [`ClusterConfig::election_timeout_ms`].
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 600;
 
 impl ClusterConfig {
     /// Checks the section.
@@ -97,7 +111,28 @@ impl ClusterConfig {
                 self.node_id
             )));
         }
+        if !(10..=60_000).contains(&self.heartbeat_ms) {
+            return Err(ClusterError::Config(format!(
+                "[cluster] raft_heartbeat_ms must be in 10..=60000, got {}",
+                self.heartbeat_ms
+            )));
+        }
+        if self.election_timeout_ms < 3 * self.heartbeat_ms || self.election_timeout_ms > 600_000 {
+            return Err(ClusterError::Config(format!(
+                "[cluster] raft_election_timeout_ms must be at least 3 heartbeats ({}) and at most \
+                 600000, got {}",
+                3 * self.heartbeat_ms,
+                self.election_timeout_ms
+            )));
+        }
         Ok(())
+    }
+
+    fn timing(&self) -> crate::raft::Timing {
+        crate::raft::Timing {
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_ms: self.election_timeout_ms,
+        }
     }
 }
 
@@ -318,6 +353,7 @@ impl Node {
                     &s.config.data_dir.join("meta"),
                     c,
                     Arc::new(members(&s.config)),
+                    s.config.timing(),
                 )
                 .await?;
                 g.initialize(&members(&s.config)).await;
@@ -399,6 +435,7 @@ async fn start_queue_group(
                 &b.join("raft"),
                 sm,
                 Arc::new(members(&s2.config)),
+                s2.config.timing(),
             )
             .await?;
             let g = Arc::new(g);

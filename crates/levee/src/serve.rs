@@ -147,6 +147,11 @@ struct ClusterSection {
     data_dir: Option<PathBuf>,
     /// Every member, this node included.
     nodes: Vec<ClusterNode>,
+    /// Raft heartbeat interval, ms [default: 150]: must exceed the slowest round trip between
+    /// nodes (it is also how long a leader waits for a follower's answer).
+    raft_heartbeat_ms: Option<u64>,
+    /// Shortest election timeout, ms [default: 600, or 4 heartbeats if more; at least 3].
+    raft_election_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -304,6 +309,18 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
                     .data_dir
                     .clone()
                     .unwrap_or_else(|| broker.data_dir.join("cluster")),
+                heartbeat_ms: c
+                    .raft_heartbeat_ms
+                    .unwrap_or(levee_cluster::DEFAULT_HEARTBEAT_MS),
+                election_timeout_ms: c.raft_election_timeout_ms.unwrap_or_else(|| {
+                    // Scaled with a raised heartbeat, so setting only that stays valid.
+                    levee_cluster::DEFAULT_ELECTION_TIMEOUT_MS.max(
+                        4 * c
+                            .raft_heartbeat_ms
+                            .unwrap_or(levee_cluster::DEFAULT_HEARTBEAT_MS)
+                            .min(60_000),
+                    )
+                }),
             };
             config.validate()?;
             Some(config)

@@ -2,7 +2,8 @@
 //! a link-cutting TCP proxy of its own (one per direction), so a test can isolate a node
 //! completely. A leader cut off in a minority stops confirming and serving; the majority elects
 //! another leader which serves the queue with every confirmed message; after the heal the old
-//! leader rejoins as a follower.
+//! leader rejoins as a follower. The proxies also delay what they carry (slow links): a cluster
+//! whose links are slow, one of them much slower, still confirms on a majority and fails over.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -20,10 +21,48 @@ use tokio::sync::watch;
 
 const QUEUE: &str = "orders";
 
-/// A TCP proxy whose link can be cut (existing connections dropped, new ones refused) and healed.
+/// A TCP proxy whose link can be cut (existing connections dropped, new ones refused) and healed,
+/// and slowed: every byte is delivered `delay` after it was read (a delay line: latency, not a
+/// bandwidth cap; bytes stay in order).
 struct Link {
     addr: SocketAddr,
     cut: watch::Sender<bool>,
+    delay: watch::Sender<Duration>,
+}
+
+/// Copies `from` to `to`, each chunk held until `delay` (read when the chunk arrives) after it
+/// was read.
+async fn delay_line(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: watch::Receiver<Duration>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let due = tokio::time::Instant::now() + *delay.borrow();
+                    if tx.send((due, buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
 }
 
 impl Link {
@@ -31,9 +70,10 @@ impl Link {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let (cut, cut_rx) = watch::channel(false);
+        let (delay, delay_rx) = watch::channel(Duration::ZERO);
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 if *cut_rx.borrow() {
@@ -41,22 +81,34 @@ impl Link {
                     continue;
                 }
                 let mut rx = cut_rx.clone();
+                let delay = delay_rx.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                    let Ok(outbound) = TcpStream::connect(upstream).await else {
                         return;
                     };
+                    let (in_r, in_w) = inbound.into_split();
+                    let (out_r, out_w) = outbound.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async {
+                            tokio::join!(
+                                delay_line(in_r, out_w, delay.clone()),
+                                delay_line(out_r, in_w, delay),
+                            )
+                        } => {}
                         _ = rx.wait_for(|c| *c) => {}
                     }
                 });
             }
         });
-        Link { addr, cut }
+        Link { addr, cut, delay }
     }
 
     fn set_cut(&self, cut: bool) {
         let _ = self.cut.send(cut);
+    }
+
+    fn set_delay(&self, delay: Duration) {
+        let _ = self.delay.send(delay);
     }
 }
 
@@ -156,6 +208,19 @@ impl Nodes {
                     && (from == i || to == i)
                 {
                     l.set_cut(cut);
+                }
+            }
+        }
+    }
+
+    /// Delays every link to and from node `n` (1-based) by `delay` each way; `None`: every link.
+    fn slow(&self, n: Option<u64>, delay: Duration) {
+        for (from, row) in self.links.iter().enumerate() {
+            for (to, link) in row.iter().enumerate() {
+                if let Some(l) = link
+                    && n.is_none_or(|n| from == (n - 1) as usize || to == (n - 1) as usize)
+                {
+                    l.set_delay(delay);
                 }
             }
         }
@@ -293,4 +358,125 @@ async fn an_isolated_leader_stops_confirming_and_the_majority_keeps_every_confir
         d.ack().expect("ack");
     }
     assert!(delivered.iter().all(|id| *id < 200 || *id == 1_000_000));
+}
+
+/// Publishes `ids` with every publish in flight at once and waits for the confirms: the ids
+/// confirmed stored (a pipelined producer over a slow link pays one round trip, not one each).
+async fn publish_pipelined(addr: &str, ids: std::ops::Range<u64>) -> BTreeSet<u64> {
+    let client = Client::connect(addr, ClientOptions::default())
+        .await
+        .expect("connect");
+    let producer = client
+        .producer(QUEUE, ProducerOptions::default())
+        .await
+        .expect("producer");
+    let mut pending = Vec::new();
+    for id in ids {
+        let m = Message::new(format!("m{id}")).with_message_id(format!("id-{id}"));
+        pending.push((id, producer.publish(m).await.expect("publish")));
+    }
+    let mut confirmed = BTreeSet::new();
+    for (id, c) in pending {
+        match tokio::time::timeout(Duration::from_secs(60), c).await {
+            Ok(Ok(PublishOutcome::Stored { .. })) => {
+                confirmed.insert(id);
+            }
+            other => panic!("publish {id} on {addr}: {other:?}"),
+        }
+    }
+    let _ = client.close().await;
+    confirmed
+}
+
+async fn declare(nodes: &Nodes) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match request(
+            &nodes.cluster[0],
+            AdminRequest::Declare {
+                name: QUEUE.into(),
+                config: encode_config(QUEUE, &levee_proto::QueueConfig::default()).expect("config"),
+            },
+        )
+        .await
+        {
+            Ok(AdminReply::Declared(_)) => return,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "declaring the replicated queue: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Consumes from `wire` until every id of `confirmed` was delivered; returns what was delivered.
+async fn consume_all(wire: &str, confirmed: &BTreeSet<u64>) -> BTreeSet<u64> {
+    let client = Client::connect(wire, ClientOptions::default())
+        .await
+        .expect("connect");
+    let mut consumer = client
+        .consumer(QUEUE, ConsumerOptions::default())
+        .await
+        .expect("consumer");
+    let mut delivered = BTreeSet::new();
+    while !confirmed.is_subset(&delivered) {
+        let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{wire}: {} of {} confirmed delivered",
+                    delivered.len(),
+                    confirmed.len()
+                )
+            })
+            .expect("stream open")
+            .expect("delivery");
+        let text = String::from_utf8_lossy(d.payload()).into_owned();
+        let id: u64 = text
+            .strip_prefix('m')
+            .and_then(|s| s.parse().ok())
+            .expect("a published message");
+        delivered.insert(id);
+        d.ack().expect("ack");
+    }
+    delivered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_links_delay_confirms_but_a_majority_still_confirms_and_fails_over() {
+    // Default timing (heartbeats every 150 ms). The heartbeat is also openraft's deadline for
+    // a follower's answer, so every round trip a majority needs stays below it here (120 ms at
+    // most): past it, a follower's answers never arrive in time (docs/cluster.md, "Timing").
+    let nodes = Arc::new(Nodes::start().await);
+    // Every link 30 ms each way (a 60 ms round trip, a cross-region link), from the start:
+    // elections and the declaration happen over it.
+    nodes.slow(None, Duration::from_millis(30));
+    declare(&nodes).await;
+    let (leader, wire) = nodes.serving_other_than(None).await;
+    let mut confirmed = publish_pipelined(&wire, 0..200).await;
+    assert_eq!(confirmed.len(), 200);
+
+    // One follower slower (60 ms each way, a 120 ms round trip): the leader and the other
+    // follower are a majority, so confirms go on.
+    let slow = (1..=3).find(|n| *n != leader).expect("a follower");
+    nodes.slow(Some(slow), Duration::from_millis(60));
+    let started = Instant::now();
+    confirmed.extend(publish_pipelined(&wire, 200..400).await);
+    println!(
+        "200 pipelined confirms with one follower at a 120 ms round trip: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(confirmed.len(), 400);
+
+    // Cut the leader off: the two slow-linked nodes elect one of them, which serves every
+    // confirmed message.
+    nodes.isolate(leader, true);
+    let (new, new_wire) = nodes.serving_other_than(Some(leader)).await;
+    assert_ne!(new, leader);
+    confirmed.extend(publish_pipelined(&new_wire, 400..450).await);
+    let delivered = consume_all(&new_wire, &confirmed).await;
+    assert!(delivered.iter().all(|id| *id < 450), "{delivered:?}");
 }

@@ -51,6 +51,33 @@ fn config_file_settings_are_checked_like_flags() {
     refused(&["--config", file.to_str().unwrap()], "max_connections");
 }
 
+/// The cluster's Raft timing is checked at start too: a heartbeat below 10 ms, or an election
+/// timeout under three heartbeats (followers would campaign between two heartbeats).
+#[test]
+fn cluster_raft_timing_is_checked_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("levee.toml");
+    let cluster = "[cluster]\nnode_id = 1\nlisten = \"127.0.0.1:0\"\n";
+    let nodes = "[[cluster.nodes]]\nid = 1\ncluster = \"127.0.0.1:1\"\nwire = \"127.0.0.1:2\"\n";
+    for (timing, says) in [
+        (
+            "raft_heartbeat_ms = 5\n",
+            "raft_heartbeat_ms must be in 10..=60000",
+        ),
+        (
+            "raft_heartbeat_ms = 400\nraft_election_timeout_ms = 1000\n",
+            "raft_election_timeout_ms must be at least 3 heartbeats (1200)",
+        ),
+    ] {
+        std::fs::write(&file, format!("{cluster}{timing}{nodes}")).unwrap();
+        let data = tmp.path().join("data");
+        let (ok, stderr) = serve_expecting_exit(&data, &["--config", file.to_str().unwrap()]);
+        assert!(!ok, "{timing}: must be refused");
+        assert!(stderr.contains(says), "{timing}: {stderr}");
+        assert!(!data.exists(), "{timing}: nothing opened");
+    }
+}
+
 #[test]
 fn an_ack_timeout_of_zero_is_accepted_as_documented_never() {
     let server = Server::start();

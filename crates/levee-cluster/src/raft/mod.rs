@@ -57,14 +57,23 @@ openraft::declare_raft_types!(
         Node = BasicNode,
 );
 
-/// The Raft settings every group uses: heartbeats every 150 ms, elections after 0.6–1.2 s of
-/// silence, a snapshot every 5 000 entries (the log before it purged, 500 kept for slow
-/// followers).
-pub(crate) fn raft_config() -> Arc<openraft::Config> {
+/// A node's Raft timing (`[cluster] heartbeat_ms`, `election_timeout_ms`; validated by
+/// `ClusterConfig::validate`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) heartbeat_ms: u64,
+    pub(crate) election_timeout_ms: u64,
+}
+
+/// The Raft settings every group uses: heartbeats every `heartbeat_ms` (150 ms by default; also
+/// openraft's deadline for an append's answer), elections after `election_timeout_ms` to twice
+/// that of silence (0.6–1.2 s), a snapshot every 5 000 entries (the log before it purged, 500 kept
+/// for slow followers).
+pub(crate) fn raft_config(t: Timing) -> Arc<openraft::Config> {
     let c = openraft::Config {
-        heartbeat_interval: 150,
-        election_timeout_min: 600,
-        election_timeout_max: 1200,
+        heartbeat_interval: t.heartbeat_ms,
+        election_timeout_min: t.election_timeout_ms,
+        election_timeout_max: 2 * t.election_timeout_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
         max_in_snapshot_log_to_keep: 500,
         ..Default::default()
@@ -89,6 +98,7 @@ impl Group {
         dir: &Path,
         sm: Arc<dyn StateMachine>,
         addrs: Arc<BTreeMap<u64, String>>,
+        timing: Timing,
     ) -> Result<Group, ClusterError> {
         let log = store::LogAdapter::open(&dir.join("log"))
             .map_err(|e| ClusterError::io(format!("opening the raft log of {name}"), e))?;
@@ -98,7 +108,7 @@ impl Group {
             group: name.to_string(),
             addrs,
         };
-        let raft = Raft::new(id, raft_config(), network, log.clone(), sma.clone())
+        let raft = Raft::new(id, raft_config(timing), network, log.clone(), sma.clone())
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         Ok(Group {
