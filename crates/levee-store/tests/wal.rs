@@ -349,6 +349,54 @@ fn wal_files_are_checkpointed_and_deleted() {
     assert!(segs <= 3, "{segs} segments left");
 }
 
+/// `recycle_files = 0`: full WAL files are deleted, never kept as spares, and a crash still
+/// brings back exactly the unsettled messages.
+#[test]
+fn without_recycling_full_wal_files_are_deleted() {
+    let disk = FaultyBackend::new();
+    let backend = disk.shared();
+    let config = WalConfig {
+        recycle_files: 0,
+        ..wal_config()
+    };
+    let (wal, _) = Wal::open(backend.clone(), "/data/wal", config.clone()).unwrap();
+    let (log, _) = QueueLog::open(backend.clone(), qdir(0), log_config(&wal)).unwrap();
+    let mut live = BTreeSet::new();
+    for i in 0..2000u32 {
+        let a = log.append(&msg(0, i, 500)).unwrap();
+        if i % 50 == 0 {
+            live.insert(i);
+        } else {
+            drop(log.settle(a.first_seq, Settlement::Acked).unwrap());
+        }
+        if i % 500 == 499 {
+            // Spares would show up while the run goes on.
+            assert_eq!(files_ending(&disk, Path::new("/data/wal"), ".spare"), 0);
+        }
+    }
+    log.sync().wait().unwrap();
+    let mut files = usize::MAX;
+    for _ in 0..500 {
+        files = wal_files(&disk, Path::new("/data/wal"));
+        if files <= 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(files <= 3, "{files} WAL files left");
+    let stats = wal.stats();
+    assert!(stats.checkpoints > 0, "{stats:?}");
+    assert_eq!(stats.files_recycled, 0, "{stats:?}");
+    assert_eq!(files_ending(&disk, Path::new("/data/wal"), ".spare"), 0);
+    disk.crash(CrashMode::LoseUnsynced);
+    drop(log);
+    drop(wal);
+    let backend = disk.shared();
+    let (wal, _) = Wal::open(backend.clone(), "/data/wal", config).unwrap();
+    let (log, rec) = QueueLog::open(backend.clone(), qdir(0), log_config(&wal)).unwrap();
+    assert_eq!(unsettled_ids(&log, &rec), live);
+}
+
 /// WAL files are recycled (a retired file is renamed to a spare and reused as a later file, its
 /// old frames left behind the new ones): after power loss, redo must read only the frames of the
 /// file's current life. A stale `write` record replayed puts old bytes back into a segment, and a
