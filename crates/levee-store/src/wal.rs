@@ -1006,6 +1006,9 @@ impl WalInner {
                 Err(e) => {
                     tracing::debug!(error = %e, "recycling a WAL file failed; creating one");
                     let _ = self.backend.remove_file(&spare);
+                    // Failed after its rename (the directory fsync): the file has the new name,
+                    // which the fresh file below must take.
+                    let _ = self.backend.remove_file(&self.path(index));
                 }
             }
         }
