@@ -40,17 +40,30 @@ static ALLOC: Counting = Counting;
 /// The counter is global: the tests measuring it take turns.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-#[test]
-fn index_memory_per_message_is_small_and_independent_of_payload_size() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::tempdir().unwrap();
+/// A log without fsyncs, with segments large enough that the counts are not segment churn.
+fn open_log(dir: &std::path::Path) -> QueueLog {
     let config = LogConfig {
         fsync: FsyncPolicy::Never,
         segment_bytes: 8 << 20,
         max_record_bytes: 64 << 10,
         ..levee_store::LogConfig::default()
     };
-    let (log, _) = QueueLog::open(FsBackend::shared(), tmp.path(), config).unwrap();
+    QueueLog::open(FsBackend::shared(), dir, config).unwrap().0
+}
+
+/// Warms up the encode buffer and the first segments.
+fn warm_up(log: &QueueLog, msg: &NewMessage) {
+    for _ in 0..100 {
+        let a = log.append(msg).unwrap();
+        drop(log.settle(a.first_seq, Settlement::Acked).unwrap());
+    }
+}
+
+#[test]
+fn index_memory_per_message_is_small_and_independent_of_payload_size() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open_log(tmp.path());
     let payload = bytes::Bytes::from(vec![7u8; 4096]);
     let msg = NewMessage {
         payload,
@@ -58,11 +71,7 @@ fn index_memory_per_message_is_small_and_independent_of_payload_size() {
         ttl_ms: Some(60_000),
         ..Default::default()
     };
-    // Warm up the encode buffer and the first segments.
-    for _ in 0..100 {
-        let a = log.append(&msg).unwrap();
-        drop(log.settle(a.first_seq, Settlement::Acked).unwrap());
-    }
+    warm_up(&log, &msg);
     let n = 20_000isize;
     let before = LIVE.load(Ordering::Relaxed);
     let mut seqs = Vec::with_capacity(n as usize);
@@ -102,21 +111,12 @@ fn index_memory_per_message_is_small_and_independent_of_payload_size() {
 fn scattered_survivors_do_not_pin_whole_index_chunks() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        fsync: FsyncPolicy::Never,
-        segment_bytes: 8 << 20,
-        max_record_bytes: 64 << 10,
-        ..levee_store::LogConfig::default()
-    };
-    let (log, _) = QueueLog::open(FsBackend::shared(), tmp.path(), config).unwrap();
+    let log = open_log(tmp.path());
     let msg = NewMessage {
         payload: bytes::Bytes::from(vec![7u8; 100]),
         ..Default::default()
     };
-    for _ in 0..100 {
-        let a = log.append(&msg).unwrap();
-        drop(log.settle(a.first_seq, Settlement::Acked).unwrap());
-    }
+    warm_up(&log, &msg);
     let n = 64_000u64;
     let before = LIVE.load(Ordering::Relaxed);
     let mut settle = Vec::new();

@@ -275,28 +275,7 @@ async fn publish(addr: &str, ids: std::ops::Range<u64>) -> BTreeSet<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_isolated_leader_stops_confirming_and_the_majority_keeps_every_confirmed_message() {
     let nodes = Arc::new(Nodes::start().await);
-    let declared = {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match request(
-                &nodes.cluster[0],
-                AdminRequest::Declare {
-                    name: QUEUE.into(),
-                    config: encode_config(QUEUE, &levee_proto::QueueConfig::default())
-                        .expect("config"),
-                },
-            )
-            .await
-            {
-                Ok(AdminReply::Declared(_)) => break true,
-                _ if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                _ => break false,
-            }
-        }
-    };
-    assert!(declared, "declaring the replicated queue");
+    declare(&nodes).await;
     let (old, old_wire) = nodes.serving_other_than(None).await;
     let mut confirmed = publish(&old_wire, 0..100).await;
 
@@ -328,35 +307,8 @@ async fn an_isolated_leader_stops_confirming_and_the_majority_keeps_every_confir
 
     // Heal: the old leader rejoins as a follower and does not serve the queue.
     nodes.isolate(old, false);
-    let (serving, wire) = nodes.serving_other_than(Some(old)).await;
-    let client = Client::connect(wire.as_str(), ClientOptions::default())
-        .await
-        .expect("connect");
-    let mut consumer = client
-        .consumer(QUEUE, ConsumerOptions::default())
-        .await
-        .expect("consumer");
-    let mut delivered = BTreeSet::new();
-    while !confirmed.is_subset(&delivered) {
-        let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "node {serving}: {} of {} confirmed delivered",
-                    delivered.len(),
-                    confirmed.len()
-                )
-            })
-            .expect("stream open")
-            .expect("delivery");
-        let text = String::from_utf8_lossy(d.payload()).into_owned();
-        let id: u64 = text
-            .strip_prefix('m')
-            .and_then(|s| s.parse().ok())
-            .expect("a published message");
-        delivered.insert(id);
-        d.ack().expect("ack");
-    }
+    let (_, wire) = nodes.serving_other_than(Some(old)).await;
+    let delivered = consume_all(&wire, &confirmed).await;
     assert!(delivered.iter().all(|id| *id < 200 || *id == 1_000_000));
 }
 
