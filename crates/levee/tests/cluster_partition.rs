@@ -250,7 +250,10 @@ impl Drop for Nodes {
     }
 }
 
-async fn publish(addr: &str, ids: std::ops::Range<u64>) -> BTreeSet<u64> {
+/// Publishes `ids` and returns the ids confirmed stored; panics on any other outcome. One at a
+/// time, or `pipelined`: every publish in flight at once, then the confirms (over a slow link,
+/// one round trip for all rather than one each).
+async fn publish(addr: &str, ids: std::ops::Range<u64>, pipelined: bool) -> BTreeSet<u64> {
     let client = Client::connect(addr, ClientOptions::default())
         .await
         .expect("connect");
@@ -258,15 +261,25 @@ async fn publish(addr: &str, ids: std::ops::Range<u64>) -> BTreeSet<u64> {
         .producer(QUEUE, ProducerOptions::default())
         .await
         .expect("producer");
+    let mut pending = Vec::new();
     let mut confirmed = BTreeSet::new();
+    let mut check = |id: u64, outcome| match outcome {
+        Ok(Ok(PublishOutcome::Stored { .. })) => {
+            confirmed.insert(id);
+        }
+        other => panic!("publish {id} on {addr}: {other:?}"),
+    };
     for id in ids {
         let m = Message::new(format!("m{id}")).with_message_id(format!("id-{id}"));
-        match producer.send(m).await {
-            Ok(PublishOutcome::Stored { .. }) => {
-                confirmed.insert(id);
-            }
-            other => panic!("publish {id} on {addr}: {other:?}"),
+        let c = producer.publish(m).await.expect("publish");
+        if pipelined {
+            pending.push((id, c));
+        } else {
+            check(id, tokio::time::timeout(Duration::from_secs(60), c).await);
         }
+    }
+    for (id, c) in pending {
+        check(id, tokio::time::timeout(Duration::from_secs(60), c).await);
     }
     let _ = client.close().await;
     confirmed
@@ -277,7 +290,7 @@ async fn an_isolated_leader_stops_confirming_and_the_majority_keeps_every_confir
     let nodes = Arc::new(Nodes::start().await);
     declare(&nodes).await;
     let (old, old_wire) = nodes.serving_other_than(None).await;
-    let mut confirmed = publish(&old_wire, 0..100).await;
+    let mut confirmed = publish(&old_wire, 0..100, false).await;
 
     // Cut the leader off. A publish to it is never confirmed stored.
     nodes.isolate(old, true);
@@ -303,41 +316,13 @@ async fn an_isolated_leader_stops_confirming_and_the_majority_keeps_every_confir
     // The majority elects a new leader, which serves every confirmed message and confirms more.
     let (new, new_wire) = nodes.serving_other_than(Some(old)).await;
     assert_ne!(new, old);
-    confirmed.extend(publish(&new_wire, 100..200).await);
+    confirmed.extend(publish(&new_wire, 100..200, false).await);
 
     // Heal: the old leader rejoins as a follower and does not serve the queue.
     nodes.isolate(old, false);
     let (_, wire) = nodes.serving_other_than(Some(old)).await;
     let delivered = consume_all(&wire, &confirmed).await;
     assert!(delivered.iter().all(|id| *id < 200 || *id == 1_000_000));
-}
-
-/// Publishes `ids` with every publish in flight at once and waits for the confirms: the ids
-/// confirmed stored (a pipelined producer over a slow link pays one round trip, not one each).
-async fn publish_pipelined(addr: &str, ids: std::ops::Range<u64>) -> BTreeSet<u64> {
-    let client = Client::connect(addr, ClientOptions::default())
-        .await
-        .expect("connect");
-    let producer = client
-        .producer(QUEUE, ProducerOptions::default())
-        .await
-        .expect("producer");
-    let mut pending = Vec::new();
-    for id in ids {
-        let m = Message::new(format!("m{id}")).with_message_id(format!("id-{id}"));
-        pending.push((id, producer.publish(m).await.expect("publish")));
-    }
-    let mut confirmed = BTreeSet::new();
-    for (id, c) in pending {
-        match tokio::time::timeout(Duration::from_secs(60), c).await {
-            Ok(Ok(PublishOutcome::Stored { .. })) => {
-                confirmed.insert(id);
-            }
-            other => panic!("publish {id} on {addr}: {other:?}"),
-        }
-    }
-    let _ = client.close().await;
-    confirmed
 }
 
 async fn declare(nodes: &Nodes) {
@@ -408,7 +393,7 @@ async fn slow_links_delay_confirms_but_a_majority_still_confirms_and_fails_over(
     nodes.slow(None, Duration::from_millis(30));
     declare(&nodes).await;
     let (leader, wire) = nodes.serving_other_than(None).await;
-    let mut confirmed = publish_pipelined(&wire, 0..200).await;
+    let mut confirmed = publish(&wire, 0..200, true).await;
     assert_eq!(confirmed.len(), 200);
 
     // One follower slower (60 ms each way, a 120 ms round trip): the leader and the other
@@ -416,7 +401,7 @@ async fn slow_links_delay_confirms_but_a_majority_still_confirms_and_fails_over(
     let slow = (1..=3).find(|n| *n != leader).expect("a follower");
     nodes.slow(Some(slow), Duration::from_millis(60));
     let started = Instant::now();
-    confirmed.extend(publish_pipelined(&wire, 200..400).await);
+    confirmed.extend(publish(&wire, 200..400, true).await);
     println!(
         "200 pipelined confirms with one follower at a 120 ms round trip: {:?}",
         started.elapsed()
@@ -428,7 +413,7 @@ async fn slow_links_delay_confirms_but_a_majority_still_confirms_and_fails_over(
     nodes.isolate(leader, true);
     let (new, new_wire) = nodes.serving_other_than(Some(leader)).await;
     assert_ne!(new, leader);
-    confirmed.extend(publish_pipelined(&new_wire, 400..450).await);
+    confirmed.extend(publish(&new_wire, 400..450, true).await);
     let delivered = consume_all(&new_wire, &confirmed).await;
     assert!(delivered.iter().all(|id| *id < 450), "{delivered:?}");
 }
