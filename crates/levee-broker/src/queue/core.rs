@@ -1018,6 +1018,13 @@ impl QueueCore {
         }
     }
 
+    /// Whether the queue's log failed and is not reopened yet (a disk queue only).
+    pub fn log_failed(&self) -> bool {
+        self.disk
+            .as_ref()
+            .is_some_and(|d| d.failed || d.log.is_none())
+    }
+
     /// Settlements waiting for a retry.
     pub fn kept_settlements(&self) -> usize {
         self.disk.as_ref().map_or(0, |d| d.retry.len())
