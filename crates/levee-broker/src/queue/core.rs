@@ -642,11 +642,7 @@ impl QueueCore {
             return Some(Reopen {
                 backend: d.backend.clone(),
                 dir: d.dir.clone(),
-                // `reopened` needs the list of what the log holds.
-                config: LogConfig {
-                    recover_unsettled: true,
-                    ..d.config.clone()
-                },
+                config: d.config.clone(),
             });
         }
         None
@@ -661,7 +657,7 @@ impl QueueCore {
         opened: Result<(QueueLog, levee_store::Recovered), StoreError>,
     ) {
         let Some(d) = &mut self.disk else { return };
-        let (log, rec) = match opened {
+        let (log, _) = match opened {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(queue = %self.name, error = %e, "reopening the queue log failed; retrying");
@@ -670,10 +666,11 @@ impl QueueCore {
             }
         };
         let watermark = self.durable;
-        let stale: Vec<(u64, levee_store::Settlement)> = rec
-            .unsettled
+        // Only the records from the watermark on (the broker's logs do not list what they
+        // recover: `recover_unsettled: false`).
+        let stale: Vec<(u64, levee_store::Settlement)> = log
+            .unsettled_page(watermark, usize::MAX)
             .iter()
-            .filter(|m| m.seq >= watermark)
             .map(|m| {
                 (
                     m.seq,
