@@ -301,6 +301,9 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
                     n.id
                 );
             }
+            let heartbeat = c
+                .raft_heartbeat_ms
+                .unwrap_or(levee_cluster::DEFAULT_HEARTBEAT_MS);
             let config = levee_cluster::ClusterConfig {
                 node_id: c.node_id,
                 listen: c.listen,
@@ -309,18 +312,11 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
                     .data_dir
                     .clone()
                     .unwrap_or_else(|| broker.data_dir.join("cluster")),
-                heartbeat_ms: c
-                    .raft_heartbeat_ms
-                    .unwrap_or(levee_cluster::DEFAULT_HEARTBEAT_MS),
-                election_timeout_ms: c.raft_election_timeout_ms.unwrap_or_else(|| {
-                    // Scaled with a raised heartbeat, so setting only that stays valid.
-                    levee_cluster::DEFAULT_ELECTION_TIMEOUT_MS.max(
-                        4 * c
-                            .raft_heartbeat_ms
-                            .unwrap_or(levee_cluster::DEFAULT_HEARTBEAT_MS)
-                            .min(60_000),
-                    )
-                }),
+                heartbeat_ms: heartbeat,
+                // Scaled with a raised heartbeat, so setting only that stays valid.
+                election_timeout_ms: c.raft_election_timeout_ms.unwrap_or(
+                    levee_cluster::DEFAULT_ELECTION_TIMEOUT_MS.max(4 * heartbeat.min(60_000)),
+                ),
             };
             config.validate()?;
             Some(config)

@@ -201,29 +201,23 @@ impl Nodes {
 
     /// Cuts (or heals) every link to and from node `n` (1-based).
     fn isolate(&self, n: u64, cut: bool) {
-        let i = (n - 1) as usize;
-        for (from, row) in self.links.iter().enumerate() {
-            for (to, link) in row.iter().enumerate() {
-                if let Some(l) = link
-                    && (from == i || to == i)
-                {
-                    l.set_cut(cut);
-                }
-            }
-        }
+        self.links_of(Some(n)).for_each(|l| l.set_cut(cut));
     }
 
     /// Delays every link to and from node `n` (1-based) by `delay` each way; `None`: every link.
     fn slow(&self, n: Option<u64>, delay: Duration) {
-        for (from, row) in self.links.iter().enumerate() {
-            for (to, link) in row.iter().enumerate() {
-                if let Some(l) = link
-                    && n.is_none_or(|n| from == (n - 1) as usize || to == (n - 1) as usize)
-                {
-                    l.set_delay(delay);
-                }
-            }
-        }
+        self.links_of(n).for_each(|l| l.set_delay(delay));
+    }
+
+    /// The links to and from node `n` (1-based); `None`: every link.
+    fn links_of(&self, n: Option<u64>) -> impl Iterator<Item = &Link> {
+        self.links.iter().enumerate().flat_map(move |(from, row)| {
+            row.iter().enumerate().filter_map(move |(to, link)| {
+                link.as_ref().filter(|_| {
+                    n.is_none_or(|n| from == (n - 1) as usize || to == (n - 1) as usize)
+                })
+            })
+        })
     }
 
     /// Waits until a node other than `not` serves the queue.

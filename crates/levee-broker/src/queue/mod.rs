@@ -572,9 +572,9 @@ impl QueueState {
     /// delivered. Memory queues leave it at `u64::MAX`.
     ///
     /// On a disk queue (one whose watermark has been set before) holding more than
-    /// [`MEMORY_BODIES`] ready messages (see [`QueueState::set_memory_bodies`]), the messages that just became durable let go of their
-    /// bodies: they are read back from the log when delivered, so a deep backlog costs its index,
-    /// not its payloads. (Until durable a body stays: a failed fsync writes it again.) They are
+    /// [`MEMORY_BODIES`] ready messages (see [`QueueState::set_memory_bodies`]), the messages that
+    /// just became durable let go of their bodies: they are read back from the log when
+    /// delivered, so a deep backlog costs its index, not its payloads. (Until durable a body stays: a failed fsync writes it again.) They are
     /// the newest entries of the ready set, so this visits only them. Conflated queues keep their
     /// bodies (a replacement takes an old position, out of sequence order; such a queue holds one
     /// message per key).

@@ -57,7 +57,7 @@ openraft::declare_raft_types!(
         Node = BasicNode,
 );
 
-/// A node's Raft timing (`[cluster] heartbeat_ms`, `election_timeout_ms`; validated by
+/// A node's Raft timing (`[cluster] raft_heartbeat_ms`, `raft_election_timeout_ms`; validated by
 /// `ClusterConfig::validate`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timing {

@@ -366,12 +366,6 @@ impl<V: Value> ChunkMap<V> {
             })
             .filter(move |(seq, _)| *seq >= from)
     }
-    fn iter(&self) -> impl Iterator<Item = (u64, &V)> + '_ {
-        self.chunks.iter().flat_map(|(&n, c)| {
-            c.iter()
-                .map(move |(off, value)| (n * CHUNK + u64::from(off), value))
-        })
-    }
 }
 
 /// The unsettled messages' entries by seq: the subset of a `BTreeMap<u64, Entry>`'s API the log
@@ -446,9 +440,7 @@ impl SeqIndex {
     }
     /// Entries in seq order.
     pub(super) fn iter(&self) -> impl Iterator<Item = (u64, Entry)> + '_ {
-        self.slots
-            .iter()
-            .map(move |(seq, slot)| (seq, self.entry(seq, slot)))
+        self.iter_from(0)
     }
     /// Entries from `from` on, in seq order.
     pub(super) fn iter_from(&self, from: u64) -> impl Iterator<Item = (u64, Entry)> + '_ {
@@ -458,7 +450,7 @@ impl SeqIndex {
     }
     /// Record lengths, in seq order (no expiry look-ups).
     pub(super) fn record_lens(&self) -> impl Iterator<Item = u32> + '_ {
-        self.slots.iter().map(|(_, slot)| slot.len)
+        self.slots.iter_from(0).map(|(_, slot)| slot.len)
     }
 }
 
@@ -555,7 +547,7 @@ mod tests {
                 .filter(|(_, e)| e.expires_at_ms != u64::MAX || e.key_hash != 0)
                 .map(|(&s, _)| s)
                 .collect();
-            prop_assert_eq!(with_extra, index.extras.iter().map(|(s, _)| s).collect::<Vec<_>>());
+            prop_assert_eq!(with_extra, index.extras.iter_from(0).map(|(s, _)| s).collect::<Vec<_>>());
             let lens: Vec<u32> = model.values().map(|e| e.len).collect();
             prop_assert_eq!(lens, index.record_lens().collect::<Vec<_>>());
         }
