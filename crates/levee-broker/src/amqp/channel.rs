@@ -1475,7 +1475,7 @@ impl Connection {
     }
 
     /// The answer to a (reply) op.
-    pub(crate) fn op_result(&mut self, r: OpResult) {
+    pub(crate) fn op_result(&mut self, r: OpResult, now: u64) {
         match r {
             OpResult::Declared {
                 channel,
@@ -1532,11 +1532,15 @@ impl Connection {
                 Some(0) | None => self.get_empty(sub),
                 Some(n) => {
                     if let Some(Sub {
-                        kind: SubKind::Get { ready, .. },
+                        kind: SubKind::Get { ready, until, .. },
                         ..
                     }) = self.subs.get_mut(&sub)
                     {
                         *ready = n;
+                        // The queue said it has messages: its delivery is on the way. The wait
+                        // starts now, not at the `basic.get` (the answer itself may have taken
+                        // long on a busy broker).
+                        *until = Some(now + super::connection::GET_WAIT_MS);
                     }
                 }
             },

@@ -598,7 +598,7 @@ impl Link {
             while let Some(op) = conn.poll_op() {
                 progressed = true;
                 if let Some(r) = self.run(conn, op).await {
-                    conn.op_result(r);
+                    conn.op_result(r, now_ms());
                 }
             }
             if !rbuf.is_empty() && conn.wants_read() && !conn.is_closed() {
@@ -755,6 +755,14 @@ pub(crate) async fn serve<S>(
                 if !wbuf.is_empty() && now >= last_write + WRITE_STALL_MS {
                     tracing::warn!(conn = id, "AMQP client does not read what is sent to it: disconnecting");
                     break;
+                }
+                // Server frames already queued go first: a `basic.get` whose delivery is
+                // waiting on `rx` must not time out because the timer won the select.
+                let mut n = 0;
+                while n < 256 && can_take && conn.wants_server_frames() {
+                    let Some(f) = rx.try_recv() else { break };
+                    conn.handle_server_frame(link.env(), f, now);
+                    n += 1;
                 }
                 conn.handle_timeout(link.env(), now);
             },
