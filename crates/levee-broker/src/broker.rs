@@ -237,7 +237,7 @@ struct QueueEntry {
 mod ops;
 
 /// A deletion in progress: resolves to the number of messages the queue held.
-pub(crate) type Deletion =
+pub type Deletion =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, BrokerError>> + Send>>;
 
 /// A callback appending Prometheus text to `/metrics` ([`Broker::set_metrics_source`]).
@@ -257,6 +257,18 @@ pub trait Replication: Send + Sync {
         name: String,
         config: QueueConfig,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, BrokerError>> + Send>>;
+    /// Deletes the replicated queue `name` on every node (through the cluster's catalog);
+    /// resolves once this node has removed it, to the messages it held (as far as this node
+    /// knows: 0 unless it served the queue).
+    fn delete(&self, name: String) -> Deletion;
+    /// Replaces the config of the replicated queue `name` (checked as [`Broker::update`]
+    /// checks a local queue's) on every node; resolves once this node has applied it, to the
+    /// previous config.
+    fn update(
+        &self,
+        name: String,
+        config: QueueConfig,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<QueueConfig, BrokerError>> + Send>>;
 }
 
 pub(crate) struct Inner {
@@ -690,7 +702,15 @@ impl Broker {
     /// Takes the queue out of the registry at once (later lookups fail) and removes it in a task
     /// of its own: stops its actor, then removes its files. The returned future resolves to the
     /// number of messages it held; it need not be awaited for the deletion to complete.
+    ///
+    /// A replicated queue is deleted through the cluster ([`Replication::delete`]), from any
+    /// node: the future resolves once this node has removed it.
     pub(crate) fn begin_delete(&self, name: &str) -> Result<Deletion, BrokerError> {
+        if self.is_replicated(name)
+            && let Some(replication) = self.replication()
+        {
+            return Ok(replication.delete(name.to_string()));
+        }
         let (done_tx, done_rx) = tokio::sync::watch::channel(false);
         let entry = {
             let mut queues = self.inner.queues.write();
@@ -820,6 +840,47 @@ impl Broker {
                 },
                 None => BrokerError::UnknownQueue(name.to_string()),
             })
+    }
+
+    /// Whether `name` is a replicated queue, served here or elsewhere.
+    pub(crate) fn is_replicated(&self, name: &str) -> bool {
+        self.inner.elsewhere.read().contains_key(name)
+            || self
+                .inner
+                .queues
+                .read()
+                .get(name)
+                .is_some_and(|q| q.config.replicas > 1)
+    }
+
+    /// Removes a queue served by [`Broker::load_external`] because it was deleted (a
+    /// replicated queue deleted through the cluster): its actor stops, its producers and
+    /// consumers are told `unknown-queue`, its bindings go; its files are left to their owner
+    /// (who removes them). Afterwards the name is unknown here (not `not-leader`). Returns the
+    /// messages it held, if it was served here.
+    pub async fn remove_external(&self, name: &str) -> Option<u64> {
+        self.set_served_elsewhere(name, None);
+        let entry = {
+            let _guard = self.inner.catalog.lock().await;
+            self.inner.queues.write().remove(name)
+        };
+        let entry = entry?;
+        let (reply, rx) = oneshot::channel();
+        let _ = entry.tx.send(Cmd::Delete(reply));
+        let dropped = rx.await.unwrap_or(0);
+        let _ = entry.task.await;
+        if let Some(log) = entry.log.and_then(|slot| slot.write().take()) {
+            // Its files are about to be removed: closing only releases them (a final sync the
+            // owner's backend may refuse is of no use now).
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Ok(log) = Arc::try_unwrap(log) {
+                    let _ = log.close();
+                }
+            })
+            .await;
+        }
+        self.remove_queue_bindings(name).await;
+        Some(dropped)
     }
 
     /// Marks `queue` as a replicated queue served by another node (`Some(serving)`: its wire

@@ -47,12 +47,46 @@ impl Broker {
     /// Replaces the configuration of the live queue `name` by `config` without losing a message
     /// (see `queue::reconfigure` for what may change and how lowered limits apply). Returns the
     /// previous configuration.
+    ///
+    /// A replicated queue is changed through the cluster ([`crate::Replication::update`]), from
+    /// any node.
     pub async fn update(
         &self,
         name: &str,
         config: QueueConfig,
     ) -> Result<QueueConfig, BrokerError> {
         config.validate(name)?;
+        if self.is_replicated(name)
+            && let Some(replication) = self.replication()
+        {
+            return replication.update(name.to_string(), config).await;
+        }
+        self.reconfigure(name, config, true).await
+    }
+
+    /// Checks that `new` may replace `old` on a live queue (what [`Broker::update`] refuses).
+    pub fn check_update(old: &QueueConfig, new: &QueueConfig) -> Result<(), BrokerError> {
+        check_change(old, new).map_err(refused)
+    }
+
+    /// Applies a config to a queue served by [`Broker::load_external`] whose owner has
+    /// already checked and recorded it (a replicated queue's config changed through the
+    /// cluster). No catalog entry is written. Returns the previous config.
+    pub async fn reconfigure_external(
+        &self,
+        name: &str,
+        config: QueueConfig,
+    ) -> Result<QueueConfig, BrokerError> {
+        config.validate(name)?;
+        self.reconfigure(name, config, false).await
+    }
+
+    async fn reconfigure(
+        &self,
+        name: &str,
+        config: QueueConfig,
+        write_catalog: bool,
+    ) -> Result<QueueConfig, BrokerError> {
         let _guard = self.inner.catalog.lock().await;
         let (old, tx, dir) = {
             let queues = self.inner.queues.read();
@@ -73,6 +107,7 @@ impl Broker {
             return Ok(old);
         }
         if let Some(dir) = dir
+            && write_catalog
             && config.durability.keeps_definition()
         {
             let backend = self.inner.backend.clone();

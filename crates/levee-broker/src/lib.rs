@@ -41,7 +41,9 @@ pub mod security;
 mod storage;
 
 pub use amqp::{AmqpConfig, AmqpListener};
-pub use broker::{Broker, BrokerConfig, MAX_MAX_FRAME, MIN_MAX_FRAME, MetricsSource, Replication};
+pub use broker::{
+    Broker, BrokerConfig, Deletion, MAX_MAX_FRAME, MIN_MAX_FRAME, MetricsSource, Replication,
+};
 pub use error::BrokerError;
 pub use http::{HttpError, router, serve_http};
 pub use routing::{ConfirmCallback, RoutedConfirm, RoutedPublisher, combine};

@@ -111,7 +111,7 @@ impl ClientError {
     }
 
     /// The broker's text of a `not-leader` error (as a request's error or a publish outcome).
-    pub(crate) fn not_leader_text(&self) -> Option<&str> {
+    pub fn not_leader_text(&self) -> Option<&str> {
         match self {
             ClientError::Server {
                 code: ErrorCode::NotLeader,

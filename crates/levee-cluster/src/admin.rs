@@ -4,7 +4,13 @@
 //! # Invariants
 //! - The catalog changes only by committed commands of the metadata group, so every node
 //!   serves the same set of replicated queues; each node starts a queue's Raft group when it
-//!   applies (or, at start, restores) the queue's entry.
+//!   applies (or, at start, restores) the queue's entry, and stops it and removes its files
+//!   when it applies the queue's deletion.
+//! - Every declaration that creates a queue gets a new incarnation number (counted by the
+//!   catalog, so the same on every node); a queue's Raft group and directory are named by name
+//!   and incarnation, so a queue declared again after a delete never talks to, or reads the
+//!   files of, the deleted one's group. Incarnation 0 is a queue declared before incarnations
+//!   existed (its group and directory carry the bare name).
 
 use std::collections::BTreeMap;
 
@@ -27,6 +33,20 @@ pub enum AdminRequest {
         /// Its config, see [`encode_config`].
         config: Vec<u8>,
     },
+    /// Delete a replicated queue with its messages, on every node (through the metadata
+    /// leader).
+    Delete {
+        /// Queue name.
+        name: String,
+    },
+    /// Replace a replicated queue's config (through the metadata leader): the serving node
+    /// applies it at once, the others when they serve the queue next.
+    Update {
+        /// Queue name.
+        name: String,
+        /// The new config, see [`encode_config`] (checked against the old one by the caller).
+        config: Vec<u8>,
+    },
 }
 
 /// The answer.
@@ -36,6 +56,10 @@ pub enum AdminReply {
     Status(Status),
     /// The queue was created (`true`) or existed.
     Declared(bool),
+    /// The queue was deleted (`true`) or did not exist.
+    Deleted(bool),
+    /// The config was replaced (`true`) or the queue did not exist.
+    Updated(bool),
     /// The request failed.
     Error(String),
 }
@@ -69,6 +93,9 @@ pub struct Member {
 pub struct QueueStatus {
     /// Queue name.
     pub name: String,
+    /// Its incarnation (see the module invariants).
+    #[serde(default)]
+    pub incarnation: u64,
     /// Its leader, as known here.
     pub leader: Option<u64>,
     /// Whether this node serves it now (it leads it and has loaded it).
@@ -86,7 +113,25 @@ pub struct QueueStatus {
 /// A command of the metadata group.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) enum CatalogCmd {
-    Declare { name: String, config: Vec<u8> },
+    // New variants go at the end: bincode numbers them, and logs hold old ones.
+    /// A declaration written before incarnations: applied as incarnation 0 (so a log written
+    /// then still names the group and directory it made). No longer proposed.
+    Declare {
+        name: String,
+        config: Vec<u8>,
+    },
+    Delete {
+        name: String,
+    },
+    Update {
+        name: String,
+        config: Vec<u8>,
+    },
+    /// A declaration: creates the queue with the next incarnation if it is not there.
+    Create {
+        name: String,
+        config: Vec<u8>,
+    },
 }
 
 /// A queue config as bytes: levee-proto's own encoding of it (inside a `Declare` frame), so the
@@ -119,77 +164,230 @@ pub fn decode_config(bytes: &[u8]) -> Result<QueueConfig, ClusterError> {
     }
 }
 
-/// A queue added to the catalog.
-pub(crate) type Added = (String, Vec<u8>);
+/// A change of the catalog, for the node to act on (start, stop or reconfigure a group), in
+/// the order the catalog applied them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CatalogEvent {
+    /// A queue is in the catalog (declared, or restored at start).
+    Added {
+        name: String,
+        incarnation: u64,
+        config: Vec<u8>,
+    },
+    /// A queue was deleted (or a restored snapshot no longer has this incarnation).
+    Removed { name: String, incarnation: u64 },
+    /// A queue's config was replaced.
+    Updated {
+        name: String,
+        incarnation: u64,
+        config: Vec<u8>,
+    },
+}
 
-/// The catalog of replicated queues (the metadata group's state): name → encoded config.
+/// One queue of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Entry {
+    pub(crate) incarnation: u64,
+    pub(crate) config: Vec<u8>,
+}
+
+#[derive(Default)]
+struct CatalogState {
+    queues: BTreeMap<String, Entry>,
+    /// The last incarnation handed out.
+    last_incarnation: u64,
+}
+
+/// The catalog of replicated queues (the metadata group's state): name → incarnation and
+/// encoded config.
 pub(crate) struct Catalog {
-    queues: Mutex<BTreeMap<String, Vec<u8>>>,
-    /// Queues added (for the node to start their groups).
-    added: mpsc::UnboundedSender<Added>,
+    state: Mutex<CatalogState>,
+    /// Changes, for the node (it starts and stops groups in this order).
+    events: mpsc::UnboundedSender<CatalogEvent>,
+}
+
+/// A snapshot starts with this (snapshots before incarnations were a bare list of queues).
+const SNAPSHOT_MAGIC: &[u8; 4] = b"LCS2";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotV2 {
+    last_incarnation: u64,
+    queues: Vec<(String, Entry)>,
 }
 
 impl Catalog {
-    pub(crate) fn new(added: mpsc::UnboundedSender<Added>) -> Catalog {
+    pub(crate) fn new(events: mpsc::UnboundedSender<CatalogEvent>) -> Catalog {
         Catalog {
-            queues: Mutex::new(BTreeMap::new()),
-            added,
+            state: Mutex::new(CatalogState::default()),
+            events,
         }
     }
 
     /// The encoded config of `name`, if the catalog (as applied here) has it.
     pub(crate) fn config_of(&self, name: &str) -> Option<Vec<u8>> {
-        self.queues.lock().get(name).cloned()
+        self.state.lock().queues.get(name).map(|e| e.config.clone())
+    }
+
+    /// The entry of `name`, if the catalog (as applied here) has it.
+    pub(crate) fn entry(&self, name: &str) -> Option<Entry> {
+        self.state.lock().queues.get(name).cloned()
+    }
+
+    /// Whether the catalog holds `name` in this incarnation.
+    pub(crate) fn holds(&self, name: &str, incarnation: u64) -> bool {
+        self.state
+            .lock()
+            .queues
+            .get(name)
+            .is_some_and(|e| e.incarnation == incarnation)
+    }
+
+    /// Adds `name` unless it is there: with the next incarnation (`fresh`) or as incarnation 0
+    /// (a declaration from before incarnations). Whether it was added.
+    fn create(&self, name: String, config: Vec<u8>, fresh: bool) -> bool {
+        let mut st = self.state.lock();
+        if st.queues.contains_key(&name) {
+            return false;
+        }
+        let incarnation = if fresh {
+            st.last_incarnation += 1;
+            st.last_incarnation
+        } else {
+            0
+        };
+        st.queues.insert(
+            name.clone(),
+            Entry {
+                incarnation,
+                config: config.clone(),
+            },
+        );
+        self.send(CatalogEvent::Added {
+            name,
+            incarnation,
+            config,
+        });
+        true
+    }
+
+    fn send(&self, event: CatalogEvent) {
+        let _ = self.events.send(event);
     }
 }
 
+/// What [`Catalog::apply`] answers: 1 if the command changed the catalog (created, deleted,
+/// updated), 0 if not.
 impl StateMachine for Catalog {
     fn apply(&self, command: &[u8]) -> Vec<u8> {
-        let created = match bincode::deserialize::<CatalogCmd>(command) {
-            Ok(CatalogCmd::Declare { name, config }) => {
-                let mut queues = self.queues.lock();
-                let created = !queues.contains_key(&name);
-                if created {
-                    queues.insert(name.clone(), config.clone());
-                    let _ = self.added.send((name, config));
+        let changed = match bincode::deserialize::<CatalogCmd>(command) {
+            Ok(CatalogCmd::Declare { name, config }) => self.create(name, config, false),
+            Ok(CatalogCmd::Create { name, config }) => self.create(name, config, true),
+            Ok(CatalogCmd::Delete { name }) => {
+                let removed = self.state.lock().queues.remove(&name);
+                match removed {
+                    Some(e) => {
+                        self.send(CatalogEvent::Removed {
+                            name,
+                            incarnation: e.incarnation,
+                        });
+                        true
+                    }
+                    None => false,
                 }
-                created
+            }
+            Ok(CatalogCmd::Update { name, config }) => {
+                let mut st = self.state.lock();
+                match st.queues.get_mut(&name) {
+                    Some(e) => {
+                        e.config = config.clone();
+                        let incarnation = e.incarnation;
+                        self.send(CatalogEvent::Updated {
+                            name,
+                            incarnation,
+                            config,
+                        });
+                        true
+                    }
+                    None => false,
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "undecodable catalog command");
                 false
             }
         };
-        vec![u8::from(created)]
+        vec![u8::from(changed)]
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, ClusterError> {
-        let queues: Vec<(String, Vec<u8>)> = self
-            .queues
-            .lock()
-            .iter()
-            .map(|(n, c)| (n.clone(), c.clone()))
-            .collect();
-        bincode::serialize(&queues).map_err(|e| ClusterError::Decode {
+        let st = self.state.lock();
+        let snap = SnapshotV2 {
+            last_incarnation: st.last_incarnation,
+            queues: st
+                .queues
+                .iter()
+                .map(|(n, e)| (n.clone(), e.clone()))
+                .collect(),
+        };
+        let mut out = SNAPSHOT_MAGIC.to_vec();
+        bincode::serialize_into(&mut out, &snap).map_err(|e| ClusterError::Decode {
             what: "catalog snapshot",
             reason: e.to_string(),
-        })
+        })?;
+        Ok(out)
     }
 
     fn restore(&self, snapshot: Option<&[u8]>) -> Result<(), ClusterError> {
-        let queues: Vec<(String, Vec<u8>)> = match snapshot {
-            Some(b) => bincode::deserialize(b).map_err(|e| ClusterError::Decode {
-                what: "catalog snapshot",
-                reason: e.to_string(),
-            })?,
-            None => Vec::new(),
+        let bad = |e: bincode::Error| ClusterError::Decode {
+            what: "catalog snapshot",
+            reason: e.to_string(),
         };
-        let mut q = self.queues.lock();
-        q.clear();
-        for (n, c) in queues {
-            q.insert(n.clone(), c.clone());
-            let _ = self.added.send((n, c));
+        let snap = match snapshot {
+            Some(b) if b.starts_with(SNAPSHOT_MAGIC) => {
+                bincode::deserialize::<SnapshotV2>(&b[SNAPSHOT_MAGIC.len()..]).map_err(bad)?
+            }
+            // Before incarnations: every queue is incarnation 0.
+            Some(b) => SnapshotV2 {
+                last_incarnation: 0,
+                queues: bincode::deserialize::<Vec<(String, Vec<u8>)>>(b)
+                    .map_err(bad)?
+                    .into_iter()
+                    .map(|(n, config)| {
+                        (
+                            n,
+                            Entry {
+                                incarnation: 0,
+                                config,
+                            },
+                        )
+                    })
+                    .collect(),
+            },
+            None => SnapshotV2 {
+                last_incarnation: 0,
+                queues: Vec::new(),
+            },
+        };
+        let mut st = self.state.lock();
+        let new: BTreeMap<String, Entry> = snap.queues.into_iter().collect();
+        // What the snapshot no longer holds (a follower that missed deletions) goes first.
+        for (name, e) in &st.queues {
+            if new.get(name).is_none_or(|n| n.incarnation != e.incarnation) {
+                self.send(CatalogEvent::Removed {
+                    name: name.clone(),
+                    incarnation: e.incarnation,
+                });
+            }
         }
+        for (name, e) in &new {
+            self.send(CatalogEvent::Added {
+                name: name.clone(),
+                incarnation: e.incarnation,
+                config: e.config.clone(),
+            });
+        }
+        st.queues = new;
+        st.last_incarnation = snap.last_incarnation;
         Ok(())
     }
 }
@@ -223,4 +421,131 @@ pub async fn serving_node(nodes: &[String], queue: &str) -> Option<(u64, String)
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(c: &CatalogCmd) -> Vec<u8> {
+        bincode::serialize(c).unwrap()
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<CatalogEvent>) -> Vec<CatalogEvent> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    fn create(name: &str) -> Vec<u8> {
+        cmd(&CatalogCmd::Create {
+            name: name.into(),
+            config: vec![1],
+        })
+    }
+
+    #[test]
+    fn a_queue_declared_again_after_a_delete_is_a_new_incarnation() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let c = Catalog::new(tx);
+        assert_eq!(c.apply(&create("a")), vec![1]);
+        assert_eq!(
+            c.apply(&create("a")),
+            vec![0],
+            "a redeclare changes nothing"
+        );
+        assert_eq!(
+            c.apply(&cmd(&CatalogCmd::Delete { name: "a".into() })),
+            vec![1]
+        );
+        assert_eq!(
+            c.apply(&cmd(&CatalogCmd::Delete { name: "a".into() })),
+            vec![0]
+        );
+        assert_eq!(c.apply(&create("a")), vec![1]);
+        let update = CatalogCmd::Update {
+            name: "a".into(),
+            config: vec![2],
+        };
+        assert_eq!(c.apply(&cmd(&update)), vec![1]);
+        assert_eq!(
+            drain(&mut rx),
+            vec![
+                CatalogEvent::Added {
+                    name: "a".into(),
+                    incarnation: 1,
+                    config: vec![1]
+                },
+                CatalogEvent::Removed {
+                    name: "a".into(),
+                    incarnation: 1
+                },
+                CatalogEvent::Added {
+                    name: "a".into(),
+                    incarnation: 2,
+                    config: vec![1]
+                },
+                CatalogEvent::Updated {
+                    name: "a".into(),
+                    incarnation: 2,
+                    config: vec![2]
+                },
+            ]
+        );
+        assert!(c.holds("a", 2) && !c.holds("a", 1));
+        assert_eq!(c.config_of("a"), Some(vec![2]));
+        let update_missing = CatalogCmd::Update {
+            name: "b".into(),
+            config: vec![2],
+        };
+        assert_eq!(c.apply(&cmd(&update_missing)), vec![0]);
+    }
+
+    #[test]
+    fn a_declaration_from_before_incarnations_keeps_incarnation_0() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let c = Catalog::new(tx);
+        let legacy = CatalogCmd::Declare {
+            name: "old".into(),
+            config: vec![1],
+        };
+        assert_eq!(c.apply(&cmd(&legacy)), vec![1]);
+        assert!(c.holds("old", 0));
+        // The counter is untouched: the next new queue is incarnation 1.
+        c.apply(&create("new"));
+        assert!(c.holds("new", 1));
+        assert_eq!(drain(&mut rx).len(), 2);
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_a_restore_reports_what_went() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let c = Catalog::new(tx);
+        c.apply(&create("a"));
+        c.apply(&create("b"));
+        let snap = c.snapshot().unwrap();
+        c.apply(&cmd(&CatalogCmd::Delete { name: "a".into() }));
+        c.apply(&create("a"));
+        drain(&mut rx);
+        // Back to the snapshot: a's incarnation 3 goes, a's 1 and b come.
+        c.restore(Some(&snap)).unwrap();
+        let events = drain(&mut rx);
+        assert_eq!(
+            events[0],
+            CatalogEvent::Removed {
+                name: "a".into(),
+                incarnation: 3
+            }
+        );
+        assert!(c.holds("a", 1) && c.holds("b", 2));
+        // The counter came back with it.
+        c.apply(&create("c"));
+        assert!(c.holds("c", 3));
+
+        // A snapshot written before incarnations: a bare list; every queue is incarnation 0.
+        let legacy = bincode::serialize(&vec![("x".to_string(), vec![9u8])]).unwrap();
+        c.restore(Some(&legacy)).unwrap();
+        assert!(c.holds("x", 0) && !c.holds("a", 1));
+        assert_eq!(c.config_of("x"), Some(vec![9]));
+        c.restore(None).unwrap();
+        assert!(!c.holds("x", 0));
+    }
 }

@@ -108,6 +108,7 @@ mod tests {
             meta_leader: Some(1),
             queues: vec![QueueStatus {
                 name: "jobs\"x".into(),
+                incarnation: 1,
                 leader: Some(2),
                 served_here: true,
                 term: 4,

@@ -30,7 +30,9 @@ use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::admin::{AdminReply, AdminRequest, Catalog, CatalogCmd, Member, QueueStatus, Status};
+use crate::admin::{
+    AdminReply, AdminRequest, Catalog, CatalogCmd, CatalogEvent, Member, QueueStatus, Status,
+};
 use crate::error::ClusterError;
 use crate::raft::Group;
 use crate::raft::net::{Rpc, RpcReply, read_frame, write_frame};
@@ -204,39 +206,20 @@ impl levee_broker::Replication for ClusterReplication {
             }
             let encoded =
                 crate::admin::encode_config(&name, &config).map_err(|e| invalid(e.to_string()))?;
-            // The name and config are checked: what can still fail is the metadata group's
-            // availability (no leader known for a moment, a forward that failed, no quorum).
-            // Retried, as a client would, for a while.
-            let deadline = tokio::time::Instant::now() + DECLARE_SERVED_WITHIN;
-            let mut pause = std::time::Duration::from_millis(50);
-            let created = loop {
-                let request = AdminRequest::Declare {
+            let created = match admin_retrying(
+                &s,
+                &name,
+                AdminRequest::Declare {
                     name: name.clone(),
-                    config: encoded.clone(),
-                };
-                let s2 = s.clone();
-                let reply =
-                    s.rt.spawn(async move { admin(&s2, request).await })
-                        .await
-                        .map_err(|e| BrokerError::Internal(e.to_string()))?;
-                match reply {
-                    AdminReply::Declared(created) => break created,
-                    AdminReply::Error(e) if tokio::time::Instant::now() < deadline => {
-                        tracing::debug!(queue = %name, error = %e, "declaring a replicated queue: retrying");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(std::time::Duration::from_millis(500));
-                    }
-                    AdminReply::Error(e) => {
-                        return Err(BrokerError::Internal(format!(
-                            "the cluster did not take the declaration of {name} within {} s: {e}",
-                            DECLARE_SERVED_WITHIN.as_secs()
-                        )));
-                    }
-                    AdminReply::Status(_) => {
-                        return Err(BrokerError::Internal("unexpected admin reply".into()));
-                    }
-                }
+                    config: encoded,
+                },
+            )
+            .await?
+            {
+                AdminReply::Declared(created) => created,
+                other => return Err(unexpected(&other)),
             };
+            applied_everywhere(&s, &name, true).await;
             let deadline = tokio::time::Instant::now() + DECLARE_SERVED_WITHIN;
             while tokio::time::Instant::now() < deadline {
                 let served = s.queues.read().get(&name).is_some_and(|q| {
@@ -253,11 +236,233 @@ impl levee_broker::Replication for ClusterReplication {
             Ok(created)
         })
     }
+
+    fn delete(&self, name: String) -> levee_broker::Deletion {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            use levee_broker::BrokerError;
+            let s = shared
+                .upgrade()
+                .ok_or_else(|| BrokerError::Internal("the cluster node stopped".into()))?;
+            let Some(entry) = s.catalog.entry(&name) else {
+                return Err(BrokerError::UnknownQueue(name));
+            };
+            // Only the serving node knows what the queue holds.
+            let messages = match running(&s, &name, entry.incarnation) == Some(true) {
+                true => s
+                    .broker
+                    .inspect(&name)
+                    .await
+                    .map(|i| i.stats.ready + i.stats.unacked)
+                    .unwrap_or(0),
+                false => 0,
+            };
+            match admin_retrying(&s, &name, AdminRequest::Delete { name: name.clone() }).await? {
+                AdminReply::Deleted(true) => {}
+                AdminReply::Deleted(false) => return Err(BrokerError::UnknownQueue(name)),
+                other => return Err(unexpected(&other)),
+            }
+            // Applied here: this node's group is stopped and its files removed (so the name is
+            // free for a new declaration on this node at once).
+            let deadline = tokio::time::Instant::now() + DECLARE_SERVED_WITHIN;
+            while running(&s, &name, entry.incarnation).is_some()
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            applied_everywhere(&s, &name, false).await;
+            Ok(messages)
+        })
+    }
+
+    fn update(
+        &self,
+        name: String,
+        config: QueueConfig,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<QueueConfig, levee_broker::BrokerError>> + Send,
+        >,
+    > {
+        let (shared, nodes) = (self.shared.clone(), self.nodes);
+        Box::pin(async move {
+            use levee_broker::BrokerError;
+            let s = shared
+                .upgrade()
+                .ok_or_else(|| BrokerError::Internal("the cluster node stopped".into()))?;
+            let Some(entry) = s.catalog.entry(&name) else {
+                return Err(BrokerError::UnknownQueue(name));
+            };
+            let old = crate::admin::decode_config(&entry.config)
+                .map_err(|e| BrokerError::Internal(e.to_string()))?;
+            // `replicas` and the durability are checked as given (they cannot change); the
+            // stored config is the replicated one.
+            levee_broker::Broker::check_update(&old, &config)?;
+            let new = replicated_queue_config(&config, nodes);
+            if new == old {
+                return Ok(old);
+            }
+            let encoded = crate::admin::encode_config(&name, &new)
+                .map_err(|e| BrokerError::Internal(e.to_string()))?;
+            match admin_retrying(
+                &s,
+                &name,
+                AdminRequest::Update {
+                    name: name.clone(),
+                    config: encoded,
+                },
+            )
+            .await?
+            {
+                AdminReply::Updated(true) => {}
+                AdminReply::Updated(false) => return Err(BrokerError::UnknownQueue(name)),
+                other => return Err(unexpected(&other)),
+            }
+            // Applied here (on the serving node: the queue runs with it).
+            let deadline = tokio::time::Instant::now() + DECLARE_SERVED_WITHIN;
+            while tokio::time::Instant::now() < deadline {
+                let applied =
+                    s.queues.read().get(&name).is_none_or(|q| {
+                        q.incarnation != entry.incarnation || *q.applied.read() == new
+                    });
+                if applied {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Ok(old)
+        })
+    }
+}
+
+/// How long a declaration or deletion waits for the other nodes to have applied it.
+const APPLIED_EVERYWHERE_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits (at most [`APPLIED_EVERYWHERE_WITHIN`]) until every other node that answers runs
+/// `name`'s group and knows its leader (`present`), or no longer runs it: so that right after a declaration (deletion)
+/// returns, the other nodes know the queue (no longer serve it) instead of answering
+/// `unknown-queue` until their next heartbeat and apply. A node that does not answer (down, cut
+/// off) is not waited for: it learns the change when it is back.
+async fn applied_everywhere(s: &Arc<Shared>, name: &str, present: bool) {
+    let deadline = tokio::time::Instant::now() + APPLIED_EVERYWHERE_WITHIN;
+    let mut pending: Vec<String> = s
+        .config
+        .nodes
+        .iter()
+        .filter(|(id, _)| **id != s.config.node_id)
+        .map(|(_, a)| a.cluster.clone())
+        .collect();
+    while !pending.is_empty() && tokio::time::Instant::now() < deadline {
+        let mut still = Vec::new();
+        for addr in pending {
+            let asked = tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                crate::admin::request(&addr, AdminRequest::Status),
+            )
+            .await;
+            // Present: the node runs the group and knows its leader (so it can tell a client
+            // where the queue is served).
+            if let Ok(Ok(AdminReply::Status(st))) = asked
+                && st
+                    .queues
+                    .iter()
+                    .any(|q| q.name == name && (q.leader.is_some() || !present))
+                    != present
+            {
+                still.push(addr);
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn unexpected(reply: &AdminReply) -> levee_broker::BrokerError {
+    levee_broker::BrokerError::Internal(format!("unexpected admin reply {reply:?}"))
+}
+
+/// Sends `request` (about queue `name`) to the metadata group through this node, retrying, as
+/// a client would, for up to [`DECLARE_SERVED_WITHIN`] while it fails for availability (no
+/// leader known for a moment, a forward that failed, no quorum).
+async fn admin_retrying(
+    s: &Arc<Shared>,
+    name: &str,
+    request: AdminRequest,
+) -> Result<AdminReply, levee_broker::BrokerError> {
+    use levee_broker::BrokerError;
+    let deadline = tokio::time::Instant::now() + DECLARE_SERVED_WITHIN;
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        let (s2, r) = (s.clone(), request.clone());
+        let reply =
+            s.rt.spawn(async move { admin(&s2, r).await })
+                .await
+                .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        match reply {
+            AdminReply::Error(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(queue = %name, error = %e, "a catalog change: retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(500));
+            }
+            AdminReply::Error(e) => {
+                return Err(BrokerError::Internal(format!(
+                    "the cluster did not take the change of {name} within {} s: {e}",
+                    DECLARE_SERVED_WITHIN.as_secs()
+                )));
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
+/// Whether this node runs `name`'s group in this incarnation: `Some(served here)`.
+fn running(s: &Shared, name: &str, incarnation: u64) -> Option<bool> {
+    s.queues
+        .read()
+        .get(name)
+        .filter(|q| q.incarnation == incarnation)
+        .map(|q| q.served.load(std::sync::atomic::Ordering::Acquire))
 }
 
 struct QueueGroup {
+    /// See the catalog's incarnations (`admin`).
+    incarnation: u64,
     group: Arc<Group>,
     served: Arc<std::sync::atomic::AtomicBool>,
+    /// The catalog's config of the queue as last applied here (the replicated form): the
+    /// watcher serves the queue with it.
+    applied: Arc<RwLock<QueueConfig>>,
+    backend: ReplicatedBackend,
+    /// Stops the watcher (the queue was deleted).
+    stop: tokio::sync::watch::Sender<bool>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+/// The Raft group of `name` in `incarnation`.
+fn group_name(name: &str, incarnation: u64) -> String {
+    match incarnation {
+        0 => format!("queue/{name}"),
+        n => format!("queue/{name}+{n}"),
+    }
+}
+
+/// The directory under `[cluster] data_dir`/queues of `name` in `incarnation` (`+` is not
+/// allowed in queue names, so the name and the number cannot be confused).
+fn queue_dir_name(name: &str, incarnation: u64) -> String {
+    match incarnation {
+        0 => name.to_string(),
+        n => format!("{name}+{n}"),
+    }
+}
+
+/// The inverse of [`queue_dir_name`] (and of [`group_name`] without `queue/`).
+fn parse_incarnation(dir: &str) -> Option<(&str, u64)> {
+    match dir.rsplit_once('+') {
+        Some((name, n)) => Some((name, n.parse().ok()?)),
+        None => Some((dir, 0)),
+    }
 }
 
 struct Shared {
@@ -316,8 +521,8 @@ impl Node {
         let local = listener
             .local_addr()
             .map_err(|e| ClusterError::io("cluster listener address", e))?;
-        let (added_tx, mut added_rx) = mpsc::unbounded_channel();
-        let catalog = Arc::new(Catalog::new(added_tx));
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+        let catalog = Arc::new(Catalog::new(events_tx));
         let shared = Arc::new(Shared {
             config,
             broker,
@@ -364,19 +569,16 @@ impl Node {
         };
         *shared.meta.write() = Some(meta);
         // Queue groups, as the catalog names them (at start from its snapshot and log, later
-        // as declarations commit).
+        // as declarations, deletions and updates commit), in the catalog's order.
         let s = shared.clone();
         tokio::spawn(async move {
-            while let Some((name, config)) = added_rx.recv().await {
-                let started = match crate::admin::decode_config(&config) {
-                    Ok(config) => start_queue_group(&s, &name, config).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = started {
-                    tracing::error!(queue = %name, error = %e, "starting a replicated queue failed");
-                }
+            while let Some(event) = events_rx.recv().await {
+                catalog_changed(&s, event).await;
             }
         });
+        // Files of queues deleted while this node was down (it restored a snapshot without
+        // them) are removed once the metadata group has applied all it holds.
+        tokio::spawn(sweep_when_caught_up(shared.clone()));
         Ok(Node {
             shared,
             runtime: Some(runtime),
@@ -415,22 +617,207 @@ impl Node {
     }
 }
 
+/// Acts on one change of the catalog.
+async fn catalog_changed(s: &Arc<Shared>, event: CatalogEvent) {
+    match event {
+        CatalogEvent::Added {
+            name,
+            incarnation,
+            config,
+        } => {
+            let config = match crate::admin::decode_config(&config) {
+                Ok(c) => replicated_queue_config(&c, s.config.nodes.len()),
+                Err(e) => {
+                    tracing::error!(queue = %name, error = %e, "a replicated queue's config does not decode");
+                    return;
+                }
+            };
+            let other = s
+                .queues
+                .read()
+                .get(&name)
+                .map(|q| q.incarnation)
+                .filter(|i| *i != incarnation);
+            if let Some(old) = other {
+                remove_queue_group(s, &name, old).await;
+            }
+            if running(s, &name, incarnation).is_some() {
+                apply_config(s, &name, incarnation, config).await;
+                return;
+            }
+            // Another incarnation's files (a deletion this node missed) are not this one's.
+            remove_other_incarnations(s, &name, incarnation).await;
+            if let Err(e) = start_queue_group(s, &name, incarnation, config).await {
+                tracing::error!(queue = %name, error = %e, "starting a replicated queue failed");
+            }
+        }
+        CatalogEvent::Removed { name, incarnation } => {
+            remove_queue_group(s, &name, incarnation).await;
+            tracing::info!(queue = %name, incarnation, "replicated queue deleted");
+        }
+        CatalogEvent::Updated {
+            name,
+            incarnation,
+            config,
+        } => match crate::admin::decode_config(&config) {
+            Ok(c) => {
+                let c = replicated_queue_config(&c, s.config.nodes.len());
+                apply_config(s, &name, incarnation, c).await;
+            }
+            Err(e) => {
+                tracing::error!(queue = %name, error = %e, "a replicated queue's new config does not decode");
+            }
+        },
+    }
+}
+
+/// Records `config` as the queue's and applies it to the queue if this node serves it.
+async fn apply_config(s: &Arc<Shared>, name: &str, incarnation: u64, config: QueueConfig) {
+    let served = {
+        let queues = s.queues.read();
+        let Some(q) = queues.get(name).filter(|q| q.incarnation == incarnation) else {
+            return;
+        };
+        *q.applied.write() = config.clone();
+        q.served.load(std::sync::atomic::Ordering::Acquire)
+    };
+    // The watcher, loading the queue meanwhile, compares after it set `served` (so one of the
+    // two applies it).
+    if served && let Err(e) = s.broker.reconfigure_external(name, config).await {
+        tracing::warn!(queue = %name, error = %e, "applying a replicated queue's new config failed");
+    }
+}
+
+/// Stops `name`'s group of `incarnation` (its watcher, the queue in the broker, its Raft
+/// tasks) and removes its files.
+async fn remove_queue_group(s: &Arc<Shared>, name: &str, incarnation: u64) {
+    let q = {
+        let mut queues = s.queues.write();
+        match queues.get(name) {
+            Some(q) if q.incarnation == incarnation => queues.remove(name),
+            _ => None,
+        }
+    };
+    if let Some(q) = q {
+        let _ = q.stop.send(true);
+        let _ = q.watcher.await;
+        q.backend.set_active(false);
+        s.broker.remove_external(name).await;
+        let g = q.group.clone();
+        let _ = s.rt.spawn(async move { g.shutdown().await }).await;
+    } else {
+        s.broker.set_served_elsewhere(name, None);
+    }
+    let dir = s
+        .config
+        .data_dir
+        .join("queues")
+        .join(queue_dir_name(name, incarnation));
+    remove_dir(dir).await;
+}
+
+async fn remove_dir(dir: PathBuf) {
+    let shown = dir.display().to_string();
+    match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await {
+        Ok(Ok(())) => tracing::debug!(dir = %shown, "removed a deleted replicated queue's files"),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(Err(e)) => {
+            tracing::warn!(dir = %shown, error = %e, "removing a deleted replicated queue's files failed");
+        }
+        Err(e) => tracing::warn!(dir = %shown, error = %e, "removing files: task failed"),
+    }
+}
+
+/// The directories under `[cluster] data_dir`/queues, parsed into (queue, incarnation).
+async fn queue_dirs(s: &Shared) -> Vec<(String, u64)> {
+    let root = s.config.data_dir.join("queues");
+    tokio::task::spawn_blocking(move || {
+        let Ok(rd) = std::fs::read_dir(&root) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| {
+                let n = e.file_name().into_string().ok()?;
+                let (name, inc) = parse_incarnation(&n)?;
+                Some((name.to_string(), inc))
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// Removes the files of `name`'s incarnations other than `keep` (not running here).
+async fn remove_other_incarnations(s: &Arc<Shared>, name: &str, keep: u64) {
+    for (n, inc) in queue_dirs(s).await {
+        if n == name && inc != keep && running(s, &n, inc).is_none() {
+            remove_dir(
+                s.config
+                    .data_dir
+                    .join("queues")
+                    .join(queue_dir_name(&n, inc)),
+            )
+            .await;
+        }
+    }
+}
+
+/// Once the metadata group has applied every entry of its local log (at start), removes the
+/// directory of every queue incarnation the catalog does not hold and no group runs: queues
+/// deleted while this node was down, whose deletion it learnt from a snapshot.
+async fn sweep_when_caught_up(s: Arc<Shared>) {
+    let Some(meta) = s.meta.read().clone() else {
+        return;
+    };
+    let mut metrics = meta.raft().metrics();
+    loop {
+        let done = {
+            let m = metrics.borrow_and_update();
+            m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.last_log_index
+        };
+        if done {
+            break;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+    for (name, inc) in queue_dirs(&s).await {
+        if !s.catalog.holds(&name, inc) && running(&s, &name, inc).is_none() {
+            tracing::info!(queue = %name, incarnation = inc, "removing the files of a replicated queue deleted meanwhile");
+            remove_dir(
+                s.config
+                    .data_dir
+                    .join("queues")
+                    .join(queue_dir_name(&name, inc)),
+            )
+            .await;
+        }
+    }
+}
+
 async fn start_queue_group(
     s: &Arc<Shared>,
     name: &str,
+    incarnation: u64,
     config: QueueConfig,
 ) -> Result<(), ClusterError> {
     if s.queues.read().contains_key(name) {
         return Ok(());
     }
-    let base = s.config.data_dir.join("queues").join(name);
+    let base = s
+        .config
+        .data_dir
+        .join("queues")
+        .join(queue_dir_name(name, incarnation));
     let state_dir = base.join("state");
     let sm = Arc::new(DirStateMachine::new(state_dir.clone()));
     let group = {
         let (s2, n, b) = (s.clone(), name.to_string(), base.clone());
         s.rt.spawn(async move {
             let g = Group::open(
-                &format!("queue/{n}"),
+                &group_name(&n, incarnation),
                 s2.config.node_id,
                 &b.join("raft"),
                 sm,
@@ -473,38 +860,62 @@ async fn start_queue_group(
         }),
     );
     let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let applied = Arc::new(RwLock::new(config));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(watch_leadership(
+        s.clone(),
+        name.to_string(),
+        Watched {
+            config: applied.clone(),
+            group: group.clone(),
+            backend: backend.clone(),
+            state_dir,
+            served: served.clone(),
+            stopped,
+        },
+    ));
     s.queues.write().insert(
         name.to_string(),
         QueueGroup {
-            group: group.clone(),
-            served: served.clone(),
+            incarnation,
+            group,
+            served,
+            applied,
+            backend,
+            stop,
+            watcher,
         },
     );
-    tokio::spawn(watch_leadership(
-        s.clone(),
-        name.to_string(),
-        replicated_queue_config(&config, s.config.nodes.len()),
-        group,
-        backend,
-        state_dir,
-        served,
-    ));
     Ok(())
 }
 
-/// Serves the queue in the broker while this node leads its group.
-async fn watch_leadership(
-    s: Arc<Shared>,
-    name: String,
-    config: QueueConfig,
+/// What a queue's watcher works with.
+struct Watched {
+    config: Arc<RwLock<QueueConfig>>,
     group: Arc<Group>,
     backend: ReplicatedBackend,
     state_dir: PathBuf,
     served: Arc<std::sync::atomic::AtomicBool>,
-) {
+    /// `true`: the queue was deleted; the watcher ends (its remover unloads the queue).
+    stopped: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Serves the queue in the broker while this node leads its group, until it is deleted.
+async fn watch_leadership(s: Arc<Shared>, name: String, w: Watched) {
+    let Watched {
+        config,
+        group,
+        backend,
+        state_dir,
+        served,
+        mut stopped,
+    } = w;
     let me = s.config.node_id;
     let mut metrics = group.raft().metrics();
     loop {
+        if *stopped.borrow() {
+            return;
+        }
         let (leading, leader) = {
             let m = metrics.borrow_and_update();
             let leader = m.current_leader;
@@ -537,15 +948,23 @@ async fn watch_leadership(
                 Ok(()) => {
                     backend.set_active(true);
                     let backend: Arc<dyn levee_store::Backend> = Arc::new(backend.clone());
+                    let loaded = config.read().clone();
                     match s
                         .broker
-                        .load_external(&name, config.clone(), state_dir.clone(), backend, 1)
+                        .load_external(&name, loaded.clone(), state_dir.clone(), backend, 1)
                         .await
                     {
                         Ok(messages) => {
                             s.broker.set_served_elsewhere(&name, None);
                             served.store(true, std::sync::atomic::Ordering::Release);
                             tracing::info!(queue = %name, messages, "leading the replicated queue: serving it");
+                            // A config change applied while the queue was loading.
+                            let now = config.read().clone();
+                            if now != loaded
+                                && let Err(e) = s.broker.reconfigure_external(&name, now).await
+                            {
+                                tracing::warn!(queue = %name, error = %e, "applying a replicated queue's new config failed");
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(queue = %name, error = %e, "loading the replicated queue failed; retrying");
@@ -570,6 +989,7 @@ async fn watch_leadership(
         // also looked at on a tick.
         tokio::select! {
             r = metrics.changed() => if r.is_err() { return },
+            r = stopped.changed() => if r.is_err() { return },
             () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
         }
     }
@@ -596,6 +1016,7 @@ fn status(s: &Shared) -> Status {
                 .unwrap_or_default();
             QueueStatus {
                 name: name.clone(),
+                incarnation: q.incarnation,
                 leader: m.current_leader,
                 served_here: q.served.load(std::sync::atomic::Ordering::Acquire),
                 term: m.current_term,
@@ -645,8 +1066,12 @@ fn group_of(s: &Shared, name: &str) -> Option<Arc<Group>> {
     if name == META {
         return s.meta.read().clone();
     }
-    let q = name.strip_prefix("queue/")?;
-    s.queues.read().get(q).map(|q| q.group.clone())
+    let (queue, incarnation) = parse_incarnation(name.strip_prefix("queue/")?)?;
+    s.queues
+        .read()
+        .get(queue)
+        .filter(|q| q.incarnation == incarnation)
+        .map(|q| q.group.clone())
 }
 
 async fn handle(s: &Arc<Shared>, rpc: Rpc) -> RpcReply {
@@ -668,53 +1093,62 @@ async fn handle(s: &Arc<Shared>, rpc: Rpc) -> RpcReply {
 }
 
 async fn admin(s: &Arc<Shared>, req: AdminRequest) -> AdminReply {
-    match req {
-        AdminRequest::Status => AdminReply::Status(status(s)),
-        AdminRequest::Declare { name, config } => {
-            if let Err(e) = levee_proto::validate_queue_name(&name) {
-                return AdminReply::Error(e.to_string());
-            }
-            let checked = crate::admin::decode_config(&config).and_then(|c| {
-                let c = replicated_queue_config(&c, s.config.nodes.len());
-                c.validate(&name)
-                    .map_err(|e| ClusterError::Config(e.to_string()))?;
-                crate::admin::encode_config(&name, &c)
-            });
-            let config = match checked {
-                Ok(c) => c,
-                Err(e) => return AdminReply::Error(e.to_string()),
-            };
-            let Some(meta) = s.meta.read().clone() else {
-                return AdminReply::Error("the metadata group is not open yet".into());
-            };
-            let cmd = match bincode::serialize(&CatalogCmd::Declare {
+    let checked_config = |name: &str, config: &[u8]| {
+        levee_proto::validate_queue_name(name).map_err(|e| ClusterError::Config(e.to_string()))?;
+        crate::admin::decode_config(config).and_then(|c| {
+            let c = replicated_queue_config(&c, s.config.nodes.len());
+            c.validate(name)
+                .map_err(|e| ClusterError::Config(e.to_string()))?;
+            crate::admin::encode_config(name, &c)
+        })
+    };
+    let cmd = match &req {
+        AdminRequest::Status => return AdminReply::Status(status(s)),
+        AdminRequest::Declare { name, config } => match checked_config(name, config) {
+            Ok(config) => CatalogCmd::Create {
                 name: name.clone(),
-                config: config.clone(),
-            }) {
-                Ok(c) => c,
-                Err(e) => return AdminReply::Error(e.to_string()),
-            };
-            match meta.propose(cmd).await {
-                Ok(r) => AdminReply::Declared(r.first() == Some(&1)),
-                Err(ClusterError::NotLeader {
-                    leader: Some(l), ..
-                }) if l != s.config.node_id => match s.config.nodes.get(&l) {
-                    // Forwarded once to the leader (which answers itself).
-                    Some(a) => {
-                        match crate::admin::request(
-                            &a.cluster,
-                            AdminRequest::Declare { name, config },
-                        )
-                        .await
-                        {
-                            Ok(r) => r,
-                            Err(e) => AdminReply::Error(e.to_string()),
-                        }
-                    }
-                    None => AdminReply::Error(format!("leader {l} is not a configured node")),
-                },
-                Err(e) => AdminReply::Error(e.to_string()),
+                config,
+            },
+            Err(e) => return AdminReply::Error(e.to_string()),
+        },
+        AdminRequest::Update { name, config } => match checked_config(name, config) {
+            Ok(config) => CatalogCmd::Update {
+                name: name.clone(),
+                config,
+            },
+            Err(e) => return AdminReply::Error(e.to_string()),
+        },
+        AdminRequest::Delete { name } => CatalogCmd::Delete { name: name.clone() },
+    };
+    let Some(meta) = s.meta.read().clone() else {
+        return AdminReply::Error("the metadata group is not open yet".into());
+    };
+    let cmd = match bincode::serialize(&cmd) {
+        Ok(c) => c,
+        Err(e) => return AdminReply::Error(e.to_string()),
+    };
+    match meta.propose(cmd).await {
+        Ok(r) => {
+            // Followers learn of the commit at once, not a heartbeat later.
+            meta.nudge().await;
+            let changed = r.first() == Some(&1);
+            match req {
+                AdminRequest::Declare { .. } => AdminReply::Declared(changed),
+                AdminRequest::Update { .. } => AdminReply::Updated(changed),
+                AdminRequest::Delete { .. } => AdminReply::Deleted(changed),
+                AdminRequest::Status => AdminReply::Status(status(s)),
             }
         }
+        Err(ClusterError::NotLeader {
+            leader: Some(l), ..
+        }) if l != s.config.node_id => match s.config.nodes.get(&l) {
+            // Forwarded once to the leader (which answers itself).
+            Some(a) => match crate::admin::request(&a.cluster, req).await {
+                Ok(r) => r,
+                Err(e) => AdminReply::Error(e.to_string()),
+            },
+            None => AdminReply::Error(format!("leader {l} is not a configured node")),
+        },
+        Err(e) => AdminReply::Error(e.to_string()),
     }
 }

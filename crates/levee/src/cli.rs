@@ -220,20 +220,39 @@ impl Conn {
     /// A client connected to the node that serves `queue`: the first of [`Conn::addrs`] that
     /// answers, and if that node says the queue is replicated and served by another node
     /// (`not-leader`), that node instead (followed up to three times: a failover may be under
-    /// way). The redirect is decided before the command runs, so nothing is ever sent twice.
-    /// A queue that does not exist, or any other answer, keeps the first connection (the
-    /// command then reports or creates as it would on a single node).
+    /// way). A node that says `not-leader` without naming a node (it knows of no leader: an
+    /// election is under way) is asked again every 200 ms for up to 5 s. The redirect is
+    /// decided before the command runs, so nothing is ever sent twice. A queue that does not
+    /// exist, or any other answer, keeps the first connection (the command then reports or
+    /// creates as it would on a single node).
     pub(crate) async fn client_for(&self, queue: &str) -> anyhow::Result<Client> {
         let mut client = self.client().await?;
-        for _ in 0..3 {
+        let (mut hops, mut waits) = (0, 0);
+        while hops < 3 {
             let serving = match client.inspect(queue).await {
-                Err(e) => e.serving_node().map(str::to_string),
+                Err(e) => e
+                    .not_leader_text()
+                    .is_some()
+                    .then(|| e.serving_node().map(str::to_string)),
                 Ok(_) => None,
             };
-            let Some(at) = serving else { break };
-            eprintln!("levee: queue {queue} is served by {at}; connecting there");
-            let _ = client.close().await;
-            client = self.client_at(&[at]).await?;
+            match serving {
+                None => break,
+                Some(None) if waits < 25 => {
+                    if waits == 0 {
+                        eprintln!("levee: queue {queue} has no known leader yet; waiting");
+                    }
+                    waits += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Some(None) => break,
+                Some(Some(at)) => {
+                    eprintln!("levee: queue {queue} is served by {at}; connecting there");
+                    let _ = client.close().await;
+                    client = self.client_at(&[at]).await?;
+                    hops += 1;
+                }
+            }
         }
         Ok(client)
     }

@@ -641,6 +641,142 @@ async fn replicated_queues_are_declared_from_the_cli_http_and_amqp() {
     }
 }
 
+/// A replicated queue's purge, config change and deletion hold on every node: made through a
+/// follower, they survive a kill -9 of the leader; a deletion removes the queue (and its files)
+/// everywhere, also on a node that was down meanwhile, and the name can be declared again as a
+/// new, empty queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicated_queues_are_purged_updated_and_deleted_on_every_node() {
+    let cluster = Arc::new(Cluster::start());
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}{}\nlogs:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            cluster.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let publish = |addr: String, n: usize| async move {
+        let c = Client::connect(addr.as_str(), ClientOptions::default())
+            .await
+            .unwrap();
+        let p = c
+            .producer("work", ProducerOptions::default())
+            .await
+            .unwrap();
+        for i in 0..n {
+            let o = p.send(Message::new(format!("w{i}"))).await.unwrap();
+            assert!(matches!(o, PublishOutcome::Stored { .. }), "{o:?}");
+        }
+    };
+    let others =
+        |leader: u64| -> Vec<u16> { (1..=3u16).filter(|n| u64::from(*n) != leader).collect() };
+    let files = |node: u16| -> Vec<String> {
+        let dir = cluster
+            .dir
+            .path()
+            .join(format!("node{node}/cluster/queues"));
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+
+    ok(cluster.cli(1, &["queue", "declare", "work", "--replicas", "3"]));
+    let (leader, addr) = cluster.serving_queue("work").await;
+    publish(addr, 20).await;
+    let f = others(leader);
+    // Purged and limited through the followers (the CLI follows each to the leader).
+    let purged = ok(cluster.cli(f[0], &["queue", "purge", "work"]));
+    assert!(purged.contains("purged 20"), "{purged}");
+    ok(cluster.cli(f[1], &["queue", "update", "work", "--max-messages", "7"]));
+    let inspect = ok(cluster.cli(f[0], &["queue", "inspect", "work"]));
+    assert!(
+        inspect.contains("max_messages=7"),
+        "applied at once: {inspect}"
+    );
+
+    // Both hold on the next leader.
+    cluster.script(&["kill", &leader.to_string()]);
+    let (now, addr) = cluster.serving_queue("work").await;
+    assert_ne!(now, leader);
+    let inspect = ok(cluster.cli(now as u16, &["queue", "inspect", "work"]));
+    assert!(
+        inspect.contains("max_messages=7") && inspect.contains("ready=0 unacked=0"),
+        "the purge and the update were replicated: {inspect}"
+    );
+    publish(addr, 3).await;
+    cluster.script(&["restart", &leader.to_string()]);
+
+    // Deleted through the follower that stayed up: gone on every node, files included.
+    let third = (6 - now - leader) as u16;
+    let deleted = ok(cluster.cli(third, &["queue", "delete", "work"]));
+    assert!(deleted.contains("deleted work"), "{deleted}");
+    for n in 1..=3u16 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = cluster.cli(n, &["queue", "inspect", "work"]);
+            let why = String::from_utf8_lossy(&out.stderr).into_owned();
+            let gone = !out.status.success() && why.contains("unknown queue");
+            if gone && files(n).is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {n} still has work: {why} files {:?}\n{}",
+                files(n),
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let status = cluster.levee(&["status", "--json"]);
+    assert!(!status.contains("\"work\""), "not in the catalog: {status}");
+
+    // Declared again: a new, empty queue (a new incarnation, its own group and files).
+    ok(cluster.cli(2, &["queue", "declare", "work", "--replicas", "3"]));
+    let (leader, addr) = cluster.serving_queue("work").await;
+    let inspect = ok(cluster.cli(leader as u16, &["queue", "inspect", "work"]));
+    assert!(
+        inspect.contains("ready=0 unacked=0") && inspect.contains("max_messages=100000"),
+        "a new queue, not the old one: {inspect}"
+    );
+    publish(addr, 2).await;
+    // A node down during a deletion removes the queue when it comes back.
+    let away = others(leader)[0];
+    cluster.script(&["kill", &away.to_string()]);
+    assert_eq!(
+        files(away),
+        vec!["work+2".to_string()],
+        "the second incarnation's files"
+    );
+    ok(cluster.cli(leader as u16, &["queue", "delete", "work"]));
+    cluster.script(&["restart", &away.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !files(away).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "node {away} kept {:?}\n{}",
+            files(away),
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = cluster.cli(away, &["queue", "inspect", "work"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown queue"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `levee bench --replicas 3` runs against a cluster: it declares its queue replicated through
 /// the first node it reaches and its clients follow the queue to its leader (the R3 rows of
 /// docs/BENCHMARKS.md are made this way).

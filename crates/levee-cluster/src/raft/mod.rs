@@ -157,6 +157,12 @@ impl Group {
         (self.log.len(), self.sm.last_applied())
     }
 
+    /// Sends a heartbeat now (it carries the commit index: followers apply what was just
+    /// committed without waiting for the next heartbeat).
+    pub(crate) async fn nudge(&self) {
+        let _ = self.raft.trigger().heartbeat().await;
+    }
+
     /// Stops the group's Raft tasks.
     pub(crate) async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
