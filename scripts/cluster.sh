@@ -11,6 +11,11 @@
 # cluster (Raft) B+20+N and AMQP B+30+N. Data in $LEVEE_CLUSTER_DIR/nodeN (default
 # ./levee-cluster); its config, log and pid file beside it (nodeN.toml, nodeN.log, nodeN.pid).
 # The binary: $LEVEE_BIN, else target/debug/levee (or target/release/levee), else levee on PATH.
+# A secured cluster (users, TLS; docs/cluster.md "Security"): $LEVEE_CLUSTER_EXTRA is TOML put
+# in every node's file before its [cluster] section (e.g. [tls] and [[users]] tables),
+# $LEVEE_CLUSTER_SECTION keys put in [cluster] (user, password_file, tls_ca), and
+# $LEVEE_CLUSTER_CLI_ARGS options given to `levee` for the script's own `levee cluster`
+# calls (e.g. --tls-ca FILE; LEVEE_USER / LEVEE_PASSWORD come from the environment).
 set -euo pipefail
 
 B=${LEVEE_CLUSTER_BASE:-5780}
@@ -34,10 +39,12 @@ listen = "127.0.0.1:$((B + n))"
 http = "127.0.0.1:$((B + 10 + n))"
 amqp = "127.0.0.1:$((B + 30 + n))"
 data_dir = "$DIR/node$n"
+${LEVEE_CLUSTER_EXTRA:-}
 
 [cluster]
 node_id = $n
 listen = "127.0.0.1:$((B + 20 + n))"
+${LEVEE_CLUSTER_SECTION:-}
 EOF
   for m in 1 2 3; do
     cat <<EOF
@@ -78,7 +85,8 @@ signal_node() {
 case ${1:-} in
   start)
     for n in 1 2 3; do start_node "$n"; done
-    "$BIN" cluster --nodes "$NODES" wait --timeout 60s >/dev/null
+    # shellcheck disable=SC2086 # options, split on purpose
+    "$BIN" ${LEVEE_CLUSTER_CLI_ARGS:-} cluster --nodes "$NODES" wait --timeout 60s >/dev/null
     echo "metadata group has a leader"
     ;;
   stop)
@@ -94,9 +102,10 @@ case ${1:-} in
     ;;
   kill) signal_node KILL "${2:?node number}" ;;
   restart) start_node "${2:?node number}" ;;
-  status) "$BIN" cluster --nodes "$NODES" status --json ;;
+  # shellcheck disable=SC2086
+  status) "$BIN" ${LEVEE_CLUSTER_CLI_ARGS:-} cluster --nodes "$NODES" status --json ;;
   *)
-    sed -n '2,14p' "$0"
+    sed -n '2,19p' "$0"
     exit 2
     ;;
 esac

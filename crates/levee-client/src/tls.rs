@@ -93,6 +93,12 @@ impl TlsOptions {
         })
     }
 
+    /// The rustls configuration (roots and client certificate) for other connections made the
+    /// same way (the cluster's links between nodes).
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.config.clone()
+    }
+
     /// The name the server's certificate must carry (default: the IP address connected to).
     pub fn server_name(mut self, name: impl Into<String>) -> TlsOptions {
         self.server_name = Some(name.into());

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::error::ClusterError;
+use crate::link::Link;
 use crate::replicated_log::StateMachine;
 
 /// A request to a node's cluster listener.
@@ -392,9 +393,20 @@ impl StateMachine for Catalog {
     }
 }
 
-/// Sends one admin request to the node at `addr` (its cluster address).
+/// Sends one admin request to the node at `addr` (its cluster address), over plain TCP
+/// without a login (a cluster without users); see [`request_via`].
 pub async fn request(addr: &str, req: AdminRequest) -> Result<AdminReply, ClusterError> {
-    match crate::raft::net::call_once(addr, &crate::raft::net::Rpc::Admin(req)).await {
+    request_via(&Link::plain(), addr, req).await
+}
+
+/// Sends one admin request to the node at `addr` (its cluster address) through `link` (TLS,
+/// login).
+pub async fn request_via(
+    link: &Link,
+    addr: &str,
+    req: AdminRequest,
+) -> Result<AdminReply, ClusterError> {
+    match crate::raft::net::call_once(link, addr, &crate::raft::net::Rpc::Admin(req)).await {
         Ok(crate::raft::net::RpcReply::Admin(r)) => Ok(r),
         Ok(_) => Err(ClusterError::Peer {
             addr: addr.to_string(),
@@ -409,10 +421,15 @@ pub async fn request(addr: &str, req: AdminRequest) -> Result<AdminReply, Cluste
 
 /// Where clients find a replicated queue (the redirect step of failover): asks the nodes at
 /// `nodes` (cluster addresses) in turn and returns the wire address of the node serving `queue`
-/// now, if one answers that it does.
+/// now, if one answers that it does. Plain TCP without a login; see [`serving_node_via`].
 pub async fn serving_node(nodes: &[String], queue: &str) -> Option<(u64, String)> {
+    serving_node_via(&Link::plain(), nodes, queue).await
+}
+
+/// [`serving_node`] through `link`.
+pub async fn serving_node_via(link: &Link, nodes: &[String], queue: &str) -> Option<(u64, String)> {
     for addr in nodes {
-        let Ok(AdminReply::Status(s)) = request(addr, AdminRequest::Status).await else {
+        let Ok(AdminReply::Status(s)) = request_via(link, addr, AdminRequest::Status).await else {
             continue;
         };
         if s.queues.iter().any(|q| q.name == queue && q.served_here) {

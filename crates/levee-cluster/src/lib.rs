@@ -11,6 +11,7 @@
 //! - [`replicated_dir`]: a replicated queue's files — the broker's queue log runs unchanged on a
 //!   storage backend whose fsync commits the writes through the queue's Raft group;
 //! - [`admin`]: the metadata group's catalog of replicated queues and the admin requests;
+//! - [`link`]: how connections between nodes are opened (TLS, the login) and admitted;
 //! - [`metrics`]: the `levee_cluster_*` gauges a node adds to its broker's `/metrics`;
 //! - [`node`]: a node — groups, the cluster listener, and serving each queue in the local broker
 //!   while this node leads it.
@@ -22,6 +23,7 @@
 
 pub mod admin;
 mod error;
+pub mod link;
 pub mod logstore;
 pub mod metrics;
 pub mod node;
@@ -31,5 +33,6 @@ pub mod replicated_dir;
 pub mod replicated_log;
 
 pub use error::ClusterError;
+pub use link::Link;
 pub use node::{ClusterConfig, DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS, Node, NodeAddrs};
 pub use replicated_log::{ReplicatedLog, StateMachine};

@@ -92,6 +92,10 @@ pub struct ClusterConfig {
     /// draws its timeout from this to twice this): a follower that hears no leader for that
     /// long campaigns. At least 3 heartbeats.
     pub election_timeout_ms: u64,
+    /// How this node reaches its peers' cluster listeners: TLS (when the broker speaks TLS)
+    /// and the user it logs in as (`[cluster] user`, `password_file`). The listener admits
+    /// peers by the broker's own users and TLS settings (see `link`).
+    pub link: crate::link::Link,
 }
 
 /// Default [`ClusterConfig::heartbeat_ms`]: a LAN or one region.
@@ -357,7 +361,7 @@ async fn applied_everywhere(s: &Arc<Shared>, name: &str, present: bool) {
         for addr in pending {
             let asked = tokio::time::timeout(
                 std::time::Duration::from_millis(500),
-                crate::admin::request(&addr, AdminRequest::Status),
+                crate::admin::request_via(&s.link, &addr, AdminRequest::Status),
             )
             .await;
             // Present: the node runs the group and knows its leader (so it can tell a client
@@ -473,6 +477,8 @@ struct Shared {
     rt: tokio::runtime::Handle,
     meta: RwLock<Option<Arc<Group>>>,
     queues: RwLock<HashMap<String, QueueGroup>>,
+    /// [`ClusterConfig::link`], shared by every group's network.
+    link: Arc<crate::link::Link>,
 }
 
 /// A running cluster node (dropping it stops its Raft runtime).
@@ -504,6 +510,7 @@ impl Node {
     /// the broker's runtime (queue watchers run there).
     pub async fn start(config: ClusterConfig, broker: Broker) -> Result<Node, ClusterError> {
         config.validate()?;
+        let config_link = config.link.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("levee-raft")
@@ -530,6 +537,7 @@ impl Node {
             rt: rt.clone(),
             meta: RwLock::new(None),
             queues: RwLock::new(HashMap::new()),
+            link: Arc::new(config_link),
         });
         rt.spawn(serve(listener, shared.clone()));
         // `levee_cluster_*` on the broker's `/metrics` (a weak handle: the broker must not keep
@@ -558,6 +566,7 @@ impl Node {
                     &s.config.data_dir.join("meta"),
                     c,
                     Arc::new(members(&s.config)),
+                    s.link.clone(),
                     s.config.timing(),
                 )
                 .await?;
@@ -822,6 +831,7 @@ async fn start_queue_group(
                 &b.join("raft"),
                 sm,
                 Arc::new(members(&s2.config)),
+                s2.link.clone(),
                 s2.config.timing(),
             )
             .await?;
@@ -1044,15 +1054,37 @@ fn status(s: &Shared) -> Status {
     }
 }
 
+/// Most connections the cluster listener holds at once (peers keep one per group and peer; a
+/// connection past this is closed at once).
+const MAX_PEER_CONNECTIONS: usize = 4096;
+
 async fn serve(listener: TcpListener, s: Arc<Shared>) {
+    let acceptor = levee_broker::security::Acceptor::new(s.broker.security());
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        let s = s.clone();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "cluster listener: too many connections, closing one");
+            continue;
+        };
+        let (s, acceptor) = (s.clone(), acceptor.clone());
         tokio::spawn(async move {
-            while let Ok(Some(rpc)) = read_frame::<Rpc>(&mut stream).await {
+            let _slot = slot;
+            let accepted = match acceptor.accept(tcp).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cluster connection: TLS handshake failed");
+                    return;
+                }
+            };
+            let mut stream: crate::link::Stream = Box::new(accepted.stream);
+            if let Err(why) = crate::link::admit(s.broker.security(), &mut stream, peer).await {
+                tracing::warn!(%peer, reason = %why, "cluster connection refused");
+                return;
+            }
+            while let Ok(Some(rpc)) = read_frame::<_, Rpc>(&mut stream).await {
                 let reply = handle(&s, rpc).await;
                 if write_frame(&mut stream, &reply).await.is_err() {
                     return;
@@ -1089,6 +1121,8 @@ async fn handle(s: &Arc<Shared>, rpc: Rpc) -> RpcReply {
             None => RpcReply::NoGroup,
         },
         Rpc::Admin(req) => RpcReply::Admin(admin(s, req).await),
+        // Admitted already (see `serve`): a peer that logs in though none is needed.
+        Rpc::Hello { .. } => RpcReply::Welcome,
     }
 }
 
@@ -1143,7 +1177,7 @@ async fn admin(s: &Arc<Shared>, req: AdminRequest) -> AdminReply {
             leader: Some(l), ..
         }) if l != s.config.node_id => match s.config.nodes.get(&l) {
             // Forwarded once to the leader (which answers itself).
-            Some(a) => match crate::admin::request(&a.cluster, req).await {
+            Some(a) => match crate::admin::request_via(&s.link, &a.cluster, req).await {
                 Ok(r) => r,
                 Err(e) => AdminReply::Error(e.to_string()),
             },

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use levee_cluster::admin::{AdminReply, AdminRequest, Status, request};
+use levee_cluster::Link;
+use levee_cluster::admin::{AdminReply, AdminRequest, Status, request_via};
 
 use crate::cli::Outcome;
 
@@ -53,10 +54,10 @@ enum ClusterCmd {
     },
 }
 
-async fn statuses(nodes: &[String]) -> Vec<(String, Option<Status>)> {
+async fn statuses(link: &Link, nodes: &[String]) -> Vec<(String, Option<Status>)> {
     let mut out = Vec::new();
     for addr in nodes {
-        let s = match request(addr, AdminRequest::Status).await {
+        let s = match request_via(link, addr, AdminRequest::Status).await {
             Ok(AdminReply::Status(s)) => Some(s),
             _ => None,
         };
@@ -116,10 +117,25 @@ fn merged(answers: &[(String, Option<Status>)]) -> serde_json::Value {
     })
 }
 
-pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<Outcome> {
+/// How the CLI reaches the cluster listeners: the client options' login (`--user`,
+/// `--password`, `LEVEE_USER`, `LEVEE_PASSWORD`) and TLS (`--tls-ca`, `--tls-cert/--tls-key`).
+fn link(conn: &crate::cli::Conn, nodes: &[String]) -> anyhow::Result<Link> {
+    let access = conn.access(nodes.first().map_or("", String::as_str))?;
+    let mut link = Link::plain();
+    if let Some(tls) = access.tls {
+        link = link.with_tls(tls.client_config());
+    }
+    if let Some(c) = access.credentials {
+        link = link.with_credentials(c.user, c.password);
+    }
+    Ok(link)
+}
+
+pub(crate) async fn run(args: ClusterArgs, conn: &crate::cli::Conn) -> anyhow::Result<Outcome> {
+    let link = link(conn, &args.nodes)?;
     match args.cmd {
         ClusterCmd::Status { json } => {
-            let view = merged(&statuses(&args.nodes).await);
+            let view = merged(&statuses(&link, &args.nodes).await);
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
@@ -157,7 +173,7 @@ pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<Outcome> {
                         name: name.clone(),
                         config: config.clone(),
                     };
-                    match request(addr, req).await {
+                    match request_via(&link, addr, req).await {
                         Ok(AdminReply::Declared(created)) => {
                             println!(
                                 "replicated queue {name} {}",
@@ -182,7 +198,7 @@ pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<Outcome> {
         ClusterCmd::Wait { queue, timeout } => {
             let deadline = Instant::now() + Duration::from_millis(u64::from(timeout));
             loop {
-                let view = merged(&statuses(&args.nodes).await);
+                let view = merged(&statuses(&link, &args.nodes).await);
                 let meta_ok = !view["meta_leader"].is_null();
                 let queue_ok = match &queue {
                     None => true,

@@ -266,7 +266,7 @@ fn run() -> anyhow::Result<cli::Outcome> {
             Command::Completions { .. } | Command::Man { .. } | Command::Passwd => {
                 Ok(cli::Outcome::Done)
             }
-            Command::Cluster(c) => cli_cluster::run(c).await,
+            Command::Cluster(c) => cli_cluster::run(c, &cli.conn).await,
             Command::Definitions(d) => {
                 definitions::run(&cli::Conn::from(&d.conn).or(&cli.conn), d.cmd).await
             }

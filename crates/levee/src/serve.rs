@@ -152,6 +152,13 @@ struct ClusterSection {
     raft_heartbeat_ms: Option<u64>,
     /// Shortest election timeout, ms [default: 600, or 4 heartbeats if more; at least 3].
     raft_election_timeout_ms: Option<u64>,
+    /// The user this node logs in as on its peers' cluster listeners (one of the `[[users]]`,
+    /// the same on every node, allowed to `manage` the broker). Needed when users exist.
+    user: Option<String>,
+    /// A file holding that user's password (its first line).
+    password_file: Option<PathBuf>,
+    /// With `[tls]`: the CA (PEM) the peers' certificates chain to [default: `[tls] client_ca`].
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -160,6 +167,44 @@ struct ClusterNode {
     id: u64,
     cluster: String,
     wire: String,
+}
+
+/// How this node dials its peers: TLS whenever the broker speaks TLS (its `[tls]` certificate
+/// presented, the peers' checked against `[cluster] tls_ca` or `[tls] client_ca`), logged in as
+/// `[cluster] user` (required when `[[users]]` exist: the peers admit only their users).
+fn cluster_link(
+    c: &ClusterSection,
+    tls: Option<&levee_broker::security::TlsConfig>,
+    has_users: bool,
+) -> anyhow::Result<levee_cluster::Link> {
+    let mut link = levee_cluster::Link::plain();
+    if let Some(tls) = tls {
+        let Some(ca) = c.tls_ca.as_ref().or(tls.client_ca.as_ref()) else {
+            anyhow::bail!(
+                "[cluster] with [tls]: the cluster links speak TLS and need the CA the nodes' \
+                 certificates chain to: set [cluster] tls_ca (or [tls] client_ca)"
+            );
+        };
+        let opts = levee_client::TlsOptions::new(Some(ca), Some((&tls.cert, &tls.key)))
+            .map_err(|e| anyhow::anyhow!("[cluster] TLS: {e}"))?;
+        link = link.with_tls(opts.client_config());
+    }
+    match (&c.user, &c.password_file) {
+        (Some(user), Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("[cluster] password_file {}", file.display()))?;
+            let password = text.lines().next().unwrap_or_default().to_string();
+            link = link.with_credentials(user.clone(), password);
+        }
+        (Some(_), None) => anyhow::bail!("[cluster] user needs password_file"),
+        (None, Some(_)) => anyhow::bail!("[cluster] password_file needs user"),
+        (None, None) if has_users => anyhow::bail!(
+            "[cluster] with [[users]]: the peers admit only their users; set [cluster] user and \
+             password_file (a user allowed to manage the broker, the same on every node)"
+        ),
+        (None, None) => {}
+    }
+    Ok(link)
 }
 
 impl FileConfig {
@@ -317,6 +362,7 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
                 election_timeout_ms: c.raft_election_timeout_ms.unwrap_or(
                     levee_cluster::DEFAULT_ELECTION_TIMEOUT_MS.max(4 * heartbeat.min(60_000)),
                 ),
+                link: cluster_link(c, file.tls.as_ref(), !file.users.is_empty())?,
             };
             config.validate()?;
             Some(config)
@@ -572,6 +618,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let cluster = match s.cluster {
         Some(c) => {
+            // Like every listener: not reachable from other machines without users.
+            broker.security().check_exposure(c.listen)?;
             let node = levee_cluster::Node::start(c, broker.clone())
                 .await
                 .context("starting the cluster node")?;

@@ -20,12 +20,16 @@ use levee_client::{Client, ClientOptions, ConsumerOptions, Message, ProducerOpti
 use levee_proto::PublishOutcome;
 use parking_lot::Mutex;
 
+mod common;
+
 const QUEUE: &str = "jobs";
 
 /// The script's cluster in a temporary directory on free ports.
 struct Cluster {
     dir: tempfile::TempDir,
     base: u16,
+    /// Extra environment for scripts/cluster.sh (a secured cluster's settings).
+    env: Vec<(String, String)>,
 }
 
 fn free_base() -> u16 {
@@ -45,9 +49,15 @@ fn free_base() -> u16 {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(tempfile::tempdir().expect("tempdir"), Vec::new())
+    }
+
+    /// A cluster in `dir` with `env` for the script (see scripts/cluster.sh).
+    fn start_with(dir: tempfile::TempDir, env: Vec<(String, String)>) -> Cluster {
         let c = Cluster {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir,
             base: free_base(),
+            env,
         };
         c.script(&["start"]);
         c
@@ -61,6 +71,7 @@ impl Cluster {
             .env("LEVEE_BIN", env!("CARGO_BIN_EXE_levee"))
             .env("LEVEE_CLUSTER_DIR", self.dir.path())
             .env("LEVEE_CLUSTER_BASE", self.base.to_string())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("running scripts/cluster.sh");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -194,6 +205,7 @@ impl Drop for Cluster {
             .env("LEVEE_BIN", env!("CARGO_BIN_EXE_levee"))
             .env("LEVEE_CLUSTER_DIR", self.dir.path())
             .env("LEVEE_CLUSTER_BASE", self.base.to_string())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output();
     }
 }
@@ -775,6 +787,163 @@ async fn replicated_queues_are_purged_updated_and_deleted_on_every_node() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A cluster with users and TLS: the nodes reach each other over TLS and log in as the
+/// configured node user, so declaring, confirming and failing over work as without; a peer
+/// without TLS, without a login, with a wrong password or as a user that may not manage the
+/// broker is refused by every node's cluster listener (the CLI too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_with_users_and_tls_admits_only_its_nodes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = common::pki::Pki::new(dir.path(), "cluster");
+    let password_file = dir.path().join("node.password");
+    std::fs::write(&password_file, "node-secret\n").unwrap();
+    let extra = format!(
+        r#"
+[tls]
+cert = "{}"
+key = "{}"
+client_ca = "{}"
+require_client_cert = false
+
+[[users]]
+name = "node"
+password_hash = "{}"
+permissions = [ {{ actions = ["admin"] }} ]
+
+[[users]]
+name = "app"
+password_hash = "{}"
+permissions = [ {{ queues = "secure*", actions = ["publish", "consume", "manage"] }} ]
+"#,
+        pki.cert.display(),
+        pki.key.display(),
+        pki.ca.display(),
+        common::pki::hash("node-secret"),
+        common::pki::hash("app-secret"),
+    );
+    let ca = pki.ca.display().to_string();
+    let cluster = Cluster::start_with(
+        dir,
+        vec![
+            ("LEVEE_CLUSTER_EXTRA".into(), extra),
+            (
+                "LEVEE_CLUSTER_SECTION".into(),
+                format!(
+                    "user = \"node\"\npassword_file = \"{}\"",
+                    password_file.display()
+                ),
+            ),
+            ("LEVEE_CLUSTER_CLI_ARGS".into(), format!("--tls-ca {ca}")),
+            ("LEVEE_USER".into(), "node".into()),
+            ("LEVEE_PASSWORD".into(), "node-secret".into()),
+        ],
+    );
+    // The application's CLI: TLS and its own user, through node `n`.
+    let app = |n: u16, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+            .args(["--addr", &format!("127.0.0.1:{}", cluster.base + n)])
+            .args(["--tls-ca", &ca, "--user", "app", "--password", "app-secret"])
+            .args(args)
+            .output()
+            .expect("running levee");
+        assert!(
+            out.status.success(),
+            "levee {args:?}: {}{}\nlogs:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            cluster.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    app(2, &["queue", "declare", "secure", "--replicas", "3"]);
+    let published = app(3, &["publish", "secure", "over-tls"]);
+    assert!(published.contains("stored=1"), "{published}");
+
+    // Who may talk to a cluster listener.
+    let nodes = cluster.nodes();
+    let tls = || {
+        levee_client::TlsOptions::new(Some(&pki.ca), None)
+            .unwrap()
+            .client_config()
+    };
+    let ask = |link: levee_cluster::Link| {
+        let addr = nodes[0].clone();
+        async move {
+            levee_cluster::admin::request_via(&link, &addr, AdminRequest::Status)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    use levee_cluster::Link;
+    use levee_cluster::admin::AdminRequest;
+    assert!(
+        ask(Link::plain()).await.is_err(),
+        "plain TCP to a TLS listener"
+    );
+    let e = ask(Link::plain().with_tls(tls())).await.unwrap_err();
+    assert!(e.contains("log in first"), "no login: {e}");
+    let e = ask(Link::plain()
+        .with_tls(tls())
+        .with_credentials("node", "guess"))
+    .await
+    .unwrap_err();
+    assert!(e.contains("authentication failed"), "wrong password: {e}");
+    let e = ask(Link::plain()
+        .with_tls(tls())
+        .with_credentials("app", "app-secret"))
+    .await
+    .unwrap_err();
+    assert!(
+        e.contains("may not join the cluster"),
+        "not a node user: {e}"
+    );
+    ask(Link::plain()
+        .with_tls(tls())
+        .with_credentials("node", "node-secret"))
+    .await
+    .expect("the node user is admitted");
+    let denied = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["--tls-ca", &ca, "--user", "app", "--password", "app-secret"])
+        .args(["cluster", "--nodes", &nodes.join(","), "status", "--json"])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&denied.stdout);
+    assert!(
+        !status.contains("\"secure\""),
+        "the app user sees nothing of the cluster: {status}"
+    );
+
+    // Elections and replication run over those links: a failover keeps the message.
+    let status: serde_json::Value = serde_json::from_str(&cluster.script(&["status"])).unwrap();
+    let leader = status["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "secure")
+        .and_then(|q| q["leader"].as_u64())
+        .unwrap_or_else(|| panic!("secure has a leader: {status}"));
+    cluster.script(&["kill", &leader.to_string()]);
+    let link = Link::plain()
+        .with_tls(tls())
+        .with_credentials("node", "node-secret");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let now = loop {
+        match levee_cluster::admin::serving_node_via(&link, &nodes, "secure").await {
+            Some((id, _)) if id != leader => break id,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let consumed = app(now as u16, &["consume", "secure", "--count", "1"]);
+    assert!(consumed.contains("over-tls"), "{consumed}");
 }
 
 /// `levee bench --replicas 3` runs against a cluster: it declares its queue replicated through

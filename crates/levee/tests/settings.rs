@@ -79,6 +79,49 @@ fn cluster_raft_timing_is_checked_at_start() {
 }
 
 #[test]
+fn cluster_links_need_a_login_with_users_and_a_ca_with_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("levee.toml");
+    let nodes = "[[cluster.nodes]]\nid = 1\ncluster = \"127.0.0.1:1\"\nwire = \"127.0.0.1:2\"\n";
+    let user = "[[users]]\nname = \"node\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$MDEyMzQ1Njc4OWFiY2RlZg$ba5Pq4rZ0CMBQ4MA8C6gfhTKXzVZHzyXv3Cu3ku2H9U\"\n";
+    let pki = tmp.path().join("absent.pem");
+    let tls = format!("[tls]\ncert = \"{0}\"\nkey = \"{0}\"\n", pki.display());
+    for (top, section, says) in [
+        (
+            user.to_string(),
+            "",
+            "[cluster] with [[users]]: the peers admit only their users",
+        ),
+        (
+            user.to_string(),
+            "user = \"node\"\n",
+            "[cluster] user needs password_file",
+        ),
+        (
+            user.to_string(),
+            "user = \"node\"\npassword_file = \"/nonexistent/pw\"\n",
+            "[cluster] password_file /nonexistent/pw",
+        ),
+        (
+            tls.clone(),
+            "",
+            "need the CA the nodes' certificates chain to",
+        ),
+    ] {
+        std::fs::write(
+            &file,
+            format!("{top}[cluster]\nnode_id = 1\nlisten = \"127.0.0.1:0\"\n{section}{nodes}"),
+        )
+        .unwrap();
+        let data = tmp.path().join("data");
+        let (ok, stderr) = serve_expecting_exit(&data, &["--config", file.to_str().unwrap()]);
+        assert!(!ok, "{section}: must be refused");
+        assert!(stderr.contains(says), "{top}{section}: {stderr}");
+        assert!(!data.exists(), "{section}: nothing opened");
+    }
+}
+
+#[test]
 fn an_ack_timeout_of_zero_is_accepted_as_documented_never() {
     let server = Server::start();
     let levee = |args: &[&str]| {

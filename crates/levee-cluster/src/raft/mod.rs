@@ -98,6 +98,7 @@ impl Group {
         dir: &Path,
         sm: Arc<dyn StateMachine>,
         addrs: Arc<BTreeMap<u64, String>>,
+        link: Arc<crate::link::Link>,
         timing: Timing,
     ) -> Result<Group, ClusterError> {
         let log = store::LogAdapter::open(&dir.join("log"))
@@ -107,6 +108,7 @@ impl Group {
         let network = net::Network {
             group: name.to_string(),
             addrs,
+            link,
         };
         let raft = Raft::new(id, raft_config(timing), network, log.clone(), sma.clone())
             .await

@@ -3,7 +3,9 @@
 //! A frame is `[len u32 LE][bincode body]`, at most [`MAX_FRAME`] bytes; every request gets one
 //! reply on the same connection, in order. Each (group, peer) pair has its own connection,
 //! opened on first use and dropped on any error (the next call reconnects), so a slow group
-//! never holds up another's heartbeats.
+//! never holds up another's heartbeats. Connections are opened by a [`crate::link::Link`]
+//! (TLS, login) and their first frames may be the login (`Hello`, answered `Welcome` or
+//! `Refused`).
 //!
 //! # Invariants
 //! - A call has a deadline (openraft's `RPCOption::hard_ttl`, or [`ADMIN_TIMEOUT`]); an I/O error
@@ -22,11 +24,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::TypeConfig;
 use crate::admin::{AdminReply, AdminRequest};
+use crate::link::{Link, Stream};
 
 /// The largest frame accepted (a snapshot chunk or a batch of entries is far smaller).
 pub(crate) const MAX_FRAME: usize = 64 << 20;
@@ -40,6 +42,11 @@ pub(crate) enum Rpc {
     Vote(String, VoteRequest<u64>),
     Snapshot(String, InstallSnapshotRequest<TypeConfig>),
     Admin(AdminRequest),
+    /// The login (see `link`): the first frame of a connection to a broker with users.
+    Hello {
+        user: String,
+        password: String,
+    },
 }
 
 /// Its reply.
@@ -51,11 +58,15 @@ pub(crate) enum RpcReply {
     /// The group does not exist (yet) on that node.
     NoGroup,
     Admin(AdminReply),
+    /// The login was accepted.
+    Welcome,
+    /// The connection is refused (no or a bad login, a user without the right); it is closed.
+    Refused(String),
 }
 
 /// Writes one frame.
-pub(crate) async fn write_frame<T: serde::Serialize>(
-    s: &mut TcpStream,
+pub(crate) async fn write_frame<S: AsyncWrite + Unpin + ?Sized, T: serde::Serialize>(
+    s: &mut S,
     v: &T,
 ) -> std::io::Result<()> {
     let body = bincode::serialize(v).map_err(std::io::Error::other)?;
@@ -69,8 +80,19 @@ pub(crate) async fn write_frame<T: serde::Serialize>(
 }
 
 /// Reads one frame (`None` at a clean end of stream).
-pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
-    s: &mut TcpStream,
+pub(crate) async fn read_frame<S: AsyncRead + Unpin + ?Sized, T: serde::de::DeserializeOwned>(
+    s: &mut S,
+) -> std::io::Result<Option<T>> {
+    read_frame_max(s, MAX_FRAME).await
+}
+
+/// Reads one frame of at most `max` bytes (`None` at a clean end of stream).
+pub(crate) async fn read_frame_max<
+    S: AsyncRead + Unpin + ?Sized,
+    T: serde::de::DeserializeOwned,
+>(
+    s: &mut S,
+    max: usize,
 ) -> std::io::Result<Option<T>> {
     let mut len = [0u8; 4];
     match s.read_exact(&mut len).await {
@@ -79,7 +101,7 @@ pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
         Err(e) => return Err(e),
     }
     let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(std::io::Error::other("frame too large"));
     }
     let mut body = vec![0u8; len];
@@ -90,14 +112,18 @@ pub(crate) async fn read_frame<T: serde::de::DeserializeOwned>(
 }
 
 /// One request and its reply on a fresh connection (admin calls, the CLI).
-pub(crate) async fn call_once(addr: &str, rpc: &Rpc) -> std::io::Result<RpcReply> {
+pub(crate) async fn call_once(link: &Link, addr: &str, rpc: &Rpc) -> std::io::Result<RpcReply> {
     tokio::time::timeout(ADMIN_TIMEOUT, async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
+        let mut s = link.connect(addr).await?;
         write_frame(&mut s, rpc).await?;
-        read_frame(&mut s)
-            .await?
-            .ok_or_else(|| std::io::Error::other("connection closed before the reply"))
+        match read_frame(&mut s).await? {
+            Some(RpcReply::Refused(why)) => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                why,
+            )),
+            Some(r) => Ok(r),
+            None => Err(std::io::Error::other("connection closed before the reply")),
+        }
     })
     .await
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply in time"))?
@@ -110,6 +136,8 @@ pub(crate) struct Network {
     /// address in the replicated membership (so each node may reach a peer its own way, e.g.
     /// through a proxy, and a peer's address can change without a membership change).
     pub(crate) addrs: Arc<BTreeMap<u64, String>>,
+    /// How connections are opened (TLS, login).
+    pub(crate) link: Arc<Link>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -123,6 +151,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .get(&target)
                 .cloned()
                 .unwrap_or_else(|| node.addr.clone()),
+            link: self.link.clone(),
             stream: None,
         }
     }
@@ -132,24 +161,28 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub(crate) struct Conn {
     group: String,
     addr: String,
-    stream: Option<TcpStream>,
+    link: Arc<Link>,
+    stream: Option<Stream>,
 }
 
 impl Conn {
     async fn call(&mut self, rpc: Rpc, ttl: Duration) -> std::io::Result<RpcReply> {
         let res = tokio::time::timeout(ttl, async {
             if self.stream.is_none() {
-                let s = TcpStream::connect(&self.addr).await?;
-                s.set_nodelay(true)?;
-                self.stream = Some(s);
+                self.stream = Some(self.link.connect(&self.addr).await?);
             }
             let Some(s) = self.stream.as_mut() else {
                 return Err(std::io::Error::other("not connected"));
             };
             write_frame(s, &rpc).await?;
-            read_frame(s)
-                .await?
-                .ok_or_else(|| std::io::Error::other("connection closed"))
+            match read_frame(s).await? {
+                Some(RpcReply::Refused(why)) => Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    why,
+                )),
+                Some(r) => Ok(r),
+                None => Err(std::io::Error::other("connection closed")),
+            }
         })
         .await
         .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout")));
