@@ -203,9 +203,24 @@ impl Conn {
     }
 
     async fn client_at(&self, addrs: &[String]) -> anyhow::Result<Client> {
+        self.client_with(addrs, false).await
+    }
+
+    /// Whether `publish` and `consume` follow a failover mid-stream: when `--addr` lists
+    /// several nodes (a cluster), their client reconnects (through the list, to the node that
+    /// serves the queue) instead of ending the command.
+    pub(crate) fn follows(&self) -> bool {
+        self.addrs().len() > 1
+    }
+
+    async fn client_with(&self, addrs: &[String], follow: bool) -> anyhow::Result<Client> {
         let opts = ClientOptions {
             name: "levee-cli".into(),
-            reconnect: None,
+            reconnect: follow.then_some(levee_client::Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+                multiplier: 2.0,
+            }),
             ..ClientOptions::default()
         };
         // TLS names the server after the first address's host (a cluster's nodes share a
@@ -226,7 +241,16 @@ impl Conn {
     /// exist, or any other answer, keeps the first connection (the command then reports or
     /// creates as it would on a single node).
     pub(crate) async fn client_for(&self, queue: &str) -> anyhow::Result<Client> {
-        let mut client = self.client().await?;
+        self.client_for_with(queue, false).await
+    }
+
+    /// [`Conn::client_for`] for `publish` / `consume`: reconnecting if [`Conn::follows`].
+    pub(crate) async fn client_for_stream(&self, queue: &str) -> anyhow::Result<Client> {
+        self.client_for_with(queue, self.follows()).await
+    }
+
+    async fn client_for_with(&self, queue: &str, follow: bool) -> anyhow::Result<Client> {
+        let mut client = self.client_with(&self.addrs(), follow).await?;
         let (mut hops, mut waits) = (0, 0);
         while hops < 3 {
             let serving = match client.inspect(queue).await {
@@ -249,7 +273,15 @@ impl Conn {
                 Some(Some(at)) => {
                     eprintln!("levee: queue {queue} is served by {at}; connecting there");
                     let _ = client.close().await;
-                    client = self.client_at(&[at]).await?;
+                    // Following, the client reconnects through the node named first, then
+                    // the rest of the list.
+                    let mut addrs = self.addrs();
+                    addrs.retain(|a| *a != at);
+                    addrs.insert(0, at);
+                    if !follow {
+                        addrs.truncate(1);
+                    }
+                    client = self.client_with(&addrs, follow).await?;
                     hops += 1;
                 }
             }
@@ -1070,6 +1102,35 @@ impl Tally {
     }
 }
 
+/// Counts the outcome of message `n`, or, following a failover, puts it back for sending again
+/// if it was lost. False when the command must stop (a lost confirm without following).
+fn settle(
+    t: &mut Tally,
+    resend: &mut Option<crate::cli_follow::Resend>,
+    n: u64,
+    r: Result<PublishOutcome, ClientError>,
+) -> bool {
+    if let Some(rs) = resend.as_mut() {
+        if let Err(e) = &r
+            && crate::cli_follow::retriable(e)
+        {
+            rs.again(n);
+            return true;
+        }
+        rs.settled(n);
+    }
+    t.confirm(n, r)
+}
+
+/// Whether the connection is gone for good: at once without following, after
+/// [`crate::cli_follow::FOLLOW_FOR`] with.
+fn gone(client: &Client, resend: &mut Option<crate::cli_follow::Resend>) -> bool {
+    match resend.as_mut() {
+        Some(r) => r.gave_up(client.is_connected()),
+        None => !client.is_connected(),
+    }
+}
+
 /// `levee publish`: prints one summary line of outcomes (stdout when it ran to the end, stderr
 /// with the reason when it was cut short).
 pub(crate) async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<Outcome> {
@@ -1096,7 +1157,7 @@ pub(crate) async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<Ou
     } else {
         Source::stdin()
     };
-    let client = conn.client_for(&queue).await?;
+    let client = conn.client_for_stream(&queue).await?;
     let producer = client.producer(&queue, ProducerOptions::default()).await?;
     let started = Instant::now();
     let interval = args
@@ -1104,50 +1165,69 @@ pub(crate) async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<Ou
         .filter(|r| *r > 0.0)
         .map(|r| Duration::from_secs_f64(1.0 / r));
     let mut t = Tally::default();
+    // Following a failover (several nodes given, see `cli_follow`): lost confirms are sent
+    // again with the same message id instead of ending the command.
+    let mut resend = conn.follows().then(crate::cli_follow::Resend::new);
     let mut confirms = FuturesUnordered::new();
     let mut alive = tokio::time::interval(Duration::from_millis(250));
     alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let lost = || Stop::Failed(anyhow::Error::new(ClientError::ConnectionLost));
     let stop = 'run: loop {
-        // The next payload (and its pacing slot), taking confirms as they come.
-        let n = t.published + 1;
-        let due = interval.map(|iv| started + iv.mul_f64(t.published as f64));
-        let payload = loop {
-            tokio::select! {
-                biased;
-                () = sigint.recv() => break 'run Stop::Interrupted,
-                Some((n, r)) = confirms.next(), if !confirms.is_empty() => {
-                    if !t.confirm(n, r) {
-                        break 'run Stop::Failed(anyhow::Error::new(ClientError::ConnectionLost));
+        // A message to send again first, else the next payload (and its pacing slot), taking
+        // confirms as they come.
+        let (n, m) = match resend.as_mut().and_then(|r| r.next_retry()) {
+            Some(again) => again,
+            None => {
+                let n = t.published + 1;
+                let due = interval.map(|iv| started + iv.mul_f64(t.published as f64));
+                let payload = loop {
+                    tokio::select! {
+                        biased;
+                        () = sigint.recv() => break 'run Stop::Interrupted,
+                        Some((n, r)) = confirms.next(), if !confirms.is_empty() => {
+                            if !settle(&mut t, &mut resend, n, r) {
+                                break 'run lost();
+                            }
+                            if resend.as_ref().is_some_and(|r| r.has_retries()) {
+                                continue 'run;
+                            }
+                        }
+                        // Notice a broker that went away while the input is quiet (`tail -f`).
+                        _ = alive.tick() => {
+                            if gone(&client, &mut resend) {
+                                break 'run lost();
+                            }
+                        }
+                        p = async {
+                            if let Some(due) = due {
+                                tokio::time::sleep_until(due.into()).await;
+                            }
+                            source.next().await
+                        } => match p {
+                            None => break 'run Stop::EndOfInput,
+                            Some(Err(e)) => break 'run Stop::Failed(
+                                anyhow::Error::new(e).context("reading standard input"),
+                            ),
+                            Some(Ok(p)) => break p,
+                        },
                     }
+                };
+                let mut m = Message::new(payload).with_priority(args.priority);
+                if let Some(k) = &args.key {
+                    m = m.with_key(k.clone());
                 }
-                // Notice a broker that went away while the input is quiet (`tail -f`).
-                _ = alive.tick() => {
-                    if !client.is_connected() {
-                        break 'run Stop::Failed(anyhow::Error::new(ClientError::ConnectionLost));
-                    }
+                if let Some(ttl) = args.ttl_ms {
+                    m = m.with_ttl_ms(ttl);
                 }
-                p = async {
-                    if let Some(due) = due {
-                        tokio::time::sleep_until(due.into()).await;
-                    }
-                    source.next().await
-                } => match p {
-                    None => break 'run Stop::EndOfInput,
-                    Some(Err(e)) => break 'run Stop::Failed(
-                        anyhow::Error::new(e).context("reading standard input"),
-                    ),
-                    Some(Ok(p)) => break p,
-                },
+                m.headers.clone_from(&headers);
+                if let Some(r) = resend.as_mut() {
+                    r.track(n, &mut m);
+                }
+                t.published = n;
+                t.pending.insert(n);
+                (n, m)
             }
         };
-        let mut m = Message::new(payload).with_priority(args.priority);
-        if let Some(k) = &args.key {
-            m = m.with_key(k.clone());
-        }
-        if let Some(ttl) = args.ttl_ms {
-            m = m.with_ttl_ms(ttl);
-        }
-        m.headers.clone_from(&headers);
         // Admission: window room and, on a block queue, publish credit.
         let publishing = producer.publish(m);
         tokio::pin!(publishing);
@@ -1156,44 +1236,89 @@ pub(crate) async fn publish(conn: &Conn, args: PublishArgs) -> anyhow::Result<Ou
                 biased;
                 () = sigint.recv() => break 'run Stop::Interrupted,
                 Some((n, r)) = confirms.next(), if !confirms.is_empty() => {
-                    if !t.confirm(n, r) {
-                        break 'run Stop::Failed(anyhow::Error::new(ClientError::ConnectionLost));
+                    if !settle(&mut t, &mut resend, n, r) {
+                        break 'run lost();
                     }
                 }
                 r = &mut publishing => break r,
             }
         };
         match confirm {
-            Ok(c) => {
-                t.published = n;
-                t.pending.insert(n);
-                confirms.push(async move { (n, c.await) });
+            Ok(c) => confirms.push(crate::cli_follow::numbered(n, c)),
+            Err(e) if resend.is_some() && crate::cli_follow::retriable(&e) => {
+                // Not sent (the connection is moving): again in a moment.
+                if let Some(r) = resend.as_mut() {
+                    r.later(n);
+                    if r.gave_up(client.is_connected()) {
+                        break lost();
+                    }
+                }
+                tokio::select! {
+                    biased;
+                    () = sigint.recv() => break Stop::Interrupted,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
             }
             Err(e) => {
+                t.pending.remove(&n);
+                if n == t.published {
+                    t.published -= 1;
+                }
                 break Stop::Failed(
                     anyhow::Error::new(e).context(format!("publishing message #{n} (not sent)")),
                 );
             }
         }
     };
-    // Send the open batch and wait for the outstanding confirms; a (further) Ctrl-C stops
-    // waiting: what is still pending is reported as unconfirmed.
+    // Send the open batch and wait for the outstanding confirms (following a failover: and send
+    // again what was lost); a (further) Ctrl-C stops waiting: what is still pending is reported
+    // as unconfirmed.
     let flush = producer.flush();
     tokio::pin!(flush);
     let mut flushed = false;
     let mut abandoned = false;
-    while !confirms.is_empty() {
+    let resending = matches!(stop, Stop::EndOfInput);
+    loop {
+        if resending && let Some(r) = resend.as_mut() {
+            while let Some((n, m)) = r.next_retry() {
+                match producer.try_publish(m) {
+                    Ok(c) => confirms.push(crate::cli_follow::numbered(n, c)),
+                    Err(_) => {
+                        r.later(n);
+                        break;
+                    }
+                }
+            }
+        }
+        let retrying = resend.as_ref().is_some_and(|r| r.has_retries());
+        if confirms.is_empty() && !(resending && retrying) {
+            break;
+        }
         tokio::select! {
             biased;
             () = sigint.recv() => {
                 abandoned = true;
                 break;
             }
-            Some((n, r)) = confirms.next() => {
-                t.confirm(n, r);
+            Some((n, r)) = confirms.next(), if !confirms.is_empty() => {
+                settle(&mut t, &mut resend, n, r);
             }
             () = &mut flush, if !flushed => flushed = true,
+            _ = alive.tick() => {
+                if resend.is_some() && gone(&client, &mut resend) {
+                    abandoned = true;
+                    break;
+                }
+            }
         }
+    }
+    if let Some(r) = &resend
+        && r.resent > 0
+    {
+        eprintln!(
+            "levee: sent {} messages again after a lost connection (same message ids: stored once)",
+            r.resent
+        );
     }
     let stop = match stop {
         Stop::EndOfInput if abandoned => Stop::Interrupted,
@@ -1293,7 +1418,10 @@ pub(crate) struct ConsumeArgs {
 /// summary (consumed, acked) goes to stderr however it ends.
 pub(crate) async fn consume(conn: &Conn, args: ConsumeArgs) -> anyhow::Result<Outcome> {
     let mut sigint = Interrupt::install()?;
-    let client = conn.client_for(&args.queue).await?;
+    // Several nodes given: the consumer follows a failover (see `cli_follow`); an ack lost with
+    // the connection means the message comes again (at-least-once).
+    let follow = conn.follows();
+    let client = conn.client_for_stream(&args.queue).await?;
     let opts = ConsumerOptions {
         credit: match args.credit {
             Some(n) => Credit::Fixed(n),
@@ -1310,6 +1438,7 @@ pub(crate) async fn consume(conn: &Conn, args: ConsumeArgs) -> anyhow::Result<Ou
     let mut out = std::io::stdout().lock();
     let mut failure: Option<anyhow::Error> = None;
     let mut interrupted = false;
+    let (mut acks_lost, mut failing_since) = (0u64, None::<Instant>);
     while args.count.is_none_or(|c| n < c) {
         let next = tokio::select! {
             biased;
@@ -1326,7 +1455,19 @@ pub(crate) async fn consume(conn: &Conn, args: ConsumeArgs) -> anyhow::Result<Ou
         };
         let Some(Some(delivery)) = next else { break };
         let delivery = match delivery {
-            Ok(d) => d,
+            Ok(d) => {
+                failing_since = None;
+                d
+            }
+            Err(e)
+                if follow
+                    && crate::cli_follow::retriable(&e)
+                    && failing_since.get_or_insert_with(Instant::now).elapsed()
+                        < crate::cli_follow::FOLLOW_FOR =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             Err(e) => {
                 failure = Some(anyhow::Error::new(e).context("consuming"));
                 break;
@@ -1360,6 +1501,8 @@ pub(crate) async fn consume(conn: &Conn, args: ConsumeArgs) -> anyhow::Result<Ou
         if !args.no_ack {
             match delivery.ack() {
                 Ok(()) => acked += 1,
+                // The connection moved: the message comes again, marked redelivered.
+                Err(e) if follow && crate::cli_follow::retriable(&e) => acks_lost += 1,
                 Err(e) => {
                     failure = Some(anyhow::Error::new(e).context("acking"));
                     break;
@@ -1379,6 +1522,11 @@ pub(crate) async fn consume(conn: &Conn, args: ConsumeArgs) -> anyhow::Result<Ou
         if args.no_ack { " (auto-ack)" } else { "" }
     );
     client.close().await.ok();
+    if acks_lost > 0 {
+        eprintln!(
+            "levee: {acks_lost} acks were lost with a connection: those messages are delivered again"
+        );
+    }
     if let Some(e) = failure {
         eprintln!("levee: stopped: {summary}");
         return Err(e);

@@ -15,6 +15,7 @@
 mod bench;
 mod cli;
 mod cli_cluster;
+mod cli_follow;
 mod cli_routing;
 mod definitions;
 mod serve;

@@ -946,6 +946,84 @@ permissions = [ {{ queues = "secure*", actions = ["publish", "consume", "manage"
     assert!(consumed.contains("over-tls"), "{consumed}");
 }
 
+/// `levee publish` and `levee consume` given every node (`--addr N1,N2,N3`) go on across a
+/// SIGKILL of the queue's leader mid-stream: the publish sends again, with the same message ids,
+/// what the kill left unconfirmed (stored once: every message is in the queue exactly once);
+/// the consume reconnects and every message is delivered (an ack lost with the connection means
+/// a redelivery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_publish_and_consume_follow_a_leader_kill_mid_stream() {
+    let cluster = Arc::new(Cluster::start());
+    let all = cluster.wire_addrs().join(",");
+    let levee = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_levee"))
+            .args(["--addr", &all])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running levee")
+    };
+    let finish = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(
+            out.status.success(),
+            "{stdout}{stderr}\nlogs:\n{}",
+            cluster.logs()
+        );
+        (stdout, stderr)
+    };
+    finish(levee(&["queue", "declare", "stream", "--replicas", "3"]));
+    cluster.serving_queue("stream").await;
+    let n = 1500;
+    let publish = levee(&[
+        "publish",
+        "stream",
+        "--count",
+        &n.to_string(),
+        "--rate",
+        "500",
+    ]);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (leader, _) = cluster.serving_queue("stream").await;
+    cluster.script(&["kill", &leader.to_string()]);
+    let (stdout, stderr) = finish(publish);
+    assert!(
+        stdout.contains(&format!("stored={n} ")) && stdout.contains("unconfirmed=0"),
+        "every message confirmed: {stdout}{stderr}"
+    );
+    cluster.serving_queue("stream").await;
+    let inspect = finish(levee(&["queue", "inspect", "stream"])).0;
+    assert!(
+        inspect.contains(&format!("ready={n} ")),
+        "each message stored once: {inspect}"
+    );
+
+    cluster.script(&["restart", &leader.to_string()]);
+    cluster.levee(&["wait", "--queue", "stream"]);
+    // (The idle stop is well above the failover time, 2-4 s.)
+    let consume = levee(&["consume", "stream", "--idle", "10s", "--work", "1ms"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (serving, _) = cluster.serving_queue("stream").await;
+    cluster.script(&["kill", &serving.to_string()]);
+    let (stdout, stderr) = finish(consume);
+    let distinct: BTreeSet<&str> = stdout.lines().collect();
+    assert_eq!(
+        distinct.len(),
+        n,
+        "every message delivered across the kill: {stderr}"
+    );
+    let inspect = finish(levee(&["queue", "inspect", "stream"])).0;
+    assert!(
+        inspect.contains("ready=0 unacked=0"),
+        "all acked: {inspect}"
+    );
+}
+
 /// `levee bench --replicas 3` runs against a cluster: it declares its queue replicated through
 /// the first node it reaches and its clients follow the queue to its leader (the R3 rows of
 /// docs/BENCHMARKS.md are made this way).
