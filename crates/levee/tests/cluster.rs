@@ -1024,6 +1024,55 @@ async fn the_cli_publish_and_consume_follow_a_leader_kill_mid_stream() {
     );
 }
 
+/// Acks with no publish after them (a consume-only stretch) are replicated within a moment:
+/// a replicated queue's writes reach the other nodes only at its fsyncs, and the queue fsyncs
+/// written settlements by itself within `SETTLE_SYNC_MS` (100 ms), so a kill -9 of the leader a
+/// second later brings back only the unacked messages, not every one acked since the last
+/// publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acks_without_a_later_publish_survive_a_leader_kill() {
+    let cluster = Arc::new(Cluster::start());
+    cluster.levee(&["declare", "acks"]);
+    let (leader, addr) = cluster.serving_queue("acks").await;
+    let c = Client::connect(addr.as_str(), ClientOptions::default())
+        .await
+        .unwrap();
+    let p = c
+        .producer("acks", ProducerOptions::default())
+        .await
+        .unwrap();
+    for i in 0..100 {
+        let o = p.send(Message::new(format!("a{i}"))).await.unwrap();
+        assert!(matches!(o, PublishOutcome::Stored { .. }), "{o:?}");
+    }
+    let mut consumer = c
+        .consumer("acks", ConsumerOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..60 {
+        let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .expect("a delivery")
+            .expect("open")
+            .expect("delivery");
+        d.ack().unwrap();
+    }
+    // Nothing else happens: no publish's commit carries the settlements.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    drop(consumer);
+    drop(p);
+    drop(c);
+    cluster.script(&["kill", &leader.to_string()]);
+    let (now, _) = cluster.serving_queue("acks").await;
+    assert_ne!(now, leader);
+    let out = cluster.cli(now as u16, &["queue", "inspect", "acks"]);
+    let inspect = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        inspect.contains("ready=40 unacked=0"),
+        "the 60 acks were replicated: {inspect}"
+    );
+}
+
 /// `levee bench --replicas 3` runs against a cluster: it declares its queue replicated through
 /// the first node it reaches and its clients follow the queue to its leader (the R3 rows of
 /// docs/BENCHMARKS.md are made this way).

@@ -17,6 +17,9 @@
 //!   `QueueCore::append`), so the log's sequence numbers and the state machine's agree.
 //! - Settlement records are appended after the messages they settle; one the log cannot take (a
 //!   full disk, a failed log) is kept and retried until written.
+//! - Under fsync `always` a settlement written is fsynced within [`SETTLE_SYNC_MS`] even when no
+//!   publish comes to carry it (a consume-only stretch): a crash or a failover brings back at
+//!   most that much of acked work, not everything acked since the last publish.
 //! - After a failed fsync the messages past the watermark are written again into a reopened log
 //!   (never trusting a retried fsync) and delivered only once that is durable.
 
@@ -39,6 +42,11 @@ use crate::storage::{from_record, retriable, storage_code, to_record, to_settlem
 
 /// How long kept settlements wait before the next retry.
 pub const RETRY_MS: u64 = 500;
+
+/// Under fsync `always`, the longest a written settlement waits for an fsync of its own when no
+/// publish's group commit carries it first. (A replicated queue's fsync is its Raft commit: this
+/// bounds the acks a failover undoes.)
+pub const SETTLE_SYNC_MS: u64 = 100;
 
 /// Something the core's caller must carry out.
 #[derive(Debug)]
@@ -144,6 +152,9 @@ struct Disk {
     /// unsettled messages: each is for a distinct one.
     retry: Vec<(u64, levee_store::Settlement)>,
     retry_at: Option<u64>,
+    /// Under fsync `always`: when settlements written since the last fsync request get one
+    /// ([`SETTLE_SYNC_MS`] after the first of them).
+    settle_sync_at: Option<u64>,
 }
 
 impl Disk {
@@ -199,6 +210,7 @@ impl QueueCore {
             syncing: VecDeque::new(),
             retry: Vec::new(),
             retry_at: None,
+            settle_sync_at: None,
         };
         QueueCore {
             name,
@@ -247,6 +259,7 @@ impl QueueCore {
             self.state.next_deadline(),
             d.and_then(|d| d.reopen_at),
             d.and_then(|d| d.retry_at),
+            d.and_then(|d| d.settle_sync_at),
         ]
         .into_iter()
         .flatten()
@@ -366,6 +379,8 @@ impl QueueCore {
                 if disk.fsync_waits {
                     disk.syncing
                         .push_back((appended.last_seq + 1, appended.durability));
+                    // Its fsync covers the settlements written before it.
+                    disk.settle_sync_at = None;
                     if let Some(slot) = slot {
                         self.confirms.wait_for(slot, last + 1);
                     }
@@ -620,6 +635,7 @@ impl QueueCore {
         {
             self.retry_settlements(now);
         }
+        self.sync_settlements(now);
         self.state.tick(now);
         self.apply_effects(now);
         if self.state.take_expired(now) {
@@ -914,6 +930,20 @@ impl QueueCore {
         }
     }
 
+    /// Asks for the fsync of settlements written [`SETTLE_SYNC_MS`] ago, if due: one more entry
+    /// of `syncing` (at the watermark the appends before it reach, so it moves nothing by
+    /// itself), which the caller awaits like an append's.
+    fn sync_settlements(&mut self, now: u64) {
+        let Some(d) = &mut self.disk else { return };
+        if d.settle_sync_at.is_none_or(|at| at > now) {
+            return;
+        }
+        d.settle_sync_at = None;
+        let Some(log) = d.log.clone() else { return };
+        let at = d.syncing.back().map_or(self.durable, |(seq, _)| *seq);
+        d.syncing.push_back((at, log.sync()));
+    }
+
     /// Writes settlement records; those the log cannot take now (a full disk, a failed log)
     /// are kept and retried, so an acked message does not come back at the next restart. One
     /// log line when retrying starts and one when it is done, not one per message.
@@ -930,6 +960,9 @@ impl QueueCore {
             return;
         };
         let Err(e) = log.settle_batch(&settles) else {
+            if d.fsync_waits && d.settle_sync_at.is_none() {
+                d.settle_sync_at = Some(now + SETTLE_SYNC_MS);
+            }
             return;
         };
         if !retriable(&e) {
@@ -1003,6 +1036,9 @@ impl QueueCore {
         let n = items.len();
         if log.settle_batch(&items).is_ok() {
             tracing::info!(queue = %self.name, settlements = n, "kept settlements written");
+            if d.fsync_waits && d.settle_sync_at.is_none() {
+                d.settle_sync_at = Some(now + SETTLE_SYNC_MS);
+            }
             return;
         }
         let still = self.settle_each(&log, items);
