@@ -1,6 +1,6 @@
 //! How a node (or the CLI) opens a connection to a node's cluster listener: TCP, then TLS when
 //! the cluster speaks it, then a login (`Hello`) when credentials are set; and the listener's
-//! side of that login ([`admit`]).
+//! side of that login (`admit`).
 //!
 //! # Invariants
 //! - With TLS the peer's certificate is always verified (against the cluster's CA, for the host
