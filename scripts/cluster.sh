@@ -5,9 +5,12 @@
 #   scripts/cluster.sh stop           SIGTERM every node (clean shutdown)
 #   scripts/cluster.sh kill N         SIGKILL node N
 #   scripts/cluster.sh restart N      start node N again on its data
+#   scripts/cluster.sh join N         start node N (4-9) with join = true, and add it
+#                                     (levee cluster add-node); remove one with
+#                                     levee cluster remove-node --id N, then kill N
 #   scripts/cluster.sh status         levee cluster status --json
 #
-# With LEVEE_CLUSTER_BASE = B (default 5780), node N (1-3) listens on wire B+N, HTTP B+10+N,
+# With LEVEE_CLUSTER_BASE = B (default 5780), node N (1-9) listens on wire B+N, HTTP B+10+N,
 # cluster (Raft) B+20+N and AMQP B+30+N. Data in $LEVEE_CLUSTER_DIR/nodeN (default
 # ./levee-cluster); its config, log and pid file beside it (nodeN.toml, nodeN.log, nodeN.pid).
 # The binary: $LEVEE_BIN, else target/debug/levee (or target/release/levee), else levee on PATH.
@@ -46,7 +49,14 @@ node_id = $n
 listen = "127.0.0.1:$((B + 20 + n))"
 ${LEVEE_CLUSTER_SECTION:-}
 EOF
-  for m in 1 2 3; do
+  # Nodes 1-3 form the cluster; a later node joins it and knows them (they learn its
+  # addresses when it is added).
+  local members="1 2 3"
+  if ((n > 3)); then
+    echo "join = true"
+    members="1 2 3 $n"
+  fi
+  for m in $members; do
     cat <<EOF
 
 [[cluster.nodes]]
@@ -90,7 +100,7 @@ case ${1:-} in
     echo "metadata group has a leader"
     ;;
   stop)
-    for n in 1 2 3; do
+    for n in 1 2 3 4 5 6 7 8 9; do
       if [[ -f $DIR/node$n.pid ]]; then
         pid=$(cat "$DIR/node$n.pid")
         kill -TERM "$pid" 2>/dev/null || true
@@ -102,10 +112,18 @@ case ${1:-} in
     ;;
   kill) signal_node KILL "${2:?node number}" ;;
   restart) start_node "${2:?node number}" ;;
+  join)
+    n=${2:?node number}
+    ((n > 3 && n <= 9)) || { echo "join: a node number in 4-9"; exit 2; }
+    start_node "$n"
+    # shellcheck disable=SC2086
+    "$BIN" ${LEVEE_CLUSTER_CLI_ARGS:-} cluster --nodes "$NODES" add-node --id "$n" \
+      --cluster "127.0.0.1:$((B + 20 + n))" --wire "127.0.0.1:$((B + n))"
+    ;;
   # shellcheck disable=SC2086
   status) "$BIN" ${LEVEE_CLUSTER_CLI_ARGS:-} cluster --nodes "$NODES" status --json ;;
   *)
-    sed -n '2,19p' "$0"
+    sed -n '2,21p' "$0"
     exit 2
     ;;
 esac

@@ -48,6 +48,34 @@ pub enum AdminRequest {
         /// The new config, see [`encode_config`] (checked against the old one by the caller).
         config: Vec<u8>,
     },
+    /// Make node `id` a voting member of the metadata group and of every replicated queue's
+    /// group (through the metadata leader). The node must run already, started with
+    /// `[cluster] join = true` so that it waits to be added instead of forming a cluster of
+    /// its own; it catches up (log or snapshot) before it votes.
+    AddNode {
+        /// Its id (not a member yet).
+        id: u64,
+        /// Its cluster (Raft) address, as the members reach it.
+        cluster: String,
+        /// Its wire (client) address, reported to clients.
+        wire: String,
+    },
+    /// Remove node `id` from the metadata group and every replicated queue's group (through
+    /// the metadata leader). Stop the node afterwards; its data is no longer a replica.
+    RemoveNode {
+        /// A member's id.
+        id: u64,
+    },
+    /// To the leader of a queue's group (from the metadata leader, during `add-node` and
+    /// `remove-node`): make `voters` (id → cluster address) the group's voters.
+    SetVoters {
+        /// Queue name.
+        queue: String,
+        /// Its incarnation.
+        incarnation: u64,
+        /// The new voters.
+        voters: BTreeMap<u64, String>,
+    },
 }
 
 /// The answer.
@@ -61,6 +89,14 @@ pub enum AdminReply {
     Deleted(bool),
     /// The config was replaced (`true`) or the queue did not exist.
     Updated(bool),
+    /// A membership change: the voters now, and the replicated queues whose groups do not
+    /// have them yet (they follow within seconds while their leaders are up).
+    Members {
+        /// The metadata group's voters.
+        voters: Vec<u64>,
+        /// Queues still on another membership when the answer was sent.
+        pending: Vec<String>,
+    },
     /// The request failed.
     Error(String),
 }
@@ -128,10 +164,25 @@ pub(crate) enum CatalogCmd {
         name: String,
         config: Vec<u8>,
     },
-    /// A declaration: creates the queue with the next incarnation if it is not there.
+    /// A declaration: creates the queue with the next incarnation if it is not there. No
+    /// longer proposed (`CreateOn` records the members).
     Create {
         name: String,
         config: Vec<u8>,
+    },
+    /// A node's addresses (before it is added: the members learn where clients reach it).
+    Node {
+        id: u64,
+        cluster: String,
+        wire: String,
+    },
+    /// A declaration: creates the queue with the next incarnation if it is not there; its
+    /// group starts with `members` (the metadata group's voters when it was proposed), the
+    /// same on every node, and only those nodes may initialise it.
+    CreateOn {
+        name: String,
+        config: Vec<u8>,
+        members: Vec<u64>,
     },
 }
 
@@ -174,6 +225,9 @@ pub(crate) enum CatalogEvent {
         name: String,
         incarnation: u64,
         config: Vec<u8>,
+        /// The group's first members (`None`: declared before they were recorded, when
+        /// the members were the configured nodes).
+        members: Option<Vec<u64>>,
     },
     /// A queue was deleted (or a restored snapshot no longer has this incarnation).
     Removed { name: String, incarnation: u64 },
@@ -190,6 +244,15 @@ pub(crate) enum CatalogEvent {
 pub(crate) struct Entry {
     pub(crate) incarnation: u64,
     pub(crate) config: Vec<u8>,
+    /// See [`CatalogEvent::Added`].
+    pub(crate) members: Option<Vec<u64>>,
+}
+
+/// An entry as `LCS2` snapshots hold it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EntryV2 {
+    incarnation: u64,
+    config: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -197,6 +260,9 @@ struct CatalogState {
     queues: BTreeMap<String, Entry>,
     /// The last incarnation handed out.
     last_incarnation: u64,
+    /// Addresses of nodes added after the start (`CatalogCmd::Node`); configured nodes are
+    /// in each node's own file, which wins.
+    nodes: BTreeMap<u64, crate::node::NodeAddrs>,
 }
 
 /// The catalog of replicated queues (the metadata group's state): name → incarnation and
@@ -207,13 +273,22 @@ pub(crate) struct Catalog {
     events: mpsc::UnboundedSender<CatalogEvent>,
 }
 
-/// A snapshot starts with this (snapshots before incarnations were a bare list of queues).
-const SNAPSHOT_MAGIC: &[u8; 4] = b"LCS2";
+/// A snapshot starts with this: `LCS3` now; `LCS2` before members and node addresses were
+/// recorded; snapshots before incarnations were a bare list of queues.
+const SNAPSHOT_MAGIC: &[u8; 4] = b"LCS3";
+const SNAPSHOT_MAGIC_V2: &[u8; 4] = b"LCS2";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SnapshotV2 {
     last_incarnation: u64,
+    queues: Vec<(String, EntryV2)>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotV3 {
+    last_incarnation: u64,
     queues: Vec<(String, Entry)>,
+    nodes: Vec<(u64, crate::node::NodeAddrs)>,
 }
 
 impl Catalog {
@@ -234,6 +309,11 @@ impl Catalog {
         self.state.lock().queues.get(name).cloned()
     }
 
+    /// The addresses recorded for node `id` (a node added after the start).
+    pub(crate) fn node(&self, id: u64) -> Option<crate::node::NodeAddrs> {
+        self.state.lock().nodes.get(&id).cloned()
+    }
+
     /// Whether the catalog holds `name` in this incarnation.
     pub(crate) fn holds(&self, name: &str, incarnation: u64) -> bool {
         self.state
@@ -245,7 +325,13 @@ impl Catalog {
 
     /// Adds `name` unless it is there: with the next incarnation (`fresh`) or as incarnation 0
     /// (a declaration from before incarnations). Whether it was added.
-    fn create(&self, name: String, config: Vec<u8>, fresh: bool) -> bool {
+    fn create(
+        &self,
+        name: String,
+        config: Vec<u8>,
+        fresh: bool,
+        members: Option<Vec<u64>>,
+    ) -> bool {
         let mut st = self.state.lock();
         if st.queues.contains_key(&name) {
             return false;
@@ -261,12 +347,14 @@ impl Catalog {
             Entry {
                 incarnation,
                 config: config.clone(),
+                members: members.clone(),
             },
         );
         self.send(CatalogEvent::Added {
             name,
             incarnation,
             config,
+            members,
         });
         true
     }
@@ -281,8 +369,17 @@ impl Catalog {
 impl StateMachine for Catalog {
     fn apply(&self, command: &[u8]) -> Vec<u8> {
         let changed = match bincode::deserialize::<CatalogCmd>(command) {
-            Ok(CatalogCmd::Declare { name, config }) => self.create(name, config, false),
-            Ok(CatalogCmd::Create { name, config }) => self.create(name, config, true),
+            Ok(CatalogCmd::Declare { name, config }) => self.create(name, config, false, None),
+            Ok(CatalogCmd::Create { name, config }) => self.create(name, config, true, None),
+            Ok(CatalogCmd::CreateOn {
+                name,
+                config,
+                members,
+            }) => self.create(name, config, true, Some(members)),
+            Ok(CatalogCmd::Node { id, cluster, wire }) => {
+                let addrs = crate::node::NodeAddrs { cluster, wire };
+                self.state.lock().nodes.insert(id, addrs.clone()) != Some(addrs)
+            }
             Ok(CatalogCmd::Delete { name }) => {
                 let removed = self.state.lock().queues.remove(&name);
                 match removed {
@@ -322,13 +419,14 @@ impl StateMachine for Catalog {
 
     fn snapshot(&self) -> Result<Vec<u8>, ClusterError> {
         let st = self.state.lock();
-        let snap = SnapshotV2 {
+        let snap = SnapshotV3 {
             last_incarnation: st.last_incarnation,
             queues: st
                 .queues
                 .iter()
                 .map(|(n, e)| (n.clone(), e.clone()))
                 .collect(),
+            nodes: st.nodes.iter().map(|(i, a)| (*i, a.clone())).collect(),
         };
         let mut out = SNAPSHOT_MAGIC.to_vec();
         bincode::serialize_into(&mut out, &snap).map_err(|e| ClusterError::Decode {
@@ -343,12 +441,34 @@ impl StateMachine for Catalog {
             what: "catalog snapshot",
             reason: e.to_string(),
         };
+        let v2 = |s: SnapshotV2| SnapshotV3 {
+            last_incarnation: s.last_incarnation,
+            queues: s
+                .queues
+                .into_iter()
+                .map(|(n, e)| {
+                    (
+                        n,
+                        Entry {
+                            incarnation: e.incarnation,
+                            config: e.config,
+                            members: None,
+                        },
+                    )
+                })
+                .collect(),
+            nodes: Vec::new(),
+        };
         let snap = match snapshot {
             Some(b) if b.starts_with(SNAPSHOT_MAGIC) => {
-                bincode::deserialize::<SnapshotV2>(&b[SNAPSHOT_MAGIC.len()..]).map_err(bad)?
+                bincode::deserialize::<SnapshotV3>(&b[SNAPSHOT_MAGIC.len()..]).map_err(bad)?
             }
+            Some(b) if b.starts_with(SNAPSHOT_MAGIC_V2) => v2(bincode::deserialize::<SnapshotV2>(
+                &b[SNAPSHOT_MAGIC_V2.len()..],
+            )
+            .map_err(bad)?),
             // Before incarnations: every queue is incarnation 0.
-            Some(b) => SnapshotV2 {
+            Some(b) => v2(SnapshotV2 {
                 last_incarnation: 0,
                 queues: bincode::deserialize::<Vec<(String, Vec<u8>)>>(b)
                     .map_err(bad)?
@@ -356,18 +476,18 @@ impl StateMachine for Catalog {
                     .map(|(n, config)| {
                         (
                             n,
-                            Entry {
+                            EntryV2 {
                                 incarnation: 0,
                                 config,
                             },
                         )
                     })
                     .collect(),
-            },
-            None => SnapshotV2 {
+            }),
+            None => v2(SnapshotV2 {
                 last_incarnation: 0,
                 queues: Vec::new(),
-            },
+            }),
         };
         let mut st = self.state.lock();
         let new: BTreeMap<String, Entry> = snap.queues.into_iter().collect();
@@ -385,10 +505,12 @@ impl StateMachine for Catalog {
                 name: name.clone(),
                 incarnation: e.incarnation,
                 config: e.config.clone(),
+                members: e.members.clone(),
             });
         }
         st.queues = new;
         st.last_incarnation = snap.last_incarnation;
+        st.nodes = snap.nodes.into_iter().collect();
         Ok(())
     }
 }
@@ -489,7 +611,8 @@ mod tests {
                 CatalogEvent::Added {
                     name: "a".into(),
                     incarnation: 1,
-                    config: vec![1]
+                    config: vec![1],
+                    members: None
                 },
                 CatalogEvent::Removed {
                     name: "a".into(),
@@ -498,7 +621,8 @@ mod tests {
                 CatalogEvent::Added {
                     name: "a".into(),
                     incarnation: 2,
-                    config: vec![1]
+                    config: vec![1],
+                    members: None
                 },
                 CatalogEvent::Updated {
                     name: "a".into(),
@@ -564,5 +688,62 @@ mod tests {
         assert_eq!(c.config_of("x"), Some(vec![9]));
         c.restore(None).unwrap();
         assert!(!c.holds("x", 0));
+    }
+
+    #[test]
+    fn members_and_added_nodes_are_kept_and_survive_snapshots() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let c = Catalog::new(tx);
+        let on = CatalogCmd::CreateOn {
+            name: "q".into(),
+            config: vec![1],
+            members: vec![2, 3, 4],
+        };
+        assert_eq!(c.apply(&cmd(&on)), vec![1]);
+        let node = CatalogCmd::Node {
+            id: 4,
+            cluster: "h:1".into(),
+            wire: "h:2".into(),
+        };
+        assert_eq!(c.apply(&cmd(&node)), vec![1]);
+        assert_eq!(c.apply(&cmd(&node)), vec![0], "the same addresses again");
+        let added = CatalogEvent::Added {
+            name: "q".into(),
+            incarnation: 1,
+            config: vec![1],
+            members: Some(vec![2, 3, 4]),
+        };
+        assert_eq!(drain(&mut rx), vec![added.clone()]);
+        let snap = c.snapshot().unwrap();
+        assert!(snap.starts_with(SNAPSHOT_MAGIC));
+
+        let (tx2, mut rx2) = mpsc::unbounded_channel();
+        let d = Catalog::new(tx2);
+        d.restore(Some(&snap)).unwrap();
+        assert_eq!(drain(&mut rx2), vec![added]);
+        let wanted = crate::node::NodeAddrs {
+            cluster: "h:1".into(),
+            wire: "h:2".into(),
+        };
+        assert_eq!(d.node(4), Some(wanted));
+        assert_eq!(d.entry("q").unwrap().members, Some(vec![2, 3, 4]));
+
+        // An `LCS2` snapshot (before members were recorded): members unknown, no nodes.
+        let v2 = SnapshotV2 {
+            last_incarnation: 7,
+            queues: vec![(
+                "old".into(),
+                EntryV2 {
+                    incarnation: 7,
+                    config: vec![5],
+                },
+            )],
+        };
+        let mut bytes = SNAPSHOT_MAGIC_V2.to_vec();
+        bincode::serialize_into(&mut bytes, &v2).unwrap();
+        d.restore(Some(&bytes)).unwrap();
+        assert!(d.holds("old", 7) && !d.holds("q", 1));
+        assert_eq!(d.entry("old").unwrap().members, None);
+        assert_eq!(d.node(4), None);
     }
 }

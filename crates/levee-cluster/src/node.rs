@@ -11,14 +11,21 @@
 //!   unloaded as soon as this node sees it is no longer the leader.
 //! - A leader without a quorum acknowledgement for `QUORUM_ACK_MS` stops serving (a leader
 //!   cut off in a minority neither confirms nor delivers).
-//! - Every node starts every group with the same initial membership (all configured nodes):
-//!   openraft's first membership entry is then identical everywhere, so initialising on each
-//!   node is safe. The metadata group is initialised on every node at start; a new queue group
-//!   only on one node, by a hash of its name (the others join through its leader's appends, or initialise
-//!   after `INIT_FALLBACK` of silence), so a node applying a declaration late does not depose
-//!   the group's first leader.
+//! - Every node starts a group with the same initial membership: the configured nodes for the
+//!   metadata group, the members its declaration recorded for a queue group (`CreateOn`; the
+//!   configured nodes for one declared before that). openraft's first membership entry is then
+//!   identical everywhere, so initialising on each of those nodes is safe; a node that is not
+//!   one of them (it joined later, `[cluster] join`) never initialises the group. The metadata
+//!   group is initialised on every node at start (not with `join`); a new queue group only on
+//!   one node, by a hash of its name (the others join through its leader's appends, or
+//!   initialise after `INIT_FALLBACK` of silence), so a node applying a declaration late does
+//!   not depose the group's first leader.
+//! - Membership changes go through the metadata group first (`add-node`, `remove-node`); every
+//!   queue group's leader then makes its group's voters the metadata group's committed voters
+//!   (`reconcile_memberships`, and at once during the request: `follow_queues`). A new voter is
+//!   a learner until it holds the log up to its addition.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,14 +58,24 @@ const QUORUM_ACK_MS: u64 = 3000;
 /// heard nothing from a leader this long after applying the declaration.
 const INIT_FALLBACK: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// The node that initialises a new queue group (and so most likely leads it first): picked by
-/// a hash of the queue's name, so that the leaders of many queues spread over the nodes; the
-/// same on every node.
-fn initializer(config: &ClusterConfig, queue: &str) -> Option<u64> {
-    let ids: Vec<u64> = config.nodes.keys().copied().collect();
+/// The node that initialises a new queue group (and so most likely leads it first): picked
+/// among the group's first `members` by a hash of the queue's name, so that the leaders of many
+/// queues spread over the nodes; the same on every node.
+fn initializer(members: &BTreeSet<u64>, queue: &str) -> Option<u64> {
+    let ids: Vec<u64> = members.iter().copied().collect();
     let i = crc32c::crc32c(queue.as_bytes()) as usize % ids.len().max(1);
     ids.get(i).copied()
 }
+
+/// How long a membership change waits for a new node to catch up (log or snapshot) before it
+/// may vote, in the metadata group; and how long `add-node`/`remove-node` then wait for the
+/// queue groups to follow before answering (they keep following after the answer).
+const MEMBERS_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(30);
+/// The same wait for one queue group's new member, per attempt of the reconciler (a member
+/// not caught up by then stays a learner and is tried again on its next round).
+const QUEUE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often each node compares the groups it leads with the metadata group's voters.
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The metadata group's name.
 pub const META: &str = "meta";
@@ -96,6 +113,11 @@ pub struct ClusterConfig {
     /// and the user it logs in as (`[cluster] user`, `password_file`). The listener admits
     /// peers by the broker's own users and TLS settings (see `link`).
     pub link: crate::link::Link,
+    /// `[cluster] join`: this node joins a running cluster (`levee cluster add-node`): it
+    /// never initialises the metadata group or a queue group declared before it was added,
+    /// and waits for a leader to bring it in. Without it a node with no Raft state forms the
+    /// cluster of its configured nodes.
+    pub join: bool,
 }
 
 /// Default [`ClusterConfig::heartbeat_ms`]: a LAN or one region.
@@ -142,7 +164,7 @@ impl ClusterConfig {
     }
 }
 
-/// The config a replicated queue gets from `requested` in a cluster of `nodes` nodes: always on
+/// The config a replicated queue gets from `requested` in a cluster of `nodes` members: always on
 /// disk with fsync `always` (its fsyncs are what commits through Raft; a confirm must wait for
 /// the commit), with one copy per node.
 pub fn replicated_queue_config(requested: &QueueConfig, nodes: usize) -> QueueConfig {
@@ -160,7 +182,6 @@ pub fn replicated_queue_config(requested: &QueueConfig, nodes: usize) -> QueueCo
 /// finds it.
 struct ClusterReplication {
     shared: std::sync::Weak<Shared>,
-    nodes: usize,
 }
 
 /// How long a declaration waits for the metadata group to take it, and then for its queue's
@@ -169,7 +190,8 @@ const DECLARE_SERVED_WITHIN: std::time::Duration = std::time::Duration::from_sec
 
 impl levee_broker::Replication for ClusterReplication {
     fn replicas(&self) -> u8 {
-        u8::try_from(self.nodes).unwrap_or(u8::MAX)
+        let nodes = self.shared.upgrade().map_or(1, |s| cluster_size(&s));
+        u8::try_from(nodes).unwrap_or(u8::MAX)
     }
 
     fn declare(
@@ -179,9 +201,13 @@ impl levee_broker::Replication for ClusterReplication {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<bool, levee_broker::BrokerError>> + Send>,
     > {
-        let (shared, nodes) = (self.shared.clone(), self.nodes);
+        let shared = self.shared.clone();
         Box::pin(async move {
             use levee_broker::BrokerError;
+            let s = shared
+                .upgrade()
+                .ok_or_else(|| BrokerError::Internal("the cluster node stopped".into()))?;
+            let nodes = cluster_size(&s);
             let invalid = |reason: String| {
                 BrokerError::Proto(levee_proto::ProtoError::InvalidConfig {
                     field: "replicas",
@@ -195,12 +221,11 @@ impl levee_broker::Replication for ClusterReplication {
                     config.replicas
                 )));
             }
-            let s = shared
-                .upgrade()
-                .ok_or_else(|| BrokerError::Internal("the cluster node stopped".into()))?;
             let config = replicated_queue_config(&config, nodes);
+            // `replicas` follows the cluster's size (membership changes), the rest must match.
             if let Some(existing) = s.catalog.config_of(&name)
                 && let Ok(existing) = crate::admin::decode_config(&existing)
+                && let existing = replicated_queue_config(&existing, nodes)
                 && existing != config
             {
                 return Err(BrokerError::ConfigMismatch {
@@ -288,16 +313,18 @@ impl levee_broker::Replication for ClusterReplication {
             dyn std::future::Future<Output = Result<QueueConfig, levee_broker::BrokerError>> + Send,
         >,
     > {
-        let (shared, nodes) = (self.shared.clone(), self.nodes);
+        let shared = self.shared.clone();
         Box::pin(async move {
             use levee_broker::BrokerError;
             let s = shared
                 .upgrade()
                 .ok_or_else(|| BrokerError::Internal("the cluster node stopped".into()))?;
+            let nodes = cluster_size(&s);
             let Some(entry) = s.catalog.entry(&name) else {
                 return Err(BrokerError::UnknownQueue(name));
             };
             let old = crate::admin::decode_config(&entry.config)
+                .map(|c| replicated_queue_config(&c, nodes))
                 .map_err(|e| BrokerError::Internal(e.to_string()))?;
             // `replicas` and the durability are checked as given (they cannot change); the
             // stored config is the replicated one.
@@ -349,12 +376,10 @@ const APPLIED_EVERYWHERE_WITHIN: std::time::Duration = std::time::Duration::from
 /// off) is not waited for: it learns the change when it is back.
 async fn applied_everywhere(s: &Arc<Shared>, name: &str, present: bool) {
     let deadline = tokio::time::Instant::now() + APPLIED_EVERYWHERE_WITHIN;
-    let mut pending: Vec<String> = s
-        .config
-        .nodes
-        .iter()
-        .filter(|(id, _)| **id != s.config.node_id)
-        .map(|(_, a)| a.cluster.clone())
+    let mut pending: Vec<String> = voters(s)
+        .into_iter()
+        .filter(|id| *id != s.config.node_id)
+        .filter_map(|id| addrs(s, id).map(|a| a.cluster))
         .collect();
     while !pending.is_empty() && tokio::time::Instant::now() < deadline {
         let mut still = Vec::new();
@@ -504,6 +529,58 @@ fn members(config: &ClusterConfig) -> BTreeMap<u64, String> {
         .collect()
 }
 
+/// Where this node reaches node `id`: its own file's `[[cluster.nodes]]` entry, else the
+/// addresses the catalog recorded when the node was added.
+fn addrs(s: &Shared, id: u64) -> Option<NodeAddrs> {
+    s.config
+        .nodes
+        .get(&id)
+        .cloned()
+        .or_else(|| s.catalog.node(id))
+}
+
+/// `ids` with their cluster addresses (an unknown one gets an empty address: the membership
+/// still names it, and a node that knows it better uses its own).
+fn cluster_addrs(s: &Shared, ids: &BTreeSet<u64>) -> BTreeMap<u64, String> {
+    ids.iter()
+        .map(|id| (*id, addrs(s, *id).map(|a| a.cluster).unwrap_or_default()))
+        .collect()
+}
+
+/// The cluster's members: the metadata group's voters as this node knows them (both sides of
+/// a change in progress), or the configured nodes before it knows any.
+fn voters(s: &Shared) -> BTreeSet<u64> {
+    let known = s.meta.read().as_ref().map(|m| {
+        let metrics = m.raft().metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect::<BTreeSet<u64>>()
+    });
+    match known {
+        Some(v) if !v.is_empty() => v,
+        _ => s.config.nodes.keys().copied().collect(),
+    }
+}
+
+/// The metadata group's voters once committed (applied here) and not in a joint change: what
+/// the queue groups are made to follow.
+fn committed_voters(s: &Shared) -> Option<BTreeSet<u64>> {
+    let meta = s.meta.read().clone()?;
+    let m = meta.raft().metrics().borrow().clone();
+    let at = m.membership_config.log_id().as_ref().map(|l| l.index);
+    if at > m.last_applied.map(|l| l.index) {
+        return None;
+    }
+    meta.voters().filter(|v| !v.is_empty())
+}
+
+/// How many copies a replicated queue has: the number of members.
+fn cluster_size(s: &Shared) -> usize {
+    voters(s).len()
+}
+
 impl Node {
     /// Starts the node: binds the cluster listener, opens the metadata group and every queue
     /// group the catalog names, and serves each queue this node leads in `broker`. Call from
@@ -554,7 +631,6 @@ impl Node {
         // quorum) go through this node.
         shared.broker.set_replication(Arc::new(ClusterReplication {
             shared: Arc::downgrade(&shared),
-            nodes: shared.config.nodes.len(),
         }));
         // The metadata group.
         let meta = {
@@ -570,7 +646,10 @@ impl Node {
                     s.config.timing(),
                 )
                 .await?;
-                g.initialize(&members(&s.config)).await;
+                // A joining node waits to be added (`levee cluster add-node`) instead.
+                if !s.config.join {
+                    g.initialize(&members(&s.config)).await;
+                }
                 Ok::<_, ClusterError>(Arc::new(g))
             })
             .await
@@ -588,6 +667,8 @@ impl Node {
         // Files of queues deleted while this node was down (it restored a snapshot without
         // them) are removed once the metadata group has applied all it holds.
         tokio::spawn(sweep_when_caught_up(shared.clone()));
+        // Queue groups follow the metadata group's membership (add-node, remove-node).
+        rt.spawn(reconcile_memberships(Arc::downgrade(&shared)));
         Ok(Node {
             shared,
             runtime: Some(runtime),
@@ -633,9 +714,10 @@ async fn catalog_changed(s: &Arc<Shared>, event: CatalogEvent) {
             name,
             incarnation,
             config,
+            members,
         } => {
             let config = match crate::admin::decode_config(&config) {
-                Ok(c) => replicated_queue_config(&c, s.config.nodes.len()),
+                Ok(c) => replicated_queue_config(&c, cluster_size(s)),
                 Err(e) => {
                     tracing::error!(queue = %name, error = %e, "a replicated queue's config does not decode");
                     return;
@@ -656,7 +738,7 @@ async fn catalog_changed(s: &Arc<Shared>, event: CatalogEvent) {
             }
             // Another incarnation's files (a deletion this node missed) are not this one's.
             remove_other_incarnations(s, &name, incarnation).await;
-            if let Err(e) = start_queue_group(s, &name, incarnation, config).await {
+            if let Err(e) = start_queue_group(s, &name, incarnation, config, members).await {
                 tracing::error!(queue = %name, error = %e, "starting a replicated queue failed");
             }
         }
@@ -670,7 +752,7 @@ async fn catalog_changed(s: &Arc<Shared>, event: CatalogEvent) {
             config,
         } => match crate::admin::decode_config(&config) {
             Ok(c) => {
-                let c = replicated_queue_config(&c, s.config.nodes.len());
+                let c = replicated_queue_config(&c, cluster_size(s));
                 apply_config(s, &name, incarnation, c).await;
             }
             Err(e) => {
@@ -811,6 +893,7 @@ async fn start_queue_group(
     name: &str,
     incarnation: u64,
     config: QueueConfig,
+    first_members: Option<Vec<u64>>,
 ) -> Result<(), ClusterError> {
     if s.queues.read().contains_key(name) {
         return Ok(());
@@ -822,6 +905,19 @@ async fn start_queue_group(
         .join(queue_dir_name(name, incarnation));
     let state_dir = base.join("state");
     let sm = Arc::new(DirStateMachine::new(state_dir.clone()));
+    // The group's first membership: recorded with the declaration; before members were
+    // recorded, the configured nodes (which a node that joined later must not trust: it was
+    // not one of them).
+    let me = s.config.node_id;
+    let (first, may_initialize) = match first_members {
+        Some(m) => {
+            let m: BTreeSet<u64> = m.into_iter().collect();
+            let mine = m.contains(&me);
+            (m, mine)
+        }
+        None => (s.config.nodes.keys().copied().collect(), !s.config.join),
+    };
+    let first_addrs = cluster_addrs(s, &first);
     let group = {
         let (s2, n, b) = (s.clone(), name.to_string(), base.clone());
         s.rt.spawn(async move {
@@ -842,10 +938,12 @@ async fn start_queue_group(
             // with a higher term and depose the new leader: the queue changed leaders in its
             // first seconds. The others join through the leader's appends, and initialise
             // only if none came within `INIT_FALLBACK` (that node may be down).
-            if initializer(&s2.config, &n) == Some(s2.config.node_id) {
-                g.initialize(&members(&s2.config)).await;
+            if !may_initialize {
+                // Brought in by the group's leader (it follows the metadata group's members).
+            } else if initializer(&first, &n) == Some(me) {
+                g.initialize(&first_addrs).await;
             } else {
-                let (g2, m) = (g.clone(), members(&s2.config));
+                let (g2, m) = (g.clone(), first_addrs.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(INIT_FALLBACK).await;
                     let untouched = {
@@ -942,8 +1040,8 @@ async fn watch_leadership(s: Arc<Shared>, name: String, w: Watched) {
             // Clients naming the queue here are told where it is served (or that it is elsewhere).
             let at = leader
                 .filter(|l| *l != me)
-                .and_then(|l| s.config.nodes.get(&l))
-                .map(|a| a.wire.clone());
+                .and_then(|l| addrs(&s, l))
+                .map(|a| a.wire);
             s.broker.set_served_elsewhere(&name, Some(at));
         }
         let is_served = served.load(std::sync::atomic::Ordering::Acquire);
@@ -1037,16 +1135,20 @@ fn status(s: &Shared) -> Status {
         })
         .collect();
     queues.sort_by(|a, b| a.name.cmp(&b.name));
+    // The members, and this node if it is not one (yet): clients find its wire address here.
+    let mut ids = voters(s);
+    ids.insert(s.config.node_id);
     Status {
         node: s.config.node_id,
-        members: s
-            .config
-            .nodes
-            .iter()
-            .map(|(id, a)| Member {
-                id: *id,
-                cluster: a.cluster.clone(),
-                wire: a.wire.clone(),
+        members: ids
+            .into_iter()
+            .map(|id| {
+                let a = addrs(s, id);
+                Member {
+                    id,
+                    cluster: a.as_ref().map(|a| a.cluster.clone()).unwrap_or_default(),
+                    wire: a.map(|a| a.wire).unwrap_or_default(),
+                }
             })
             .collect(),
         meta_leader,
@@ -1130,7 +1232,7 @@ async fn admin(s: &Arc<Shared>, req: AdminRequest) -> AdminReply {
     let checked_config = |name: &str, config: &[u8]| {
         levee_proto::validate_queue_name(name).map_err(|e| ClusterError::Config(e.to_string()))?;
         crate::admin::decode_config(config).and_then(|c| {
-            let c = replicated_queue_config(&c, s.config.nodes.len());
+            let c = replicated_queue_config(&c, cluster_size(s));
             c.validate(name)
                 .map_err(|e| ClusterError::Config(e.to_string()))?;
             crate::admin::encode_config(name, &c)
@@ -1138,10 +1240,19 @@ async fn admin(s: &Arc<Shared>, req: AdminRequest) -> AdminReply {
     };
     let cmd = match &req {
         AdminRequest::Status => return AdminReply::Status(status(s)),
+        AdminRequest::AddNode { .. } | AdminRequest::RemoveNode { .. } => {
+            return change_members(s, req).await;
+        }
+        AdminRequest::SetVoters {
+            queue,
+            incarnation,
+            voters,
+        } => return set_voters(s, queue, *incarnation, voters).await,
         AdminRequest::Declare { name, config } => match checked_config(name, config) {
-            Ok(config) => CatalogCmd::Create {
+            Ok(config) => CatalogCmd::CreateOn {
                 name: name.clone(),
                 config,
+                members: voters(s).into_iter().collect(),
             },
             Err(e) => return AdminReply::Error(e.to_string()),
         },
@@ -1170,19 +1281,228 @@ async fn admin(s: &Arc<Shared>, req: AdminRequest) -> AdminReply {
                 AdminRequest::Declare { .. } => AdminReply::Declared(changed),
                 AdminRequest::Update { .. } => AdminReply::Updated(changed),
                 AdminRequest::Delete { .. } => AdminReply::Deleted(changed),
-                AdminRequest::Status => AdminReply::Status(status(s)),
+                AdminRequest::Status
+                | AdminRequest::AddNode { .. }
+                | AdminRequest::RemoveNode { .. }
+                | AdminRequest::SetVoters { .. } => AdminReply::Status(status(s)),
             }
         }
         Err(ClusterError::NotLeader {
             leader: Some(l), ..
-        }) if l != s.config.node_id => match s.config.nodes.get(&l) {
-            // Forwarded once to the leader (which answers itself).
-            Some(a) => match crate::admin::request_via(&s.link, &a.cluster, req).await {
-                Ok(r) => r,
-                Err(e) => AdminReply::Error(e.to_string()),
-            },
-            None => AdminReply::Error(format!("leader {l} is not a configured node")),
+        }) if l != s.config.node_id => forward(s, l, req).await,
+        Err(e) => AdminReply::Error(e.to_string()),
+    }
+}
+
+/// Sends `req` on to node `leader` (the metadata leader), which answers it itself.
+async fn forward(s: &Arc<Shared>, leader: u64, req: AdminRequest) -> AdminReply {
+    match addrs(s, leader) {
+        Some(a) => match crate::admin::request_via(&s.link, &a.cluster, req).await {
+            Ok(r) => r,
+            Err(e) => AdminReply::Error(e.to_string()),
+        },
+        None => AdminReply::Error(format!("leader {leader} has no known address")),
+    }
+}
+
+/// `add-node` / `remove-node`, on the metadata leader (forwarded there): records a new node's
+/// addresses in the catalog, changes the metadata group's voters (a new node first catches up
+/// as a learner), then waits (at most [`MEMBERS_CATCH_UP`]) for every queue group to follow
+/// (each queue's leader makes its group's voters the metadata group's: `reconcile`).
+async fn change_members(s: &Arc<Shared>, req: AdminRequest) -> AdminReply {
+    let Some(meta) = s.meta.read().clone() else {
+        return AdminReply::Error("the metadata group is not open yet".into());
+    };
+    if !meta.leading() {
+        return match meta.leader() {
+            Some(l) if l != s.config.node_id => forward(s, l, req).await,
+            _ => AdminReply::Error("no metadata leader known yet; try again".into()),
+        };
+    }
+    // Both sides of a change left half done (its leader died): this one takes it on.
+    let uniform = meta.voters();
+    let current = meta.voter_ids();
+    let mut target = cluster_addrs(s, &current);
+    match &req {
+        AdminRequest::AddNode { id, cluster, wire } => {
+            if *id == 0 {
+                return AdminReply::Error("node ids start at 1".into());
+            }
+            let node = CatalogCmd::Node {
+                id: *id,
+                cluster: cluster.clone(),
+                wire: wire.clone(),
+            };
+            let recorded = match bincode::serialize(&node) {
+                Ok(cmd) => meta.propose(cmd).await,
+                Err(e) => return AdminReply::Error(e.to_string()),
+            };
+            if let Err(e) = recorded {
+                return AdminReply::Error(e.to_string());
+            }
+            // This node's own file wins for where it reaches the new node.
+            let reach = addrs(s, *id).map_or_else(|| cluster.clone(), |a| a.cluster);
+            target.insert(*id, reach);
+        }
+        AdminRequest::RemoveNode { id } => {
+            if !current.contains(id) {
+                return AdminReply::Error(format!("node {id} is not a member"));
+            }
+            if current.len() == 1 {
+                return AdminReply::Error("the last member cannot be removed".into());
+            }
+            target.remove(id);
+        }
+        _ => return AdminReply::Error("not a membership change".into()),
+    }
+    if uniform != Some(target.keys().copied().collect::<BTreeSet<u64>>())
+        && let Err(e) = meta.change_voters(&target, MEMBERS_CATCH_UP).await
+    {
+        return AdminReply::Error(e.to_string());
+    }
+    meta.nudge().await;
+    let want: BTreeSet<u64> = target.keys().copied().collect();
+    let pending = follow_queues(s, &target).await;
+    AdminReply::Members {
+        voters: want.into_iter().collect(),
+        pending,
+    }
+}
+
+/// Asks each queue group's leader to make `target` its voters (it may be this node, or the
+/// node being removed: it removes itself before it is stopped), until every group this node
+/// runs shows them or [`MEMBERS_CATCH_UP`] has passed; returns the queues not there yet.
+async fn follow_queues(s: &Arc<Shared>, target: &BTreeMap<u64, String>) -> Vec<String> {
+    let want: BTreeSet<u64> = target.keys().copied().collect();
+    let me = s.config.node_id;
+    let deadline = tokio::time::Instant::now() + MEMBERS_CATCH_UP;
+    loop {
+        let groups: Vec<(String, u64, Arc<Group>)> = s
+            .queues
+            .read()
+            .iter()
+            .map(|(n, q)| (n.clone(), q.incarnation, q.group.clone()))
+            .collect();
+        let mut pending = Vec::new();
+        for (name, incarnation, group) in groups {
+            let voters = group.voters();
+            // This node removed itself: it sees its groups only up to its own removal.
+            let done = voters
+                .as_ref()
+                .is_some_and(|v| *v == want || (!want.contains(&me) && !v.contains(&me)));
+            if done {
+                continue;
+            }
+            pending.push(name.clone());
+            if voters.is_none() {
+                continue; // a change under way
+            }
+            let asked = match group.leader() {
+                Some(l) if l == me => group
+                    .change_voters(target, QUEUE_CATCH_UP)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Some(l) => match addrs(s, l) {
+                    Some(a) => {
+                        let req = AdminRequest::SetVoters {
+                            queue: name.clone(),
+                            incarnation,
+                            voters: target.clone(),
+                        };
+                        match crate::admin::request_via(&s.link, &a.cluster, req).await {
+                            Ok(AdminReply::Members { .. }) => Ok(()),
+                            Ok(other) => Err(format!("{other:?}")),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                    None => Err(format!("leader {l} has no known address")),
+                },
+                None => Err("no leader known".into()),
+            };
+            if let Err(e) = asked {
+                tracing::debug!(queue = %name, error = %e, "a queue's members did not change yet");
+            }
+        }
+        if pending.is_empty() || tokio::time::Instant::now() >= deadline {
+            return pending;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// [`AdminRequest::SetVoters`], on the queue group's leader.
+async fn set_voters(
+    s: &Arc<Shared>,
+    queue: &str,
+    incarnation: u64,
+    voters: &BTreeMap<u64, String>,
+) -> AdminReply {
+    let group = s
+        .queues
+        .read()
+        .get(queue)
+        .filter(|q| q.incarnation == incarnation)
+        .map(|q| q.group.clone());
+    let Some(group) = group else {
+        return AdminReply::Error(format!("this node does not run {queue}'s group"));
+    };
+    if !group.leading() {
+        return AdminReply::Error(format!("this node does not lead {queue}'s group"));
+    }
+    // Where this node reaches them: its own file wins over the sender's addresses.
+    let voters: BTreeMap<u64, String> = voters
+        .iter()
+        .map(|(id, a)| (*id, addrs(s, *id).map_or_else(|| a.clone(), |n| n.cluster)))
+        .collect();
+    match group.change_voters(&voters, QUEUE_CATCH_UP).await {
+        Ok(()) => AdminReply::Members {
+            voters: voters.keys().copied().collect(),
+            pending: Vec::new(),
         },
         Err(e) => AdminReply::Error(e.to_string()),
+    }
+}
+
+/// Every [`RECONCILE_EVERY`], makes the voters of each queue group this node leads the
+/// metadata group's (committed) voters: a node added to the cluster becomes a replica of every
+/// queue (as a learner until it has caught up), a removed one stops being one. Runs until the
+/// node stops.
+async fn reconcile_memberships(s: std::sync::Weak<Shared>) {
+    loop {
+        tokio::time::sleep(RECONCILE_EVERY).await;
+        let Some(s) = s.upgrade() else {
+            return;
+        };
+        let Some(target) = committed_voters(&s) else {
+            continue;
+        };
+        let led: Vec<(String, Arc<Group>)> = s
+            .queues
+            .read()
+            .iter()
+            .filter(|(_, q)| q.group.leading())
+            .map(|(n, q)| (n.clone(), q.group.clone()))
+            .collect();
+        for (name, group) in led {
+            let uniform = group.voters();
+            if uniform.as_ref() == Some(&target) {
+                continue;
+            }
+            // A joint membership is a change under way (this node's own, or `follow_queues`'),
+            // or one whose leader died half-way: taken on to the target; refused while the
+            // change is still running.
+            let to = cluster_addrs(&s, &target);
+            match group.change_voters(&to, QUEUE_CATCH_UP).await {
+                Ok(()) => {
+                    tracing::info!(queue = %name, voters = ?target, "replicated queue follows the cluster's members");
+                }
+                Err(e) if uniform.is_none() => {
+                    tracing::debug!(queue = %name, error = %e, "a replicated queue's membership change is under way");
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %name, error = %e, "changing a replicated queue's members failed; retrying");
+                }
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! `levee cluster status|declare|wait`: talks to the nodes' cluster listeners (not the wire
+//! `levee cluster status|declare|wait|add-node|remove-node`: talks to the nodes' cluster listeners (not the wire
 //! protocol), through levee-cluster's admin requests.
 
 use std::collections::BTreeMap;
@@ -52,6 +52,62 @@ enum ClusterCmd {
         #[arg(long, default_value = "30s", value_parser = crate::units::parse_millis_u32)]
         timeout: u32,
     },
+    /// Make a running node (started with `[cluster] join = true`) a member: it catches up on the
+    /// metadata group and becomes a replica of every replicated queue.
+    AddNode {
+        /// Its node id (`[cluster] node_id` in its file).
+        #[arg(long)]
+        id: u64,
+        /// Its cluster (Raft) address, as the members reach it.
+        #[arg(long)]
+        cluster: String,
+        /// Its wire (client) address, as clients reach it.
+        #[arg(long)]
+        wire: String,
+    },
+    /// Remove a member from the metadata group and every replicated queue's group; stop the
+    /// node afterwards.
+    RemoveNode {
+        /// Its node id.
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+/// Sends a membership change to the nodes in turn (each forwards it to the metadata leader)
+/// until one answers; retries while none can (an election), for [`DECLARE_RETRY`].
+async fn change_members(link: &Link, nodes: &[String], req: AdminRequest) -> anyhow::Result<()> {
+    let mut last = None;
+    let deadline = Instant::now() + DECLARE_RETRY;
+    loop {
+        for addr in nodes {
+            match request_via(link, addr, req.clone()).await {
+                Ok(AdminReply::Members { voters, pending }) => {
+                    let list =
+                        |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+                    println!("members: {}", list(&voters));
+                    if !pending.is_empty() {
+                        println!(
+                            "queues still changing members (they follow while their leaders are up): {}",
+                            pending.join(",")
+                        );
+                    }
+                    return Ok(());
+                }
+                Ok(AdminReply::Error(e)) => last = Some(format!("{addr}: {e}")),
+                Ok(other) => last = Some(format!("{addr}: {other:?}")),
+                Err(e) => last = Some(e.to_string()),
+            }
+        }
+        if nodes.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!(
+        "the membership did not change: {}",
+        last.unwrap_or_else(|| "no nodes given".into())
+    )
 }
 
 async fn statuses(link: &Link, nodes: &[String]) -> Vec<(String, Option<Status>)> {
@@ -194,6 +250,15 @@ pub(crate) async fn run(args: ClusterArgs, conn: &crate::cli::Conn) -> anyhow::R
                 "no node declared {name}: {}",
                 last.unwrap_or_else(|| "no nodes given".into())
             )
+        }
+        ClusterCmd::AddNode { id, cluster, wire } => {
+            let req = AdminRequest::AddNode { id, cluster, wire };
+            change_members(&link, &args.nodes, req).await?;
+            Ok(Outcome::Done)
+        }
+        ClusterCmd::RemoveNode { id } => {
+            change_members(&link, &args.nodes, AdminRequest::RemoveNode { id }).await?;
+            Ok(Outcome::Done)
         }
         ClusterCmd::Wait { queue, timeout } => {
             let deadline = Instant::now() + Duration::from_millis(u64::from(timeout));

@@ -159,6 +159,9 @@ struct ClusterSection {
     password_file: Option<PathBuf>,
     /// With `[tls]`: the CA (PEM) the peers' certificates chain to [default: `[tls] client_ca`].
     tls_ca: Option<PathBuf>,
+    /// Join a running cluster (`levee cluster add-node`) instead of forming one [default: false].
+    #[serde(default)]
+    join: bool,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -363,6 +366,7 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
                     levee_cluster::DEFAULT_ELECTION_TIMEOUT_MS.max(4 * heartbeat.min(60_000)),
                 ),
                 link: cluster_link(c, file.tls.as_ref(), !file.users.is_empty())?,
+                join: c.join,
             };
             config.validate()?;
             Some(config)

@@ -33,7 +33,8 @@ struct Cluster {
 }
 
 fn free_base() -> u16 {
-    // A base whose 33 ports above it are free now (the script needs B+1..B+33); each test of
+    // A base whose 34 ports above it are free now (the script needs B+1..B+34 with a fourth
+    // node); each test of
     // this process starts from its own slot, so tests running at once never pick the same one.
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let seed = (std::process::id() as u16).wrapping_mul(7);
@@ -41,7 +42,7 @@ fn free_base() -> u16 {
         let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         assert!(i < 400, "no free port range");
         let base = 20000 + (seed.wrapping_add(i) % 400) * 100;
-        if (1..=33).all(|p| TcpListener::bind(("127.0.0.1", base + p)).is_ok()) {
+        if (1..=34).all(|p| TcpListener::bind(("127.0.0.1", base + p)).is_ok()) {
             return base;
         }
     }
@@ -85,7 +86,8 @@ impl Cluster {
     }
 
     fn logs(&self) -> String {
-        (1..=3)
+        (1..=4)
+            .filter(|n| *n <= 3 || self.dir.path().join(format!("node{n}.log")).exists())
             .map(|n| {
                 let log = std::fs::read_to_string(self.dir.path().join(format!("node{n}.log")))
                     .unwrap_or_default();
@@ -1022,6 +1024,128 @@ async fn the_cli_publish_and_consume_follow_a_leader_kill_mid_stream() {
         inspect.contains("ready=0 unacked=0"),
         "all acked: {inspect}"
     );
+}
+
+/// Membership changes: `scripts/cluster.sh join 4` starts a fourth node with `join = true` and
+/// adds it (`levee cluster add-node`): it becomes a replica of the queue declared before it
+/// came. Then the queue's leader is removed (`remove-node`, then SIGKILL) and one more original
+/// node is killed: the two left of {the last original, 4} are a majority of the new three
+/// members only if node 4 really holds the queue, and every confirmed message is still there.
+/// A queue declared after the changes lives on the new members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_are_added_and_removed_and_the_queues_follow() {
+    let cluster = Arc::new(Cluster::start());
+    let base = cluster.base;
+    let four: Vec<String> = (1..=4)
+        .map(|n| format!("127.0.0.1:{}", base + 20 + n))
+        .collect();
+    let wire: String = (1..=4)
+        .map(|n| format!("127.0.0.1:{}", base + n))
+        .collect::<Vec<_>>()
+        .join(",");
+    let levee = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+            .args(["--addr", &wire])
+            .args(args)
+            .output()
+            .expect("running levee");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let members = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+            .args(["cluster", "--nodes", &four.join(",")])
+            .args(args)
+            .output()
+            .expect("running levee cluster");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let status = || -> serde_json::Value {
+        let (ok, text) = members(&["status", "--json"]);
+        assert!(ok, "{text}");
+        serde_json::from_str(&text).expect("status json")
+    };
+    cluster.levee(&["declare", "jobs"]);
+    cluster.serving().await;
+    let (ok, out) = levee(&["publish", "jobs", "--count", "200", "m"]);
+    assert!(ok && out.contains("stored=200 "), "{out}");
+
+    let joined = cluster.script(&["join", "4"]);
+    assert!(joined.contains("members: 1,2,3,4"), "{joined}");
+    assert!(
+        !joined.contains("still changing"),
+        "the queue took node 4 before the answer: {joined}"
+    );
+    let view = status();
+    let ids: Vec<u64> = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3, 4], "{view}");
+    let q = &view["queues"][0];
+    assert_eq!(q["name"], "jobs", "{view}");
+    assert_eq!(
+        q["replicas"]["4"]["lag"],
+        0,
+        "node 4 caught up: {view}\n{}",
+        cluster.logs()
+    );
+    // `replicas` follows the size: a redeclare with the old count is refused, the new one
+    // is the same queue.
+    let (ok, out) = levee(&["queue", "declare", "jobs", "--replicas", "3"]);
+    assert!(!ok && out.contains("replicas must be 1"), "{out}");
+    let (ok, out) = levee(&["queue", "declare", "jobs", "--replicas", "4"]);
+    assert!(ok, "{out}");
+
+    let (ok, out) = members(&["remove-node", "--id", "9"]);
+    assert!(!ok && out.contains("not a member"), "{out}");
+    let (leader, _) = cluster.serving().await;
+    let (ok, out) = members(&["remove-node", "--id", &leader.to_string()]);
+    assert!(ok && !out.contains("still changing"), "{out}");
+    cluster.script(&["kill", &leader.to_string()]);
+    let other = (1..=3).find(|n| *n != leader).unwrap();
+    cluster.script(&["kill", &other.to_string()]);
+    // Left: one original node and node 4, of three members.
+    let left: Vec<String> = (1..=4u64)
+        .filter(|n| *n != leader && *n != other)
+        .map(|n| format!("127.0.0.1:{}", base + 20 + n as u16))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while levee_cluster::admin::serving_node(&left, "jobs")
+        .await
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "jobs is served by the two members left:
+{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, out) = levee(&["queue", "inspect", "jobs"]);
+    assert!(ok && out.contains("ready=200 "), "{out}");
+    let (ok, out) = levee(&["publish", "jobs", "--count", "50", "n"]);
+    assert!(ok && out.contains("stored=50 "), "{out}");
+    let (ok, out) = levee(&["consume", "jobs", "--count", "250"]);
+    assert!(ok && out.contains("acked=250"), "{out}");
+
+    // A new queue: three copies, on the members left (the dead two are not needed).
+    let (ok, out) = levee(&["queue", "declare", "later", "--replicas", "3"]);
+    assert!(ok, "{out}");
+    let (ok, out) = levee(&["publish", "later", "--count", "10", "x"]);
+    assert!(ok && out.contains("stored=10 "), "{out}");
 }
 
 /// Acks with no publish after them (a consume-only stretch) are replicated within a moment:

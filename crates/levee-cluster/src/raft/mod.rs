@@ -10,7 +10,7 @@
 pub(crate) mod net;
 pub(crate) mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Cursor;
 use std::path::Path;
@@ -140,6 +140,91 @@ impl Group {
             .collect();
         // An already initialised group refuses: that is the normal case after a restart.
         let _ = self.raft.initialize(nodes).await;
+    }
+
+    /// The group's voters as this node knows them (its latest membership entry, committed or
+    /// not), or `None` while a change is half done (a joint membership).
+    pub(crate) fn voters(&self) -> Option<BTreeSet<u64>> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let joint = m.membership().get_joint_config();
+        match joint.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        }
+    }
+
+    /// Every voter of the group's latest membership (both sides of a joint one).
+    pub(crate) fn voter_ids(&self) -> BTreeSet<u64> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().voter_ids().collect()
+    }
+
+    /// Whether this node leads the group now.
+    pub(crate) fn leading(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// Makes `target` (id → cluster address) the group's voters, as its leader: each new one
+    /// is added as a learner first and waited for until it has caught up (at most
+    /// `catch_up`), then the voters are replaced in one (joint) change; a removed voter leaves
+    /// the group (a leader removing itself steps down once that is committed). A group left in
+    /// a joint membership (a change whose leader died half-way) is taken on to `target`.
+    pub(crate) async fn change_voters(
+        &self,
+        target: &BTreeMap<u64, String>,
+        catch_up: std::time::Duration,
+    ) -> Result<(), ClusterError> {
+        let fail = |reason: String| ClusterError::NoQuorum {
+            group: self.name.clone(),
+            reason,
+        };
+        let current = self.voter_ids();
+        for (id, addr) in target.iter().filter(|(id, _)| !current.contains(id)) {
+            // openraft's own "blocking" wait counts a learner within 5000 entries as caught
+            // up; this waits until it holds the entry that made it a learner.
+            let added = self
+                .raft
+                .add_learner(*id, BasicNode::new(addr), false)
+                .await
+                .map_err(|e| fail(format!("adding node {id} as a learner: {e}")))?;
+            let need = added.log_id.index;
+            let mut metrics = self.raft.metrics();
+            let caught_up = async {
+                loop {
+                    let matched = {
+                        let m = metrics.borrow_and_update();
+                        match &m.replication {
+                            None => return Err(fail("no longer the leader".into())),
+                            Some(r) => r.get(id).copied().flatten().map(|l| l.index),
+                        }
+                    };
+                    if matched >= Some(need) {
+                        return Ok(());
+                    }
+                    if metrics.changed().await.is_err() {
+                        return Err(fail("the group stopped".into()));
+                    }
+                }
+            };
+            match tokio::time::timeout(catch_up, caught_up).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    // It stays a learner (no vote) until a later attempt makes it a voter.
+                    return Err(fail(format!(
+                        "node {id} did not catch up within {} s (is it running, with                          [cluster] join = true?)",
+                        catch_up.as_secs()
+                    )));
+                }
+            }
+        }
+        let voters: BTreeSet<u64> = target.keys().copied().collect();
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| fail(format!("changing the voters: {e}")))
     }
 
     /// Waits until this node, as leader, has applied everything committed before its term.

@@ -34,6 +34,9 @@ use crate::link::{Link, Stream};
 pub(crate) const MAX_FRAME: usize = 64 << 20;
 /// Deadline of an admin call.
 pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Deadline of a membership change (`add-node`, `remove-node`): a new node's catch-up and the
+/// queue groups' following take up to 30 s each on the metadata leader.
+pub(crate) const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A request between nodes.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -113,7 +116,13 @@ pub(crate) async fn read_frame_max<
 
 /// One request and its reply on a fresh connection (admin calls, the CLI).
 pub(crate) async fn call_once(link: &Link, addr: &str, rpc: &Rpc) -> std::io::Result<RpcReply> {
-    tokio::time::timeout(ADMIN_TIMEOUT, async {
+    let deadline = match rpc {
+        Rpc::Admin(AdminRequest::AddNode { .. } | AdminRequest::RemoveNode { .. }) => {
+            MEMBERSHIP_TIMEOUT
+        }
+        _ => ADMIN_TIMEOUT,
+    };
+    tokio::time::timeout(deadline, async {
         let mut s = link.connect(addr).await?;
         write_frame(&mut s, rpc).await?;
         match read_frame(&mut s).await? {
