@@ -8,6 +8,8 @@
 //!   every other failure to [`ClusterError::NoQuorum`]: the caller never confirms on either.
 
 pub(crate) mod net;
+#[cfg(test)]
+mod sim;
 pub(crate) mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
