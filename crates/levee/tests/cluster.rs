@@ -1403,3 +1403,68 @@ async fn checker_random_kills_and_restarts() {
         ledger.lock().confirmed.len()
     );
 }
+
+/// The cluster listener's bound: at most 4096 connections at once (peers keep one per group
+/// and peer). A single-node cluster gets 4096 idle connections; one more is closed at once
+/// (an admin request over it fails), and after ten of the held ones close a new one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cluster_listener_holds_at_most_4096_connections() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let port = |_: ()| {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (wire, cluster) = (port(()), port(()));
+    let config = format!(
+        "listen = \"127.0.0.1:{wire}\"\nhttp = \"127.0.0.1:0\"\namqp = \"off\"\n\
+         data_dir = \"{}\"\n\n[cluster]\nnode_id = 1\nlisten = \"127.0.0.1:{cluster}\"\n\n\
+         [[cluster.nodes]]\nid = 1\ncluster = \"127.0.0.1:{cluster}\"\nwire = \"127.0.0.1:{wire}\"\n",
+        dir.path().join("data").display()
+    );
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("levee: cluster node") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let addr = format!("127.0.0.1:{cluster}");
+    let status =
+        || levee_cluster::admin::request(&addr, levee_cluster::admin::AdminRequest::Status);
+    assert!(status().await.is_ok(), "the listener answers");
+    let mut held = Vec::new();
+    for _ in 0..4096 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Every slot is taken once the node has accepted them all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status().await.is_ok() {
+        assert!(Instant::now() < deadline, "a 4097th connection is served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    held.truncate(4086);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "a slot freed by a closed connection is reused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(held);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -131,6 +131,11 @@ struct Nodes {
 
 impl Nodes {
     async fn start() -> Nodes {
+        Nodes::start_with("").await
+    }
+
+    /// Three nodes, `cluster_keys` added to each one's `[cluster]` section.
+    async fn start_with(cluster_keys: &str) -> Nodes {
         let dir = tempfile::tempdir().expect("tempdir");
         let cluster: Vec<SocketAddr> = (0..3)
             .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
@@ -154,7 +159,7 @@ impl Nodes {
         for n in 0..3 {
             let mut config = format!(
                 "listen = \"{}\"\nhttp = \"127.0.0.1:0\"\namqp = \"off\"\ndata_dir = \"{}\"\n\n\
-                 [cluster]\nnode_id = {}\nlisten = \"{}\"\n",
+                 [cluster]\nnode_id = {}\nlisten = \"{}\"\n{cluster_keys}\n",
                 wire[n],
                 dir.path().join(format!("node{}", n + 1)).display(),
                 n + 1,
@@ -410,4 +415,29 @@ async fn slow_links_delay_confirms_but_a_majority_still_confirms_and_fails_over(
     confirmed.extend(publish(&new_wire, 400..450, true).await);
     let delivered = consume_all(&new_wire, &confirmed).await;
     assert!(delivered.iter().all(|id| *id < 450), "{delivered:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn links_slower_than_the_default_heartbeat_work_with_raised_timing() {
+    // Every link 200 ms each way: a 400 ms round trip, past the default heartbeat (150 ms, also
+    // openraft's deadline for an answer), with which no majority could ever answer in time.
+    // `raft_heartbeat_ms = 600` (the election timeout follows: 4 heartbeats, 2.4-4.8 s) makes
+    // such a cluster work: it elects, confirms, and fails over.
+    let nodes = Arc::new(Nodes::start_with("raft_heartbeat_ms = 600").await);
+    nodes.slow(None, Duration::from_millis(200));
+    declare(&nodes).await;
+    let (leader, wire) = nodes.serving_other_than(None).await;
+    let started = Instant::now();
+    let mut confirmed = publish(&wire, 0..100, true).await;
+    println!(
+        "100 pipelined confirms over 400 ms round trips: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(confirmed.len(), 100);
+    nodes.isolate(leader, true);
+    let (new, new_wire) = nodes.serving_other_than(Some(leader)).await;
+    assert_ne!(new, leader);
+    confirmed.extend(publish(&new_wire, 100..150, true).await);
+    let delivered = consume_all(&new_wire, &confirmed).await;
+    assert!(delivered.iter().all(|id| *id < 150), "{delivered:?}");
 }
