@@ -487,14 +487,30 @@ async fn run_async(seed: u64, events: u64) -> Result<String, String> {
                 None => "start: none down".into(),
             },
             9 | 10 => {
-                // A bounce: stopped and started again at once (mid-election, a vote it forgot
-                // would be given twice in one term).
-                let up = sim.up();
-                let id = up[rng.random_range(0..up.len())];
-                sim.stop_node(id).await;
-                tokio::time::sleep(Duration::from_millis(rng.random_range(0..30))).await;
-                sim.start_node(id).await;
-                format!("bounce {id}")
+                // Bounces during an election: the leader is cut off, and while the others
+                // elect (within 200-400 ms) voters are stopped and started again at once, each
+                // a few times (a vote one forgot would be given twice in one term).
+                let leader = sim.leaders().first().map(|(l, _)| *l);
+                if let Some(l) = leader {
+                    sim.partition(&BTreeSet::from([l]));
+                }
+                let mut bounced = Vec::new();
+                for _ in 0..6 {
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(20..120))).await;
+                    let up: Vec<u64> = sim
+                        .up()
+                        .into_iter()
+                        .filter(|n| Some(*n) != leader)
+                        .collect();
+                    if up.is_empty() {
+                        break;
+                    }
+                    let id = up[rng.random_range(0..up.len())];
+                    sim.stop_node(id).await;
+                    sim.start_node(id).await;
+                    bounced.push(id);
+                }
+                format!("leader {leader:?} cut off, bounced {bounced:?}")
             }
             8 => {
                 let p = [0, 0, 20, 100, 300][rng.random_range(0..5)];
