@@ -946,6 +946,27 @@ permissions = [ {{ queues = "secure*", actions = ["publish", "consume", "manage"
     };
     let consumed = app(now as u16, &["consume", "secure", "--count", "1"]);
     assert!(consumed.contains("over-tls"), "{consumed}");
+
+    // A fourth node joins over the same links (TLS, the node user), with one node still down:
+    // it becomes a replica of the queue, and a client through it reaches the leader.
+    let joined = cluster.script(&["join", "4"]);
+    assert!(
+        joined.contains("members: 1,2,3,4") && !joined.contains("still changing"),
+        "{joined}\n{}",
+        cluster.logs()
+    );
+    let four = format!("127.0.0.1:{}", cluster.base + 24);
+    match levee_cluster::admin::request_via(&link, &four, AdminRequest::Status).await {
+        Ok(levee_cluster::admin::AdminReply::Status(st)) => assert!(
+            st.queues
+                .iter()
+                .any(|q| q.name == "secure" && q.leader.is_some()),
+            "node 4 runs the queue's group: {st:?}"
+        ),
+        other => panic!("node 4's status: {other:?}"),
+    }
+    let published = app(4, &["publish", "secure", "via-four"]);
+    assert!(published.contains("stored=1"), "{published}");
 }
 
 /// `levee publish` and `levee consume` given every node (`--addr N1,N2,N3`) go on across a
