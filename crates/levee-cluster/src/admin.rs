@@ -145,6 +145,9 @@ pub struct QueueStatus {
     pub log_entries: usize,
     /// On the leader: each replica's replication lag in entries (`None`: unknown).
     pub lag: BTreeMap<u64, Option<u64>>,
+    /// The group's voters as known here (empty while a membership change is half done).
+    #[serde(default)]
+    pub voters: Vec<u64>,
 }
 
 /// A command of the metadata group.
@@ -182,6 +185,21 @@ pub(crate) enum CatalogCmd {
     CreateOn {
         name: String,
         config: Vec<u8>,
+        members: Vec<u64>,
+    },
+    /// A declaration with fewer copies than members (`replicas` < the member count): as
+    /// `CreateOn`, and the queue stays on `members` (not on every member) until
+    /// `QueueMembers` moves it.
+    CreateSubset {
+        name: String,
+        config: Vec<u8>,
+        members: Vec<u64>,
+    },
+    /// The nodes a subset queue (`CreateSubset`) lives on now (a member was removed and
+    /// replaced).
+    QueueMembers {
+        name: String,
+        incarnation: u64,
         members: Vec<u64>,
     },
 }
@@ -228,6 +246,14 @@ pub(crate) enum CatalogEvent {
         /// The group's first members (`None`: declared before they were recorded, when
         /// the members were the configured nodes).
         members: Option<Vec<u64>>,
+        /// See [`Entry::on`].
+        on: Option<Vec<u64>>,
+    },
+    /// A subset queue's nodes changed (see [`Entry::on`]).
+    Moved {
+        name: String,
+        incarnation: u64,
+        on: Vec<u64>,
     },
     /// A queue was deleted (or a restored snapshot no longer has this incarnation).
     Removed { name: String, incarnation: u64 },
@@ -246,6 +272,9 @@ pub(crate) struct Entry {
     pub(crate) config: Vec<u8>,
     /// See [`CatalogEvent::Added`].
     pub(crate) members: Option<Vec<u64>>,
+    /// The nodes the queue lives on now, for a queue with fewer copies than members; `None`:
+    /// on every member (its group follows the metadata group's voters).
+    pub(crate) on: Option<Vec<u64>>,
 }
 
 /// An entry as `LCS2` snapshots hold it.
@@ -299,11 +328,6 @@ impl Catalog {
         }
     }
 
-    /// The encoded config of `name`, if the catalog (as applied here) has it.
-    pub(crate) fn config_of(&self, name: &str) -> Option<Vec<u8>> {
-        self.state.lock().queues.get(name).map(|e| e.config.clone())
-    }
-
     /// The entry of `name`, if the catalog (as applied here) has it.
     pub(crate) fn entry(&self, name: &str) -> Option<Entry> {
         self.state.lock().queues.get(name).cloned()
@@ -312,6 +336,15 @@ impl Catalog {
     /// The addresses recorded for node `id` (a node added after the start).
     pub(crate) fn node(&self, id: u64) -> Option<crate::node::NodeAddrs> {
         self.state.lock().nodes.get(&id).cloned()
+    }
+
+    /// Every queue's name and entry.
+    pub(crate) fn entries(&self) -> Vec<(String, Entry)> {
+        let st = self.state.lock();
+        st.queues
+            .iter()
+            .map(|(n, e)| (n.clone(), e.clone()))
+            .collect()
     }
 
     /// Whether the catalog holds `name` in this incarnation.
@@ -331,6 +364,7 @@ impl Catalog {
         config: Vec<u8>,
         fresh: bool,
         members: Option<Vec<u64>>,
+        on: Option<Vec<u64>>,
     ) -> bool {
         let mut st = self.state.lock();
         if st.queues.contains_key(&name) {
@@ -348,6 +382,7 @@ impl Catalog {
                 incarnation,
                 config: config.clone(),
                 members: members.clone(),
+                on: on.clone(),
             },
         );
         self.send(CatalogEvent::Added {
@@ -355,6 +390,7 @@ impl Catalog {
             incarnation,
             config,
             members,
+            on,
         });
         true
     }
@@ -369,13 +405,39 @@ impl Catalog {
 impl StateMachine for Catalog {
     fn apply(&self, command: &[u8]) -> Vec<u8> {
         let changed = match bincode::deserialize::<CatalogCmd>(command) {
-            Ok(CatalogCmd::Declare { name, config }) => self.create(name, config, false, None),
-            Ok(CatalogCmd::Create { name, config }) => self.create(name, config, true, None),
+            Ok(CatalogCmd::Declare { name, config }) => {
+                self.create(name, config, false, None, None)
+            }
+            Ok(CatalogCmd::Create { name, config }) => self.create(name, config, true, None, None),
             Ok(CatalogCmd::CreateOn {
                 name,
                 config,
                 members,
-            }) => self.create(name, config, true, Some(members)),
+            }) => self.create(name, config, true, Some(members), None),
+            Ok(CatalogCmd::CreateSubset {
+                name,
+                config,
+                members,
+            }) => self.create(name, config, true, Some(members.clone()), Some(members)),
+            Ok(CatalogCmd::QueueMembers {
+                name,
+                incarnation,
+                members,
+            }) => {
+                let mut st = self.state.lock();
+                match st.queues.get_mut(&name) {
+                    Some(e) if e.incarnation == incarnation && e.on.is_some() => {
+                        e.on = Some(members.clone());
+                        self.send(CatalogEvent::Moved {
+                            name,
+                            incarnation,
+                            on: members,
+                        });
+                        true
+                    }
+                    _ => false,
+                }
+            }
             Ok(CatalogCmd::Node { id, cluster, wire }) => {
                 let addrs = crate::node::NodeAddrs { cluster, wire };
                 self.state.lock().nodes.insert(id, addrs.clone()) != Some(addrs)
@@ -453,6 +515,7 @@ impl StateMachine for Catalog {
                             incarnation: e.incarnation,
                             config: e.config,
                             members: None,
+                            on: None,
                         },
                     )
                 })
@@ -506,6 +569,7 @@ impl StateMachine for Catalog {
                 incarnation: e.incarnation,
                 config: e.config.clone(),
                 members: e.members.clone(),
+                on: e.on.clone(),
             });
         }
         st.queues = new;
@@ -612,7 +676,8 @@ mod tests {
                     name: "a".into(),
                     incarnation: 1,
                     config: vec![1],
-                    members: None
+                    members: None,
+                    on: None
                 },
                 CatalogEvent::Removed {
                     name: "a".into(),
@@ -622,7 +687,8 @@ mod tests {
                     name: "a".into(),
                     incarnation: 2,
                     config: vec![1],
-                    members: None
+                    members: None,
+                    on: None
                 },
                 CatalogEvent::Updated {
                     name: "a".into(),
@@ -632,7 +698,7 @@ mod tests {
             ]
         );
         assert!(c.holds("a", 2) && !c.holds("a", 1));
-        assert_eq!(c.config_of("a"), Some(vec![2]));
+        assert_eq!(c.entry("a").map(|e| e.config), Some(vec![2]));
         let update_missing = CatalogCmd::Update {
             name: "b".into(),
             config: vec![2],
@@ -685,7 +751,7 @@ mod tests {
         let legacy = bincode::serialize(&vec![("x".to_string(), vec![9u8])]).unwrap();
         c.restore(Some(&legacy)).unwrap();
         assert!(c.holds("x", 0) && !c.holds("a", 1));
-        assert_eq!(c.config_of("x"), Some(vec![9]));
+        assert_eq!(c.entry("x").map(|e| e.config), Some(vec![9]));
         c.restore(None).unwrap();
         assert!(!c.holds("x", 0));
     }
@@ -712,6 +778,7 @@ mod tests {
             incarnation: 1,
             config: vec![1],
             members: Some(vec![2, 3, 4]),
+            on: None,
         };
         assert_eq!(drain(&mut rx), vec![added.clone()]);
         let snap = c.snapshot().unwrap();
@@ -745,5 +812,60 @@ mod tests {
         assert!(d.holds("old", 7) && !d.holds("q", 1));
         assert_eq!(d.entry("old").unwrap().members, None);
         assert_eq!(d.node(4), None);
+    }
+
+    #[test]
+    fn a_queue_with_fewer_copies_moves_between_nodes() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let c = Catalog::new(tx);
+        let sub = CatalogCmd::CreateSubset {
+            name: "s".into(),
+            config: vec![1],
+            members: vec![1, 2, 3],
+        };
+        assert_eq!(c.apply(&cmd(&sub)), vec![1]);
+        c.apply(&create("all"));
+        let moved = CatalogCmd::QueueMembers {
+            name: "s".into(),
+            incarnation: 1,
+            members: vec![2, 3, 5],
+        };
+        assert_eq!(c.apply(&cmd(&moved)), vec![1]);
+        // Only a subset queue moves, and only in its incarnation.
+        let wrong = CatalogCmd::QueueMembers {
+            name: "s".into(),
+            incarnation: 9,
+            members: vec![1],
+        };
+        assert_eq!(c.apply(&cmd(&wrong)), vec![0]);
+        let every = CatalogCmd::QueueMembers {
+            name: "all".into(),
+            incarnation: 2,
+            members: vec![1],
+        };
+        assert_eq!(c.apply(&cmd(&every)), vec![0]);
+        let events = drain(&mut rx);
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(
+            events[2],
+            CatalogEvent::Moved {
+                name: "s".into(),
+                incarnation: 1,
+                on: vec![2, 3, 5]
+            }
+        );
+        let e = c.entry("s").unwrap();
+        assert_eq!(e.members, Some(vec![1, 2, 3]), "the first members stay");
+        assert_eq!(e.on, Some(vec![2, 3, 5]));
+        assert_eq!(c.entry("all").unwrap().on, None);
+        // A snapshot keeps where it is.
+        let (tx2, mut rx2) = mpsc::unbounded_channel();
+        let d = Catalog::new(tx2);
+        d.restore(Some(&c.snapshot().unwrap())).unwrap();
+        assert_eq!(d.entry("s").unwrap().on, Some(vec![2, 3, 5]));
+        assert!(drain(&mut rx2).iter().any(|ev| matches!(
+            ev,
+            CatalogEvent::Added { name, on: Some(on), .. } if name == "s" && *on == vec![2, 3, 5]
+        )));
     }
 }

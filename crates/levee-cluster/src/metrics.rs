@@ -115,6 +115,7 @@ mod tests {
                 applied: 120,
                 log_entries: 30,
                 lag: BTreeMap::from([(1, Some(0)), (2, Some(0)), (3, None)]),
+                voters: vec![1, 2, 3],
             }],
         };
         let mut out = String::new();

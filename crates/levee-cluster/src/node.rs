@@ -214,18 +214,20 @@ impl levee_broker::Replication for ClusterReplication {
                     reason,
                 })
             };
-            if usize::from(config.replicas) != nodes {
+            let wanted = usize::from(config.replicas);
+            if !(2..=nodes).contains(&wanted) {
                 return Err(invalid(format!(
-                    "this cluster keeps a replicated queue on each of its {nodes} nodes: \
-                     replicas must be 1 (a local queue) or {nodes}, not {}",
+                    "this cluster has {nodes} members: replicas must be 1 (a local queue) or \
+                     2 to {nodes} (the copies of a replicated queue), not {}",
                     config.replicas
                 )));
             }
-            let config = replicated_queue_config(&config, nodes);
-            // `replicas` follows the cluster's size (membership changes), the rest must match.
-            if let Some(existing) = s.catalog.config_of(&name)
-                && let Ok(existing) = crate::admin::decode_config(&existing)
-                && let existing = replicated_queue_config(&existing, nodes)
+            let config = replicated_queue_config(&config, wanted);
+            // `replicas` = the member count follows the cluster's size (membership changes);
+            // fewer copies stay that many. The rest must match.
+            if let Some(entry) = s.catalog.entry(&name)
+                && let Ok(existing) = crate::admin::decode_config(&entry.config)
+                && let existing = replicated_queue_config(&existing, copies(&s, &entry))
                 && existing != config
             {
                 return Err(BrokerError::ConfigMismatch {
@@ -251,12 +253,19 @@ impl levee_broker::Replication for ClusterReplication {
             applied_everywhere(&s, &name, true).await;
             let deadline = tokio::time::Instant::now() + DECLARE_SERVED_WITHIN;
             while tokio::time::Instant::now() < deadline {
-                let served = s.queues.read().get(&name).is_some_and(|q| {
-                    let leader = q.group.raft().metrics().borrow().current_leader;
-                    leader.is_some_and(|l| {
-                        l != s.config.node_id || q.served.load(std::sync::atomic::Ordering::Acquire)
-                    })
-                });
+                let elsewhere = s
+                    .catalog
+                    .entry(&name)
+                    .and_then(|e| e.on)
+                    .is_some_and(|on| !on.contains(&s.config.node_id));
+                let served = elsewhere
+                    || s.queues.read().get(&name).is_some_and(|q| {
+                        let leader = q.group.raft().metrics().borrow().current_leader;
+                        leader.is_some_and(|l| {
+                            l != s.config.node_id
+                                || q.served.load(std::sync::atomic::Ordering::Acquire)
+                        })
+                    });
                 if served {
                     break;
                 }
@@ -319,10 +328,10 @@ impl levee_broker::Replication for ClusterReplication {
             let s = shared
                 .upgrade()
                 .ok_or_else(|| BrokerError::Internal("the cluster node stopped".into()))?;
-            let nodes = cluster_size(&s);
             let Some(entry) = s.catalog.entry(&name) else {
                 return Err(BrokerError::UnknownQueue(name));
             };
+            let nodes = copies(&s, &entry);
             let old = crate::admin::decode_config(&entry.config)
                 .map(|c| replicated_queue_config(&c, nodes))
                 .map_err(|e| BrokerError::Internal(e.to_string()))?;
@@ -376,7 +385,11 @@ const APPLIED_EVERYWHERE_WITHIN: std::time::Duration = std::time::Duration::from
 /// off) is not waited for: it learns the change when it is back.
 async fn applied_everywhere(s: &Arc<Shared>, name: &str, present: bool) {
     let deadline = tokio::time::Instant::now() + APPLIED_EVERYWHERE_WITHIN;
-    let mut pending: Vec<String> = voters(s)
+    let nodes = match s.catalog.entry(name).and_then(|e| e.on) {
+        Some(on) if present => on.into_iter().collect(),
+        _ => voters(s),
+    };
+    let mut pending: Vec<String> = nodes
         .into_iter()
         .filter(|id| *id != s.config.node_id)
         .filter_map(|id| addrs(s, id).map(|a| a.cluster))
@@ -576,9 +589,37 @@ fn committed_voters(s: &Shared) -> Option<BTreeSet<u64>> {
     meta.voters().filter(|v| !v.is_empty())
 }
 
-/// How many copies a replicated queue has: the number of members.
+/// The number of members (the copies of a queue on every member).
 fn cluster_size(s: &Shared) -> usize {
     voters(s).len()
+}
+
+/// How many copies the catalog's queue has: its nodes' count for a subset queue, else the
+/// member count.
+fn copies(s: &Shared, entry: &crate::admin::Entry) -> usize {
+    entry.on.as_ref().map_or_else(|| cluster_size(s), Vec::len)
+}
+
+/// The voters `entry`'s group should have: its nodes (a subset queue), or every member of
+/// `members`.
+fn queue_target(entry: &crate::admin::Entry, members: &BTreeSet<u64>) -> BTreeSet<u64> {
+    match &entry.on {
+        Some(on) => on.iter().copied().collect(),
+        None => members.clone(),
+    }
+}
+
+/// `n` of `members` for a new subset queue, picked by a hash of its name (so queues spread
+/// over the nodes); the same on every node.
+fn pick(members: &BTreeSet<u64>, n: usize, queue: &str) -> Vec<u64> {
+    let ids: Vec<u64> = members.iter().copied().collect();
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let start = crc32c::crc32c(queue.as_bytes()) as usize % ids.len();
+    (0..n.min(ids.len()))
+        .map(|i| ids[(start + i) % ids.len()])
+        .collect()
 }
 
 impl Node {
@@ -715,9 +756,11 @@ async fn catalog_changed(s: &Arc<Shared>, event: CatalogEvent) {
             incarnation,
             config,
             members,
+            on,
         } => {
+            let copies = on.as_ref().map_or_else(|| cluster_size(s), Vec::len);
             let config = match crate::admin::decode_config(&config) {
-                Ok(c) => replicated_queue_config(&c, cluster_size(s)),
+                Ok(c) => replicated_queue_config(&c, copies),
                 Err(e) => {
                     tracing::error!(queue = %name, error = %e, "a replicated queue's config does not decode");
                     return;
@@ -732,6 +775,18 @@ async fn catalog_changed(s: &Arc<Shared>, event: CatalogEvent) {
             if let Some(old) = other {
                 remove_queue_group(s, &name, old).await;
             }
+            // A queue with fewer copies than members: not run on the other nodes, which
+            // send clients to its nodes.
+            if let Some(on) = &on
+                && !on.contains(&s.config.node_id)
+            {
+                if running(s, &name, incarnation).is_some() {
+                    remove_queue_group(s, &name, incarnation).await;
+                }
+                remove_other_incarnations(s, &name, u64::MAX).await;
+                point_elsewhere(s, &name, on);
+                return;
+            }
             if running(s, &name, incarnation).is_some() {
                 apply_config(s, &name, incarnation, config).await;
                 return;
@@ -741,6 +796,40 @@ async fn catalog_changed(s: &Arc<Shared>, event: CatalogEvent) {
             if let Err(e) = start_queue_group(s, &name, incarnation, config, members).await {
                 tracing::error!(queue = %name, error = %e, "starting a replicated queue failed");
             }
+        }
+        CatalogEvent::Moved {
+            name,
+            incarnation,
+            on,
+        } => {
+            let here = on.contains(&s.config.node_id);
+            match (running(s, &name, incarnation).is_some(), here) {
+                (false, true) => {
+                    // A new copy: the group's leader brings it in (it never initialises).
+                    let Some(entry) = s.catalog.entry(&name) else {
+                        return;
+                    };
+                    let config = match crate::admin::decode_config(&entry.config) {
+                        Ok(c) => replicated_queue_config(&c, on.len()),
+                        Err(e) => {
+                            tracing::error!(queue = %name, error = %e, "a replicated queue's config does not decode");
+                            return;
+                        }
+                    };
+                    s.broker.set_served_elsewhere(&name, None);
+                    let first = Some(entry.members.unwrap_or_default());
+                    if let Err(e) = start_queue_group(s, &name, incarnation, config, first).await {
+                        tracing::error!(queue = %name, error = %e, "starting a replicated queue failed");
+                    }
+                }
+                (true, false) => {
+                    remove_queue_group(s, &name, incarnation).await;
+                    point_elsewhere(s, &name, &on);
+                }
+                (false, false) => point_elsewhere(s, &name, &on),
+                (true, true) => {}
+            }
+            tracing::info!(queue = %name, incarnation, nodes = ?on, "replicated queue moved");
         }
         CatalogEvent::Removed { name, incarnation } => {
             remove_queue_group(s, &name, incarnation).await;
@@ -752,7 +841,11 @@ async fn catalog_changed(s: &Arc<Shared>, event: CatalogEvent) {
             config,
         } => match crate::admin::decode_config(&config) {
             Ok(c) => {
-                let c = replicated_queue_config(&c, cluster_size(s));
+                let n = s
+                    .catalog
+                    .entry(&name)
+                    .map_or_else(|| cluster_size(s), |e| copies(s, &e));
+                let c = replicated_queue_config(&c, n);
                 apply_config(s, &name, incarnation, c).await;
             }
             Err(e) => {
@@ -777,6 +870,13 @@ async fn apply_config(s: &Arc<Shared>, name: &str, incarnation: u64, config: Que
     if served && let Err(e) = s.broker.reconfigure_external(name, config).await {
         tracing::warn!(queue = %name, error = %e, "applying a replicated queue's new config failed");
     }
+}
+
+/// Tells clients naming `name` here (a queue not kept on this node) to go to one of `on`
+/// (refined to its leader by `track_elsewhere`).
+fn point_elsewhere(s: &Shared, name: &str, on: &[u64]) {
+    let at = on.iter().find_map(|id| addrs(s, *id)).map(|a| a.wire);
+    s.broker.set_served_elsewhere(name, Some(at));
 }
 
 /// Stops `name`'s group of `incarnation` (its watcher, the queue in the broker, its Raft
@@ -1131,6 +1231,7 @@ fn status(s: &Shared) -> Status {
                 applied,
                 log_entries,
                 lag,
+                voters: q.group.voters().into_iter().flatten().collect(),
             }
         })
         .collect();
@@ -1229,13 +1330,20 @@ async fn handle(s: &Arc<Shared>, rpc: Rpc) -> RpcReply {
 }
 
 async fn admin(s: &Arc<Shared>, req: AdminRequest) -> AdminReply {
-    let checked_config = |name: &str, config: &[u8]| {
+    // The config as stored, for `copies` copies (`None`: as requested, 2 up to the member
+    // count; 0 or 1 means every member), and whether that is fewer than the members.
+    let checked_config = |name: &str, config: &[u8], copies: Option<usize>| {
         levee_proto::validate_queue_name(name).map_err(|e| ClusterError::Config(e.to_string()))?;
         crate::admin::decode_config(config).and_then(|c| {
-            let c = replicated_queue_config(&c, cluster_size(s));
+            let size = cluster_size(s);
+            let n = copies.unwrap_or(match usize::from(c.replicas) {
+                r @ 2.. => r.min(size),
+                _ => size,
+            });
+            let c = replicated_queue_config(&c, n);
             c.validate(name)
                 .map_err(|e| ClusterError::Config(e.to_string()))?;
-            crate::admin::encode_config(name, &c)
+            Ok((crate::admin::encode_config(name, &c)?, n < size, n))
         })
     };
     let cmd = match &req {
@@ -1248,21 +1356,29 @@ async fn admin(s: &Arc<Shared>, req: AdminRequest) -> AdminReply {
             incarnation,
             voters,
         } => return set_voters(s, queue, *incarnation, voters).await,
-        AdminRequest::Declare { name, config } => match checked_config(name, config) {
-            Ok(config) => CatalogCmd::CreateOn {
+        AdminRequest::Declare { name, config } => match checked_config(name, config, None) {
+            Ok((config, true, n)) => CatalogCmd::CreateSubset {
+                name: name.clone(),
+                config,
+                members: pick(&voters(s), n, name),
+            },
+            Ok((config, false, _)) => CatalogCmd::CreateOn {
                 name: name.clone(),
                 config,
                 members: voters(s).into_iter().collect(),
             },
             Err(e) => return AdminReply::Error(e.to_string()),
         },
-        AdminRequest::Update { name, config } => match checked_config(name, config) {
-            Ok(config) => CatalogCmd::Update {
-                name: name.clone(),
-                config,
-            },
-            Err(e) => return AdminReply::Error(e.to_string()),
-        },
+        AdminRequest::Update { name, config } => {
+            let n = s.catalog.entry(name).map(|e| copies(s, &e));
+            match checked_config(name, config, n) {
+                Ok((config, _, _)) => CatalogCmd::Update {
+                    name: name.clone(),
+                    config,
+                },
+                Err(e) => return AdminReply::Error(e.to_string()),
+            }
+        }
         AdminRequest::Delete { name } => CatalogCmd::Delete { name: name.clone() },
     };
     let Some(meta) = s.meta.read().clone() else {
@@ -1362,11 +1478,62 @@ async fn change_members(s: &Arc<Shared>, req: AdminRequest) -> AdminReply {
     }
     meta.nudge().await;
     let want: BTreeSet<u64> = target.keys().copied().collect();
+    if let AdminRequest::RemoveNode { id } = &req
+        && let Err(e) = move_subsets_off(s, &meta, *id, &want).await
+    {
+        return AdminReply::Error(e);
+    }
     let pending = follow_queues(s, &target).await;
     AdminReply::Members {
         voters: want.into_iter().collect(),
         pending,
     }
+}
+
+/// Moves every queue with fewer copies than members off node `gone`: onto a member it is
+/// not on yet (the least loaded, then the lowest id), or one copy fewer if there is none.
+async fn move_subsets_off(
+    s: &Arc<Shared>,
+    meta: &Arc<Group>,
+    gone: u64,
+    members: &BTreeSet<u64>,
+) -> Result<(), String> {
+    let entries = s.catalog.entries();
+    let mut load: BTreeMap<u64, usize> = members.iter().map(|m| (*m, 0)).collect();
+    for (_, e) in &entries {
+        for id in e.on.iter().flatten() {
+            if let Some(n) = load.get_mut(id) {
+                *n += 1;
+            }
+        }
+    }
+    for (name, e) in entries {
+        let Some(on) = e.on.clone() else { continue };
+        if !on.contains(&gone) {
+            continue;
+        }
+        let mut new: Vec<u64> = on.iter().copied().filter(|n| *n != gone).collect();
+        let spare = load
+            .iter()
+            .filter(|(id, _)| !on.contains(id))
+            .min_by_key(|(id, n)| (**n, **id))
+            .map(|(id, _)| *id);
+        if let Some(id) = spare {
+            new.push(id);
+            *load.entry(id).or_default() += 1;
+        }
+        let cmd = CatalogCmd::QueueMembers {
+            name: name.clone(),
+            incarnation: e.incarnation,
+            members: new,
+        };
+        let cmd = bincode::serialize(&cmd).map_err(|e| e.to_string())?;
+        meta.propose(cmd)
+            .await
+            .map_err(|e| format!("moving {name} off node {gone}: {e}"))?;
+    }
+    meta.nudge().await;
+    Ok(())
 }
 
 /// Asks each queue group's leader to make `target` its voters (it may be this node, or the
@@ -1385,6 +1552,18 @@ async fn follow_queues(s: &Arc<Shared>, target: &BTreeMap<u64, String>) -> Vec<S
             .collect();
         let mut pending = Vec::new();
         for (name, incarnation, group) in groups {
+            let Some(entry) = s
+                .catalog
+                .entry(&name)
+                .filter(|e| e.incarnation == incarnation)
+            else {
+                continue;
+            };
+            let want = queue_target(&entry, &want);
+            if !want.contains(&me) && entry.on.is_some() {
+                continue; // moved off this node: its group stops here
+            }
+            let target = &cluster_addrs(s, &want);
             let voters = group.voters();
             // This node removed itself: it sees its groups only up to its own removal.
             let done = voters
@@ -1423,10 +1602,108 @@ async fn follow_queues(s: &Arc<Shared>, target: &BTreeMap<u64, String>) -> Vec<S
                 tracing::debug!(queue = %name, error = %e, "a queue's members did not change yet");
             }
         }
+        pending.extend(follow_away(s, &want).await);
         if pending.is_empty() || tokio::time::Instant::now() >= deadline {
             return pending;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// [`follow_queues`] for the queues this node keeps no copy of: asks their nodes where each
+/// is served and with which voters, and their leaders to change them. Returns the queues not
+/// there yet.
+async fn follow_away(s: &Arc<Shared>, members: &BTreeSet<u64>) -> Vec<String> {
+    let me = s.config.node_id;
+    let away: Vec<(String, crate::admin::Entry)> = s
+        .catalog
+        .entries()
+        .into_iter()
+        .filter(|(_, e)| e.on.as_ref().is_some_and(|on| !on.contains(&me)))
+        .collect();
+    let nodes: BTreeSet<u64> = away
+        .iter()
+        .flat_map(|(_, e)| e.on.iter().flatten().copied())
+        .collect();
+    let mut answers: BTreeMap<u64, Status> = BTreeMap::new();
+    for id in nodes {
+        let Some(a) = addrs(s, id) else { continue };
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            crate::admin::request_via(&s.link, &a.cluster, AdminRequest::Status),
+        )
+        .await;
+        if let Ok(Ok(AdminReply::Status(st))) = asked {
+            answers.insert(id, st);
+        }
+    }
+    let mut pending = Vec::new();
+    for (name, entry) in away {
+        let want = queue_target(&entry, members);
+        let led = answers.iter().find_map(|(id, st)| {
+            st.queues
+                .iter()
+                .find(|q| q.name == name && q.incarnation == entry.incarnation)
+                .filter(|q| q.leader == Some(*id))
+                .map(|q| (*id, q.voters.iter().copied().collect::<BTreeSet<u64>>()))
+        });
+        match led {
+            Some((_, voters)) if voters == want => {}
+            Some((leader, _)) => {
+                pending.push(name.clone());
+                if let Some(a) = addrs(s, leader) {
+                    let req = AdminRequest::SetVoters {
+                        queue: name.clone(),
+                        incarnation: entry.incarnation,
+                        voters: cluster_addrs(s, &want),
+                    };
+                    let _ = crate::admin::request_via(&s.link, &a.cluster, req).await;
+                }
+            }
+            None => pending.push(name.clone()),
+        }
+    }
+    pending
+}
+
+/// For each queue with fewer copies than members that this node does not keep: asks its
+/// nodes (one status request per node for all such queues) where it is served, and sends
+/// clients there (else to a node of it that answers).
+async fn track_elsewhere(s: &Arc<Shared>) {
+    let me = s.config.node_id;
+    let away: Vec<(String, Vec<u64>)> = s
+        .catalog
+        .entries()
+        .into_iter()
+        .filter_map(|(n, e)| e.on.filter(|on| !on.contains(&me)).map(|on| (n, on)))
+        .collect();
+    if away.is_empty() {
+        return;
+    }
+    let nodes: BTreeSet<u64> = away.iter().flat_map(|(_, on)| on.iter().copied()).collect();
+    let mut answers: BTreeMap<u64, Status> = BTreeMap::new();
+    for id in nodes {
+        let Some(a) = addrs(s, id) else { continue };
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            crate::admin::request_via(&s.link, &a.cluster, AdminRequest::Status),
+        )
+        .await;
+        if let Ok(Ok(AdminReply::Status(st))) = asked {
+            answers.insert(id, st);
+        }
+    }
+    for (name, on) in away {
+        let serving = on.iter().find(|id| {
+            answers
+                .get(id)
+                .is_some_and(|st| st.queues.iter().any(|q| q.name == name && q.served_here))
+        });
+        let alive = on.iter().find(|id| answers.contains_key(id));
+        if let Some(id) = serving.or(alive) {
+            let at = addrs(s, *id).map(|a| a.wire);
+            s.broker.set_served_elsewhere(&name, Some(at));
+        }
     }
 }
 
@@ -1468,22 +1745,35 @@ async fn set_voters(
 /// queue (as a learner until it has caught up), a removed one stops being one. Runs until the
 /// node stops.
 async fn reconcile_memberships(s: std::sync::Weak<Shared>) {
+    let mut tick = 0u64;
     loop {
         tokio::time::sleep(RECONCILE_EVERY).await;
         let Some(s) = s.upgrade() else {
             return;
         };
+        tick += 1;
+        if tick.is_multiple_of(2) {
+            track_elsewhere(&s).await;
+        }
         let Some(target) = committed_voters(&s) else {
             continue;
         };
-        let led: Vec<(String, Arc<Group>)> = s
+        let led: Vec<(String, u64, Arc<Group>)> = s
             .queues
             .read()
             .iter()
             .filter(|(_, q)| q.group.leading())
-            .map(|(n, q)| (n.clone(), q.group.clone()))
+            .map(|(n, q)| (n.clone(), q.incarnation, q.group.clone()))
             .collect();
-        for (name, group) in led {
+        for (name, incarnation, group) in led {
+            let Some(entry) = s
+                .catalog
+                .entry(&name)
+                .filter(|e| e.incarnation == incarnation)
+            else {
+                continue;
+            };
+            let target = queue_target(&entry, &target);
             let uniform = group.voters();
             if uniform.as_ref() == Some(&target) {
                 continue;

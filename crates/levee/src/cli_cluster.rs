@@ -156,6 +156,7 @@ fn merged(answers: &[(String, Option<Status>)]) -> serde_json::Value {
             if q.leader == Some(s.node) {
                 entry["leader"] = serde_json::json!(s.node);
                 entry["term"] = serde_json::json!(q.term);
+                entry["voters"] = serde_json::json!(q.voters);
                 for (id, lag) in &q.lag {
                     entry["replicas"][id.to_string()]["lag"] = serde_json::json!(lag);
                 }

@@ -599,12 +599,12 @@ async fn replicated_queues_are_declared_from_the_cli_http_and_amqp() {
     // Declaring again with the same config is idempotent, from any node.
     ok(cluster.cli(3, &["queue", "declare", "orders", "--replicas", "3"]));
 
-    // Refused, with the reason.
-    let two = cluster.cli(1, &["queue", "declare", "pairs", "--replicas", "2"]);
-    assert!(!two.status.success());
-    let why = String::from_utf8_lossy(&two.stderr);
+    // Refused, with the reason: more copies than members.
+    let four = cluster.cli(1, &["queue", "declare", "pairs", "--replicas", "4"]);
+    assert!(!four.status.success());
+    let why = String::from_utf8_lossy(&four.stderr);
     assert!(
-        why.contains("replicas must be 1") && why.contains("or 3"),
+        why.contains("replicas must be 1") && why.contains("2 to 3"),
         "{why}"
     );
     let local = cluster.cli(1, &["queue", "declare", "orders", "--replicas", "1"]);
@@ -1125,7 +1125,10 @@ async fn nodes_are_added_and_removed_and_the_queues_follow() {
     // `replicas` follows the size: a redeclare with the old count is refused, the new one
     // is the same queue.
     let (ok, out) = levee(&["queue", "declare", "jobs", "--replicas", "3"]);
-    assert!(!ok && out.contains("replicas must be 1"), "{out}");
+    assert!(
+        !ok && out.contains("replicas: existing 4, requested 3"),
+        "{out}"
+    );
     let (ok, out) = levee(&["queue", "declare", "jobs", "--replicas", "4"]);
     assert!(ok, "{out}");
 
@@ -1488,4 +1491,136 @@ async fn the_cluster_listener_holds_at_most_4096_connections() {
     drop(held);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// `replicas` below the member count: in a 5-node cluster (`join 4`, `join 5`) a queue with
+/// `--replicas 3` lives on exactly three nodes; the others send clients to it. When its leader
+/// is removed (`remove-node`, then SIGKILL) the queue moves to another member (three copies
+/// again, the removed node's copy gone), and with one more of its first nodes killed the two
+/// left (the third first node and the new copy) serve every confirmed message; a node that
+/// keeps no copy finds the new leader for its clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_with_fewer_copies_than_members_lives_on_that_many_nodes() {
+    let cluster = Arc::new(Cluster::start());
+    let base = cluster.base;
+    assert!(cluster.script(&["join", "4"]).contains("members: 1,2,3,4"));
+    assert!(
+        cluster
+            .script(&["join", "5"])
+            .contains("members: 1,2,3,4,5")
+    );
+    let all_nodes: Vec<String> = (1..=5)
+        .map(|n| format!("127.0.0.1:{}", base + 20 + n))
+        .collect();
+    let wire = |n: u64| format!("127.0.0.1:{}", base + n as u16);
+    let levee = |addr: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+            .args(["--addr", addr])
+            .args(args)
+            .output()
+            .expect("running levee");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    // The nodes that run the queue's group, and its leader with the voters it knows.
+    let placed = || async {
+        let mut on = BTreeSet::new();
+        let mut leader = None;
+        for addr in &all_nodes {
+            if let Ok(levee_cluster::admin::AdminReply::Status(st)) =
+                levee_cluster::admin::request(addr, levee_cluster::admin::AdminRequest::Status)
+                    .await
+                && let Some(q) = st.queues.iter().find(|q| q.name == "three")
+            {
+                on.insert(st.node);
+                if q.served_here {
+                    leader = Some((st.node, q.voters.iter().copied().collect::<BTreeSet<u64>>()));
+                }
+            }
+        }
+        (on, leader)
+    };
+    let all_wire: Vec<String> = (1..=5).map(wire).collect();
+    let (ok, out) = levee(
+        &all_wire.join(","),
+        &["queue", "declare", "three", "--replicas", "3"],
+    );
+    assert!(ok, "{out}");
+    let (on, leader) = placed().await;
+    assert_eq!(on.len(), 3, "three copies: {on:?}");
+    let (leader, voters) = leader.expect("served");
+    assert_eq!(voters, on, "its group's voters are its nodes");
+    let away = (1..=5u64).find(|n| !on.contains(n)).unwrap();
+    let (ok, out) = levee(&wire(away), &["publish", "three", "--count", "100", "m"]);
+    assert!(
+        ok && out.contains("stored=100 "),
+        "through a node without a copy: {out}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["cluster", "--nodes", &all_nodes.join(",")])
+        .args(["remove-node", "--id", &leader.to_string()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !said.contains("still changing"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.script(&["kill", &leader.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let moved = loop {
+        let (now, serving) = placed().await;
+        if now.len() == 3 && !now.contains(&leader) && serving.is_some_and(|(_, v)| v == now) {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three moved off node {leader}: {now:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let added = *moved.difference(&on).next().expect("a new copy");
+    let killed = *on.iter().find(|n| **n != leader).unwrap();
+    cluster.script(&["kill", &killed.to_string()]);
+    // Left: one first node and the new copy, two of the queue's three.
+    let outside = (1..=5u64)
+        .find(|n| !moved.contains(n) && *n != leader)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out) = levee(&wire(outside), &["queue", "inspect", "three"]);
+        if ok && out.contains("ready=100 ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {outside} (no copy) sends clients to the queue, served by the copies left \
+             (new: {added}): {out}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (ok, out) = levee(&wire(outside), &["consume", "three", "--count", "100"]);
+    assert!(ok && out.contains("acked=100"), "{out}");
+    let alive: Vec<String> = (1..=5u64)
+        .filter(|n| *n != leader && *n != killed)
+        .map(wire)
+        .collect();
+    let (ok, out) = levee(
+        &alive.join(","),
+        &["queue", "declare", "three", "--replicas", "4"],
+    );
+    assert!(!ok && out.contains("replicas"), "{out}");
+    let (ok, out) = levee(
+        &alive.join(","),
+        &["queue", "declare", "three", "--replicas", "3"],
+    );
+    assert!(ok, "the same queue: {out}");
 }
