@@ -1625,18 +1625,7 @@ async fn follow_away(s: &Arc<Shared>, members: &BTreeSet<u64>) -> Vec<String> {
         .iter()
         .flat_map(|(_, e)| e.on.iter().flatten().copied())
         .collect();
-    let mut answers: BTreeMap<u64, Status> = BTreeMap::new();
-    for id in nodes {
-        let Some(a) = addrs(s, id) else { continue };
-        let asked = tokio::time::timeout(
-            std::time::Duration::from_millis(500),
-            crate::admin::request_via(&s.link, &a.cluster, AdminRequest::Status),
-        )
-        .await;
-        if let Ok(Ok(AdminReply::Status(st))) = asked {
-            answers.insert(id, st);
-        }
-    }
+    let answers = statuses_of(s, nodes, 500).await;
     let mut pending = Vec::new();
     for (name, entry) in away {
         let want = queue_target(&entry, members);
@@ -1666,6 +1655,23 @@ async fn follow_away(s: &Arc<Shared>, members: &BTreeSet<u64>) -> Vec<String> {
     pending
 }
 
+/// The status of each of `nodes` that answers within `ms` milliseconds.
+async fn statuses_of(s: &Shared, nodes: BTreeSet<u64>, ms: u64) -> BTreeMap<u64, Status> {
+    let mut answers = BTreeMap::new();
+    for id in nodes {
+        let Some(a) = addrs(s, id) else { continue };
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_millis(ms),
+            crate::admin::request_via(&s.link, &a.cluster, AdminRequest::Status),
+        )
+        .await;
+        if let Ok(Ok(AdminReply::Status(st))) = asked {
+            answers.insert(id, st);
+        }
+    }
+    answers
+}
+
 /// For each queue with fewer copies than members that this node does not keep: asks its
 /// nodes (one status request per node for all such queues) where it is served, and sends
 /// clients there (else to a node of it that answers).
@@ -1681,18 +1687,7 @@ async fn track_elsewhere(s: &Arc<Shared>) {
         return;
     }
     let nodes: BTreeSet<u64> = away.iter().flat_map(|(_, on)| on.iter().copied()).collect();
-    let mut answers: BTreeMap<u64, Status> = BTreeMap::new();
-    for id in nodes {
-        let Some(a) = addrs(s, id) else { continue };
-        let asked = tokio::time::timeout(
-            std::time::Duration::from_millis(300),
-            crate::admin::request_via(&s.link, &a.cluster, AdminRequest::Status),
-        )
-        .await;
-        if let Ok(Ok(AdminReply::Status(st))) = asked {
-            answers.insert(id, st);
-        }
-    }
+    let answers = statuses_of(s, nodes, 300).await;
     for (name, on) in away {
         let serving = on.iter().find(|id| {
             answers

@@ -212,6 +212,20 @@ impl Drop for Cluster {
     }
 }
 
+/// Runs `levee ARGS`: whether it succeeded, and its stdout and stderr.
+fn run_levee(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(args)
+        .output()
+        .expect("running levee");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 #[derive(Default)]
 struct Ledger {
     /// Message ids confirmed stored (or duplicate of a stored one).
@@ -1064,32 +1078,9 @@ async fn nodes_are_added_and_removed_and_the_queues_follow() {
         .map(|n| format!("127.0.0.1:{}", base + n))
         .collect::<Vec<_>>()
         .join(",");
-    let levee = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
-            .args(["--addr", &wire])
-            .args(args)
-            .output()
-            .expect("running levee");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
-    let members = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
-            .args(["cluster", "--nodes", &four.join(",")])
-            .args(args)
-            .output()
-            .expect("running levee cluster");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let levee = |args: &[&str]| run_levee(&[&["--addr", &wire], args].concat());
+    let nodes = four.join(",");
+    let members = |args: &[&str]| run_levee(&[&["cluster", "--nodes", &nodes], args].concat());
     let status = || -> serde_json::Value {
         let (ok, text) = members(&["status", "--json"]);
         assert!(ok, "{text}");
@@ -1513,19 +1504,7 @@ async fn a_queue_with_fewer_copies_than_members_lives_on_that_many_nodes() {
         .map(|n| format!("127.0.0.1:{}", base + 20 + n))
         .collect();
     let wire = |n: u64| format!("127.0.0.1:{}", base + n as u16);
-    let levee = |addr: &str, args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_levee"))
-            .args(["--addr", addr])
-            .args(args)
-            .output()
-            .expect("running levee");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let levee = |addr: &str, args: &[&str]| run_levee(&[&["--addr", addr], args].concat());
     // The nodes that run the queue's group, and its leader with the voters it knows.
     let placed = || async {
         let mut on = BTreeSet::new();
