@@ -21,6 +21,11 @@ use tokio::sync::watch;
 
 const QUEUE: &str = "orders";
 
+/// These tests run one at a time: their links' delays sit close to Raft's deadlines (a 120 ms
+/// round trip against a 150 ms heartbeat), and three 3-node clusters at once on a 2-core
+/// machine add enough scheduling delay to push them past (seen in CI).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A TCP proxy whose link can be cut (existing connections dropped, new ones refused) and healed,
 /// and slowed: every byte is delivered `delay` after it was read (a delay line: latency, not a
 /// bandwidth cap; bytes stay in order).
@@ -286,6 +291,7 @@ async fn publish(addr: &str, ids: std::ops::Range<u64>, pipelined: bool) -> BTre
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_isolated_leader_stops_confirming_and_the_majority_keeps_every_confirmed_message() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let nodes = Arc::new(Nodes::start().await);
     declare(&nodes).await;
     let (old, old_wire) = nodes.serving_other_than(None).await;
@@ -383,6 +389,7 @@ async fn consume_all(wire: &str, confirmed: &BTreeSet<u64>) -> BTreeSet<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_links_delay_confirms_but_a_majority_still_confirms_and_fails_over() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     // Default timing (heartbeats every 150 ms). The heartbeat is also openraft's deadline for
     // a follower's answer, so every round trip a majority needs stays below it here (120 ms at
     // most): past it, a follower's answers never arrive in time (docs/cluster.md, "Timing").
@@ -419,6 +426,7 @@ async fn slow_links_delay_confirms_but_a_majority_still_confirms_and_fails_over(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn links_slower_than_the_default_heartbeat_work_with_raised_timing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     // Every link 200 ms each way: a 400 ms round trip, past the default heartbeat (150 ms, also
     // openraft's deadline for an answer), with which no majority could ever answer in time.
     // `raft_heartbeat_ms = 600` (the election timeout follows: 4 heartbeats, 2.4-4.8 s) makes
