@@ -1544,21 +1544,9 @@ async fn follow_queues(s: &Arc<Shared>, target: &BTreeMap<u64, String>) -> Vec<S
     let me = s.config.node_id;
     let deadline = tokio::time::Instant::now() + MEMBERS_CATCH_UP;
     loop {
-        let groups: Vec<(String, u64, Arc<Group>)> = s
-            .queues
-            .read()
-            .iter()
-            .map(|(n, q)| (n.clone(), q.incarnation, q.group.clone()))
-            .collect();
         let mut pending = Vec::new();
-        for (name, incarnation, group) in groups {
-            let Some(entry) = s
-                .catalog
-                .entry(&name)
-                .filter(|e| e.incarnation == incarnation)
-            else {
-                continue;
-            };
+        for (name, entry, group) in groups_here(s, false) {
+            let incarnation = entry.incarnation;
             let want = queue_target(&entry, &want);
             if !want.contains(&me) && entry.on.is_some() {
                 continue; // moved off this node: its group stops here
@@ -1608,6 +1596,24 @@ async fn follow_queues(s: &Arc<Shared>, target: &BTreeMap<u64, String>) -> Vec<S
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// The queue groups this node runs (`led`: only those it leads), with their catalog entries.
+fn groups_here(s: &Shared, led: bool) -> Vec<(String, crate::admin::Entry, Arc<Group>)> {
+    let groups: Vec<(String, u64, Arc<Group>)> = s
+        .queues
+        .read()
+        .iter()
+        .filter(|(_, q)| !led || q.group.leading())
+        .map(|(n, q)| (n.clone(), q.incarnation, q.group.clone()))
+        .collect();
+    groups
+        .into_iter()
+        .filter_map(|(name, incarnation, group)| {
+            let entry = s.catalog.entry(&name)?;
+            (entry.incarnation == incarnation).then_some((name, entry, group))
+        })
+        .collect()
 }
 
 /// [`follow_queues`] for the queues this node keeps no copy of: asks their nodes where each
@@ -1753,21 +1759,7 @@ async fn reconcile_memberships(s: std::sync::Weak<Shared>) {
         let Some(target) = committed_voters(&s) else {
             continue;
         };
-        let led: Vec<(String, u64, Arc<Group>)> = s
-            .queues
-            .read()
-            .iter()
-            .filter(|(_, q)| q.group.leading())
-            .map(|(n, q)| (n.clone(), q.incarnation, q.group.clone()))
-            .collect();
-        for (name, incarnation, group) in led {
-            let Some(entry) = s
-                .catalog
-                .entry(&name)
-                .filter(|e| e.incarnation == incarnation)
-            else {
-                continue;
-            };
+        for (name, entry, group) in groups_here(&s, true) {
             let target = queue_target(&entry, &target);
             let uniform = group.voters();
             if uniform.as_ref() == Some(&target) {
