@@ -215,7 +215,7 @@ impl Group {
                 Err(_) => {
                     // It stays a learner (no vote) until a later attempt makes it a voter.
                     return Err(fail(format!(
-                        "node {id} did not catch up within {} s (is it running, with                          [cluster] join = true?)",
+                        "node {id} did not catch up within {} s (is it running, with [cluster] join = true?)",
                         catch_up.as_secs()
                     )));
                 }
