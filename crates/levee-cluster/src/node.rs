@@ -62,9 +62,7 @@ const INIT_FALLBACK: std::time::Duration = std::time::Duration::from_secs(3);
 /// among the group's first `members` by a hash of the queue's name, so that the leaders of many
 /// queues spread over the nodes; the same on every node.
 fn initializer(members: &BTreeSet<u64>, queue: &str) -> Option<u64> {
-    let ids: Vec<u64> = members.iter().copied().collect();
-    let i = crc32c::crc32c(queue.as_bytes()) as usize % ids.len().max(1);
-    ids.get(i).copied()
+    pick(members, 1, queue).first().copied()
 }
 
 /// How long a membership change waits for a new node to catch up (log or snapshot) before it

@@ -180,11 +180,17 @@ fn lost(why: &str) -> Unreachable {
 }
 
 impl SimConn {
-    /// One request and its reply over the simulated links, within `ttl`.
-    async fn call<T, F, Fut>(&self, ttl: Duration, f: F) -> Result<T, Unreachable>
+    /// One request and its reply over the simulated links, within `ttl`: the peer's answer,
+    /// its error as a remote one, or a lost message as `Unreachable`.
+    async fn call<T, E, F, Fut>(
+        &self,
+        ttl: Duration,
+        f: F,
+    ) -> Result<T, RPCError<u64, BasicNode, E>>
     where
+        E: std::error::Error,
         F: FnOnce(Raft<TypeConfig>) -> Fut,
-        Fut: std::future::Future<Output = T>,
+        Fut: std::future::Future<Output = Result<T, E>>,
     {
         let r = &self.router;
         let trip = async {
@@ -203,8 +209,10 @@ impl SimConn {
             Ok(out)
         };
         match tokio::time::timeout(ttl, trip).await {
-            Ok(r) => r,
-            Err(_) => Err(lost("timeout")),
+            Ok(Ok(Ok(resp))) => Ok(resp),
+            Ok(Ok(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(self.to, e))),
+            Ok(Err(u)) => Err(RPCError::Unreachable(u)),
+            Err(_) => Err(RPCError::Unreachable(lost("timeout"))),
         }
     }
 }
@@ -215,17 +223,11 @@ impl RaftNetwork<TypeConfig> for SimConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self
-            .call(
-                option.hard_ttl(),
-                |r| async move { r.append_entries(rpc).await },
-            )
-            .await
-        {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.to, e))),
-            Err(u) => Err(RPCError::Unreachable(u)),
-        }
+        self.call(
+            option.hard_ttl(),
+            |r| async move { r.append_entries(rpc).await },
+        )
+        .await
     }
 
     async fn install_snapshot(
@@ -236,16 +238,10 @@ impl RaftNetwork<TypeConfig> for SimConn {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        match self
-            .call(option.hard_ttl(), |r| async move {
-                r.install_snapshot(rpc).await
-            })
-            .await
-        {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.to, e))),
-            Err(u) => Err(RPCError::Unreachable(u)),
-        }
+        self.call(option.hard_ttl(), |r| async move {
+            r.install_snapshot(rpc).await
+        })
+        .await
     }
 
     async fn vote(
@@ -253,14 +249,8 @@ impl RaftNetwork<TypeConfig> for SimConn {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self
-            .call(option.hard_ttl(), |r| async move { r.vote(rpc).await })
+        self.call(option.hard_ttl(), |r| async move { r.vote(rpc).await })
             .await
-        {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.to, e))),
-            Err(u) => Err(RPCError::Unreachable(u)),
-        }
     }
 }
 
