@@ -83,6 +83,8 @@ impl LogStore {
             let index = u64::from_le_bytes(body[1..9].try_into().unwrap_or([0; 8]));
             match body[0] {
                 ENTRY => {
+                    // As `append` did: an entry replaces the one at its index and all after.
+                    let _ = entries.split_off(&index);
                     entries.insert(index, body[9..].to_vec());
                 }
                 TRUNCATE => {
@@ -117,8 +119,33 @@ impl LogStore {
         })
     }
 
-    /// Appends entries (increasing indexes) and fsyncs them.
+    /// Appends entries (consecutive indexes, the first at most one past the last held or
+    /// purged: an entry at a held index replaces it and all after it) and fsyncs them. A hole
+    /// is refused, with nothing written: a log with one would hand out the wrong entry.
     pub fn append(&mut self, items: Vec<(u64, Vec<u8>)>) -> io::Result<()> {
+        let next = match (self.entries.last_key_value(), &self.purged) {
+            (Some((last, _)), _) => Some(last + 1),
+            (None, Some((upto, _))) => Some(upto + 1),
+            (None, None) => None,
+        };
+        let mut expect = next;
+        for (n, (index, _)) in items.iter().enumerate() {
+            let fits = match expect {
+                None => true,
+                Some(e) if n == 0 => *index <= e,
+                Some(e) => *index == e,
+            };
+            if !fits {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "log append at index {index} would leave a hole (next is {})",
+                        expect.unwrap_or_default()
+                    ),
+                ));
+            }
+            expect = Some(index + 1);
+        }
         let mut buf = Vec::new();
         for (index, bytes) in &items {
             buf.extend_from_slice(&record(ENTRY, &[&index.to_le_bytes(), bytes]));
@@ -278,5 +305,29 @@ mod tests {
         assert_eq!(log.last().unwrap().0, 5);
         log.save_state("vote", b"v").unwrap();
         assert_eq!(log.load_state("vote").unwrap().unwrap(), b"v".to_vec());
+    }
+
+    #[test]
+    fn an_append_that_would_leave_a_hole_is_refused_and_an_overwrite_replays_as_it_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = LogStore::open(dir.path()).unwrap();
+            log.append((1..=5).map(|i| (i, vec![i as u8])).collect())
+                .unwrap();
+            let err = log.append(vec![(7, b"x".to_vec())]).unwrap_err();
+            assert!(err.to_string().contains("hole"), "{err}");
+            assert!(log.append(vec![(6, vec![]), (8, vec![])]).is_err());
+            assert_eq!(log.last().unwrap().0, 5);
+            // Appending at a held index replaces it and everything after it.
+            log.append(vec![(3, b"new".to_vec())]).unwrap();
+            assert_eq!(log.last().unwrap().0, 3);
+        }
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(log.last().unwrap(), (3, &b"new"[..]));
+        // After a purge past every entry, the next is the one after the purge.
+        log.purge(9, b"m".to_vec()).unwrap();
+        assert!(log.append(vec![(11, vec![])]).is_err());
+        log.append(vec![(10, vec![])]).unwrap();
+        assert_eq!(log.range(0, 100).len(), 1);
     }
 }

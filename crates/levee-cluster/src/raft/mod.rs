@@ -103,10 +103,10 @@ impl Group {
         link: Arc<crate::link::Link>,
         timing: Timing,
     ) -> Result<Group, ClusterError> {
-        let log = store::LogAdapter::open(&dir.join("log"))
-            .map_err(|e| ClusterError::io(format!("opening the raft log of {name}"), e))?;
         let sma = store::SmAdapter::open(&dir.join("snapshot"), sm)
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let log = store::LogAdapter::open(&dir.join("log"), sma.durable())
+            .map_err(|e| ClusterError::io(format!("opening the raft log of {name}"), e))?;
         let network = net::Network {
             group: name.to_string(),
             addrs,

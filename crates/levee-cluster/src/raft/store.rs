@@ -3,10 +3,22 @@
 //! [`StateMachine`] and keeps the last snapshot on disk.
 //!
 //! # Invariants
-//! - `append` calls openraft's flush callback only after the entries are fsynced.
+//! - `append` calls openraft's flush callback only after the entries are fsynced, and refuses
+//!   an entry that would leave a hole after the last one held.
 //! - The state machine itself is not persisted: at open it is restored from the last persisted
-//!   snapshot (or empty) and openraft re-applies the committed log after it. So a snapshot is
-//!   written (fsynced) before openraft may purge the log it covers.
+//!   snapshot (or empty) and openraft re-applies the committed log after it. So the log is
+//!   purged only up to what a snapshot on disk covers: [`LogAdapter`]'s purge waits for
+//!   [`SmAdapter`] to report one (`durable`). openraft 0.9 itself does not order these on a
+//!   follower: it purges the log a received snapshot covers while its state machine worker is
+//!   still installing it, and a crash between would restart on the older snapshot with the
+//!   entries after it gone.
+//! - The snapshot on disk only moves forward: a snapshot built from older state than one
+//!   installed meanwhile (the build is a task of its own) is not written over it.
+//! - A read returns the entries from the first index asked for with no gap, and stops at the
+//!   first one missing. openraft's replication reads `[start, end)` and sends what it gets as
+//!   following `start - 1`; entries purged under a read (the leader's purge and a replication
+//!   read race) must not come back as a shorter, later run, which the follower would append
+//!   after the wrong entry.
 
 // openraft's traits fix the error type (`StorageError`, over 200 bytes); the helpers here return
 // it as the traits do.
@@ -24,12 +36,14 @@ use openraft::{
     RaftSnapshotBuilder, SnapshotMeta, StorageError, StoredMembership, Vote,
 };
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
 use super::{Reply, TypeConfig};
 use crate::logstore::{LogStore, write_atomic};
 use crate::replicated_log::StateMachine;
 
 type NodeId = u64;
+
 type SErr = StorageError<NodeId>;
 
 fn serr(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> SErr {
@@ -44,16 +58,27 @@ fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, std::io::Error> {
     bincode::deserialize(b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// How long a purge waits for the snapshot that covers it to reach disk (the state machine
+/// worker installing it) before the group fails rather than purge what no snapshot holds.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The last log index the snapshot on disk covers, published by [`SmAdapter`], read by
+/// [`LogAdapter`]'s purge.
+pub(crate) type Durable = watch::Receiver<Option<u64>>;
+
 /// The Raft log of one group (cheap to clone: readers share it).
 #[derive(Clone)]
 pub(crate) struct LogAdapter {
     store: Arc<Mutex<LogStore>>,
+    durable: Durable,
 }
 
 impl LogAdapter {
-    pub(crate) fn open(dir: &Path) -> std::io::Result<LogAdapter> {
+    /// Opens the log in `dir`; `durable` is the group's [`SmAdapter::durable`].
+    pub(crate) fn open(dir: &Path, durable: Durable) -> std::io::Result<LogAdapter> {
         Ok(LogAdapter {
             store: Arc::new(Mutex::new(LogStore::open(dir)?)),
+            durable,
         })
     }
 
@@ -79,9 +104,20 @@ impl RaftLogReader<TypeConfig> for LogAdapter {
             Bound::Unbounded => u64::MAX,
         };
         let raw = self.store.lock().range(start, end);
-        raw.iter()
-            .map(|(_, b)| dec(b).map_err(|e| serr(ErrorSubject::Logs, ErrorVerb::Read, e)))
-            .collect()
+        // From `start` on with no gap (see the module's invariants); unbounded, from the first held.
+        let first = match range.start_bound() {
+            Bound::Unbounded => raw.first().map_or(0, |(i, _)| *i),
+            _ => start,
+        };
+        let run = raw
+            .iter()
+            .zip(first..)
+            .take_while(|((i, _), want)| i == want);
+        let mut out = Vec::with_capacity(raw.len());
+        for ((_, b), _) in run {
+            out.push(dec(b).map_err(|e| serr(ErrorSubject::Logs, ErrorVerb::Read, e))?);
+        }
+        Ok(out)
     }
 }
 
@@ -184,6 +220,29 @@ impl RaftLogStorage<TypeConfig> for LogAdapter {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        // Only what a snapshot on disk covers (see the module's invariants).
+        let mut durable = self.durable.clone();
+        let covered = durable.wait_for(|d| d.is_some_and(|d| d >= log_id.index));
+        match tokio::time::timeout(PURGE_WAIT, covered).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                return Err(serr(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Delete,
+                    "the state machine closed before a snapshot covered the purge",
+                ));
+            }
+            Err(_) => {
+                return Err(serr(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Delete,
+                    format!(
+                        "no snapshot on disk covered log index {} within {PURGE_WAIT:?}",
+                        log_id.index
+                    ),
+                ));
+            }
+        }
         self.store
             .lock()
             .purge(log_id.index, enc(&log_id))
@@ -212,6 +271,9 @@ pub(crate) struct SmAdapter {
     sm: Arc<dyn StateMachine>,
     dir: PathBuf,
     state: Arc<Mutex<SmState>>,
+    /// The last index the snapshot on disk covers; held while one is written, so that writes
+    /// are in order and never go back.
+    durable: Arc<Mutex<watch::Sender<Option<u64>>>>,
 }
 
 impl SmAdapter {
@@ -228,6 +290,12 @@ impl SmAdapter {
         };
         sm.restore(stored.as_ref().map(|s| s.data.as_slice()))
             .map_err(|e| serr(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        let durable = watch::Sender::new(
+            stored
+                .as_ref()
+                .and_then(|s| s.meta.last_log_id)
+                .map(|l| l.index),
+        );
         let state = match stored {
             Some(s) => SmState {
                 last_applied: s.meta.last_log_id,
@@ -246,12 +314,26 @@ impl SmAdapter {
             sm,
             dir: dir.to_path_buf(),
             state: Arc::new(Mutex::new(state)),
+            durable: Arc::new(Mutex::new(durable)),
         })
     }
 
-    fn persist(&self, stored: &Stored) -> Result<(), SErr> {
+    /// What the group's [`LogAdapter`] purges by.
+    pub(crate) fn durable(&self) -> Durable {
+        self.durable.lock().subscribe()
+    }
+
+    /// Writes `stored` unless the snapshot on disk is newer; true if written.
+    fn persist(&self, stored: &Stored) -> Result<bool, SErr> {
+        let durable = self.durable.lock();
+        let index = stored.meta.last_log_id.map(|l| l.index);
+        if *durable.borrow() > index {
+            return Ok(false);
+        }
         write_atomic(&self.dir, "snapshot", &enc(stored))
-            .map_err(|e| serr(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))
+            .map_err(|e| serr(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        durable.send_replace(index);
+        Ok(true)
     }
 
     /// The index of the last applied entry (for status).
@@ -285,12 +367,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SmAdapter {
                 data,
             }
         };
-        self.persist(&stored)?;
+        let written = self.persist(&stored)?;
         let snapshot = Snapshot {
             meta: stored.meta.clone(),
             snapshot: Box::new(Cursor::new(stored.data.clone())),
         };
-        self.state.lock().snapshot = Some(Arc::new(stored));
+        if written {
+            let mut st = self.state.lock();
+            if st.snapshot.as_ref().map(|s| s.meta.last_log_id) <= Some(stored.meta.last_log_id) {
+                st.snapshot = Some(Arc::new(stored));
+            }
+        }
         Ok(snapshot)
     }
 }
@@ -366,5 +453,140 @@ impl RaftStateMachine<TypeConfig> for SmAdapter {
             meta: s.meta.clone(),
             snapshot: Box::new(Cursor::new(s.data.clone())),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+    use std::time::Duration;
+
+    /// A state machine that holds nothing.
+    struct Nothing;
+
+    impl StateMachine for Nothing {
+        fn apply(&self, _: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
+        fn snapshot(&self) -> Result<Vec<u8>, crate::error::ClusterError> {
+            Ok(Vec::new())
+        }
+        fn restore(&self, _: Option<&[u8]>) -> Result<(), crate::error::ClusterError> {
+            Ok(())
+        }
+    }
+
+    fn id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn meta(index: u64) -> SnapshotMeta<NodeId, openraft::BasicNode> {
+        SnapshotMeta {
+            last_log_id: Some(id(index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("s{index}"),
+        }
+    }
+
+    fn open(dir: &Path) -> (LogAdapter, SmAdapter) {
+        let sm = SmAdapter::open(&dir.join("snapshot"), Arc::new(Nothing)).unwrap();
+        let log = LogAdapter::open(&dir.join("log"), sm.durable()).unwrap();
+        (log, sm)
+    }
+
+    fn fill(log: &LogAdapter, upto: u64) {
+        let items = (1..=upto)
+            .map(|i| {
+                let e: Entry<TypeConfig> = Entry {
+                    log_id: id(i),
+                    payload: EntryPayload::Blank,
+                };
+                (i, enc(&e))
+            })
+            .collect();
+        log.store.lock().append(items).unwrap();
+    }
+
+    async fn indexes(log: &mut LogAdapter, range: std::ops::Range<u64>) -> Vec<u64> {
+        let got = log.try_get_log_entries(range).await.unwrap();
+        got.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_purge_waits_until_a_snapshot_on_disk_covers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, mut sm) = open(dir.path());
+        fill(&log, 10);
+        let mut purge = Box::pin({
+            let mut log = log.clone();
+            async move { log.purge(id(8)).await }
+        });
+        // No snapshot yet: the entries stay.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), &mut purge)
+                .await
+                .is_err()
+        );
+        assert_eq!(indexes(&mut log, 1..11).await.len(), 10);
+        // A snapshot up to 5 does not cover it either.
+        sm.install_snapshot(&meta(5), Box::new(Cursor::new(Vec::new())))
+            .await
+            .unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), &mut purge)
+                .await
+                .is_err()
+        );
+        // Once one up to 8 is on disk, the purge goes ahead.
+        sm.install_snapshot(&meta(8), Box::new(Cursor::new(Vec::new())))
+            .await
+            .unwrap();
+        purge.await.unwrap();
+        assert_eq!(indexes(&mut log, 9..11).await, vec![9, 10]);
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_purged_log_id,
+            Some(id(8))
+        );
+        // And one that no snapshot ever covers fails the group instead of purging.
+        let err = log.purge(id(9)).await.unwrap_err();
+        assert!(err.to_string().contains("no snapshot on disk"), "{err}");
+        assert_eq!(indexes(&mut log, 9..11).await, vec![9, 10]);
+    }
+
+    #[tokio::test]
+    async fn a_read_stops_at_the_first_entry_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, mut sm) = open(dir.path());
+        fill(&log, 10);
+        sm.install_snapshot(&meta(6), Box::new(Cursor::new(Vec::new())))
+            .await
+            .unwrap();
+        log.purge(id(6)).await.unwrap();
+        // A read from a purged index gets nothing, not the entries after the purge (which
+        // replication would send as following the entry before the first one asked for).
+        assert_eq!(indexes(&mut log, 3..9).await, Vec::<u64>::new());
+        assert_eq!(indexes(&mut log, 7..9).await, vec![7, 8]);
+        assert_eq!(indexes(&mut log, 9..20).await, vec![9, 10]);
+        let all = log.try_get_log_entries(..).await.unwrap();
+        assert_eq!(all.first().map(|e| e.log_id.index), Some(7));
+    }
+
+    #[tokio::test]
+    async fn the_snapshot_on_disk_never_goes_back_to_older_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) = open(dir.path());
+        sm.install_snapshot(&meta(8), Box::new(Cursor::new(Vec::new())))
+            .await
+            .unwrap();
+        // A build that read older state before the install wrote its snapshot.
+        let older = Stored {
+            meta: meta(5),
+            data: Vec::new(),
+        };
+        assert!(!sm.persist(&older).unwrap());
+        let reopened = SmAdapter::open(&dir.path().join("snapshot"), Arc::new(Nothing)).unwrap();
+        assert_eq!(reopened.last_applied(), 8);
+        assert_eq!(*reopened.durable().borrow(), Some(8));
     }
 }
