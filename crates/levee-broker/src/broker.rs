@@ -339,6 +339,15 @@ impl Inner {
         self.queues.read().get(queue).map(|q| q.tx.clone())
     }
 
+    /// `Some` (with the serving node's wire address, if known) when `queue` is a replicated
+    /// queue another node serves now: it exists, but not here.
+    pub(crate) fn served_elsewhere(&self, queue: &str) -> Option<Option<String>> {
+        if self.queues.read().contains_key(queue) {
+            return None;
+        }
+        self.elsewhere.read().get(queue).cloned()
+    }
+
     /// Whether `queue` keeps its definition across restarts (`None`: no such queue).
     pub(crate) fn queue_keeps_definition(&self, queue: &str) -> Option<bool> {
         self.queues

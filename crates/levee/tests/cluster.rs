@@ -613,6 +613,73 @@ async fn replicated_queues_are_declared_from_the_cli_http_and_amqp() {
     }
     let inspect = ok(cluster.cli(1, &["queue", "inspect", "orders"]));
     assert!(inspect.contains("replicas=3"), "{inspect}");
+
+    // An AMQP client on a node that does not serve the queue gets a channel error saying so
+    // (405, the serving node's address): not "no queue" (404), not a connection error, and a
+    // publish with confirms is not acked while the message went nowhere.
+    let (serving, _) = cluster.serving_queue("tasks").await;
+    let other = (1..=3).find(|n| *n != serving).unwrap();
+    let uri = format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        cluster.base + 30 + other as u16
+    );
+    let amqp = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+        .await
+        .expect("AMQP connect");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ch = amqp.create_channel().await.unwrap();
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let err = ch
+            .queue_declare("tasks".into(), passive, Default::default())
+            .await
+            .expect_err("a passive declare on a node not serving the queue");
+        let text = err.to_string();
+        if text.contains("served by another node") {
+            break;
+        }
+        // Until this node has heard who serves it (its catalog and status lookups).
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ch = amqp.create_channel().await.unwrap();
+    let err = ch
+        .basic_consume(
+            "tasks".into(),
+            "c".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .expect_err("a consume on a node not serving the queue");
+    assert!(err.to_string().contains("RESOURCE_LOCKED"), "{err}");
+    let ch = amqp.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            "tasks".into(),
+            Default::default(),
+            b"nowhere",
+            Default::default(),
+        )
+        .await;
+    let acked = match confirm {
+        Ok(c) => c.await.is_ok_and(|c| c.is_ack()),
+        Err(_) => false,
+    };
+    assert!(
+        !acked,
+        "a publish through a node not serving the queue was acked"
+    );
+    // The connection itself is still good.
+    let ch = amqp.create_channel().await.unwrap();
+    ch.queue_declare("here".into(), Default::default(), Default::default())
+        .await
+        .expect("a local queue on the same connection");
     // Declaring again with the same config is idempotent, from any node.
     ok(cluster.cli(3, &["queue", "declare", "orders", "--replicas", "3"]));
 

@@ -116,7 +116,12 @@ impl Connection {
         env: &dyn Env,
         queue: &str,
     ) -> Result<levee_proto::QueueConfig, Exception> {
-        let config = env.queue_config(queue).ok_or_else(|| not_found(queue))?;
+        let Some(config) = env.queue_config(queue) else {
+            return Err(match env.served_elsewhere(queue) {
+                Some(at) => super::connection::served_elsewhere(queue, at.as_deref()),
+                None => not_found(queue),
+            });
+        };
         if let Some(owner) = env.exclusive_owner(queue)
             && owner != self.id
         {

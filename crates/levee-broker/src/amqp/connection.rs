@@ -112,6 +112,24 @@ pub(crate) trait Env {
     fn exchange_exists(&self, name: &str) -> bool;
     /// AMQP consumers of `queue` now, and whether one of them is exclusive.
     fn consumers(&self, queue: &str) -> (usize, bool);
+    /// `Some` when `queue` is a replicated queue another node of the cluster serves now (with
+    /// its native wire address, if known): it exists, but this node does not proxy AMQP to it.
+    fn served_elsewhere(&self, queue: &str) -> Option<Option<String>>;
+}
+
+/// The channel exception for a queue another node serves ([`Env::served_elsewhere`]): 405,
+/// not 404 (the queue exists; a client that declares it again would find the same).
+pub(crate) fn served_elsewhere(queue: &str, serving: Option<&str>) -> Exception {
+    Exception::new(
+        code::RESOURCE_LOCKED,
+        format!(
+            "RESOURCE_LOCKED - queue '{queue}' in vhost '/' is replicated and served by another \
+             node of the cluster{}; this node does not proxy AMQP: connect to that node",
+            serving
+                .map(|a| format!(" (its native address: {a})"))
+                .unwrap_or_default()
+        ),
+    )
 }
 
 /// A broker operation for the shell to run, in order. Those marked (reply) are answered with

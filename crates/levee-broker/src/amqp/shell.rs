@@ -104,6 +104,10 @@ impl Env for Shared {
             self.exclusive_consumers.lock().contains_key(queue),
         )
     }
+
+    fn served_elsewhere(&self, queue: &str) -> Option<Option<String>> {
+        self.broker.inner.served_elsewhere(queue)
+    }
 }
 
 /// The connection's side of the broker: its outbox and what it registered with queues.
@@ -171,12 +175,28 @@ fn broker_failure(channel: u16, queue: &str, e: &BrokerError) -> OpResult {
             code::ACCESS_REFUSED,
             format!("ACCESS_REFUSED - exchange '{exchange}': {reason}"),
         ),
+        BrokerError::NotLeader { queue, serving } => OpResult::Failed {
+            channel,
+            exception: super::connection::served_elsewhere(queue, serving.as_deref()),
+        },
         BrokerError::Proto(p) => failed(
             channel,
             code::PRECONDITION_FAILED,
             format!("PRECONDITION_FAILED - {p}"),
         ),
-        other => failed(channel, code::INTERNAL_ERROR, other.to_string()),
+        BrokerError::Forbidden(f) => failed(
+            channel,
+            code::ACCESS_REFUSED,
+            format!("ACCESS_REFUSED - {f}"),
+        ),
+        // The server's own failures: a connection exception (541), with what went wrong.
+        BrokerError::Store(_)
+        | BrokerError::Catalog { .. }
+        | BrokerError::Io { .. }
+        | BrokerError::DataDirLocked { .. }
+        | BrokerError::InvalidSetting { .. }
+        | BrokerError::Security(_)
+        | BrokerError::Internal(_) => failed(channel, code::INTERNAL_ERROR, e.to_string()),
     }
 }
 

@@ -105,7 +105,9 @@ impl RoutedPublisher {
                 routing_key,
                 messages.len(),
                 |i| &messages[i].headers,
-                |q| inner.queue_sender(q).is_some(),
+                // A replicated queue another node serves is a target that fails (`not-leader`),
+                // not a missing one: the publish is refused, not counted unroutable and confirmed.
+                |q| inner.queue_sender(q).is_some() || inner.served_elsewhere(q).is_some(),
             )?;
             let mut parts: BTreeMap<String, Vec<usize>> = BTreeMap::new();
             let mut routed = 0;
@@ -159,12 +161,24 @@ impl RoutedPublisher {
                 None => false,
             };
             if !sent {
-                self.aggregator.target_failed(
-                    id,
-                    &queue,
-                    ErrorCode::UnknownQueue,
-                    &format!("queue {queue} was deleted"),
-                );
+                match inner.served_elsewhere(&queue) {
+                    Some(serving) => self.aggregator.target_failed(
+                        id,
+                        &queue,
+                        ErrorCode::NotLeader,
+                        &BrokerError::NotLeader {
+                            queue: queue.clone(),
+                            serving,
+                        }
+                        .to_string(),
+                    ),
+                    None => self.aggregator.target_failed(
+                        id,
+                        &queue,
+                        ErrorCode::UnknownQueue,
+                        &format!("queue {queue} was deleted"),
+                    ),
+                }
             }
         }
         Ok(())
