@@ -340,3 +340,106 @@ async fn messages_cross_between_amqp_and_the_native_protocol() {
         Some(&AMQPValue::LongString(LongString::from("t-9")))
     );
 }
+
+/// `basic.get` with `no-ack` from several connections at once, while a producer keeps the
+/// queue at about one message, takes every message exactly once: none is lost when the queue
+/// hands a get its message just before counting what is ready (a get answered "empty" then
+/// must not have had its message settled), and none is given twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_no_ack_gets_take_every_message_once() {
+    const N: u32 = 3000;
+    let server = Server::start();
+    let conn = connect(&server).await;
+    let ch = conn.create_channel().await.unwrap();
+    declare(&ch, "gets", FieldTable::default()).await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..6 {
+        let c = connect(&server).await;
+        let done = done.clone();
+        workers.push(tokio::spawn(async move {
+            let ch = c.create_channel().await.unwrap();
+            let mut got = Vec::new();
+            // Until the producer is done and the queue answers empty a few times in a row.
+            let mut empties = 0;
+            while empties < 5 {
+                let m = ch
+                    .basic_get("gets".into(), BasicGetOptions { no_ack: true })
+                    .await
+                    .unwrap();
+                match m {
+                    Some(m) => {
+                        empties = 0;
+                        got.push(u32::from_be_bytes(m.delivery.data[..4].try_into().unwrap()));
+                    }
+                    None if done.load(std::sync::atomic::Ordering::Acquire) => empties += 1,
+                    None => {}
+                }
+            }
+            got
+        }));
+    }
+    // Three producers with confirms, each with a window of 8: the queue's actor takes its
+    // commands in many small batches, so a get's subscribe and its count often fall apart.
+    let mut producers = Vec::new();
+    for p in 0..3u32 {
+        let c = connect(&server).await;
+        producers.push(tokio::spawn(async move {
+            let ch = c.create_channel().await.unwrap();
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .unwrap();
+            let mut window = std::collections::VecDeque::new();
+            for i in (p..N).step_by(3) {
+                window.push_back(
+                    ch.basic_publish(
+                        "".into(),
+                        "gets".into(),
+                        BasicPublishOptions::default(),
+                        &i.to_be_bytes(),
+                        BasicProperties::default(),
+                    )
+                    .await
+                    .unwrap(),
+                );
+                if window.len() >= 8 {
+                    assert!(window.pop_front().unwrap().await.unwrap().is_ack());
+                }
+            }
+            for c in window {
+                assert!(c.await.unwrap().is_ack());
+            }
+            c
+        }));
+    }
+    let mut keep = Vec::new();
+    for p in producers {
+        keep.push(p.await.unwrap());
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    let left = ch
+        .queue_declare(
+            "gets".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
+    let taken = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), taken, "a message was given to two gets");
+    assert_eq!(
+        taken as u32 + left,
+        N,
+        "{taken} taken, {left} left of {N}: lost"
+    );
+}

@@ -516,11 +516,15 @@ impl Connection {
                         unacked: 0,
                     },
                 );
+                // Never auto-acked by the queue, even for `no-ack`: this connection acks the
+                // message once it has answered with it (`deliver`). A delivery that comes after
+                // the get was answered empty then goes back to the queue with the unsubscribe,
+                // instead of being settled and lost.
                 self.ops.push_back(Op::Subscribe {
                     queue: queue.clone(),
                     sub,
                     credit: 1,
-                    auto_ack: g.no_ack,
+                    auto_ack: false,
                     consumer: false,
                     exclusive: false,
                     priority: 0,
@@ -1438,6 +1442,11 @@ impl Connection {
                 );
                 if no_ack {
                     self.subs.remove(&d.subscription);
+                    self.ops.push_back(Op::Ack {
+                        queue: queue.clone(),
+                        sub: d.subscription,
+                        tags: vec![d.tag],
+                    });
                     self.ops.push_back(Op::Unsubscribe {
                         queue: queue.clone(),
                         sub: d.subscription,
@@ -1458,6 +1467,19 @@ impl Connection {
                 sub: d.subscription,
                 n,
             });
+        }
+    }
+
+    /// The gets the queue said it had nothing for, once the server frames queued before that
+    /// answer are taken: those that got no delivery meanwhile are answered `get-empty`.
+    pub(crate) fn settle_empty_gets(&mut self) {
+        for sub in std::mem::take(&mut self.empty_gets) {
+            if matches!(
+                self.subs.get(&sub).map(|s| &s.kind),
+                Some(SubKind::Get { until: Some(_), .. })
+            ) {
+                self.get_empty(sub);
+            }
         }
     }
 
@@ -1534,7 +1556,10 @@ impl Connection {
                     Some(SubKind::Get { until: None, .. })
                 ) => {}
             OpResult::Inspected { sub, ready } => match ready {
-                Some(0) | None => self.get_empty(sub),
+                // Not answered yet: the queue may have delivered to this get just before it
+                // counted (the delivery then waits in the outbox, behind this answer). The
+                // shell takes the frames already queued, then calls `settle_empty_gets`.
+                Some(0) | None => self.empty_gets.push(sub),
                 Some(n) => {
                     if let Some(Sub {
                         kind: SubKind::Get { ready, until, .. },
@@ -1570,4 +1595,215 @@ enum Settle {
     Ack,
     Requeue,
     Reject,
+}
+
+#[cfg(test)]
+mod tests {
+    //! `basic.get` against the queue's answers in the orders they can come in.
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use amq_protocol::protocol::connection;
+    use amq_protocol::types::FieldTable;
+    use levee_proto::{Delivery, ServerFrame};
+
+    use super::*;
+    use crate::amqp::codec::{Inbound, Out, PROTOCOL_HEADER, decode};
+    use crate::amqp::connection::Settings;
+
+    struct OneQueue(AtomicU64);
+
+    impl Env for OneQueue {
+        fn queue_config(&self, name: &str) -> Option<levee_proto::QueueConfig> {
+            (name == "q").then(levee_proto::QueueConfig::default)
+        }
+        fn exclusive_owner(&self, _: &str) -> Option<u64> {
+            None
+        }
+        fn next_id(&self) -> u64 {
+            self.0.fetch_add(1, Ordering::Relaxed) + 1
+        }
+        fn route(&self, _: &str, routing_key: &str) -> Result<Vec<String>, Exception> {
+            Ok(vec![routing_key.to_string()])
+        }
+        fn exchange_exists(&self, name: &str) -> bool {
+            name.is_empty()
+        }
+        fn consumers(&self, _: &str) -> (usize, bool) {
+            (0, false)
+        }
+        fn served_elsewhere(&self, _: &str) -> Option<Option<String>> {
+            None
+        }
+    }
+
+    fn feed(c: &mut Connection, env: &OneQueue, methods: Vec<(u16, AMQPClass)>) {
+        let mut out = Out::default();
+        for (ch, m) in methods {
+            out.method(ch, m);
+        }
+        let mut buf = out.buf;
+        c.handle_input(env, &mut buf, 0);
+    }
+
+    /// A logged-in connection with channel 1 open, its output so far dropped.
+    fn open(env: &OneQueue) -> Connection {
+        let settings = Settings {
+            frame_max: 131_072,
+            channel_max: 16,
+            heartbeat_s: 0,
+            max_message: 1 << 20,
+            max_held_bytes: 1 << 20,
+            max_in_flight_bytes: 1 << 20,
+            max_in_flight_messages: 1000,
+            queue_defaults: levee_proto::QueueConfig::default(),
+            server_name: "test".into(),
+        };
+        let mut c = Connection::new(1, settings, true, 0);
+        let mut buf = BytesMut::from(&PROTOCOL_HEADER[..]);
+        c.handle_input(env, &mut buf, 0);
+        let start_ok = connection::StartOk {
+            client_properties: FieldTable::default(),
+            mechanism: "PLAIN".into(),
+            response: "\0guest\0guest".into(),
+            locale: "en_US".into(),
+        };
+        feed(
+            &mut c,
+            env,
+            vec![(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
+            )],
+        );
+        c.take_login().expect("credentials");
+        c.login_done(Ok("guest".into()), 0);
+        let tune_ok = connection::TuneOk {
+            channel_max: 16,
+            frame_max: 131_072,
+            heartbeat: 0,
+        };
+        feed(
+            &mut c,
+            env,
+            vec![
+                (
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
+                ),
+                (
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                        virtual_host: "/".into(),
+                    })),
+                ),
+                (
+                    1,
+                    AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+                ),
+            ],
+        );
+        let _ = c.take_output();
+        c
+    }
+
+    /// A `basic.get` with `no-ack`: its subscription id, after checking it is not auto-acked.
+    fn get(c: &mut Connection, env: &OneQueue) -> u64 {
+        let g = basic::Get {
+            queue: "q".into(),
+            no_ack: true,
+        };
+        feed(
+            c,
+            env,
+            vec![(1, AMQPClass::Basic(basic::AMQPMethod::Get(g)))],
+        );
+        let Some(Op::Subscribe { sub, auto_ack, .. }) = c.poll_op() else {
+            panic!("a subscribe")
+        };
+        assert!(
+            !auto_ack,
+            "the queue must not settle a get's message on its own"
+        );
+        assert!(matches!(c.poll_op(), Some(Op::Inspect { sub: s, .. }) if s == sub));
+        sub
+    }
+
+    fn delivery(sub: u64) -> ServerFrame {
+        ServerFrame::Deliver {
+            deliveries: vec![Delivery {
+                subscription: sub,
+                tag: 7,
+                seq: 1,
+                delivery_count: 1,
+                timestamp_ms: 0,
+                message: levee_proto::Message::new("m"),
+            }],
+        }
+    }
+
+    /// The methods in the connection's output.
+    fn methods(c: &mut Connection) -> Vec<AMQPClass> {
+        let mut buf = c.take_output();
+        let mut out = Vec::new();
+        while let Some(f) = decode(&mut buf, 131_072).unwrap() {
+            if let Inbound::Method { method, .. } = f {
+                out.push(*method);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_get_whose_message_was_sent_before_the_queue_counted_none_gets_it() {
+        let env = OneQueue(AtomicU64::new(0));
+        let mut c = open(&env);
+        let sub = get(&mut c, &env);
+        // The queue delivered to the get, then counted nothing ready: its answer comes back
+        // before the delivery, which waits in the outbox behind it.
+        c.op_result(
+            OpResult::Inspected {
+                sub,
+                ready: Some(0),
+            },
+            0,
+        );
+        assert!(methods(&mut c).is_empty(), "not answered empty yet");
+        c.handle_server_frame(&env, delivery(sub), 0);
+        c.settle_empty_gets();
+        let out = methods(&mut c);
+        assert!(
+            matches!(out[..], [AMQPClass::Basic(basic::AMQPMethod::GetOk(_))]),
+            "{out:?}"
+        );
+        // Acked by the connection (no-ack), then unsubscribed.
+        assert!(matches!(c.poll_op(), Some(Op::Ack { tags, .. }) if tags == vec![7]));
+        assert!(matches!(c.poll_op(), Some(Op::Unsubscribe { .. })));
+    }
+
+    #[test]
+    fn a_get_answered_empty_leaves_a_late_delivery_to_the_queue() {
+        let env = OneQueue(AtomicU64::new(0));
+        let mut c = open(&env);
+        let sub = get(&mut c, &env);
+        c.op_result(
+            OpResult::Inspected {
+                sub,
+                ready: Some(0),
+            },
+            0,
+        );
+        c.settle_empty_gets();
+        let out = methods(&mut c);
+        assert!(
+            matches!(out[..], [AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_))]),
+            "{out:?}"
+        );
+        assert!(matches!(c.poll_op(), Some(Op::Unsubscribe { .. })));
+        // A delivery after that (a message published meanwhile): not acked here, so the
+        // unsubscribe gives it back to the queue (it was never auto-acked).
+        c.handle_server_frame(&env, delivery(sub), 0);
+        assert!(methods(&mut c).is_empty());
+        assert!(c.poll_op().is_none());
+    }
 }

@@ -394,6 +394,8 @@ pub(crate) struct Connection {
     pub(crate) ops: VecDeque<Op>,
     pub(crate) channels: HashMap<u16, Channel>,
     pub(crate) subs: HashMap<u64, Sub>,
+    /// `basic.get`s the queue said it had nothing for, answered by `settle_empty_gets`.
+    pub(crate) empty_gets: Vec<u64>,
     /// Publish request -> confirm key.
     pub(crate) reqs: HashMap<u64, (Option<u64>, u64)>,
     /// Routed publish requests waiting for their confirm.
@@ -438,6 +440,7 @@ impl Connection {
             ops: VecDeque::new(),
             channels: HashMap::new(),
             subs: HashMap::new(),
+            empty_gets: Vec::new(),
             reqs: HashMap::new(),
             routed: HashMap::new(),
             routed_bytes: 0,

@@ -713,6 +713,23 @@ pub(crate) async fn serve<S>(
             conn.login_done(result, now_ms());
         }
         link.drain(&mut conn, &mut rbuf).await;
+        if !conn.empty_gets.is_empty() {
+            // Frames the queues sent before they answered a get "nothing" (its delivery among
+            // them) go first; then the gets still without one are empty.
+            // (Held while the connection takes no frames: its output is full.)
+            let mut all_taken = false;
+            while conn.wants_server_frames() {
+                let Some(f) = rx.try_recv() else {
+                    all_taken = true;
+                    break;
+                };
+                conn.handle_server_frame(link.env(), f, now_ms());
+            }
+            if all_taken {
+                conn.settle_empty_gets();
+                link.drain(&mut conn, &mut rbuf).await;
+            }
+        }
         // Routed confirms that came meanwhile (an unroutable one comes from inside publish).
         while let Ok(c) = routed_rx.try_recv() {
             for o in &c.outcomes {

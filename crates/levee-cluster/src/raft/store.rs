@@ -43,7 +43,6 @@ use crate::logstore::{LogStore, write_atomic};
 use crate::replicated_log::StateMachine;
 
 type NodeId = u64;
-
 type SErr = StorageError<NodeId>;
 
 fn serr(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> SErr {
