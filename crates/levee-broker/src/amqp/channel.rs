@@ -1754,13 +1754,10 @@ mod tests {
         out
     }
 
-    #[test]
-    fn a_get_whose_message_was_sent_before_the_queue_counted_none_gets_it() {
-        let env = OneQueue(AtomicU64::new(0));
-        let mut c = open(&env);
-        let sub = get(&mut c, &env);
-        // The queue delivered to the get, then counted nothing ready: its answer comes back
-        // before the delivery, which waits in the outbox behind it.
+    /// A `no-ack` get on a fresh connection that the queue answered "0 ready".
+    fn get_counted_empty(env: &OneQueue) -> (Connection, u64) {
+        let mut c = open(env);
+        let sub = get(&mut c, env);
         c.op_result(
             OpResult::Inspected {
                 sub,
@@ -1768,6 +1765,15 @@ mod tests {
             },
             0,
         );
+        (c, sub)
+    }
+
+    #[test]
+    fn a_get_whose_message_was_sent_before_the_queue_counted_none_gets_it() {
+        let env = OneQueue(AtomicU64::new(0));
+        // The queue delivered to the get, then counted nothing ready: its answer comes back
+        // before the delivery, which waits in the outbox behind it.
+        let (mut c, sub) = get_counted_empty(&env);
         assert!(methods(&mut c).is_empty(), "not answered empty yet");
         c.handle_server_frame(&env, delivery(sub), 0);
         c.settle_empty_gets();
@@ -1784,15 +1790,7 @@ mod tests {
     #[test]
     fn a_get_answered_empty_leaves_a_late_delivery_to_the_queue() {
         let env = OneQueue(AtomicU64::new(0));
-        let mut c = open(&env);
-        let sub = get(&mut c, &env);
-        c.op_result(
-            OpResult::Inspected {
-                sub,
-                ready: Some(0),
-            },
-            0,
-        );
+        let (mut c, sub) = get_counted_empty(&env);
         c.settle_empty_gets();
         let out = methods(&mut c);
         assert!(
