@@ -30,7 +30,7 @@ use super::connection::{
 use crate::actor::{Cmd, ConfirmTo, InFlight, now_ms};
 use crate::broker::Broker;
 use crate::error::BrokerError;
-use crate::outbox::{ConnTx, conn_channel};
+use crate::outbox::{ConnRx, ConnTx, conn_channel};
 
 /// A peer that takes none of what is written to it for this long is disconnected.
 const WRITE_STALL_MS: u64 = 30_000;
@@ -651,6 +651,21 @@ impl Link {
     }
 }
 
+/// Hands the connection up to 256 server frames already queued for it, while it takes frames
+/// (its output is not full); true if none is left queued.
+fn take_queued(conn: &mut Connection, rx: &mut ConnRx, env: &Shared, now: u64) -> bool {
+    for _ in 0..256 {
+        if !conn.wants_server_frames() {
+            return false;
+        }
+        let Some(f) = rx.try_recv() else {
+            return true;
+        };
+        conn.handle_server_frame(env, f, now);
+    }
+    false
+}
+
 /// Serves one AMQP connection on `stream` to its end.
 pub(crate) async fn serve<S>(
     shared: Arc<Shared>,
@@ -716,16 +731,8 @@ pub(crate) async fn serve<S>(
         if !conn.empty_gets.is_empty() {
             // Frames the queues sent before they answered a get "nothing" (its delivery among
             // them) go first; then the gets still without one are empty.
-            // (Held while the connection takes no frames: its output is full.)
-            let mut all_taken = false;
-            while conn.wants_server_frames() {
-                let Some(f) = rx.try_recv() else {
-                    all_taken = true;
-                    break;
-                };
-                conn.handle_server_frame(link.env(), f, now_ms());
-            }
-            if all_taken {
+            // (Held while frames are left: the next turn takes them first.)
+            if take_queued(&mut conn, &mut rx, link.env(), now_ms()) {
                 conn.settle_empty_gets();
                 link.drain(&mut conn, &mut rbuf).await;
             }
@@ -770,12 +777,7 @@ pub(crate) async fn serve<S>(
                 let Some(f) = f else { break };
                 let now = now_ms();
                 conn.handle_server_frame(link.env(), f, now);
-                let mut n = 0;
-                while n < 256 && conn.wants_server_frames() {
-                    let Some(f) = rx.try_recv() else { break };
-                    conn.handle_server_frame(link.env(), f, now);
-                    n += 1;
-                }
+                take_queued(&mut conn, &mut rx, link.env(), now);
             },
             w = wr.write(&wbuf), if !wbuf.is_empty() => match w {
                 Ok(0) | Err(_) => break,
@@ -795,11 +797,8 @@ pub(crate) async fn serve<S>(
                 }
                 // Server frames already queued go first: a `basic.get` whose delivery is
                 // waiting on `rx` must not time out because the timer won the select.
-                let mut n = 0;
-                while n < 256 && can_take && conn.wants_server_frames() {
-                    let Some(f) = rx.try_recv() else { break };
-                    conn.handle_server_frame(link.env(), f, now);
-                    n += 1;
+                if can_take {
+                    take_queued(&mut conn, &mut rx, link.env(), now);
                 }
                 conn.handle_timeout(link.env(), now);
             },

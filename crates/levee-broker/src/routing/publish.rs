@@ -161,24 +161,21 @@ impl RoutedPublisher {
                 None => false,
             };
             if !sent {
-                match inner.served_elsewhere(&queue) {
-                    Some(serving) => self.aggregator.target_failed(
-                        id,
-                        &queue,
+                let (code, reason) = match inner.served_elsewhere(&queue) {
+                    Some(serving) => (
                         ErrorCode::NotLeader,
-                        &BrokerError::NotLeader {
+                        BrokerError::NotLeader {
                             queue: queue.clone(),
                             serving,
                         }
                         .to_string(),
                     ),
-                    None => self.aggregator.target_failed(
-                        id,
-                        &queue,
+                    None => (
                         ErrorCode::UnknownQueue,
-                        &format!("queue {queue} was deleted"),
+                        format!("queue {queue} was deleted"),
                     ),
-                }
+                };
+                self.aggregator.target_failed(id, &queue, code, &reason);
             }
         }
         Ok(())
