@@ -1496,14 +1496,9 @@ async fn checker_random_kills_and_restarts() {
 async fn the_cluster_listener_holds_at_most_4096_connections() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let port = |_: ()| {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (wire, cluster) = (port(()), port(()));
+    // Ports of a free slot (below the ephemeral range: not taken meanwhile by a connection).
+    let base = free_base();
+    let (wire, cluster) = (base + 1, base + 2);
     let config = format!(
         "listen = \"127.0.0.1:{wire}\"\nhttp = \"127.0.0.1:0\"\namqp = \"off\"\n\
          data_dir = \"{}\"\n\n[cluster]\nnode_id = 1\nlisten = \"127.0.0.1:{cluster}\"\n\n\

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use levee_client::{Client, ClientOptions, ConsumerOptions, Message, ProducerOptions};
+use levee_client::{Client, ClientError, ClientOptions, ConsumerOptions, Message, ProducerOptions};
 use levee_cluster::admin::{AdminReply, AdminRequest, encode_config, request, serving_node};
-use levee_proto::PublishOutcome;
+use levee_proto::{ErrorCode, PublishOutcome};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -117,11 +117,21 @@ impl Link {
     }
 }
 
+/// A port free now, below Linux's ephemeral range (32768-60999), and never handed out twice in
+/// this process: a port taken from the ephemeral range and released could be given meanwhile
+/// to a proxy's listener, a node's HTTP listener or some connection's local port, and the node
+/// it was meant for would fail to bind it (seen in CI: "Address already in use").
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let seed = (std::process::id() as u16).wrapping_mul(13);
+    loop {
+        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(i < 10_000, "no free port");
+        let port = 10_000 + seed.wrapping_add(i) % 10_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 struct Nodes {
@@ -192,11 +202,10 @@ impl Nodes {
                 .spawn()
                 .expect("spawn levee");
             let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-            for line in lines.by_ref() {
-                if line.expect("stdout").starts_with("levee: cluster node") {
-                    break;
-                }
-            }
+            let ready = lines
+                .by_ref()
+                .any(|line| line.expect("stdout").starts_with("levee: cluster node"));
+            assert!(ready, "node {} exited before it was ready", n + 1);
             std::thread::spawn(move || for _ in lines {});
             children.push(child);
         }
@@ -254,28 +263,82 @@ impl Drop for Nodes {
     }
 }
 
-/// Publishes `ids` and returns the ids confirmed stored; panics on any other outcome. One at a
-/// time, or `pipelined`: every publish in flight at once, then the confirms (over a slow link,
-/// one round trip for all rather than one each).
-async fn publish(addr: &str, ids: std::ops::Range<u64>, pipelined: bool) -> BTreeSet<u64> {
-    let client = Client::connect(addr, ClientOptions::default())
+/// Publishes `ids` to the node serving the queue (one other than `not`) and returns the ids
+/// confirmed stored; panics on any outcome but a confirm or a sign that the node no longer serves
+/// the queue. One at a time, or `pipelined`: every publish in flight at once, then the confirms
+/// (over a slow link, one round trip for all rather than one each).
+///
+/// Leadership can move while a publish is in flight (on slow links an election can start during
+/// the first publishes, seen in CI): a publish answered `NotLeader`, or whose connection dropped,
+/// may or may not be stored, so it is sent again, with the same message id, to the node that
+/// serves the queue now. Such a message can be delivered twice; never lost.
+async fn publish(
+    nodes: &Nodes,
+    not: Option<u64>,
+    ids: std::ops::Range<u64>,
+    pipelined: bool,
+) -> BTreeSet<u64> {
+    let mut confirmed = BTreeSet::new();
+    let mut left: Vec<u64> = ids.collect();
+    for attempt in 0.. {
+        assert!(
+            attempt < 10,
+            "publishes {left:?} kept reaching nodes that no longer serve {QUEUE}"
+        );
+        let (_, wire) = nodes.serving_other_than(not).await;
+        left = publish_on(&wire, &left, pipelined, &mut confirmed).await;
+        if left.is_empty() {
+            break;
+        }
+    }
+    confirmed
+}
+
+/// Whether a publish's failure says the node no longer serves the queue (so: resend elsewhere).
+fn moved(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Server {
+            code: ErrorCode::NotLeader,
+            ..
+        } | ClientError::ConnectionLost
+    )
+}
+
+/// One pass of [`publish`] on `wire`: adds what is confirmed to `confirmed`, returns the ids to
+/// send again elsewhere.
+async fn publish_on(
+    wire: &str,
+    ids: &[u64],
+    pipelined: bool,
+    confirmed: &mut BTreeSet<u64>,
+) -> Vec<u64> {
+    let client = Client::connect(wire, ClientOptions::default())
         .await
         .expect("connect");
-    let producer = client
-        .producer(QUEUE, ProducerOptions::default())
-        .await
-        .expect("producer");
+    let producer = match client.producer(QUEUE, ProducerOptions::default()).await {
+        Ok(p) => p,
+        Err(e) if moved(&e) => return ids.to_vec(),
+        Err(e) => panic!("producer on {wire}: {e:?}"),
+    };
     let mut pending = Vec::new();
-    let mut confirmed = BTreeSet::new();
+    let mut again = Vec::new();
     let mut check = |id: u64, outcome| match outcome {
         Ok(Ok(PublishOutcome::Stored { .. })) => {
             confirmed.insert(id);
         }
-        other => panic!("publish {id} on {addr}: {other:?}"),
+        Ok(Err(e)) if moved(&e) => again.push(id),
+        other => panic!("publish {id} on {wire}: {other:?}"),
     };
-    for id in ids {
+    for &id in ids {
         let m = Message::new(format!("m{id}")).with_message_id(format!("id-{id}"));
-        let c = producer.publish(m).await.expect("publish");
+        let c = match producer.publish(m).await {
+            Ok(c) => c,
+            Err(e) => {
+                check(id, Ok(Err(e)));
+                continue;
+            }
+        };
         if pipelined {
             pending.push((id, c));
         } else {
@@ -286,7 +349,7 @@ async fn publish(addr: &str, ids: std::ops::Range<u64>, pipelined: bool) -> BTre
         check(id, tokio::time::timeout(Duration::from_secs(60), c).await);
     }
     let _ = client.close().await;
-    confirmed
+    again
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -294,8 +357,8 @@ async fn an_isolated_leader_stops_confirming_and_the_majority_keeps_every_confir
     let _serial = ONE_AT_A_TIME.lock().await;
     let nodes = Arc::new(Nodes::start().await);
     declare(&nodes).await;
+    let mut confirmed = publish(&nodes, None, 0..100, false).await;
     let (old, old_wire) = nodes.serving_other_than(None).await;
-    let mut confirmed = publish(&old_wire, 0..100, false).await;
 
     // Cut the leader off. A publish to it is never confirmed stored.
     nodes.isolate(old, true);
@@ -319,9 +382,7 @@ async fn an_isolated_leader_stops_confirming_and_the_majority_keeps_every_confir
     drop(client);
 
     // The majority elects a new leader, which serves every confirmed message and confirms more.
-    let (new, new_wire) = nodes.serving_other_than(Some(old)).await;
-    assert_ne!(new, old);
-    confirmed.extend(publish(&new_wire, 100..200, false).await);
+    confirmed.extend(publish(&nodes, Some(old), 100..200, false).await);
 
     // Heal: the old leader rejoins as a follower and does not serve the queue.
     nodes.isolate(old, false);
@@ -398,16 +459,16 @@ async fn slow_links_delay_confirms_but_a_majority_still_confirms_and_fails_over(
     // elections and the declaration happen over it.
     nodes.slow(None, Duration::from_millis(30));
     declare(&nodes).await;
-    let (leader, wire) = nodes.serving_other_than(None).await;
-    let mut confirmed = publish(&wire, 0..200, true).await;
+    let mut confirmed = publish(&nodes, None, 0..200, true).await;
     assert_eq!(confirmed.len(), 200);
+    let (leader, _) = nodes.serving_other_than(None).await;
 
     // One follower slower (60 ms each way, a 120 ms round trip): the leader and the other
     // follower are a majority, so confirms go on.
     let slow = (1..=3).find(|n| *n != leader).expect("a follower");
     nodes.slow(Some(slow), Duration::from_millis(60));
     let started = Instant::now();
-    confirmed.extend(publish(&wire, 200..400, true).await);
+    confirmed.extend(publish(&nodes, None, 200..400, true).await);
     println!(
         "200 pipelined confirms with one follower at a 120 ms round trip: {:?}",
         started.elapsed()
@@ -416,10 +477,10 @@ async fn slow_links_delay_confirms_but_a_majority_still_confirms_and_fails_over(
 
     // Cut the leader off: the two slow-linked nodes elect one of them, which serves every
     // confirmed message.
+    let (leader, _) = nodes.serving_other_than(None).await;
     nodes.isolate(leader, true);
-    let (new, new_wire) = nodes.serving_other_than(Some(leader)).await;
-    assert_ne!(new, leader);
-    confirmed.extend(publish(&new_wire, 400..450, true).await);
+    confirmed.extend(publish(&nodes, Some(leader), 400..450, true).await);
+    let (_, new_wire) = nodes.serving_other_than(Some(leader)).await;
     let delivered = consume_all(&new_wire, &confirmed).await;
     assert!(delivered.iter().all(|id| *id < 450), "{delivered:?}");
 }
@@ -434,18 +495,17 @@ async fn links_slower_than_the_default_heartbeat_work_with_raised_timing() {
     let nodes = Arc::new(Nodes::start_with("raft_heartbeat_ms = 600").await);
     nodes.slow(None, Duration::from_millis(200));
     declare(&nodes).await;
-    let (leader, wire) = nodes.serving_other_than(None).await;
     let started = Instant::now();
-    let mut confirmed = publish(&wire, 0..100, true).await;
+    let mut confirmed = publish(&nodes, None, 0..100, true).await;
     println!(
         "100 pipelined confirms over 400 ms round trips: {:?}",
         started.elapsed()
     );
     assert_eq!(confirmed.len(), 100);
+    let (leader, _) = nodes.serving_other_than(None).await;
     nodes.isolate(leader, true);
-    let (new, new_wire) = nodes.serving_other_than(Some(leader)).await;
-    assert_ne!(new, leader);
-    confirmed.extend(publish(&new_wire, 100..150, true).await);
+    confirmed.extend(publish(&nodes, Some(leader), 100..150, true).await);
+    let (_, new_wire) = nodes.serving_other_than(Some(leader)).await;
     let delivered = consume_all(&new_wire, &confirmed).await;
     assert!(delivered.iter().all(|id| *id < 150), "{delivered:?}");
 }
