@@ -26,13 +26,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use levee_proto::{
-    DEFAULT_MAX_FRAME, Durability, Message, QueueConfig, QueueInfo, validate_queue_name,
+    DEFAULT_MAX_FRAME, Durability, Message, QueueConfig, QueueInfo, ServerFrame,
+    validate_queue_name,
 };
 use levee_store::{Backend, FsBackend};
 use parking_lot::RwLock;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::actor::{Cmd, LogSlot, QueueActor, Router};
+use crate::actor::{Cmd, ConfirmTo, LogSlot, QueueActor, Router};
 use crate::data_dir::DataDirLock;
 use crate::error::BrokerError;
 use crate::net::limits::Limits;
@@ -123,6 +124,8 @@ impl Default for BrokerConfig {
 
 /// Smallest accepted `max_frame` (1 KiB): the handshake and small requests must fit.
 pub const MIN_MAX_FRAME: usize = 1024;
+/// How long [`Broker::publish_here`] waits for its confirm (a `block` queue may hold it).
+const PUBLISH_HERE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Largest accepted `max_frame` (256 MiB).
 pub const MAX_MAX_FRAME: usize = 256 << 20;
 
@@ -292,6 +295,11 @@ pub(crate) struct Inner {
     /// Replicated queues this node does not serve now, with the wire address of the node that
     /// does (if known): a client naming one is told `not-leader` instead of `unknown-queue`.
     elsewhere: parking_lot::RwLock<HashMap<String, Option<String>>>,
+    /// Carries publishes to the node serving a replicated queue (a cluster node's), see
+    /// [`Broker::set_forwarder`].
+    forwarder: parking_lot::RwLock<Option<Arc<dyn crate::remote::Forwarder>>>,
+    /// The stand-ins of queues served elsewhere that publishes here reach (`crate::remote`).
+    remotes: parking_lot::Mutex<HashMap<String, mpsc::UnboundedSender<Cmd>>>,
     /// Extra Prometheus text appended to `/metrics` by a layer above the broker (the cluster
     /// node's `levee_cluster_*` gauges), see [`Broker::set_metrics_source`].
     metrics_source: parking_lot::RwLock<Option<MetricsSource>>,
@@ -304,7 +312,7 @@ pub(crate) struct Inner {
 
 impl Router for Inner {
     fn route(&self, queue: &str) -> Option<mpsc::UnboundedSender<Cmd>> {
-        self.queue_sender(queue)
+        self.publish_sender(queue)
     }
 
     fn dead_letter_via(&self, from: &str, exchange: &str, routing_key: &str, message: Message) {
@@ -346,6 +354,35 @@ impl Inner {
             return None;
         }
         self.elsewhere.read().get(queue).cloned()
+    }
+
+    /// Where publishes to `queue` go: its actor, or (a replicated queue another node serves, on
+    /// a cluster node with a [`crate::remote::Forwarder`]) its stand-in, started on first use.
+    pub(crate) fn publish_sender(&self, queue: &str) -> Option<mpsc::UnboundedSender<Cmd>> {
+        if let Some(tx) = self.queue_sender(queue) {
+            return Some(tx);
+        }
+        self.served_elsewhere(queue)?;
+        let forwarder = self.forwarder.read().clone()?;
+        let mut remotes = self.remotes.lock();
+        let tx = remotes
+            .entry(queue.to_string())
+            .or_insert_with(|| crate::remote::RemoteQueue::spawn(queue, forwarder.clone()));
+        if tx.is_closed() {
+            *tx = crate::remote::RemoteQueue::spawn(queue, forwarder);
+        }
+        Some(tx.clone())
+    }
+
+    /// Whether `queue` exists: here, or a replicated queue another node serves (publishes and
+    /// dead letters reach it through [`Inner::publish_sender`]).
+    pub(crate) fn queue_exists(&self, queue: &str) -> bool {
+        self.queues.read().contains_key(queue) || self.elsewhere.read().contains_key(queue)
+    }
+
+    /// Whether publishes to `queue`, served by another node, are forwarded to it from here.
+    pub(crate) fn forwards(&self, queue: &str) -> bool {
+        self.served_elsewhere(queue).is_some() && self.forwarder.read().is_some()
     }
 
     /// Whether `queue` keeps its definition across restarts (`None`: no such queue).
@@ -441,6 +478,8 @@ impl Broker {
             next_id: AtomicU64::new(1),
             exchanges: crate::routing::Exchanges::new(),
             elsewhere: parking_lot::RwLock::new(HashMap::new()),
+            forwarder: parking_lot::RwLock::new(None),
+            remotes: parking_lot::Mutex::new(HashMap::new()),
             metrics_source: parking_lot::RwLock::new(None),
             replication: parking_lot::RwLock::new(None),
             _lock: lock,
@@ -611,7 +650,7 @@ impl Broker {
         }
         if let Some(dlq) = &config.dead_letter
             && dlq != name
-            && !self.inner.queues.read().contains_key(dlq)
+            && !self.inner.queue_exists(dlq)
         {
             return Err(BrokerError::UnknownQueue(format!(
                 "{dlq} (the dead-letter queue of {name}: declare it first)"
@@ -841,7 +880,7 @@ impl Broker {
 
     pub(crate) fn sender(&self, name: &str) -> Result<mpsc::UnboundedSender<Cmd>, BrokerError> {
         self.inner
-            .route(name)
+            .queue_sender(name)
             .ok_or_else(|| match self.inner.elsewhere.read().get(name) {
                 Some(serving) => BrokerError::NotLeader {
                     queue: name.to_string(),
@@ -903,8 +942,88 @@ impl Broker {
             }
             None => {
                 e.remove(queue);
+                // Not a replicated queue any more: its stand-in stops (forwards in flight end).
+                if let Some(tx) = self.inner.remotes.lock().remove(queue) {
+                    let _ = tx.send(Cmd::Stop);
+                }
             }
         }
+    }
+
+    /// `Some` (with the serving node's wire address, if known) when `queue` is a replicated
+    /// queue that another node serves now.
+    pub fn serving_elsewhere(&self, queue: &str) -> Option<Option<String>> {
+        self.inner.served_elsewhere(queue)
+    }
+
+    /// Installs the cluster's [`crate::remote::Forwarder`]: from then on a publish on this node
+    /// (through any exchange, AMQP's default exchange included) or a dead letter for a
+    /// replicated queue that another node serves is forwarded to that node and confirmed with
+    /// its outcomes. Used by the cluster node; the last one installed wins.
+    pub fn set_forwarder(&self, forwarder: Arc<dyn crate::remote::Forwarder>) {
+        *self.inner.forwarder.write() = Some(forwarder);
+    }
+
+    /// Publishes `messages` to `queue` if this node serves it, never forwarding (what a
+    /// [`crate::remote::Forwarder`] calls on the serving node): the outcomes once confirmed
+    /// (stored under the queue's durability), in order. As a routed publish, a full `block`
+    /// queue holds the batch until room frees.
+    ///
+    /// `Err(NotLeader | UnknownQueue)`: not served here, nothing was sent. Another error: the
+    /// queue stopped (or did not answer in time) with the batch in flight, which may or may not
+    /// have been stored.
+    ///
+    /// # Cancel safety
+    /// Dropping the future after the batch was sent leaves it to the queue (it is stored or
+    /// refused all the same; the outcome is lost).
+    pub async fn publish_here(
+        &self,
+        queue: &str,
+        messages: Vec<Message>,
+    ) -> Result<Vec<levee_proto::PublishOutcome>, BrokerError> {
+        let tx = self.sender(queue)?;
+        let (conn, mut rx) = crate::outbox::conn_channel(0);
+        let in_flight = Arc::new(crate::actor::InFlight::default());
+        let n = messages.len() as u64;
+        let bytes = messages.iter().map(|m| m.payload.len() as u64).sum();
+        in_flight.charge(n, bytes);
+        let producer = self.next_id();
+        let sent = tx.send(Cmd::Publish {
+            producer,
+            req: 1,
+            messages,
+            confirm_to: ConfirmTo::Conn { conn, in_flight },
+            credited: false,
+        });
+        if sent.is_err() {
+            return Err(BrokerError::UnknownQueue(queue.to_string()));
+        }
+        let wait = async {
+            loop {
+                match rx.recv().await {
+                    Some(ServerFrame::PublishConfirm { req: 1, outcomes }) => return Ok(outcomes),
+                    Some(ServerFrame::Error {
+                        req: 1, message, ..
+                    }) => return Err(BrokerError::Internal(message)),
+                    Some(_) => {}
+                    None => {
+                        return Err(BrokerError::Internal(format!(
+                            "queue {queue} stopped with the publish in flight"
+                        )));
+                    }
+                }
+            }
+        };
+        let result = tokio::time::timeout(PUBLISH_HERE_TIMEOUT, wait)
+            .await
+            .unwrap_or_else(|_| {
+                Err(BrokerError::Internal(format!(
+                    "queue {queue}: no confirm within {} s",
+                    PUBLISH_HERE_TIMEOUT.as_secs()
+                )))
+            });
+        let _ = tx.send(Cmd::RemoveProducer(producer));
+        result
     }
 
     /// Installs the cluster's [`Replication`]: from then on `replicas` > 1 declares a replicated

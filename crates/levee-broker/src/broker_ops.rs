@@ -97,7 +97,7 @@ impl Broker {
         };
         check_change(&old, &config).map_err(refused)?;
         if let Some(dlq) = &config.dead_letter
-            && !self.inner.queues.read().contains_key(dlq)
+            && !self.inner.queue_exists(dlq)
         {
             return Err(BrokerError::UnknownQueue(format!(
                 "{dlq} (the dead-letter queue of {name}: declare it first)"

@@ -36,6 +36,7 @@ mod outbox;
 pub mod queue;
 mod rate;
 pub mod redrive;
+pub mod remote;
 mod routing;
 pub mod security;
 mod storage;

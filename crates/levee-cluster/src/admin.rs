@@ -338,6 +338,12 @@ impl Catalog {
         self.state.lock().nodes.get(&id).cloned()
     }
 
+    /// Every node the catalog recorded (added by `add-node`), with its addresses.
+    pub(crate) fn nodes(&self) -> Vec<(u64, crate::node::NodeAddrs)> {
+        let st = self.state.lock();
+        st.nodes.iter().map(|(i, a)| (*i, a.clone())).collect()
+    }
+
     /// Every queue's name and entry.
     pub(crate) fn entries(&self) -> Vec<(String, Entry)> {
         let st = self.state.lock();

@@ -11,6 +11,7 @@
 //! - [`replicated_dir`]: a replicated queue's files — the broker's queue log runs unchanged on a
 //!   storage backend whose fsync commits the writes through the queue's Raft group;
 //! - [`admin`]: the metadata group's catalog of replicated queues and the admin requests;
+//! - [`forward`]: publishes on any node to a replicated queue, carried to the node serving it;
 //! - [`link`]: how connections between nodes are opened (TLS, the login) and admitted;
 //! - [`metrics`]: the `levee_cluster_*` gauges a node adds to its broker's `/metrics`;
 //! - [`node`]: a node — groups, the cluster listener, and serving each queue in the local broker
@@ -23,6 +24,7 @@
 
 pub mod admin;
 mod error;
+pub mod forward;
 pub mod link;
 pub mod logstore;
 pub mod metrics;

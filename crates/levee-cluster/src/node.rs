@@ -550,6 +550,32 @@ fn addrs(s: &Shared, id: u64) -> Option<NodeAddrs> {
         .or_else(|| s.catalog.node(id))
 }
 
+/// The cluster address of the node serving replicated queue `queue` now, if another node
+/// does: the leader of its group when this node keeps a copy, else the node the broker was
+/// told serves it (`track_elsewhere`).
+fn serving_cluster_addr(s: &Shared, queue: &str) -> Option<String> {
+    let me = s.config.node_id;
+    let leader = s
+        .queues
+        .read()
+        .get(queue)
+        .map(|q| q.group.raft().metrics().borrow().current_leader);
+    let id = match leader {
+        Some(leader) => leader.filter(|l| *l != me)?,
+        None => {
+            let wire = s.broker.serving_elsewhere(queue)??;
+            s.config
+                .nodes
+                .iter()
+                .map(|(id, a)| (*id, a.clone()))
+                .chain(s.catalog.nodes())
+                .find(|(id, a)| *id != me && a.wire == wire)?
+                .0
+        }
+    };
+    addrs(s, id).map(|a| a.cluster)
+}
+
 /// `ids` with their cluster addresses (an unknown one gets an empty address: the membership
 /// still names it, and a node that knows it better uses its own).
 fn cluster_addrs(s: &Shared, ids: &BTreeSet<u64>) -> BTreeMap<u64, String> {
@@ -671,6 +697,17 @@ impl Node {
         shared.broker.set_replication(Arc::new(ClusterReplication {
             shared: Arc::downgrade(&shared),
         }));
+        // Publishes on this node to a replicated queue another node serves go to that node.
+        let weak = Arc::downgrade(&shared);
+        shared
+            .broker
+            .set_forwarder(Arc::new(crate::forward::ClusterForwarder::new(
+                shared.link.clone(),
+                rt.clone(),
+                Box::new(move |queue: &str| {
+                    weak.upgrade().and_then(|s| serving_cluster_addr(&s, queue))
+                }),
+            )));
         // The metadata group.
         let meta = {
             let (s, c) = (shared.clone(), catalog.clone());
@@ -1324,6 +1361,7 @@ async fn handle(s: &Arc<Shared>, rpc: Rpc) -> RpcReply {
         Rpc::Admin(req) => RpcReply::Admin(admin(s, req).await),
         // Admitted already (see `serve`): a peer that logs in though none is needed.
         Rpc::Hello { .. } => RpcReply::Welcome,
+        Rpc::Forward(frame) => RpcReply::Forwarded(crate::forward::serve(&s.broker, frame).await),
     }
 }
 

@@ -615,8 +615,9 @@ async fn replicated_queues_are_declared_from_the_cli_http_and_amqp() {
     assert!(inspect.contains("replicas=3"), "{inspect}");
 
     // An AMQP client on a node that does not serve the queue gets a channel error saying so
-    // (405, the serving node's address): not "no queue" (404), not a connection error, and a
-    // publish with confirms is not acked while the message went nowhere.
+    // (405, the serving node's address) for what needs the queue's node (a consume, a passive
+    // declare): not "no queue" (404), not a connection error. Its publishes (and the node's
+    // dead letters) are forwarded to the serving node and confirmed with its outcome.
     let (serving, _) = cluster.serving_queue("tasks").await;
     let other = (1..=3).find(|n| *n != serving).unwrap();
     let uri = format!(
@@ -663,23 +664,84 @@ async fn replicated_queues_are_declared_from_the_cli_http_and_amqp() {
             "".into(),
             "tasks".into(),
             Default::default(),
-            b"nowhere",
+            b"forwarded",
             Default::default(),
         )
-        .await;
-    let acked = match confirm {
-        Ok(c) => c.await.is_ok_and(|c| c.is_ack()),
-        Err(_) => false,
-    };
+        .await
+        .expect("a publish through a node not serving the queue")
+        .await
+        .expect("its confirm");
     assert!(
-        !acked,
-        "a publish through a node not serving the queue was acked"
+        confirm.is_ack(),
+        "a publish forwarded to the serving node: {confirm:?}"
     );
-    // The connection itself is still good.
+    // The connection itself is still good: a local queue whose dead letters go to the
+    // replicated queue (through the default exchange), served by another node.
     let ch = amqp.create_channel().await.unwrap();
-    ch.queue_declare("here".into(), Default::default(), Default::default())
+    let mut dlx = lapin::types::FieldTable::default();
+    dlx.insert(
+        "x-dead-letter-exchange".into(),
+        lapin::types::AMQPValue::LongString("".into()),
+    );
+    dlx.insert(
+        "x-dead-letter-routing-key".into(),
+        lapin::types::AMQPValue::LongString("tasks".into()),
+    );
+    ch.queue_declare("here".into(), Default::default(), dlx)
         .await
         .expect("a local queue on the same connection");
+    ch.basic_publish(
+        "".into(),
+        "here".into(),
+        Default::default(),
+        b"dead-lettered",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let got = loop {
+        if let Some(m) = ch
+            .basic_get("here".into(), Default::default())
+            .await
+            .unwrap()
+        {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    got.delivery
+        .reject(lapin::options::BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    // Both are on the serving node.
+    let uri = format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        cluster.base + 30 + serving as u16
+    );
+    let at_leader = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+        .await
+        .expect("AMQP connect to the serving node");
+    let lch = at_leader.create_channel().await.unwrap();
+    let mut bodies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bodies.len() < 2 {
+        match lch
+            .basic_get("tasks".into(), Default::default())
+            .await
+            .unwrap()
+        {
+            Some(m) => {
+                bodies.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+                m.delivery.ack(Default::default()).await.unwrap();
+            }
+            None => {
+                assert!(Instant::now() < deadline, "on the serving node: {bodies:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    bodies.sort();
+    assert_eq!(bodies, ["dead-lettered", "forwarded"]);
     // Declaring again with the same config is idempotent, from any node.
     ok(cluster.cli(3, &["queue", "declare", "orders", "--replicas", "3"]));
 
@@ -1280,6 +1342,95 @@ async fn acks_without_a_later_publish_survive_a_leader_kill() {
         inspect.contains("ready=40 unacked=0"),
         "the 60 acks were replicated: {inspect}"
     );
+}
+
+/// An AMQP publisher on a node that does not serve the queue: its publishes are forwarded to
+/// the serving node and acked once stored there. The serving node is killed with -9 mid-stream:
+/// a publish in flight then is nacked (its outcome unknown) and sent again, the forwards follow
+/// the queue to its new leader, and every acked message is delivered there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_publishes_on_any_node_follow_the_queue_across_a_leader_kill() {
+    let cluster = Arc::new(Cluster::start());
+    cluster.levee(&["declare", "fwd"]);
+    let (leader, _) = cluster.serving_queue("fwd").await;
+    let publisher = (1..=3).find(|n| *n != leader).unwrap();
+    let amqp_uri = |n: u64| {
+        format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f",
+            cluster.base + 30 + n as u16
+        )
+    };
+    let conn =
+        lapin::Connection::connect(&amqp_uri(publisher), lapin::ConnectionProperties::default())
+            .await
+            .expect("AMQP connect");
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    // Until this node has heard who serves the queue, a publish is nacked (not stored).
+    let mut acked = BTreeSet::new();
+    let mut nacked = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0..200u64 {
+        if i == 100 {
+            cluster.script(&["kill", &leader.to_string()]);
+        }
+        loop {
+            let body = format!("f{i}");
+            let props = lapin::BasicProperties::default().with_message_id(format!("id-{i}").into());
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    "fwd".into(),
+                    Default::default(),
+                    body.as_bytes(),
+                    props,
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+            if confirm.is_ack() {
+                acked.insert(i);
+                break;
+            }
+            nacked += 1;
+            assert!(Instant::now() < deadline, "message {i} never acked");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    println!("nacked and sent again: {nacked}");
+    let (now, _) = cluster.serving_queue("fwd").await;
+    assert_ne!(now, leader);
+    let at = lapin::Connection::connect(&amqp_uri(now), lapin::ConnectionProperties::default())
+        .await
+        .expect("AMQP connect to the new leader");
+    let cch = at.create_channel().await.unwrap();
+    let mut delivered = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !acked.is_subset(&delivered) {
+        match cch
+            .basic_get("fwd".into(), Default::default())
+            .await
+            .unwrap()
+        {
+            Some(m) => {
+                let text = String::from_utf8_lossy(&m.delivery.data).into_owned();
+                let id: u64 = text.strip_prefix('f').and_then(|s| s.parse().ok()).unwrap();
+                delivered.insert(id);
+                m.delivery.ack(Default::default()).await.unwrap();
+            }
+            None => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} of {} acked messages delivered",
+                    delivered.len(),
+                    acked.len()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert!(delivered.iter().all(|id| *id < 200));
 }
 
 /// `levee bench --replicas 3` runs against a cluster: it declares its queue replicated through

@@ -997,7 +997,12 @@ impl Connection {
             method_id: 40,
             ..e
         };
-        if !content.exchange.is_empty() {
+        // A named exchange, or a replicated queue another node serves (forwarded there by the
+        // broker): routed by the broker, confirmed once every target answered.
+        if !content.exchange.is_empty()
+            || (env.queue_config(&content.routing_key).is_none()
+                && env.forwards(&content.routing_key))
+        {
             let target = (content.exchange, content.routing_key, content.mandatory);
             return self.publish_routed(env, id, seq, target, props, body);
         }
@@ -1634,6 +1639,9 @@ mod tests {
         }
         fn served_elsewhere(&self, _: &str) -> Option<Option<String>> {
             None
+        }
+        fn forwards(&self, _: &str) -> bool {
+            false
         }
     }
 

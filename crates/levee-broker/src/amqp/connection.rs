@@ -113,8 +113,13 @@ pub(crate) trait Env {
     /// AMQP consumers of `queue` now, and whether one of them is exclusive.
     fn consumers(&self, queue: &str) -> (usize, bool);
     /// `Some` when `queue` is a replicated queue another node of the cluster serves now (with
-    /// its native wire address, if known): it exists, but this node does not proxy AMQP to it.
+    /// its native wire address, if known): it exists, but this node does not proxy consumers
+    /// to it (publishes, see [`Env::forwards`]).
     fn served_elsewhere(&self, queue: &str) -> Option<Option<String>>;
+    /// Whether publishes to `queue`, a replicated queue another node serves now, are forwarded
+    /// to that node by the broker (a cluster node): a publish to the default exchange then goes
+    /// the routed way (`Op::PublishRouted`) and is confirmed with the serving node's outcome.
+    fn forwards(&self, queue: &str) -> bool;
 }
 
 /// The channel exception for a queue another node serves ([`Env::served_elsewhere`]): 405,

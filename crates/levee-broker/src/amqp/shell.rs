@@ -108,6 +108,10 @@ impl Env for Shared {
     fn served_elsewhere(&self, queue: &str) -> Option<Option<String>> {
         self.broker.inner.served_elsewhere(queue)
     }
+
+    fn forwards(&self, queue: &str) -> bool {
+        self.broker.inner.forwards(queue)
+    }
 }
 
 /// The connection's side of the broker: its outbox and what it registered with queues.

@@ -92,7 +92,7 @@ pub(crate) fn dead_letter_via(
         let table = inner.exchanges.table.read();
         let Some((targets, counters)) =
             table.route_dead_letter(exchange, routing_key, &message.headers, |q| {
-                inner.queue_sender(q).is_some()
+                inner.queue_sender(q).is_some() || inner.forwards(q)
             })
         else {
             tracing::warn!(queue = %from, %exchange,
@@ -102,7 +102,7 @@ pub(crate) fn dead_letter_via(
         let senders: Vec<_> = targets
             .iter()
             .filter(|q| **q != from)
-            .filter_map(|q| inner.queue_sender(q))
+            .filter_map(|q| inner.publish_sender(q))
             .collect();
         let c = if senders.is_empty() {
             &counters.unroutable

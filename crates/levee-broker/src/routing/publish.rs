@@ -105,9 +105,10 @@ impl RoutedPublisher {
                 routing_key,
                 messages.len(),
                 |i| &messages[i].headers,
-                // A replicated queue another node serves is a target that fails (`not-leader`),
-                // not a missing one: the publish is refused, not counted unroutable and confirmed.
-                |q| inner.queue_sender(q).is_some() || inner.served_elsewhere(q).is_some(),
+                // A replicated queue another node serves is a target: the publish is forwarded
+                // there (a cluster node's forwarder) or fails `not-leader`, never counted
+                // unroutable and confirmed.
+                |q| inner.queue_exists(q),
             )?;
             let mut parts: BTreeMap<String, Vec<usize>> = BTreeMap::new();
             let mut routed = 0;
@@ -152,7 +153,7 @@ impl RoutedPublisher {
                 confirm_to: ConfirmTo::Routed(self.aggregator.clone()),
                 credited: false,
             };
-            let sent = match inner.queue_sender(&queue) {
+            let sent = match inner.publish_sender(&queue) {
                 Some(tx) => {
                     let ok = tx.send(cmd).is_ok();
                     self.touched.insert(queue.clone(), tx);

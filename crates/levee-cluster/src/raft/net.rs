@@ -50,6 +50,9 @@ pub(crate) enum Rpc {
         user: String,
         password: String,
     },
+    /// A publish forwarded to the node serving a replicated queue (see `crate::forward`): a
+    /// `ClientFrame::Publish` in the native encoding.
+    Forward(Vec<u8>),
 }
 
 /// Its reply.
@@ -65,6 +68,10 @@ pub(crate) enum RpcReply {
     Welcome,
     /// The connection is refused (no or a bad login, a user without the right); it is closed.
     Refused(String),
+    /// The answer to `Forward`: the serving node's `ServerFrame` (`PublishConfirm`, or `Error`
+    /// with the outcome unknown) in the native encoding; `Err`: this node does not serve the
+    /// queue, nothing was stored.
+    Forwarded(Result<Vec<u8>, String>),
 }
 
 /// Writes one frame.
