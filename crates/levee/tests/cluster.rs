@@ -1008,6 +1008,22 @@ permissions = [ {{ queues = "secure*", actions = ["publish", "consume", "manage"
     app(2, &["queue", "declare", "secure", "--replicas", "3"]);
     let published = app(3, &["publish", "secure", "over-tls"]);
     assert!(published.contains("stored=1"), "{published}");
+    // Through the default exchange on every node: the two that do not serve the queue forward
+    // the publish to the one that does, over the cluster's TLS with the node user.
+    for n in 1..=3 {
+        let args = [
+            "publish",
+            "--exchange",
+            "",
+            "--routing-key",
+            "secure",
+            "routed",
+        ];
+        let published = app(n, &args);
+        assert!(published.contains("stored=1"), "node {n}: {published}");
+    }
+    let inspect = app(1, &["queue", "inspect", "secure"]);
+    assert!(inspect.contains("ready=4 "), "{inspect}");
 
     // Who may talk to a cluster listener.
     let nodes = cluster.nodes();
