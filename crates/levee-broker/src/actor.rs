@@ -78,6 +78,29 @@ impl InFlight {
     }
 }
 
+/// Waits on an in-process connection's `rx` for the answer to its publish request `req`: the
+/// outcomes, `Err` with the queue's message if the request was voided (the queue stopped with
+/// it in flight), `None` if the queue dropped the connection. Other frames are skipped.
+///
+/// # Cancel safety
+/// Cancel-safe (as `ConnRx::recv`): every frame taken was the answer or skipped.
+pub(crate) async fn confirm_of(
+    rx: &mut crate::outbox::ConnRx,
+    req: u64,
+) -> Option<Result<Vec<levee_proto::PublishOutcome>, String>> {
+    loop {
+        match rx.recv().await? {
+            ServerFrame::PublishConfirm { req: r, outcomes } if r == req => {
+                return Some(Ok(outcomes));
+            }
+            ServerFrame::Error {
+                req: r, message, ..
+            } if r == req => return Some(Err(message)),
+            _ => {}
+        }
+    }
+}
+
 /// How an outbox reaches a queue actor: its weak command sender (a gone actor is ignored).
 impl QueueAddr for mpsc::WeakUnboundedSender<Cmd> {
     fn outbox_room(&self) {

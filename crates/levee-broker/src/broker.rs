@@ -26,8 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use levee_proto::{
-    DEFAULT_MAX_FRAME, Durability, Message, QueueConfig, QueueInfo, ServerFrame,
-    validate_queue_name,
+    DEFAULT_MAX_FRAME, Durability, Message, QueueConfig, QueueInfo, validate_queue_name,
 };
 use levee_store::{Backend, FsBackend};
 use parking_lot::RwLock;
@@ -998,30 +997,19 @@ impl Broker {
         if sent.is_err() {
             return Err(BrokerError::UnknownQueue(queue.to_string()));
         }
-        let wait = async {
-            loop {
-                match rx.recv().await {
-                    Some(ServerFrame::PublishConfirm { req: 1, outcomes }) => return Ok(outcomes),
-                    Some(ServerFrame::Error {
-                        req: 1, message, ..
-                    }) => return Err(BrokerError::Internal(message)),
-                    Some(_) => {}
-                    None => {
-                        return Err(BrokerError::Internal(format!(
-                            "queue {queue} stopped with the publish in flight"
-                        )));
-                    }
-                }
-            }
-        };
-        let result = tokio::time::timeout(PUBLISH_HERE_TIMEOUT, wait)
-            .await
-            .unwrap_or_else(|_| {
-                Err(BrokerError::Internal(format!(
+        let result =
+            match tokio::time::timeout(PUBLISH_HERE_TIMEOUT, crate::actor::confirm_of(&mut rx, 1))
+                .await
+            {
+                Ok(Some(r)) => r.map_err(BrokerError::Internal),
+                Ok(None) => Err(BrokerError::Internal(format!(
+                    "queue {queue} stopped with the publish in flight"
+                ))),
+                Err(_) => Err(BrokerError::Internal(format!(
                     "queue {queue}: no confirm within {} s",
                     PUBLISH_HERE_TIMEOUT.as_secs()
-                )))
-            });
+                ))),
+            };
         let _ = tx.send(Cmd::RemoveProducer(producer));
         result
     }

@@ -180,6 +180,17 @@ impl Cluster {
         out
     }
 
+    /// An AMQP connection (guest) to node `n`'s AMQP port (B+30+N).
+    async fn amqp(&self, n: u64) -> lapin::Connection {
+        let uri = format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f",
+            self.base + 30 + n as u16
+        );
+        lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("AMQP connect to node {n}: {e}"))
+    }
+
     /// Waits until some node serves the queue; returns its id and wire address.
     async fn serving(&self) -> (u64, String) {
         self.serving_queue(QUEUE).await
@@ -560,6 +571,18 @@ async fn follower_kill_and_whole_cluster_restart_keep_the_queue() {
     );
 }
 
+/// AMQP arguments, every value a long string.
+fn string_args(pairs: &[(&str, &str)]) -> lapin::types::FieldTable {
+    let mut args = lapin::types::FieldTable::default();
+    for (k, v) in pairs {
+        args.insert(
+            (*k).into(),
+            lapin::types::AMQPValue::LongString((*v).into()),
+        );
+    }
+    args
+}
+
 /// `replicas = 3` makes a replicated queue through every front end, on any node: the CLI's
 /// `queue declare --replicas 3`, HTTP `PUT /api/queues/Q {"replicas": 3}` and AMQP's
 /// `x-queue-type = quorum`. Each lands in the cluster's catalog and is served by its group's
@@ -585,15 +608,10 @@ async fn replicated_queues_are_declared_from_the_cli_http_and_amqp() {
         .await
         .expect("AMQP connect");
     let ch = amqp.create_channel().await.unwrap();
-    let mut args = lapin::types::FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        lapin::types::AMQPValue::LongString("quorum".into()),
-    );
     ch.queue_declare(
         "tasks".into(),
         lapin::options::QueueDeclareOptions::durable(),
-        args,
+        string_args(&[("x-queue-type", "quorum")]),
     )
     .await
     .expect("a quorum queue declared over AMQP");
@@ -620,13 +638,7 @@ async fn replicated_queues_are_declared_from_the_cli_http_and_amqp() {
     // dead letters) are forwarded to the serving node and confirmed with its outcome.
     let (serving, _) = cluster.serving_queue("tasks").await;
     let other = (1..=3).find(|n| *n != serving).unwrap();
-    let uri = format!(
-        "amqp://guest:guest@127.0.0.1:{}/%2f",
-        cluster.base + 30 + other as u16
-    );
-    let amqp = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
-        .await
-        .expect("AMQP connect");
+    let amqp = cluster.amqp(other).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let ch = amqp.create_channel().await.unwrap();
@@ -678,15 +690,10 @@ async fn replicated_queues_are_declared_from_the_cli_http_and_amqp() {
     // The connection itself is still good: a local queue whose dead letters go to the
     // replicated queue (through the default exchange), served by another node.
     let ch = amqp.create_channel().await.unwrap();
-    let mut dlx = lapin::types::FieldTable::default();
-    dlx.insert(
-        "x-dead-letter-exchange".into(),
-        lapin::types::AMQPValue::LongString("".into()),
-    );
-    dlx.insert(
-        "x-dead-letter-routing-key".into(),
-        lapin::types::AMQPValue::LongString("tasks".into()),
-    );
+    let dlx = string_args(&[
+        ("x-dead-letter-exchange", ""),
+        ("x-dead-letter-routing-key", "tasks"),
+    ]);
     ch.queue_declare("here".into(), Default::default(), dlx)
         .await
         .expect("a local queue on the same connection");
@@ -714,13 +721,7 @@ async fn replicated_queues_are_declared_from_the_cli_http_and_amqp() {
         .await
         .unwrap();
     // Both are on the serving node.
-    let uri = format!(
-        "amqp://guest:guest@127.0.0.1:{}/%2f",
-        cluster.base + 30 + serving as u16
-    );
-    let at_leader = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
-        .await
-        .expect("AMQP connect to the serving node");
+    let at_leader = cluster.amqp(serving).await;
     let lch = at_leader.create_channel().await.unwrap();
     let mut bodies = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1370,16 +1371,7 @@ async fn amqp_publishes_on_any_node_follow_the_queue_across_a_leader_kill() {
     cluster.levee(&["declare", "fwd"]);
     let (leader, _) = cluster.serving_queue("fwd").await;
     let publisher = (1..=3).find(|n| *n != leader).unwrap();
-    let amqp_uri = |n: u64| {
-        format!(
-            "amqp://guest:guest@127.0.0.1:{}/%2f",
-            cluster.base + 30 + n as u16
-        )
-    };
-    let conn =
-        lapin::Connection::connect(&amqp_uri(publisher), lapin::ConnectionProperties::default())
-            .await
-            .expect("AMQP connect");
+    let conn = cluster.amqp(publisher).await;
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(Default::default()).await.unwrap();
     // Until this node has heard who serves the queue, a publish is nacked (not stored).
@@ -1417,9 +1409,7 @@ async fn amqp_publishes_on_any_node_follow_the_queue_across_a_leader_kill() {
     println!("nacked and sent again: {nacked}");
     let (now, _) = cluster.serving_queue("fwd").await;
     assert_ne!(now, leader);
-    let at = lapin::Connection::connect(&amqp_uri(now), lapin::ConnectionProperties::default())
-        .await
-        .expect("AMQP connect to the new leader");
+    let at = cluster.amqp(now).await;
     let cch = at.create_channel().await.unwrap();
     let mut delivered = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);

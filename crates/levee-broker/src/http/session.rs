@@ -137,22 +137,9 @@ pub async fn publish(
             credited: true,
         })
         .map_err(|_| gone())?;
-        let wait = async {
-            loop {
-                match rx.recv().await {
-                    Some(ServerFrame::PublishConfirm { req: 1, outcomes }) => return Ok(outcomes),
-                    Some(ServerFrame::Error {
-                        req: 1, message, ..
-                    }) => {
-                        return Err(BrokerError::Internal(message));
-                    }
-                    Some(_) => {}
-                    None => return Err(gone()),
-                }
-            }
-        };
-        match tokio::time::timeout(CONFIRM_TIMEOUT, wait).await {
-            Ok(r) => Ok(r?),
+        match tokio::time::timeout(CONFIRM_TIMEOUT, crate::actor::confirm_of(&mut rx, 1)).await {
+            Ok(Some(r)) => Ok(r.map_err(BrokerError::Internal)?),
+            Ok(None) => Err(gone().into()),
             Err(_) => Err(PublishError::Broker(BrokerError::Internal(format!(
                 "queue {queue}: no confirm within {} s",
                 CONFIRM_TIMEOUT.as_secs()
