@@ -37,7 +37,8 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(70);
 /// Idle connections kept per node.
 pub const MAX_IDLE: usize = 16;
 
-/// Where a queue is served now: the cluster address of the node serving it (not this one).
+/// Where a queue is served now: the cluster address of the node serving it (this node's own,
+/// when it was just elected: its broker's queue opens in a moment).
 pub(crate) type Resolve = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// The [`Forwarder`] of a cluster node.

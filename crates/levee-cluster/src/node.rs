@@ -550,9 +550,10 @@ fn addrs(s: &Shared, id: u64) -> Option<NodeAddrs> {
         .or_else(|| s.catalog.node(id))
 }
 
-/// The cluster address of the node serving replicated queue `queue` now, if another node
-/// does: the leader of its group when this node keeps a copy, else the node the broker was
-/// told serves it (`track_elsewhere`).
+/// The cluster address of the node serving replicated queue `queue` now: the leader of its
+/// group when this node keeps a copy (possibly this node, elected and not serving yet: its own
+/// listener then answers "not served here" until it serves, and the forward is sent again),
+/// else the node the broker was told serves it (`track_elsewhere`).
 fn serving_cluster_addr(s: &Shared, queue: &str) -> Option<String> {
     let me = s.config.node_id;
     let leader = s
@@ -561,7 +562,7 @@ fn serving_cluster_addr(s: &Shared, queue: &str) -> Option<String> {
         .get(queue)
         .map(|q| q.group.raft().metrics().borrow().current_leader);
     let id = match leader {
-        Some(leader) => leader.filter(|l| *l != me)?,
+        Some(leader) => leader?,
         None => {
             let wire = s.broker.serving_elsewhere(queue)??;
             s.config
