@@ -364,13 +364,12 @@ impl Inner {
         self.served_elsewhere(queue)?;
         let forwarder = self.forwarder.read().clone()?;
         let mut remotes = self.remotes.lock();
-        let tx = remotes
-            .entry(queue.to_string())
-            .or_insert_with(|| crate::remote::RemoteQueue::spawn(queue, forwarder.clone()));
-        if tx.is_closed() {
-            *tx = crate::remote::RemoteQueue::spawn(queue, forwarder);
+        if let Some(tx) = remotes.get(queue).filter(|tx| !tx.is_closed()) {
+            return Some(tx.clone());
         }
-        Some(tx.clone())
+        let tx = crate::remote::RemoteQueue::spawn(queue, forwarder);
+        remotes.insert(queue.to_string(), tx.clone());
+        Some(tx)
     }
 
     /// Whether `queue` exists: here, or a replicated queue another node serves (publishes and
@@ -880,10 +879,10 @@ impl Broker {
     pub(crate) fn sender(&self, name: &str) -> Result<mpsc::UnboundedSender<Cmd>, BrokerError> {
         self.inner
             .queue_sender(name)
-            .ok_or_else(|| match self.inner.elsewhere.read().get(name) {
+            .ok_or_else(|| match self.inner.served_elsewhere(name) {
                 Some(serving) => BrokerError::NotLeader {
                     queue: name.to_string(),
-                    serving: serving.clone(),
+                    serving,
                 },
                 None => BrokerError::UnknownQueue(name.to_string()),
             })
